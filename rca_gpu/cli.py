@@ -1,0 +1,277 @@
+"""The ``rca-gpu`` command line. Each command is a thin shell: parse -> spec -> library call -> print.
+
+Only typer and the plain-data spec module are imported at start-up, so ``rca-gpu --help`` is instant;
+torch, CuPy, cuML and friends load inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from rca_gpu.errors import RcaError
+
+app = typer.Typer(
+    name="rca-gpu",
+    help="Cluster the images on which a DNN fails so that each cluster shows one root cause.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class KnnBackend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    faiss = "faiss"
+    faiss_hnsw = "faiss-hnsw"
+    kdtree = "kdtree"
+    cuml = "cuml"
+
+
+def _err(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Turn RcaError into one line on stderr and exit code 2, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RcaError as exc:
+            _err(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _err("interrupted; finished feature shards are kept in the cache and reused on the next run")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _setup(quiet: bool, verbose: bool):
+    from rca_gpu.progress import Reporter, setup_logging
+
+    setup_logging(verbose)
+    if quiet:
+        import logging
+
+        logging.getLogger("rca_gpu").setLevel(logging.WARNING)
+    return Reporter(enabled=not quiet)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared options
+# --------------------------------------------------------------------------------------------------
+
+PipelineOpt = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
+                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2+umap+dbscan.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML run configuration; "
+                      "command-line options override it.")]
+DeviceOpt = Annotated[Optional[DeviceChoice], typer.Option("--device", help="auto: GPU when CUDA and the GPU "
+                      "libraries import; gpu: fail without them; cpu.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for UMAP, K-means and sampling.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch during extraction.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes for decoding.")]
+PrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast "
+                         "for extraction.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test: TorchScript .pt, "
+                     "torch.export .pt2, or package.module:factory=weights.pt.")]
+WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Backbone weights: a state_dict file, "
+                       "a torchvision weights name (IMAGENET1K_V1), or none.")]
+KnnOpt = Annotated[Optional[KnnBackend], typer.Option("--knn-backend", help="Neighbour search backend.")]
+RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests: image paths must resolve "
+                    "inside this folder (default: the manifest's folder).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
+
+
+def build_spec(pipeline: str | None, config: Path | None, **options: Any):
+    """RunSpec from an optional TOML file plus command-line overrides (None = not given)."""
+    from rca_gpu.spec import build_run_spec, load_config
+
+    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
+    weights = values.pop("weights", None)
+    data = load_config(config) if config else {}
+    if weights is not None:
+        data.setdefault("features", {})["weights"] = weights
+    return build_run_spec(data, pipeline=pipeline, **values)
+
+
+def print_clusters(clusters, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rca_gpu.pipeline import cluster_summary
+
+    console = console or Console()
+    summary = cluster_summary(clusters)
+    table = Table(title="Clusters (-1 = noise)")
+    for column in summary.columns:
+        table.add_column(column, justify="right" if column in ("cluster", "size") else "left")
+    for row in summary.itertuples(index=False):
+        table.add_row(*[str(v) for v in row])
+    console.print(table)
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------------
+
+
+@app.command("run")
+@friendly_errors
+def run_command(
+    source: Annotated[Path, typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
+                                           "with a 'path' column.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    pipeline: PipelineOpt = None,
+    config: ConfigOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = None,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    precision: PrecisionOpt = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
+    knn_backend: KnnOpt = None,
+    image_root: RootOpt = None,
+    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep extracted features as "
+                     "Parquet shards under OUT/cache and reuse them.")] = None,
+    plot_umap: Annotated[Optional[bool], typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
+                         "embedding.parquet when the chosen embedding is not 2-D (else PCA).")] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Cluster the failing images in SOURCE; write clusters.parquet, embedding.parquet, run.json to OUT."""
+    reporter = _setup(quiet, verbose)
+    spec = build_spec(
+        pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
+        precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
+        cache_features=cache, plot_embedding=plot_umap,
+    )
+    from rca_gpu.pipeline import run
+
+    result = run(spec, source, out, reporter=reporter)
+    if not quiet:
+        print_clusters(result.clusters)
+    counts = result.run_info["counts"]
+    typer.echo(
+        f"{counts['clusters']} clusters, {counts['noise']} noise, {counts['rejected']} rejected of "
+        f"{counts['input_rows']} images; pipeline {result.run_info['resolved_pipeline']}"
+    )
+    if result.metrics:
+        m = result.metrics
+        typer.echo(f"ground truth: purity {m.get('weighted_purity')} (weighted), coverage {m.get('coverage')}, "
+                   f"ARI {m.get('ari')}")
+    typer.echo(f"results: {result.out.resolve()}")
+
+
+@app.command("pipelines")
+def pipelines_command() -> None:
+    """List the feature extractors, reducers and clusterers, with their parameters."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rca_gpu.spec import CLUSTERERS, EXTRACTORS, REDUCERS
+
+    table = Table(title="Pipeline stages: FEATURES[@LAYER]+REDUCER+CLUSTERER")
+    for column in ("stage", "name", "parameters", "about"):
+        table.add_column(column)
+    for name, info in EXTRACTORS.items():
+        about = info.summary + (" (needs --model)" if info.needs_dut else "")
+        table.add_row("features", name + ("[@layer]" if info.has_layers else ""), ", ".join(info.params), about)
+    for name, params in REDUCERS.items():
+        table.add_row("reduce", name, ", ".join(params), "open parameters are tuned automatically")
+    for name, params in CLUSTERERS.items():
+        table.add_row("cluster", name, ", ".join(params), "open parameters are tuned automatically")
+    Console().print(table)
+
+
+@app.command("demo")
+@friendly_errors
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
+    n: Annotated[Optional[int], typer.Option("--n", help="Failures in the embedded benchmark.")] = None,
+    pipeline: PipelineOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make the embedded mnist-rc benchmark (offline) and run the default pipeline on it."""
+    reporter = _setup(quiet, False)
+    from rca_gpu.datasets import make_dataset
+
+    data_dir = out / "data"
+    manifest = data_dir / "manifest.parquet"
+    if not manifest.exists():
+        typer.echo(f"making the mnist-rc benchmark in {data_dir} ...")
+        manifest = make_dataset("mnist-rc", data_dir, n=n, seed=seed or 0, reporter=reporter)
+    spec = build_spec(pipeline, None, device=device, seed=seed)
+    from rca_gpu.pipeline import run
+
+    result = run(spec, manifest, out / "run", reporter=reporter)
+    print_clusters(result.clusters)
+    counts = result.run_info["counts"]
+    typer.echo(f"{counts['clusters']} clusters, {counts['noise']} noise, {counts['rejected']} rejected of "
+               f"{counts['input_rows']} failing images; pipeline {result.run_info['resolved_pipeline']}")
+    if result.metrics:
+        m = result.metrics
+        typer.echo(f"against the known root causes: weighted purity {m.get('weighted_purity')}, "
+                   f"coverage {m.get('coverage')}, ARI {m.get('ari')}")
+    typer.echo(f"results: {result.out.resolve()}")
+
+
+def _mount_subcommands() -> None:
+    """Command groups living in their own modules (each imports its heavy libraries lazily)."""
+    try:
+        from rca_gpu.commands.datasets import app as datasets_app
+
+        app.add_typer(datasets_app, name="datasets")
+    except ImportError:  # pragma: no cover - module not present in a partial install
+        pass
+    try:
+        from rca_gpu.commands.evaluate import evaluate_command
+
+        app.command("evaluate")(friendly_errors(evaluate_command))
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from rca_gpu.commands.study import study_command
+
+        app.command("study")(friendly_errors(study_command))
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_mount_subcommands()
+
+
+def main() -> None:
+    try:
+        app()
+    except RcaError as exc:  # raised outside a wrapped command (e.g. while mounting)
+        _err(str(exc))
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,140 @@
+"""Clustering: DBSCAN, HDBSCAN, K-means and Ward, each with a CPU and a GPU adapter.
+
+Adapters return labels with -1 for noise. Labels always come back to the host: they are small, and the
+selection criteria, evaluation and outputs need them there.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from rca_gpu import registry
+from rca_gpu.device import Device, as_numpy, to_kind
+from rca_gpu.errors import UnsupportedOnGPU
+from rca_gpu.registry import Adapter
+
+#: Above this many points, exact Ward (quadratic memory) is replaced by Ward restricted to the kNN graph.
+WARD_EXACT_MAX = 20_000
+
+
+def cluster(x: Any, algorithm: str, params: dict[str, Any], device: Device, *, seed: int = 0) -> np.ndarray:
+    """Labels (int64 numpy, -1 = noise) for the rows of ``x``."""
+    adapter = registry.build("cluster", algorithm, device, seed=seed, **params)
+    data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
+    return np.asarray(as_numpy(adapter.fit_predict(data)), dtype=np.int64)
+
+
+def cluster_adapter(algorithm: str, params: dict[str, Any], device: Device, *, seed: int = 0) -> Adapter:
+    return registry.build("cluster", algorithm, device, seed=seed, **params)
+
+
+class _Base(Adapter):
+    def __init__(self, *, seed: int = 0, **params: Any) -> None:
+        self.seed = seed
+        self.params = params
+
+
+class SklearnDBSCAN(_Base):
+    def fit_predict(self, x):
+        from sklearn.cluster import DBSCAN
+
+        return DBSCAN(eps=self.params["eps"], min_samples=self.params.get("min_samples", 5)).fit_predict(x)
+
+
+class CumlDBSCAN(_Base):
+    def fit_predict(self, x):
+        from cuml.cluster import DBSCAN
+
+        model = DBSCAN(eps=self.params["eps"], min_samples=self.params.get("min_samples", 5), output_type="cupy")
+        return model.fit_predict(x.astype("float32"))
+
+
+class FastHDBSCAN(_Base):
+    """fast_hdbscan: parallel Boruvka on a KD-tree (numba)."""
+
+    def fit_predict(self, x):
+        import fast_hdbscan
+
+        size = self.params["min_cluster_size"]
+        model = fast_hdbscan.HDBSCAN(min_cluster_size=size, min_samples=self.params.get("min_samples"))
+        return model.fit_predict(np.asarray(x, dtype=np.float64))
+
+
+class CumlHDBSCAN(_Base):
+    def fit_predict(self, x):
+        from cuml.cluster.hdbscan import HDBSCAN
+
+        model = HDBSCAN(
+            min_cluster_size=self.params["min_cluster_size"],
+            min_samples=self.params.get("min_samples"),
+            output_type="cupy",
+        )
+        return model.fit_predict(x.astype("float32"))
+
+
+class SklearnKMeans(_Base):
+    def fit_predict(self, x):
+        from sklearn.cluster import KMeans
+
+        return KMeans(n_clusters=self.params["k"], n_init=4, random_state=self.seed).fit_predict(x)
+
+
+class CumlKMeans(_Base):
+    def fit_predict(self, x):
+        from cuml.cluster import KMeans
+
+        model = KMeans(n_clusters=self.params["k"], n_init=4, random_state=self.seed, output_type="cupy")
+        return model.fit_predict(x.astype("float32"))
+
+
+class SklearnWard(_Base):
+    """Agglomerative clustering with Ward linkage.
+
+    The merge tree is built once (SciPy) and cut at any number of clusters, so a search over k costs one
+    tree. Above WARD_EXACT_MAX points the quadratic-memory tree is replaced by scikit-learn's Ward
+    restricted to a kNN connectivity graph.
+    """
+
+    def __init__(self, *, seed: int = 0, **params: Any) -> None:
+        super().__init__(seed=seed, **params)
+        self._tree = None
+
+    def fit_tree(self, x) -> "SklearnWard":
+        x = np.asarray(x, dtype=np.float64)
+        if len(x) <= WARD_EXACT_MAX:
+            from scipy.cluster.hierarchy import ward
+
+            self._tree = ("scipy", ward(x))
+        else:
+            from sklearn.neighbors import kneighbors_graph
+
+            self._tree = ("sklearn", x, kneighbors_graph(x, n_neighbors=15, include_self=False))
+        return self
+
+    def labels_for(self, k: int) -> np.ndarray:
+        kind = self._tree[0]
+        if kind == "scipy":
+            from scipy.cluster.hierarchy import fcluster
+
+            return fcluster(self._tree[1], t=k, criterion="maxclust").astype(np.int64) - 1
+        from sklearn.cluster import AgglomerativeClustering
+
+        _, x, connectivity = self._tree
+        return AgglomerativeClustering(n_clusters=k, linkage="ward", connectivity=connectivity).fit_predict(x)
+
+    def merge_heights(self) -> np.ndarray | None:
+        """Linkage heights, largest merge last (exact tree only)."""
+        return self._tree[1][:, 2] if self._tree and self._tree[0] == "scipy" else None
+
+    def fit_predict(self, x):
+        return self.fit_tree(x).labels_for(self.params["k"])
+
+
+class CumlWard(_Base):
+    """cuML's agglomerative clustering implements single linkage only."""
+
+    def __init__(self, *, seed: int = 0, **params: Any) -> None:
+        raise UnsupportedOnGPU("cuML agglomerative clustering supports single linkage only, not Ward")

@@ -1,0 +1,415 @@
+"""Ground-truth evaluation of a clustering of failing images whose true root causes are known.
+
+:func:`evaluate` scores cluster labels (``-1`` = noise) against root-cause labels; :func:`evaluate_run`
+does the same for the ``clusters.parquet`` of a finished run and writes ``metrics.json`` and
+``per_cause.csv`` next to it; :func:`study_score` ranks pipelines by one number that does not reward
+fragmentation or noise. The exact definitions, with their edge-case values, are in ``docs/metrics.md``;
+this module and that page must agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.metrics.cluster import contingency_matrix
+
+from rca_gpu.errors import SourceError, SpecError, TooFewImagesError
+
+NOISE = -1
+#: Prefix of the per-cluster count columns: ``n_<cause>`` holds how many images of ``<cause>`` a cluster has.
+COUNT_PREFIX = "n_"
+#: A pipeline may return up to this many clusters per root cause before :func:`study_score` penalises it.
+CLUSTERS_PER_CAUSE_ALLOWED = 3.0
+CLUSTERS_FILE = "clusters.parquet"
+METRICS_FILE = "metrics.json"
+PER_CAUSE_FILE = "per_cause.csv"
+
+PER_CAUSE_COLUMNS = ("root_cause", "n_images", "recall", "n_clusters_dominated", "best_purity", "share_noise")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The scores of one clustering against the true root causes.
+
+    Attributes
+    ----------
+    summary:
+        Scalar metrics, JSON-ready (plain ``int``/``float``/``None``; an undefined value is ``None``).
+        Keys are listed in ``docs/metrics.md``.
+    per_cluster:
+        One row per cluster, noise excluded, sorted by cluster id: ``cluster``, ``size``,
+        ``dominant_cause``, ``purity``, then ``n_<cause>`` (images of that cause) per cause, causes
+        in sorted order.
+    per_cause:
+        One row per root cause, sorted by cause: ``root_cause``, ``n_images``, ``recall``,
+        ``n_clusters_dominated``, ``best_purity`` (NaN when the cause dominates no cluster),
+        ``share_noise``.
+    counts:
+        Input accounting added by :func:`evaluate_run` (rows read, rejected, without a root cause,
+        evaluated); empty when :func:`evaluate` was called directly.
+    """
+
+    summary: dict[str, Any]
+    per_cluster: pd.DataFrame
+    per_cause: pd.DataFrame
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Summary, counts (when present), per-cluster and per-cause tables as lists of records."""
+        out: dict[str, Any] = {"summary": self.summary}
+        if self.counts:
+            out["counts"] = self.counts
+        out["per_cluster"] = self.per_cluster.to_dict(orient="records")
+        out["per_cause"] = self.per_cause.to_dict(orient="records")
+        return _jsonable(out)
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """The result of :meth:`to_dict` as strict JSON (NaN written as ``null``)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    clusters: Sequence[int] | np.ndarray,
+    root_causes: Sequence[str] | np.ndarray,
+    *,
+    min_purity: float = 0.5,
+) -> Evaluation:
+    """Score cluster labels against the true root cause of each image.
+
+    Parameters
+    ----------
+    clusters:
+        Cluster id per image; ``-1`` marks noise. Integers (floats with integral values are accepted).
+    root_causes:
+        True root cause per image, same length; converted to ``str``. Missing values are an error:
+        drop those images before calling.
+    min_purity:
+        A cluster counts for coverage and recall only if its purity is at least this value, in [0, 1].
+
+    Returns
+    -------
+    Evaluation
+        Summary metrics and per-cluster / per-cause tables (definitions in ``docs/metrics.md``).
+
+    Raises
+    ------
+    SpecError
+        Lengths differ, a cluster id is below -1 or not an integer, a root cause is missing, or
+        ``min_purity`` is outside [0, 1].
+    TooFewImagesError
+        No images were given.
+    """
+    labels, causes = _check_inputs(clusters, root_causes, min_purity)
+    n_images = len(labels)
+
+    cause_names, cause_idx = np.unique(causes, return_inverse=True)  # sorted: ties resolve alphabetically
+    cause_totals = np.bincount(cause_idx, minlength=len(cause_names))
+    is_noise = labels == NOISE
+    noise_per_cause = np.bincount(cause_idx[is_noise], minlength=len(cause_names))
+
+    # Clusters x causes contingency table of the clustered images (rows: sorted cluster ids).
+    cluster_ids = np.unique(labels[~is_noise])
+    counts = np.zeros((len(cluster_ids), len(cause_names)), dtype=np.int64)
+    if len(cluster_ids):
+        # Columns of the sklearn table are the causes present among clustered images, in sorted order.
+        present = np.unique(cause_idx[~is_noise])
+        counts[:, present] = contingency_matrix(labels[~is_noise], cause_idx[~is_noise])
+    sizes = counts.sum(axis=1)
+    dominant = counts.argmax(axis=1)  # the first maximum wins, i.e. the alphabetically first cause
+    dominant_counts = counts[np.arange(len(cluster_ids)), dominant]
+    purity = dominant_counts / np.maximum(sizes, 1)
+    qualifies = purity >= min_purity
+
+    per_cluster = pd.DataFrame(
+        {
+            "cluster": cluster_ids.astype(np.int64),
+            "size": sizes.astype(np.int64),
+            "dominant_cause": cause_names[dominant].astype(object),
+            "purity": purity.astype(np.float64),
+        }
+    )
+    per_cluster = pd.concat(
+        [per_cluster, pd.DataFrame(counts, columns=[f"{COUNT_PREFIX}{c}" for c in cause_names])], axis=1
+    )
+
+    # Per cause: only clusters it dominates with purity >= min_purity count (same rule as coverage).
+    covered_images = np.zeros(len(cause_names), dtype=np.int64)
+    np.add.at(covered_images, dominant[qualifies], dominant_counts[qualifies])
+    n_dominated = np.bincount(dominant[qualifies], minlength=len(cause_names))
+    best_purity = np.full(len(cause_names), np.nan)
+    np.fmax.at(best_purity, dominant, purity)  # over all clusters it dominates; NaN if none
+    recall = covered_images / cause_totals
+    per_cause = pd.DataFrame(
+        {
+            "root_cause": cause_names.astype(object),
+            "n_images": cause_totals.astype(np.int64),
+            "recall": recall.astype(np.float64),
+            "n_clusters_dominated": n_dominated.astype(np.int64),
+            "best_purity": best_purity,
+            "share_noise": (noise_per_cause / cause_totals).astype(np.float64),
+        },
+        columns=list(PER_CAUSE_COLUMNS),
+    )
+
+    n_clusters = len(cluster_ids)
+    n_causes = len(cause_names)
+    n_noise = int(is_noise.sum())
+    n_covered = int((n_dominated > 0).sum())
+    # All noise points share the label -1, so "with noise" treats noise as one more cluster.
+    ari_all, nmi_all = _agreement(causes, labels)
+    ari_clustered: float | None = None
+    nmi_clustered: float | None = None
+    if n_clusters:
+        ari_clustered, nmi_clustered = _agreement(causes[~is_noise], labels[~is_noise])
+    summary: dict[str, Any] = {
+        "n_images": n_images,
+        "n_clusters": n_clusters,
+        "n_causes": n_causes,
+        "n_noise": n_noise,
+        "noise_share": n_noise / n_images,
+        "clusters_per_cause": n_clusters / n_causes,
+        "min_purity": float(min_purity),
+        "mean_purity": float(purity.mean()) if n_clusters else None,
+        "weighted_purity": float(dominant_counts.sum() / sizes.sum()) if n_clusters else None,
+        "coverage": n_covered / n_causes,
+        "n_causes_covered": n_covered,
+        "mean_recall": float(recall.mean()),
+        "ari_with_noise": ari_all,
+        "nmi_with_noise": nmi_all,
+        "ari_without_noise": ari_clustered,
+        "nmi_without_noise": nmi_clustered,
+    }
+    summary["study_score"] = study_score(summary)
+    return Evaluation(summary=_jsonable(summary), per_cluster=per_cluster, per_cause=per_cause)
+
+
+def study_score(summary: Mapping[str, Any]) -> float:
+    """One number in [0, 1] to rank pipelines, higher is better, that does not reward fragmentation.
+
+    ``score = weighted_purity * coverage * (1 - noise_share) * min(1, 3 * n_causes / n_clusters)``
+
+    Each factor is in [0, 1] and answers one question an engineer asks of a clustering: are the
+    clusters clean (weighted purity), does every cause get a cluster (coverage), how many failures are
+    left unexplained (noise share), and can a person inspect the clusters (up to three clusters per
+    cause are free, beyond that the score falls in proportion). A product, so that no factor can make
+    up for another: dozens of tiny pure clusters with 40 % noise score low even with purity 1.
+    No clusters at all scores 0.
+
+    Parameters
+    ----------
+    summary:
+        ``Evaluation.summary`` (or the ``summary`` of a ``metrics.json``); needs ``weighted_purity``,
+        ``coverage``, ``noise_share``, ``n_clusters`` and ``n_causes``.
+
+    Raises
+    ------
+    SpecError
+        A key is missing.
+    """
+    needed = ("weighted_purity", "coverage", "noise_share", "n_clusters", "n_causes")
+    missing = [key for key in needed if key not in summary]
+    if missing:
+        raise SpecError(
+            f"study_score needs the keys {', '.join(needed)} of an evaluation summary; "
+            f"missing: {', '.join(missing)}. Pass Evaluation.summary or the 'summary' of a metrics.json."
+        )
+    n_clusters = int(summary["n_clusters"])
+    purity = summary["weighted_purity"]
+    if n_clusters == 0 or purity is None or math.isnan(purity):
+        return 0.0
+    fragmentation = min(1.0, CLUSTERS_PER_CAUSE_ALLOWED * int(summary["n_causes"]) / n_clusters)
+    return float(purity) * float(summary["coverage"]) * (1.0 - float(summary["noise_share"])) * fragmentation
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs on disk
+# --------------------------------------------------------------------------------------------------
+
+
+def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Evaluation:
+    """Evaluate the ``clusters.parquet`` of a run and write ``metrics.json`` and ``per_cause.csv``.
+
+    Rows with status ``"rejected"`` (unreadable images) are left out and counted; so are rows whose
+    ``root_cause`` is missing. Both files are written atomically (temporary file in ``run_dir``, then
+    ``os.replace``), so a reader never sees half a file.
+
+    Parameters
+    ----------
+    run_dir:
+        Output folder of ``rca-gpu run``.
+    min_purity:
+        See :func:`evaluate`.
+
+    Raises
+    ------
+    SourceError
+        ``clusters.parquet`` is missing or unreadable, lacks a required column, or has no root causes.
+    SpecError, TooFewImagesError
+        As :func:`evaluate` (bad ``min_purity``; no image left to evaluate).
+    """
+    run_dir = Path(run_dir).expanduser()
+    path = run_dir / CLUSTERS_FILE
+    if not path.is_file():
+        raise SourceError(
+            f"No {CLUSTERS_FILE} in {str(run_dir)!r}. Run `rca-gpu run SOURCE --out {run_dir}` first "
+            "(with a source that has a root_cause column), then evaluate that folder."
+        )
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise SourceError(
+            f"Cannot read {str(path)!r}: {exc}. Run `rca-gpu run` again to rewrite it."
+        ) from exc
+    if "root_cause" not in table.columns:
+        raise SourceError(
+            f"{str(path)!r} has no root_cause column, so there is no ground truth to evaluate against. "
+            "Give the source a root_cause column (one true cause per image, e.g. in the manifest) and run "
+            "`rca-gpu run` again."
+        )
+    lacking = [col for col in ("cluster", "status") if col not in table.columns]
+    if lacking:
+        raise SourceError(
+            f"{str(path)!r} lacks the column(s) {', '.join(lacking)}; it was not written by `rca-gpu run`. "
+            "Run `rca-gpu run` again to rewrite it."
+        )
+
+    rejected = table["status"].astype(str) == "rejected"
+    kept = table.loc[~rejected]
+    unlabelled = kept["root_cause"].isna()
+    if bool(unlabelled.all()) and len(kept):
+        raise SourceError(
+            f"The root_cause column of {str(path)!r} is empty for every evaluated image. Fill it in the "
+            "source and run `rca-gpu run` again."
+        )
+    kept = kept.loc[~unlabelled]
+    if kept["cluster"].isna().any():
+        raise SourceError(
+            f"{str(path)!r} has {int(kept['cluster'].isna().sum())} non-rejected row(s) without a cluster "
+            "id. Run `rca-gpu run` again to rewrite it."
+        )
+    if len(kept) == 0:
+        raise TooFewImagesError(
+            f"No image of {str(path)!r} can be evaluated: {int(rejected.sum())} of {len(table)} rows were "
+            "rejected. Check the reasons in its 'reason' column."
+        )
+    if "reason" in table.columns:
+        reasons = table.loc[rejected, "reason"].fillna("unknown").astype(str)
+    else:
+        reasons = pd.Series(["unknown"] * int(rejected.sum()), dtype=object)
+    result = evaluate(
+        kept["cluster"].to_numpy(dtype=np.int64),
+        kept["root_cause"].astype(str).to_numpy(),
+        min_purity=min_purity,
+    )
+    counts = {
+        "n_rows": len(table),
+        "n_rejected": int(rejected.sum()),
+        "rejected_by_reason": {str(k): int(v) for k, v in reasons.value_counts().sort_index().items()},
+        "n_without_root_cause": int(unlabelled.sum()),
+        "n_evaluated": len(kept),
+    }
+    result = Evaluation(result.summary, result.per_cluster, result.per_cause, counts=_jsonable(counts))
+
+    _write_atomic(run_dir / PER_CAUSE_FILE, lambda f: result.per_cause.to_csv(f, index=False))
+    _write_atomic(run_dir / METRICS_FILE, lambda f: f.write(result.to_json() + "\n"))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(
+    clusters: Sequence[int] | np.ndarray, root_causes: Sequence[str] | np.ndarray, min_purity: float
+) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(min_purity, bool) or not isinstance(min_purity, (int, float)) or not 0 <= min_purity <= 1:
+        raise SpecError(
+            f"The 'min_purity' parameter of evaluate must be a number in [0, 1]. Got {min_purity!r} instead."
+        )
+    labels = np.asarray(clusters)
+    causes = np.asarray(root_causes, dtype=object)
+    if labels.ndim != 1 or causes.ndim != 1:
+        raise SpecError(
+            f"clusters and root_causes must be 1-D, one value per image. Got shapes {labels.shape} "
+            f"and {causes.shape}."
+        )
+    if len(labels) != len(causes):
+        raise SpecError(
+            f"clusters has {len(labels)} values but root_causes has {len(causes)}; "
+            "pass one cluster id and one root cause per image."
+        )
+    if len(labels) == 0:
+        raise TooFewImagesError("Nothing to evaluate: clusters and root_causes are empty.")
+    if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+        labels = labels.astype(np.int64)
+    if labels.dtype.kind not in "iu":
+        raise SpecError(f"clusters must hold integer cluster ids (-1 = noise). Got dtype {labels.dtype}.")
+    labels = labels.astype(np.int64, copy=False)
+    if labels.min() < NOISE:
+        raise SpecError(
+            f"clusters must hold ids >= 0, or -1 for noise. Got {int(labels.min())} "
+            f"({int((labels < NOISE).sum())} value(s) below -1)."
+        )
+    missing = pd.isna(causes)
+    if missing.any():
+        where = np.flatnonzero(missing)
+        raise SpecError(
+            f"root_causes has {len(where)} missing value(s) (first at position {int(where[0])}). "
+            "Leave images with an unknown cause out of the evaluation."
+        )
+    return labels, causes.astype(str)
+
+
+def _agreement(causes: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """ARI and NMI (arithmetic mean normalisation) of cluster labels against root causes."""
+    ari = adjusted_rand_score(causes, labels)
+    nmi = normalized_mutual_info_score(causes, labels, average_method="arithmetic")
+    return float(ari), float(nmi)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain Python types for json: numpy scalars unboxed, NaN/inf -> None, containers recursed."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or value is pd.NA:
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
+    """Write through a temporary file in the same folder and move it into place in one step."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,144 @@
+"""Transfer-learning features from torchvision backbones pretrained on ImageNet.
+
+The default layer is the global-pooled penultimate layer (the input of the classifier); any node of the
+model's graph can be chosen instead (``resnet18@layer3``), and 4-D maps are global-average-pooled.
+Weights come from torchvision's weights API (``weights=IMAGENET1K_V1``, the default), from a state_dict
+file (``--weights PATH``, loaded with ``weights_only=True``), or ``weights=none`` (random, for tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rca_gpu.errors import ModelError, SpecError
+from rca_gpu.features.base import FeatureExtractor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    builder: str  # torchvision.models function name
+    default_layer: str  # graph node of the global-pooled penultimate features
+    dims: int
+
+
+BACKBONES = {
+    "mobilenet_v2": Backbone("mobilenet_v2", "flatten", 1280),
+    "resnet18": Backbone("resnet18", "flatten", 512),
+    "resnet50": Backbone("resnet50", "flatten", 2048),
+    "vgg16": Backbone("vgg16", "classifier.4", 4096),
+}
+
+
+def build_backbone(name: str, weights: str | None):
+    """A torchvision model in eval mode with the requested weights. Raises ModelError when unavailable."""
+    import torch
+    import torchvision.models as models
+
+    builder = getattr(models, BACKBONES[name].builder)
+    weights = weights or "IMAGENET1K_V1"
+    if weights.lower() in ("none", "random"):
+        return builder(weights=None).eval()
+    path = Path(weights).expanduser()
+    if path.suffix in (".pt", ".pth", ".bin") or path.exists():
+        if not path.is_file():
+            raise ModelError(f"The weights file {str(path)!r} does not exist. Check --weights.")
+        model = builder(weights=None)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(
+                f"Cannot load weights from {str(path)!r} as a state_dict ({type(exc).__name__}: {exc}). "
+                "Save them with torch.save(model.state_dict(), path)."
+            ) from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ModelError(f"The weights in {str(path)!r} do not fit {name}: {str(exc).splitlines()[0]}") from None
+        return model.eval()
+    try:
+        return builder(weights=weights).eval()
+    except (ValueError, KeyError) as exc:
+        raise SpecError(f"Unknown weights {weights!r} for {name}: {exc}. Use IMAGENET1K_V1, DEFAULT, none, or a file.") from None
+    except Exception as exc:  # offline: the download of missing weights fails
+        raise ModelError(
+            f"The {weights} weights of {name} are not in the torch cache and cannot be downloaded here "
+            f"({type(exc).__name__}). Put the torchvision checkpoint in $TORCH_HOME/hub/checkpoints/, pass "
+            "--weights PATH to a state_dict, or use mobilenet_v2."
+        ) from None
+
+
+def image_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """PIL RGB image -> normalised float tensor (3, s, s). The whole image is kept (resize, no crop), so a
+    cause at the border (an occluder, a shifted object) is not cut away."""
+    from torchvision.transforms import v2
+    import torch
+
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(mean), std=list(std)),
+        ]
+    )
+
+
+class BackboneExtractor(FeatureExtractor):
+    """Pretrained torchvision backbone, truncated at a layer, features global-average-pooled."""
+
+    image_mode = "RGB"
+
+    def prepare(self) -> None:
+        import torch
+        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+        backbone = BACKBONES[self.spec.name]
+        model = build_backbone(self.spec.name, self.spec.params.get("weights"))
+        self.layer = self.spec.layer or backbone.default_layer
+        _, nodes = get_graph_node_names(model)
+        if self.layer not in nodes:
+            near = [n for n in nodes if n.startswith(self.layer.split(".")[0])][:8] or nodes[-8:]
+            raise SpecError(
+                f"{self.spec.name} has no layer {self.layer!r}. Layers look like: {', '.join(near)} "
+                "(all names: torchvision.models.feature_extraction.get_graph_node_names)."
+            )
+        body = create_feature_extractor(model, return_nodes={self.layer: "features"})
+        device = self.context.device
+        self.model = body.to(device).to(memory_format=torch.channels_last).eval()
+        self.normalize = bool(self.spec.params.get("normalize", True))
+
+    def transform(self):
+        return image_transform(int(self.spec.params.get("image_size", 224)))
+
+    def encode(self, images):
+        import torch
+
+        out = self.model(images.contiguous(memory_format=torch.channels_last))["features"]
+        if out.ndim == 4:
+            out = out.mean(dim=(2, 3))
+        out = out.flatten(1).float()
+        if self.normalize:
+            out = torch.nn.functional.normalize(out, dim=1)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "layer": self.layer,
+            "weights": self.spec.params.get("weights", "IMAGENET1K_V1"),
+            "image_size": int(self.spec.params.get("image_size", 224)),
+            "l2_normalized": self.normalize,
+        }
+
+    def cache_token(self) -> str:
+        weights = self.spec.params.get("weights")
+        if weights and Path(weights).expanduser().is_file():
+            stat = Path(weights).expanduser().stat()
+            return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        return ""

@@ -1,0 +1,203 @@
+"""k-nearest-neighbour graphs, computed once per feature set and reused downstream.
+
+Backends (see :data:`rca_gpu.registry.IMPLEMENTATIONS`): exact torch matmul + top-k in blocks (CPU or
+CUDA), exact FAISS (CPU or GPU), approximate FAISS HNSW (CPU, for very large sets), exact cuML, and a
+scikit-learn KD-tree for low-dimensional embeddings. ``backend="auto"`` picks by device, size and
+dimension, following benchmarks/knn_backends.py (see benchmarks/RESULTS.md).
+
+Every graph lists each point as its own first neighbour at distance 0 (what UMAP's ``precomputed_knn``
+expects), then its k - 1 nearest other points, by Euclidean distance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rca_gpu import registry
+from rca_gpu.device import Device, as_numpy, as_torch, kind_of, to_kind
+from rca_gpu.errors import TooFewImagesError
+from rca_gpu.registry import Adapter
+
+#: Above this many points, exact search on the CPU costs more than it is worth: use HNSW.
+CPU_EXACT_MAX = 200_000
+#: At or below this dimension, a KD-tree beats brute force on the CPU (embeddings after UMAP/PCA).
+KDTREE_MAX_DIM = 16
+
+
+@dataclass
+class KnnGraph:
+    """Indices (n, k) int64 and Euclidean distances (n, k) float32; column 0 is the point itself."""
+
+    indices: Any
+    distances: Any
+    backend: str
+    seconds: float = 0.0
+    _numpy: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.shape[1])
+
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """Host copies (made once)."""
+        if self._numpy is None:
+            self._numpy = (as_numpy(self.indices).astype(np.int64), as_numpy(self.distances).astype(np.float32))
+        return self._numpy
+
+    def first(self, k: int) -> "KnnGraph":
+        """The graph restricted to each point's k nearest (including itself)."""
+        if k > self.k:
+            raise ValueError(f"the graph has {self.k} neighbours per point, {k} were asked for")
+        sub = KnnGraph(self.indices[:, :k], self.distances[:, :k], self.backend, self.seconds)
+        if self._numpy is not None:
+            sub._numpy = (self._numpy[0][:, :k], self._numpy[1][:, :k])
+        return sub
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.backend, "k": self.k, "seconds": round(self.seconds, 3)}
+
+
+def choose_backend(n: int, dim: int, device: Device) -> str:
+    """The backend ``auto`` resolves to (measured: benchmarks/knn_backends.py)."""
+    if device.on_gpu:
+        return "faiss" if device.faiss_gpu else "torch"
+    if dim <= KDTREE_MAX_DIM:
+        return "kdtree"
+    return "torch" if n <= CPU_EXACT_MAX else "faiss-hnsw"
+
+
+def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph:
+    """The k-nearest-neighbour graph of the rows of ``x`` (self included as neighbour 0)."""
+    n, dim = int(x.shape[0]), int(x.shape[1])
+    if n < 2:
+        raise TooFewImagesError(f"A neighbour graph needs at least 2 images; {n} usable image(s) remain.")
+    k = min(k, n)
+    name = choose_backend(n, dim, device) if backend == "auto" else backend
+    adapter = registry.build("knn", name, device)
+    started = time.perf_counter()
+    data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
+    indices, distances = adapter.search(data, k)
+    seconds = time.perf_counter() - started
+    return KnnGraph(indices, distances, f"{name}-{adapter.implementation.backend}", seconds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Adapters
+# --------------------------------------------------------------------------------------------------
+
+
+def _self_first_numpy(indices: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make each row start with the point itself (duplicates can push it out of column 0)."""
+    n, k = indices.shape
+    rows = np.arange(n)
+    # keep the first k - 1 neighbours that are not the point itself, in order (stable sort)
+    order = np.argsort(indices == rows[:, None], axis=1, kind="stable")[:, : k - 1]
+    out_i = np.concatenate([rows[:, None], np.take_along_axis(indices, order, axis=1)], axis=1)
+    out_d = np.concatenate([np.zeros((n, 1), distances.dtype), np.take_along_axis(distances, order, axis=1)], axis=1)
+    return out_i, out_d
+
+
+def _self_first_torch(indices, distances):
+    """Torch twin of _self_first_numpy, so GPU results stay on the GPU."""
+    import torch
+
+    n, k = indices.shape
+    rows = torch.arange(n, device=indices.device)
+    order = torch.argsort((indices == rows[:, None]).to(torch.int8), dim=1, stable=True)[:, : k - 1]
+    out_i = torch.cat([rows[:, None], indices.gather(1, order)], dim=1)
+    zeros = torch.zeros((n, 1), dtype=distances.dtype, device=distances.device)
+    return out_i, torch.cat([zeros, distances.gather(1, order)], dim=1)
+
+
+class TorchExact(Adapter):
+    """Exact Euclidean kNN by blocked matrix products and top-k, on CPU or CUDA tensors."""
+
+    def __init__(self, *, block_elements: int = 1 << 26) -> None:
+        self.block_elements = block_elements
+
+    def search(self, x, k: int):
+        import torch
+
+        x = x.float()
+        n = x.shape[0]
+        squared = (x * x).sum(dim=1)
+        block = max(1, min(n, self.block_elements // max(n, 1)))
+        indices = torch.empty((n, k), dtype=torch.long, device=x.device)
+        distances = torch.empty((n, k), dtype=torch.float32, device=x.device)
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            d2 = squared[start:stop, None] + squared[None, :] - 2.0 * (x[start:stop] @ x.T)
+            rows = torch.arange(stop - start, device=x.device)
+            d2[rows, rows + start] = -1.0  # the point itself always comes first
+            values, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+            indices[start:stop] = idx
+            distances[start:stop] = values.clamp_min_(0.0).sqrt_()
+        return indices, distances
+
+
+class FaissExact(Adapter):
+    """Exact L2 search with FAISS (IndexFlatL2; GpuIndexFlatL2 on torch CUDA tensors)."""
+
+    def search(self, x, k: int):
+        import faiss
+
+        if kind_of(x) == "torch":  # GPU build: FAISS reads torch CUDA tensors directly
+            import faiss.contrib.torch_utils  # noqa: F401  (registers torch tensor support)
+
+            resources = faiss.StandardGpuResources()
+            index = faiss.GpuIndexFlatL2(resources, int(x.shape[1]))
+            x = x.float().contiguous()
+            index.add(x)
+            d2, idx = index.search(x, k)
+            return _self_first_torch(idx.long(), d2.clamp_min(0).sqrt())
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        index = faiss.IndexFlatL2(x.shape[1])
+        index.add(x)
+        d2, idx = index.search(x, k)
+        return _self_first_numpy(idx.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32))
+
+
+class FaissHNSW(Adapter):
+    """Approximate search with a FAISS HNSW graph (for sets too large for exact search on the CPU)."""
+
+    def __init__(self, *, m: int = 32, ef_construction: int = 200, ef_search: int = 128) -> None:
+        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+
+    def search(self, x, k: int):
+        import faiss
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        index = faiss.IndexHNSWFlat(x.shape[1], self.m)
+        index.hnsw.efConstruction = self.ef_construction
+        index.add(x)
+        index.hnsw.efSearch = max(self.ef_search, 2 * k)
+        d2, idx = index.search(x, k)
+        idx = np.where(idx < 0, np.arange(len(x))[:, None], idx)  # unfilled slots (tiny sets): self
+        return _self_first_numpy(idx.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32))
+
+
+class SklearnKDTree(Adapter):
+    """Exact search with scikit-learn's KD-tree: fastest on the CPU for low-dimensional embeddings."""
+
+    def search(self, x, k: int):
+        from sklearn.neighbors import NearestNeighbors
+
+        x = np.asarray(x, dtype=np.float32)
+        nn = NearestNeighbors(n_neighbors=k, algorithm="kd_tree").fit(x)
+        distances, indices = nn.kneighbors(x)
+        return _self_first_numpy(indices.astype(np.int64), distances.astype(np.float32))
+
+
+class CumlExact(Adapter):
+    """Exact brute-force search with cuML on CuPy arrays."""
+
+    def search(self, x, k: int):
+        from cuml.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=k, algorithm="brute", output_type="cupy").fit(x)
+        distances, indices = nn.kneighbors(x)
+        return _self_first_torch(as_torch(indices, "cuda").long(), as_torch(distances, "cuda").float())

@@ -1,0 +1,296 @@
+"""The orchestrator: source -> features -> kNN graph -> reduce + cluster (tuned) -> outputs -> evaluation.
+
+:func:`run` is the whole job for one pipeline. The study reuses the steps below it, so features and kNN
+graphs are computed once per feature set.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rca_gpu import outputs
+from rca_gpu.data.sources import FailureSet, load_source
+from rca_gpu.device import Device, as_numpy, resolve_device
+from rca_gpu.errors import TooFewImagesError
+from rca_gpu.features.base import ExtractionContext
+from rca_gpu.neighbors import KnnGraph, knn_graph
+from rca_gpu.progress import Reporter
+from rca_gpu.spec import MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec
+from rca_gpu.tuning import Selection, effective_k, select
+
+log = logging.getLogger("rca_gpu")
+
+PLOT_UMAP = {"n_neighbors": 15, "n_components": 2, "min_dist": 0.1}
+LIBRARIES = (
+    "rca-gpu", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "umap-learn", "fast-hdbscan",
+    "faiss-cpu", "faiss-gpu-cu12", "pyarrow", "pandas", "zennit", "captum", "cuml-cu12", "cuml-cu13", "cupy-cuda12x",
+    "cupy-cuda13x",
+)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    clusters: pd.DataFrame
+    run_info: dict[str, Any]
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.run_info["counts"]["clusters"])
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, started: float) -> None:
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+# --------------------------------------------------------------------------------------------------
+# Steps (shared with the study)
+# --------------------------------------------------------------------------------------------------
+
+
+def extraction_context(failures: FailureSet, spec: RunSpec, device: Device, work_dir: Path | None,
+                       reporter: Reporter) -> ExtractionContext:
+    import torch
+
+    return ExtractionContext(
+        failures=failures,
+        device=torch.device(device.torch_device),
+        precision=spec.precision,
+        seed=spec.seed,
+        batch_size=spec.batch_size,
+        workers=spec.workers,
+        model_ref=spec.model or failures.dut,
+        work_dir=work_dir,
+        reporter=reporter,
+    )
+
+
+def compute_features(feature_spec: FeatureSpec, failures: FailureSet, spec: RunSpec, device: Device,
+                     cache_dir: Path | None, reporter: Reporter):
+    from rca_gpu.features.extract import extract_features
+
+    context = extraction_context(failures, spec, device, cache_dir, reporter)
+    if feature_spec.info.needs_dut and not context.model_ref:
+        from rca_gpu.errors import SpecError
+
+        raise SpecError(f"The '{feature_spec.name}' extractor needs the DNN under test: pass --model PATH.")
+    return extract_features(feature_spec, context, cache_dir=cache_dir)
+
+
+def check_enough(n_usable: int, n_total: int, clusterer: str) -> None:
+    need = MIN_IMAGES[clusterer]
+    if n_usable < need:
+        raise TooFewImagesError(
+            f"The {clusterer} clusterer needs at least {need} usable images; {n_usable} of {n_total} input "
+            "row(s) are usable (the others were rejected, see clusters.parquet). Add more failing images."
+        )
+
+
+def feature_graph(features, spec: RunSpec, reduce_spec: ReduceSpec, device: Device) -> KnnGraph:
+    return knn_graph(features.matrix, effective_k(spec.knn_k, reduce_spec), device, spec.knn_backend)
+
+
+def plot_embedding(features, selection: Selection, graph: KnnGraph, device: Device, seed: int,
+                   use_umap: bool) -> tuple[np.ndarray, str]:
+    """A 2-D embedding for plots: the chosen embedding when it is 2-D, else a 2-D UMAP of the features
+    (from the same kNN graph), or the first two principal components when UMAP plots are off."""
+    from rca_gpu.reduce import reduce
+
+    chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
+    if chosen.shape[1] == 2:
+        return chosen, "chosen embedding"
+    if use_umap and features.n > 3:
+        embedding, _ = reduce(features.matrix, "umap", PLOT_UMAP, device, knn=graph, seed=seed)
+        return np.asarray(as_numpy(embedding), dtype=np.float32), "umap 2-D of the features"
+    embedding, _ = reduce(features.matrix, "pca", {"n_components": 2}, device, seed=seed)
+    out = np.asarray(as_numpy(embedding), dtype=np.float32)
+    if out.shape[1] < 2:
+        out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
+    return out, "pca 2-D of the features"
+
+
+def order_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber clusters by size, largest = 0 (ties by first appearance); noise stays -1."""
+    out = np.full_like(labels, -1)
+    clustered = labels[labels >= 0]
+    if clustered.size == 0:
+        return out
+    ids, first, counts = np.unique(clustered, return_index=True, return_counts=True)
+    ranking = sorted(zip(-counts, first, ids))
+    mapping = {old: new for new, (_, _, old) in enumerate(ranking)}
+    mask = labels >= 0
+    out[mask] = np.vectorize(mapping.get)(labels[mask])
+    return out
+
+
+def resolved_pipeline(spec: PipelineSpec, features_info: dict[str, Any], selection: Selection) -> PipelineSpec:
+    """The pipeline with every automatically chosen value written in: reproduces the clustering."""
+    layer = features_info.get("layer") or spec.features.layer
+    cluster_params = {k: v for k, v in selection.cluster_params.items() if k in ("eps", "min_samples",
+                      "min_cluster_size", "k", "select") and v is not None}
+    return PipelineSpec(
+        FeatureSpec(spec.features.name, layer if spec.features.info.has_layers else None, spec.features.params),
+        ReduceSpec(spec.reduce.name, selection.reduce_params),
+        ClusterSpec(spec.cluster.name, cluster_params),
+    )
+
+
+def clusters_table(failures: FailureSet, features, labels: np.ndarray) -> pd.DataFrame:
+    """One row per input row: id, path, cluster, status, reason, then the pass-through metadata."""
+    n = len(failures)
+    cluster = np.full(n, -1, dtype=np.int64)
+    cluster[features.positions] = labels
+    status = np.full(n, "rejected", dtype=object)
+    status[features.positions] = np.where(labels >= 0, "clustered", "noise")
+    reason = np.full(n, "", dtype=object)
+    for position, why in features.rejected.items():
+        reason[position] = why
+    table = failures.table
+    front = pd.DataFrame({"id": table["id"], "path": table["path"], "cluster": cluster, "status": status,
+                          "reason": reason})
+    return pd.concat([front, table.drop(columns=["id", "path"])], axis=1)
+
+
+def embedding_table(failures: FailureSet, features, labels: np.ndarray, plot: np.ndarray,
+                    chosen: np.ndarray) -> pd.DataFrame:
+    """One row per clustered-or-noise image: id, cluster, x, y (plot), e0..ek (the clustering space)."""
+    frame = pd.DataFrame({"id": failures.table["id"].to_numpy()[features.positions], "cluster": labels,
+                          "x": plot[:, 0], "y": plot[:, 1]})
+    if chosen.shape[1] <= 64:
+        extra = pd.DataFrame(chosen, columns=[f"e{i}" for i in range(chosen.shape[1])])
+        frame = pd.concat([frame, extra], axis=1)
+    return frame
+
+
+def cluster_summary(clusters: pd.DataFrame) -> pd.DataFrame:
+    """Per cluster: size and its most common labels / root causes (what the demo prints)."""
+    rows = []
+    for label, group in clusters[clusters["status"] != "rejected"].groupby("cluster", sort=True):
+        row = {"cluster": int(label), "size": len(group)}
+        for column in ("root_cause", "label", "prediction", "folder"):
+            if column in group.columns:
+                counts = group[column].astype(str).value_counts()
+                row[column] = ", ".join(f"{k} ({v})" for k, v in counts.head(3).items())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole run
+# --------------------------------------------------------------------------------------------------
+
+
+def run(
+    spec: RunSpec,
+    source: str | Path | FailureSet,
+    out: str | Path,
+    *,
+    reporter: Reporter | None = None,
+    cache_dir: str | Path | None = None,
+) -> RunResult:
+    """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, run.json (and
+    metrics.json when root causes are known) to ``out``."""
+    reporter = reporter or Reporter(enabled=False)
+    timer = Timer()
+    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    out = Path(out)
+
+    t = time.perf_counter()
+    failures = source if isinstance(source, FailureSet) else load_source(source, image_root=spec.image_root)
+    timer.add("load_source", t)
+    if not failures.usable_positions.size:
+        first = next(iter(failures.rejected.values()), "unknown")
+        raise TooFewImagesError(f"None of the {len(failures)} input rows is usable (e.g. {first}).")
+    device = resolve_device(spec.device)
+
+    t = time.perf_counter()
+    cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
+    features = compute_features(spec.pipeline.features, failures, spec, device, cache, reporter)
+    timer.add("features", t)
+    check_enough(features.n, len(failures), spec.pipeline.cluster.name)
+
+    t = time.perf_counter()
+    graph = feature_graph(features, spec, spec.pipeline.reduce, device)
+    timer.add("knn", t)
+
+    t = time.perf_counter()
+    with reporter.task("reduce + cluster (tuning)", total=None) as advance:
+        selection = select(features.matrix, graph, spec.pipeline.reduce, spec.pipeline.cluster, device,
+                           seed=spec.seed, progress=advance)
+    timer.add("reduce_cluster", t)
+    labels = order_labels(selection.labels)
+
+    t = time.perf_counter()
+    plot, plot_source = plot_embedding(features, selection, graph, device, spec.seed, spec.plot_embedding)
+    timer.add("plot_embedding", t)
+
+    t = time.perf_counter()
+    clusters = clusters_table(failures, features, labels)
+    chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
+    outputs.write_parquet(out / "clusters.parquet", clusters)
+    outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen))
+    metrics = None
+    if failures.has_root_cause:
+        from rca_gpu.evaluate import evaluate_run
+
+        metrics = evaluate_run(out).summary
+    timer.add("write", t)
+
+    resolved = resolved_pipeline(spec.pipeline, features.info, selection)
+    counts = {
+        "input_rows": len(failures),
+        "usable": features.n,
+        "rejected": len(failures) - features.n,
+        "clustered": int((labels >= 0).sum()),
+        "noise": int((labels < 0).sum()),
+        "clusters": int(len(np.unique(labels[labels >= 0]))),
+    }
+    run_info = {
+        "rca_gpu_run": 1,
+        "started_at": started_at,
+        "source": {"given": str(failures.source), "kind": failures.kind, "rows": len(failures)},
+        "spec": spec.to_dict(),
+        "resolved_pipeline": str(resolved),
+        "seed": spec.seed,
+        "device": device.to_dict(),
+        "features": features.info,
+        "knn": graph.describe(),
+        "reduce": selection.reduce_info,
+        "tuning": {**selection.to_dict(), "seconds": selection.seconds},
+        "plot_embedding": plot_source,
+        "counts": counts,
+        "seconds": {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)},
+        "versions": library_versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
+        "metrics": metrics,
+    }
+    outputs.write_json(out / "run.json", run_info)
+    log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
+             counts["rejected"], out)
+    return RunResult(out, clusters, run_info, metrics)

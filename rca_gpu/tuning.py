@@ -1,0 +1,315 @@
+"""Automatic hyper-parameter selection for the parameters a pipeline spec leaves open.
+
+For every candidate (reducer setting x clusterer setting) the labels are scored by one internal validity
+criterion whose cost does not grow with the number of images:
+
+    score = silhouette(sample) * (1 - noise_share) - fragmentation penalty
+
+- silhouette is computed on a fixed-size random sample (SAMPLE_SIZE) of the clustered (non-noise) images,
+  in the space the clusterer saw (the embedding). A sample makes it O(1) in n instead of O(n^2).
+- (1 - noise_share) stops density clusterers from "winning" by declaring most images noise.
+- the fragmentation penalty (FRAGMENT_PENALTY per cluster beyond MAX_CLUSTERS_SOFT) keeps the search from
+  returning dozens of tiny clusters that nobody can inspect.
+Candidates with fewer than two clusters score -1.
+
+Across UMAP settings, embeddings of different dimension are compared by the same score computed in that
+embedding; ties favour the earlier (simpler) candidate. Ward can instead pick k at the knee of its
+within-cluster-distance curve (HUDD's rule, via kneed): ``ward(select=knee)``.
+
+Everything tried, and what was chosen, is returned for run.json.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from rca_gpu import registry
+from rca_gpu.cluster import cluster as run_clusterer
+from rca_gpu.device import Device, as_numpy, to_kind
+from rca_gpu.neighbors import KnnGraph, knn_graph
+from rca_gpu.reduce import reduce as run_reducer
+from rca_gpu.spec import ClusterSpec, ReduceSpec
+
+SAMPLE_SIZE = 2000
+MAX_CLUSTERS_SOFT = 30
+FRAGMENT_PENALTY = 0.01
+
+UMAP_GRID = {"n_neighbors": (15, 30), "n_components": (2, 10), "min_dist": (0.0, 0.1)}
+DBSCAN_MIN_SAMPLES = (5, 10, 20)
+DBSCAN_EPS_QUANTILES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+HDBSCAN_MIN_CLUSTER_SIZES = (5, 10, 15, 25, 40, 60)
+PCA_VARIANCE = 0.9
+PCA_MAX_COMPONENTS = 50
+
+
+@dataclass
+class Trial:
+    reduce: dict[str, Any]
+    cluster: dict[str, Any]
+    n_clusters: int
+    noise_share: float
+    silhouette: float | None
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reduce": self.reduce,
+            "cluster": self.cluster,
+            "n_clusters": self.n_clusters,
+            "noise_share": round(self.noise_share, 4),
+            "silhouette": None if self.silhouette is None else round(self.silhouette, 4),
+            "score": round(self.score, 4),
+        }
+
+
+@dataclass
+class Selection:
+    """The chosen setting, its labels and embedding, and every trial."""
+
+    reduce_params: dict[str, Any]
+    cluster_params: dict[str, Any]
+    labels: np.ndarray
+    embedding: Any
+    reduce_info: dict[str, Any]
+    trials: list[Trial] = field(default_factory=list)
+    criterion: str = "silhouette"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "criterion": self.criterion,
+            "chosen": {"reduce": self.reduce_params, "cluster": self.cluster_params},
+            "n_trials": len(self.trials),
+            "trials": [t.to_dict() for t in self.trials],
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# The criterion
+# --------------------------------------------------------------------------------------------------
+
+
+def validity(points: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> tuple[float, float | None]:
+    """(score, silhouette) of ``labels`` on ``points`` (host arrays). See the module docstring."""
+    from sklearn.metrics import silhouette_score
+
+    n = len(labels)
+    clustered = np.flatnonzero(labels >= 0)
+    n_clusters = len(np.unique(labels[clustered]))
+    noise_share = 1.0 - len(clustered) / n if n else 1.0
+    if n_clusters < 2 or len(clustered) <= n_clusters:
+        return -1.0, None
+    rng = np.random.default_rng(seed)
+    sample = clustered if len(clustered) <= SAMPLE_SIZE else rng.choice(clustered, SAMPLE_SIZE, replace=False)
+    sample_labels = labels[sample]
+    if len(np.unique(sample_labels)) < 2:
+        return -1.0, None
+    silhouette = float(silhouette_score(points[sample], sample_labels))
+    penalty = FRAGMENT_PENALTY * max(0, n_clusters - MAX_CLUSTERS_SOFT)
+    return silhouette * (1.0 - noise_share) - penalty, silhouette
+
+
+def _summary(labels: np.ndarray) -> tuple[int, float]:
+    clustered = labels >= 0
+    return len(np.unique(labels[clustered])), float(1.0 - clustered.mean()) if len(labels) else 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Candidate grids
+# --------------------------------------------------------------------------------------------------
+
+
+def reducer_candidates(spec: ReduceSpec, n: int) -> list[dict[str, Any]]:
+    """Settings to try for the reducer: the spec's fixed values, the grid for what it leaves open."""
+    if spec.name != "umap":
+        return [dict(spec.params)]
+    axes = {
+        key: (spec.params[key],) if key in spec.params else values for key, values in UMAP_GRID.items()
+    }
+    out = []
+    for combo in itertools.product(*axes.values()):
+        params = dict(zip(axes, combo))
+        params["n_neighbors"] = max(2, min(params["n_neighbors"], n - 1))
+        if params not in out:
+            out.append(params)
+    return out
+
+
+def pca_components(features: Any, *, seed: int = 0) -> int:
+    """Fewest principal components that explain PCA_VARIANCE of the variance (on a sample), capped."""
+    from sklearn.decomposition import PCA
+
+    sample = _host_sample(features, 5000, seed)
+    limit = min(PCA_MAX_COMPONENTS, *sample.shape)
+    pca = PCA(n_components=limit, random_state=seed).fit(sample)
+    total = float(np.var(sample, axis=0, ddof=1).sum())
+    cumulative = np.cumsum(pca.explained_variance_) / total if total > 0 else np.ones(limit)
+    return int(min(limit, max(2, np.searchsorted(cumulative, PCA_VARIANCE) + 1)))
+
+
+def _k_range(n: int) -> range:
+    return range(2, max(3, min(MAX_CLUSTERS_SOFT, n // 3) + 1))
+
+
+def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGraph], n: int) -> list[dict[str, Any]]:
+    """Settings to try for the clusterer on one embedding."""
+    fixed = dict(spec.params)
+    if spec.name == "dbscan":
+        if "eps" in fixed and "min_samples" in fixed:
+            return [fixed]
+        sample_sizes = (fixed["min_samples"],) if "min_samples" in fixed else DBSCAN_MIN_SAMPLES
+        out = []
+        for min_samples in sample_sizes:
+            if min_samples >= n:
+                continue
+            if "eps" in fixed:
+                out.append({"eps": fixed["eps"], "min_samples": min_samples})
+                continue
+            # eps from the distribution of each point's distance to its min_samples-th neighbour
+            _, distances = embedding_graph(min_samples + 1).numpy()
+            kth = distances[:, min_samples]
+            for q in DBSCAN_EPS_QUANTILES:
+                eps = float(np.quantile(kth, q))
+                if eps > 0:
+                    out.append({"eps": round(eps, 6), "min_samples": min_samples})
+        return out or [{"eps": 0.5, "min_samples": max(1, min(5, n - 1))}]
+    if spec.name == "hdbscan":
+        if "min_cluster_size" in fixed:
+            return [fixed]
+        sizes = [s for s in HDBSCAN_MIN_CLUSTER_SIZES if s <= max(2, n // 2)] or [2]
+        return [{**fixed, "min_cluster_size": s} for s in sizes]
+    if spec.name in ("kmeans", "ward"):
+        if "k" in fixed:
+            return [fixed]
+        return [{**fixed, "k": k} for k in _k_range(n) if k < n]
+    raise KeyError(spec.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Search
+# --------------------------------------------------------------------------------------------------
+
+
+def _host_sample(x: Any, size: int, seed: int) -> np.ndarray:
+    n = int(x.shape[0])
+    if n <= size:
+        return np.asarray(as_numpy(x), dtype=np.float32)
+    index = np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+    return np.asarray(as_numpy(x[index]), dtype=np.float32)
+
+
+def select(
+    features: Any,
+    graph: KnnGraph,
+    reduce_spec: ReduceSpec,
+    cluster_spec: ClusterSpec,
+    device: Device,
+    *,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Selection:
+    """Search the open hyper-parameters; return the best setting by the validity criterion."""
+    n = int(features.shape[0])
+    timings = {"reduce": 0.0, "cluster": 0.0, "score": 0.0}
+    candidates = reducer_candidates(reduce_spec, n)
+    if reduce_spec.name == "pca" and "n_components" not in reduce_spec.params:
+        candidates = [{"n_components": pca_components(features, seed=seed)}]
+    trials: list[Trial] = []
+    best: tuple[float, int] | None = None
+    best_payload = None
+    for reduce_params in candidates:
+        started = time.perf_counter()
+        embedding, reduce_info = run_reducer(features, reduce_spec.name, reduce_params, device, knn=graph, seed=seed)
+        timings["reduce"] += time.perf_counter() - started
+        host_points = np.asarray(as_numpy(embedding), dtype=np.float32)
+        graphs: dict[int, KnnGraph] = {}
+
+        def embedding_graph(k: int) -> KnnGraph:
+            # for 'none' the feature graph is the embedding graph: reuse it
+            if reduce_spec.name == "none" and k <= graph.k:
+                return graph.first(k)
+            if k not in graphs:
+                widest = max([k, *graphs]) if graphs else max(k, 21)
+                graphs[widest] = knn_graph(embedding, widest, device)
+                return graphs[widest].first(k)
+            return graphs[k]
+
+        labels_by_params = _cluster_all(embedding, cluster_spec, embedding_graph, n, device, seed, timings)
+        for cluster_params, labels in labels_by_params:
+            started = time.perf_counter()
+            score, silhouette = validity(host_points, labels, seed=seed)
+            timings["score"] += time.perf_counter() - started
+            n_clusters, noise = _summary(labels)
+            trials.append(Trial(dict(reduce_params), dict(cluster_params), n_clusters, noise, silhouette, score))
+            if best is None or score > best[0] + 1e-9:
+                best = (score, len(trials) - 1)
+                best_payload = (reduce_params, cluster_params, labels, embedding, reduce_info)
+        if progress:
+            progress(1)
+    if cluster_spec.name == "ward" and cluster_spec.params.get("select") == "knee" and "k" not in cluster_spec.params:
+        best_payload = _knee_choice(trials, best_payload, features, reduce_spec, cluster_spec, device, seed)
+    reduce_params, cluster_params, labels, embedding, reduce_info = best_payload
+    return Selection(
+        dict(reduce_params), dict(cluster_params), labels, embedding, reduce_info, trials,
+        criterion="knee" if cluster_spec.params.get("select") == "knee" else "silhouette",
+        seconds={k: round(v, 3) for k, v in timings.items()},
+    )
+
+
+def _cluster_all(embedding, cluster_spec, embedding_graph, n, device, seed, timings):
+    """[(params, labels)] for every clusterer candidate on one embedding."""
+    fixed_select = {k: v for k, v in cluster_spec.params.items() if k == "select"}
+    candidates = cluster_candidates(cluster_spec, embedding_graph, n)
+    out = []
+    started = time.perf_counter()
+    if cluster_spec.name == "ward":
+        # one merge tree, cut at every k
+        adapter = registry.build("cluster", "ward", device, seed=seed, k=2)
+        adapter.fit_tree(to_kind(embedding, adapter.implementation.arrays))
+        for params in candidates:
+            out.append(({**params, **fixed_select}, adapter.labels_for(params["k"])))
+    else:
+        for params in candidates:
+            out.append((params, run_clusterer(embedding, cluster_spec.name, params, device, seed=seed)))
+    timings["cluster"] += time.perf_counter() - started
+    return out
+
+
+def within_cluster_distance(points: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over clusters of the mean distance of members to their centroid (falls as k grows)."""
+    per_cluster = [
+        float(np.linalg.norm(points[labels == c] - points[labels == c].mean(axis=0), axis=1).mean())
+        for c in np.unique(labels[labels >= 0])
+    ]
+    return float(np.mean(per_cluster)) if per_cluster else 0.0
+
+
+def _knee_choice(trials, best_payload, features, reduce_spec, cluster_spec, device, seed):
+    """Ward with select=knee: k at the knee of the within-cluster distance curve (kneed)."""
+    from kneed import KneeLocator
+
+    reduce_params, _, _, embedding, reduce_info = best_payload
+    points = np.asarray(as_numpy(embedding), dtype=np.float64)
+    adapter = registry.build("cluster", "ward", device, seed=seed, k=2)
+    adapter.fit_tree(points)
+    ks = [t.cluster["k"] for t in trials if t.reduce == reduce_params]
+    curve = [within_cluster_distance(points, adapter.labels_for(k)) for k in ks]
+    knee = KneeLocator(ks, curve, curve="convex", direction="decreasing").knee if len(ks) >= 3 else None
+    k = int(knee) if knee is not None else ks[int(np.argmin(curve))]
+    for trial, value in zip([t for t in trials if t.reduce == reduce_params], curve):
+        trial.cluster["within_cluster_distance"] = round(value, 6)
+    return reduce_params, {"k": k, "select": "knee"}, adapter.labels_for(k), embedding, reduce_info
+
+
+def effective_k(graph_k: int, reduce_spec: ReduceSpec) -> int:
+    """The neighbour count the shared feature graph needs so every stage can reuse it."""
+    widest = max(UMAP_GRID["n_neighbors"]) if reduce_spec.name == "umap" else 0
+    widest = max(widest, int(reduce_spec.params.get("n_neighbors", 0)), max(DBSCAN_MIN_SAMPLES) + 1)
+    return max(graph_k, widest)
+
+

@@ -1,0 +1,49 @@
+"""Shared test setup. GPU tests (marker ``gpu``) are skipped with a reason when CUDA is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# numba-compiled libraries (umap-learn, pynndescent, fast_hdbscan) compile once and reuse this cache.
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "rca_gpu" / "numba"))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch missing entirely
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def planted_blobs(n_per: int = 60, centers: int = 4, dim: int = 8, spread: float = 0.3, seed: int = 0):
+    """Well-separated Gaussian blobs: (points float32, planted labels)."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(
+        n_samples=n_per * centers, centers=centers, n_features=dim, cluster_std=spread,
+        center_box=(-10, 10), random_state=seed,
+    )
+    return x.astype(np.float32), y
+
+
+# --- fixtures for the ground-truth benchmarks (section owned by the datasets module) ---
