@@ -181,7 +181,7 @@ def run_command(
     if result.metrics:
         m = result.metrics
         typer.echo(f"ground truth: purity {m.get('weighted_purity')} (weighted), coverage {m.get('coverage')}, "
-                   f"ARI {m.get('ari')}")
+                   f"ARI {m.get('ari_with_noise')}")
     typer.echo(f"results: {result.out.resolve()}")
 
 

@@ -37,7 +37,7 @@ PER_CAUSE_FILE = "per_cause.csv"
 PER_CAUSE_COLUMNS = ("root_cause", "n_images", "recall", "n_clusters_dominated", "best_purity", "share_noise")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # DataFrames have no single truth value to compare by
 class Evaluation:
     """The scores of one clustering against the true root causes.
 
@@ -308,7 +308,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Eval
             "rejected. Check the reasons in its 'reason' column."
         )
     if "reason" in table.columns:
-        reasons = table.loc[rejected, "reason"].fillna("unknown").astype(str)
+        reasons = table.loc[rejected, "reason"].fillna("").astype(str).replace("", "unknown")
     else:
         reasons = pd.Series(["unknown"] * int(rejected.sum()), dtype=object)
     result = evaluate(

@@ -24,8 +24,6 @@ from rca_gpu.registry import Adapter
 
 #: Above this many points, exact search on the CPU costs more than it is worth: use HNSW.
 CPU_EXACT_MAX = 200_000
-#: At or below this dimension, a KD-tree beats brute force on the CPU (embeddings after UMAP/PCA).
-KDTREE_MAX_DIM = 16
 
 
 @dataclass
@@ -65,9 +63,7 @@ def choose_backend(n: int, dim: int, device: Device) -> str:
     """The backend ``auto`` resolves to (measured: benchmarks/knn_backends.py)."""
     if device.on_gpu:
         return "faiss" if device.faiss_gpu else "torch"
-    if dim <= KDTREE_MAX_DIM:
-        return "kdtree"
-    return "torch" if n <= CPU_EXACT_MAX else "faiss-hnsw"
+    return "faiss" if n <= CPU_EXACT_MAX else "faiss-hnsw"
 
 
 def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph:

@@ -99,7 +99,10 @@ def compute_features(feature_spec: FeatureSpec, failures: FailureSet, spec: RunS
     if feature_spec.info.needs_dut and not context.model_ref:
         from rca_gpu.errors import SpecError
 
-        raise SpecError(f"The '{feature_spec.name}' extractor needs the DNN under test: pass --model PATH.")
+        raise SpecError(
+            f"The '{feature_spec.name}' extractor needs the DNN under test: pass --model PATH (TorchScript .pt, "
+            "torch.export .pt2, or package.module:factory=weights.pt)."
+        )
     return extract_features(feature_spec, context, cache_dir=cache_dir)
 
 
@@ -117,18 +120,18 @@ def feature_graph(features, spec: RunSpec, reduce_spec: ReduceSpec, device: Devi
 
 
 def plot_embedding(features, selection: Selection, graph: KnnGraph, device: Device, seed: int,
-                   use_umap: bool) -> tuple[np.ndarray, str]:
+                   use_umap: bool, reduce_cache: dict | None = None) -> tuple[np.ndarray, str]:
     """A 2-D embedding for plots: the chosen embedding when it is 2-D, else a 2-D UMAP of the features
     (from the same kNN graph), or the first two principal components when UMAP plots are off."""
-    from rca_gpu.reduce import reduce
+    from rca_gpu.tuning import cached_reduce
 
     chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
     if chosen.shape[1] == 2:
         return chosen, "chosen embedding"
     if use_umap and features.n > 3:
-        embedding, _ = reduce(features.matrix, "umap", PLOT_UMAP, device, knn=graph, seed=seed)
+        embedding, _ = cached_reduce(features.matrix, "umap", PLOT_UMAP, device, graph, seed, reduce_cache)
         return np.asarray(as_numpy(embedding), dtype=np.float32), "umap 2-D of the features"
-    embedding, _ = reduce(features.matrix, "pca", {"n_components": 2}, device, seed=seed)
+    embedding, _ = cached_reduce(features.matrix, "pca", {"n_components": 2}, device, graph, seed, reduce_cache)
     out = np.asarray(as_numpy(embedding), dtype=np.float32)
     if out.shape[1] < 2:
         out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
@@ -238,16 +241,38 @@ def run(
     t = time.perf_counter()
     graph = feature_graph(features, spec, spec.pipeline.reduce, device)
     timer.add("knn", t)
+    return cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
+                             started_at=started_at)
 
+
+def cluster_and_write(
+    spec: RunSpec,
+    failures: FailureSet,
+    features,
+    graph: KnnGraph,
+    device: Device,
+    out: Path,
+    *,
+    timer: Timer | None = None,
+    reporter: Reporter | None = None,
+    started_at: str | None = None,
+    reduce_cache: dict | None = None,
+) -> RunResult:
+    """Reduce + cluster (tuned) the extracted features, write the outputs, evaluate when possible."""
+    timer = timer or Timer()
+    reporter = reporter or Reporter(enabled=False)
+    started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    out = Path(out)
     t = time.perf_counter()
-    with reporter.task("reduce + cluster (tuning)", total=None) as advance:
+    with reporter.task(f"reduce + cluster {spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}", total=None) as advance:
         selection = select(features.matrix, graph, spec.pipeline.reduce, spec.pipeline.cluster, device,
-                           seed=spec.seed, progress=advance)
+                           seed=spec.seed, progress=advance, reduce_cache=reduce_cache)
     timer.add("reduce_cluster", t)
     labels = order_labels(selection.labels)
 
     t = time.perf_counter()
-    plot, plot_source = plot_embedding(features, selection, graph, device, spec.seed, spec.plot_embedding)
+    plot, plot_source = plot_embedding(features, selection, graph, device, spec.seed, spec.plot_embedding,
+                                       reduce_cache)
     timer.add("plot_embedding", t)
 
     t = time.perf_counter()
@@ -256,7 +281,7 @@ def run(
     outputs.write_parquet(out / "clusters.parquet", clusters)
     outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen))
     metrics = None
-    if failures.has_root_cause:
+    if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
         from rca_gpu.evaluate import evaluate_run
 
         metrics = evaluate_run(out).summary

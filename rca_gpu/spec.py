@@ -192,6 +192,9 @@ class FeatureSpec:
     layer: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    def __hash__(self) -> int:  # params is a dict: hash the canonical text instead
+        return hash(str(self))
+
     def __str__(self) -> str:
         return self.name + (f"@{self.layer}" if self.layer else "") + _format_params(self.params)
 
@@ -205,6 +208,9 @@ class ReduceSpec:
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    def __hash__(self) -> int:  # params is a dict: hash the canonical text instead
+        return hash(str(self))
+
     def __str__(self) -> str:
         return self.name + _format_params(self.params)
 
@@ -213,6 +219,9 @@ class ReduceSpec:
 class ClusterSpec:
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # params is a dict: hash the canonical text instead
+        return hash(str(self))
 
     def __str__(self) -> str:
         return self.name + _format_params(self.params)
@@ -259,11 +268,6 @@ class RunSpec:
                 raise SpecError(
                     f"The '{name}' option must be an int >= {low}. Got {value!r} instead."
                 )
-        if self.pipeline.features.info.needs_dut and not self.model:
-            raise SpecError(
-                f"The '{self.pipeline.features.name}' extractor needs the DNN under test. "
-                "Pass it with --model PATH (TorchScript .pt, torch.export .pt2, or pkg.module:factory=weights.pt)."
-            )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -287,13 +291,18 @@ _STAGE = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+)(?:@(?P<layer>[A-Za-z0-9_.\[\]\-
 
 def _split_stages(text: str) -> list[str]:
     """Split on '+' outside parentheses."""
+    return split_outside_parens(text, "+")
+
+
+def split_outside_parens(text: str, separator: str) -> list[str]:
+    """Split on ``separator`` outside parentheses; parts are stripped."""
     parts, depth, current = [], 0, []
     for char in text:
         if char == "(":
             depth += 1
         elif char == ")":
             depth -= 1
-        if char == "+" and depth == 0:
+        if char == separator and depth == 0:
             parts.append("".join(current))
             current = []
         else:

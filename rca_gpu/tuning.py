@@ -212,8 +212,13 @@ def select(
     *,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    reduce_cache: dict | None = None,
 ) -> Selection:
-    """Search the open hyper-parameters; return the best setting by the validity criterion."""
+    """Search the open hyper-parameters; return the best setting by the validity criterion.
+
+    ``reduce_cache`` (a dict kept by the caller) shares embeddings between searches over the same
+    features, e.g. the study's clusterers on one UMAP embedding.
+    """
     n = int(features.shape[0])
     timings = {"reduce": 0.0, "cluster": 0.0, "score": 0.0}
     candidates = reducer_candidates(reduce_spec, n)
@@ -224,7 +229,8 @@ def select(
     best_payload = None
     for reduce_params in candidates:
         started = time.perf_counter()
-        embedding, reduce_info = run_reducer(features, reduce_spec.name, reduce_params, device, knn=graph, seed=seed)
+        embedding, reduce_info = cached_reduce(features, reduce_spec.name, reduce_params, device, graph, seed,
+                                               reduce_cache)
         timings["reduce"] += time.perf_counter() - started
         host_points = np.asarray(as_numpy(embedding), dtype=np.float32)
         graphs: dict[int, KnnGraph] = {}
@@ -259,6 +265,18 @@ def select(
         criterion="knee" if cluster_spec.params.get("select") == "knee" else "silhouette",
         seconds={k: round(v, 3) for k, v in timings.items()},
     )
+
+
+def cached_reduce(features, name: str, params: dict[str, Any], device: Device, graph: KnnGraph, seed: int,
+                  cache: dict | None):
+    """run_reducer, remembered in ``cache`` (when given) under the reducer's name and parameters."""
+    key = (name, tuple(sorted(params.items())), seed)
+    if cache is not None and key in cache:
+        return cache[key]
+    result = run_reducer(features, name, params, device, knn=graph, seed=seed)
+    if cache is not None:
+        cache[key] = result
+    return result
 
 
 def _cluster_all(embedding, cluster_spec, embedding_graph, n, device, seed, timings):

@@ -28,7 +28,11 @@ _SUMMARY_ROWS = (
 def evaluate_command(
     run_dir: Annotated[
         Path,
-        typer.Argument(help="Output folder of `rca-gpu run` (holds clusters.parquet).", show_default=False),
+        typer.Argument(
+            help="Output folder of `rca-gpu run` (holds clusters.parquet).",
+            metavar="RUN_DIR",
+            show_default=False,
+        ),
     ],
     min_purity: Annotated[
         float,

@@ -1,0 +1,60 @@
+"""``rca-gpu study``: run a matrix of pipelines over one source and rank them against the root causes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    """Accept repeated options and comma-separated lists (commas inside parentheses stay)."""
+    if not values:
+        return None
+    from rca_gpu.spec import split_outside_parens
+
+    out: list[str] = []
+    for value in values:
+        out.extend(part for part in split_outside_parens(value, ",") if part)
+    return out
+
+
+def study_command(
+    source: Annotated[Path, typer.Argument(help="Folder or manifest with a root_cause column.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Study folder (re-running resumes it).")],
+    features: Annotated[Optional[list[str]], typer.Option("--features", "-f", help="Feature specs, e.g. "
+                        "pixels,mobilenet_v2,lrp@conv2 (default: pixels, mobilenet_v2, ae, and dut, lrp, "
+                        "gradcam when the DNN under test is known).")] = None,
+    reducers: Annotated[Optional[list[str]], typer.Option("--reducers", "-r", help="umap,pca,none (default: "
+                        "all).")] = None,
+    clusterers: Annotated[Optional[list[str]], typer.Option("--clusterers", "-k", help="dbscan,hdbscan,kmeans,"
+                          "ward (default: all).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The DNN under test (else the manifest's).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | gpu")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    top: Annotated[int, typer.Option("--top", help="Rows of the ranking to print.")] = 15,
+) -> None:
+    """Run every FEATURES x REDUCERS x CLUSTERERS pipeline on SOURCE; write study.parquet and study.md."""
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from rca_gpu.cli import _setup, build_spec
+    from rca_gpu.data.sources import load_source
+    from rca_gpu.study import check_study_source, make_plan, run_study, to_markdown
+
+    reporter = _setup(quiet, False)
+    base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
+                      precision=precision, model=model)
+    failures = load_source(source, image_root=base.image_root)
+    check_study_source(failures)
+    plan = make_plan(_split(features), _split(reducers), _split(clusterers), bool(base.model or failures.dut))
+    typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "
+               f"{len(plan.reducers)} reducers x {len(plan.clusterers)} clusterers)")
+    table = run_study(base, failures, out, plan, reporter=reporter)
+    Console().print(Markdown(to_markdown(table, source=str(source), top=top)))
+    typer.echo(f"results: {(out / 'study.md').resolve()} and study.parquet")

@@ -1,0 +1,76 @@
+"""Offline ground-truth failure benchmarks: images a DNN fails on, each with its known root cause.
+
+Two seeded benchmarks, each written as a folder with ``manifest.parquet`` (one row per failing image, its
+``root_cause`` and every generating parameter), the PNGs, and the DNN under test (``dut_state.pt`` for
+``rca_gpu.datasets.models:<factory>``, ``dut.pt`` as TorchScript)::
+
+    from rca_gpu.datasets import list_datasets, make_dataset
+    manifest = make_dataset("mnist-rc", "bench/mnist", n=1500, seed=0)
+
+This module is plain data: torch is imported only when a benchmark is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from rca_gpu.datasets.info import NONE, CauseInfo, DatasetInfo
+from rca_gpu.datasets.mnist_rc import INFO as _MNIST_RC
+from rca_gpu.datasets.shapes_sim import INFO as _SHAPES_SIM
+from rca_gpu.errors import SpecError
+
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (_MNIST_RC, _SHAPES_SIM)}
+
+__all__ = ["NONE", "CauseInfo", "DATASETS", "DatasetInfo", "get_dataset", "list_datasets", "make_dataset"]
+
+
+def list_datasets() -> list[DatasetInfo]:
+    """All benchmarks, with their causes, default proportions and image format."""
+    return list(DATASETS.values())
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    """The benchmark called ``name``; SpecError naming the choices otherwise."""
+    try:
+        return DATASETS[name]
+    except (KeyError, TypeError):
+        raise SpecError(
+            f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)} (see 'rca-gpu datasets list')."
+        ) from None
+
+
+def make_dataset(
+    name: str,
+    out: str | Path,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    proportions: Mapping[str, float] | None = None,
+    include_passing: bool = False,
+    reporter=None,
+) -> Path:
+    """Generate benchmark ``name`` into folder ``out`` and return the path of its manifest.parquet.
+
+    Parameters
+    ----------
+    n:
+        Number of failures (rows of the manifest); the dataset's ``default_n`` when None.
+    seed:
+        Determines everything: data split, DUT weights, drawn parameters. The same seed reproduces
+        manifest.parquet and every PNG byte for byte.
+    proportions:
+        Share of the FAILURES per cause (``none`` included), any positive weights; replaces the defaults
+        entirely, so unlisted causes get none.
+    include_passing:
+        Also write inputs the DUT got right under the same conditions to ``passing/`` and passing.parquet
+        (about as many per cause as failures).
+    reporter:
+        A :class:`rca_gpu.progress.Reporter` for progress bars on training, sampling and writing.
+    """
+    from rca_gpu.datasets.building import build
+
+    return build(
+        get_dataset(name), out, n=n, seed=seed, proportions=proportions,
+        include_passing=include_passing, reporter=reporter,
+    )

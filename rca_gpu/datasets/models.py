@@ -1,0 +1,91 @@
+"""The DNNs under test of the ground-truth benchmarks: small CNNs built from plain modules.
+
+Convention shared by every DUT in rca_gpu (other stages rely on it):
+
+* a factory with no required arguments returns an eager ``torch.nn.Module``;
+* it takes float images in [0, 1] shaped (N, C, H, W) and returns logits; normalisation happens inside;
+* it exposes ``input_shape = (C, H, W)`` and ``classes`` (list of str);
+* every layer is a module (``nn.Conv2d``, ``nn.ReLU``, ``nn.MaxPool2d``, ``nn.Flatten``, ``nn.Linear``) and no
+  activation is called functionally, so forward hooks (Grad-CAM) and LRP rule maps (zennit) see all of them.
+
+A manifest names the DUT as ``rca_gpu.datasets.models:<factory>=dut_state.pt``; the weights load with
+``model.load_state_dict(torch.load(path, weights_only=True))``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from rca_gpu.datasets.info import MNIST_CLASSES, SHAPES_CLASSES
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation as a layer, so the DUT accepts raw [0, 1] images.
+
+    The constants are non-persistent buffers: the state_dict holds only learned weights, and the factory is
+    the one place that defines the input convention.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class SmallCNN(nn.Module):
+    """normalize -> features (conv/relu/pool blocks) -> classifier (flatten/linear/relu/linear)."""
+
+    def __init__(
+        self,
+        *,
+        input_shape: tuple[int, int, int],
+        classes: Sequence[str],
+        widths: Sequence[int],
+        hidden: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.classes = list(classes)
+        channels, height, width = input_shape
+        layers: list[nn.Module] = []
+        for out_channels in widths:
+            layers += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            channels, height, width = out_channels, height // 2, width // 2
+        self.normalize = Normalize(mean, std)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * height * width, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, len(self.classes)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(self.normalize(x)))
+
+
+def mnist_cnn() -> SmallCNN:
+    """DUT of ``mnist-rc``: 1x28x28 grey digits -> 10 logits (about 0.1 M parameters)."""
+    return SmallCNN(
+        input_shape=(1, 28, 28), classes=MNIST_CLASSES, widths=(16, 32, 64), hidden=128,
+        mean=(0.1307,), std=(0.3081,),
+    )
+
+
+def shapes_cnn() -> SmallCNN:
+    """DUT of ``shapes-sim``: 3x64x64 RGB scenes -> 5 shape logits (about 45 k parameters).
+
+    Narrow early layers keep training on two CPU cores well under two minutes at 64 px.
+    """
+    return SmallCNN(
+        input_shape=(3, 64, 64), classes=SHAPES_CLASSES, widths=(8, 16, 32, 32), hidden=64,
+        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+    )

@@ -1,0 +1,75 @@
+"""A deterministic torch context for training DUTs and generating benchmarks.
+
+Byte-identical outputs for a seed need three things: one intra-op thread (oneDNN splits convolution
+reductions across threads, so the thread count changes the float sums), deterministic algorithms, and a
+seeded RNG that does not disturb the caller's global RNG afterwards. Everything is restored on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Iterator
+
+
+@contextlib.contextmanager
+def deterministic_torch(seed: int) -> Iterator[None]:
+    """Run the block single-threaded with deterministic kernels and ``torch.manual_seed(seed)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def to_tensor(images):
+    """uint8 images (N, H, W) or (N, H, W, C) -> float tensor (N, C, H, W) in [0, 1], the DUT's input."""
+    import torch
+
+    batch = torch.from_numpy(images)
+    batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+    return batch.float().div_(255.0)
+
+
+def quantize(images):
+    """Float tensor (N, C, H, W) in [0, 1] -> uint8 numpy (N, H, W[, C]) exactly as the PNGs will hold it.
+
+    The DUT is always judged on the quantised image, so a failure in the manifest is a failure of the file.
+    """
+    import torch
+
+    batch = images.clamp(0, 1).mul(255).round().to(torch.uint8)
+    batch = batch[:, 0] if batch.shape[1] == 1 else batch.permute(0, 2, 3, 1)
+    return batch.contiguous().numpy()
+
+
+def predict(model, images, *, batch_size: int = 512):
+    """Class and softmax confidence of the DUT for uint8 images; returns two numpy arrays."""
+    import numpy as np
+    import torch
+
+    preds, confs = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            probs = model(to_tensor(images[start : start + batch_size])).softmax(dim=1)
+            conf, pred = probs.max(dim=1)
+            preds.append(pred.numpy())
+            confs.append(conf.numpy())
+    if not preds:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    return np.concatenate(preds).astype(np.int64), np.concatenate(confs).astype(np.float32)
+
+
+def progress_task(reporter, description: str, total: int | None) -> ContextManager[Callable[[int], None]]:
+    """``reporter.task(...)``, or a silent stand-in when no reporter was given."""
+    if reporter is None:
+        return contextlib.nullcontext(lambda n=1: None)
+    return reporter.task(description, total)

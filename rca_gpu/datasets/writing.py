@@ -1,0 +1,89 @@
+"""Write a benchmark folder: PNGs, manifests with schema metadata, the DUT twice, dataset.json.
+
+Everything written here is a pure function of its inputs (no timestamps, fixed PNG settings, sorted JSON),
+so a seed reproduces the files byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from rca_gpu.errors import SpecError
+
+#: Files and folders a generator owns inside its output folder; only these are replaced on a rerun.
+OWNED = ("images", "passing", "manifest.parquet", "passing.parquet", "dut_state.pt", "dut.pt", "dataset.json")
+DUT_KEY = b"rca_gpu.dut"
+DATASET_KEY = b"rca_gpu.dataset"
+
+
+def prepare_out(out: str | Path) -> Path:
+    """Create ``out``, or clear an earlier benchmark in it; refuse a folder that holds anything else.
+
+    A rerun with a smaller ``n`` must not leave stale PNGs behind, but deleting files we did not write would
+    be worse, so only a folder that holds a dataset.json is cleared, and only of the generator's own files.
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"The output {str(out)!r} is a file. Pass a folder (new, empty, or an earlier benchmark).")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "dataset.json").is_file():
+            raise SpecError(
+                f"The output folder {str(out)!r} is not empty and holds no earlier benchmark (no dataset.json). "
+                "Choose a new or empty folder."
+            )
+        for name in OWNED:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_images(
+    out: Path, frame: pd.DataFrame, images: np.ndarray, advance: Callable[[int], None] = lambda n=1: None
+) -> None:
+    """One PNG per row at ``out / frame.path``; grey for (H, W) arrays, RGB for (H, W, 3)."""
+    from PIL import Image
+
+    for relative, pixels in zip(frame["path"], images):
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(target, format="PNG", optimize=False, compress_level=6)
+        advance(1)
+
+
+def write_manifest(path: Path, frame: pd.DataFrame, metadata: Mapping[bytes, bytes]) -> None:
+    """Parquet with our keys added to the schema metadata (pandas' own key is kept for round trips)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    pq.write_table(table, path)
+
+
+def write_dut(out: Path, model, *, classes: list[str], input_shape: tuple[int, int, int]) -> None:
+    """``dut_state.pt`` (state_dict, loads with weights_only=True) and ``dut.pt`` (TorchScript + shape info)."""
+    import torch
+
+    torch.save(model.state_dict(), out / "dut_state.pt")
+    info = {"input_shape": list(input_shape), "classes": list(classes), "value_range": [0, 1]}
+    with warnings.catch_warnings():
+        # TorchScript is deprecated upstream, but it is still the one format every consumer loads without
+        # the model's code; the warning says nothing the user can act on here.
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(model)
+        torch.jit.save(scripted, str(out / "dut.pt"), _extra_files={"rca_gpu.json": json.dumps(info)})
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

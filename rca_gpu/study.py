@@ -1,0 +1,238 @@
+"""The pipeline study: many (features x reducer x clusterer) pipelines over one source, ranked.
+
+Each feature set is extracted once (and cached), its kNN graph computed once, and each reducer setting
+computed once per feature set and shared by the clusterers. Every pipeline writes its own run folder
+under ``OUT/pipelines/``; a pipeline whose run.json exists is skipped on a re-run, so an interrupted
+study resumes where it stopped. ``study.parquet`` has one row per pipeline, ``study.md`` the ranking.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from rca_gpu import outputs
+from rca_gpu.data.sources import FailureSet, load_source
+from rca_gpu.device import resolve_device
+from rca_gpu.errors import RcaError, SpecError
+from rca_gpu.progress import Reporter
+from rca_gpu.spec import CLUSTERERS, REDUCERS, PipelineSpec, RunSpec, make_cluster, make_reduce, parse_pipeline
+
+log = logging.getLogger("rca_gpu")
+
+DEFAULT_FEATURES = ("pixels", "mobilenet_v2", "ae")
+DUT_FEATURES = ("dut", "lrp", "gradcam")
+METRIC_COLUMNS = (
+    "study_score", "weighted_purity", "mean_purity", "coverage", "mean_recall", "noise_share", "n_clusters",
+    "n_causes", "ari_with_noise", "ari_without_noise", "nmi_with_noise", "nmi_without_noise",
+)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    features: tuple[str, ...]
+    reducers: tuple[str, ...]
+    clusterers: tuple[str, ...]
+
+    def pipelines(self) -> list[PipelineSpec]:
+        out = []
+        for features in self.features:
+            for reducer in self.reducers:
+                for clusterer in self.clusterers:
+                    out.append(parse_pipeline(f"{features}+{reducer}+{clusterer}"))
+        return out
+
+
+def default_features(has_dut: bool) -> tuple[str, ...]:
+    return DEFAULT_FEATURES + (DUT_FEATURES if has_dut else ())
+
+
+def make_plan(features: Iterable[str] | None, reducers: Iterable[str] | None, clusterers: Iterable[str] | None,
+              has_dut: bool) -> StudyPlan:
+    features = tuple(features or default_features(has_dut))
+    reducers = tuple(reducers or REDUCERS)
+    clusterers = tuple(clusterers or CLUSTERERS)
+    for name in reducers:
+        make_reduce(name)
+    for name in clusterers:
+        make_cluster(name)
+    for text in features:  # validate each feature spec on its own
+        parse_pipeline(f"{text}+none+kmeans")
+    return StudyPlan(features, reducers, clusterers)
+
+
+def slug(pipeline: PipelineSpec | str) -> str:
+    """A folder name for a pipeline: letters, digits, '.', '_', '-' only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(pipeline)).strip("_")
+
+
+def run_study(
+    base: RunSpec,
+    source: str | Path | FailureSet,
+    out: str | Path,
+    plan: StudyPlan,
+    *,
+    reporter: Reporter | None = None,
+) -> pd.DataFrame:
+    """Run every pipeline of ``plan``; write study.parquet and study.md; return the table."""
+    from rca_gpu.pipeline import check_enough, cluster_and_write, compute_features, feature_graph, Timer
+
+    reporter = reporter or Reporter(enabled=False)
+    out = Path(out)
+    failures = source if isinstance(source, FailureSet) else load_source(source, image_root=base.image_root)
+    device = resolve_device(base.device)
+    cache = out / "cache"
+    rows: list[dict[str, Any]] = []
+    pipelines = plan.pipelines()
+    by_features: dict[str, list[PipelineSpec]] = {}
+    for pipeline in pipelines:
+        by_features.setdefault(str(pipeline.features), []).append(pipeline)
+
+    for feature_text, group in by_features.items():
+        todo = [p for p in group if not (out / "pipelines" / slug(p) / "run.json").is_file()]
+        for pipeline in group:
+            if pipeline not in todo:
+                rows.append(_row_from_disk(pipeline, out / "pipelines" / slug(pipeline)))
+        if not todo:
+            continue
+        try:
+            started = time.perf_counter()
+            features = compute_features(group[0].features, failures, base, device, cache, reporter)
+            feature_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            widest_reducer = make_reduce("umap") if any(p.reduce.name == "umap" for p in todo) else todo[0].reduce
+            graph = feature_graph(features, base, widest_reducer, device)
+            knn_seconds = time.perf_counter() - started
+        except RcaError as exc:
+            log.warning("features %s failed: %s", feature_text, exc)
+            rows.extend(_failed_row(p, str(exc)) for p in todo)
+            continue
+        reduce_cache: dict = {}
+        for pipeline in todo:
+            run_dir = out / "pipelines" / slug(pipeline)
+            spec = base.replace(pipeline=pipeline)
+            timer = Timer({"features (shared)": round(feature_seconds, 3), "knn (shared)": round(knn_seconds, 3)})
+            try:
+                check_enough(features.n, len(failures), pipeline.cluster.name)
+                result = cluster_and_write(spec, failures, features, graph, device, run_dir, timer=timer,
+                                           reporter=reporter, reduce_cache=reduce_cache)
+            except RcaError as exc:
+                log.warning("pipeline %s failed: %s", pipeline, exc)
+                rows.append(_failed_row(pipeline, str(exc)))
+                continue
+            rows.append(_row(pipeline, result.run_info))
+            log.info("study: %s done (%d/%d)", pipeline, len(rows), len(pipelines))
+
+    table = pd.DataFrame(rows)
+    table = rank(table)
+    outputs.write_parquet(out / "study.parquet", table)
+    outputs.write_text(out / "study.md", to_markdown(table, source=str(failures.source)))
+    return table
+
+
+def _row(pipeline: PipelineSpec, info: dict[str, Any]) -> dict[str, Any]:
+    metrics = info.get("metrics") or {}
+    seconds = info.get("seconds", {})
+    return {
+        "pipeline": str(pipeline),
+        "features": str(pipeline.features),
+        "reducer": pipeline.reduce.name,
+        "clusterer": pipeline.cluster.name,
+        "status": "ok",
+        "error": "",
+        "resolved_pipeline": info.get("resolved_pipeline", ""),
+        "chosen": json.dumps(info.get("tuning", {}).get("chosen", {}), sort_keys=True),
+        "n_trials": info.get("tuning", {}).get("n_trials", 0),
+        **{m: metrics.get(m) for m in METRIC_COLUMNS},
+        "n_clusters_found": info.get("counts", {}).get("clusters"),
+        "noise": info.get("counts", {}).get("noise"),
+        "seconds_features_shared": seconds.get("features (shared)"),
+        "seconds_knn_shared": seconds.get("knn (shared)"),
+        "seconds_reduce_cluster": seconds.get("reduce_cluster"),
+        "seconds_total_own": round(sum(v for k, v in seconds.items() if "shared" not in k and k != "total"), 3),
+    }
+
+
+def _row_from_disk(pipeline: PipelineSpec, run_dir: Path) -> dict[str, Any]:
+    info = json.loads((run_dir / "run.json").read_text())
+    return _row(pipeline, info)
+
+
+def _failed_row(pipeline: PipelineSpec, error: str) -> dict[str, Any]:
+    return {"pipeline": str(pipeline), "features": str(pipeline.features), "reducer": pipeline.reduce.name,
+            "clusterer": pipeline.cluster.name, "status": "failed", "error": error}
+
+
+def rank(table: pd.DataFrame) -> pd.DataFrame:
+    """Best first: study_score, then weighted purity, then fewer clusters (ties), failed last."""
+    if table.empty:
+        return table
+    for column in METRIC_COLUMNS:
+        if column not in table:
+            table[column] = None
+    ordered = table.assign(_ok=(table["status"] == "ok"))
+    ordered = ordered.sort_values(
+        ["_ok", "study_score", "weighted_purity", "n_clusters"], ascending=[False, False, False, True],
+        na_position="last", kind="stable",
+    ).drop(columns="_ok")
+    ordered.insert(0, "rank", range(1, len(ordered) + 1))
+    return ordered.reset_index(drop=True)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame, *, source: str = "", top: int | None = None) -> str:
+    """The ranked table as Markdown (score, purity, coverage, clusters, noise, ARI, chosen setting)."""
+    lines = [f"# Pipeline study{f' on {source}' if source else ''}", ""]
+    if table.empty:
+        return "\n".join(lines + ["No pipelines ran.", ""])
+    ok = table[table["status"] == "ok"]
+    lines.append(
+        f"{len(ok)} of {len(table)} pipelines ran. Score = weighted purity x coverage x (1 - noise share) x "
+        "min(1, 3 x causes / clusters) (docs/metrics.md)."
+    )
+    lines.append("")
+    header = ["rank", "pipeline", "score", "purity (w)", "coverage", "clusters", "noise", "ARI", "recall (mean)",
+              "chosen"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] * len(header)) + "|")
+    shown = table if top is None else table.head(top)
+    for row in shown.itertuples(index=False):
+        values = row._asdict()
+        if values["status"] != "ok":
+            lines.append(f"| {values['rank']} | {values['pipeline']} | failed: {values['error'][:80]} |"
+                         + " |" * (len(header) - 3))
+            continue
+        lines.append("| " + " | ".join([
+            str(values["rank"]), f"`{values['pipeline']}`", _fmt(values["study_score"]),
+            _fmt(values["weighted_purity"]), _fmt(values["coverage"]), _fmt(values["n_clusters"]),
+            _fmt(values["noise_share"]), _fmt(values["ari_with_noise"]), _fmt(values["mean_recall"]),
+            f"`{values['resolved_pipeline'].split('+', 1)[1] if values['resolved_pipeline'] else ''}`",
+        ]) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def resolve_model_for_study(base: RunSpec, failures: FailureSet) -> bool:
+    return bool(base.model or failures.dut)
+
+
+def check_study_source(failures: FailureSet) -> None:
+    if not failures.has_root_cause:
+        raise SpecError(
+            "A study ranks pipelines against known root causes: the source needs a 'root_cause' column "
+            "(e.g. a benchmark from `rca-gpu datasets make`)."
+        )

@@ -1,0 +1,42 @@
+"""Small image sets with planted groups, written as real files or kept in memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def pattern_images(n_per: int = 30, groups: int = 4, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 grayscale images (n, size, size): group g has a bright bar at a group-specific place."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    band = size // groups
+    for g in range(groups):
+        for _ in range(n_per):
+            image = rng.integers(0, 40, size=(size, size)).astype(np.uint8)
+            image[g * band : (g + 1) * band, :] = rng.integers(200, 255)
+            images.append(image)
+            labels.append(g)
+    return np.stack(images), np.array(labels)
+
+
+def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray) -> list[Path]:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        path = folder / f"g{label}_{i:04d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def add_bad_files(folder: Path, good_example: Path) -> dict[str, str]:
+    """A zero-byte PNG, a text file named .jpg, and a truncated PNG. Returns name -> expected reason."""
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "text.jpg").write_text("this is not an image")
+    data = good_example.read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    return {"zero.png": "empty file", "text.jpg": "not a readable image", "truncated.png": "truncated"}

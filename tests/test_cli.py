@@ -1,0 +1,109 @@
+"""The command line: outputs, one-line errors with the fix, and a light start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from helpers import pattern_images, write_pngs
+from rca_gpu.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    images, labels = pattern_images(n_per=12, groups=3)
+    write_pngs(root / "imgs", images, labels)
+    return root
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_run_writes_outputs_and_prints_where(folder, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "--pipeline", "pixels+pca+kmeans",
+                                 "--device", "cpu", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"results: {out.resolve()}" in result.output
+    assert "3 clusters, 0 noise, 0 rejected of 36 images" in result.output
+    for name in ("clusters.parquet", "embedding.parquet", "run.json"):
+        assert (out / name).is_file()
+
+
+def test_config_file_is_read_and_overridden(folder, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('pipeline = "pixels+none+kmeans"\ndevice = "cpu"\nworkers = 0\n[cluster]\nk = 2\n')
+    result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "--config", str(config), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "kmeans(k=2)" in result.output
+    result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o2"), "--config", str(config), "-q",
+                                 "--pipeline", "pixels+none+kmeans(k=3)"])
+    assert "kmeans(k=3)" in result.output
+
+
+def test_missing_source(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    _one_line_error(result, "does not exist", "Pass a folder of images or a manifest")
+
+
+def test_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["run", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    _one_line_error(result, "holds no images")
+
+
+def test_manifest_without_path(tmp_path):
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"image": ["a.png"]}).to_csv(manifest, index=False)
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(tmp_path / "o")])
+    _one_line_error(result, "has no 'path' column", "Add a 'path' column")
+
+
+def test_unknown_pipeline(folder, tmp_path):
+    result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "-p", "alexnet+umap+dbscan"])
+    _one_line_error(result, "Unknown feature extractor 'alexnet'", "rca-gpu pipelines")
+
+
+def test_bad_option_values(folder, tmp_path):
+    result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "--batch-size", "0"])
+    _one_line_error(result, "'batch_size' option must be an int >= 1")
+    result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "--device", "tpu"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "Invalid value for '--device'" in result.output
+
+
+def test_too_few_images(tmp_path):
+    images, labels = pattern_images(n_per=1, groups=2)
+    write_pngs(tmp_path / "two", images, labels)
+    result = runner.invoke(app, ["run", str(tmp_path / "two"), "--out", str(tmp_path / "o"), "-p",
+                                 "pixels+none+kmeans", "--device", "cpu", "--workers", "0", "-q"])
+    _one_line_error(result, "needs at least 3 usable images")
+
+
+def test_pipelines_lists_every_stage():
+    result = runner.invoke(app, ["pipelines"])
+    assert result.exit_code == 0
+    for name in ("mobilenet_v2", "resnet50", "vgg16", "pixels", "umap", "pca", "hdbscan", "ward"):
+        assert name in result.output
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = "import sys, rca_gpu.cli; print(sorted(m for m in ('torch', 'cupy', 'cuml', 'umap', 'sklearn', " \
+           "'faiss', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    help_text = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "run" in help_text.stdout

@@ -1,0 +1,71 @@
+"""Each CPU clusterer recovers planted clusters, with fixed and with automatically chosen parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from conftest import planted_blobs
+from rca_gpu.cluster import cluster
+from rca_gpu.device import cpu_device
+from rca_gpu.neighbors import knn_graph
+from rca_gpu.spec import make_cluster, make_reduce
+from rca_gpu.tuning import select, validity
+
+FIXED = {
+    "dbscan": {"eps": 1.5, "min_samples": 5},
+    "hdbscan": {"min_cluster_size": 10},
+    "kmeans": {"k": 4},
+    "ward": {"k": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return planted_blobs(n_per=60, centers=4, dim=8, spread=0.4, seed=3)
+
+
+@pytest.mark.parametrize("algorithm", sorted(FIXED))
+def test_fixed_parameters_recover_planted_clusters(blobs, algorithm):
+    x, planted = blobs
+    labels = cluster(x, algorithm, FIXED[algorithm], cpu_device(), seed=0)
+    assert adjusted_rand_score(planted, labels) >= 0.95
+
+
+@pytest.mark.parametrize("algorithm", sorted(FIXED))
+def test_tuned_parameters_recover_planted_clusters(blobs, algorithm):
+    x, planted = blobs
+    device = cpu_device()
+    graph = knn_graph(x, 30, device)
+    selection = select(x, graph, make_reduce("none"), make_cluster(algorithm), device, seed=0)
+    assert adjusted_rand_score(planted, selection.labels) >= 0.95
+    assert len(selection.trials) > 1  # something was searched
+    chosen = [t for t in selection.trials if t.cluster == selection.cluster_params]
+    assert chosen and chosen[0].score == max(t.score for t in selection.trials)
+
+
+def test_ward_knee_selection_finds_planted_k(blobs):
+    x, planted = blobs
+    device = cpu_device()
+    selection = select(x, knn_graph(x, 30, device), make_reduce("none"), make_cluster("ward", select="knee"),
+                       device)
+    assert selection.cluster_params["k"] == 4
+    assert adjusted_rand_score(planted, selection.labels) >= 0.95
+
+
+def test_validity_penalises_noise_and_single_cluster(blobs):
+    x, planted = blobs
+    good, _ = validity(x, planted)
+    noisy_labels = planted.copy()
+    noisy_labels[::2] = -1
+    noisy, _ = validity(x, noisy_labels)
+    assert noisy < good
+    assert validity(x, np.zeros(len(x), dtype=int))[0] == -1.0
+    assert validity(x, np.full(len(x), -1))[0] == -1.0
+
+
+def test_hdbscan_min_cluster_size_above_n_gives_all_noise(blobs):
+    x, _ = blobs
+    labels = cluster(x[:20], "hdbscan", {"min_cluster_size": 50}, cpu_device())
+    assert (labels == -1).all()
