@@ -242,24 +242,13 @@ def demo_command(
 
 def _mount_subcommands() -> None:
     """Command groups living in their own modules (each imports its heavy libraries lazily)."""
-    try:
-        from rca_gpu.commands.datasets import app as datasets_app
+    from rca_gpu.commands.datasets import app as datasets_app
+    from rca_gpu.commands.evaluate import evaluate_command
+    from rca_gpu.commands.study import study_command
 
-        app.add_typer(datasets_app, name="datasets")
-    except ImportError:  # pragma: no cover - module not present in a partial install
-        pass
-    try:
-        from rca_gpu.commands.evaluate import evaluate_command
-
-        app.command("evaluate")(friendly_errors(evaluate_command))
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        from rca_gpu.commands.study import study_command
-
-        app.command("study")(friendly_errors(study_command))
-    except ImportError:  # pragma: no cover
-        pass
+    app.add_typer(datasets_app, name="datasets")
+    app.command("evaluate")(friendly_errors(evaluate_command))
+    app.command("study")(friendly_errors(study_command))
 
 
 _mount_subcommands()

@@ -6,7 +6,6 @@ selection criteria, evaluation and outputs need them there.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np

@@ -9,20 +9,19 @@ this module and that page must agree.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
+from rca_gpu import outputs
 from rca_gpu.errors import SourceError, SpecError, TooFewImagesError
 
 NOISE = -1
@@ -325,8 +324,8 @@ def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Eval
     }
     result = Evaluation(result.summary, result.per_cluster, result.per_cause, counts=_jsonable(counts))
 
-    _write_atomic(run_dir / PER_CAUSE_FILE, lambda f: result.per_cause.to_csv(f, index=False))
-    _write_atomic(run_dir / METRICS_FILE, lambda f: f.write(result.to_json() + "\n"))
+    outputs.write_text(run_dir / PER_CAUSE_FILE, result.per_cause.to_csv(index=False))
+    outputs.write_text(run_dir / METRICS_FILE, result.to_json() + "\n")
     return result
 
 
@@ -400,16 +399,3 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, str) else str(value)
 
 
-def _write_atomic(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write through a temporary file in the same folder and move it into place in one step."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

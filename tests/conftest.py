@@ -47,3 +47,22 @@ def planted_blobs(n_per: int = 60, centers: int = 4, dim: int = 8, spread: float
 
 
 # --- fixtures for the ground-truth benchmarks (section owned by the datasets module) ---
+
+
+@pytest.fixture(scope="session")
+def datasets_cache(tmp_path_factory) -> Path:
+    """A DUT cache private to the test session: the first build in a session trains its DUT from scratch."""
+    return tmp_path_factory.mktemp("rca_gpu_cache")
+
+
+@pytest.fixture(scope="session")
+def mnist_rc_small(datasets_cache, tmp_path_factory) -> Path:
+    """mnist-rc with 400 failures, default proportions, seed 0; returns its manifest.parquet.
+
+    The DUT is trained fresh into ``datasets_cache``, so later builds in the session with seed 0 reuse it.
+    """
+    from rca_gpu.datasets import make_dataset
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RCA_GPU_CACHE", str(datasets_cache))
+        return make_dataset("mnist-rc", tmp_path_factory.mktemp("mnist_rc_small"), n=400, seed=0)

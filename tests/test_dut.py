@@ -1,4 +1,4 @@
-"""Loading the DNN under test in each accepted form, refusing the unsafe ones, and its activations as features."""
+"""Loading the DNN under test in each accepted form, refusing unsafe ones; its activations as features."""
 
 from __future__ import annotations
 
@@ -132,7 +132,9 @@ def test_factory_with_state_dict_loads_weights_and_declares_its_input(dut_module
 
 def test_torchscript_file_loads_with_its_spec_file(net, tmp_path):
     path = tmp_path / "net.pt"
-    _script(net, path, {"rca_gpu.json": json.dumps({"input_shape": [1, 28, 28], "classes": list("abcdefghij")})})
+    _script(
+        net, path, {"rca_gpu.json": json.dumps({"input_shape": [1, 28, 28], "classes": list("abcdefghij")})}
+    )
     model = load_model(str(path), device=torch.device("cpu"))
     assert isinstance(model, torch.jit.ScriptModule)
     assert torch.allclose(model(_x()), net(_x()), atol=1e-6)
@@ -224,7 +226,9 @@ def test_weights_that_do_not_fit_the_factory(dut_module, tmp_path):
 
 def test_wrong_input_shape_names_the_expected_shape(dut_module, weights):
     model = load_model(f"rca_test_dut:build={weights}", device="cpu")
-    with pytest.raises(ModelError, match=r"shape \(C, H, W\) = \(3, 32, 32\).*expects \(C, H, W\) = \(1, 28, 28\)"):
+    with pytest.raises(
+        ModelError, match=r"shape \(C, H, W\) = \(3, 32, 32\).*expects \(C, H, W\) = \(1, 28, 28\)"
+    ):
         check_input(model, (3, 32, 32), device="cpu")
     assert check_input(model, (1, 28, 28), device="cpu").shape == (2, 10)
 
@@ -233,7 +237,9 @@ def test_wrong_input_shape_of_an_export_names_the_signature(net, tmp_path):
     path = tmp_path / "net.pt2"
     _export(net, path)
     model = load_model(str(path), device="cpu")
-    with pytest.raises(ModelError, match=r"expects \(C, H, W\) = \(1, 28, 28\) \(from the export signature\)"):
+    with pytest.raises(
+        ModelError, match=r"expects \(C, H, W\) = \(1, 28, 28\) \(from the export signature\)"
+    ):
         check_input(model, (3, 28, 28), device="cpu")
 
 
@@ -286,20 +292,29 @@ def _run(extractor_cls, spec, context):
 
 def test_dut_extractor_reads_the_penultimate_layer_by_default(dut_module, weights, net):
     failures = _digits(50)
-    context = ExtractionContext(failures, torch.device("cpu"), batch_size=16, model_ref=f"rca_test_dut:build={weights}")
+    context = ExtractionContext(
+        failures, torch.device("cpu"), batch_size=16, model_ref=f"rca_test_dut:build={weights}"
+    )
     extractor, features = _run(DUTActivationExtractor, make_features("dut"), context)
     assert features.shape == (50, 32)
     info = extractor.describe()
     assert info["layer"] == "fc2" and info["reads"] == "input of fc2" and info["dims"] == 32
     # the same numbers as relu3's output for the same preprocessed images
     images = torch.cat([b for _, b in context.batches(extractor.transform(), "L")])
-    expected = net.relu3(net.fc1(net.flatten(net.pool2(net.relu2(net.conv2(net.pool1(net.relu1(net.conv1(
-        (images - 0.5) / 0.5)))))))))
+    expected = net.relu3(
+        net.fc1(
+            net.flatten(
+                net.pool2(net.relu2(net.conv2(net.pool1(net.relu1(net.conv1((images - 0.5) / 0.5))))))
+            )
+        )
+    )
     assert torch.allclose(features, expected, atol=1e-5)
 
 
 def test_dut_extractor_at_a_named_conv_layer_with_pooling(dut_module, weights):
-    context = ExtractionContext(_digits(20), torch.device("cpu"), batch_size=8, model_ref=f"rca_test_dut:build={weights}")
+    context = ExtractionContext(
+        _digits(20), torch.device("cpu"), batch_size=8, model_ref=f"rca_test_dut:build={weights}"
+    )
     extractor, features = _run(DUTActivationExtractor, make_features("dut", "conv2", pool=2), context)
     assert features.shape == (20, 16 * 2 * 2)
     assert extractor.describe()["layer"] == "conv2"
@@ -315,7 +330,9 @@ def test_dut_extractor_refuses_torchscript_and_names_the_eager_form(net, tmp_pat
     path = tmp_path / "net.pt"
     _script(net, path)
     context = ExtractionContext(_digits(5), torch.device("cpu"), model_ref=str(path))
-    with pytest.raises(ModelError, match=r"TorchScript models do not run.*package\.module:factory=weights\.pt"):
+    with pytest.raises(
+        ModelError, match=r"TorchScript models do not run.*package\.module:factory=weights\.pt"
+    ):
         DUTActivationExtractor(make_features("dut"), context).prepare()
 
 

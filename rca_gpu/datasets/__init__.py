@@ -12,8 +12,8 @@ This module is plain data: torch is imported only when a benchmark is built.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from rca_gpu.datasets.info import NONE, CauseInfo, DatasetInfo
 from rca_gpu.datasets.mnist_rc import INFO as _MNIST_RC
@@ -22,7 +22,7 @@ from rca_gpu.errors import SpecError
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (_MNIST_RC, _SHAPES_SIM)}
 
-__all__ = ["NONE", "CauseInfo", "DATASETS", "DatasetInfo", "get_dataset", "list_datasets", "make_dataset"]
+__all__ = ["DATASETS", "NONE", "CauseInfo", "DatasetInfo", "get_dataset", "list_datasets", "make_dataset"]
 
 
 def list_datasets() -> list[DatasetInfo]:
@@ -71,6 +71,11 @@ def make_dataset(
     from rca_gpu.datasets.building import build
 
     return build(
-        get_dataset(name), out, n=n, seed=seed, proportions=proportions,
-        include_passing=include_passing, reporter=reporter,
+        get_dataset(name),
+        out,
+        n=n,
+        seed=seed,
+        proportions=proportions,
+        include_passing=include_passing,
+        reporter=reporter,
     )

@@ -11,9 +11,10 @@ import importlib
 import json
 import logging
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,16 @@ from rca_gpu.errors import SpecError
 log = logging.getLogger("rca_gpu")
 
 #: Leading manifest columns, before the benchmark's own parameter columns.
-BASE_COLUMNS = ("path", "id", "label", "label_name", "prediction", "prediction_name", "root_cause", "confidence")
+BASE_COLUMNS = (
+    "path",
+    "id",
+    "label",
+    "label_name",
+    "prediction",
+    "prediction_name",
+    "root_cause",
+    "confidence",
+)
 
 
 @dataclass
@@ -102,10 +112,20 @@ def _sample_all(info, prepared, n, seed, shares, include_passing, reporter) -> l
         for position, cause in enumerate(causes):
             rng = np.random.default_rng([seed, zlib.crc32(cause.encode())])
             target = targets[cause]
-            sample = sample_cause(
-                cause, target, prepared.propose, prepared.model, rng,
-                keep_passing=include_passing, max_candidates=prepared.candidate_budget(target), advance=advance,
-            ) if target > 0 else CauseSample(cause, 0, Kept(), Kept())
+            sample = (
+                sample_cause(
+                    cause,
+                    target,
+                    prepared.propose,
+                    prepared.model,
+                    rng,
+                    keep_passing=include_passing,
+                    max_candidates=prepared.candidate_budget(target),
+                    advance=advance,
+                )
+                if target > 0
+                else CauseSample(cause, 0, Kept(), Kept())
+            )
             samples.append(sample)
             short = target - sample.failures.count
             if short <= 0:
@@ -113,9 +133,14 @@ def _sample_all(info, prepared, n, seed, shares, include_passing, reporter) -> l
             later = {c: shares[c] for c in causes[position + 1 :] if shares[c] > 0}
             log.warning(
                 "%s: only %d of %d failures for cause %r (DUT failure rate %s); %s.",
-                info.name, sample.failures.count, target, cause,
+                info.name,
+                sample.failures.count,
+                target,
+                cause,
                 "n/a" if sample.failure_rate is None else f"{sample.failure_rate:.3f}",
-                "the rest goes to the later causes" if later else "the benchmark has fewer failures than asked",
+                "the rest goes to the later causes"
+                if later
+                else "the benchmark has fewer failures than asked",
             )
             for name, extra in largest_remainder(short, later).items():
                 targets[name] += extra
@@ -135,7 +160,7 @@ def _assemble(
     Shuffling keeps causes from forming contiguous id ranges, which a clusterer or a viewer could exploit.
     """
     frames, images = [], []
-    for cause, part in zip(info.cause_names, kept):
+    for cause, part in zip(info.cause_names, kept, strict=True):
         if part.count == 0:
             continue
         params = pd.DataFrame(part.params, columns=list(columns))
@@ -172,7 +197,7 @@ def _typed(frame: pd.DataFrame, columns: Mapping[str, str]) -> pd.DataFrame:
         if dtype == "bool":
             frame[name] = frame[name].fillna(False).astype(bool)
         elif dtype == "str":
-            frame[name] = frame[name].astype(object)
+            continue  # pandas already infers its string dtype, the same as for label_name
         else:
             frame[name] = frame[name].astype(dtype)
     return frame
@@ -224,5 +249,7 @@ def _summary(info, n, seed, shares, samples, prepared, include_passing) -> dict[
 
 def _check_int(name: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise SpecError(f"The '{name}' parameter of make_dataset must be an int >= {minimum}. Got {value!r} instead.")
+        raise SpecError(
+            f"The '{name}' parameter of make_dataset must be an int >= {minimum}. Got {value!r} instead."
+        )
     return int(value)

@@ -6,9 +6,9 @@ objects the documentation table is built from, so the two cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 #: Root cause of a failure on an unmodified (clean / nominal) input.
 NONE = "none"

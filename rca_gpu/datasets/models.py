@@ -14,7 +14,7 @@ A manifest names the DUT as ``rca_gpu.datasets.models:<factory>=dut_state.pt``; 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -39,7 +39,11 @@ class Normalize(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """normalize -> features (conv/relu/pool blocks) -> classifier (flatten/linear/relu/linear)."""
+    """normalize -> features ([stride-2 stem], conv/relu/pool blocks) -> classifier (flatten/linear/...).
+
+    The optional stem halves the resolution before the first block, which makes training at 64 px about
+    twice as fast on a CPU at no cost in accuracy for objects several pixels across.
+    """
 
     def __init__(
         self,
@@ -50,12 +54,16 @@ class SmallCNN(nn.Module):
         hidden: int,
         mean: Sequence[float],
         std: Sequence[float],
+        stem: int | None = None,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.classes = list(classes)
         channels, height, width = input_shape
         layers: list[nn.Module] = []
+        if stem is not None:
+            layers += [nn.Conv2d(channels, stem, 3, stride=2, padding=1), nn.ReLU()]
+            channels, height, width = stem, (height + 1) // 2, (width + 1) // 2
         for out_channels in widths:
             layers += [nn.Conv2d(channels, out_channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
             channels, height, width = out_channels, height // 2, width // 2
@@ -75,17 +83,26 @@ class SmallCNN(nn.Module):
 def mnist_cnn() -> SmallCNN:
     """DUT of ``mnist-rc``: 1x28x28 grey digits -> 10 logits (about 0.1 M parameters)."""
     return SmallCNN(
-        input_shape=(1, 28, 28), classes=MNIST_CLASSES, widths=(16, 32, 64), hidden=128,
-        mean=(0.1307,), std=(0.3081,),
+        input_shape=(1, 28, 28),
+        classes=MNIST_CLASSES,
+        widths=(16, 32, 64),
+        hidden=128,
+        mean=(0.1307,),
+        std=(0.3081,),
     )
 
 
 def shapes_cnn() -> SmallCNN:
-    """DUT of ``shapes-sim``: 3x64x64 RGB scenes -> 5 shape logits (about 45 k parameters).
+    """DUT of ``shapes-sim``: 3x64x64 RGB scenes -> 5 shape logits (about 48 k parameters).
 
-    Narrow early layers keep training on two CPU cores well under two minutes at 64 px.
+    A stride-2 stem and narrow early layers keep training on a CPU core well under two minutes at 64 px.
     """
     return SmallCNN(
-        input_shape=(3, 64, 64), classes=SHAPES_CLASSES, widths=(8, 16, 32, 32), hidden=64,
-        mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+        input_shape=(3, 64, 64),
+        classes=SHAPES_CLASSES,
+        stem=8,
+        widths=(16, 32, 32),
+        hidden=64,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
     )

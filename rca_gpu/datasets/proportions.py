@@ -7,7 +7,7 @@ because the sampler draws candidates per cause until that cause's count is met.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from rca_gpu.errors import SpecError
 
@@ -28,7 +28,12 @@ def resolve_proportions(
             f"Choose from: {', '.join(causes)}."
         )
     for name, value in raw.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
             raise SpecError(
                 f"The proportion of cause {name!r} must be a finite number >= 0. Got {value!r} instead."
             )

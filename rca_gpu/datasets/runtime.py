@@ -8,21 +8,22 @@ seeded RNG that does not disturb the caller's global RNG afterwards. Everything 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 
 @contextlib.contextmanager
 def deterministic_torch(seed: int) -> Iterator[None]:
-    """Run the block single-threaded with deterministic kernels and ``torch.manual_seed(seed)``."""
+    """Run the block single-threaded, with deterministic kernels and the CPU RNG seeded with ``seed``."""
     import torch
 
     threads = torch.get_num_threads()
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # CPU RNG only: all of this runs on the CPU
         torch.set_num_threads(1)
         torch.use_deterministic_algorithms(True)
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         try:
             yield
         finally:
@@ -68,7 +69,9 @@ def predict(model, images, *, batch_size: int = 512):
     return np.concatenate(preds).astype(np.int64), np.concatenate(confs).astype(np.float32)
 
 
-def progress_task(reporter, description: str, total: int | None) -> ContextManager[Callable[[int], None]]:
+def progress_task(
+    reporter, description: str, total: int | None
+) -> AbstractContextManager[Callable[[int], None]]:
     """``reporter.task(...)``, or a silent stand-in when no reporter was given."""
     if reporter is None:
         return contextlib.nullcontext(lambda n=1: None)

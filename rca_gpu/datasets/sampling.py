@@ -11,12 +11,15 @@ and not to something else in the scene.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from rca_gpu.datasets.runtime import predict
+
+PROBE, MIN_BATCH, MAX_BATCH = 96, 32, 1024
 
 
 @dataclass
@@ -95,8 +98,12 @@ def sample_cause(
     proposed = 0
     while sample.failures.count < target and proposed < max_candidates:
         remaining = target - sample.failures.count
-        rate = max(sample.failure_rate or 0.25, 0.01) if sample.judged >= 50 else 0.25
-        k = int(min(1024, max(64, np.ceil(1.2 * remaining / rate)), max_candidates - proposed))
+        if proposed == 0:
+            k = PROBE  # a small first batch estimates the failure rate before larger batches rely on it
+        else:
+            rate = max(sample.failure_rate or 0.0, 0.005)
+            k = int(min(MAX_BATCH, max(MIN_BATCH, np.ceil(1.1 * remaining / rate))))
+        k = min(k, max_candidates - proposed)
         batch = propose(cause, rng, k)
         if batch is None or len(batch) == 0:
             break

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +27,8 @@ class Recipe:
     """Optimiser settings: Adam with a one-cycle learning rate, which converges in few epochs."""
 
     epochs: int
-    batch_size: int = 64
-    max_lr: float = 3e-3
+    batch_size: int = 128
+    max_lr: float = 4e-3
     weight_decay: float = 1e-4
 
 
@@ -83,8 +84,8 @@ def get_or_train(
             accuracy = float((predict(model, data.x_test)[0] == data.y_test).mean())
         meta = {
             "clean_accuracy": accuracy,
-            "clean_test_size": int(len(data.y_test)),
-            "train_size": int(len(data.y_train)),
+            "clean_test_size": len(data.y_test),
+            "train_size": len(data.y_train),
             "epochs": recipe.epochs,
             "train_seconds": round(seconds, 1),
         }

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,12 +32,14 @@ def prepare_out(out: str | Path) -> Path:
     """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise SpecError(f"The output {str(out)!r} is a file. Pass a folder (new, empty, or an earlier benchmark).")
+        raise SpecError(
+            f"The output {str(out)!r} is a file. Pass a folder (new, empty, or an earlier benchmark)."
+        )
     if out.is_dir() and any(out.iterdir()):
         if not (out / "dataset.json").is_file():
             raise SpecError(
-                f"The output folder {str(out)!r} is not empty and holds no earlier benchmark (no dataset.json). "
-                "Choose a new or empty folder."
+                f"The output folder {str(out)!r} is not empty and holds no earlier benchmark "
+                "(no dataset.json). Choose a new or empty folder."
             )
         for name in OWNED:
             target = out / name
@@ -54,7 +57,7 @@ def write_images(
     """One PNG per row at ``out / frame.path``; grey for (H, W) arrays, RGB for (H, W, 3)."""
     from PIL import Image
 
-    for relative, pixels in zip(frame["path"], images):
+    for relative, pixels in zip(frame["path"], images, strict=True):
         target = out / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(target, format="PNG", optimize=False, compress_level=6)
@@ -72,7 +75,7 @@ def write_manifest(path: Path, frame: pd.DataFrame, metadata: Mapping[bytes, byt
 
 
 def write_dut(out: Path, model, *, classes: list[str], input_shape: tuple[int, int, int]) -> None:
-    """``dut_state.pt`` (state_dict, loads with weights_only=True) and ``dut.pt`` (TorchScript + shape info)."""
+    """``dut_state.pt`` (a state_dict that loads with weights_only=True) and ``dut.pt`` (TorchScript)."""
     import torch
 
     torch.save(model.state_dict(), out / "dut_state.pt")

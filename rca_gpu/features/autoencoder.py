@@ -29,8 +29,6 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import FeatureExtractor
 
 if TYPE_CHECKING:  # pragma: no cover
-    from torchvision.transforms import v2
-
     from rca_gpu.progress import Reporter
 
 log = logging.getLogger("rca_gpu")
@@ -103,7 +101,11 @@ class ConvAutoencoder(nn.Module):
             nn.Unflatten(1, (widths[-1], bottom, bottom)),
         ]
         for width, narrower in zip(widths[::-1], widths[::-1][1:]):
-            decoder += [nn.ConvTranspose2d(width, narrower, 4, stride=2, padding=1), nn.BatchNorm2d(narrower), nn.ReLU()]
+            decoder += [
+                nn.ConvTranspose2d(width, narrower, 4, stride=2, padding=1),
+                nn.BatchNorm2d(narrower),
+                nn.ReLU(),
+            ]
         decoder += [nn.ConvTranspose2d(widths[0], config.channels, 4, stride=2, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*decoder)
 
@@ -145,7 +147,7 @@ def train_autoencoder(
     epochs: int,
     batch_size: int,
     seed: int,
-    reporter: "Reporter | None" = None,
+    reporter: Reporter | None = None,
 ) -> TrainResult:
     """Fit ``model`` to reconstruct ``images`` (uint8, n x c x s x s, on the training device).
 
@@ -158,7 +160,7 @@ def train_autoencoder(
     generator = torch.Generator().manual_seed(seed)
     n = int(images.shape[0])
     order = torch.randperm(n, generator=generator)
-    n_val = int(round(n * VAL_FRACTION)) if n >= 10 else 0
+    n_val = round(n * VAL_FRACTION) if n >= 10 else 0
     val_idx, train_idx = order[:n_val], order[n_val:]
     optimiser = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     result = TrainResult(images=n)
@@ -166,15 +168,15 @@ def train_autoencoder(
     with (reporter or Reporter(enabled=False)).task("training the autoencoder", total=epochs) as advance:
         for epoch in range(1, epochs + 1):
             model.train()
-            total = 0.0
+            total = torch.zeros((), device=device)  # summed on the device: no host sync per step
             for batch in torch.randperm(len(train_idx), generator=generator).split(batch_size):
                 x = images[train_idx[batch].to(device)].float().div_(255)
                 loss = nn.functional.mse_loss(model(x), x)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
-                total += float(loss.detach()) * len(batch)
-            train_loss = total / len(train_idx)
+                total += loss.detach() * len(batch)
+            train_loss = float(total) / len(train_idx)
             val_loss = _mean_loss(model, images, val_idx, batch_size) if n_val else None
             result.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
             watched = val_loss if val_loss is not None else train_loss
@@ -189,7 +191,8 @@ def train_autoencoder(
     if best_state is not None:
         model.load_state_dict(best_state)
     best = result.history[result.best_epoch - 1]
-    result.epochs_run, result.train_loss, result.val_loss = len(result.history), best["train_loss"], best["val_loss"]
+    result.epochs_run = len(result.history)
+    result.train_loss, result.val_loss = best["train_loss"], best["val_loss"]
     return result
 
 
@@ -237,7 +240,9 @@ class AutoencoderExtractor(FeatureExtractor):
         self.image_mode = "L" if channels == 1 else "RGB"
         self.epochs = int(self.spec.params.get("epochs", DEFAULT_EPOCHS))
         self.key = self._key()
-        self.folder = Path(self.context.work_dir) / "autoencoder" / f"ae-{self.key}" if self.context.work_dir else None
+        self.folder = (
+            Path(self.context.work_dir) / "autoencoder" / f"ae-{self.key}" if self.context.work_dir else None
+        )
         self.trained = False
         loaded = self._load()
         if loaded is None:
@@ -267,7 +272,10 @@ class AutoencoderExtractor(FeatureExtractor):
         parts = [
             images.mul(255).round_().to(torch.uint8)
             for _, images in self.context.batches(
-                self.transform(), self.image_mode, limit=limit, shuffle=True,
+                self.transform(),
+                self.image_mode,
+                limit=limit,
+                shuffle=True,
                 description="reading images for the autoencoder",
             )
         ]
@@ -279,11 +287,17 @@ class AutoencoderExtractor(FeatureExtractor):
         images = self._training_images()
         model = build_autoencoder(self.config, seed=self.context.seed).to(self.context.device)
         result = train_autoencoder(
-            model, images, epochs=self.epochs, batch_size=self.context.batch_size, seed=self.context.seed,
+            model,
+            images,
+            epochs=self.epochs,
+            batch_size=self.context.batch_size,
+            seed=self.context.seed,
             reporter=self.context.reporter,
         )
         log.info(
-            "autoencoder: trained %d epoch(s) on %d images, val loss %s", result.epochs_run, result.images,
+            "autoencoder: trained %d epoch(s) on %d images, val loss %s",
+            result.epochs_run,
+            result.images,
             result.val_loss,
         )
         return model, result
@@ -297,13 +311,19 @@ class AutoencoderExtractor(FeatureExtractor):
         tmp = weights.with_suffix(".tmp")
         torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, tmp)
         os.replace(tmp, weights)
-        text = json.dumps({"key": self.key, "config": asdict(self.config), "training": asdict(self.result)}, indent=2)
+        text = json.dumps(
+            {"key": self.key, "config": asdict(self.config), "training": asdict(self.result)}, indent=2
+        )
         tmp = config.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, config)
 
     def _load(self) -> tuple[ConvAutoencoder, TrainResult] | None:
-        if self.folder is None or not (self.folder / "config.json").is_file() or not (self.folder / "model.pt").is_file():
+        if (
+            self.folder is None
+            or not (self.folder / "config.json").is_file()
+            or not (self.folder / "model.pt").is_file()
+        ):
             return None
         try:
             saved = json.loads((self.folder / "config.json").read_text())
@@ -313,7 +333,7 @@ class AutoencoderExtractor(FeatureExtractor):
             state = torch.load(self.folder / "model.pt", map_location=self.context.device, weights_only=True)
             model.load_state_dict(state)
             result = TrainResult(**saved["training"])
-        except Exception as exc:  # a damaged cache is retrained, not trusted
+        except Exception as exc:  # noqa: BLE001 - a damaged cache is retrained, not trusted
             log.warning("autoencoder: ignoring the saved model in %s (%s); training again", self.folder, exc)
             return None
         log.info("autoencoder: reusing the model trained before in %s", self.folder)
@@ -347,7 +367,11 @@ class AutoencoderExtractor(FeatureExtractor):
             "train_loss": _round(result.train_loss),
             "val_loss": _round(result.val_loss),
             "history": [
-                {"epoch": h["epoch"], "train_loss": _round(h["train_loss"]), "val_loss": _round(h["val_loss"])}
+                {
+                    "epoch": h["epoch"],
+                    "train_loss": _round(h["train_loss"]),
+                    "val_loss": _round(h["val_loss"]),
+                }
                 for h in result.history
             ],
         }

@@ -102,6 +102,9 @@ class BackboneExtractor(FeatureExtractor):
         model = build_backbone(self.spec.name, self.spec.params.get("weights"))
         self.layer = self.spec.layer or backbone.default_layer
         _, nodes = get_graph_node_names(model)
+        inside = [n for n in nodes if n.startswith(self.layer + ".")]
+        if self.layer not in nodes and inside:
+            self.layer = inside[-1]  # a module's name: take the last node inside it, i.e. its output
         if self.layer not in nodes:
             near = [n for n in nodes if n.startswith(self.layer.split(".")[0])][:8] or nodes[-8:]
             raise SpecError(

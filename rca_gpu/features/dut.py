@@ -3,8 +3,8 @@
 ``--model`` accepts three forms, none of which unpickles code from a file:
 
 * a TorchScript file (``torch.jit.script(model).save("model.pt")``);
-* a torch.export archive (``torch.export.save(torch.export.export(model, (x,), dynamic_shapes=...), "m.pt2")``),
-  loaded unflattened so that its layers keep their names and forward hooks fire;
+* a torch.export archive ``.pt2`` (``torch.export.save(torch.export.export(model, (x,), dynamic_shapes=...),
+  "m.pt2")``), loaded unflattened so that its layers keep their names and forward hooks fire;
 * ``package.module:factory=weights.pt``: ``factory()`` builds the eager module and the state_dict in
   ``weights.pt`` is loaded with ``torch.load(..., weights_only=True)``.
 
@@ -22,9 +22,10 @@ import json
 import re
 import weakref
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -75,7 +76,7 @@ class ModelInfo:
     layer_types: Mapping[str, type] | None = None
 
 
-_INFO: "weakref.WeakKeyDictionary[torch.nn.Module, ModelInfo]" = weakref.WeakKeyDictionary()
+_INFO: weakref.WeakKeyDictionary[torch.nn.Module, ModelInfo] = weakref.WeakKeyDictionary()
 
 
 def model_info(model: torch.nn.Module) -> ModelInfo | None:
@@ -135,7 +136,7 @@ def _refusal(path: Path, kind: str) -> ModelError:
     if kind == "pickle":
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)  # refuses any class: safe
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means: not a plain state_dict
             state = None
         if isinstance(state, Mapping):
             return ModelError(
@@ -158,7 +159,7 @@ def _load_torchscript(ref: str, path: Path, device: torch.device) -> tuple[torch
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; it is still a supported input
             warnings.simplefilter("ignore", FutureWarning)
             model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the loader raises many types; all become one ModelError
         raise ModelError(f"Cannot load the TorchScript file {str(path)!r}: {_first_line(exc)}") from None
     spec = _parse_spec_file(extra[SPEC_FILE], path)
     return model.eval(), ModelInfo(ref, "torchscript", spec)
@@ -172,7 +173,7 @@ def _load_export(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.M
         program = torch.export.load(str(path), extra_files=extra)
         program = move_to_device_pass(program, device)
         module = torch.export.unflatten(program)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as above, for torch.export's deserialiser
         raise ModelError(f"Cannot load the torch.export archive {str(path)!r}: {_first_line(exc)}") from None
     shape = _export_input_shape(program)
     if shape and isinstance(shape[0], int):
@@ -228,10 +229,12 @@ def _load_factory(
         ) from None
     factory = getattr(module, factory_name, None)
     if not callable(factory):
-        raise ModelError(f"The module {module_name!r} has no callable {factory_name!r} (from --model {ref!r}).")
+        raise ModelError(
+            f"The module {module_name!r} has no callable {factory_name!r} (from --model {ref!r})."
+        )
     try:
         model = factory()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything; report it as a model problem
         raise ModelError(
             f"{module_name}:{factory_name}() failed: {type(exc).__name__}: {_first_line(exc)}. The factory must "
             "build the model without arguments."
@@ -247,10 +250,12 @@ def _load_factory(
 
 def _load_weights(model: torch.nn.Module, path: Path, device: torch.device) -> None:
     if not path.is_file():
-        raise ModelError(f"The weights file {str(path)!r} does not exist. Check the part after '=' in --model.")
+        raise ModelError(
+            f"The weights file {str(path)!r} does not exist. Check the part after '=' in --model."
+        )
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - weights_only refusals and corrupt files alike
         raise ModelError(
             f"Cannot read {str(path)!r} as a state_dict ({_first_line(exc)}). Save the weights with "
             "torch.save(model.state_dict(), path); whole pickled models are not loaded."
@@ -311,7 +316,9 @@ def _check_spec(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         or not all(isinstance(v, (int, float)) for v in value_range)
         or not value_range[0] < value_range[1]
     ):
-        raise ModelError(f"The value_range from {where} must be [low, high] with low < high. Got {value_range!r}.")
+        raise ModelError(
+            f"The value_range from {where} must be [low, high] with low < high. Got {value_range!r}."
+        )
     classes = data.get("classes")
     return {
         "input_shape": [int(s) for s in shape],
@@ -332,7 +339,7 @@ def input_spec(model: torch.nn.Module) -> dict[str, Any] | None:
         return dict(info.spec)
     try:
         shape = getattr(model, "input_shape", None)
-    except Exception:  # a ScriptModule raises for attributes it did not compile
+    except Exception:  # noqa: BLE001 - a ScriptModule raises for attributes it did not compile
         shape = None
     if shape is None:
         return None
@@ -346,7 +353,7 @@ def input_spec(model: torch.nn.Module) -> dict[str, Any] | None:
     )
 
 
-def source_image_shape(failures: "FailureSet") -> tuple[int, int, int] | None:
+def source_image_shape(failures: FailureSet) -> tuple[int, int, int] | None:
     """(C, H, W) of the source's first readable image (C is 1 for grayscale, else 3); None if none reads."""
     if failures.images is not None:
         images = failures.images
@@ -360,12 +367,12 @@ def source_image_shape(failures: "FailureSet") -> tuple[int, int, int] | None:
             with Image.open(paths[int(position)]) as image:  # reads the header only
                 channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
                 return channels, int(image.height), int(image.width)
-        except Exception:  # unreadable files are accounted for later, by the loader
+        except Exception:  # noqa: BLE001, S112 - unreadable files are accounted for later, by the loader
             continue
     return None
 
 
-def resolve_input(model: torch.nn.Module, failures: "FailureSet") -> dict[str, Any]:
+def resolve_input(model: torch.nn.Module, failures: FailureSet) -> dict[str, Any]:
     """The input spec to feed ``model``: declared by the model, else guessed from its first conv layer
     (channels) and the source images (size)."""
     spec = input_spec(model)
@@ -381,7 +388,9 @@ def resolve_input(model: torch.nn.Module, failures: "FailureSet") -> dict[str, A
     modules = dict(model.named_modules())
     for name in layers.weighted_layers(model, conv=True, linear=False)[:1]:
         channels = int(getattr(modules[name], "in_channels", channels))
-    spec = _check_spec({"input_shape": [channels, source[1], source[2]]}, "the first conv layer and the images")
+    spec = _check_spec(
+        {"input_shape": [channels, source[1], source[2]]}, "the first conv layer and the images"
+    )
     spec["guessed"] = True
     return spec
 
@@ -398,14 +407,14 @@ def check_input(
     try:
         with torch.no_grad():
             logits = model(dummy)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure is reported with the expected shape
         spec = input_spec(model)
         if spec is not None:
             expect = f"It expects (C, H, W) = {tuple(spec['input_shape'])} (from {spec['source']})."
         else:
             expect = (
                 "Its expected shape is unknown: set input_shape = (C, H, W) on the model, or add "
-                f"{SPEC_FILE} with {{\"input_shape\": [C, H, W]}} to the archive."
+                f'{SPEC_FILE} with {{"input_shape": [C, H, W]}} to the archive.'
             )
         raise ModelError(
             f"The DNN under test does not accept images of shape (C, H, W) = {tuple(int(s) for s in shape)}: "
@@ -420,7 +429,7 @@ def check_input(
     return logits
 
 
-def dut_transform(spec: Mapping[str, Any] | Sequence[int]) -> "v2.Compose":
+def dut_transform(spec: Mapping[str, Any] | Sequence[int]) -> v2.Compose:
     """PIL image -> float tensor (C, H, W) in the model's value range ([0, 1] by default).
 
     Grayscale when C == 1, RGB otherwise; resized to (H, W) without cropping. A torchvision Compose, so it
@@ -499,7 +508,7 @@ class DUTActivationExtractor(FeatureExtractor):
     def _pool(self) -> int | None:
         return self.spec.params.get("pool")
 
-    def transform(self) -> "v2.Compose":
+    def transform(self) -> v2.Compose:
         return dut_transform(self.input)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,11 @@ heatmaps of every candidate layer on a seeded sample, Ward clustering with k at 
 
 from __future__ import annotations
 
+import abc
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -70,27 +72,34 @@ def predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def make_composite(model: torch.nn.Module, rule: str = DEFAULT_RULE) -> "Composite":
+def make_composite(model: torch.nn.Module, rule: str = DEFAULT_RULE) -> Composite:
     """The zennit composite for ``rule``, with batch norms merged into the preceding layer when present.
 
     * ``epsilon_plus`` (default): zennit's EpsilonPlusFlat, z+ in conv layers and epsilon in dense layers,
       the recommended choice for conv nets (the flat rule of the first layer never reaches internal layers).
     * ``epsilon``: epsilon rule everywhere; ``zplus``: z+ everywhere.
 
+    torchvision ResNet blocks get zennit's ResNetCanonizer, so their residual additions share relevance
+    instead of counting it twice; other functional additions (e.g. MobileNetV2's) are not canonised.
     For an unflattened torch.export module the rules are assigned by the layers' original classes, which
     the generic submodules no longer show; its batch norms cannot be merged and pass relevance through.
     """
+    from torchvision.models.resnet import BasicBlock, Bottleneck
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.composites import EpsilonPlusFlat, LayerMapComposite, layer_map_base
     from zennit.core import Composite
     from zennit.rules import Epsilon, ZPlus
+    from zennit.torchvision import ResNetCanonizer
     from zennit.types import BatchNorm, Convolution, Linear
 
     types = layers.layer_types(model)
     info = model_info(model)
     exported = info is not None and info.layer_types is not None
-    has_batchnorm = any(issubclass(kind, BatchNorm) for kind in types.values())
-    canonizers = [SequentialMergeBatchNorm()] if has_batchnorm and not exported else None
+    canonizers = None
+    if not exported and any(issubclass(kind, (BasicBlock, Bottleneck)) for kind in types.values()):
+        canonizers = [ResNetCanonizer()]  # routes torchvision's residual additions through zennit's Sum rule
+    elif not exported and any(issubclass(kind, BatchNorm) for kind in types.values()):
+        canonizers = [SequentialMergeBatchNorm()]
     if rule == "epsilon_plus":
         composite = EpsilonPlusFlat(canonizers=canonizers)
     elif rule == "epsilon":
@@ -102,7 +111,9 @@ def make_composite(model: torch.nn.Module, rule: str = DEFAULT_RULE) -> "Composi
             layer_map_base() + [(Convolution, ZPlus()), (Linear, ZPlus())], canonizers=canonizers
         )
     else:
-        raise SpecError(f"The 'rule' parameter of extractor 'lrp' must be one of {', '.join(RULES)}. Got {rule!r}.")
+        raise SpecError(
+            f"The 'rule' parameter of extractor 'lrp' must be one of {', '.join(RULES)}. Got {rule!r}."
+        )
     if not exported:
         return composite
 
@@ -130,7 +141,7 @@ def lrp_relevance(
     images: torch.Tensor,
     layer_names: Sequence[str],
     *,
-    composite: "Composite",
+    composite: Composite,
     with_input: bool = False,
 ) -> Relevance:
     """Relevance of each image's predicted class at the outputs of ``layer_names`` (and at the pixels).
@@ -139,15 +150,15 @@ def lrp_relevance(
     (exactly, for bias-free nets under conserving rules).
     """
     names = list(layer_names)
-    with _grad_input(images) as x:
-        with layers.capture(model, names) as store, composite.context(model) as hooked:
-            logits = hooked(x)
-            _require_captured(store, names)
-            predicted = logits.argmax(1)
-            chosen = logits.gather(1, predicted[:, None]).detach()
-            seed = torch.zeros_like(logits).scatter_(1, predicted[:, None], chosen)
-            targets = [store[name] for name in names] + ([x] if with_input else [])
-            grads = torch.autograd.grad(logits, targets, grad_outputs=seed, allow_unused=True)
+    # The backward pass must run while the composite is registered: its rules live in tensor hooks.
+    with _grad_input(images) as x, layers.capture(model, names) as store, composite.context(model) as hooked:
+        logits = hooked(x)
+        _require_captured(store, names)
+        predicted = logits.argmax(1)
+        chosen = logits.gather(1, predicted[:, None]).detach()
+        seed = torch.zeros_like(logits).scatter_(1, predicted[:, None], chosen)
+        targets = [store[name] for name in names] + ([x] if with_input else [])
+        grads = torch.autograd.grad(logits, targets, grad_outputs=seed, allow_unused=True)
     unused = [name for name, grad in zip(names, grads) if grad is None]
     if unused:
         raise ModelError(f"The layer(s) {', '.join(unused)} of the DNN under test do not lead to its output.")
@@ -159,8 +170,9 @@ def _require_captured(store: dict[str, Any], names: Sequence[str]) -> None:
     missing = [name for name in names if not isinstance(store.get(name), torch.Tensor)]
     if missing:
         raise ModelError(
-            f"The layer(s) {', '.join(missing)} of the DNN under test did not run as a module returning one tensor "
-            f"during its forward pass, so their heatmaps cannot be read. Choose another layer, or {EAGER_HINT}."
+            f"The layer(s) {', '.join(missing)} of the DNN under test did not run as a module returning one "
+            "tensor during its forward pass, so their heatmaps cannot be read. Choose another layer, or "
+            f"{EAGER_HINT}."
         )
 
 
@@ -184,7 +196,9 @@ def gradcam_maps(
         if predicted is None:
             predicted = predict(model, x)
         maps = {
-            name: LayerGradCam(model, modules[name]).attribute(x, target=predicted, relu_attributions=True).detach()
+            name: LayerGradCam(model, modules[name])
+            .attribute(x, target=predicted, relu_attributions=True)
+            .detach()
             for name in layer_names
         }
     return maps, predicted
@@ -224,11 +238,13 @@ class _HeatmapExtractor(FeatureExtractor):
     def _setup(self) -> None:
         """Build what ``_maps`` needs once (e.g. the LRP composite)."""
 
+    @abc.abstractmethod
     def _candidates(self) -> list[str]:
-        raise NotImplementedError
+        """Layers the automatic choice compares."""
 
+    @abc.abstractmethod
     def _maps(self, images: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Heatmaps of the predicted class at each named layer for one batch."""
 
     def _check_map(self, sample: torch.Tensor) -> None:
         """Refuse a layer whose heatmap cannot serve as features."""
@@ -249,13 +265,18 @@ class _HeatmapExtractor(FeatureExtractor):
             return candidates[0], {"method": "only candidate", "candidates": candidates}
         collected: dict[str, list[torch.Tensor]] = {name: [] for name in candidates}
         for _, images in self.context.batches(
-            self.transform(), self.image_mode, limit=LAYER_SAMPLE, shuffle=True,
+            self.transform(),
+            self.image_mode,
+            limit=LAYER_SAMPLE,
+            shuffle=True,
             description=f"choosing the {self.spec.name} layer",
         ):
             for name, maps in self._maps(images, candidates).items():
                 collected[name].append(layers.shrink_to(maps, SELECT_MAX_DIMS))
         if not collected[candidates[0]]:
-            raise ModelError("No source image could be read to choose the heatmap layer; see the rejected rows.")
+            raise ModelError(
+                "No source image could be read to choose the heatmap layer; see the rejected rows."
+            )
         sample = {name: torch.cat(parts) for name, parts in collected.items()}
         best, scores = layers.choose_layer(sample, max_k=MAX_K)
         return best, {
@@ -264,7 +285,7 @@ class _HeatmapExtractor(FeatureExtractor):
             "scores": scores,
         }
 
-    def transform(self) -> "v2.Compose":
+    def transform(self) -> v2.Compose:
         return dut_transform(self.input)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
