@@ -25,6 +25,8 @@ from rca_gpu import outputs
 from rca_gpu.errors import SourceError, SpecError, TooFewImagesError
 
 NOISE = -1
+#: Root-cause label of failures without an injected cause (the benchmarks' convention).
+NO_CAUSE = "none"
 #: Prefix of the per-cluster count columns: ``n_<cause>`` holds how many images of ``<cause>`` a cluster has.
 COUNT_PREFIX = "n_"
 #: A pipeline may return up to this many clusters per root cause before :func:`study_score` penalises it.
@@ -169,6 +171,10 @@ def evaluate(
     n_causes = len(cause_names)
     n_noise = int(is_noise.sum())
     n_covered = int((n_dominated > 0).sum())
+    # Coverage of the injected causes only: "none" labels failures that no cause was injected into (the
+    # DUT's own errors on clean inputs); they share no visual cause, so no pipeline can give them a cluster.
+    injected = cause_names.astype(str) != NO_CAUSE
+    coverage_injected = float((n_dominated[injected] > 0).mean()) if injected.any() else None
     # All noise points share the label -1, so "with noise" treats noise as one more cluster.
     ari_all, nmi_all = _agreement(causes, labels)
     ari_clustered: float | None = None
@@ -187,6 +193,7 @@ def evaluate(
         "weighted_purity": float(dominant_counts.sum() / sizes.sum()) if n_clusters else None,
         "coverage": n_covered / n_causes,
         "n_causes_covered": n_covered,
+        "coverage_injected": coverage_injected,
         "mean_recall": float(recall.mean()),
         "ari_with_noise": ari_all,
         "nmi_with_noise": nmi_all,

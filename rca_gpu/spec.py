@@ -204,27 +204,25 @@ class FeatureSpec:
 
 
 @dataclass(frozen=True)
-class ReduceSpec:
+class _StageSpec:
+    """A reducer or clusterer: its name and the parameters the spec fixes (the rest are tuned)."""
+
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __hash__(self) -> int:  # params is a dict: hash the canonical text instead
-        return hash(str(self))
+        return hash((type(self).__name__, str(self)))
 
     def __str__(self) -> str:
         return self.name + _format_params(self.params)
 
 
-@dataclass(frozen=True)
-class ClusterSpec:
-    name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
+class ReduceSpec(_StageSpec):
+    """umap | pca | none, with fixed parameters."""
 
-    def __hash__(self) -> int:  # params is a dict: hash the canonical text instead
-        return hash(str(self))
 
-    def __str__(self) -> str:
-        return self.name + _format_params(self.params)
+class ClusterSpec(_StageSpec):
+    """dbscan | hdbscan | kmeans | ward, with fixed parameters."""
 
 
 @dataclass(frozen=True)

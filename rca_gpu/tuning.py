@@ -12,9 +12,18 @@ criterion whose cost does not grow with the number of images:
   returning dozens of tiny clusters that nobody can inspect.
 Candidates with fewer than two clusters score -1.
 
-Across UMAP settings, embeddings of different dimension are compared by the same score computed in that
-embedding; ties favour the earlier (simpler) candidate. Ward can instead pick k at the knee of its
-within-cluster-distance curve (HUDD's rule, via kneed): ``ward(select=knee)``.
+The choice is not simply the top score. Silhouette favours coarse partitions: when two root causes look
+alike next to the others it rates the partition that merges them highest (on the benchmarks it often
+prefers k = 2). For the person reading the clusters a merge costs much more than a split: two causes in one
+cluster cannot be named, one cause in two clusters is seen side by side. The score, as a function of the
+number of clusters, peaks at each natural granularity of the data; the search takes the finest peak that
+scores at least BAND (70 %) of the best score (see :func:`choose`). A clean structure with one sharp peak
+keeps that peak; structure at several scales gives the finer one. benchmarks/RESULTS.md compares this rule
+with the plain maximum on both ground-truth benchmarks.
+
+Candidates across UMAP settings (embeddings of different dimension) are compared by the same score
+computed in their own embedding. Ward can instead pick k at the knee of its within-cluster-distance curve
+(HUDD's rule, via kneed): ``ward(select=knee)``.
 
 Everything tried, and what was chosen, is returned for run.json.
 """
@@ -38,11 +47,15 @@ from rca_gpu.spec import ClusterSpec, ReduceSpec
 SAMPLE_SIZE = 2000
 MAX_CLUSTERS_SOFT = 30
 FRAGMENT_PENALTY = 0.01
+#: Peaks of the score scoring at least BAND x the best score compete; the finest of them is chosen.
+BAND = 0.7
 
 UMAP_GRID = {"n_neighbors": (15, 30), "n_components": (2, 10), "min_dist": (0.0, 0.1)}
 DBSCAN_MIN_SAMPLES = (5, 10, 20)
 DBSCAN_EPS_QUANTILES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 HDBSCAN_MIN_CLUSTER_SIZES = (5, 10, 15, 25, 40, 60)
+#: K-means / Ward search k only up to n / MIN_MEAN_CLUSTER_SIZE: clusters of a handful of images name no cause.
+MIN_MEAN_CLUSTER_SIZE = 5
 PCA_VARIANCE = 0.9
 PCA_MAX_COMPONENTS = 50
 
@@ -55,9 +68,11 @@ class Trial:
     noise_share: float
     silhouette: float | None
     score: float
+    chosen: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "chosen": self.chosen,
             "reduce": self.reduce,
             "cluster": self.cluster,
             "n_clusters": self.n_clusters,
@@ -153,7 +168,8 @@ def pca_components(features: Any, *, seed: int = 0) -> int:
 
 
 def _k_range(n: int) -> range:
-    return range(2, max(3, min(MAX_CLUSTERS_SOFT, n // 3) + 1))
+    """k from 2 to MAX_CLUSTERS_SOFT, keeping at least MIN_MEAN_CLUSTER_SIZE images per cluster on average."""
+    return range(2, max(3, min(MAX_CLUSTERS_SOFT, n // MIN_MEAN_CLUSTER_SIZE) + 1))
 
 
 def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGraph], n: int) -> list[dict[str, Any]]:
@@ -225,26 +241,15 @@ def select(
     if reduce_spec.name == "pca" and "n_components" not in reduce_spec.params:
         candidates = [{"n_components": pca_components(features, seed=seed)}]
     trials: list[Trial] = []
-    best: tuple[float, int] | None = None
-    best_payload = None
+    kept: dict[int, tuple] = {}  # trial index -> (reduce_params, cluster_params, labels, embedding, info)
+    best_score = -np.inf
     for reduce_params in candidates:
         started = time.perf_counter()
         embedding, reduce_info = cached_reduce(features, reduce_spec.name, reduce_params, device, graph, seed,
                                                reduce_cache)
         timings["reduce"] += time.perf_counter() - started
         host_points = np.asarray(as_numpy(embedding), dtype=np.float32)
-        graphs: dict[int, KnnGraph] = {}
-
-        def embedding_graph(k: int) -> KnnGraph:
-            # for 'none' the feature graph is the embedding graph: reuse it
-            if reduce_spec.name == "none" and k <= graph.k:
-                return graph.first(k)
-            if k not in graphs:
-                widest = max([k, *graphs]) if graphs else max(k, 21)
-                graphs[widest] = knn_graph(embedding, widest, device)
-                return graphs[widest].first(k)
-            return graphs[k]
-
+        embedding_graph = _graph_source(embedding, graph if reduce_spec.name == "none" else None, device)
         labels_by_params = _cluster_all(embedding, cluster_spec, embedding_graph, n, device, seed, timings)
         for cluster_params, labels in labels_by_params:
             started = time.perf_counter()
@@ -252,19 +257,71 @@ def select(
             timings["score"] += time.perf_counter() - started
             n_clusters, noise = _summary(labels)
             trials.append(Trial(dict(reduce_params), dict(cluster_params), n_clusters, noise, silhouette, score))
-            if best is None or score > best[0] + 1e-9:
-                best = (score, len(trials) - 1)
-                best_payload = (reduce_params, cluster_params, labels, embedding, reduce_info)
+            best_score = max(best_score, score)
+            if score >= _band_floor(best_score):
+                kept[len(trials) - 1] = (reduce_params, cluster_params, labels, embedding, reduce_info)
+            # forget candidates that fell out of the band, so memory stays bounded on large sets
+            kept = {i: v for i, v in kept.items() if trials[i].score >= _band_floor(best_score)}
         if progress:
             progress(1)
+    chosen = choose(trials)
+    payload = kept[chosen]
     if cluster_spec.name == "ward" and cluster_spec.params.get("select") == "knee" and "k" not in cluster_spec.params:
-        best_payload = _knee_choice(trials, best_payload, features, reduce_spec, cluster_spec, device, seed)
-    reduce_params, cluster_params, labels, embedding, reduce_info = best_payload
+        payload = _knee_choice(trials, payload, features, reduce_spec, cluster_spec, device, seed)
+    reduce_params, cluster_params, labels, embedding, reduce_info = payload
+    for index, trial in enumerate(trials):
+        trial.chosen = index == chosen and cluster_spec.params.get("select") != "knee"
     return Selection(
         dict(reduce_params), dict(cluster_params), labels, embedding, reduce_info, trials,
-        criterion="knee" if cluster_spec.params.get("select") == "knee" else "silhouette",
+        criterion="knee" if cluster_spec.params.get("select") == "knee" else "finest-peak",
         seconds={k: round(v, 3) for k, v in timings.items()},
     )
+
+
+def _band_floor(best_score: float) -> float:
+    """Lowest score still in the band around the best one (only the best itself when nothing is valid)."""
+    return BAND * best_score if best_score > 0 else best_score
+
+
+def choose(trials: list[Trial]) -> int:
+    """Index of the chosen trial: the finest peak of the score within BAND of the best score.
+
+    The envelope is the best score for each number of clusters (at most MAX_CLUSTERS_SOFT). A peak is a
+    cluster count whose envelope value is at least that of the nearest counts tried below and above it.
+    Of the peaks scoring at least BAND x the best score, the one with the most clusters wins, and within
+    it the trial with the highest score (the earliest on ties).
+    """
+    best_score = max(t.score for t in trials)
+    floor = _band_floor(best_score)
+    envelope: dict[int, float] = {}
+    for t in trials:
+        if t.n_clusters <= MAX_CLUSTERS_SOFT and t.score > -1.0:
+            envelope[t.n_clusters] = max(envelope.get(t.n_clusters, -np.inf), t.score)
+    counts = sorted(envelope)
+    peaks = [
+        k for i, k in enumerate(counts)
+        if envelope[k] >= floor
+        and (i == 0 or envelope[k] >= envelope[counts[i - 1]])
+        and (i == len(counts) - 1 or envelope[k] >= envelope[counts[i + 1]])
+    ]
+    if not peaks:
+        return max(range(len(trials)), key=lambda i: (trials[i].score, -i))
+    k = max(peaks)
+    return max((i for i, t in enumerate(trials) if t.n_clusters == k), key=lambda i: (trials[i].score, -i))
+
+
+def _graph_source(embedding: Any, feature_graph: KnnGraph | None, device: Device) -> Callable[[int], KnnGraph]:
+    """k -> kNN graph of the embedding, computed once at the widest k asked (the feature graph for 'none')."""
+    cache: dict[str, KnnGraph] = {}
+
+    def graph_for(k: int) -> KnnGraph:
+        if feature_graph is not None and k <= feature_graph.k:
+            return feature_graph.first(k)
+        if "graph" not in cache or cache["graph"].k < k:
+            cache["graph"] = knn_graph(embedding, max(k, 21), device)
+        return cache["graph"].first(min(k, cache["graph"].k))
+
+    return graph_for
 
 
 def cached_reduce(features, name: str, params: dict[str, Any], device: Device, graph: KnnGraph, seed: int,

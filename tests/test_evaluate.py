@@ -399,3 +399,16 @@ def test_cli_raises_rca_errors_for_the_main_cli(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert isinstance(result.exception, SourceError) and isinstance(result.exception, RcaError)
     assert "rca-gpu run" in str(result.exception)
+
+
+def test_coverage_of_injected_causes_leaves_out_none():
+    # causes: none, a, a, b, b; the lone "none" image sits in a's cluster (0), b has cluster 1.
+    # coverage counts 3 causes, 2 dominate a cluster: 2/3; coverage_injected counts a and b: 2/2.
+    summary = evaluate([0, 0, 0, 1, 1], ["none", "a", "a", "b", "b"]).summary
+    assert summary["coverage"] == pytest.approx(2 / 3)
+    assert summary["coverage_injected"] == 1.0
+    # without a "none" cause both agree
+    plain = evaluate([0, 0, 1, 1], ["a", "a", "b", "b"]).summary
+    assert plain["coverage_injected"] == plain["coverage"] == 1.0
+    # only "none": nothing injected to cover
+    assert evaluate([0, 0], ["none", "none"]).summary["coverage_injected"] is None

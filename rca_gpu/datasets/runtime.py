@@ -33,9 +33,9 @@ def deterministic_torch(seed: int) -> Iterator[None]:
 
 def to_tensor(images):
     """uint8 images (N, H, W) or (N, H, W, C) -> float tensor (N, C, H, W) in [0, 1], the DUT's input."""
-    import torch
+    from rca_gpu.device import as_torch
 
-    batch = torch.from_numpy(images)
+    batch = as_torch(images)
     batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
     return batch.float().div_(255.0)
 
@@ -47,9 +47,11 @@ def quantize(images):
     """
     import torch
 
+    from rca_gpu.device import as_numpy
+
     batch = images.clamp(0, 1).mul(255).round().to(torch.uint8)
     batch = batch[:, 0] if batch.shape[1] == 1 else batch.permute(0, 2, 3, 1)
-    return batch.contiguous().numpy()
+    return as_numpy(batch.contiguous())
 
 
 def predict(model, images, *, batch_size: int = 512):
@@ -57,13 +59,15 @@ def predict(model, images, *, batch_size: int = 512):
     import numpy as np
     import torch
 
+    from rca_gpu.device import as_numpy
+
     preds, confs = [], []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             probs = model(to_tensor(images[start : start + batch_size])).softmax(dim=1)
             conf, pred = probs.max(dim=1)
-            preds.append(pred.numpy())
-            confs.append(conf.numpy())
+            preds.append(as_numpy(pred))
+            confs.append(as_numpy(conf))
     if not preds:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     return np.concatenate(preds).astype(np.int64), np.concatenate(confs).astype(np.float32)

@@ -107,11 +107,12 @@ def _fit(model, data: TrainingData, recipe: Recipe, *, seed: int, reporter, desc
     from torch import nn
 
     from rca_gpu.datasets.runtime import to_tensor
+    from rca_gpu.device import as_torch
 
     with deterministic_torch(seed):
         _reinitialise(model)
         x = to_tensor(data.x_train)
-        y = torch.from_numpy(data.y_train.astype(np.int64))
+        y = as_torch(data.y_train.astype(np.int64))
         steps_per_epoch = -(-len(x) // recipe.batch_size)
         optimiser = torch.optim.Adam(model.parameters(), lr=recipe.max_lr, weight_decay=recipe.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -186,7 +186,7 @@ def extract_features(
                     encoded = encoded.detach().float()
                     dims = int(encoded.shape[1])
                     chunks.append(encoded)
-                    chunk_positions.append(positions.numpy())
+                    chunk_positions.append(as_numpy(positions))
                     if store is not None:
                         pending[0].extend(positions.tolist()), pending[1].extend([None] * len(positions))
                         pending[2].append(encoded)
