@@ -26,10 +26,6 @@ def cluster(x: Any, algorithm: str, params: dict[str, Any], device: Device, *, s
     return np.asarray(as_numpy(adapter.fit_predict(data)), dtype=np.int64)
 
 
-def cluster_adapter(algorithm: str, params: dict[str, Any], device: Device, *, seed: int = 0) -> Adapter:
-    return registry.build("cluster", algorithm, device, seed=seed, **params)
-
-
 class _Base(Adapter):
     def __init__(self, *, seed: int = 0, **params: Any) -> None:
         self.seed = seed

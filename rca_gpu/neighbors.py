@@ -1,9 +1,10 @@
 """k-nearest-neighbour graphs, computed once per feature set and reused downstream.
 
-Backends (see :data:`rca_gpu.registry.IMPLEMENTATIONS`): exact torch matmul + top-k in blocks (CPU or
-CUDA), exact FAISS (CPU or GPU), approximate FAISS HNSW (CPU, for very large sets), exact cuML, and a
-scikit-learn KD-tree for low-dimensional embeddings. ``backend="auto"`` picks by device, size and
-dimension, following benchmarks/knn_backends.py (see benchmarks/RESULTS.md).
+Backends (see :data:`rca_gpu.registry.IMPLEMENTATIONS`): exact FAISS (CPU or GPU), exact torch matmul +
+top-k in blocks (CPU or CUDA), approximate FAISS HNSW (CPU, for very large sets), exact cuML, and a
+scikit-learn KD-tree. ``backend="auto"`` picks by device and size, following benchmarks/knn_backends.py
+(benchmarks/RESULTS.md): on the CPU exact FAISS up to CPU_EXACT_MAX images and HNSW beyond; on the GPU
+FAISS-GPU when installed, else torch.
 
 Every graph lists each point as its own first neighbour at distance 0 (what UMAP's ``precomputed_knn``
 expects), then its k - 1 nearest other points, by Euclidean distance.

@@ -45,6 +45,7 @@ class RunResult:
     clusters: pd.DataFrame
     run_info: dict[str, Any]
     metrics: dict[str, Any] | None = None
+    metrics_table: pd.DataFrame | None = None  # per root cause, when root causes are known
 
     @property
     def n_clusters(self) -> int:
@@ -96,6 +97,8 @@ def compute_features(feature_spec: FeatureSpec, failures: FailureSet, spec: RunS
     from rca_gpu.features.extract import extract_features
 
     context = extraction_context(failures, spec, device, cache_dir, reporter)
+    if feature_spec.info.needs_dut and not spec.model and failures.dut:
+        log.info("DNN under test: %s (named by the manifest)", failures.dut)
     if feature_spec.info.needs_dut and not context.model_ref:
         from rca_gpu.errors import SpecError
 
@@ -280,11 +283,12 @@ def cluster_and_write(
     chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
     outputs.write_parquet(out / "clusters.parquet", clusters)
     outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen))
-    metrics = None
+    metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
         from rca_gpu.evaluate import evaluate_run
 
-        metrics = evaluate_run(out).summary
+        evaluation = evaluate_run(out)
+        metrics, per_cause = evaluation.summary, evaluation.per_cause
     timer.add("write", t)
 
     resolved = resolved_pipeline(spec.pipeline, features.info, selection)
@@ -318,4 +322,4 @@ def cluster_and_write(
     outputs.write_json(out / "run.json", run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
              counts["rejected"], out)
-    return RunResult(out, clusters, run_info, metrics)
+    return RunResult(out, clusters, run_info, metrics, per_cause)

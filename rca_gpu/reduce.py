@@ -13,7 +13,6 @@ import numpy as np
 
 from rca_gpu import registry
 from rca_gpu.device import Device, to_kind
-from rca_gpu.errors import UnsupportedOnGPU
 from rca_gpu.neighbors import KnnGraph
 from rca_gpu.registry import Adapter
 
@@ -146,6 +145,3 @@ class TorchPCA(Adapter):
             torch.random.set_rng_state(generator_state)
         return centred @ v[:, :k]
 
-
-def unsupported(reason: str) -> UnsupportedOnGPU:
-    return UnsupportedOnGPU(reason)

@@ -229,10 +229,6 @@ def to_markdown(table: pd.DataFrame, *, source: str = "", top: int | None = None
     return "\n".join(lines)
 
 
-def resolve_model_for_study(base: RunSpec, failures: FailureSet) -> bool:
-    return bool(base.model or failures.dut)
-
-
 def check_study_source(failures: FailureSet) -> None:
     if not failures.has_root_cause:
         raise SpecError(

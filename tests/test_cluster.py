@@ -69,3 +69,35 @@ def test_hdbscan_min_cluster_size_above_n_gives_all_noise(blobs):
     x, _ = blobs
     labels = cluster(x[:20], "hdbscan", {"min_cluster_size": 50}, cpu_device())
     assert (labels == -1).all()
+
+
+def _trials(curve: dict[int, float]):
+    from rca_gpu.tuning import Trial
+
+    return [Trial({}, {"k": k}, k, 0.0, s, s) for k, s in curve.items()]
+
+
+def test_choose_keeps_a_single_sharp_peak():
+    from rca_gpu.tuning import choose
+
+    trials = _trials({2: 0.47, 3: 0.71, 4: 0.95, 5: 0.88, 6: 0.80, 7: 0.71, 8: 0.62, 9: 0.63, 10: 0.62})
+    assert trials[choose(trials)].n_clusters == 4  # k=9 is a peak too, but far below the best
+
+
+def test_choose_prefers_the_finer_of_two_close_peaks():
+    from rca_gpu.tuning import choose
+
+    # two super-groups (k=2) score best; the finer structure (k=6) is a peak within 70 % of it
+    trials = _trials({2: 0.90, 3: 0.60, 4: 0.62, 5: 0.66, 6: 0.70, 7: 0.65, 8: 0.50})
+    assert trials[choose(trials)].n_clusters == 6
+    # below the band the coarse peak stays
+    trials = _trials({2: 0.90, 3: 0.50, 4: 0.55, 5: 0.58, 6: 0.60, 7: 0.50})
+    assert trials[choose(trials)].n_clusters == 2
+
+
+def test_choose_ignores_invalid_and_oversized_candidates():
+    from rca_gpu.tuning import MAX_CLUSTERS_SOFT, choose
+
+    trials = _trials({1: -1.0, 3: 0.5, 4: 0.4, MAX_CLUSTERS_SOFT + 5: 0.45})
+    assert trials[choose(trials)].n_clusters == 3
+    assert choose(_trials({1: -1.0})) == 0  # nothing valid: the best (only) candidate

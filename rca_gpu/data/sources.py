@@ -81,7 +81,7 @@ class FailureSet:
             digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
             return [("arrays", len(self), int(digest[:15], 16))]
         out = []
-        for pos, path in enumerate(self.paths):
+        for path in self.paths:
             try:
                 st = os.stat(path)
                 out.append((path, st.st_size, st.st_mtime_ns))
