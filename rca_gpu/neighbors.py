@@ -3,7 +3,7 @@
 Backends (see :data:`rca_gpu.registry.IMPLEMENTATIONS`): exact FAISS (CPU or GPU), exact torch matmul +
 top-k in blocks (CPU or CUDA), approximate FAISS HNSW (CPU, for very large sets), exact cuML, and a
 scikit-learn KD-tree. ``backend="auto"`` picks by device and size, following benchmarks/knn_backends.py
-(benchmarks/RESULTS.md): on the CPU exact FAISS up to CPU_EXACT_MAX images and HNSW beyond; on the GPU
+(benchmarks/RESULTS.md): on the CPU exact FAISS while n^2 d stays within CPU_EXACT_BUDGET, HNSW beyond; on the GPU
 FAISS-GPU when installed, else torch.
 
 Every graph lists each point as its own first neighbour at distance 0 (what UMAP's ``precomputed_knn``
@@ -23,8 +23,9 @@ from rca_gpu.device import Device, as_numpy, as_torch, kind_of, to_kind
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.registry import Adapter
 
-#: Above this many points, exact search on the CPU costs more than it is worth: use HNSW.
-CPU_EXACT_MAX = 200_000
+#: Exact search on the CPU costs n * n * d; above this (50,000 points at d = 1280, where FAISS HNSW caught up
+#: with exact FAISS in benchmarks/knn_backends.py) the approximate HNSW graph is used.
+CPU_EXACT_BUDGET = 50_000 * 50_000 * 1280
 
 
 @dataclass
@@ -64,7 +65,7 @@ def choose_backend(n: int, dim: int, device: Device) -> str:
     """The backend ``auto`` resolves to (measured: benchmarks/knn_backends.py)."""
     if device.on_gpu:
         return "faiss" if device.faiss_gpu else "torch"
-    return "faiss" if n <= CPU_EXACT_MAX else "faiss-hnsw"
+    return "faiss" if n * n * dim <= CPU_EXACT_BUDGET else "faiss-hnsw"
 
 
 def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph:

@@ -33,7 +33,8 @@ log = logging.getLogger("rca_gpu")
 DEFAULT_FEATURES = ("pixels", "mobilenet_v2", "mobilenet_v2@features.14", "ae")
 DUT_FEATURES = ("dut", "dut@features", "lrp", "lrp(rule=zplus)", "gradcam")
 METRIC_COLUMNS = (
-    "study_score", "weighted_purity", "mean_purity", "coverage", "mean_recall", "noise_share", "n_clusters",
+    "study_score", "weighted_purity", "mean_purity", "coverage", "coverage_injected", "mean_recall", "noise_share",
+    "n_clusters",
     "n_causes", "ari_with_noise", "ari_without_noise", "nmi_with_noise", "nmi_without_noise",
 )
 
@@ -208,8 +209,8 @@ def to_markdown(table: pd.DataFrame, *, source: str = "", top: int | None = None
         "min(1, 3 x causes / clusters) (docs/metrics.md)."
     )
     lines.append("")
-    header = ["rank", "pipeline", "score", "purity (w)", "coverage", "clusters", "noise", "ARI", "recall (mean)",
-              "chosen"]
+    header = ["rank", "pipeline", "score", "purity (w)", "coverage", "cov. injected", "clusters", "noise", "ARI",
+              "recall (mean)", "chosen"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] * len(header)) + "|")
     shown = table if top is None else table.head(top)
@@ -221,7 +222,8 @@ def to_markdown(table: pd.DataFrame, *, source: str = "", top: int | None = None
             continue
         lines.append("| " + " | ".join([
             str(values["rank"]), f"`{values['pipeline']}`", _fmt(values["study_score"]),
-            _fmt(values["weighted_purity"]), _fmt(values["coverage"]), _fmt(values["n_clusters"]),
+            _fmt(values["weighted_purity"]), _fmt(values["coverage"]), _fmt(values["coverage_injected"]),
+            _fmt(values["n_clusters"]),
             _fmt(values["noise_share"]), _fmt(values["ari_with_noise"]), _fmt(values["mean_recall"]),
             f"`{values['resolved_pipeline'].split('+', 1)[1] if values['resolved_pipeline'] else ''}`",
         ]) + " |")

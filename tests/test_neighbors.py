@@ -68,4 +68,6 @@ def test_auto_backend_policy():
     cpu = cpu_device()
     assert choose_backend(10_000, 1280, cpu) == "faiss"
     assert choose_backend(10_000, 2, cpu) == "faiss"
-    assert choose_backend(5_000_000, 1280, cpu) == "faiss-hnsw"
+    assert choose_backend(50_000, 1280, cpu) == "faiss"
+    assert choose_backend(50_001, 1280, cpu) == "faiss-hnsw"
+    assert choose_backend(500_000, 10, cpu) == "faiss"  # cheap in low dimension
