@@ -43,6 +43,21 @@ def test_run_writes_outputs_and_prints_where(folder, tmp_path):
         assert (out / name).is_file()
 
 
+def test_run_on_a_manifest_with_root_causes_prints_the_ground_truth_line(folder, tmp_path):
+    paths = sorted((folder / "imgs").glob("*.png"))
+    manifest = folder / "manifest.csv"  # beside the images: manifest paths may not leave its folder
+    pd.DataFrame({
+        "path": [str(p.relative_to(folder)) for p in paths],
+        "root_cause": [p.name.split("_")[0] for p in paths],  # g0, g1, g2: the planted groups
+    }).to_csv(manifest, index=False)
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(tmp_path / "out"), "-p",
+                                 "pixels+pca+kmeans(k=3)", "--device", "cpu", "--workers", "0", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert ("against the known root causes: weighted purity 1.000, coverage 1.000 (3 of 3 causes; injected "
+            "causes 1.000), ARI 1.000; details in metrics.json") in result.output
+    manifest.unlink()
+
+
 def test_config_file_is_read_and_overridden(folder, tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('pipeline = "pixels+none+kmeans"\ndevice = "cpu"\nworkers = 0\n[cluster]\nk = 2\n')
