@@ -40,3 +40,45 @@ def add_bad_files(folder: Path, good_example: Path) -> dict[str, str]:
     data = good_example.read_bytes()
     (folder / "truncated.png").write_bytes(data[: len(data) // 2])
     return {"zero.png": "empty file", "text.jpg": "not a readable image", "truncated.png": "truncated"}
+
+
+def digits_source(n: int):
+    """The first ``n`` of scikit-learn's 8x8 digits as an in-memory FailureSource (labels as metadata)."""
+    from sklearn.datasets import load_digits
+
+    from rca_gpu.data.sources import from_arrays
+
+    digits = load_digits()
+    return from_arrays((digits.images[:n] * (255 / 16)).astype(np.uint8), {"label": digits.target[:n]})
+
+
+def run_extractor(extractor_cls, spec, context):
+    """Drive an extractor the way rca_gpu.features.extract does: prepare, a picklable transform (workers
+    receive it), channels_last batches, ``torch.inference_mode()`` unless the extractor needs autograd.
+    Returns the extractor and the (n, d) features."""
+    import contextlib
+    import pickle
+
+    import torch
+
+    extractor = extractor_cls(spec, context)
+    extractor.prepare()
+    transform = extractor.transform()
+    pickle.dumps(transform)
+    grad_mode = contextlib.nullcontext if extractor.needs_grad else torch.inference_mode
+    chunks = []
+    for _, images in context.batches(transform, extractor.image_mode):
+        with grad_mode():
+            chunks.append(extractor.encode(images.contiguous(memory_format=torch.channels_last)))
+    return extractor, torch.cat(chunks)
+
+
+def import_source(folder: Path, monkeypatch, module_name: str, source: str):
+    """Write ``source`` as ``folder/module_name.py`` and import it fresh (for ``package.module:factory`` refs)."""
+    import importlib
+    import sys
+
+    (folder / f"{module_name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, module_name, raising=False)
+    return importlib.import_module(module_name)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
 
+from helpers import digits_source, run_extractor
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.features import autoencoder
 from rca_gpu.features.autoencoder import AEConfig, AutoencoderExtractor, ConvAutoencoder, plan_geometry
@@ -17,10 +16,7 @@ from rca_gpu.spec import make_features
 
 @pytest.fixture(scope="module")
 def digits():
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    return from_arrays((data.images[:160] * (255 / 16)).astype(np.uint8), {"label": data.target[:160]})
+    return digits_source(160)
 
 
 def _context(failures, work_dir, **kwargs) -> ExtractionContext:
@@ -28,14 +24,7 @@ def _context(failures, work_dir, **kwargs) -> ExtractionContext:
 
 
 def _run(spec, context):
-    """Drive the extractor the way the engine does."""
-    extractor = AutoencoderExtractor(spec, context)
-    extractor.prepare()
-    transform = extractor.transform()
-    pickle.dumps(transform)
-    with torch.inference_mode():
-        chunks = [extractor.encode(images) for _, images in context.batches(transform, extractor.image_mode)]
-    return extractor, torch.cat(chunks)
+    return run_extractor(AutoencoderExtractor, spec, context)
 
 
 @pytest.mark.parametrize(

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import pickle
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from rca_gpu.data.sources import from_arrays
+from helpers import digits_source, import_source, run_extractor
 from rca_gpu.errors import ModelError, SpecError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.features.dut import (
@@ -80,10 +78,7 @@ not_a_factory = 3
 @pytest.fixture
 def dut_module(tmp_path, monkeypatch):
     """An importable module ``rca_test_dut`` holding the small DUT and its factories."""
-    (tmp_path / "rca_test_dut.py").write_text(NET_SOURCE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rca_test_dut", raising=False)
-    return importlib.import_module("rca_test_dut")
+    return import_source(tmp_path, monkeypatch, "rca_test_dut", NET_SOURCE)
 
 
 @pytest.fixture
@@ -269,33 +264,12 @@ def test_dut_transform_gives_the_models_shape_and_range_and_pickles():
     assert float(scaled(Image.fromarray(np.zeros((4, 4), np.uint8))).min()) == pytest.approx(-1.0)
 
 
-def _digits(n: int = 60):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = (digits.images[:n] * (255 / 16)).astype(np.uint8)
-    return from_arrays(images, {"label": digits.target[:n]})
-
-
-def _run(extractor_cls, spec, context):
-    """Drive an extractor the way the engine does."""
-    extractor = extractor_cls(spec, context)
-    extractor.prepare()
-    transform = extractor.transform()
-    pickle.dumps(transform)
-    chunks = []
-    for _, images in context.batches(transform, extractor.image_mode):
-        with torch.inference_mode():
-            chunks.append(extractor.encode(images.contiguous(memory_format=torch.channels_last)))
-    return extractor, torch.cat(chunks)
-
-
 def test_dut_extractor_reads_the_penultimate_layer_by_default(dut_module, weights, net):
-    failures = _digits(50)
+    failures = digits_source(50)
     context = ExtractionContext(
         failures, torch.device("cpu"), batch_size=16, model_ref=f"rca_test_dut:build={weights}"
     )
-    extractor, features = _run(DUTActivationExtractor, make_features("dut"), context)
+    extractor, features = run_extractor(DUTActivationExtractor, make_features("dut"), context)
     assert features.shape == (50, 32)
     info = extractor.describe()
     assert info["layer"] == "fc2" and info["reads"] == "input of fc2" and info["dims"] == 32
@@ -313,15 +287,15 @@ def test_dut_extractor_reads_the_penultimate_layer_by_default(dut_module, weight
 
 def test_dut_extractor_at_a_named_conv_layer_with_pooling(dut_module, weights):
     context = ExtractionContext(
-        _digits(20), torch.device("cpu"), batch_size=8, model_ref=f"rca_test_dut:build={weights}"
+        digits_source(20), torch.device("cpu"), batch_size=8, model_ref=f"rca_test_dut:build={weights}"
     )
-    extractor, features = _run(DUTActivationExtractor, make_features("dut", "conv2", pool=2), context)
+    extractor, features = run_extractor(DUTActivationExtractor, make_features("dut", "conv2", pool=2), context)
     assert features.shape == (20, 16 * 2 * 2)
     assert extractor.describe()["layer"] == "conv2"
 
 
 def test_dut_extractor_unknown_layer_lists_real_ones(dut_module, weights):
-    context = ExtractionContext(_digits(5), torch.device("cpu"), model_ref=f"rca_test_dut:build={weights}")
+    context = ExtractionContext(digits_source(5), torch.device("cpu"), model_ref=f"rca_test_dut:build={weights}")
     with pytest.raises(SpecError, match=r"no layer 'conv9'.*conv1, conv2, fc1, fc2"):
         DUTActivationExtractor(make_features("dut", "conv9"), context).prepare()
 
@@ -329,7 +303,7 @@ def test_dut_extractor_unknown_layer_lists_real_ones(dut_module, weights):
 def test_dut_extractor_refuses_torchscript_and_names_the_eager_form(net, tmp_path):
     path = tmp_path / "net.pt"
     _script(net, path)
-    context = ExtractionContext(_digits(5), torch.device("cpu"), model_ref=str(path))
+    context = ExtractionContext(digits_source(5), torch.device("cpu"), model_ref=str(path))
     with pytest.raises(
         ModelError, match=r"TorchScript models do not run.*package\.module:factory=weights\.pt"
     ):
@@ -339,7 +313,7 @@ def test_dut_extractor_refuses_torchscript_and_names_the_eager_form(net, tmp_pat
 def test_dut_extractor_works_on_an_export_archive(net, tmp_path):
     path = tmp_path / "net.pt2"
     _export(net, path)
-    context = ExtractionContext(_digits(12), torch.device("cpu"), batch_size=5, model_ref=str(path))
-    extractor, features = _run(DUTActivationExtractor, make_features("dut"), context)
+    context = ExtractionContext(digits_source(12), torch.device("cpu"), batch_size=5, model_ref=str(path))
+    extractor, features = run_extractor(DUTActivationExtractor, make_features("dut"), context)
     assert features.shape == (12, 32)
     assert extractor.describe()["model_format"] == "export"

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import pickle
-import sys
-
 import numpy as np
 import pytest
 import torch
 
-from rca_gpu.data.sources import from_arrays
+from helpers import digits_source, import_source, run_extractor
 from rca_gpu.errors import ModelError, SpecError
 from rca_gpu.features import layers
 from rca_gpu.features.base import ExtractionContext
@@ -65,10 +61,7 @@ def build_without_bias():
 
 @pytest.fixture
 def dut_module(tmp_path, monkeypatch):
-    (tmp_path / "rca_test_heatmap_dut.py").write_text(NET_SOURCE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "rca_test_heatmap_dut", raising=False)
-    return importlib.import_module("rca_test_heatmap_dut")
+    return import_source(tmp_path, monkeypatch, "rca_test_heatmap_dut", NET_SOURCE)
 
 
 @pytest.fixture
@@ -80,26 +73,6 @@ def weights(dut_module, tmp_path):
 
 def _x(n: int = 6) -> torch.Tensor:
     return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(2))
-
-
-def _digits(n: int):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return from_arrays((digits.images[:n] * (255 / 16)).astype(np.uint8), {"label": digits.target[:n]})
-
-
-def _run(extractor_cls, spec, context):
-    """Drive an extractor the way the engine does (channels_last batches on the context device)."""
-    extractor = extractor_cls(spec, context)
-    extractor.prepare()
-    transform = extractor.transform()
-    pickle.dumps(transform)
-    chunks = [
-        extractor.encode(images.contiguous(memory_format=torch.channels_last))
-        for _, images in context.batches(transform, extractor.image_mode)
-    ]
-    return extractor, torch.cat(chunks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,9 +137,9 @@ def test_lrp_on_an_export_archive_matches_the_eager_model(dut_module, tmp_path):
 
 def test_lrp_extractor_end_to_end_at_a_named_layer(weights):
     context = ExtractionContext(
-        _digits(40), torch.device("cpu"), batch_size=16, model_ref=f"rca_test_heatmap_dut:build={weights}"
+        digits_source(40), torch.device("cpu"), batch_size=16, model_ref=f"rca_test_heatmap_dut:build={weights}"
     )
-    extractor, features = _run(LRPExtractor, make_features("lrp", "conv2"), context)
+    extractor, features = run_extractor(LRPExtractor, make_features("lrp", "conv2"), context)
     assert features.shape == (40, 16 * 14 * 14)
     assert torch.isfinite(features).all() and features.abs().sum() > 0
     info = extractor.describe()
@@ -177,7 +150,7 @@ def test_lrp_extractor_end_to_end_at_a_named_layer(weights):
 
 def test_lrp_extractor_pools_and_works_under_inference_mode(weights):
     context = ExtractionContext(
-        _digits(10), torch.device("cpu"), batch_size=10, model_ref=f"rca_test_heatmap_dut:build={weights}"
+        digits_source(10), torch.device("cpu"), batch_size=10, model_ref=f"rca_test_heatmap_dut:build={weights}"
     )
     extractor = LRPExtractor(make_features("lrp", "conv1", pool=4, rule="zplus"), context)
     extractor.prepare()
@@ -191,13 +164,13 @@ def test_lrp_extractor_pools_and_works_under_inference_mode(weights):
 
 def test_lrp_extractor_chooses_a_layer_hudd_style_and_reports_every_candidate(weights):
     context = ExtractionContext(
-        _digits(80),
+        digits_source(80),
         torch.device("cpu"),
         batch_size=32,
         seed=3,
         model_ref=f"rca_test_heatmap_dut:build={weights}",
     )
-    extractor, features = _run(LRPExtractor, make_features("lrp"), context)
+    extractor, features = run_extractor(LRPExtractor, make_features("lrp"), context)
     choice = extractor.describe()["layer_choice"]
     assert set(choice["scores"]) == {"conv1", "conv2", "fc1"}  # the output layer fc2 is no candidate
     assert choice["sample"] == 80
@@ -215,7 +188,7 @@ def test_lrp_refuses_torchscript_with_the_eager_form(dut_module, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         torch.jit.script(dut_module.build().eval()).save(str(path))
-    context = ExtractionContext(_digits(4), torch.device("cpu"), model_ref=str(path))
+    context = ExtractionContext(digits_source(4), torch.device("cpu"), model_ref=str(path))
     with pytest.raises(
         ModelError, match=r"'lrp' extractor reads inside .* package\.module:factory=weights\.pt"
     ):
@@ -224,7 +197,7 @@ def test_lrp_refuses_torchscript_with_the_eager_form(dut_module, tmp_path):
 
 def test_unknown_layer_lists_the_real_ones(weights):
     context = ExtractionContext(
-        _digits(4), torch.device("cpu"), model_ref=f"rca_test_heatmap_dut:build={weights}"
+        digits_source(4), torch.device("cpu"), model_ref=f"rca_test_heatmap_dut:build={weights}"
     )
     with pytest.raises(SpecError, match=r"no layer 'features\.3' for 'lrp@features\.3'.*conv1, conv2"):
         LRPExtractor(make_features("lrp", "features.3"), context).prepare()
@@ -247,9 +220,9 @@ def test_gradcam_maps_have_the_layer_grid_and_are_non_negative(dut_module):
 
 def test_gradcam_extractor_end_to_end_with_layer_choice(weights):
     context = ExtractionContext(
-        _digits(60), torch.device("cpu"), batch_size=32, model_ref=f"rca_test_heatmap_dut:build={weights}"
+        digits_source(60), torch.device("cpu"), batch_size=32, model_ref=f"rca_test_heatmap_dut:build={weights}"
     )
-    extractor, features = _run(GradCAMExtractor, make_features("gradcam", pool=7), context)
+    extractor, features = run_extractor(GradCAMExtractor, make_features("gradcam", pool=7), context)
     info = extractor.describe()
     assert set(info["layer_choice"]["scores"]) == {"conv1", "conv2"}  # conv layers only
     assert features.shape == (60, 49)
@@ -258,7 +231,7 @@ def test_gradcam_extractor_end_to_end_with_layer_choice(weights):
 
 def test_gradcam_refuses_a_layer_without_spatial_maps(weights):
     context = ExtractionContext(
-        _digits(4), torch.device("cpu"), model_ref=f"rca_test_heatmap_dut:build={weights}"
+        digits_source(4), torch.device("cpu"), model_ref=f"rca_test_heatmap_dut:build={weights}"
     )
     with pytest.raises(
         SpecError, match=r"Grad-CAM needs a layer with spatial maps.*'fc1' outputs shape \(1,\)"
