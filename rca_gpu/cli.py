@@ -171,12 +171,17 @@ def run_command(
     from rca_gpu.pipeline import run
 
     result = run(spec, source, out, reporter=reporter)
-    if not quiet:
+    _echo_result(result, show_clusters=not quiet, images="images")
+
+
+def _echo_result(result, *, show_clusters: bool, images: str) -> None:
+    """What ``run`` and ``demo`` print at the end: the clusters, the counts, the ground truth, where."""
+    if show_clusters:
         print_clusters(result.clusters)
     counts = result.run_info["counts"]
     typer.echo(
         f"{counts['clusters']} clusters, {counts['noise']} noise, {counts['rejected']} rejected of "
-        f"{counts['input_rows']} images; pipeline {result.run_info['resolved_pipeline']}"
+        f"{counts['input_rows']} {images}; pipeline {result.run_info['resolved_pipeline']}"
     )
     _echo_ground_truth(result.metrics)
     typer.echo(f"results: {result.out.resolve()}")
@@ -242,12 +247,7 @@ def demo_command(
     from rca_gpu.pipeline import run
 
     result = run(spec, manifest, out / "run", reporter=reporter)
-    print_clusters(result.clusters)
-    counts = result.run_info["counts"]
-    typer.echo(f"{counts['clusters']} clusters, {counts['noise']} noise, {counts['rejected']} rejected of "
-               f"{counts['input_rows']} failing images; pipeline {result.run_info['resolved_pipeline']}")
-    _echo_ground_truth(result.metrics)
-    typer.echo(f"results: {result.out.resolve()}")
+    _echo_result(result, show_clusters=True, images="failing images")
 
 
 def _mount_subcommands() -> None:
