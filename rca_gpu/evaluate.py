@@ -293,7 +293,17 @@ def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Eval
             f"{str(path)!r} lacks the column(s) {', '.join(lacking)}; it was not written by `rca-gpu run`. "
             "Run `rca-gpu run` again to rewrite it."
         )
+    return evaluate_clusters(table, run_dir, min_purity=min_purity)
 
+
+def evaluate_clusters(
+    table: pd.DataFrame, run_dir: str | os.PathLike, *, min_purity: float = 0.5
+) -> Evaluation:
+    """Evaluate a clusters table (as ``rca-gpu run`` writes it to ``run_dir``) and write ``metrics.json``
+    and ``per_cause.csv`` to ``run_dir``. :func:`evaluate_run` reads the table from disk; a run passes the
+    one it has just written, so the file is not read back."""
+    run_dir = Path(run_dir).expanduser()
+    path = run_dir / CLUSTERS_FILE
     rejected = table["status"].astype(str) == "rejected"
     kept = table.loc[~rejected]
     unlabelled = kept["root_cause"].isna()

@@ -285,9 +285,9 @@ def cluster_and_write(
     outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen))
     metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
-        from rca_gpu.evaluate import evaluate_run
+        from rca_gpu.evaluate import evaluate_clusters
 
-        evaluation = evaluate_run(out)
+        evaluation = evaluate_clusters(clusters, out)
         metrics, per_cause = evaluation.summary, evaluation.per_cause
     timer.add("write", t)
 
