@@ -122,13 +122,12 @@ def feature_graph(features, spec: RunSpec, reduce_spec: ReduceSpec, device: Devi
     return knn_graph(features.matrix, effective_k(spec.knn_k, reduce_spec), device, spec.knn_backend)
 
 
-def plot_embedding(features, selection: Selection, graph: KnnGraph, device: Device, seed: int,
+def plot_embedding(features, chosen: np.ndarray, graph: KnnGraph, device: Device, seed: int,
                    use_umap: bool, reduce_cache: dict | None = None) -> tuple[np.ndarray, str]:
     """A 2-D embedding for plots: the chosen embedding when it is 2-D, else a 2-D UMAP of the features
     (from the same kNN graph), or the first two principal components when UMAP plots are off."""
     from rca_gpu.tuning import cached_reduce
 
-    chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
     if chosen.shape[1] == 2:
         return chosen, "chosen embedding"
     if use_umap and features.n > 3:
@@ -273,14 +272,15 @@ def cluster_and_write(
     timer.add("reduce_cluster", t)
     labels = order_labels(selection.labels)
 
+    chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
+
     t = time.perf_counter()
-    plot, plot_source = plot_embedding(features, selection, graph, device, spec.seed, spec.plot_embedding,
+    plot, plot_source = plot_embedding(features, chosen, graph, device, spec.seed, spec.plot_embedding,
                                        reduce_cache)
     timer.add("plot_embedding", t)
 
     t = time.perf_counter()
     clusters = clusters_table(failures, features, labels)
-    chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
     outputs.write_parquet(out / "clusters.parquet", clusters)
     outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen))
     metrics = per_cause = None
