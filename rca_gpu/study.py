@@ -145,10 +145,7 @@ def _row(pipeline: PipelineSpec, info: dict[str, Any]) -> dict[str, Any]:
     metrics = info.get("metrics") or {}
     seconds = info.get("seconds", {})
     return {
-        "pipeline": str(pipeline),
-        "features": str(pipeline.features),
-        "reducer": pipeline.reduce.name,
-        "clusterer": pipeline.cluster.name,
+        **_identity(pipeline),
         "status": "ok",
         "error": "",
         "resolved_pipeline": info.get("resolved_pipeline", ""),
@@ -170,8 +167,13 @@ def _row_from_disk(pipeline: PipelineSpec, run_dir: Path) -> dict[str, Any]:
 
 
 def _failed_row(pipeline: PipelineSpec, error: str) -> dict[str, Any]:
+    return {**_identity(pipeline), "status": "failed", "error": error}
+
+
+def _identity(pipeline: PipelineSpec) -> dict[str, str]:
+    """The columns that name a pipeline in study.parquet."""
     return {"pipeline": str(pipeline), "features": str(pipeline.features), "reducer": pipeline.reduce.name,
-            "clusterer": pipeline.cluster.name, "status": "failed", "error": error}
+            "clusterer": pipeline.cluster.name}
 
 
 def rank(table: pd.DataFrame) -> pd.DataFrame:
