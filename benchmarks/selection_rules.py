@@ -26,16 +26,14 @@ import pandas as pd
 
 
 def collect(manifest: Path, features: list[str], cache: Path, seed: int) -> pd.DataFrame:
-    from rca_gpu import registry
-    from rca_gpu.cluster import cluster
     from rca_gpu.data.sources import load_source
     from rca_gpu.device import as_numpy, resolve_device
     from rca_gpu.evaluate import evaluate
     from rca_gpu.pipeline import compute_features, feature_graph
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import build_run_spec, make_cluster, make_reduce
-    from rca_gpu.tuning import (_graph_source, cached_reduce, cluster_candidates, pca_components,
-                                reducer_candidates, validity)
+    from rca_gpu.tuning import (cached_reduce, embedding_graph_source, label_candidates, reducer_candidates,
+                                validity)
 
     failures = load_source(manifest)
     device = resolve_device("cpu")
@@ -47,20 +45,13 @@ def collect(manifest: Path, features: list[str], cache: Path, seed: int) -> pd.D
         graph = feature_graph(feats, spec, make_reduce("umap"), device)
         causes = failures.table["root_cause"].astype(str).to_numpy()[feats.positions]
         for reducer in ("umap", "pca", "none"):
-            candidates = reducer_candidates(make_reduce(reducer), feats.n)
-            if reducer == "pca":
-                candidates = [{"n_components": pca_components(feats.matrix, seed=seed)}]
-            for reduce_params in candidates:
+            for reduce_params in reducer_candidates(make_reduce(reducer), feats.matrix, seed=seed):
                 embedding, _ = cached_reduce(feats.matrix, reducer, reduce_params, device, graph, seed, None)
                 points = np.asarray(as_numpy(embedding), dtype=np.float32)
-                graphs = _graph_source(embedding, graph if reducer == "none" else None, device)
+                graphs = embedding_graph_source(embedding, graph if reducer == "none" else None, device)
                 for clusterer in ("dbscan", "hdbscan", "kmeans", "ward"):
-                    settings = cluster_candidates(make_cluster(clusterer), graphs, feats.n)
-                    if clusterer == "ward":
-                        tree = registry.build("cluster", "ward", device, k=2).fit_tree(points)
-                        labelled = [(p, tree.labels_for(p["k"])) for p in settings]
-                    else:
-                        labelled = [(p, cluster(points, clusterer, p, device, seed=seed)) for p in settings]
+                    cluster_spec = make_cluster(clusterer)
+                    labelled, _ = label_candidates(embedding, cluster_spec, graphs, feats.n, device, seed)
                     for cluster_params, labels in labelled:
                         score, silhouette = validity(points, labels, seed=seed)
                         truth = evaluate(labels, causes).summary

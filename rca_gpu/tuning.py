@@ -139,8 +139,12 @@ def _summary(labels: np.ndarray) -> tuple[int, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def reducer_candidates(spec: ReduceSpec, n: int) -> list[dict[str, Any]]:
-    """Settings to try for the reducer: the spec's fixed values, the grid for what it leaves open."""
+def reducer_candidates(spec: ReduceSpec, features: Any, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Settings to try for the reducer: the spec's fixed values, the grid for what it leaves open (PCA's
+    open n_components: the fewest components that explain PCA_VARIANCE)."""
+    n = int(features.shape[0])
+    if spec.name == "pca" and "n_components" not in spec.params:
+        return [{**spec.params, "n_components": pca_components(features, seed=seed)}]
     if spec.name != "umap":
         return [dict(spec.params)]
     axes = {
@@ -237,37 +241,45 @@ def select(
     """
     n = int(features.shape[0])
     timings = {"reduce": 0.0, "cluster": 0.0, "score": 0.0}
-    candidates = reducer_candidates(reduce_spec, n)
-    if reduce_spec.name == "pca" and "n_components" not in reduce_spec.params:
-        candidates = [{"n_components": pca_components(features, seed=seed)}]
+    fixed = cluster_spec.params
+    knee = cluster_spec.name == "ward" and fixed.get("select") == "knee" and "k" not in fixed
     trials: list[Trial] = []
-    kept: dict[int, tuple] = {}  # trial index -> (reduce_params, cluster_params, labels, embedding, info)
+    # trial index -> (reduce_params, cluster_params, labels, embedding, info, Ward tree when knee else None)
+    kept: dict[int, tuple] = {}
+    within_distance: dict[int, float] = {}  # trial index -> within-cluster distance (Ward with select=knee)
     best_score = -np.inf
-    for reduce_params in candidates:
+    for reduce_params in reducer_candidates(reduce_spec, features, seed=seed):
         started = time.perf_counter()
         embedding, reduce_info = cached_reduce(features, reduce_spec.name, reduce_params, device, graph, seed,
                                                reduce_cache)
         timings["reduce"] += time.perf_counter() - started
         host_points = np.asarray(as_numpy(embedding), dtype=np.float32)
-        embedding_graph = _graph_source(embedding, graph if reduce_spec.name == "none" else None, device)
-        labels_by_params = _cluster_all(embedding, cluster_spec, embedding_graph, n, device, seed, timings)
+        knee_points = np.asarray(as_numpy(embedding), dtype=np.float64) if knee else None
+        feature_graph = graph if reduce_spec.name == "none" else None
+        embedding_graph = embedding_graph_source(embedding, feature_graph, device)
+        started = time.perf_counter()
+        labels_by_params, tree = label_candidates(embedding, cluster_spec, embedding_graph, n, device, seed)
+        timings["cluster"] += time.perf_counter() - started
         for cluster_params, labels in labels_by_params:
             started = time.perf_counter()
             score, silhouette = validity(host_points, labels, seed=seed)
             timings["score"] += time.perf_counter() - started
             n_clusters, noise = _summary(labels)
             trials.append(Trial(dict(reduce_params), dict(cluster_params), n_clusters, noise, silhouette, score))
+            if knee:
+                within_distance[len(trials) - 1] = within_cluster_distance(knee_points, labels)
             best_score = max(best_score, score)
             if score >= _band_floor(best_score):
-                kept[len(trials) - 1] = (reduce_params, cluster_params, labels, embedding, reduce_info)
+                kept[len(trials) - 1] = (reduce_params, cluster_params, labels, embedding, reduce_info,
+                                          tree if knee else None)
             # forget candidates that fell out of the band, so memory stays bounded on large sets
             kept = {i: v for i, v in kept.items() if trials[i].score >= _band_floor(best_score)}
         if progress:
             progress(1)
     chosen = choose(trials)
-    payload = kept[chosen]
-    if cluster_spec.name == "ward" and cluster_spec.params.get("select") == "knee" and "k" not in cluster_spec.params:
-        payload = _knee_choice(trials, payload, features, reduce_spec, cluster_spec, device, seed)
+    payload = kept[chosen][:5]
+    if knee:
+        payload = _knee_choice(trials, within_distance, kept[chosen])
     reduce_params, cluster_params, labels, embedding, reduce_info = payload
     for index, trial in enumerate(trials):
         trial.chosen = index == chosen and cluster_spec.params.get("select") != "knee"
@@ -310,7 +322,8 @@ def choose(trials: list[Trial]) -> int:
     return max((i for i, t in enumerate(trials) if t.n_clusters == k), key=lambda i: (trials[i].score, -i))
 
 
-def _graph_source(embedding: Any, feature_graph: KnnGraph | None, device: Device) -> Callable[[int], KnnGraph]:
+def embedding_graph_source(embedding: Any, feature_graph: KnnGraph | None,
+                           device: Device) -> Callable[[int], KnnGraph]:
     """k -> kNN graph of the embedding, computed once at the widest k asked (the feature graph for 'none')."""
     cache: dict[str, KnnGraph] = {}
 
@@ -336,23 +349,21 @@ def cached_reduce(features, name: str, params: dict[str, Any], device: Device, g
     return result
 
 
-def _cluster_all(embedding, cluster_spec, embedding_graph, n, device, seed, timings):
-    """[(params, labels)] for every clusterer candidate on one embedding."""
+def label_candidates(embedding, cluster_spec: ClusterSpec, embedding_graph: Callable[[int], KnnGraph], n: int,
+                     device: Device, seed: int) -> tuple[list[tuple[dict[str, Any], np.ndarray]], Any]:
+    """([(params, labels)] for every clusterer candidate on one embedding, the Ward merge tree or None).
+
+    Ward builds one merge tree and cuts it at every k; the tree is returned so that ``select=knee`` can cut
+    it again without rebuilding it.
+    """
     fixed_select = {k: v for k, v in cluster_spec.params.items() if k == "select"}
     candidates = cluster_candidates(cluster_spec, embedding_graph, n)
-    out = []
-    started = time.perf_counter()
     if cluster_spec.name == "ward":
-        # one merge tree, cut at every k
-        adapter = registry.build("cluster", "ward", device, seed=seed, k=2)
-        adapter.fit_tree(to_kind(embedding, adapter.implementation.arrays))
-        for params in candidates:
-            out.append(({**params, **fixed_select}, adapter.labels_for(params["k"])))
-    else:
-        for params in candidates:
-            out.append((params, run_clusterer(embedding, cluster_spec.name, params, device, seed=seed)))
-    timings["cluster"] += time.perf_counter() - started
-    return out
+        tree = registry.build("cluster", "ward", device, seed=seed, k=2)
+        tree.fit_tree(to_kind(embedding, tree.implementation.arrays))
+        return [({**params, **fixed_select}, tree.labels_for(params["k"])) for params in candidates], tree
+    return [(params, run_clusterer(embedding, cluster_spec.name, params, device, seed=seed))
+            for params in candidates], None
 
 
 def within_cluster_distance(points: np.ndarray, labels: np.ndarray) -> float:
@@ -364,21 +375,20 @@ def within_cluster_distance(points: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(per_cluster)) if per_cluster else 0.0
 
 
-def _knee_choice(trials, best_payload, features, reduce_spec, cluster_spec, device, seed):
-    """Ward with select=knee: k at the knee of the within-cluster distance curve (kneed)."""
+def _knee_choice(trials: list[Trial], within_distance: dict[int, float], best_payload: tuple) -> tuple:
+    """Ward with select=knee: k at the knee of the within-cluster distance curve (kneed), on the embedding of
+    the best candidate, cut from the merge tree already built for it."""
     from kneed import KneeLocator
 
-    reduce_params, _, _, embedding, reduce_info = best_payload
-    points = np.asarray(as_numpy(embedding), dtype=np.float64)
-    adapter = registry.build("cluster", "ward", device, seed=seed, k=2)
-    adapter.fit_tree(points)
-    ks = [t.cluster["k"] for t in trials if t.reduce == reduce_params]
-    curve = [within_cluster_distance(points, adapter.labels_for(k)) for k in ks]
+    reduce_params, _, _, embedding, reduce_info, tree = best_payload
+    indices = [i for i, t in enumerate(trials) if t.reduce == reduce_params]
+    ks = [trials[i].cluster["k"] for i in indices]
+    curve = [within_distance[i] for i in indices]
     knee = KneeLocator(ks, curve, curve="convex", direction="decreasing").knee if len(ks) >= 3 else None
     k = int(knee) if knee is not None else ks[int(np.argmin(curve))]
-    for trial, value in zip([t for t in trials if t.reduce == reduce_params], curve):
-        trial.cluster["within_cluster_distance"] = round(value, 6)
-    return reduce_params, {"k": k, "select": "knee"}, adapter.labels_for(k), embedding, reduce_info
+    for i, value in zip(indices, curve):
+        trials[i].cluster["within_cluster_distance"] = round(value, 6)
+    return reduce_params, {"k": k, "select": "knee"}, tree.labels_for(k), embedding, reduce_info
 
 
 def effective_k(graph_k: int, reduce_spec: ReduceSpec) -> int:
