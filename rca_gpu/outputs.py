@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,13 @@ def write_json(path: Path, data: Any) -> Path:
     return write_text(path, json.dumps(_json_safe(data), indent=2, default=str) + "\n")
 
 
-def write_parquet(path: Path, frame) -> Path:
-    """Write a pandas DataFrame or a pyarrow Table as Parquet (zstd), atomically."""
+def write_parquet(path: Path, frame, *, metadata: Mapping[bytes, bytes] | None = None) -> Path:
+    """Write a pandas DataFrame or a pyarrow Table as Parquet (zstd), atomically. ``metadata`` is added to
+    the schema metadata (pandas' own key is kept, so the frame round-trips)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     return _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rca_gpu import outputs
 from rca_gpu.datasets import writing
 from rca_gpu.datasets.info import DatasetInfo
 from rca_gpu.datasets.proportions import largest_remainder, resolve_proportions
@@ -91,11 +92,11 @@ def build(
         total += len(passing)
     with progress_task(reporter, "writing PNGs", total) as advance:
         writing.write_images(out, failures, fail_images, advance)
-        writing.write_manifest(out / "manifest.parquet", failures, metadata)
+        outputs.write_parquet(out / "manifest.parquet", failures, metadata=metadata)
         if include_passing:
             writing.write_images(out, passing, pass_images, advance)
-            writing.write_manifest(out / "passing.parquet", passing, metadata)
-    writing.write_json(out / "dataset.json", summary)
+            outputs.write_parquet(out / "passing.parquet", passing, metadata=metadata)
+    outputs.write_json(out / "dataset.json", summary)
     return out / "manifest.parquet"
 
 

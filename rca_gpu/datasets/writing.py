@@ -1,7 +1,8 @@
 """Write a benchmark folder: PNGs, manifests with schema metadata, the DUT twice, dataset.json.
 
 Everything written here is a pure function of its inputs (no timestamps, fixed PNG settings, sorted JSON),
-so a seed reproduces the files byte for byte.
+so a seed reproduces the files byte for byte. Manifests and dataset.json are written atomically
+(rca_gpu.outputs).
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,16 +64,6 @@ def write_images(
         advance(1)
 
 
-def write_manifest(path: Path, frame: pd.DataFrame, metadata: Mapping[bytes, bytes]) -> None:
-    """Parquet with our keys added to the schema metadata (pandas' own key is kept for round trips)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    pq.write_table(table, path)
-
-
 def write_dut(out: Path, model, *, classes: list[str], input_shape: tuple[int, int, int]) -> None:
     """``dut_state.pt`` (a state_dict that loads with weights_only=True) and ``dut.pt`` (TorchScript)."""
     import torch
@@ -86,7 +76,3 @@ def write_dut(out: Path, model, *, classes: list[str], input_shape: tuple[int, i
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(model)
         torch.jit.save(scripted, str(out / "dut.pt"), _extra_files={"rca_gpu.json": json.dumps(info)})
-
-
-def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
