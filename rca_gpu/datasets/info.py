@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Root cause of a failure on an unmodified (clean / nominal) input.
 NONE = "none"
@@ -49,6 +53,11 @@ class DatasetInfo:
     classes: tuple[str, ...]
     factory: str
     module: str
+
+    def draw(self, rng: np.random.Generator, cause: str, column: str) -> float:
+        """A value of ``column`` for ``cause``, uniform over its range."""
+        low, high = self.cause(cause).range(column)
+        return float(rng.uniform(low, high))
 
     @property
     def cause_names(self) -> tuple[str, ...]:

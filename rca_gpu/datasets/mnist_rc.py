@@ -175,23 +175,18 @@ class _Proposer:
 # --------------------------------------------------------------------------------------------------
 
 
-def _uniform(rng: np.random.Generator, cause: str, column: str) -> float:
-    low, high = INFO.cause(cause).range(column)
-    return float(rng.uniform(low, high))
-
-
 def _rotation(image, rng):
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    angle = _uniform(rng, "rotation", "rotation_deg") * (1.0 if rng.random() < 0.5 else -1.0)
+    angle = INFO.draw(rng, "rotation", "rotation_deg") * (1.0 if rng.random() < 0.5 else -1.0)
     return F.rotate(image, angle, interpolation=InterpolationMode.BILINEAR), {"rotation_deg": angle}
 
 
 def _blur(image, rng):
     from torchvision.transforms.v2 import functional as F
 
-    sigma = _uniform(rng, "blur", "blur_sigma")
+    sigma = INFO.draw(rng, "blur", "blur_sigma")
     kernel = 2 * math.ceil(3 * sigma) + 1  # covers +-3 sigma, as GaussianBlur's docs advise
     return F.gaussian_blur(image, [kernel, kernel], [sigma, sigma]), {
         "blur_sigma": sigma,
@@ -215,7 +210,7 @@ def _occlusion(image, rng):
 def _low_contrast(image, rng):
     from torchvision.transforms.v2 import functional as F
 
-    factor = _uniform(rng, "low_contrast", "contrast_factor")
+    factor = INFO.draw(rng, "low_contrast", "contrast_factor")
     return F.adjust_contrast(image, factor), {"contrast_factor": factor}
 
 
@@ -229,7 +224,7 @@ def _noise(image, rng):
     import torch
     from torchvision.transforms.v2 import functional as F
 
-    sigma = _uniform(rng, "noise", "noise_sigma")
+    sigma = INFO.draw(rng, "noise", "noise_sigma")
     op_seed = int(rng.integers(2**31 - 1))
     torch.default_generator.manual_seed(op_seed)
     return F.gaussian_noise(image, mean=0.0, sigma=sigma, clip=True), {
@@ -242,8 +237,8 @@ def _elastic(image, rng):
     import torch
     from torchvision.transforms import v2
 
-    alpha = _uniform(rng, "elastic", "elastic_alpha")
-    sigma = _uniform(rng, "elastic", "elastic_sigma")
+    alpha = INFO.draw(rng, "elastic", "elastic_alpha")
+    sigma = INFO.draw(rng, "elastic", "elastic_sigma")
     op_seed = int(rng.integers(2**31 - 1))
     torch.default_generator.manual_seed(op_seed)  # the displacement field comes from torch's RNG
     warped = v2.ElasticTransform(alpha=alpha, sigma=sigma)(image)

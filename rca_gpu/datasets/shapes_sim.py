@@ -162,32 +162,27 @@ def _columns(scene: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _uniform(rng: np.random.Generator, cause: str, column: str) -> float:
-    low, high = INFO.cause(cause).range(column)
-    return float(rng.uniform(low, high))
-
-
 def _set(cause: str) -> Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]:
     """Override that redraws each ranged column of ``cause`` uniformly from its range."""
 
     def override(scene: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         for column in INFO.cause(cause).ranges:
-            scene[column] = _uniform(rng, cause, column)
+            scene[column] = INFO.draw(rng, cause, column)
         return scene
 
     return override
 
 
 def _edge_position(scene: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    distance = _uniform(rng, "edge_position", "edge_distance")
+    distance = INFO.draw(rng, "edge_position", "edge_distance")
     axis = "center_x" if rng.random() < 0.5 else "center_y"
     scene[axis] = distance if rng.random() < 0.5 else 1.0 - distance
     return scene
 
 
 def _low_contrast(scene: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-    scene["object_saturation"] = _uniform(rng, "low_contrast", "object_saturation")
-    magnitude = _uniform(rng, "low_contrast", "contrast")
+    scene["object_saturation"] = INFO.draw(rng, "low_contrast", "object_saturation")
+    magnitude = INFO.draw(rng, "low_contrast", "contrast")
     scenes.set_contrast(scene, magnitude if rng.random() < 0.5 else -magnitude, rng)
     return scene
 
