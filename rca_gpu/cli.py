@@ -116,14 +116,14 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
     return build_run_spec(data, pipeline=pipeline, **values)
 
 
-def print_clusters(clusters, console=None) -> None:
+def print_clusters(clusters, console=None, stability=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from rca_gpu.pipeline import cluster_summary
 
     console = console or Console()
-    summary = cluster_summary(clusters)
+    summary = cluster_summary(clusters, stability)
     table = Table(title="Clusters (-1 = noise)")
     for column in summary.columns:
         table.add_column(column, justify="right" if column in ("cluster", "size") else "left")
@@ -158,6 +158,9 @@ def run_command(
                      "Parquet shards under OUT/cache and reuse them.")] = None,
     plot_umap: Annotated[Optional[bool], typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
                          "embedding.parquet when the chosen embedding is not 2-D (else PCA).")] = None,
+    stability: Annotated[Optional[int], typer.Option("--stability", "--stability-resamples", min=0,
+                         help="Resamples for each cluster's stability (subsample Jaccard); 0 = off. "
+                         "Default: about the run's clustering time again.")] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -166,7 +169,7 @@ def run_command(
     spec = build_spec(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
-        cache_features=cache, plot_embedding=plot_umap,
+        cache_features=cache, plot_embedding=plot_umap, stability=stability,
     )
     from rca_gpu.pipeline import run
 
@@ -177,7 +180,7 @@ def run_command(
 def _echo_result(result, *, show_clusters: bool, images: str) -> None:
     """What ``run`` and ``demo`` print at the end: the clusters, the counts, the ground truth, where."""
     if show_clusters:
-        print_clusters(result.clusters)
+        print_clusters(result.clusters, stability=result.stability)
     counts = result.run_info["counts"]
     typer.echo(
         f"{counts['clusters']} clusters, {counts['noise']} noise, {counts['rejected']} rejected of "
@@ -255,10 +258,14 @@ def _mount_subcommands() -> None:
     from rca_gpu.commands.datasets import app as datasets_app
     from rca_gpu.commands.evaluate import evaluate_command
     from rca_gpu.commands.study import study_command
+    from rca_gpu.commands import assign, causes, compare, select
 
     app.add_typer(datasets_app, name="datasets")
     app.command("evaluate")(friendly_errors(evaluate_command))
     app.command("study")(friendly_errors(study_command))
+    for name, command in (("causes", causes.causes_command), ("assign", assign.assign_command),
+                          ("compare", compare.compare_command), ("select", select.select_command)):
+        app.command(name)(friendly_errors(command))
 
 
 _mount_subcommands()

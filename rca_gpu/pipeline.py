@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu import outputs
+from rca_gpu.catalogue.run_hook import keep_for_catalogue
 from rca_gpu.data.sources import FailureSet, load_source
 from rca_gpu.device import Device, as_numpy, resolve_device
 from rca_gpu.errors import TooFewImagesError
@@ -47,6 +48,7 @@ class RunResult:
     run_info: dict[str, Any]
     metrics: dict[str, Any] | None = None
     metrics_table: pd.DataFrame | None = None  # per root cause, when root causes are known
+    stability: pd.DataFrame | None = None  # per cluster (cluster_summary.parquet), None when switched off
 
     @property
     def n_clusters(self) -> int:
@@ -194,17 +196,28 @@ def embedding_table(failures: FailureSet, features, labels: np.ndarray, plot: np
     return frame
 
 
-def cluster_summary(clusters: pd.DataFrame) -> pd.DataFrame:
-    """Per cluster: size and its most common labels / root causes (what the demo prints)."""
+def cluster_summary(clusters: pd.DataFrame, stability: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cluster: size, stability (when given: cluster_summary.parquet) and its most common labels / root
+    causes (what the demo prints)."""
     rows = []
     for label, group in clusters[clusters["status"] != "rejected"].groupby("cluster", sort=True):
         row = {"cluster": int(label), "size": len(group)}
+        if stability is not None:
+            row["stability"] = stability_text(stability, int(label))
         for column in ("root_cause", "label", "prediction", "folder"):
             if column in group.columns:
                 counts = group[column].astype(str).value_counts()
                 row[column] = ", ".join(f"{k} ({v})" for k, v in counts.head(3).items())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def stability_text(stability: pd.DataFrame, cluster: int) -> str:
+    """"0.93", "0.41 unstable", or "" (noise, or no value)."""
+    match = stability[stability["cluster"] == cluster]
+    if cluster < 0 or match.empty or not np.isfinite(match["stability"].iloc[0]):
+        return ""
+    return f"{match['stability'].iloc[0]:.2f}" + (" unstable" if bool(match["unstable"].iloc[0]) else "")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,6 +286,8 @@ def cluster_and_write(
                            seed=spec.seed, progress=advance, reduce_cache=reduce_cache)
     timer.add("reduce_cluster", t)
     labels = order_labels(selection.labels)
+    catalogue = keep_for_catalogue(spec, failures, features, graph, selection, labels, device, out, run_id,
+                                   timer=timer, reporter=reporter)
 
     chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
 
@@ -322,8 +337,9 @@ def cluster_and_write(
         "versions": library_versions(),
         "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
         "metrics": metrics,
+        "catalogue": catalogue.info,
     }
     outputs.write_json(out / "run.json", run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
              counts["rejected"], out)
-    return RunResult(out, clusters, run_info, metrics, per_cause)
+    return RunResult(out, clusters, run_info, metrics, per_cause, catalogue.summary)

@@ -255,6 +255,7 @@ class RunSpec:
     image_root: str | None = None  # manifests: paths must resolve inside this folder
     cache_features: bool = True
     plot_embedding: bool = True
+    stability: int | None = None  # stability resamples: None = automatic (rca_gpu.catalogue.stability), 0 = off
 
     def __post_init__(self) -> None:
         _check_choice("device", self.device, DEVICES, "--device")
@@ -266,6 +267,11 @@ class RunSpec:
                 raise SpecError(
                     f"The '{name}' option must be an int >= {low}. Got {value!r} instead."
                 )
+        if self.stability is not None and (isinstance(self.stability, bool) or not isinstance(self.stability, int)
+                                           or self.stability < 0):
+            raise SpecError(
+                f"The 'stability' option must be an int >= 0 (resamples; 0 = off). Got {self.stability!r} instead."
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -66,3 +66,38 @@ def mnist_rc_small(datasets_cache, tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RCA_GPU_CACHE", str(datasets_cache))
         return make_dataset("mnist-rc", tmp_path_factory.mktemp("mnist_rc_small"), n=400, seed=0)
+
+
+# --- fixtures for the catalogue (section owned by the catalogue) ---
+
+CATALOGUE_PIPELINE = "pixels(image_size=16)+pca(n_components=5)+kmeans(k=3)"
+
+
+@pytest.fixture(scope="session")
+def catalogue_images(tmp_path_factory) -> Path:
+    """16-px pattern images (a bright bar whose place is the group) as PNG folders: ``run/`` holds groups 0-2
+    (30 each), ``new/`` fresh draws of groups 0-3 (12 each; group 3 is a cause the run never saw)."""
+    from helpers import pattern_images, write_pngs
+
+    root = tmp_path_factory.mktemp("catalogue_images")
+    images, labels = pattern_images(n_per=30, groups=4, size=16, seed=0)
+    keep = labels < 3
+    write_pngs(root / "run", images[keep], labels[keep])
+    images, labels = pattern_images(n_per=12, groups=4, size=16, seed=1)
+    write_pngs(root / "new", images, labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def catalogue_run(catalogue_images, tmp_path_factory) -> Path:
+    """A finished run on ``catalogue_images/run`` (3 clusters, stability from 4 resamples). Tests that edit
+    it work on a copy."""
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    out = tmp_path_factory.mktemp("catalogue_run") / "run"
+    spec = build_run_spec(pipeline=CATALOGUE_PIPELINE, device="cpu", workers=0, stability=4,
+                          cache_features=False)
+    run(spec, catalogue_images / "run", out)
+    return out
+

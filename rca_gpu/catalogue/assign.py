@@ -1,0 +1,298 @@
+"""Assign new images to the known causes of a run, or to ``unknown`` (an open set).
+
+A new image is encoded with the run's own extractor (same weights, layer and preprocessing, as recorded in
+run.json) and compared, in that feature space, with the run's reference set (:mod:`rca_gpu.catalogue.reference`):
+
+1. vote: its K_VOTE nearest reference images vote for their causes; the cause with most votes wins (ties:
+   the nearer cause);
+2. distance: its mean distance to the ``k`` nearest reference images of the winning cause;
+3. open set: the image is ``unknown`` when that distance exceeds the cause's radius, the (1 - ALPHA) quantile
+   of the same distance measured held-out on the cause's own reference images (HUDD's cluster radius,
+   calibrated as a split-conformal quantile); it is ``not_a_cause`` when the winner was dropped from the
+   catalogue.
+
+``confidence`` = vote share x typicality, where typicality is the conformal p-value of the image's distance
+among the cause's held-out distances, (1 + #{held-out >= distance}) / (n + 1): 1 at the centre of the cause,
+about ALPHA at its radius.
+
+The catalogue's edits apply: reference images take the cause of their image in the edited catalogue, and
+radii are calibrated again for merged or split causes (the same computation as at run time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rca_gpu.catalogue.reference import ALPHA, K_VOTE, CatalogueError, calibrate, k_for, radius
+
+log = logging.getLogger("rca_gpu")
+
+ASSIGNMENTS_FILE = "assignments.parquet"
+ASSIGN_INFO_FILE = "assign.json"
+#: Parquet schema metadata key naming the run whose catalogue the images were assigned to.
+CATALOGUE_RUN_KEY = b"rca_gpu.catalogue_run_id"
+#: Extractor settings that must match between the run and the new images (keys of run.json "features").
+_EXTRACTOR_KEYS = ("name", "layer", "weights", "image_size", "l2_normalized", "dims", "pool", "rule")
+STATUSES = ("assigned", "unknown", "not_a_cause", "rejected")
+
+
+@dataclass
+class Assigner:
+    """Nearest-reference assignment with per-cause radii.
+
+    Attributes
+    ----------
+    features: (N, d) float32 reference features.
+    causes: (N,) int64 cause of each reference image (every value is a catalogue cause).
+    scores: cause -> held-out distances of its reference images (see reference.calibrate).
+    dropped: causes marked as not a cause.
+    alpha: share of a cause's own images allowed beyond its radius.
+    """
+
+    features: np.ndarray
+    causes: np.ndarray
+    scores: dict[int, np.ndarray]
+    dropped: set[int] = field(default_factory=set)
+    alpha: float = ALPHA
+    k_vote: int = K_VOTE
+
+    @classmethod
+    def from_catalogue(cls, catalogue, reference, *, alpha: float = ALPHA) -> "Assigner":
+        """Reference images of the (edited) catalogue; radii calibrated for its causes.
+
+        Raises
+        ------
+        CatalogueError
+            No reference image belongs to a cause (a run without clusters).
+        """
+        causes = catalogue.cause_of(reference.ids)
+        keep = causes >= 0
+        if not keep.any():
+            raise CatalogueError(
+                f"The run {catalogue.run_id} has no cause to assign images to (it found no cluster). "
+                "Run `rca-gpu run` with more failing images or another pipeline."
+            )
+        features = reference.features[keep]
+        causes = causes[keep]
+        dropped = {c for c, cause in catalogue.causes.items() if cause.dropped}
+        return cls(features, causes, calibrate(features, causes), dropped, alpha)
+
+    @property
+    def cause_ids(self) -> np.ndarray:
+        return np.unique(self.causes)
+
+    def radii(self) -> dict[int, float]:
+        return {int(c): radius(self.scores.get(int(c), np.zeros(0)), self.alpha) for c in self.cause_ids}
+
+    def assign(self, x, *, torch_device: str = "cpu", block: int = 4096) -> pd.DataFrame:
+        """Assign the rows of ``x`` ((n, d) features, torch tensor or array, same extractor as the run).
+
+        Returns
+        -------
+        DataFrame with n rows: ``status`` (assigned | unknown | not_a_cause), ``cause`` (int64, -1 unless
+        assigned or not_a_cause), ``nearest_cause`` (the vote winner, also for unknown rows), ``distance``
+        (float64, feature units), ``radius`` (of nearest_cause), ``votes`` (share of the K_VOTE nearest
+        reference images in nearest_cause), ``typicality`` and ``confidence`` in [0, 1].
+        """
+        import torch
+
+        from rca_gpu.device import as_numpy, as_torch
+
+        points = as_torch(x, torch_device).float()
+        reference = as_torch(self.features, torch_device).float()
+        cause_ids = self.cause_ids
+        code = np.searchsorted(cause_ids, self.causes)
+        columns = [as_torch(np.flatnonzero(code == j), torch_device).long() for j in range(len(cause_ids))]
+        ks = [k_for(int((code == j).sum())) for j in range(len(cause_ids))]
+        k_vote = min(self.k_vote, len(self.causes))
+        code_t = as_torch(code, torch_device).long()
+        n = int(points.shape[0])
+        winner = np.zeros(n, dtype=np.int64)
+        votes = np.zeros(n)
+        distance = np.zeros(n)
+        for start in range(0, n, block):
+            d = torch.cdist(points[start:start + block], reference)
+            _, nearest = torch.topk(d, k_vote, dim=1, largest=False)
+            counts = torch.zeros((d.shape[0], len(cause_ids)), device=d.device)
+            counts.scatter_add_(1, code_t[nearest], torch.ones_like(nearest, dtype=counts.dtype))
+            per_cause = torch.stack(
+                [torch.topk(d[:, cols], k, dim=1, largest=False).values.mean(dim=1) for cols, k in zip(columns, ks)],
+                dim=1,
+            )
+            # most votes wins; among equal votes, the nearer cause
+            top = counts.max(dim=1, keepdim=True).values
+            key = torch.where(counts == top, per_cause, torch.full_like(per_cause, float("inf")))
+            best = key.argmin(dim=1)
+            rows = torch.arange(d.shape[0], device=d.device)
+            winner[start:start + block] = as_numpy(best)
+            votes[start:start + block] = as_numpy(counts[rows, best] / k_vote)
+            distance[start:start + block] = as_numpy(per_cause[rows, best]).astype(np.float64)
+        nearest_cause = cause_ids[winner]
+        radii = self.radii()
+        radius_column = np.array([radii[int(c)] for c in nearest_cause]) if n else np.zeros(0)
+        typicality = np.array([_survival(self.scores.get(int(c), np.zeros(0)), dist)
+                               for c, dist in zip(nearest_cause, distance)]) if n else np.zeros(0)
+        status = np.where(distance <= radius_column, "assigned", "unknown").astype(object)
+        status[np.isin(nearest_cause, list(self.dropped)) & (status == "assigned")] = "not_a_cause"
+        cause = np.where(status == "unknown", -1, nearest_cause).astype(np.int64)
+        return pd.DataFrame({
+            "status": status, "cause": cause, "nearest_cause": nearest_cause.astype(np.int64),
+            "distance": distance, "radius": radius_column, "votes": votes,
+            "typicality": typicality, "confidence": votes * typicality,
+        })
+
+
+def _survival(scores: np.ndarray, value: float) -> float:
+    """Conformal p-value of ``value`` among a cause's held-out ``scores``: (1 + #{scores >= value}) / (n + 1)
+    (1.0 for a cause without scores when value is 0, else 0.0)."""
+    if len(scores) == 0:
+        return 1.0 if value <= 0 else 0.0
+    return float((1 + np.sum(scores >= value)) / (len(scores) + 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# The run's extractor, applied to new images
+# --------------------------------------------------------------------------------------------------
+
+
+def run_spec_of(run, *, device: str | None = None, batch_size: int | None = None, workers: int | None = None,
+                image_root: str | None = None, model: str | None = None):
+    """The RunSpec that re-creates the run's extractor (resolved layer), with execution options replaced."""
+    from rca_gpu.spec import RUN_OPTIONS, build_run_spec
+
+    recorded = dict(run.info.get("spec") or {})
+    keep = {k: v for k, v in recorded.items()
+            if k in RUN_OPTIONS and v is not None and k not in ("pipeline", "image_root")}
+    overrides = {"device": device, "batch_size": batch_size, "workers": workers, "model": model,
+                 "image_root": image_root, "cache_features": False}
+    return build_run_spec(keep, pipeline=run.info.get("resolved_pipeline") or recorded.get("pipeline"),
+                          **overrides)
+
+
+def check_extractor(run, info: dict[str, Any]) -> None:
+    """Refuse features made by another extractor setting than the run's (names the first difference)."""
+    recorded = run.info.get("features") or {}
+    for key in _EXTRACTOR_KEYS:
+        if key in recorded and key in info and recorded[key] != info[key]:
+            raise CatalogueError(
+                f"The new images were encoded with {key}={info[key]!r} but the run {run.run_id} used "
+                f"{key}={recorded[key]!r}; assignment needs the run's extractor. Check --model, or run the "
+                "catalogue commands with the rca-gpu version and files that made the run."
+            )
+
+
+def encode(run, failures, *, device: str = "auto", batch_size: int | None = None, workers: int | None = None,
+           model: str | None = None, reporter=None):
+    """Features of ``failures`` by the run's extractor: (Features, Device). Raises CatalogueError for runs
+    whose extractor cannot be re-created for other images (the autoencoder is trained on the run's own)."""
+    from rca_gpu.device import resolve_device
+    from rca_gpu.pipeline import compute_features
+
+    spec = run_spec_of(run, device=device, batch_size=batch_size, workers=workers, model=model)
+    if spec.pipeline.features.name == "ae":
+        raise CatalogueError(
+            f"The run {run.run_id} used the 'ae' extractor, an autoencoder trained on the run's own images; "
+            "it cannot encode other images the same way. Assign with a run made with another extractor."
+        )
+    resolved = resolve_device(spec.device)
+    features = compute_features(spec.pipeline.features, failures, spec, resolved, None, reporter)
+    check_extractor(run, features.info)
+    return features, resolved
+
+
+def assign_failures(catalogue, reference, failures, *, device: str = "auto", batch_size: int | None = None,
+                    workers: int | None = None, model: str | None = None, reporter=None,
+                    alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per row of ``failures``: ``id``, ``path``, the assignment columns (see
+    :meth:`Assigner.assign`), ``cause_name``, ``reason`` (why a row was rejected), then the source's metadata.
+    """
+    assigner = Assigner.from_catalogue(catalogue, reference, alpha=alpha)
+    features, resolved = encode(catalogue.run, failures, device=device, batch_size=batch_size, workers=workers,
+                                model=model, reporter=reporter)
+    result = assigner.assign(features.matrix, torch_device=resolved.torch_device)
+    return assignment_table(catalogue, failures, features.positions, features.rejected, result)
+
+
+def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[int, str],
+                     result: pd.DataFrame) -> pd.DataFrame:
+    """Spread per-image results over every input row; rejected rows get their reason."""
+    n = len(failures)
+    out = pd.DataFrame({
+        "status": np.full(n, "rejected", dtype=object), "cause": np.full(n, -1, dtype=np.int64),
+        "nearest_cause": np.full(n, -1, dtype=np.int64), "distance": np.full(n, np.nan),
+        "radius": np.full(n, np.nan), "votes": np.full(n, np.nan), "typicality": np.full(n, np.nan),
+        "confidence": np.full(n, 0.0),
+    })
+    for column in out.columns:
+        values = out[column].to_numpy().copy()
+        values[positions] = result[column].to_numpy()
+        out[column] = values
+    reason = np.full(n, "", dtype=object)
+    for position, why in rejected.items():
+        reason[position] = why
+    names = [catalogue.name(int(c)) if s in ("assigned", "not_a_cause") else ("unknown" if s == "unknown" else "")
+             for c, s in zip(out["cause"], out["status"])]
+    table = failures.table
+    front = pd.DataFrame({"id": table["id"].to_numpy(), "path": table["path"].to_numpy()})
+    meta = table.drop(columns=[c for c in ("id", "path") if c in table.columns]).reset_index(drop=True)
+    meta = meta.rename(columns={c: f"input_{c}" for c in meta.columns if c in out.columns or c in ("cause_name",
+                                                                                                   "reason")})
+    return pd.concat([front, out, pd.DataFrame({"cause_name": names, "reason": reason}), meta], axis=1)
+
+
+def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | None = None,
+               workers: int | None = None, image_root: str | None = None, model: str | None = None,
+               reporter=None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``rca-gpu assign``: assign the images of ``source`` to the causes of the run in ``run_dir``; write
+    ``out/assignments.parquet`` and ``out/assign.json``. Returns (table, summary).
+
+    Raises
+    ------
+    RunFolderError, CatalogueError, SourceError, TooFewImagesError, SpecError
+        Bad run folder, missing reference set, unusable source, or options.
+    """
+    from rca_gpu import outputs
+    from rca_gpu.catalogue.causes import load_catalogue
+    from rca_gpu.catalogue.reference import read_reference
+    from rca_gpu.data.sources import load_source
+
+    started = time.perf_counter()
+    catalogue = load_catalogue(run_dir)
+    reference = read_reference(catalogue.run)
+    out = Path(out)
+    _refuse_run_folder(out, catalogue.run.path)
+    failures = load_source(source, image_root=image_root)
+    table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
+                            model=model, reporter=reporter)
+    counts = {status: int((table["status"] == status).sum()) for status in STATUSES}
+    per_cause = table.loc[table["status"] == "assigned", "cause"].value_counts()
+    summary = {
+        "catalogue_run_id": catalogue.run_id,
+        "run_folder": str(catalogue.run.path),
+        "source": str(source),
+        "rows": len(table),
+        "counts": counts,
+        "per_cause": {str(int(c)): {"name": catalogue.name(int(c)), "images": int(v)} for c, v in per_cause.items()},
+        "method": {"k_vote": K_VOTE, "alpha": ALPHA, "reference_images": int(reference.n)},
+        "catalogue_edits": list(catalogue.history),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata={CATALOGUE_RUN_KEY: catalogue.run_id.encode()})
+    outputs.write_json(out / ASSIGN_INFO_FILE, summary)
+    return table, summary
+
+
+def _refuse_run_folder(out: Path, run_path: Path) -> None:
+    """Outputs of assign/select go to their own folder, never into the run (whose files they would mix)."""
+    if out.resolve() == Path(run_path).resolve():
+        raise CatalogueError(
+            f"--out {str(out)!r} is the run folder itself; write the assignments to a folder of their own, "
+            "e.g. --out assigned/."
+        )

@@ -1,0 +1,394 @@
+"""The catalogue of causes of a run: the clusters, as named and edited by the engineer.
+
+A run's clusters become causes with the same ids (cluster 3 is cause 3). Edits never change the run's own
+files; they are kept in two files inside the run folder, both carrying the run id:
+
+``causes.toml``
+    Small and human-readable: every cause with its id, name, origin ("cluster 3", "merge of 4, 7",
+    "split of 5"), the run clusters it draws its images from, whether it was dropped (not a cause), and the
+    history of edits. Names may be changed by hand in this file.
+``causes.parquet``
+    Only when a merge or split moved images between causes: one row per row of clusters.parquet, ``id``
+    and ``cause`` (-1 for noise and rejected rows).
+
+Ids are stable: a merge keeps the smallest id of the merged causes and retires the others, a split retires
+the split cause and gives its parts new ids above every id used before, so an id never changes meaning.
+Every command that reads a run (report, assign, compare, select) goes through :func:`load_catalogue`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from rca_gpu.catalogue.reference import CatalogueError
+
+CAUSES_FILE = "causes.toml"
+MEMBERS_FILE = "causes.parquet"
+CATALOGUE_FORMAT = 1
+#: A split searches the number of parts in 2 .. MAX_SPLIT_PARTS by silhouette unless it is given.
+MAX_SPLIT_PARTS = 6
+_HEADER = (
+    "# Causes of one rca-gpu run: names and edits made with `rca-gpu causes` (names may be edited here).\n"
+    "# The run's own outputs are never changed; delete this file and causes.parquet to start over.\n"
+)
+
+
+@dataclass
+class Cause:
+    """One cause of the catalogue.
+
+    Attributes
+    ----------
+    id: stable cause id (initially the cluster id).
+    name: the engineer's name for it ("" until named).
+    origin: where it comes from: "cluster 3", "merge of 4, 7", "split of 5".
+    clusters: the run's clusters its images come from.
+    dropped: True when the engineer marked it as not a cause.
+    """
+
+    id: int
+    name: str = ""
+    origin: str = ""
+    clusters: list[int] = field(default_factory=list)
+    dropped: bool = False
+
+    @property
+    def label(self) -> str:
+        """The name, or "cause <id>" while unnamed."""
+        return self.name or f"cause {self.id}"
+
+
+@dataclass
+class Catalogue:
+    """The causes of one run and which image belongs to which cause.
+
+    Attributes
+    ----------
+    run: the opened run folder (:class:`rca_gpu.runfolder.RunFolder`).
+    causes: cause id -> Cause, dropped causes included, retired ids not.
+    members: one row per row of clusters.parquet: ``id``, ``cluster``, ``status``, ``cause`` (int64, -1 for
+        noise and rejected rows).
+    history: the edits made, oldest first, one line each.
+    next_id: the smallest id no cause has used yet.
+    """
+
+    run: Any
+    causes: dict[int, Cause]
+    members: pd.DataFrame
+    history: list[str] = field(default_factory=list)
+    next_id: int = 0
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def active(self) -> list[int]:
+        """Ids of the causes not dropped, ascending."""
+        return sorted(c for c, cause in self.causes.items() if not cause.dropped)
+
+    @property
+    def edited(self) -> bool:
+        """True when any membership differs from the run's clusters."""
+        clustered = self.members["cluster"].to_numpy() >= 0
+        cause = self.members["cause"].to_numpy()
+        return bool(np.any(cause[clustered] != self.members["cluster"].to_numpy()[clustered]))
+
+    def name(self, cause: int) -> str:
+        """Display name of a cause id ("unknown" for -1)."""
+        if cause < 0:
+            return "unknown"
+        return self.causes[cause].label if cause in self.causes else f"cause {cause}"
+
+    def sizes(self) -> dict[int, int]:
+        counts = self.members.loc[self.members["cause"] >= 0, "cause"].value_counts()
+        return {int(k): int(v) for k, v in counts.items()}
+
+    def cause_of(self, ids: Iterable[Any]) -> np.ndarray:
+        """(n,) int64 cause of each image id (-1 for noise, rejected, or ids the run does not hold)."""
+        lookup = pd.Series(self.members["cause"].to_numpy(), index=pd.Index(self.members["id"]))
+        found = lookup.reindex(pd.Index(list(ids)))
+        return found.fillna(-1).to_numpy(dtype=np.int64)
+
+    def stability(self) -> dict[int, float]:
+        """Stability of causes that are one unedited cluster of the run (others: no value)."""
+        if not self.run.has("cluster_summary.parquet"):
+            return {}
+        summary = self.run.table("cluster_summary.parquet")
+        by_cluster = dict(zip(summary["cluster"].astype(int), summary["stability"].astype(float)))
+        out = {}
+        for cause_id, cause in self.causes.items():
+            if cause.origin == f"cluster {cause_id}" and cause.clusters == [cause_id]:
+                out[cause_id] = by_cluster.get(cause_id, float("nan"))
+        return out
+
+    def table(self) -> pd.DataFrame:
+        """One row per cause: cause, name, size, status, origin, stability, and the most common values of
+        root_cause / label / prediction / folder among its images when the run has those columns."""
+        clusters = self.run.clusters()
+        merged = clusters.assign(cause=self.members["cause"].to_numpy())
+        sizes = self.sizes()
+        stability = self.stability()
+        rows = []
+        for cause_id in sorted(self.causes):
+            cause = self.causes[cause_id]
+            row = {
+                "cause": cause_id, "name": cause.name, "size": sizes.get(cause_id, 0),
+                "status": "dropped" if cause.dropped else "cause", "origin": cause.origin,
+                "stability": stability.get(cause_id, float("nan")),
+            }
+            group = merged[merged["cause"] == cause_id]
+            for column in ("root_cause", "label", "prediction", "folder"):
+                if column in group.columns:
+                    counts = group[column].astype(str).value_counts()
+                    row[column] = ", ".join(f"{k} ({v})" for k, v in counts.head(3).items())
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    # ------------------------------------------------------------------ edits
+
+    def _get(self, cause: int) -> Cause:
+        if cause not in self.causes:
+            known = ", ".join(map(str, sorted(self.causes))) or "none"
+            raise CatalogueError(
+                f"The run {self.run_id} has no cause {cause} (causes: {known}). See `rca-gpu causes "
+                f"{self.run.path}`."
+            )
+        return self.causes[cause]
+
+    def rename(self, cause: int, name: str) -> None:
+        """Give cause ``cause`` the name ``name`` (stripped; may not be empty)."""
+        target = self._get(cause)
+        name = name.strip()
+        if not name:
+            raise CatalogueError(f"The name of cause {cause} is empty. Write --name {cause}=\"rotated left\".")
+        target.name = name
+        self.history.append(f"name {cause} = {name!r}")
+
+    def drop(self, cause: int) -> None:
+        """Mark a cause as not a cause: later commands skip it (assignment reports 'not_a_cause')."""
+        self._get(cause).dropped = True
+        self.history.append(f"drop {cause}")
+
+    def restore(self, cause: int) -> None:
+        """Undo a drop."""
+        self._get(cause).dropped = False
+        self.history.append(f"restore {cause}")
+
+    def merge(self, causes: list[int]) -> int:
+        """Merge causes into the one with the smallest id; return that id."""
+        ids = sorted(set(causes))
+        if len(ids) < 2:
+            raise CatalogueError(f"A merge needs at least two different causes. Got {causes!r}; write --merge 4,7.")
+        parts = [self._get(c) for c in ids]
+        target = parts[0]
+        target.name = next((p.name for p in parts if p.name), "")
+        target.clusters = sorted({c for p in parts for c in p.clusters})
+        target.origin = "merge of " + ", ".join(str(p.id) for p in parts)
+        target.dropped = all(p.dropped for p in parts)
+        cause = self.members["cause"].to_numpy().copy()
+        cause[np.isin(cause, ids)] = target.id
+        self.members["cause"] = cause
+        for part in parts[1:]:
+            del self.causes[part.id]
+        self.history.append(f"merge {','.join(map(str, ids))} -> {target.id}")
+        return target.id
+
+    def split(self, cause: int, parts: int | None = None, *, seed: int | None = None) -> list[int]:
+        """Re-cluster the images of one cause into ``parts`` causes (chosen by silhouette when None).
+
+        The images are clustered with K-means in the space the run clustered them in (the ``e*`` columns
+        of embedding.parquet; the 2-D ``x``/``y`` map when the run did not store that space). Returns the
+        new ids; the split cause is retired.
+        """
+        from sklearn.cluster import KMeans
+        from sklearn.metrics import silhouette_score
+
+        target = self._get(cause)
+        seed = int(self.run.info.get("seed", 0)) if seed is None else seed
+        member_ids = self.members.loc[self.members["cause"] == cause, "id"]
+        points = self._space(member_ids)
+        n = len(points)
+        if parts is not None and (parts < 2 or parts > n):
+            raise CatalogueError(
+                f"Cause {cause} has {n} images; --split {cause}={parts} needs 2 <= parts <= {n}."
+            )
+        if n < 4:
+            raise CatalogueError(f"Cause {cause} has {n} images: too few to split (at least 4 are needed).")
+        if parts is None:
+            best = (-2.0, 2)
+            for k in range(2, min(MAX_SPLIT_PARTS, n - 1) + 1):
+                labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(points)
+                if len(np.unique(labels)) > 1:
+                    best = max(best, (float(silhouette_score(points, labels)), -k))
+            parts = -best[1] if best[0] > -2 else 2
+        labels = KMeans(n_clusters=parts, n_init=4, random_state=seed).fit_predict(points)
+        # number the parts by size, largest first, from next_id on
+        order = np.argsort(-np.bincount(labels, minlength=parts), kind="stable")
+        new_ids = [self.next_id + rank for rank in range(parts)]
+        remap = {int(old): new_ids[rank] for rank, old in enumerate(order)}
+        cause_column = self.members["cause"].to_numpy().copy()
+        rows = np.flatnonzero(cause_column == cause)
+        cause_column[rows] = [remap[int(v)] for v in labels]
+        self.members["cause"] = cause_column
+        for new_id in new_ids:
+            self.causes[new_id] = Cause(new_id, "", f"split of {cause}", list(target.clusters), target.dropped)
+        del self.causes[cause]
+        self.next_id += parts
+        self.history.append(f"split {cause} -> {', '.join(map(str, new_ids))}")
+        return new_ids
+
+    def _space(self, ids: pd.Series) -> np.ndarray:
+        embedding = self.run.embedding()
+        columns = [c for c in embedding.columns if re.fullmatch(r"e\d+", str(c))] or ["x", "y"]
+        frame = embedding.set_index("id")
+        return frame.loc[ids.to_numpy(), columns].to_numpy(dtype=np.float64)
+
+    def reset(self) -> None:
+        """Forget every edit (the next save removes causes.toml and causes.parquet)."""
+        fresh = _from_clusters(self.run)
+        self.causes, self.members, self.history, self.next_id = (
+            fresh.causes, fresh.members, [], fresh.next_id)
+
+    # ------------------------------------------------------------------ writing
+
+    def save(self) -> list[Path]:
+        """Write causes.toml (and causes.parquet when images moved between causes) into the run folder.
+
+        Without any edit left (after :meth:`reset`) both files are removed. Returns the files written.
+        """
+        import tomli_w
+
+        from rca_gpu import outputs
+
+        toml_path, parquet_path = self.run.file(CAUSES_FILE), self.run.file(MEMBERS_FILE)
+        if not self.history:
+            for path in (toml_path, parquet_path):
+                path.unlink(missing_ok=True)
+            return []
+        sizes = self.sizes()
+        data = {
+            "run_id": self.run_id,
+            "format": CATALOGUE_FORMAT,
+            "next_id": self.next_id,
+            "history": list(self.history),
+            "cause": [
+                {"id": c.id, "name": c.name, "origin": c.origin, "clusters": list(map(int, c.clusters)),
+                 "dropped": c.dropped, "size": sizes.get(c.id, 0)}
+                for c in (self.causes[i] for i in sorted(self.causes))
+            ],
+        }
+        written = [outputs.write_text(toml_path, _HEADER + tomli_w.dumps(data))]
+        if self.edited:
+            frame = pd.DataFrame({"id": self.members["id"].to_numpy(),
+                                  "cause": self.members["cause"].to_numpy(np.int64)})
+            written.append(outputs.write_parquet(parquet_path, frame, run_id=self.run_id))
+        else:
+            parquet_path.unlink(missing_ok=True)
+        return written
+
+
+def _from_clusters(run) -> Catalogue:
+    clusters = run.clusters()
+    cluster = clusters["cluster"].to_numpy(np.int64)
+    cluster = np.where(clusters["status"].to_numpy() == "clustered", cluster, -1)
+    members = pd.DataFrame({"id": clusters["id"].to_numpy(), "cluster": cluster,
+                            "status": clusters["status"].to_numpy(), "cause": cluster.copy()})
+    ids = sorted(int(c) for c in np.unique(cluster[cluster >= 0]))
+    causes = {c: Cause(c, "", f"cluster {c}", [c]) for c in ids}
+    return Catalogue(run, causes, members, [], (max(ids) + 1) if ids else 0)
+
+
+def load_catalogue(run_folder) -> Catalogue:
+    """The catalogue of a finished run: its clusters with the engineer's names and edits applied.
+
+    Parameters
+    ----------
+    run_folder:
+        A run folder path, or a :class:`rca_gpu.runfolder.RunFolder` already opened.
+
+    Raises
+    ------
+    rca_gpu.runfolder.RunFolderError
+        Not a finished run of this version, or files of another run.
+    CatalogueError
+        causes.toml is unreadable, belongs to another run, or disagrees with causes.parquet.
+    """
+    import tomllib
+
+    from rca_gpu.runfolder import RunFolder, open_run
+
+    run = run_folder if isinstance(run_folder, RunFolder) else open_run(run_folder)
+    catalogue = _from_clusters(run)
+    toml_path = run.file(CAUSES_FILE)
+    if not toml_path.is_file():
+        return catalogue
+    where = f"{str(toml_path)!r}"
+    try:
+        data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogueError(f"Cannot read {where}: {exc}. Fix the file or delete it to start over.") from None
+    if data.get("run_id") != run.run_id:
+        raise CatalogueError(
+            f"{where} belongs to run {data.get('run_id')}, but the folder holds run {run.run_id}. "
+            "Delete it (and causes.parquet) to start over."
+        )
+    if data.get("format") != CATALOGUE_FORMAT:
+        raise CatalogueError(
+            f"{where} was written by another version of rca-gpu (format {data.get('format')!r}, this version "
+            f"reads {CATALOGUE_FORMAT}). Delete it and make the edits again."
+        )
+    causes: dict[int, Cause] = {}
+    for entry in data.get("cause", []):
+        try:
+            cause = Cause(int(entry["id"]), str(entry.get("name", "")), str(entry.get("origin", "")),
+                          [int(c) for c in entry.get("clusters", [])], bool(entry.get("dropped", False)))
+        except (KeyError, TypeError, ValueError):
+            raise CatalogueError(
+                f"{where} has a [[cause]] entry without a valid integer 'id': {entry!r}. Fix or delete the file."
+            ) from None
+        causes[cause.id] = cause
+    if run.has(MEMBERS_FILE):
+        stored = run.table(MEMBERS_FILE)
+        lookup = pd.Series(stored["cause"].to_numpy(np.int64), index=pd.Index(stored["id"]))
+        cause_column = lookup.reindex(pd.Index(catalogue.members["id"])).fillna(-1).to_numpy(np.int64)
+        catalogue.members["cause"] = cause_column
+    used = {int(c) for c in np.unique(catalogue.members["cause"]) if c >= 0}
+    if used != set(causes):
+        raise CatalogueError(
+            f"{where} lists causes {sorted(causes)} but the images belong to causes {sorted(used)}. "
+            "Delete causes.toml and causes.parquet to start over."
+        )
+    catalogue.causes = causes
+    catalogue.history = [str(h) for h in data.get("history", [])]
+    catalogue.next_id = max(int(data.get("next_id", 0)), max(causes, default=-1) + 1)
+    return catalogue
+
+
+def parse_edit(option: str, text: str) -> tuple[int, str | None]:
+    """Split an edit value ``ID`` or ``ID=VALUE`` (``--name 3="rotated left"``, ``--split 5=3``)."""
+    head, sep, tail = text.partition("=")
+    try:
+        cause = int(head.strip())
+    except ValueError:
+        raise CatalogueError(
+            f"The {option} value {text!r} must start with a cause id, e.g. {option} 3"
+            + ('="rotated left"' if option == "--name" else "") + "."
+        ) from None
+    return cause, (tail if sep else None)
+
+
+def parse_ids(option: str, text: str) -> list[int]:
+    """``4,7`` -> [4, 7] (for --merge)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise CatalogueError(f"The {option} value {text!r} must be cause ids separated by commas, e.g. 4,7.") from None

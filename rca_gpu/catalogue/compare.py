@@ -1,0 +1,183 @@
+"""Compare the causes of two runs: which causes of run A persist in run B, shrank, vanished, and which causes
+of B are new (e.g. the DNN under test before and after retraining, or two pipelines on one set).
+
+Every usable image of B (clustered or noise) is given a cause of A's catalogue:
+
+- images that A also holds (same resolved file path) take their cause in A (none when A called them noise);
+- the other images are assigned to A's causes by :mod:`rca_gpu.catalogue.assign` (A's extractor and
+  reference set), ``unknown`` counting as none.
+
+``--by images`` uses shared images only (B's other images count as none), ``--by assign`` assigns every
+image of B, ``--by auto`` (default) uses shared images where there are some and assigns the rest.
+
+Then, for each active cause ``a`` of A with ``size_a`` images in A and ``size_b`` images of B given cause
+``a``: ``vanished`` when size_b < VANISHED_BELOW x size_a, ``shrank`` when size_b < SHRANK_BELOW x size_a,
+else ``persists``; its match in B is the B cause holding most of those images. A cause of B is ``new`` when
+more than NEW_ABOVE of its images have no cause in A (images in a cause dropped from A's catalogue count as
+known, not as new). Dropped causes get no row of their own.
+The table is written into B's run folder as comparison.parquet (with B's run id; A's run id in the
+``run_a`` column) and summarised in comparison.json.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rca_gpu.catalogue.reference import CatalogueError
+
+VANISHED_BELOW = 0.1
+SHRANK_BELOW = 0.5
+NEW_ABOVE = 0.5
+COMPARISON_FILE = "comparison.parquet"
+COMPARISON_INFO_FILE = "comparison.json"
+MODES = ("auto", "images", "assign")
+
+
+@dataclass
+class Comparison:
+    """``table``: one row per active cause of A plus one per new cause of B (see the module docstring);
+    ``info``: mode, counts and run ids."""
+
+    table: pd.DataFrame
+    info: dict[str, Any]
+
+
+#: cause value of an image in a dropped cause (none is -1)
+DROPPED = -2
+
+
+def _usable(catalogue) -> pd.DataFrame:
+    """id, path, cause of the run's clustered-or-noise rows (-1 none, DROPPED for dropped causes)."""
+    clusters = catalogue.run.clusters()
+    status = clusters["status"].to_numpy()
+    cause = catalogue.members["cause"].to_numpy(np.int64).copy()
+    dropped = [c for c, item in catalogue.causes.items() if item.dropped]
+    cause[np.isin(cause, dropped)] = DROPPED
+    frame = pd.DataFrame({"id": clusters["id"].to_numpy(), "path": clusters["path"].astype(str).to_numpy(),
+                          "cause": cause})
+    return frame[status != "rejected"].reset_index(drop=True)
+
+
+def _in_memory(frame: pd.DataFrame) -> bool:
+    return bool(len(frame)) and bool(frame["path"].str.startswith("array://").all())
+
+
+def b_in_a(cat_a, cat_b, *, by: str = "auto", device: str = "auto", batch_size: int | None = None,
+           workers: int | None = None, reporter=None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """B's usable images with ``cause_b`` and ``cause_a`` (-1 = none, DROPPED = a dropped cause) and ``how`` (shared | assigned |
+    not_shared); plus counts. Raises CatalogueError for ``by='images'`` without shared images and for runs of
+    in-memory images that would need assignment."""
+    if by not in MODES:
+        raise CatalogueError(f"The --by option must be one of {', '.join(MODES)}. Got {by!r} instead.")
+    a, b = _usable(cat_a), _usable(cat_b)
+    if _in_memory(a) or _in_memory(b):
+        # in-memory images have no file to match or encode
+        by_path = {}
+    else:
+        by_path = dict(zip(a["path"], a["cause"]))
+    shared = b["path"].map(lambda p: p in by_path).to_numpy(bool)
+    if by == "images" and not shared.any():
+        raise CatalogueError(
+            f"Runs {cat_a.run_id} and {cat_b.run_id} share no image (no file path in common), so --by images "
+            "cannot match their clusters. Use --by assign (or auto) to assign B's images to A's causes."
+        )
+    cause_a = np.full(len(b), -1, dtype=np.int64)
+    cause_a[shared] = [by_path[p] for p in b.loc[shared, "path"]]
+    how = np.where(shared, "shared", "not_shared").astype(object)
+    to_assign = np.zeros(len(b), bool) if by == "images" else (~shared if by == "auto" else np.ones(len(b), bool))
+    if to_assign.any():
+        if _in_memory(b):
+            raise CatalogueError(
+                f"Run {cat_b.run_id} clustered in-memory images (no files), so they cannot be assigned to the "
+                f"causes of run {cat_a.run_id}. Compare runs made from image folders or manifests."
+            )
+        cause_a[to_assign] = _assign_paths(cat_a, cat_b, b[to_assign], device=device, batch_size=batch_size,
+                                           workers=workers, reporter=reporter)
+        how[to_assign] = "assigned"
+    frame = b.rename(columns={"cause": "cause_b"}).assign(cause_a=cause_a, how=how)
+    counts = {"b_images": len(b), "shared": int(shared.sum()), "assigned": int(to_assign.sum()),
+              "ignored": int(((~shared) & (~to_assign)).sum())}
+    return frame, counts
+
+
+def _assign_paths(cat_a, cat_b, rows: pd.DataFrame, **options) -> np.ndarray:
+    from pathlib import Path
+
+    from rca_gpu.catalogue.assign import assign_failures
+    from rca_gpu.catalogue.reference import read_reference
+    from rca_gpu.data.sources import FailureSet
+
+    table = pd.DataFrame({"id": rows["id"].to_numpy(), "path": rows["path"].to_numpy()})
+    rejected = {i: "file not found (it moved since run B)" for i, p in enumerate(table["path"])
+                if not Path(p).is_file()}
+    failures = FailureSet(table=table, source=str(cat_b.run.path), kind="manifest", rejected=rejected)
+    result = assign_failures(cat_a, read_reference(cat_a.run), failures, **options)
+    status = result["status"].to_numpy()
+    return np.select([status == "assigned", status == "not_a_cause"], [result["cause"].to_numpy(), DROPPED],
+                     -1).astype(np.int64)
+
+
+def compare(cat_a, cat_b, *, by: str = "auto", device: str = "auto", batch_size: int | None = None,
+            workers: int | None = None, reporter=None) -> Comparison:
+    """Compare the (edited) catalogues of two runs. See the module docstring for the rules."""
+    started = time.perf_counter()
+    frame, counts = b_in_a(cat_a, cat_b, by=by, device=device, batch_size=batch_size, workers=workers,
+                           reporter=reporter)
+    sizes_a = cat_a.sizes()
+    sizes_b = cat_b.sizes()
+    rows = []
+    for cause in cat_a.active:
+        size_a = sizes_a.get(cause, 0)
+        mine = frame[frame["cause_a"] == cause]
+        size_b = len(mine)
+        ratio = size_b / size_a if size_a else float("nan")
+        status = "vanished" if ratio < VANISHED_BELOW else "shrank" if ratio < SHRANK_BELOW else "persists"
+        in_b = mine.loc[mine["cause_b"] >= 0, "cause_b"].value_counts()
+        main = int(in_b.index[0]) if len(in_b) else -1
+        rows.append({
+            "status": status, "cause_a": cause, "name_a": cat_a.name(cause), "size_a": size_a, "size_b": size_b,
+            "ratio": ratio, "cause_b": main, "name_b": cat_b.name(main) if main >= 0 else "",
+            "b_causes": ", ".join(f"{int(c)} ({int(n)})" for c, n in in_b.items()),
+        })
+    for cause in cat_b.active:
+        mine = frame[frame["cause_b"] == cause]
+        none_share = float((mine["cause_a"] == -1).mean()) if len(mine) else 1.0
+        if none_share <= NEW_ABOVE:
+            continue
+        in_a = mine.loc[mine["cause_a"] >= 0, "cause_a"].value_counts()
+        rows.append({
+            "status": "new", "cause_a": -1, "name_a": "", "size_a": 0, "size_b": sizes_b.get(cause, 0),
+            "ratio": float("nan"), "cause_b": cause, "name_b": cat_b.name(cause),
+            "b_causes": ", ".join(f"a{int(c)} ({int(n)})" for c, n in in_a.items()),
+        })
+    table = pd.DataFrame(rows, columns=["status", "cause_a", "name_a", "size_a", "size_b", "ratio", "cause_b",
+                                        "name_b", "b_causes"])
+    table.insert(0, "run_a", cat_a.run_id)
+    mode = by if by != "auto" else ("images" if counts["assigned"] == 0 else
+                                    "assign" if counts["shared"] == 0 else "images+assign")
+    info = {
+        "run_a": cat_a.run_id, "run_b": cat_b.run_id, "run_a_folder": str(cat_a.run.path),
+        "mode": mode, "images": counts,
+        "statuses": {s: int((table["status"] == s).sum()) for s in ("persists", "shrank", "vanished", "new")},
+        "rules": {"vanished_below": VANISHED_BELOW, "shrank_below": SHRANK_BELOW, "new_above": NEW_ABOVE},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return Comparison(table, info)
+
+
+def compare_runs(run_a, run_b, *, write: bool = True, **options) -> Comparison:
+    """``rca-gpu compare``: compare two run folders; write comparison.parquet / .json into B's folder."""
+    from rca_gpu import outputs
+    from rca_gpu.catalogue.causes import load_catalogue
+
+    cat_a, cat_b = load_catalogue(run_a), load_catalogue(run_b)
+    result = compare(cat_a, cat_b, **options)
+    if write:
+        outputs.write_parquet(cat_b.run.file(COMPARISON_FILE), result.table, run_id=cat_b.run_id)
+        outputs.write_json(cat_b.run.file(COMPARISON_INFO_FILE), result.info, run_id=cat_b.run_id)
+    return result

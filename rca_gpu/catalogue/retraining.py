@@ -1,0 +1,156 @@
+"""Pick a retraining set from an unlabelled pool: images that the assignment places in known failure causes,
+spread over the causes, most confident first.
+
+The pool is assigned to the run's (edited) catalogue (:mod:`rca_gpu.catalogue.assign`); only images with
+status ``assigned`` are candidates (``unknown`` and ``not_a_cause`` never are). The budget is spread over
+the active causes:
+
+``proportional`` (default)
+    every cause first gets a floor of ``floor`` images (default: half an equal share,
+    ``budget // (2 x causes)``, at least 1), the rest in proportion to the cause's size in the run
+    (largest remainder), so rare causes are represented and common ones get more;
+``equal``
+    the same number for every cause.
+
+A cause with fewer candidates than its quota gives the remainder back, which is spread again the same way
+over the causes that have candidates left. Within a cause, images are taken by decreasing confidence (then
+increasing distance).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rca_gpu.catalogue.reference import CatalogueError
+
+SPREADS = ("proportional", "equal")
+SELECTION_FILE = "selection.csv"
+SELECTION_PARQUET = "selection.parquet"
+SELECT_INFO_FILE = "select.json"
+
+
+def quotas(budget: int, sizes: dict[int, int], available: dict[int, int], *, spread: str = "proportional",
+           floor: int | None = None) -> dict[int, int]:
+    """Images to take per cause.
+
+    Parameters
+    ----------
+    budget: total images wanted (>= 1).
+    sizes: cause -> its size in the run (weights for ``proportional``).
+    available: cause -> candidates in the pool.
+    spread: "proportional" or "equal".
+    floor: minimum per cause for ``proportional`` (default budget // (2 x causes), at least 1).
+
+    Returns
+    -------
+    cause -> count, each <= available, summing to min(budget, total available).
+    """
+    if spread not in SPREADS:
+        raise CatalogueError(f"The --spread option must be one of {', '.join(SPREADS)}. Got {spread!r} instead.")
+    causes = [c for c in sorted(sizes) if available.get(c, 0) > 0]
+    take = {c: 0 for c in sizes}
+    left = min(budget, sum(available.get(c, 0) for c in causes))
+    if not causes or left <= 0:
+        return take
+    if spread == "proportional":
+        floor = max(1, budget // (2 * len(sizes))) if floor is None else max(0, floor)
+        for c in sorted(causes, key=lambda c: -sizes[c]):
+            give = min(floor, available[c], left)
+            take[c] += give
+            left -= give
+    while left > 0:
+        open_causes = [c for c in causes if take[c] < available[c]]
+        if not open_causes:
+            break
+        weights = {c: (sizes[c] if spread == "proportional" else 1) or 1 for c in open_causes}
+        share = _largest_remainder(left, weights)
+        moved = 0
+        for c in open_causes:
+            give = min(share[c], available[c] - take[c])
+            take[c] += give
+            moved += give
+        left -= moved
+        if moved == 0:  # every open cause got 0 by rounding: give one each, biggest first
+            for c in sorted(open_causes, key=lambda c: -weights[c])[:left]:
+                take[c] += 1
+                left -= 1
+    return take
+
+
+def _largest_remainder(n: int, weights: dict[int, float]) -> dict[int, int]:
+    total = float(sum(weights.values()))
+    exact = {c: n * w / total for c, w in weights.items()}
+    out = {c: math.floor(v) for c, v in exact.items()}
+    for c in sorted(weights, key=lambda c: -(exact[c] - out[c]))[: n - sum(out.values())]:
+        out[c] += 1
+    return out
+
+
+def pick(assignments: pd.DataFrame, sizes: dict[int, int], budget: int, *, spread: str = "proportional",
+         floor: int | None = None) -> pd.DataFrame:
+    """The selected rows of an assignments table (see :func:`rca_gpu.catalogue.assign.assignment_table`),
+    cause by cause, with a ``rank`` within the cause (1 = most confident)."""
+    candidates = assignments[(assignments["status"] == "assigned") & assignments["cause"].isin(list(sizes))]
+    available = candidates["cause"].value_counts().to_dict()
+    take = quotas(budget, sizes, {int(k): int(v) for k, v in available.items()}, spread=spread, floor=floor)
+    parts = []
+    for cause, count in take.items():
+        if count <= 0:
+            continue
+        group = candidates[candidates["cause"] == cause].sort_values(["confidence", "distance"],
+                                                                      ascending=[False, True], kind="stable")
+        parts.append(group.head(count).assign(rank=np.arange(1, count + 1)))
+    if not parts:
+        return candidates.head(0).assign(rank=pd.Series(dtype=np.int64))
+    return pd.concat(parts, ignore_index=True)
+
+
+def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proportional", floor: int | None = None,
+                     device: str = "auto", batch_size: int | None = None, workers: int | None = None,
+                     image_root: str | None = None, model: str | None = None,
+                     reporter=None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``rca-gpu select``: assign the pool, pick ``budget`` images, write the manifest.
+
+    Writes ``out/selection.csv`` (a manifest: path, id, cause, cause_name, confidence, distance, rank; paths
+    absolute, readable by ``rca-gpu run --image-root``), ``out/selection.parquet`` (the same plus every
+    assignment column), ``out/assignments.parquet`` (the whole pool) and ``out/select.json``.
+    """
+    from rca_gpu import outputs
+    from rca_gpu.catalogue.assign import CATALOGUE_RUN_KEY, _refuse_run_folder, assign_failures
+    from rca_gpu.catalogue.causes import load_catalogue
+    from rca_gpu.catalogue.reference import read_reference
+    from rca_gpu.data.sources import load_source
+
+    if budget < 1:
+        raise CatalogueError(f"The --budget option must be an int >= 1. Got {budget!r} instead.")
+    if spread not in SPREADS:
+        raise CatalogueError(f"The --spread option must be one of {', '.join(SPREADS)}. Got {spread!r} instead.")
+    catalogue = load_catalogue(run_dir)
+    reference = read_reference(catalogue.run)
+    out = Path(out)
+    _refuse_run_folder(out, catalogue.run.path)
+    failures = load_source(pool, image_root=image_root)
+    table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
+                            model=model, reporter=reporter)
+    sizes = {c: n for c, n in catalogue.sizes().items() if c in catalogue.active}
+    chosen = pick(table, sizes, budget, spread=spread, floor=floor)
+    metadata = {CATALOGUE_RUN_KEY: catalogue.run_id.encode()}
+    outputs.write_parquet(out / "assignments.parquet", table, metadata=metadata)
+    outputs.write_parquet(out / SELECTION_PARQUET, chosen, metadata=metadata)
+    manifest = chosen[["path", "id", "cause", "cause_name", "confidence", "distance", "rank"]]
+    outputs.write_text(out / SELECTION_FILE, manifest.to_csv(index=False))
+    per_cause = {str(c): {"name": catalogue.name(c), "size_in_run": sizes[c],
+                          "candidates": int(((table["status"] == "assigned") & (table["cause"] == c)).sum()),
+                          "selected": int((chosen["cause"] == c).sum())} for c in sorted(sizes)}
+    info = {
+        "catalogue_run_id": catalogue.run_id, "pool": str(pool), "pool_rows": len(table), "budget": budget,
+        "spread": spread, "floor": floor, "selected": len(chosen),
+        "candidates": int((table["status"] == "assigned").sum()), "per_cause": per_cause,
+    }
+    outputs.write_json(out / SELECT_INFO_FILE, info)
+    return chosen, info

@@ -1,0 +1,78 @@
+"""What a run adds for the catalogue, right after its clusters are chosen: the stability of each cluster
+(cluster_summary.parquet) and the reference set that later assigns new images (reference.*).
+
+:func:`keep_for_catalogue` is the one call the pipeline makes; it writes its files into the run folder under
+the run's id and returns the run.json section.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rca_gpu.progress import Reporter
+
+log = logging.getLogger("rca_gpu")
+
+
+@dataclass
+class CatalogueParts:
+    """The run.json ``catalogue`` section and the per-cluster summary (None when stability is off)."""
+
+    info: dict[str, Any]
+    summary: pd.DataFrame | None
+
+
+def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.ndarray, device, out: Path,
+                       run_id: str, *, timer=None, reporter=None) -> CatalogueParts:
+    """Score the stability of the run's clusters and write the reference set.
+
+    Parameters
+    ----------
+    spec: the RunSpec (``stability``: resamples, None = automatic, 0 = off; ``seed``).
+    failures, features, graph: the run's FailureSet, Features and feature kNN graph.
+    selection: the chosen setting (``reduce_params``, ``cluster_params``, ``embedding``, ``trials``).
+    labels: (n,) int64 final labels (-1 noise), aligned with ``features.matrix``.
+    """
+    from rca_gpu import outputs
+    from rca_gpu.catalogue.reference import write_reference
+    from rca_gpu.catalogue.stability import SUMMARY_FILE, default_resamples, run_stability
+
+    out = Path(out)
+    info: dict[str, Any] = {}
+    summary = None
+    resamples = getattr(spec, "stability", None)
+    started = time.perf_counter()
+    if resamples != 0 and (labels >= 0).any():
+        if resamples is None:
+            resamples = default_resamples(spec.pipeline.reduce.name, getattr(selection, "trials", None))
+        reporter = reporter or Reporter(enabled=False)
+        with reporter.task("stability: re-clustering subsets", total=resamples) as advance:
+            stability = run_stability(
+                features.matrix, graph, labels,
+                reduce_name=spec.pipeline.reduce.name, reduce_params=dict(selection.reduce_params),
+                cluster_name=spec.pipeline.cluster.name, cluster_params=dict(selection.cluster_params),
+                chosen_embedding=selection.embedding, device=device, seed=spec.seed, resamples=resamples,
+                progress=advance,
+            )
+        summary = stability.table
+        outputs.write_parquet(out / SUMMARY_FILE, summary, run_id=run_id)
+        info["stability"] = stability.info
+        log.info("stability: %d resamples, %d of %d clusters below %.1f", stability.info["resamples"],
+                 stability.info["n_unstable"], len(summary), stability.info["unstable_below"])
+    else:
+        info["stability"] = None
+    if timer is not None:
+        timer.add("stability", started)
+    started = time.perf_counter()
+    ids = failures.table["id"].to_numpy()[features.positions]
+    info["reference"] = write_reference(out, run_id, features.matrix, ids, labels, seed=spec.seed)
+    if timer is not None:
+        timer.add("reference_set", started)
+    return CatalogueParts(info, summary)

@@ -1,0 +1,356 @@
+"""Cluster stability by subsampling: Hennig's clusterboot with the run's chosen setting.
+
+For each of B resamples, a seeded 80 % subset of the images is clustered again with the setting the run
+chose (the same reducer and clusterer parameters, on the same features). Each cluster of the run, restricted
+to the subset, is matched to the most similar cluster of the resample by the Jaccard index; its stability is
+the mean of these best-match Jaccard values over the resamples (Hennig 2007, "Cluster-wise assessment of
+cluster stability", Computational Statistics & Data Analysis 52; the ``fpc::clusterboot`` method with
+subsetting). A cluster that dissolves into noise in a resample scores 0 there. Hennig reads >= 0.75 as
+stable and <= 0.6 as dissolving; clusters below :data:`UNSTABLE_BELOW` are flagged.
+
+What is shared with the run: the features, the feature kNN graph (a subset's graph is the run's graph with
+the neighbours outside the subset removed; only rows left with too few neighbours are searched again) and
+the seed. Above :data:`MAX_IMAGES` images the resamples are drawn from a seeded uniform sample of that size,
+so the cost stays bounded on large runs.
+
+Parameters carried over unchanged: UMAP / PCA settings, K-means and Ward ``k``, HDBSCAN sizes. DBSCAN's
+``eps`` is a distance whose meaning depends on the density of the points, and a subset is less dense, so it
+is carried over as a quantile: the share of the run's points whose ``min_samples``-th neighbour lies within
+``eps`` in the clustering space is kept, and each resample's ``eps`` is that quantile of its own
+``min_samples``-th neighbour distances.
+
+The number of resamples defaults to the number of fits of the expensive stage during the run's search (UMAP
+fits when the reducer is UMAP, clusterer fits otherwise), within [MIN_RESAMPLES, MAX_RESAMPLES]: one
+resample costs one such fit on 80 % of the images, so scoring stability costs at most about the run's
+reduce + cluster time again. The count depends only on the spec, not on the machine, so runs reproduce.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("rca_gpu")
+
+#: Share of the images in each resample (Hennig's subsetting scheme).
+FRACTION = 0.8
+#: Clusters with a mean best-match Jaccard below this are flagged as unstable (Hennig: <= 0.6 dissolving).
+UNSTABLE_BELOW = 0.6
+MIN_RESAMPLES = 2
+MAX_RESAMPLES = 20
+#: Above this many images, resamples are drawn from a seeded uniform sample of this size.
+MAX_IMAGES = 10_000
+#: Stability file written into the run folder (one row per cluster).
+SUMMARY_FILE = "cluster_summary.parquet"
+
+
+@dataclass
+class Stability:
+    """Per-cluster stability of one clustering.
+
+    Attributes
+    ----------
+    table:
+        One row per cluster (noise excluded): ``cluster`` (int), ``size`` (images in the run), ``stability``
+        (mean best-match Jaccard in [0, 1]; NaN when no resample held a member), ``unstable`` (bool,
+        stability < UNSTABLE_BELOW), ``resamples`` (resamples that held at least one member).
+    jaccard:
+        (B, n_clusters) float64 best-match Jaccard per resample and cluster (NaN where undefined).
+    info:
+        Settings and timing for run.json.
+    """
+
+    table: pd.DataFrame
+    jaccard: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def of(self, cluster: int) -> float:
+        row = self.table.loc[self.table["cluster"] == cluster, "stability"]
+        return float(row.iloc[0]) if len(row) else float("nan")
+
+
+def best_match_jaccard(reference: np.ndarray, resample: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Best-match Jaccard of each reference cluster against the clusters of one resample.
+
+    Parameters
+    ----------
+    reference:
+        (m,) int labels of the resampled images in the original clustering, -1 = noise.
+    resample:
+        (m,) int labels of the same images in the resample's clustering, -1 = noise.
+    n_clusters:
+        Number of reference clusters (labels 0 .. n_clusters - 1).
+
+    Returns
+    -------
+    (n_clusters,) float64: for cluster c, max over resample clusters c' of |c ∩ c'| / |c ∪ c'|; 0 when c has
+    members but the resample found no cluster overlapping them; NaN when no member of c is in the resample.
+    """
+    reference = np.asarray(reference, dtype=np.int64)
+    resample = np.asarray(resample, dtype=np.int64)
+    ref_sizes = np.bincount(reference[reference >= 0], minlength=n_clusters)[:n_clusters].astype(np.float64)
+    out = np.where(ref_sizes > 0, 0.0, np.nan)
+    new_ids, new_inverse = np.unique(resample[resample >= 0], return_inverse=True)
+    if new_ids.size == 0:
+        return out
+    new_codes = np.full(len(resample), -1, dtype=np.int64)
+    new_codes[resample >= 0] = new_inverse
+    new_sizes = np.bincount(new_inverse, minlength=len(new_ids)).astype(np.float64)
+    both = (reference >= 0) & (new_codes >= 0)
+    inter = np.zeros((n_clusters, len(new_ids)))
+    np.add.at(inter, (reference[both], new_codes[both]), 1.0)
+    union = ref_sizes[:, None] + new_sizes[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jaccard = np.where(union > 0, inter / union, 0.0)
+    best = jaccard.max(axis=1)
+    return np.where(ref_sizes > 0, best, np.nan)
+
+
+def clusterboot(
+    reference: np.ndarray,
+    recluster: Callable[[np.ndarray], np.ndarray],
+    *,
+    resamples: int,
+    fraction: float = FRACTION,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Stability:
+    """Hennig's clusterboot by subsetting: the stability of each cluster of ``reference``.
+
+    Parameters
+    ----------
+    reference:
+        (n,) int labels of the clustering to assess, -1 = noise, clusters numbered 0 .. K-1.
+    recluster:
+        Maps a sorted (m,) int64 array of row indices to (m,) int labels of those rows clustered again with
+        the same method (-1 = noise).
+    resamples:
+        B >= 1, the number of subsets.
+    fraction:
+        Share of the rows in each subset, in (0, 1].
+    seed:
+        Seeds the subsets (resample b uses ``numpy.random.default_rng([seed, b])``).
+    progress:
+        Called with 1 after each resample.
+
+    Raises
+    ------
+    ValueError
+        ``resamples`` < 1 or ``fraction`` outside (0, 1].
+    """
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    reference = np.asarray(reference, dtype=np.int64)
+    n = len(reference)
+    n_clusters = int(reference.max()) + 1 if n and reference.max() >= 0 else 0
+    m = max(2, int(round(fraction * n)))
+    jaccard = np.full((resamples, n_clusters), np.nan)
+    for b in range(resamples):
+        subset = np.sort(np.random.default_rng([seed, b]).choice(n, min(m, n), replace=False))
+        labels = np.asarray(recluster(subset), dtype=np.int64)
+        jaccard[b] = best_match_jaccard(reference[subset], labels, n_clusters)
+        if progress is not None:
+            progress(1)
+    return Stability(_table(reference, jaccard), jaccard)
+
+
+def _table(reference: np.ndarray, jaccard: np.ndarray) -> pd.DataFrame:
+    n_clusters = jaccard.shape[1]
+    sizes = np.bincount(reference[reference >= 0], minlength=n_clusters)[:n_clusters]
+    defined = np.isfinite(jaccard)
+    counts = defined.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        mean = np.where(counts > 0, np.nansum(jaccard, axis=0) / np.maximum(counts, 1), np.nan)
+    return pd.DataFrame({
+        "cluster": np.arange(n_clusters, dtype=np.int64),
+        "size": sizes.astype(np.int64),
+        "stability": mean.astype(np.float64),
+        "unstable": np.isfinite(mean) & (mean < UNSTABLE_BELOW),
+        "resamples": counts.astype(np.int64),
+    })
+
+
+def default_resamples(reduce_name: str, trials: list[Any] | None) -> int:
+    """B for a run whose search made ``trials`` (the tuning trials, each with a ``reduce`` dict).
+
+    One resample refits the reducer and the clusterer once; the run fitted the reducer once per distinct
+    reducer setting and the clusterer once per trial. B is the count of the stage that dominates the cost
+    (UMAP fits for UMAP, clusterer fits otherwise), clipped to [MIN_RESAMPLES, MAX_RESAMPLES].
+    """
+    trials = list(trials or [])
+    if reduce_name == "umap":
+        fits = len({repr(sorted(dict(getattr(t, "reduce", {}) or {}).items())) for t in trials})
+    else:
+        fits = len(trials)
+    return int(min(MAX_RESAMPLES, max(MIN_RESAMPLES, fits)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The run's setting, re-applied to a subset
+# --------------------------------------------------------------------------------------------------
+
+
+def subset_graph(graph, subset: np.ndarray, k: int, x_subset, device):
+    """The k-nearest-neighbour graph of the rows ``subset`` taken from the full graph ``graph``.
+
+    Each row keeps its neighbours that lie in the subset (renumbered, in order). Rows left with fewer than
+    ``k`` of them are searched again exactly among the subset rows (``x_subset``). Returns a
+    :class:`rca_gpu.neighbors.KnnGraph` with host arrays, point itself first.
+    """
+    from rca_gpu.neighbors import KnnGraph, knn_graph
+
+    indices, distances = graph.numpy()
+    n_full = indices.shape[0]
+    k = min(k, len(subset))
+    position = np.full(n_full, -1, dtype=np.int64)
+    position[subset] = np.arange(len(subset))
+    mapped = position[indices[subset]]
+    inside = mapped >= 0
+    # stable sort puts the kept neighbours first, in their original (distance) order
+    order = np.argsort(~inside, axis=1, kind="stable")[:, :k]
+    out_i = np.take_along_axis(mapped, order, axis=1)
+    out_d = np.take_along_axis(distances[subset], order, axis=1)
+    short = np.flatnonzero(inside.sum(axis=1) < k)
+    if short.size:
+        if short.size > len(subset) // 4:  # cheaper to search the whole subset at once
+            return knn_graph(x_subset, k, device)
+        fill_i, fill_d = _exact_rows(x_subset, short, k, getattr(device, "torch_device", "cpu"))
+        out_i[short], out_d[short] = fill_i, fill_d
+    return KnnGraph(out_i, out_d.astype(np.float32), f"{graph.backend}-subset")
+
+
+def _exact_rows(x, rows: np.ndarray, k: int, torch_device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of ``x`` (torch tensor or array) for the rows ``rows``, self first."""
+    import torch
+
+    from rca_gpu.device import as_numpy, as_torch
+
+    points = as_torch(x, torch_device).float()
+    index = as_torch(rows, torch_device).long()
+    d = torch.cdist(points[index], points)
+    d[torch.arange(len(rows), device=points.device), index] = -1.0
+    values, idx = torch.topk(d, k, dim=1, largest=False)
+    values = values.clamp_min(0.0)
+    return as_numpy(idx).astype(np.int64), as_numpy(values).astype(np.float32)
+
+
+def eps_quantile(points, eps: float, min_samples: int, device) -> float:
+    """Share of ``points`` whose ``min_samples``-th neighbour (self excluded) lies within ``eps``."""
+    kth = _kth_distance(points, min_samples, device)
+    return float(np.mean(kth <= eps)) if kth.size else 1.0
+
+
+def _kth_distance(points, min_samples: int, device) -> np.ndarray:
+    from rca_gpu.neighbors import knn_graph
+
+    n = int(points.shape[0])
+    k = min(min_samples + 1, n)
+    backend = "kdtree" if int(points.shape[1]) <= 16 else "auto"
+    _, distances = knn_graph(points, k, device, backend).numpy()
+    return distances[:, k - 1]
+
+
+def transfer_params(cluster_name: str, params: dict[str, Any], embedding, device,
+                    eps_share: float | None) -> dict[str, Any]:
+    """The clusterer parameters for one resample: the run's, with DBSCAN's eps carried as a quantile."""
+    clean = {k: v for k, v in params.items() if k in ("eps", "min_samples", "min_cluster_size", "k")}
+    if cluster_name == "dbscan" and eps_share is not None:
+        min_samples = int(clean.get("min_samples", 5))
+        kth = _kth_distance(embedding, min_samples, device)
+        eps = float(np.quantile(kth, min(1.0, max(0.0, eps_share))))
+        clean["eps"] = eps if eps > 0 else float(clean["eps"])
+    if cluster_name in ("kmeans", "ward") and "k" in clean:
+        clean["k"] = int(clean["k"])
+    return clean
+
+
+def run_stability(
+    features,
+    graph,
+    labels: np.ndarray,
+    *,
+    reduce_name: str,
+    reduce_params: dict[str, Any],
+    cluster_name: str,
+    cluster_params: dict[str, Any],
+    chosen_embedding,
+    device,
+    seed: int = 0,
+    resamples: int | None = None,
+    trials: list[Any] | None = None,
+    fraction: float = FRACTION,
+    max_images: int = MAX_IMAGES,
+    progress: Callable[[int], None] | None = None,
+) -> Stability:
+    """Stability of the run's clusters, re-clustering subsets with the run's chosen setting.
+
+    Parameters
+    ----------
+    features:
+        (n, d) float features the run clustered (torch tensor on the run's device, or an array).
+    graph:
+        The run's feature kNN graph (:class:`rca_gpu.neighbors.KnnGraph`, n rows, self first).
+    labels:
+        (n,) int64 final labels of the run (-1 noise), aligned with ``features``.
+    reduce_name, reduce_params, cluster_name, cluster_params:
+        The chosen setting (``Selection.reduce_params`` / ``cluster_params``).
+    chosen_embedding:
+        (n, k) the embedding the clusterer saw (used to carry DBSCAN's eps over as a quantile).
+    resamples:
+        B; None picks :func:`default_resamples` from ``trials``.
+    progress:
+        Called with 1 after each resample.
+
+    Returns
+    -------
+    Stability, with ``info`` holding B, the fraction, the sample size, the seed and the seconds spent.
+    """
+    from rca_gpu.cluster import cluster as run_clusterer
+    from rca_gpu.device import as_torch
+    from rca_gpu.reduce import reduce as run_reducer
+
+    started = time.perf_counter()
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    b = default_resamples(reduce_name, trials) if resamples is None else int(resamples)
+    sample = np.arange(n)
+    if n > max_images:
+        sample = np.sort(np.random.default_rng([seed, 7919]).choice(n, max_images, replace=False))
+    eps_share = None
+    if cluster_name == "dbscan" and "eps" in cluster_params:
+        eps_share = eps_quantile(chosen_embedding, float(cluster_params["eps"]),
+                                 int(cluster_params.get("min_samples", 5)), device)
+    graph_k = int(reduce_params.get("n_neighbors", 15)) if reduce_name == "umap" else 0
+    torch_device = getattr(device, "torch_device", "cpu")
+
+    def recluster(rows: np.ndarray) -> np.ndarray:
+        chosen_rows = sample[rows]
+        x = as_torch(features, torch_device)[as_torch(chosen_rows, torch_device).long()]
+        knn = subset_graph(graph, chosen_rows, max(2, graph_k), x, device) if graph_k else None
+        embedding, _ = run_reducer(x, reduce_name, dict(reduce_params), device, knn=knn, seed=seed)
+        params = transfer_params(cluster_name, cluster_params, embedding, device, eps_share)
+        return run_clusterer(embedding, cluster_name, params, device, seed=seed)
+
+    result = clusterboot(labels[sample], recluster, resamples=b, fraction=fraction, seed=seed, progress=progress)
+    # sizes in the table are the run's, also when resamples come from a sample of a large run
+    full_sizes = np.bincount(labels[labels >= 0], minlength=len(result.table))[: len(result.table)]
+    result.table["size"] = full_sizes.astype(np.int64)
+    result.info = {
+        "method": "clusterboot (subsetting), mean best-match Jaccard",
+        "resamples": b,
+        "fraction": fraction,
+        "images": int(len(sample)),
+        "seed": seed,
+        "unstable_below": UNSTABLE_BELOW,
+        "dbscan_eps_quantile": None if eps_share is None else round(eps_share, 6),
+        "n_unstable": int(result.table["unstable"].sum()),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return result

@@ -1,0 +1,87 @@
+"""``rca-gpu assign RUN_DIR NEW_SOURCE --out DIR``: assign new images to the known causes of a run."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+RunDirArg = Annotated[Path, typer.Argument(help="Output folder of a finished `rca-gpu run`.", metavar="RUN_DIR",
+                                           show_default=False)]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="auto: GPU when CUDA and the GPU libraries import; "
+                                           "gpu: fail without them; cpu.")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch during extraction "
+                                                 "(default: the run's).")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes "
+                                                   "(default: the run's).")]
+RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests: image paths must resolve inside "
+                                                 "this folder (default: the manifest's folder).")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test, for runs whose features "
+                                                 "come from it (default: the run's --model).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")]
+
+
+def reporter_for(quiet: bool):
+    import logging
+
+    from rca_gpu.progress import Reporter, setup_logging
+
+    setup_logging(False)
+    if quiet:
+        logging.getLogger("rca_gpu").setLevel(logging.WARNING)
+    return Reporter(enabled=not quiet)
+
+
+def assign_command(
+    run_dir: RunDirArg,
+    source: Annotated[Path, typer.Argument(help="New images: a folder (recursive) or a manifest .csv/.parquet "
+                                           "with a 'path' column.", metavar="NEW_SOURCE", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for assignments.parquet and assign.json.")],
+    device: DeviceOpt = Device.auto,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    image_root: RootOpt = None,
+    model: ModelOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Assign each new image to a known cause of RUN_DIR or to 'unknown', with a distance and a confidence.
+
+    The run's own extractor encodes the images; each is compared with the run's reference images in that
+    feature space (vote of the 10 nearest, then the cause's calibrated radius). Writes one row per input row
+    to OUT/assignments.parquet (status assigned | unknown | not_a_cause | rejected, with the reason).
+    """
+    from rca_gpu.catalogue.assign import assign_run
+
+    reporter = reporter_for(quiet)
+    table, summary = assign_run(run_dir, source, out, device=device.value, batch_size=batch_size, workers=workers,
+                                image_root=str(image_root) if image_root else None, model=model, reporter=reporter)
+    counts = summary["counts"]
+    if not quiet:
+        print_assignment_counts(table, summary)
+    typer.echo(
+        f"{counts['assigned']} assigned, {counts['unknown']} unknown, {counts['not_a_cause']} not a cause, "
+        f"{counts['rejected']} rejected of {summary['rows']} images; results: {(Path(out) / 'assignments.parquet').resolve()}"
+    )
+
+
+def print_assignment_counts(table, summary) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    view = Table(title=f"Assigned to the causes of run {summary['catalogue_run_id']}")
+    for column, justify in (("cause", "right"), ("name", "left"), ("images", "right"), ("mean confidence", "right")):
+        view.add_column(column, justify=justify)  # type: ignore[arg-type]
+    assigned = table[table["status"].isin(["assigned", "not_a_cause"])]
+    for (cause, name), group in assigned.groupby(["cause", "cause_name"], sort=True):
+        view.add_row(str(cause), escape(str(name)), str(len(group)), f"{group['confidence'].mean():.2f}")
+    Console().print(view)

@@ -1,0 +1,90 @@
+"""``rca-gpu causes RUN_DIR``: show the causes of a run; name, merge, split and drop them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def causes_command(
+    run_dir: Annotated[Path, typer.Argument(help="Output folder of a finished `rca-gpu run`.", metavar="RUN_DIR",
+                                            show_default=False)],
+    name: Annotated[Optional[list[str]], typer.Option("--name", metavar="ID=NAME",
+                    help='Name a cause, e.g. --name 3="rotated left" (repeatable).')] = None,
+    merge: Annotated[Optional[list[str]], typer.Option("--merge", metavar="ID,ID[,...]",
+                     help="Merge causes into the one with the smallest id, e.g. --merge 4,7 (repeatable).")] = None,
+    split: Annotated[Optional[list[str]], typer.Option("--split", metavar="ID[=PARTS]",
+                     help="Re-cluster one cause into PARTS new causes (default: 2-6 by silhouette), e.g. "
+                     "--split 5 or --split 5=3 (repeatable).")] = None,
+    drop: Annotated[Optional[list[int]], typer.Option("--drop", metavar="ID",
+                    help="Mark a cause as not a cause; later commands skip it (repeatable).")] = None,
+    restore: Annotated[Optional[list[int]], typer.Option("--restore", metavar="ID",
+                       help="Undo --drop for a cause (repeatable).")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Forget every edit (removes causes.toml and "
+                                        "causes.parquet) before applying the options given with it.")] = False,
+) -> None:
+    """Show the causes of a run with stable ids; edits go to RUN_DIR/causes.toml, never into the run's outputs.
+
+    Edits apply in this order: reset, merges, splits, drops, restores, names. Every later command (report,
+    assign, compare, select) uses the edited catalogue.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from rca_gpu.catalogue.causes import CAUSES_FILE, load_catalogue, parse_edit, parse_ids
+
+    catalogue = load_catalogue(run_dir)
+    # parse everything before changing anything, so a bad value leaves the catalogue as it was
+    merges = [parse_ids("--merge", text) for text in merge or []]
+    splits = []
+    for text in split or []:
+        cause, parts = parse_edit("--split", text)
+        splits.append((cause, _parts(cause, parts)))
+    names = [parse_edit("--name", text) for text in name or []]
+    edits = bool(reset or merges or splits or drop or restore or names)
+    if reset:
+        catalogue.reset()
+    for ids in merges:
+        catalogue.merge(ids)
+    for cause, parts in splits:
+        catalogue.split(cause, parts)
+    for cause in drop or []:
+        catalogue.drop(cause)
+    for cause in restore or []:
+        catalogue.restore(cause)
+    for cause, text in names:
+        catalogue.rename(cause, text or "")
+    written = catalogue.save() if edits else []
+
+    console = Console()
+    table = Table(title=f"Causes of run {catalogue.run_id}" + (" (edited)" if catalogue.history else ""))
+    frame = catalogue.table()
+    for column in frame.columns:
+        table.add_column(column, justify="right" if column in ("cause", "size", "stability") else "left")
+    for row in frame.to_dict("records"):
+        cells = []
+        for column, value in row.items():
+            if column == "stability":
+                value = "" if value != value else f"{value:.2f}" + (" unstable" if value < 0.6 else "")
+            cells.append(escape(str(value)))  # names and labels are data, not markup
+        table.add_row(*cells)
+    console.print(table)
+    if edits:
+        target = Path(run_dir) / CAUSES_FILE
+        console.print(f"edits written to {target}" if written else f"no edits left; removed {target}",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
+def _parts(cause: int, raw: str | None) -> int | None:
+    from rca_gpu.catalogue.reference import CatalogueError
+
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise CatalogueError(f"The --split value {cause}={raw!r} must give the number of parts, e.g. --split {cause}=3.") \
+            from None

@@ -1,0 +1,138 @@
+"""The cause catalogue: stable ids, names, merges, splits and drops kept in causes.toml; run outputs untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rca_gpu.catalogue import CatalogueError, load_catalogue
+from rca_gpu.catalogue.causes import CAUSES_FILE, MEMBERS_FILE
+
+
+@pytest.fixture
+def run_copy(catalogue_run, tmp_path):
+    return shutil.copytree(catalogue_run, tmp_path / "run")
+
+
+def _digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "rca_gpu.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_an_unedited_run_has_one_cause_per_cluster(catalogue_run):
+    catalogue = load_catalogue(catalogue_run)
+    clusters = catalogue.run.clusters()
+    assert catalogue.active == [0, 1, 2] and not catalogue.edited and catalogue.history == []
+    np.testing.assert_array_equal(catalogue.cause_of(clusters["id"]), clusters["cluster"])
+    table = catalogue.table()
+    assert list(table["cause"]) == [0, 1, 2] and (table["size"] == 30).all()
+    assert table["stability"].min() >= 0.9 and set(table["origin"]) == {"cluster 0", "cluster 1", "cluster 2"}
+    assert catalogue.cause_of(["not an id"]).tolist() == [-1]
+
+
+def test_edits_go_to_causes_toml_with_stable_ids_and_leave_the_run_alone(run_copy):
+    before = _digests(run_copy)
+    catalogue = load_catalogue(run_copy)
+    sizes = catalogue.sizes()
+    catalogue.rename(2, "bar in the middle")
+    merged = catalogue.merge([1, 0])
+    parts = catalogue.split(2, 2)
+    catalogue.drop(parts[1])
+    catalogue.save()
+    after = _digests(run_copy)
+    assert {name: after[name] for name in before} == before  # the run's own files are unchanged
+    assert set(after) - set(before) == {CAUSES_FILE, MEMBERS_FILE}
+    text = (run_copy / CAUSES_FILE).read_text()
+    assert f'run_id = "{catalogue.run_id}"' in text and "merge 0,1 -> 0" in text
+
+    again = load_catalogue(run_copy)
+    assert merged == 0 and parts == [3, 4]  # a split takes ids above every id used so far
+    assert sorted(again.causes) == [0, 3, 4] and again.active == [0, 3]
+    assert again.causes[0].origin == "merge of 0, 1" and again.causes[0].clusters == [0, 1]
+    assert again.causes[3].origin == again.causes[4].origin == "split of 2"
+    assert again.causes[3].name == "" and again.name(3) == "cause 3"
+    got = again.sizes()
+    assert got[0] == sizes[0] + sizes[1] and got[3] + got[4] == sizes[2] and got[3] >= got[4]
+    clusters = again.run.clusters()
+    causes = again.cause_of(clusters["id"])
+    assert set(causes[clusters["cluster"] == 2]) == {3, 4}
+    # a later split never reuses an id, also after a reload
+    assert again.split(0, 2) == [5, 6]
+
+
+def test_names_can_be_edited_by_hand_and_reset_removes_the_files(run_copy):
+    catalogue = load_catalogue(run_copy)
+    catalogue.rename(1, "bar at the top")
+    catalogue.save()
+    path = run_copy / CAUSES_FILE
+    path.write_text(path.read_text().replace("bar at the top", "top bar"))
+    assert load_catalogue(run_copy).causes[1].name == "top bar"
+    catalogue = load_catalogue(run_copy)
+    catalogue.reset()
+    assert catalogue.save() == [] and not path.exists()
+    assert load_catalogue(run_copy).history == []
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("foreign", "belongs to run 0000"),
+    ("broken", "Cannot read"),
+    ("format", "another version of rca-gpu"),
+    ("mismatch", "lists causes"),
+])
+def test_a_damaged_or_foreign_causes_file_is_refused(run_copy, damage, message):
+    catalogue = load_catalogue(run_copy)
+    catalogue.rename(0, "x")
+    catalogue.save()
+    path = run_copy / CAUSES_FILE
+    text = path.read_text()
+    path.write_text({
+        "foreign": text.replace(catalogue.run_id, "0000"),
+        "broken": text + "\n[[cause\n",
+        "format": text.replace("format = 1", "format = 99"),
+        "mismatch": text.replace("id = 2\n", "id = 9\n"),
+    }[damage])
+    with pytest.raises(CatalogueError, match=message):
+        load_catalogue(run_copy)
+
+
+def test_bad_edits_are_refused_with_the_fix(run_copy):
+    catalogue = load_catalogue(run_copy)
+    with pytest.raises(CatalogueError, match=r"has no cause 7 \(causes: 0, 1, 2\)"):
+        catalogue.drop(7)
+    with pytest.raises(CatalogueError, match="at least two different causes"):
+        catalogue.merge([1, 1])
+    with pytest.raises(CatalogueError, match=r"needs 2 <= parts <= 30"):
+        catalogue.split(0, 31)
+    with pytest.raises(CatalogueError, match="name of cause 0 is empty"):
+        catalogue.rename(0, "  ")
+
+
+def test_causes_command_edits_and_shows_the_catalogue(run_copy):
+    done = _cli("causes", run_copy, "--name", "0=rotated left", "--merge", "1,2", "--drop", "0")
+    assert done.returncode == 0, done.stderr
+    assert "rotated left" in done.stdout and "merge of 1, 2" in done.stdout and "dropped" in done.stdout
+    assert "edits written to" in done.stdout
+    shown = _cli("causes", run_copy)
+    assert shown.returncode == 0 and "(edited)" in shown.stdout
+    catalogue = load_catalogue(run_copy)
+    assert catalogue.active == [1] and catalogue.causes[0].dropped
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--split", "0=x"], "must give the number of parts"),
+    (["--name", "zero=x"], "must start with a cause id"),
+    (["--merge", "1;2"], "cause ids separated by commas"),
+    (["--drop", "5"], "has no cause 5"),
+])
+def test_causes_command_bad_values_are_one_line_errors(run_copy, args, message):
+    done = _cli("causes", run_copy, *args)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (run_copy / CAUSES_FILE).exists()

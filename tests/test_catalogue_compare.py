@@ -1,0 +1,112 @@
+"""Comparison of two runs: a cause that run B lacks is reported vanished, a cause only B has is new."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import CATALOGUE_PIPELINE
+from helpers import pattern_images, write_pngs
+from rca_gpu.catalogue import CatalogueError, load_catalogue
+from rca_gpu.catalogue.compare import COMPARISON_FILE, compare_runs
+from rca_gpu.pipeline import run
+from rca_gpu.runfolder import open_run
+from rca_gpu.spec import build_run_spec
+
+
+def _group_of_cause(folder) -> dict[int, int]:
+    clusters = open_run(folder).clusters()
+    groups = clusters["path"].str.extract(r"/g(\d)_")[0].astype(int)
+    return {int(c): int(g) for c, g in zip(clusters["cluster"], groups) if c >= 0}
+
+
+def _run_b(images_root, paths, out):
+    """Run B on a manifest in ``images_root`` listing ``paths`` (inside it)."""
+    manifest = images_root / f"{out.name}.csv"
+    pd.DataFrame({"path": [str(p.relative_to(images_root)) for p in paths]}).to_csv(manifest, index=False)
+    spec = build_run_spec(pipeline=CATALOGUE_PIPELINE, device="cpu", workers=0, stability=0, cache_features=False)
+    run(spec, manifest, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs_b(catalogue_images, tmp_path_factory):
+    """B by shared images: A's files of groups 0 and 1 plus new files of group 3. B by assignment: 30 new files
+    each of groups 0, 1 and 3 (no file in common with A)."""
+    root = catalogue_images
+    out = tmp_path_factory.mktemp("runs_b")
+    shared = sorted(p for g in (0, 1) for p in (root / "run").glob(f"g{g}_*.png"))
+    group3 = sorted((root / "new").glob("g3_*.png"))
+    images, labels = pattern_images(n_per=30, groups=4, size=16, seed=2)
+    keep = labels != 2
+    fresh = write_pngs(out / "fresh_images", images[keep], labels[keep])
+    return {"images": _run_b(root, shared + group3, out / "shared"),
+            "assign": _run_b(out / "fresh_images", fresh, out / "fresh")}
+
+
+def _statuses(result, run_a, run_b) -> dict[str, str]:
+    """planted group -> status ("a2" for A's cluster of group 2, "b3" for B's cluster of group 3)."""
+    groups_a, groups_b = _group_of_cause(run_a), _group_of_cause(run_b)
+    out = {}
+    for row in result.table.itertuples():
+        key = f"a{groups_a[row.cause_a]}" if row.cause_a >= 0 else f"b{groups_b[row.cause_b]}"
+        out[key] = row.status
+    return out
+
+
+@pytest.mark.parametrize("kind", ["images", "assign"])
+def test_a_cause_missing_from_b_vanished_and_a_cause_only_in_b_is_new(catalogue_run, runs_b, kind):
+    run_b = runs_b[kind]
+    result = compare_runs(catalogue_run, run_b, device="cpu", workers=0)
+    assert _statuses(result, catalogue_run, run_b) == {"a0": "persists", "a1": "persists", "a2": "vanished",
+                                                      "b3": "new"}
+    assert result.info["mode"] == ("images+assign" if kind == "images" else "assign")
+    assert result.info["images"]["shared"] == (60 if kind == "images" else 0)
+    persisting = result.table[result.table["status"] == "persists"]
+    assert (persisting["size_a"] == 30).all()
+    if kind == "images":  # shared images keep their cause in A
+        assert (persisting["size_b"] == 30).all()
+    else:  # assigned, less the few beyond a radius
+        assert persisting["size_b"].between(20, 30).all()
+    written = open_run(run_b).table(COMPARISON_FILE)  # in B's folder, under B's run id
+    assert len(written) == 4 and (written["run_a"] == open_run(catalogue_run).run_id).all()
+    assert open_run(run_b).json("comparison.json")["statuses"] == {"persists": 2, "shrank": 0, "vanished": 1,
+                                                                    "new": 1}
+
+
+def test_by_images_uses_shared_images_only_and_needs_some(catalogue_run, runs_b):
+    result = compare_runs(catalogue_run, runs_b["images"], by="images", write=False)
+    assert result.info["images"]["assigned"] == 0 and result.info["mode"] == "images"
+    assert _statuses(result, catalogue_run, runs_b["images"])["b3"] == "new"
+    with pytest.raises(CatalogueError, match="share no image .* Use --by assign"):
+        compare_runs(catalogue_run, runs_b["assign"], by="images", write=False)
+
+
+def test_compare_uses_edited_catalogues(catalogue_run, runs_b, tmp_path):
+    import shutil
+
+    run_a = shutil.copytree(catalogue_run, tmp_path / "a")
+    groups = {g: c for c, g in _group_of_cause(run_a).items()}
+    catalogue = load_catalogue(run_a)
+    catalogue.rename(groups[0], "top bar")
+    catalogue.drop(groups[2])
+    catalogue.save()
+    result = compare_runs(run_a, runs_b["images"], by="images", write=False)
+    assert list(result.table.loc[result.table["status"] == "persists", "name_a"]).count("top bar") == 1
+    assert groups[2] not in set(result.table["cause_a"])  # a dropped cause takes no part
+
+
+def test_compare_command_and_its_errors(catalogue_run, runs_b, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "rca_gpu.cli", "compare", *map(str, args)],
+                              capture_output=True, text=True)
+
+    done = cli(catalogue_run, runs_b["images"], "--by", "images")
+    assert done.returncode == 0, done.stderr
+    assert "vanished" in done.stdout and "new" in done.stdout and "comparison.parquet" in done.stdout
+    failed = cli(catalogue_run, runs_b["assign"], "--by", "images")
+    assert failed.returncode == 2 and failed.stderr.startswith("error: ") and "share no image" in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

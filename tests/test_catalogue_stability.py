@@ -1,0 +1,161 @@
+"""Cluster stability (clusterboot by subsetting): clean planted clusters are stable, arbitrary halves are not."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import planted_blobs
+from rca_gpu.catalogue.stability import (
+    MAX_RESAMPLES, MIN_RESAMPLES, SUMMARY_FILE, best_match_jaccard, clusterboot, default_resamples,
+    run_stability, subset_graph,
+)
+from rca_gpu.cluster import cluster
+from rca_gpu.device import cpu_device
+from rca_gpu.errors import SpecError
+from rca_gpu.neighbors import knn_graph
+from rca_gpu.reduce import reduce
+from rca_gpu.runfolder import open_run
+from rca_gpu.spec import build_run_spec
+
+DEVICE = cpu_device()
+
+
+def test_best_match_jaccard_by_hand():
+    reference = np.array([0, 0, 0, 0, 1, 1, -1, 2])
+    resample = np.array([5, 5, 7, 7, 7, 7, 7, -1])
+    got = best_match_jaccard(reference, resample, 4)
+    # cluster 0 {0,1,2,3}: vs 5 {0,1}: 2/4, vs 7 {2,3,4,5,6}: 2/7 -> 0.5
+    # cluster 1 {4,5}: vs 7: 2/5; cluster 2 {7} is noise in the resample -> 0; cluster 3 absent -> NaN
+    np.testing.assert_allclose(got[:3], [0.5, 0.4, 0.0])
+    assert np.isnan(got[3])
+    assert np.all(best_match_jaccard(reference, np.full(8, -1), 3) == [0.0, 0.0, 0.0])
+
+
+def test_clusterboot_is_seeded_and_checks_its_arguments():
+    x, _ = planted_blobs(n_per=20, centers=3, dim=4, spread=1.0)
+    labels = cluster(x, "kmeans", {"k": 3}, DEVICE)
+
+    def again(rows):
+        return cluster(x[rows], "kmeans", {"k": 3}, DEVICE)
+
+    first = clusterboot(labels, again, resamples=3, seed=4)
+    second = clusterboot(labels, again, resamples=3, seed=4)
+    np.testing.assert_array_equal(first.jaccard, second.jaccard)
+    with pytest.raises(ValueError, match="resamples must be >= 1"):
+        clusterboot(labels, again, resamples=0)
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        clusterboot(labels, again, resamples=1, fraction=1.5)
+
+
+def _dbscan_setting(points: np.ndarray) -> dict:
+    _, distances = knn_graph(points, 11, DEVICE).numpy()
+    return {"eps": float(np.quantile(distances[:, 10], 0.9)), "min_samples": 10}
+
+
+@pytest.mark.parametrize("reducer,params", [("none", {}), ("pca", {"n_components": 4})])
+def test_clean_planted_clusters_are_stable_and_arbitrary_halves_are_not(reducer, params):
+    x, planted = planted_blobs(n_per=60, centers=4, dim=8, spread=1.0)
+    graph = knn_graph(x, 30, DEVICE)
+    embedding = np.asarray(reduce(x, reducer, params, DEVICE)[0])
+    setting = _dbscan_setting(embedding)
+    # the reference clustering splits planted cluster 0 into two arbitrary halves (every other member)
+    reference = planted.copy()
+    members = np.flatnonzero(planted == 0)
+    reference[members[::2]] = 4
+    result = run_stability(x, graph, reference, reduce_name=reducer, reduce_params=params,
+                           cluster_name="dbscan", cluster_params=setting, chosen_embedding=embedding,
+                           device=DEVICE, seed=0, resamples=8)
+    by_cluster = result.table.set_index("cluster")["stability"]
+    assert by_cluster[[1, 2, 3]].min() >= 0.9  # clean planted clusters
+    assert by_cluster[[0, 4]].max() < 0.6  # each half is about half of what the resamples find (0.5)
+    assert set(result.table.loc[result.table["unstable"], "cluster"]) == {0, 4}
+    assert result.info["resamples"] == 8 and result.info["fraction"] == 0.8
+    assert (result.table["size"] == np.bincount(reference)).all()
+
+
+def test_a_half_split_along_a_coordinate_is_unstable_too():
+    x, planted = planted_blobs(n_per=60, centers=3, dim=6, spread=1.0, seed=2)
+    reference = planted.copy()
+    members = np.flatnonzero(planted == 1)
+    reference[members[x[members, 0] > np.median(x[members, 0])]] = 3
+    result = run_stability(x, knn_graph(x, 30, DEVICE), reference, reduce_name="none", reduce_params={},
+                           cluster_name="dbscan", cluster_params=_dbscan_setting(x), chosen_embedding=x,
+                           device=DEVICE, resamples=6)
+    stability = result.table.set_index("cluster")["stability"]
+    assert stability[[0, 2]].min() >= 0.9 and stability[[1, 3]].max() < 0.6
+
+
+def test_umap_resamples_reuse_the_run_graph_and_keep_clean_clusters():
+    x, planted = planted_blobs(n_per=50, centers=3, dim=8, spread=1.0, seed=1)
+    params = {"n_neighbors": 15, "n_components": 2, "min_dist": 0.0}
+    graph = knn_graph(x, 30, DEVICE)
+    embedding, _ = reduce(x, "umap", params, DEVICE, knn=graph, seed=0)
+    setting = _dbscan_setting(np.asarray(embedding))
+    labels = cluster(embedding, "dbscan", setting, DEVICE)
+    result = run_stability(x, graph, labels, reduce_name="umap", reduce_params=params, cluster_name="dbscan",
+                           cluster_params=setting, chosen_embedding=embedding, device=DEVICE, resamples=3)
+    assert result.table["stability"].min() >= 0.9
+    assert 0 < result.info["dbscan_eps_quantile"] <= 1
+
+
+def test_subset_graph_matches_an_exact_search_of_the_subset():
+    x, _ = planted_blobs(n_per=40, centers=3, dim=5, spread=2.0)
+    graph = knn_graph(x, 30, DEVICE, "torch")
+    subset = np.sort(np.random.default_rng(0).choice(len(x), 96, replace=False))
+    for k in (10, 30):  # k = 30 leaves most rows short of neighbours: they are searched again
+        got = subset_graph(graph, subset, k, x[subset], DEVICE)
+        exact_i, exact_d = knn_graph(x[subset], k, DEVICE, "torch").numpy()
+        got_i, got_d = got.numpy()
+        assert got_i.shape == (96, k)
+        np.testing.assert_array_equal(got_i[:, 0], np.arange(96))
+        np.testing.assert_allclose(got_d, exact_d, atol=1e-4)
+
+
+def test_default_resamples_follow_the_search():
+    class Trial:
+        def __init__(self, reduce):
+            self.reduce = reduce
+
+    umap_trials = [Trial({"n_neighbors": n, "n_components": c}) for n in (15, 30) for c in (2, 10) for _ in range(18)]
+    assert default_resamples("umap", umap_trials) == 4  # one per UMAP fit
+    assert default_resamples("pca", [Trial({})] * 29) == MAX_RESAMPLES
+    assert default_resamples("none", [Trial({})]) == MIN_RESAMPLES
+    assert default_resamples("none", None) == MIN_RESAMPLES
+
+
+def test_a_run_writes_the_stability_summary_and_can_switch_it_off(catalogue_run, catalogue_images, tmp_path):
+    folder = open_run(catalogue_run)
+    summary = folder.table(SUMMARY_FILE)  # carries the run id
+    assert list(summary.columns) == ["cluster", "size", "stability", "unstable", "resamples"]
+    assert len(summary) == 3 and summary["stability"].min() >= 0.9 and not summary["unstable"].any()
+    info = folder.info
+    assert info["catalogue"]["stability"]["resamples"] == 4 and info["spec"]["stability"] == 4
+    assert "stability" in info["seconds"]
+
+    from rca_gpu.pipeline import run
+
+    spec = build_run_spec(pipeline="pixels(image_size=16)+pca(n_components=5)+kmeans(k=3)", device="cpu",
+                          workers=0, stability=0, cache_features=False)
+    result = run(spec, catalogue_images / "run", tmp_path / "off")
+    assert not (tmp_path / "off" / SUMMARY_FILE).exists() and result.stability is None
+    assert json.loads((tmp_path / "off" / "run.json").read_text())["catalogue"]["stability"] is None
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True])
+def test_bad_stability_values_are_refused(value):
+    with pytest.raises(SpecError, match="'stability' option must be an int >= 0"):
+        build_run_spec(pipeline="pixels+pca+kmeans", stability=value)
+
+
+def test_the_cluster_summary_shows_stability():
+    from rca_gpu.pipeline import cluster_summary
+
+    clusters = pd.DataFrame({"cluster": [0, 0, 1, -1], "status": ["clustered"] * 3 + ["noise"]})
+    stability = pd.DataFrame({"cluster": [0, 1], "stability": [0.95, 0.41], "unstable": [False, True]})
+    summary = cluster_summary(clusters, stability).set_index("cluster")
+    assert summary.loc[0, "stability"] == "0.95" and summary.loc[1, "stability"] == "0.41 unstable"
+    assert summary.loc[-1, "stability"] == ""
