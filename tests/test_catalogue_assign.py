@@ -64,12 +64,16 @@ def test_assigner_votes_and_keeps_far_points_unknown():
     centres = np.array([[0.0, 0.0], [10.0, 0.0]])
     features = np.concatenate([rng.normal(c, 1.0, size=(200, 2)) for c in centres]).astype(np.float32)
     causes = np.repeat([4, 7], 200)
-    assigner = Assigner(features, causes, ref.calibrate(features, causes), dropped={7})
+    assigner = Assigner(features, causes, ref.calibrate(features, causes), dropped={7}, alpha=0.05)
     queries = np.concatenate([rng.normal(centres[0], 1.0, size=(300, 2)), [[5.0, 30.0], [0.0, 0.1]]])
     result = assigner.assign(queries.astype(np.float32))
     near = result.iloc[:300]
-    # about ALPHA of a cause's own new images fall beyond its radius
+    # about alpha of a cause's own new images fall beyond its radius
     assert (near["cause"] == 4).mean() >= 0.9 and 0.01 <= (near["status"] == "unknown").mean() <= 0.1
+    strict = Assigner(features, causes, assigner.scores, alpha=0.3).assign(queries[:300].astype(np.float32))
+    lenient = Assigner(features, causes, assigner.scores, alpha=0.0).assign(queries[:300].astype(np.float32))
+    unknown = [(r["status"] == "unknown").mean() for r in (lenient, near, strict)]
+    assert unknown == sorted(unknown) and unknown[2] >= 0.2 and unknown[0] <= 0.02
     assert result.loc[300, "status"] == "unknown" and result.loc[300, "cause"] == -1
     assert result.loc[300, "nearest_cause"] in (4, 7)
     centre = result.loc[301]
@@ -133,9 +137,11 @@ def test_assign_refuses_another_extractor(catalogue_run, catalogue_images, tmp_p
         assign_run(copy, catalogue_images / "new", tmp_path / "out", device="cpu", workers=0)
 
 
-def test_assign_refuses_to_write_into_the_run(catalogue_run, catalogue_images):
+def test_assign_refuses_to_write_into_the_run_and_bad_alpha(catalogue_run, catalogue_images, tmp_path):
     with pytest.raises(CatalogueError, match="is the run folder itself"):
         assign_run(catalogue_run, catalogue_images / "new", catalogue_run, device="cpu", workers=0)
+    with pytest.raises(CatalogueError, match=r"--alpha option must be a number in \[0, 0.5\)"):
+        assign_run(catalogue_run, catalogue_images / "new", tmp_path / "out", alpha=0.7)
 
 
 def test_assign_command_prints_counts(catalogue_run, catalogue_images, tmp_path):

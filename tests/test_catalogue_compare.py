@@ -110,3 +110,25 @@ def test_compare_command_and_its_errors(catalogue_run, runs_b, tmp_path):
     failed = cli(catalogue_run, runs_b["assign"], "--by", "images")
     assert failed.returncode == 2 and failed.stderr.startswith("error: ") and "share no image" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_report_renderers_escape_names_and_show_the_comparison(catalogue_run, runs_b, tmp_path):
+    import importlib
+    import shutil
+
+    report = importlib.import_module("rca_gpu.catalogue.report")
+    run_b = shutil.copytree(runs_b["images"], tmp_path / "b")
+    compare_runs(catalogue_run, run_b, by="images")
+    catalogue = load_catalogue(run_b)
+    catalogue.rename(0, "<script>x</script>")
+    catalogue.merge([1, 2])
+    catalogue.save()
+    folder = open_run(run_b)
+    html = report.comparison_section(folder)
+    assert "vanished" in html and "new" in html and open_run(catalogue_run).run_id in html
+    causes = report.causes_section(folder)
+    assert "&lt;script&gt;" in causes and "<script>" not in causes and "merge of 1, 2" in causes
+    facts = report.cause_facts(folder)
+    assert facts[0].startswith("cause 0 \u201c<script>") and "merge of 1, 2" in facts[1]  # plain text
+    assert report.stability_facts(open_run(catalogue_run))[0].endswith("(stable, 4 resamples)")
+    assert report.causes_section(open_run(catalogue_run)) is None  # no edits, no section

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rca_gpu.catalogue.reference import ALPHA, K_VOTE, CatalogueError, calibrate, k_for, radius
+from rca_gpu.catalogue.reference import ALPHA, K_DISTANCE, K_VOTE, CatalogueError, calibrate, k_for, radius
 
 log = logging.getLogger("rca_gpu")
 
@@ -249,7 +249,7 @@ def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[
 
 def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | None = None,
                workers: int | None = None, image_root: str | None = None, model: str | None = None,
-               reporter=None) -> tuple[pd.DataFrame, dict[str, Any]]:
+               alpha: float = ALPHA, reporter=None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``rca-gpu assign``: assign the images of ``source`` to the causes of the run in ``run_dir``; write
     ``out/assignments.parquet`` and ``out/assign.json``. Returns (table, summary).
 
@@ -264,13 +264,14 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
     from rca_gpu.data.sources import load_source
 
     started = time.perf_counter()
+    check_alpha(alpha)
     catalogue = load_catalogue(run_dir)
     reference = read_reference(catalogue.run)
     out = Path(out)
     _refuse_run_folder(out, catalogue.run.path)
     failures = load_source(source, image_root=image_root)
     table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
-                            model=model, reporter=reporter)
+                            model=model, reporter=reporter, alpha=alpha)
     counts = {status: int((table["status"] == status).sum()) for status in STATUSES}
     per_cause = table.loc[table["status"] == "assigned", "cause"].value_counts()
     summary = {
@@ -280,13 +281,22 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
         "rows": len(table),
         "counts": counts,
         "per_cause": {str(int(c)): {"name": catalogue.name(int(c)), "images": int(v)} for c, v in per_cause.items()},
-        "method": {"k_vote": K_VOTE, "alpha": ALPHA, "reference_images": int(reference.n)},
+        "method": {"k_vote": K_VOTE, "k_distance": K_DISTANCE, "alpha": alpha, "reference_images": int(reference.n)},
         "catalogue_edits": list(catalogue.history),
         "seconds": round(time.perf_counter() - started, 3),
     }
     outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata={CATALOGUE_RUN_KEY: catalogue.run_id.encode()})
     outputs.write_json(out / ASSIGN_INFO_FILE, summary)
     return table, summary
+
+
+def check_alpha(alpha: float) -> None:
+    """The --alpha rule: a share in [0, 0.5)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 0.5:
+        raise CatalogueError(
+            f"The --alpha option must be a number in [0, 0.5) (share of a cause's own images beyond its radius). "
+            f"Got {alpha!r} instead."
+        )
 
 
 def _refuse_run_folder(out: Path, run_path: Path) -> None:

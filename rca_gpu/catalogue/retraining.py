@@ -112,7 +112,7 @@ def pick(assignments: pd.DataFrame, sizes: dict[int, int], budget: int, *, sprea
 
 def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proportional", floor: int | None = None,
                      device: str = "auto", batch_size: int | None = None, workers: int | None = None,
-                     image_root: str | None = None, model: str | None = None,
+                     image_root: str | None = None, model: str | None = None, alpha: float | None = None,
                      reporter=None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``rca-gpu select``: assign the pool, pick ``budget`` images, write the manifest.
 
@@ -121,11 +121,14 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     assignment column), ``out/assignments.parquet`` (the whole pool) and ``out/select.json``.
     """
     from rca_gpu import outputs
-    from rca_gpu.catalogue.assign import CATALOGUE_RUN_KEY, _refuse_run_folder, assign_failures
+    from rca_gpu.catalogue.assign import CATALOGUE_RUN_KEY, _refuse_run_folder, assign_failures, check_alpha
+    from rca_gpu.catalogue.reference import ALPHA
     from rca_gpu.catalogue.causes import load_catalogue
     from rca_gpu.catalogue.reference import read_reference
     from rca_gpu.data.sources import load_source
 
+    alpha = ALPHA if alpha is None else alpha
+    check_alpha(alpha)
     if budget < 1:
         raise CatalogueError(f"The --budget option must be an int >= 1. Got {budget!r} instead.")
     if spread not in SPREADS:
@@ -136,7 +139,7 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     _refuse_run_folder(out, catalogue.run.path)
     failures = load_source(pool, image_root=image_root)
     table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
-                            model=model, reporter=reporter)
+                            model=model, reporter=reporter, alpha=alpha)
     sizes = {c: n for c, n in catalogue.sizes().items() if c in catalogue.active}
     chosen = pick(table, sizes, budget, spread=spread, floor=floor)
     metadata = {CATALOGUE_RUN_KEY: catalogue.run_id.encode()}
@@ -149,7 +152,7 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
                           "selected": int((chosen["cause"] == c).sum())} for c in sorted(sizes)}
     info = {
         "catalogue_run_id": catalogue.run_id, "pool": str(pool), "pool_rows": len(table), "budget": budget,
-        "spread": spread, "floor": floor, "selected": len(chosen),
+        "spread": spread, "floor": floor, "alpha": alpha, "selected": len(chosen),
         "candidates": int((table["status"] == "assigned").sum()), "per_cause": per_cause,
     }
     outputs.write_json(out / SELECT_INFO_FILE, info)

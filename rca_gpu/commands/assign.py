@@ -28,6 +28,9 @@ RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test, for runs whose features "
                                                  "come from it (default: the run's --model).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")]
+AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Open-set strictness: share of a cause's own "
+                                                   "images allowed beyond its radius, in [0, 0.5); larger = more "
+                                                   "'unknown' (default 0.01).")]
 
 
 def reporter_for(quiet: bool):
@@ -51,6 +54,7 @@ def assign_command(
     workers: WorkersOpt = None,
     image_root: RootOpt = None,
     model: ModelOpt = None,
+    alpha: AlphaOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Assign each new image to a known cause of RUN_DIR or to 'unknown', with a distance and a confidence.
@@ -60,10 +64,12 @@ def assign_command(
     to OUT/assignments.parquet (status assigned | unknown | not_a_cause | rejected, with the reason).
     """
     from rca_gpu.catalogue.assign import assign_run
+    from rca_gpu.catalogue.reference import ALPHA
 
     reporter = reporter_for(quiet)
     table, summary = assign_run(run_dir, source, out, device=device.value, batch_size=batch_size, workers=workers,
-                                image_root=str(image_root) if image_root else None, model=model, reporter=reporter)
+                                image_root=str(image_root) if image_root else None, model=model,
+                                alpha=ALPHA if alpha is None else alpha, reporter=reporter)
     counts = summary["counts"]
     if not quiet:
         print_assignment_counts(table, summary)

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rca_gpu.commands.assign import (BatchOpt, Device, DeviceOpt, ModelOpt, QuietOpt, RootOpt, RunDirArg,
-                                     WorkersOpt, reporter_for)
+from rca_gpu.commands.assign import (AlphaOpt, BatchOpt, Device, DeviceOpt, ModelOpt, QuietOpt, RootOpt,
+                                     RunDirArg, WorkersOpt, reporter_for)
 
 
 class Spread(str, Enum):
@@ -33,6 +33,7 @@ def select_command(
     workers: WorkersOpt = None,
     image_root: RootOpt = None,
     model: ModelOpt = None,
+    alpha: AlphaOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Pick BUDGET pool images that fall in the run's causes, spread over causes; write a manifest.
@@ -50,7 +51,7 @@ def select_command(
     chosen, info = select_from_pool(run_dir, pool, out, budget=budget, spread=spread.value, floor=floor,
                                     device=device.value, batch_size=batch_size, workers=workers,
                                     image_root=str(image_root) if image_root else None, model=model,
-                                    reporter=reporter)
+                                    alpha=alpha, reporter=reporter)
     if not quiet:
         view = Table(title=f"Selection from the pool, by cause of run {info['catalogue_run_id'][:8]}")
         for column in ("cause", "name", "size in run", "candidates", "selected"):

@@ -1,0 +1,115 @@
+"""What the HTML report shows of the catalogue: each cluster's stability and cause name, the edited causes,
+and the comparison with an earlier run.
+
+Imported by the report (:data:`rca_gpu.report.sections.PLUGIN_MODULES`), it registers itself through the
+report's extension points; every value taken from data is escaped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rca_gpu.catalogue.causes import CAUSES_FILE
+from rca_gpu.catalogue.compare import COMPARISON_FILE
+from rca_gpu.catalogue.stability import SUMMARY_FILE, UNSTABLE_BELOW
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rca_gpu.runfolder import RunFolder
+
+
+def stability_facts(run: "RunFolder") -> dict[int, str]:
+    """cluster -> "0.93 (stable)" / "0.41 (unstable: below 0.6)": mean best-match Jaccard over resamples."""
+    summary = run.table(SUMMARY_FILE)
+    out = {}
+    for row in summary.itertuples(index=False):
+        if row.stability != row.stability:  # NaN: no resample held a member
+            continue
+        word = f"unstable: below {UNSTABLE_BELOW:g}" if row.unstable else "stable"
+        out[int(row.cluster)] = f"{row.stability:.2f} ({word}, {int(row.resamples)} resamples)"
+    return out
+
+
+def cause_facts(run: "RunFolder") -> dict[int, str]:
+    """cluster -> the cause most of its images belong to in the edited catalogue, with its name and origin."""
+    from rca_gpu.catalogue.causes import load_catalogue
+
+    catalogue = load_catalogue(run)
+    members = catalogue.members[catalogue.members["cluster"] >= 0]
+    out = {}
+    for cluster, group in members.groupby("cluster"):
+        counts = group["cause"].value_counts()
+        cause = int(counts.index[0])
+        if cause < 0:
+            continue
+        item = catalogue.causes[cause]
+        text = f"cause {cause}" + (f" \u201c{item.name}\u201d" if item.name else "")
+        if item.dropped:
+            text += ", dropped (not a cause)"
+        if item.origin != f"cluster {cause}":
+            text += f", {item.origin}"
+        if len(counts) > 1:
+            text += f"; its images are in {len(counts)} causes"
+        out[int(cluster)] = text
+    return out
+
+
+def causes_section(run: "RunFolder") -> str | None:
+    """The edited catalogue as a table (only when the run has edits)."""
+    from markupsafe import escape
+
+    from rca_gpu.catalogue.causes import load_catalogue
+
+    catalogue = load_catalogue(run)
+    if not catalogue.history:
+        return None
+    rows = "".join(
+        f"<tr><td>{cause.id}</td><td>{escape(cause.name)}</td><td>{catalogue.sizes().get(cause.id, 0)}</td>"
+        f"<td>{'dropped' if cause.dropped else 'cause'}</td><td>{escape(cause.origin)}</td></tr>"
+        for cause in (catalogue.causes[c] for c in sorted(catalogue.causes))
+    )
+    history = "; ".join(escape(line) for line in catalogue.history)
+    return ("<table><thead><tr><th>cause</th><th>name</th><th>images</th><th>status</th><th>origin</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table><p>Edits (causes.toml): {history}</p>")
+
+
+def comparison_section(run: "RunFolder") -> str | None:
+    """The comparison with an earlier run (comparison.parquet, written by ``rca-gpu compare A THIS_RUN``)."""
+    from markupsafe import escape
+
+    table = run.table(COMPARISON_FILE)
+    info = run.json("comparison.json") if run.has("comparison.json") else {}
+    if table.empty:
+        return None
+    head = ("<tr><th>status</th><th>cause in A</th><th>name in A</th><th>images in A</th><th>images here</th>"
+            "<th>cause here</th><th>name here</th></tr>")
+    rows = "".join(
+        f"<tr><td>{escape(r.status)}</td><td>{'' if r.cause_a < 0 else r.cause_a}</td><td>{escape(r.name_a)}</td>"
+        f"<td>{r.size_a}</td><td>{r.size_b}</td><td>{'' if r.cause_b < 0 else r.cause_b}</td>"
+        f"<td>{escape(r.name_b)}</td></tr>"
+        for r in table.itertuples(index=False)
+    )
+    source = escape(str(info.get("run_a_folder", table["run_a"].iloc[0])))
+    mode = escape(str(info.get("mode", "")))
+    return (f"<p>Compared with run {escape(str(table['run_a'].iloc[0]))} ({source}), matched by {mode}.</p>"
+            f"<table><thead>{head}</thead><tbody>{rows}</tbody></table>")
+
+
+def register() -> bool:
+    """Register the facts and sections with the report's extension points; False when this installation has
+    no report."""
+    try:
+        from rca_gpu.report.sections import ClusterFact, ExtraSection, register_cluster_fact, register_section
+    except ModuleNotFoundError as exc:
+        if exc.name and "rca_gpu.report".startswith(exc.name):
+            return False
+        raise
+
+    register_cluster_fact(ClusterFact("stability", "stability", (SUMMARY_FILE,), stability_facts, order=10))
+    register_cluster_fact(ClusterFact("cause", "cause", (CAUSES_FILE,), cause_facts, order=20))
+    register_section(ExtraSection("causes", "Causes (edited)", (CAUSES_FILE,), causes_section, order=10))
+    register_section(ExtraSection("comparison", "Comparison with an earlier run", (COMPARISON_FILE,),
+                                  comparison_section, order=20))
+    return True
+
+
+register()
