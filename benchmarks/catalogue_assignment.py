@@ -21,7 +21,9 @@ cause and dominates no cluster):
   run (is the majority of it), the share assigned to a cluster their cause dominates (unknown counts as
   wrong);
 - unknown share of known causes: the share of those failures that come back ``unknown``;
-- unknown share of the left-out cause: the share of seed-1 failures of L that come back ``unknown``.
+- unknown share of the left-out cause: the share of seed-1 failures of L that come back ``unknown``;
+- AUC left-out vs known: how well the open-set score (distance / radius of the nearest cause) ranks the
+  left-out cause's failures above the known causes' failures, at any threshold (1 = fully separable).
 
 Writes ``results.md`` and ``rows.parquet`` to --out; features are cached under --out/cache.
 """
@@ -97,9 +99,15 @@ def score(run_dir: Path, new_features, new_causes: np.ndarray, left_out: str | N
         "unknown_known": float(unknown[is_known].mean()),
     }
     if left_out:
+        from sklearn.metrics import roc_auc_score
+
         mask = new_causes == left_out
         row["new_left_out"] = int(mask.sum())
         row["unknown_left_out"] = float(unknown[mask].mean())
+        # how well distance / radius separates the left-out cause from the known ones at any threshold
+        ratio = (result["distance"] / result["radius"]).to_numpy()
+        labels = np.r_[np.ones(mask.sum()), np.zeros(is_known.sum())]
+        row["auc_left_out_vs_known"] = float(roc_auc_score(labels, np.r_[ratio[mask], ratio[is_known]]))
         # where the left-out cause's images went when they were not called unknown
         assigned = result.loc[mask & ~unknown, "cause"].to_numpy()
         cluster_cause = {c: root for root, cs in owners.items() for c in cs}

@@ -21,7 +21,6 @@ radii are calibrated again for merged or split causes (the same computation as a
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,6 @@ import pandas as pd
 
 from rca_gpu.catalogue.reference import ALPHA, K_DISTANCE, K_VOTE, CatalogueError, calibrate, k_for, radius
 
-log = logging.getLogger("rca_gpu")
 
 ASSIGNMENTS_FILE = "assignments.parquet"
 ASSIGN_INFO_FILE = "assign.json"

@@ -27,7 +27,6 @@ reduce + cluster time again. The count depends only on the spec, not on the mach
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -35,7 +34,6 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger("rca_gpu")
 
 #: Share of the images in each resample (Hennig's subsetting scheme).
 FRACTION = 0.8
@@ -325,8 +323,12 @@ def run_stability(
         sample = np.sort(np.random.default_rng([seed, 7919]).choice(n, max_images, replace=False))
     eps_share = None
     if cluster_name == "dbscan" and "eps" in cluster_params:
-        eps_share = eps_quantile(chosen_embedding, float(cluster_params["eps"]),
-                                 int(cluster_params.get("min_samples", 5)), device)
+        eps, min_samples = float(cluster_params["eps"]), int(cluster_params.get("min_samples", 5))
+        if reduce_name == "none" and graph.k > min_samples:  # the clustering space is the feature space
+            kth = graph.numpy()[1][:, min_samples]
+            eps_share = float(np.mean(kth <= eps))
+        else:
+            eps_share = eps_quantile(chosen_embedding, eps, min_samples, device)
     graph_k = int(reduce_params.get("n_neighbors", 15)) if reduce_name == "umap" else 0
     torch_device = getattr(device, "torch_device", "cpu")
 
