@@ -12,7 +12,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 export NUMBA_CACHE_DIR ?= $(HOME)/.cache/rca_gpu/numba
 
-.PHONY: venv weights demo test gpu-check clean
+.PHONY: venv weights demo test gpu-check lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ test: weights
 
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Resolved dependency sets, one per install flavour, from PyPI (needs the network; tests/test_locks.py
+# checks the committed files offline: never two FAISS builds, one CUDA major per GPU flavour).
+UV ?= $(BIN)/uv
+LOCK_PLATFORM := --python-platform x86_64-manylinux_2_28
+lock:
+	$(UV) pip compile pyproject.toml --extra cpu --python-version 3.11 $(LOCK_PLATFORM) -o locks/cpu.txt
+	$(UV) pip compile pyproject.toml --extra gpu-cu12 -c locks/constraints-cu12.txt --python-version 3.12 \
+	  $(LOCK_PLATFORM) -o locks/gpu-cu12.txt
+	$(UV) pip compile pyproject.toml --extra gpu-cu13 --python-version 3.12 $(LOCK_PLATFORM) -o locks/gpu-cu13.txt
 
 clean:
 	rm -rf runs .pytest_cache
