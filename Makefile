@@ -42,10 +42,10 @@ gpu-check:
 UV ?= $(BIN)/uv
 LOCK_PLATFORM := --python-platform x86_64-manylinux_2_28
 lock:
-	$(UV) pip compile pyproject.toml --extra cpu --python-version 3.11 $(LOCK_PLATFORM) -o locks/cpu.txt
-	$(UV) pip compile pyproject.toml --extra gpu-cu12 -c locks/constraints-cu12.txt --python-version 3.12 \
+	$(UV) pip compile pyproject.toml --no-build --extra cpu --python-version 3.11 $(LOCK_PLATFORM) -o locks/cpu.txt
+	$(UV) pip compile pyproject.toml --no-build --extra gpu-cu12 -c locks/constraints-cu12.txt --python-version 3.12 \
 	  $(LOCK_PLATFORM) -o locks/gpu-cu12.txt
-	$(UV) pip compile pyproject.toml --extra gpu-cu13 --python-version 3.12 $(LOCK_PLATFORM) -o locks/gpu-cu13.txt
+	$(UV) pip compile pyproject.toml --no-build --extra gpu-cu13 --python-version 3.12 $(LOCK_PLATFORM) -o locks/gpu-cu13.txt
 
 clean:
 	rm -rf runs .pytest_cache
