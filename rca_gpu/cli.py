@@ -253,12 +253,14 @@ def demo_command(
 def _mount_subcommands() -> None:
     """Command groups living in their own modules (each imports its heavy libraries lazily)."""
     from rca_gpu.commands.datasets import app as datasets_app
+    from rca_gpu.commands.doctor import doctor_command
     from rca_gpu.commands.evaluate import evaluate_command
     from rca_gpu.commands.study import study_command
 
     app.add_typer(datasets_app, name="datasets")
     app.command("evaluate")(friendly_errors(evaluate_command))
     app.command("study")(friendly_errors(study_command))
+    app.command("doctor")(doctor_command)
 
 
 _mount_subcommands()
