@@ -93,7 +93,7 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader
 PrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast "
                          "for extraction.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test: TorchScript .pt, "
-                     "torch.export .pt2, or package.module:factory=weights.pt.")]
+                     "torch.export .pt2, ONNX .onnx, or package.module:factory=weights.pt.")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Backbone weights: a state_dict file, "
                        "a torchvision weights name (IMAGENET1K_V1), or none.")]
 KnnOpt = Annotated[Optional[KnnBackend], typer.Option("--knn-backend", help="Neighbour search backend.")]
