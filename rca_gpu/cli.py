@@ -42,6 +42,7 @@ class KnnBackend(str, Enum):
     faiss = "faiss"
     faiss_hnsw = "faiss-hnsw"
     kdtree = "kdtree"
+    cuvs = "cuvs"
     cuml = "cuml"
 
 
