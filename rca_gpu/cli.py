@@ -13,10 +13,41 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from rca_gpu.errors import RcaError
+from rca_gpu.errors import RcaError, printable
+
+class _OneLineErrors(TyperGroup):
+    """The top-level command group: usage errors (a bad option value, an unknown option) print one line
+    ``error: ...`` and exit 2, like every other input error, instead of a boxed usage message."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as exc:  # Typer vendors click: its exceptions are matched by class name
+            kinds = {cls.__name__ for cls in type(exc).__mro__}
+            context = getattr(exc, "ctx", None)
+            if "NoArgsIsHelpError" in kinds:  # bare `rca-gpu`: the help, as before
+                typer.echo(context.get_help() if context else str(exc))
+                sys.exit(2)
+            if "UsageError" in kinds:
+                where = f" (see `{context.command_path} --help`)" if context else ""
+                _err(f"{exc.format_message()}{where}")
+                sys.exit(2)
+            if "ClickException" in kinds:
+                _err(exc.format_message())
+                sys.exit(getattr(exc, "exit_code", 1))
+            if "Abort" in kinds:
+                _err("aborted")
+                sys.exit(1)
+            raise
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="rca-gpu",
     help="Cluster the images on which a DNN fails so that each cluster shows one root cause.",
     no_args_is_help=True,
@@ -46,7 +77,7 @@ class KnnBackend(str, Enum):
 
 
 def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message)}", err=True)
 
 
 def friendly_errors(command: Callable) -> Callable:

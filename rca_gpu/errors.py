@@ -37,3 +37,15 @@ GPU_INSTALL_HINT = (
     "install the GPU extras with: pip install 'rca-gpu[gpu]' (CUDA 12) or 'rca-gpu[gpu-cu13]' (CUDA 13), "
     "or use --device auto/cpu"
 )
+
+
+def printable(text: object) -> str:
+    """``text`` as one line any terminal can show: file-name bytes that are not UTF-8 (held by Python as lone
+    surrogates) become ``\\xNN`` escapes and line breaks become spaces."""
+    value = str(text)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return " ".join(value.splitlines()) if ("\n" in value or "\r" in value) else value
