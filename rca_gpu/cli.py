@@ -149,6 +149,7 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
 
 def print_clusters(clusters, console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from rca_gpu.pipeline import cluster_summary
@@ -158,8 +159,8 @@ def print_clusters(clusters, console=None) -> None:
     table = Table(title="Clusters (-1 = noise)")
     for column in summary.columns:
         table.add_column(column, justify="right" if column in ("cluster", "size") else "left")
-    for row in summary.itertuples(index=False):
-        table.add_row(*[str(v) for v in row])
+    for row in summary.itertuples(index=False):  # values are data: shown literally, never as rich markup
+        table.add_row(*[escape(printable(v)) for v in row])
     console.print(table)
 
 
@@ -173,7 +174,8 @@ def print_clusters(clusters, console=None) -> None:
 def run_command(
     source: Annotated[Path, typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
                                            "with a 'path' column.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (an earlier run in it is replaced; "
+                                     "the feature cache under OUT/cache is kept).")],
     pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -193,6 +195,9 @@ def run_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Cluster the failing images in SOURCE; write clusters.parquet, embedding.parquet, run.json to OUT."""
+    from rca_gpu.runfolder import check_out_folder
+
+    check_out_folder(out)  # before the spec, the source or any model is read
     reporter = _setup(quiet, verbose)
     spec = build_spec(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
@@ -215,7 +220,7 @@ def _echo_result(result, *, show_clusters: bool, images: str) -> None:
         f"{counts['input_rows']} {images}; pipeline {result.run_info['resolved_pipeline']}"
     )
     _echo_ground_truth(result.metrics)
-    typer.echo(f"results: {result.out.resolve()}")
+    typer.echo(f"results: {printable(result.out.resolve())}")
 
 
 def _echo_ground_truth(metrics: dict | None) -> None:
@@ -258,7 +263,7 @@ def pipelines_command() -> None:
 @app.command("demo")
 @friendly_errors
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "runs/demo",
     n: Annotated[Optional[int], typer.Option("--n", help="Failures in the embedded benchmark.")] = None,
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
@@ -266,6 +271,9 @@ def demo_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Make the embedded mnist-rc benchmark (offline) and run the default pipeline on it."""
+    from rca_gpu.runfolder import check_out_folder
+
+    out = check_out_folder(out)
     reporter = _setup(quiet, False)
     from rca_gpu.datasets import make_dataset
 

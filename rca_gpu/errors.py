@@ -39,13 +39,18 @@ GPU_INSTALL_HINT = (
 )
 
 
-def printable(text: object) -> str:
-    """``text`` as one line any terminal can show: file-name bytes that are not UTF-8 (held by Python as lone
-    surrogates) become ``\\xNN`` escapes and line breaks become spaces."""
-    value = str(text)
+def escape_surrogates(text: str) -> str:
+    """``text`` as valid UTF-8: file-name bytes that are not UTF-8 (which Python holds as lone surrogates)
+    become ``\\xNN`` escapes; other text is returned as it is."""
     try:
-        value.encode("utf-8")
+        text.encode("utf-8")
+        return text
     except UnicodeEncodeError:
-        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(text: object) -> str:
+    """``text`` as one line any terminal can show: :func:`escape_surrogates`, and line breaks as spaces."""
+    value = escape_surrogates(str(text))
     return " ".join(value.splitlines()) if ("\n" in value or "\r" in value) else value

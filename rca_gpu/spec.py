@@ -611,6 +611,25 @@ def check_data_limits(pipeline: PipelineSpec, n: int, *, dims: int | None = None
                 )
 
 
+def check_backends(spec: RunSpec, device: Any) -> None:
+    """Refuse a --knn-backend the resolved device cannot run, before any work (``device``: a resolved
+    :class:`rca_gpu.device.Device`, read through its ``on_gpu`` and ``cuml`` flags).
+
+    Raises
+    ------
+    SpecError
+        E.g. --knn-backend cuml without a CUDA GPU and cuML.
+    """
+    if spec.knn_backend == "cuml" and not (getattr(device, "on_gpu", False) and getattr(device, "cuml", False)):
+        where = "cuML is not installed or no CUDA GPU is visible" if not getattr(device, "on_gpu", False) else (
+            "cuML is not installed")
+        raise SpecError(
+            f"The --knn-backend option 'cuml' needs cuML on a CUDA GPU, but {where} (device: "
+            f"{getattr(device, 'torch_device', 'cpu')}). Use --knn-backend auto (or torch, faiss, kdtree), or install the GPU "
+            "extras: pip install 'rca-gpu[gpu]'."
+        )
+
+
 def physical_memory() -> int | None:
     """Bytes of RAM of this machine (None where the OS does not say)."""
     import os
