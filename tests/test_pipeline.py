@@ -106,10 +106,11 @@ def test_only_bad_images_is_a_clear_error(tmp_path):
     folder.mkdir()
     (folder / "a.png").write_bytes(b"")
     (folder / "b.png").write_text("nope")
+    (folder / "c.png").write_text("nope")
     with pytest.raises(TooFewImagesError, match="needs at least 3 usable images; there are 0 usable images.*clusters.parquet"):
         run(_spec("pixels+none+kmeans"), folder, tmp_path / "out")
     written = pd.read_parquet(tmp_path / "out" / "clusters.parquet")  # every row, with its reason
-    assert written["status"].tolist() == ["rejected", "rejected"]
+    assert written["status"].tolist() == ["rejected"] * 3
     assert written["reason"].str.contains("empty file|not a readable image").all()
 
 
