@@ -28,7 +28,7 @@ from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import RUN_FORMAT, check_out_folder, new_run_id, start_run_folder
 from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
-                          check_data_limits, check_memory)
+                          check_data_limits, check_dut_known, check_memory, check_paths)
 from rca_gpu.tuning import Selection, effective_k, select
 
 log = logging.getLogger("rca_gpu")
@@ -236,6 +236,7 @@ def run(
     timer = Timer()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out = check_out_folder(out)
+    check_paths(spec)
 
     t = time.perf_counter()
     failures = source if isinstance(source, FailureSet) else load_source(source, image_root=spec.image_root)
@@ -247,6 +248,7 @@ def run(
         start_run_folder(out)
         write_failed_run(spec, failures, None, out, run_id, exc, started_at)
         raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+    check_dut_known(spec, failures.dut)
     check_memory(spec, len(failures))
     device = resolve_device(spec.device)
     check_backends(spec, device)

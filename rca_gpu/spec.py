@@ -630,6 +630,56 @@ def check_backends(spec: RunSpec, device: Any) -> None:
         )
 
 
+_ENTRY_POINT = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:=(?P<weights>.+))?$")
+
+
+def check_paths(spec: RunSpec) -> None:
+    """The files and folders the options name exist, before any work: the --model file (or the weights of a
+    ``package.module:factory=weights.pt`` entry point; the module itself is imported only when the model is
+    needed) and the --image-root folder.
+
+    Raises
+    ------
+    SpecError
+        Naming the option, the path and the fix.
+    """
+    if spec.model:
+        match = _ENTRY_POINT.match(spec.model.strip())
+        target = match["weights"] if match and not Path(spec.model).exists() else (None if match else spec.model)
+        if target is not None:
+            path = Path(target).expanduser()
+            if not path.exists():
+                raise SpecError(
+                    f"The --model file {_show(str(path))} does not exist. Pass a TorchScript .pt, a torch.export "
+                    ".pt2, or package.module:factory=weights.pt with an existing weights file."
+                )
+            if not path.is_file():
+                raise SpecError(f"The --model path {_show(str(path))} is a folder, not a model file.")
+    if spec.image_root is not None:
+        root = Path(spec.image_root).expanduser()
+        if not root.is_dir():
+            raise SpecError(
+                f"The --image-root folder {_show(spec.image_root)} does not exist or is not a folder. Pass the "
+                "folder that holds the manifest's images."
+            )
+
+
+def check_dut_known(spec: RunSpec, manifest_dut: str | None) -> None:
+    """An extractor that reads the DNN under test has one, from --model or the manifest, before any work.
+
+    Raises
+    ------
+    SpecError
+        Naming the extractor and how to pass the model.
+    """
+    features = spec.pipeline.features
+    if features.info.needs_dut and not (spec.model or manifest_dut):
+        raise SpecError(
+            f"The '{features.name}' extractor needs the DNN under test: pass --model PATH (TorchScript .pt, "
+            "torch.export .pt2, or package.module:factory=weights.pt)."
+        )
+
+
 def physical_memory() -> int | None:
     """Bytes of RAM of this machine (None where the OS does not say)."""
     import os

@@ -190,7 +190,7 @@ def _from_folder(folder: Path) -> FailureSet:
             "Point SOURCE at the folder with the failing images, or at a manifest."
         )
     root = folder.resolve()
-    real = [str(_absolute(p)) for p in entries]
+    real = [str(root / p.relative_to(folder)) for p in entries]  # as listed: a link keeps its own name
     shown = [escape_surrogates(p) for p in real]
     table = pd.DataFrame(
         {
@@ -201,14 +201,6 @@ def _from_folder(folder: Path) -> FailureSet:
     )
     return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
                       root=str(root), file_paths=real if shown != real else None)
-
-
-def _absolute(path: Path) -> Path:
-    """The entry's absolute path, through links where they resolve (a loop or a broken link stays as named)."""
-    try:
-        return path.resolve(strict=True)
-    except (OSError, RuntimeError):
-        return path.absolute()
 
 
 def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
