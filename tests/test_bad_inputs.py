@@ -309,3 +309,247 @@ def test_first_frame_is_used_and_noted(tmp_path):
     _multipage(tmp_path / "p.tif")
     image, note = decode_image_noted(str(tmp_path / "p.tif"), "L")
     assert np.array_equal(np.asarray(image), _digit()) and note == "first of 2 frames used"
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 3: manifests. Row problems become rejected rows; problems of the file itself, one line.
+# --------------------------------------------------------------------------------------------------
+
+# (manifest 'path' value, expected status, reason fragment); the manifest lies in data/ beside good_*.png
+MANIFEST_ROWS = [
+    ("good_000.png", "usable", ""),
+    ("./good_001.png", "usable", ""),
+    ("good_001.png", "usable", ""),  # the same file twice: two rows, both accounted for
+    ("with space.png", "usable", ""),
+    ("missing.png", "rejected", "file not found"),
+    ("../outside.png", "rejected", "path escapes the image root"),
+    ("/etc/hostname", "rejected", "path escapes the image root"),
+    ("", "rejected", "empty path in manifest"),
+    ("sub.png", "rejected", "a folder named like an image"),
+    ("fifo.png", "rejected", "named pipe (FIFO)"),
+    ("notes.txt", "rejected", "not an image file extension (.txt)"),
+    ("loop.png", "rejected", "symbolic link loop"),
+    ("dangling.png", "rejected", "broken symbolic link"),
+    ("zero.png", "rejected", "empty file"),
+]
+
+
+@pytest.fixture(scope="module")
+def manifest_run(tmp_path_factory):
+    """One manifest holding every row of MANIFEST_ROWS, odd metadata column names and an odd root cause."""
+    root = tmp_path_factory.mktemp("manifest")
+    data = root / "data"
+    _good_images(data, 10)
+    Image.fromarray(_digit()).save(data / "with space.png")
+    Image.fromarray(_digit()).save(root / "outside.png")
+    (data / "sub.png").mkdir()
+    os.mkfifo(data / "fifo.png")
+    (data / "notes.txt").write_text("x")
+    os.symlink("loop.png", data / "loop.png")
+    os.symlink("gone.png", data / "dangling.png")
+    (data / "zero.png").write_bytes(b"")
+    paths = [p for p, _, _ in MANIFEST_ROWS] + [f"good_{i:03d}.png" for i in range(2, 10)]
+    n = len(paths)
+    frame = pd.DataFrame({
+        "path": paths,
+        # names rca_gpu writes itself, kept under the documented rule (prefix input_ until free)
+        "cluster": ["c"] * n, "input_cluster": ["ic"] * n, "status": ["s"] * n, "reason": ["r"] * n,
+        "input_path": ["ip"] * n, "folder": ["f"] * n,
+        "[bold]markup": ["[red]x"] * n,
+        "root_cause": ["occlusion [/]"] * (n // 2) + ["dark [b]"] * (n - n // 2),
+    })
+    manifest = data / "manifest.csv"
+    frame.to_csv(manifest, index=False)
+    out = root / "out"
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", PIXELS, *QUICK[:-1]])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    return pd.read_parquet(out / "clusters.parquet"), result.output, n
+
+
+@pytest.mark.parametrize("position, value, status, fragment", [(i, *row) for i, row in enumerate(MANIFEST_ROWS)],
+                         ids=[r[0] or "<empty>" for r in MANIFEST_ROWS])
+def test_manifest_row_is_accounted_for(manifest_run, position, value, status, fragment):
+    clusters, _, _ = manifest_run
+    row = clusters.iloc[position]
+    assert row["input_path"] == value
+    if status == "rejected":
+        assert row["status"] == "rejected" and fragment in row["reason"], row["reason"]
+    else:
+        assert row["status"] in ("clustered", "noise") and row["reason"] == ""
+
+
+def test_manifest_rows_in_equal_rows_out(manifest_run):
+    clusters, output, n = manifest_run
+    assert len(clusters) == n and f"of {n} images" in output
+
+
+@pytest.mark.parametrize("column, kept_as, value", [
+    ("cluster", "input_cluster", "c"),
+    ("input_cluster", "input_input_cluster", "ic"),
+    ("status", "input_status", "s"),
+    ("reason", "input_reason", "r"),
+    ("input_path", "input_input_path", "ip"),
+    ("folder", "input_folder", "f"),
+    ("[bold]markup", "[bold]markup", "[red]x"),
+])
+def test_manifest_columns_named_like_outputs_are_kept(manifest_run, column, kept_as, value):
+    clusters, _, _ = manifest_run
+    assert (clusters[kept_as] == value).all(), column
+    assert list(clusters.columns[:5]) == ["id", "path", "cluster", "status", "reason"]
+
+
+def test_rich_markup_in_data_is_printed_literally(manifest_run):
+    _, output, _ = manifest_run
+    assert "occlusion [/]" in output and "dark [b]" in output
+
+
+def _write_manifest(folder: Path, frame: pd.DataFrame | None, name: str = "m.parquet", *, raw: bytes | None = None,
+                    metadata: dict[bytes, bytes] | None = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / name
+    if raw is not None:
+        path.write_bytes(raw)
+    elif name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **(metadata or {})})
+        pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("small") / "data"
+    _good_images(folder, 20)
+    return folder
+
+
+MANIFEST_ERRORS = [
+    ("no path column", lambda d: _write_manifest(d, pd.DataFrame({"file": ["good_000.png"]})),
+     "has no 'path' column"),
+    ("header only", lambda d: _write_manifest(d, pd.DataFrame({"path": []}, dtype=str), "e.csv"), "has no rows"),
+    ("zero-byte CSV", lambda d: _write_manifest(d, None, "z.csv", raw=b""), "Cannot read the manifest"),
+    ("no rows", lambda d: _write_manifest(d, pd.DataFrame({"path": pd.Series([], dtype=str)})), "has no rows"),
+    ("repeated ids", lambda d: _write_manifest(d, pd.DataFrame({"path": ["good_000.png"] * 2, "id": [1, 1]})),
+     "missing or repeated"),
+    ("Latin-1 CSV", lambda d: _write_manifest(d, None, "l.csv", raw="path,label\ngood_000.png,café\n"
+                                              .encode("latin-1")), "Cannot read the manifest"),
+    ("corrupt Parquet", lambda d: _write_manifest(d, None, "c.parquet", raw=b"PAR1 not really"),
+     "Cannot read the manifest"),
+    ("not a manifest", lambda d: _write_manifest(d, None, "m.json", raw=b"{}"), "neither a folder nor a manifest"),
+    ("missing source", lambda d: d / "nope.csv", "does not exist"),
+]
+
+
+@pytest.mark.parametrize("case, make, fragment", MANIFEST_ERRORS, ids=[c[0] for c in MANIFEST_ERRORS])
+def test_manifest_problem_is_one_line_before_work(small_data, tmp_path, case, make, fragment):
+    manifest = make(small_data)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", PIXELS, *QUICK])
+    _one_line_error(result, fragment)
+    _no_work_done(out)
+
+
+def test_repeated_and_non_text_column_names_are_kept(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rca_gpu.data.sources import load_source
+
+    _good_images(tmp_path, 2)
+    table = pa.Table.from_arrays([pa.array(["good_000.png", "good_001.png"]), pa.array([1, 2]), pa.array([3, 4]),
+                                  pa.array(["a", "b"])], names=["path", "label", "label", "0"])
+    pq.write_table(table, tmp_path / "m.parquet")
+    failures = load_source(tmp_path / "m.parquet")
+    assert failures.table["label"].tolist() == [1, 2] and failures.table["input_label"].tolist() == [3, 4]
+    assert failures.table["0"].tolist() == ["a", "b"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 4: manifest security. A manifest never names code; only a model file or a known architecture.
+# --------------------------------------------------------------------------------------------------
+
+EVIL = textwrap.dedent("""
+    from pathlib import Path
+    CALLED = Path(__file__).with_name("called.txt")
+    def boom(*args, **kwargs):
+        CALLED.write_text("called")
+        raise SystemExit(0)
+""")
+
+MANIFEST_DUTS = [
+    "rca_gpu.cli:main",
+    "rca_gpu.cli:demo_command=dut_state.pt",
+    "rca_gpu.datasets:make_dataset=dut_state.pt",
+    "rca_gpu.datasets.models:mnist_cnn_typo=dut_state.pt",
+    "os:system=dut_state.pt",
+    "builtins:exec",
+    "subprocess:run=dut_state.pt",
+    "rca_test_evil:boom",
+    "rca_test_evil:boom=dut_state.pt",
+    "unknown_arch=dut_state.pt",
+    "mnist_cnn=../outside.pt",
+    "../outside.pt",
+    "model.pkl",
+]
+
+
+@pytest.mark.parametrize("value", MANIFEST_DUTS, ids=[v or "<empty>" for v in MANIFEST_DUTS])
+def test_a_manifest_naming_code_is_refused_and_nothing_runs(small_data, tmp_path, monkeypatch, value):
+    import rca_gpu.cli
+    import rca_gpu.datasets
+
+    calls = []
+    monkeypatch.setattr(rca_gpu.cli, "main", lambda *a, **k: calls.append("main"))
+    monkeypatch.setattr(rca_gpu.cli, "demo_command", lambda *a, **k: calls.append("demo"))
+    monkeypatch.setattr(rca_gpu.datasets, "make_dataset", lambda *a, **k: calls.append("make_dataset"))
+    monkeypatch.setattr(os, "system", lambda *a, **k: calls.append("system"))
+    (tmp_path / "rca_test_evil.py").write_text(EVIL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (small_data / "dut_state.pt").write_bytes(b"not used")
+    manifest = _write_manifest(small_data, pd.DataFrame({"path": ["good_000.png", "good_001.png", "good_002.png"]}),
+                               f"dut_{abs(hash(value))}.parquet", metadata={b"rca_gpu.dut": value.encode()})
+    out = tmp_path / "out"
+    for pipeline in (PIXELS, "dut+pca+kmeans(k=2)"):
+        result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", pipeline, *QUICK])
+        _one_line_error(result, "as its DNN under test", "Nothing was loaded or run")
+        _no_work_done(out)
+    assert calls == [] and not (tmp_path / "called.txt").exists()
+    assert "rca_test_evil" not in sys.modules
+
+
+def test_a_manifest_with_non_utf8_dut_metadata_is_refused(small_data, tmp_path):
+    manifest = _write_manifest(small_data, pd.DataFrame({"path": ["good_000.png"]}), "bytes.parquet",
+                               metadata={b"rca_gpu.dut": b"\xff\xfe:evil"})
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(tmp_path / "o"), "-p", PIXELS, *QUICK])
+    _one_line_error(result, "Nothing was loaded or run")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("mnist_cnn=dut_state.pt", "rca_gpu.datasets.models:mnist_cnn={base}/dut_state.pt"),
+    ("rca_gpu.datasets.models:shapes_cnn=dut_state.pt", "rca_gpu.datasets.models:shapes_cnn={base}/dut_state.pt"),
+    ("dut.pt", "{base}/dut.pt"),
+    ("missing.pt2", None),  # named but absent: ignored with a warning; --model can supply it
+])
+def test_a_manifest_may_name_a_model_file_or_a_known_architecture(tmp_path, value, expected):
+    from rca_gpu.data.sources import load_source
+
+    _good_images(tmp_path, 1)
+    (tmp_path / "dut_state.pt").write_bytes(b"weights")
+    (tmp_path / "dut.pt").write_bytes(b"model")
+    manifest = _write_manifest(tmp_path, pd.DataFrame({"path": ["good_000.png"]}),
+                               metadata={b"rca_gpu.dut": value.encode()})
+    dut = load_source(manifest).dut
+    assert dut == (expected.format(base=tmp_path.resolve()) if expected else None)
+
+
+def test_known_architectures_are_the_benchmark_factories():
+    from rca_gpu.data.sources import KNOWN_ARCHITECTURES
+    from rca_gpu.datasets import models
+
+    for name, target in KNOWN_ARCHITECTURES.items():
+        module, _, factory = target.partition(":")
+        assert module == "rca_gpu.datasets.models" and callable(getattr(models, factory)) and factory == name

@@ -271,16 +271,17 @@ def _manifest_entry(raw: Any, base: Path, root: Path) -> tuple[str, str | None]:
     if "\x00" in raw:
         return raw.replace("\x00", "\\x00"), "the path contains a NUL character"
     try:
-        candidate = Path(os.path.realpath(base / Path(raw).expanduser()))  # realpath: no error on link loops
+        listed = base / Path(raw).expanduser()
+        candidate = Path(os.path.realpath(listed))  # realpath: no error on link loops
     except (OSError, ValueError, RuntimeError) as exc:
         return raw, f"the path cannot be resolved: {exc}"
     if not candidate.is_relative_to(root):
         return str(candidate), (
             f"path escapes the image root {str(root)!r}; use --image-root to allow another folder"
         )
-    if not os.path.lexists(candidate):
+    if not os.path.lexists(listed):
         return str(candidate), "file not found"
-    reason = classify_entry(candidate)
+    reason = classify_entry(listed)  # the entry as listed: a broken link or a loop is named as such
     if reason is not None:
         return str(candidate), reason
     if candidate.suffix.lower() not in IMAGE_EXTENSIONS:
