@@ -1,4 +1,4 @@
-"""The resolved dependency set of every install flavour (locks/, written by `make lock`), checked offline.
+"""The resolved dependency set of every install flavour (locks/FLAVOUR-ARCH.txt, `make lock`), checked offline.
 
 faiss-cpu and the faiss-gpu wheels all install the same ``faiss`` package; two of them in one environment
 overwrite each other's files. A GPU flavour must also be one CUDA stack: torch, cuML, cuVS and CuPy built
@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCKS = ROOT / "locks"
 #: flavour -> (lock file, extra it resolves, CUDA major or None)
 FLAVOURS = {
-    "cpu": ("cpu.txt", "cpu", None),
-    "gpu-cu12": ("gpu-cu12.txt", "gpu-cu12", 12),
-    "gpu-cu13": ("gpu-cu13.txt", "gpu-cu13", 13),
+    "cpu-x86_64": ("cpu-x86_64.txt", "cpu", None),
+    "cpu-aarch64": ("cpu-aarch64.txt", "cpu", None),
+    "gpu-cu12": ("gpu-cu12-x86_64.txt", "gpu-cu12", 12),
+    "gpu-cu13": ("gpu-cu13-x86_64.txt", "gpu-cu13", 13),
 }
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)")
 
@@ -84,7 +85,7 @@ def test_no_flavour_installs_two_faiss_builds(flavour):
     assert resolved, f"no pinned distribution found in the {name} lock"
     found = faiss_distributions(resolved)
     assert len(found) <= 1, f"the {name} install resolves {found}: they overwrite each other's faiss package"
-    if name == "cpu":
+    if name.startswith("cpu"):
         assert found == ["faiss-cpu"]
     else:
         assert "faiss-cpu" not in found
