@@ -197,8 +197,11 @@ def probe_knn_backends(timeout: float = PROBE_TIMEOUT) -> dict[str, tuple[bool, 
 MEMORY_POOL_ENV = "RCA_GPU_RMM_POOL"
 
 
+@functools.lru_cache(maxsize=1)
 def share_memory_pool() -> str:
     """Route CuPy's and torch's CUDA allocations through one RMM pool (where RMM is installed, as with cuML).
+
+    Done once per process (later calls return the first outcome).
 
     Three caching allocators (torch, CuPy, RMM for cuML) each keep the memory they once used, so a large run
     can fail for want of memory that another library holds idle. torch's allocator can only be swapped

@@ -219,7 +219,10 @@ def test_memory_pool_stays_separate_without_rmm(monkeypatch):
     from rca_gpu.device import MEMORY_POOL_ENV, share_memory_pool
 
     monkeypatch.setenv(MEMORY_POOL_ENV, "0")
+    share_memory_pool.cache_clear()
     assert share_memory_pool() == f"memory pools: separate ({MEMORY_POOL_ENV}=0)"
     monkeypatch.delenv(MEMORY_POOL_ENV)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "rmm" else object())
+    share_memory_pool.cache_clear()
     assert share_memory_pool() == "memory pools: separate (RMM is not installed)"
+    share_memory_pool.cache_clear()
