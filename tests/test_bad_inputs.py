@@ -553,3 +553,192 @@ def test_known_architectures_are_the_benchmark_factories():
     for name, target in KNOWN_ARCHITECTURES.items():
         module, _, factory = target.partition(":")
         assert module == "rca_gpu.datasets.models" and callable(getattr(models, factory)) and factory == name
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 5: pipeline strings. Refused with the parameter, the rule, the value and the fix, before work.
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fifty(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fifty") / "images"
+    _good_images(folder, 50, size=8)
+    return folder
+
+
+PIPELINE_ERRORS = [
+    # (pipeline, folder: 20 or 50 images, fragments of the one error line)
+    ("pixels+pca+kmeans(k=1000)", 50, ["'k' parameter of clusterer 'kmeans' must be an int in [2, 49] with 50",
+                                        "Got 1000"]),
+    ("pixels+pca+ward(k=1000)", 50, ["'k' parameter of clusterer 'ward' must be an int in [2, 49]", "Got 1000"]),
+    ("pixels+pca+dbscan(min_samples=40)", 20, ["'min_samples'", "[1, 19] with 20", "Got 40"]),
+    ("pixels+pca+hdbscan(min_cluster_size=100)", 20, ["'min_cluster_size'", "[2, 20] with 20", "Got 100"]),
+    ("pixels+pca(n_components=30)+kmeans", 20, ["'n_components' parameter of reducer 'pca'", "Got 30"]),
+    ("pixels+umap(n_components=30)+dbscan", 20, ["'n_components' parameter of reducer 'umap'", "[1, 18] with 20"]),
+    ("pixels+umap(n_neighbors=50)+dbscan", 20, ["'n_neighbors'", "[2, 19] with 20", "Got 50"]),
+    ("pixels+pca+dbscan(eps=inf)", 20, ["'eps' parameter of clusterer 'dbscan' must be a finite number > 0",
+                                         "Got inf", "leave it out"]),
+    ("pixels+pca+dbscan(eps=nan)", 20, ["must be a finite number > 0", "Got nan"]),
+    ("pixels+pca+dbscan(eps=-1)", 20, ["must be a finite number > 0", "Got -1.0"]),
+    ("pixels+pca+kmeans(k=3,k=5)", 20, ["'k' of kmeans is given twice (k=3, k=5)", "Keep one"]),
+    ("pixels+pca+kmeans(k=2.5)", 20, ["'k' parameter of clusterer 'kmeans' must be an int >= 2", "Got 2.5"]),
+    ("pixels+pca+kmeans(k=true)", 20, ["must be an int >= 2", "Got True"]),
+    ("pixels+pca+kmeans(k=)", 20, ["must be an int >= 2", "Got ''"]),
+    ("pixels(image_size=6000)+pca+kmeans", 20, ["'image_size' parameter of extractor 'pixels' must be an int in "
+                                                "[1, 512]", "Got 6000"]),
+    ("mobilenet_v2(image_size=8)+pca+kmeans", 20, ["'image_size'", "[32, 1024]", "Got 8"]),
+    ("ae(image_size=20)+pca+kmeans", 20, ["'image_size' parameter of extractor 'ae' must be an int among 16, 24"]),
+    ("pixels+umap(min_dist=2)+dbscan", 20, ["'min_dist'", "in [0, 1]", "Got 2"]),
+    ("pixels+pca(n_components=2+kmeans", 20, ["'(' at position 11 that is never closed"]),
+    ("pixels+pca)+kmeans", 20, ["')' at position 11 that closes nothing"]),
+    ("pixels+pca+kmeans((k=3))", 20, ["opens a parenthesis inside another"]),
+    ("pixels+pca", 20, ["has 2 stage(s)"]),
+    ("pixels+pca+kmeans+ward", 20, ["has 4 stage(s)"]),
+    ("alexnet+pca+kmeans", 20, ["Unknown feature extractor 'alexnet'", "rca-gpu pipelines"]),
+    ("pixels+tsne+kmeans", 20, ["Unknown reducer 'tsne'"]),
+    ("pixels+pca+kmeans(clusters=3)", 20, ["has no parameter 'clusters'", "It accepts: k"]),
+    ("pixels@conv1+pca+kmeans", 20, ["has no layers"]),
+    ("pixels+pca+kmeans(k)", 20, ["write key=value"]),
+    ("pixels+pca+dbscan(eps=1e400)", 20, ["Got inf"]),
+    ("lrp+pca+kmeans", 20, ["'lrp' extractor needs the DNN under test", "--model"]),
+    ("", 20, ["The pipeline is empty"]),
+]
+
+
+@pytest.mark.parametrize("pipeline, n, fragments", PIPELINE_ERRORS, ids=[c[0] or "<empty>" for c in PIPELINE_ERRORS])
+def test_bad_pipeline_is_one_line_before_work(small_data, fifty, tmp_path, pipeline, n, fragments):
+    folder = fifty if n == 50 else small_data
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", pipeline, *QUICK])
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+def test_a_value_the_user_set_is_what_runs(small_data, tmp_path):
+    """min_samples=19 on 20 images runs as 19 (it used to become 5 with eps 0.5), and run.json says so."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p",
+                                 "pixels(image_size=8)+pca(n_components=2)+dbscan(min_samples=19)", *QUICK])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert "min_samples=19" in info["resolved_pipeline"]
+    assert info["tuning"]["chosen"]["cluster"]["min_samples"] == 19
+
+
+def test_resolved_pipeline_records_the_umap_settings_that_ran(tmp_path):
+    """On 8 images UMAP can use at most 6 components; the automatic grid's 10 is recorded as what ran."""
+    from rca_gpu.data.sources import from_arrays
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    images = np.stack([np.full((8, 8), 20 * i, np.uint8) for i in range(8)])
+    spec = build_run_spec(pipeline="pixels(image_size=8)+umap+kmeans(k=2)", device="cpu", workers=0)
+    result = run(spec, from_arrays(images), tmp_path / "out")
+    components = [t["reduce"]["n_components"] for t in result.run_info["tuning"]["trials"]]
+    assert max(components) <= 6
+    assert "n_components=10" not in result.run_info["resolved_pipeline"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 6: options. Typer's own usage errors and rca_gpu's checks print the same one line, exit 2.
+# --------------------------------------------------------------------------------------------------
+
+OPTION_ERRORS = [
+    (["--seed", "abc"], ["Invalid value for '--seed'", "--help"]),
+    (["--device", "tpu"], ["Invalid value for '--device'", "'tpu'"]),
+    (["--precision", "fp8"], ["Invalid value for '--precision'"]),
+    (["--knn-backend", "nope"], ["Invalid value for '--knn-backend'"]),
+    (["--bogus"], ["No such option: --bogus"]),
+    (["--batch-size", "0"], ["'batch_size' option must be an int in [1, 4096]", "Got 0", "--batch-size"]),
+    (["--batch-size", "100000"], ["'batch_size' option must be an int in [1, 4096]", "Got 100000"]),
+    (["--workers", "-1"], ["'workers' option must be an int in [0, 64]", "Got -1"]),
+    (["--workers", "1000"], ["'workers' option must be an int in [0, 64]"]),
+    (["--seed", "-1"], ["'seed' option must be an int in [0, 4294967295]", "Got -1"]),
+    (["--seed", str(2**40)], ["'seed' option must be an int in [0, 4294967295]"]),
+    (["--knn-backend", "cuml"], ["--knn-backend option 'cuml' needs cuML on a CUDA GPU", "--knn-backend auto"]),
+    (["--model", "missing.pt", "-p", "dut+pca+kmeans"], ["--model file", "missing.pt", "does not exist"]),
+    (["--model", "pkg.mod:factory=missing.pt", "-p", "dut+pca+kmeans"], ["--model file", "missing.pt"]),
+    (["--model", "{folder}", "-p", "dut+pca+kmeans"], ["is a folder, not a model file"]),
+    (["--model", ""], ["'model' option must be a non-empty string"]),
+    (["--image-root", "{folder}/nope"], ["--image-root folder", "does not exist"]),
+    (["--config", "{folder}"], ["config file", "is a folder"]),
+    (["--config", "{folder}/missing.toml"], ["config file", "does not exist"]),
+    (["--weights", "", "-p", "mobilenet_v2+pca+kmeans"], ["'weights' parameter of extractor 'mobilenet_v2' must be "
+                                                          "a non-empty string"]),
+]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("cuml") is not None, reason="cuML is installed here")
+@pytest.mark.parametrize("extra, fragments", OPTION_ERRORS, ids=[" ".join(c[0]) for c in OPTION_ERRORS])
+def test_bad_option_is_one_line_before_work(small_data, tmp_path, extra, fragments):
+    out = tmp_path / "out"
+    extra = [e.format(folder=small_data) for e in extra]
+    pipeline = [] if "-p" in extra else ["-p", PIXELS]
+    device = [] if "--device" in extra else ["--device", "cpu"]
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), *pipeline, *extra, *device, "--quiet"])
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run"], "Missing argument 'source'"),
+    (["evaluate"], "Missing argument 'RUN_DIR'"),
+    (["datasets", "make", "nope", "--out", "x"], "'nope' is not one of"),
+    (["nonsense"], "No such command 'nonsense'"),
+])
+def test_typer_usage_errors_are_one_line(argv, fragment):
+    _one_line_error(runner.invoke(app, argv), fragment)
+
+
+def test_usage_error_from_the_installed_entry_point_is_one_line():
+    """The real entry point in a fresh process (not the test runner): one line on stderr, exit 2."""
+    done = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "run", ".", "--out", "x", "--seed", "abc"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: Invalid value for '--seed'")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 7: config files (--config). Every key and value checked; the file itself read safely.
+# --------------------------------------------------------------------------------------------------
+
+CONFIG_ERRORS = [
+    ('features = "pixels"', ["config key 'features' must be a table [features]", "pipeline ="]),
+    ("image_root = 5", ["'image_root' option must be a non-empty string", "Got 5"]),
+    ('cache_features = "false"', ["'cache_features' option must be true or false", "without quotes: false"]),
+    ('plot_embedding = "yes"', ["'plot_embedding' option must be true or false"]),
+    ("seed = 1.5", ["'seed' option must be an int", "Got 1.5"]),
+    ('seed = "7"', ["'seed' option must be an int", "Got '7'"]),
+    ("pipeline = 5", ["pipeline must be a string"]),
+    ('device = "tpu"', ["'device' option must be one of 'auto', 'cpu', 'gpu'"]),
+    ("colour = 1", ["Unknown config key(s) 'colour'"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = "3"', ["'k' parameter of clusterer 'kmeans' must be an int"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = 3\nk = 5', ["not valid TOML", "Cannot overwrite a value"]),
+    ('pipeline = "pixels+pca+kmeans"\n[reduce.inner]\nx = 1', ["reducer 'pca' has no parameter 'inner'"]),
+    ('pipeline = "mobilenet_v2+pca+kmeans"\n[features]\nlayer = 5', ["layer of extractor 'mobilenet_v2' must be"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = 1000', ["'k' parameter of clusterer 'kmeans' must be an int in "
+                                                              "[2, 19] with 20"]),
+    ("pipeline = [", ["not valid TOML"]),
+    ("seed = 3\n\x00", ["not valid TOML"]),
+]
+
+
+@pytest.mark.parametrize("text, fragments", CONFIG_ERRORS, ids=[c[0].splitlines()[-1] for c in CONFIG_ERRORS])
+def test_bad_config_is_one_line_before_work(small_data, tmp_path, text, fragments):
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    pipeline = [] if "pipeline" in text else ["-p", PIXELS]
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "--config", str(config), *pipeline,
+                                 "--workers", "0", "--quiet"])  # no --device: the config's own must be checked
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+def test_config_with_a_latin1_byte_is_one_line(small_data, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_bytes('seed = 1\n# réglages\n'.encode("latin-1"))
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(tmp_path / "o"), "--config", str(config),
+                                 *QUICK])
+    _one_line_error(result, "is not UTF-8 text: byte 0xe9 on line 2", "save it as UTF-8")
