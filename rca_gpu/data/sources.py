@@ -208,7 +208,7 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            arrow = pq.read_table(path)
+            arrow = pq.ParquetFile(path).read()  # not read_table: its dataset layer refuses repeated names
             names = arrow.column_names
             if len(set(names)) == len(names):
                 return arrow.to_pandas(), dict(arrow.schema.metadata or {})
