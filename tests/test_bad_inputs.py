@@ -553,3 +553,484 @@ def test_known_architectures_are_the_benchmark_factories():
     for name, target in KNOWN_ARCHITECTURES.items():
         module, _, factory = target.partition(":")
         assert module == "rca_gpu.datasets.models" and callable(getattr(models, factory)) and factory == name
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 5: pipeline strings. Refused with the parameter, the rule, the value and the fix, before work.
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fifty(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fifty") / "images"
+    _good_images(folder, 50, size=8)
+    return folder
+
+
+PIPELINE_ERRORS = [
+    # (pipeline, folder: 20 or 50 images, fragments of the one error line)
+    ("pixels+pca+kmeans(k=1000)", 50, ["'k' parameter of clusterer 'kmeans' must be an int in [2, 49] with 50",
+                                        "Got 1000"]),
+    ("pixels+pca+ward(k=1000)", 50, ["'k' parameter of clusterer 'ward' must be an int in [2, 49]", "Got 1000"]),
+    ("pixels+pca+dbscan(min_samples=40)", 20, ["'min_samples'", "[1, 19] with 20", "Got 40"]),
+    ("pixels+pca+hdbscan(min_cluster_size=100)", 20, ["'min_cluster_size'", "[2, 20] with 20", "Got 100"]),
+    ("pixels+pca(n_components=30)+kmeans", 20, ["'n_components' parameter of reducer 'pca'", "Got 30"]),
+    ("pixels+umap(n_components=30)+dbscan", 20, ["'n_components' parameter of reducer 'umap'", "[1, 18] with 20"]),
+    ("pixels+umap(n_neighbors=50)+dbscan", 20, ["'n_neighbors'", "[2, 19] with 20", "Got 50"]),
+    ("pixels+pca+dbscan(eps=inf)", 20, ["'eps' parameter of clusterer 'dbscan' must be a finite number > 0",
+                                         "Got inf", "leave it out"]),
+    ("pixels+pca+dbscan(eps=nan)", 20, ["must be a finite number > 0", "Got nan"]),
+    ("pixels+pca+dbscan(eps=-1)", 20, ["must be a finite number > 0", "Got -1.0"]),
+    ("pixels+pca+kmeans(k=3,k=5)", 20, ["'k' of kmeans is given twice (k=3, k=5)", "Keep one"]),
+    ("pixels+pca+kmeans(k=2.5)", 20, ["'k' parameter of clusterer 'kmeans' must be an int >= 2", "Got 2.5"]),
+    ("pixels+pca+kmeans(k=true)", 20, ["must be an int >= 2", "Got True"]),
+    ("pixels+pca+kmeans(k=)", 20, ["must be an int >= 2", "Got ''"]),
+    ("pixels(image_size=6000)+pca+kmeans", 20, ["'image_size' parameter of extractor 'pixels' must be an int in "
+                                                "[1, 512]", "Got 6000"]),
+    ("mobilenet_v2(image_size=8)+pca+kmeans", 20, ["'image_size'", "[32, 1024]", "Got 8"]),
+    ("ae(image_size=20)+pca+kmeans", 20, ["'image_size' parameter of extractor 'ae' must be an int among 16, 24"]),
+    ("pixels+umap(min_dist=2)+dbscan", 20, ["'min_dist'", "in [0, 1]", "Got 2"]),
+    ("pixels+pca(n_components=2+kmeans", 20, ["'(' at position 11 that is never closed"]),
+    ("pixels+pca)+kmeans", 20, ["')' at position 11 that closes nothing"]),
+    ("pixels+pca+kmeans((k=3))", 20, ["opens a parenthesis inside another"]),
+    ("pixels+pca", 20, ["has 2 stage(s)"]),
+    ("pixels+pca+kmeans+ward", 20, ["has 4 stage(s)"]),
+    ("alexnet+pca+kmeans", 20, ["Unknown feature extractor 'alexnet'", "rca-gpu pipelines"]),
+    ("pixels+tsne+kmeans", 20, ["Unknown reducer 'tsne'"]),
+    ("pixels+pca+kmeans(clusters=3)", 20, ["has no parameter 'clusters'", "It accepts: k"]),
+    ("pixels@conv1+pca+kmeans", 20, ["has no layers"]),
+    ("pixels+pca+kmeans(k)", 20, ["write key=value"]),
+    ("pixels+pca+dbscan(eps=1e400)", 20, ["Got inf"]),
+    ("lrp+pca+kmeans", 20, ["'lrp' extractor needs the DNN under test", "--model"]),
+    ("", 20, ["The pipeline is empty"]),
+]
+
+
+@pytest.mark.parametrize("pipeline, n, fragments", PIPELINE_ERRORS, ids=[c[0] or "<empty>" for c in PIPELINE_ERRORS])
+def test_bad_pipeline_is_one_line_before_work(small_data, fifty, tmp_path, pipeline, n, fragments):
+    folder = fifty if n == 50 else small_data
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", pipeline, *QUICK])
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+def test_a_value_the_user_set_is_what_runs(small_data, tmp_path):
+    """min_samples=19 on 20 images runs as 19 (it used to become 5 with eps 0.5), and run.json says so."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p",
+                                 "pixels(image_size=8)+pca(n_components=2)+dbscan(min_samples=19)", *QUICK])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert "min_samples=19" in info["resolved_pipeline"]
+    assert info["tuning"]["chosen"]["cluster"]["min_samples"] == 19
+
+
+def test_resolved_pipeline_records_the_umap_settings_that_ran(tmp_path):
+    """On 8 images UMAP can use at most 6 components; the automatic grid's 10 is recorded as what ran."""
+    from rca_gpu.data.sources import from_arrays
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    images = np.stack([np.full((8, 8), 20 * i, np.uint8) for i in range(8)])
+    spec = build_run_spec(pipeline="pixels(image_size=8)+umap+kmeans(k=2)", device="cpu", workers=0)
+    result = run(spec, from_arrays(images), tmp_path / "out")
+    components = [t["reduce"]["n_components"] for t in result.run_info["tuning"]["trials"]]
+    assert max(components) <= 6
+    assert "n_components=10" not in result.run_info["resolved_pipeline"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 6: options. Typer's own usage errors and rca_gpu's checks print the same one line, exit 2.
+# --------------------------------------------------------------------------------------------------
+
+OPTION_ERRORS = [
+    (["--seed", "abc"], ["Invalid value for '--seed'", "--help"]),
+    (["--device", "tpu"], ["Invalid value for '--device'", "'tpu'"]),
+    (["--precision", "fp8"], ["Invalid value for '--precision'"]),
+    (["--knn-backend", "nope"], ["Invalid value for '--knn-backend'"]),
+    (["--bogus"], ["No such option: --bogus"]),
+    (["--batch-size", "0"], ["'batch_size' option must be an int in [1, 4096]", "Got 0", "--batch-size"]),
+    (["--batch-size", "100000"], ["'batch_size' option must be an int in [1, 4096]", "Got 100000"]),
+    (["--workers", "-1"], ["'workers' option must be an int in [0, 64]", "Got -1"]),
+    (["--workers", "1000"], ["'workers' option must be an int in [0, 64]"]),
+    (["--seed", "-1"], ["'seed' option must be an int in [0, 4294967295]", "Got -1"]),
+    (["--seed", str(2**40)], ["'seed' option must be an int in [0, 4294967295]"]),
+    (["--knn-backend", "cuml"], ["--knn-backend option 'cuml' needs cuML on a CUDA GPU", "--knn-backend auto"]),
+    (["--model", "missing.pt", "-p", "dut+pca+kmeans"], ["--model file", "missing.pt", "does not exist"]),
+    (["--model", "pkg.mod:factory=missing.pt", "-p", "dut+pca+kmeans"], ["--model file", "missing.pt"]),
+    (["--model", "{folder}", "-p", "dut+pca+kmeans"], ["is a folder, not a model file"]),
+    (["--model", ""], ["'model' option must be a non-empty string"]),
+    (["--image-root", "{folder}/nope"], ["--image-root folder", "does not exist"]),
+    (["--config", "{folder}"], ["config file", "is a folder"]),
+    (["--config", "{folder}/missing.toml"], ["config file", "does not exist"]),
+    (["--weights", "", "-p", "mobilenet_v2+pca+kmeans"], ["'weights' parameter of extractor 'mobilenet_v2' must be "
+                                                          "a non-empty string"]),
+]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("cuml") is not None, reason="cuML is installed here")
+@pytest.mark.parametrize("extra, fragments", OPTION_ERRORS, ids=[" ".join(c[0]) for c in OPTION_ERRORS])
+def test_bad_option_is_one_line_before_work(small_data, tmp_path, extra, fragments):
+    out = tmp_path / "out"
+    extra = [e.format(folder=small_data) for e in extra]
+    pipeline = [] if "-p" in extra else ["-p", PIXELS]
+    device = [] if "--device" in extra else ["--device", "cpu"]
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), *pipeline, *extra, *device, "--quiet"])
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run"], "Missing argument 'source'"),
+    (["evaluate"], "Missing argument 'RUN_DIR'"),
+    (["datasets", "make", "nope", "--out", "x"], "'nope' is not one of"),
+    (["nonsense"], "No such command 'nonsense'"),
+])
+def test_typer_usage_errors_are_one_line(argv, fragment):
+    _one_line_error(runner.invoke(app, argv), fragment)
+
+
+def test_usage_error_from_the_installed_entry_point_is_one_line():
+    """The real entry point in a fresh process (not the test runner): one line on stderr, exit 2."""
+    done = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "run", ".", "--out", "x", "--seed", "abc"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: Invalid value for '--seed'")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 7: config files (--config). Every key and value checked; the file itself read safely.
+# --------------------------------------------------------------------------------------------------
+
+CONFIG_ERRORS = [
+    ('features = "pixels"', ["config key 'features' must be a table [features]", "pipeline ="]),
+    ("image_root = 5", ["'image_root' option must be a non-empty string", "Got 5"]),
+    ('cache_features = "false"', ["'cache_features' option must be true or false", "without quotes: false"]),
+    ('plot_embedding = "yes"', ["'plot_embedding' option must be true or false"]),
+    ("seed = 1.5", ["'seed' option must be an int", "Got 1.5"]),
+    ('seed = "7"', ["'seed' option must be an int", "Got '7'"]),
+    ("pipeline = 5", ["pipeline must be a string"]),
+    ('device = "tpu"', ["'device' option must be one of 'auto', 'cpu', 'gpu'"]),
+    ("colour = 1", ["Unknown config key(s) 'colour'"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = "3"', ["'k' parameter of clusterer 'kmeans' must be an int"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = 3\nk = 5', ["not valid TOML", "Cannot overwrite a value"]),
+    ('pipeline = "pixels+pca+kmeans"\n[reduce.inner]\nx = 1', ["reducer 'pca' has no parameter 'inner'"]),
+    ('pipeline = "mobilenet_v2+pca+kmeans"\n[features]\nlayer = 5', ["layer of extractor 'mobilenet_v2' must be"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = 1000', ["'k' parameter of clusterer 'kmeans' must be an int in "
+                                                              "[2, 19] with 20"]),
+    ("pipeline = [", ["not valid TOML"]),
+    ("seed = 3\n\x00", ["not valid TOML"]),
+]
+
+
+@pytest.mark.parametrize("text, fragments", CONFIG_ERRORS, ids=[c[0].splitlines()[-1] for c in CONFIG_ERRORS])
+def test_bad_config_is_one_line_before_work(small_data, tmp_path, text, fragments):
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    pipeline = [] if "pipeline" in text else ["-p", PIXELS]
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "--config", str(config), *pipeline,
+                                 "--workers", "0", "--quiet"])  # no --device: the config's own must be checked
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+def test_config_with_a_latin1_byte_is_one_line(small_data, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_bytes('seed = 1\n# réglages\n'.encode("latin-1"))
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(tmp_path / "o"), "--config", str(config),
+                                 *QUICK])
+    _one_line_error(result, "is not UTF-8 text: byte 0xe9 on line 2", "save it as UTF-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 8: output folders. Checked before work; a folder never mixes two runs.
+# --------------------------------------------------------------------------------------------------
+
+def _read_only(monkeypatch):
+    """Make every write probe fail as on a read-only mount (EROFS): the tests run as root, which ignores
+    permission bits, and cannot mount file systems."""
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
+def _file(path: Path) -> Path:
+    path.write_text("x")
+    return path
+
+
+OUT_ERRORS = [
+    ("an existing file", lambda tmp, mp: str(_file(tmp / "f")), "is an existing file"),
+    ("the empty string", lambda tmp, mp: "", "The --out option is empty"),
+    ("only spaces", lambda tmp, mp: "  ", "The --out option is empty"),
+    ("below a file", lambda tmp, mp: str(_file(tmp / "f") / "run"), "is a file"),
+    ("not writable (sysfs)", lambda tmp, mp: "/sys/rca-gpu-out", "Cannot write into the --out folder"),
+    ("on a read-only file system", lambda tmp, mp: _read_only(mp) or str(tmp / "ro"), "the file system is read-only"),
+]
+
+
+@pytest.mark.parametrize("case, make, fragment", OUT_ERRORS, ids=[c[0] for c in OUT_ERRORS])
+def test_bad_out_folder_is_one_line_before_work(small_data, tmp_path, monkeypatch, case, make, fragment):
+    if case.startswith("not writable") and (not Path("/sys").is_dir() or os.access("/sys", os.W_OK)
+                                            and os.geteuid() != 0):
+        pytest.skip("needs a sysfs mount that refuses new files")
+    out = make(tmp_path, monkeypatch)
+    result = runner.invoke(app, ["run", str(small_data), "--out", out, "-p", PIXELS, *QUICK])
+    _one_line_error(result, fragment)
+    assert not (tmp_path / "ro").exists()
+
+
+def _run_into(source: Path, out: Path, pipeline: str = PIXELS):
+    result = runner.invoke(app, ["run", str(source), "--out", str(out), "-p", pipeline, *QUICK])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def caused(tmp_path_factory) -> Path:
+    """A manifest with root causes (so runs write metrics.json and per_cause.csv) and one without."""
+    data = tmp_path_factory.mktemp("caused") / "data"
+    _good_images(data, 12)
+    names = [f"good_{i:03d}.png" for i in range(12)]
+    pd.DataFrame({"path": names, "root_cause": ["top" if i % 2 else "bottom" for i in range(12)]}).to_csv(
+        data / "with_causes.csv", index=False)
+    pd.DataFrame({"path": names}).to_csv(data / "without_causes.csv", index=False)
+    return data
+
+
+def test_a_rerun_leaves_no_file_of_the_earlier_run(caused, tmp_path):
+    out = tmp_path / "out"
+    _run_into(caused / "with_causes.csv", out)
+    assert (out / "metrics.json").is_file() and (out / "per_cause.csv").is_file()
+    (out / "notes.txt").write_text("mine")  # not a run's file: kept
+    _run_into(caused / "without_causes.csv", out)
+    assert not (out / "metrics.json").exists() and not (out / "per_cause.csv").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    from rca_gpu.runfolder import open_run
+
+    folder = open_run(out)
+    folder.clusters(), folder.embedding()  # every file belongs to the new run
+
+
+def test_a_run_killed_after_writing_clusters_is_not_read_as_finished(caused, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _run_into(caused / "with_causes.csv", out)
+    from rca_gpu import outputs
+
+    real = outputs.write_parquet
+
+    def die_after_clusters(path, frame, **kwargs):
+        real(path, frame, **kwargs)
+        if Path(path).name == "clusters.parquet":
+            raise KeyboardInterrupt  # the process is stopped right after clusters.parquet is written
+
+    monkeypatch.setattr(outputs, "write_parquet", die_after_clusters)
+    result = runner.invoke(app, ["run", str(caused / "with_causes.csv"), "--out", str(out), "-p", PIXELS, *QUICK])
+    assert result.exit_code == 130
+    monkeypatch.undo()
+    assert not (out / "run.json").exists()
+    _one_line_error(runner.invoke(app, ["evaluate", str(out)]), "holds no run.json, so it is not a finished run")
+
+
+def test_too_few_usable_images_still_write_every_reason(tmp_path):
+    folder = tmp_path / "images"
+    _good_images(folder, 2)
+    for i in range(3):
+        (folder / f"bad_{i}.png").write_text("no")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", PIXELS, *QUICK])
+    _one_line_error(result, "needs at least 3 usable images; there are 2 usable images", "clusters.parquet")
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(clusters) == 5 and (clusters["status"] == "rejected").all()
+    assert clusters["reason"].str.contains("not a readable image").sum() == 3
+    assert clusters["reason"].str.contains("not clustered: the run stopped").sum() == 2
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "needs at least 3" in info["error"]
+    _one_line_error(runner.invoke(app, ["evaluate", str(out)]), "failed", "clusters.parquet lists every row")
+
+
+def test_evaluate_refuses_a_folder_that_mixes_two_runs(caused, tmp_path):
+    import shutil
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    _run_into(caused / "with_causes.csv", first)
+    _run_into(caused / "with_causes.csv", second)
+    shutil.copy(second / "clusters.parquet", first / "clusters.parquet")
+    _one_line_error(runner.invoke(app, ["evaluate", str(first)]), "mixes files of different runs")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 9: interruptions. Shards bounded by rows and by time; a killed extraction resumes.
+# --------------------------------------------------------------------------------------------------
+
+SLOW_RUN = textwrap.dedent("""
+    import sys, time
+    import rca_gpu.features.extract as extract
+    from rca_gpu.features import pixels
+    extract.SHARD_ROWS = 20  # small shards, so that a kill lands between them
+    encode = pixels.PixelExtractor.encode
+    def slow(self, images):
+        time.sleep(0.15)
+        return encode(self, images)
+    pixels.PixelExtractor.encode = slow
+    from rca_gpu.cli import main
+    sys.argv = ["rca-gpu", "run", *sys.argv[1:]]
+    main()
+""")
+
+
+def _shard_positions(cache: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    found = []
+    for shard in sorted(cache.rglob("part-*.parquet")):
+        found.extend(pq.read_table(shard, columns=["position"]).column("position").to_pylist())
+    return found
+
+
+def test_an_extraction_killed_with_sigkill_resumes_from_its_finished_shards(tmp_path):
+    folder = tmp_path / "images"
+    _good_images(folder, 200, size=8)
+    out = tmp_path / "out"
+    args = [str(folder), "--out", str(out), "-p", PIXELS, "--device", "cpu", "--workers", "0", "--batch-size",
+            "10", "--quiet"]
+    script = tmp_path / "slow_run.py"
+    script.write_text(SLOW_RUN)
+    process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        while len(list(out.glob("cache/*/part-*.parquet"))) < 3:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no shard appeared"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert not (out / "run.json").exists()
+    before = _shard_positions(out / "cache")
+    assert 60 <= len(before) < 200, "killed between shards, before the end"
+
+    result = runner.invoke(app, ["run", *args])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["features"]["from_cache"] == len(before)  # the finished shards were reused
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(clusters) == 200 and clusters["id"].is_unique and (clusters["status"] != "rejected").all()
+    after = _shard_positions(out / "cache")
+    assert sorted(after) == list(range(200))  # no row lost, none extracted twice
+
+
+def test_shards_are_bounded_by_time(small_data, tmp_path, monkeypatch):
+    import rca_gpu.features.extract as extract
+
+    monkeypatch.setattr(extract, "SHARD_SECONDS", 0.0)  # every batch is older than the bound
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", PIXELS, "--batch-size", "5",
+                                 *QUICK])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("cache/*/part-*.parquet"))) == 4  # 20 images in batches of 5
+
+
+def test_a_half_written_or_corrupt_shard_is_recomputed(small_data, tmp_path):
+    out = tmp_path / "out"
+    _run_into(small_data, out)
+    shard = next(out.glob("cache/*/part-*.parquet"))
+    (shard.parent / "part-000009.tmp").write_bytes(b"half")  # a write cut short
+    shard.write_bytes(b"PAR1 garbage")
+    result = _run_into(small_data, out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["counts"]["usable"] == 20 and info["features"]["from_cache"] == 0
+    assert not list(out.glob("cache/*/*.tmp")) and result.exit_code == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 10: models and features. A DNN under test that outputs NaN costs only its rows.
+# --------------------------------------------------------------------------------------------------
+
+NAN_DUT = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Log(nn.Module):
+        def forward(self, x):
+            return torch.log(x)  # NaN where x < 0: dark images
+
+    def build():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), Log(), nn.Linear(4, 2))
+        with torch.no_grad():
+            model[1].weight.fill_(1 / 64)
+            model[1].bias.fill_(-0.5)
+        model.input_shape = (1, 8, 8)
+        model.classes = ["a", "b"]
+        return model
+""")
+
+
+def test_non_finite_features_reject_only_their_rows(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "rca_nan_dut.py").write_text(NAN_DUT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("rca_nan_dut", None)
+    import rca_nan_dut
+
+    torch.save(rca_nan_dut.build().state_dict(), tmp_path / "w.pt")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 40 if i < 3 else 220, np.uint8)).save(folder / f"{i:02d}.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", "dut+pca(n_components=2)+kmeans(k=2)",
+                                 "--model", f"rca_nan_dut:build={tmp_path / 'w.pt'}", *QUICK])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    rejected = clusters[clusters["status"] == "rejected"]
+    assert len(clusters) == 12 and len(rejected) == 3
+    assert rejected["reason"].str.startswith("features not finite (NaN or inf) from dut").all()
+
+
+def test_drop_nonfinite_rows_on_numpy_and_torch():
+    import torch
+
+    from rca_gpu.features.extract import drop_nonfinite_rows
+
+    matrix = np.array([[1.0, 2.0], [np.nan, 0.0], [0.0, np.inf], [3.0, 4.0]], dtype=np.float32)
+    for data in (matrix, torch.from_numpy(matrix)):
+        rejected: dict[int, str] = {}
+        kept, positions = drop_nonfinite_rows(data, np.array([10, 11, 12, 13]), rejected, source="embeddings")
+        assert positions.tolist() == [10, 13] and np.asarray(kept).tolist() == [[1, 2], [3, 4]]
+        assert rejected == {11: "features not finite (NaN or inf) from embeddings",
+                            12: "features not finite (NaN or inf) from embeddings"}
+
+
+MODEL_ERRORS = [
+    ("a pickled whole model", "pickled", "unpickling runs arbitrary code"),
+    ("weights without the code", "state_dict", "holds only weights (a state_dict)"),
+    ("a text file", "text", "is not a model file rca_gpu can read"),
+]
+
+
+@pytest.mark.parametrize("case, kind, fragment", MODEL_ERRORS, ids=[c[0] for c in MODEL_ERRORS])
+def test_a_model_file_that_cannot_be_loaded_safely_is_one_line(small_data, tmp_path, case, kind, fragment):
+    import torch
+
+    path = tmp_path / "model.pt"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    if kind == "pickled":
+        torch.save(model, path)
+    elif kind == "state_dict":
+        torch.save(model.state_dict(), path)
+    else:
+        path.write_text("hello")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", "dut+pca+kmeans", "--model",
+                                 str(path), *QUICK])
+    _one_line_error(result, fragment)
