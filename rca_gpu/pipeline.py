@@ -47,6 +47,8 @@ class RunResult:
     run_info: dict[str, Any]
     metrics: dict[str, Any] | None = None
     metrics_table: pd.DataFrame | None = None  # per root cause, when root causes are known
+    explanations: pd.DataFrame | None = None  # explanations.parquet: rules per cluster
+    report: Path | None = None  # report.html, when written
 
     @property
     def n_clusters(self) -> int:
@@ -194,11 +196,17 @@ def embedding_table(failures: FailureSet, features, labels: np.ndarray, plot: np
     return frame
 
 
-def cluster_summary(clusters: pd.DataFrame) -> pd.DataFrame:
-    """Per cluster: size and its most common labels / root causes (what the demo prints)."""
+def cluster_summary(clusters: pd.DataFrame, explanations: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cluster: size, its top explanation (when ``explanations`` is given) and its most common labels /
+    root causes (what the demo prints)."""
+    from rca_gpu.report.explain import top_explanations
+
+    tops = top_explanations(explanations)
     rows = []
     for label, group in clusters[clusters["status"] != "rejected"].groupby("cluster", sort=True):
         row = {"cluster": int(label), "size": len(group)}
+        if explanations is not None:
+            row["explanation"] = tops.get(int(label), "")
         for column in ("root_cause", "label", "prediction", "folder"):
             if column in group.columns:
                 counts = group[column].astype(str).value_counts()
@@ -219,9 +227,11 @@ def run(
     *,
     reporter: Reporter | None = None,
     cache_dir: str | Path | None = None,
+    report: bool = True,
 ) -> RunResult:
-    """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, run.json (and
-    metrics.json when root causes are known) to ``out``."""
+    """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, explanations.parquet,
+    run.json (and metrics.json when root causes are known) to ``out``, then report.html unless ``report`` is
+    False."""
     reporter = reporter or Reporter(enabled=False)
     timer = Timer()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -244,8 +254,25 @@ def run(
     t = time.perf_counter()
     graph = feature_graph(features, spec, spec.pipeline.reduce, device)
     timer.add("knn", t)
-    return cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
-                             started_at=started_at)
+    result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
+                               started_at=started_at)
+    if report:
+        result.report = write_report(result, failures)
+    return result
+
+
+def write_report(result: RunResult, failures: FailureSet) -> Path | None:
+    """report.html of a finished run. A failure is logged, not raised: the run itself is complete."""
+    from rca_gpu.report.build import build_report
+
+    images = failures.images
+    loader = (lambda position: images[position]) if images is not None else None
+    try:
+        return build_report(result.out, loader=loader).path
+    except Exception as exc:  # the run's results are written; the report can be made again later
+        log.error("the report could not be written (%s: %s); the run is complete: run `rca-gpu report %s`",
+                  type(exc).__name__, exc, result.out)
+        return None
 
 
 def cluster_and_write(
@@ -294,6 +321,13 @@ def cluster_and_write(
         metrics, per_cause = evaluation.summary, evaluation.per_cause
     timer.add("write", t)
 
+    t = time.perf_counter()
+    from rca_gpu.report.explain import explain_clusters
+
+    explanations = explain_clusters(clusters, seed=spec.seed)
+    outputs.write_parquet(out / "explanations.parquet", explanations, run_id=run_id)
+    timer.add("explain", t)
+
     resolved = resolved_pipeline(spec.pipeline, features.info, selection)
     counts = {
         "input_rows": len(failures),
@@ -326,4 +360,4 @@ def cluster_and_write(
     outputs.write_json(out / "run.json", run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
              counts["rejected"], out)
-    return RunResult(out, clusters, run_info, metrics, per_cause)
+    return RunResult(out, clusters, run_info, metrics, per_cause, explanations)
