@@ -35,6 +35,7 @@ FILES_DIR = "report_files"
 EXPLANATIONS_FILE = "explanations.parquet"
 #: Points drawn on the map at most; above this a per-cluster sample is drawn and the page says so.
 MAP_POINTS = 20_000
+MAP_MIN_PER_CLUSTER = 50
 #: Medoids and border cases shown per cluster.
 REPRESENTATIVES = 8
 BORDER_CASES = 4
@@ -259,19 +260,18 @@ def _representatives(labels: np.ndarray, space: np.ndarray, positions: np.ndarra
 
 
 def _map_sample(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of the embedding rows drawn: all of them up to ``limit``, else a per-cluster sample
-    proportional to size in which every cluster keeps at least min(size, 50) points."""
+    """Indices of the embedding rows drawn: all of them up to ``limit``, else at most ``limit`` drawn per
+    cluster in proportion to size, every cluster keeping at least min(size, 50, limit / clusters) points."""
     n = len(labels)
     if n <= limit:
         return np.arange(n)
-    chosen = []
     groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
-    floor = [min(len(g), 50) for g in groups]
+    least = max(1, min(MAP_MIN_PER_CLUSTER, limit // len(groups)))
+    floor = [min(len(g), least) for g in groups]
     budget = max(limit - sum(floor), 0)
-    for group, keep in zip(groups, floor):
-        extra = int(round(budget * (len(group) - keep) / max(n - sum(floor), 1)))
-        take = min(len(group), keep + extra)
-        chosen.append(rng.choice(group, take, replace=False))
+    rest = max(n - sum(floor), 1)
+    chosen = [rng.choice(g, min(len(g), keep + budget * (len(g) - keep) // rest), replace=False)
+              for g, keep in zip(groups, floor)]
     return np.sort(np.concatenate(chosen))
 
 

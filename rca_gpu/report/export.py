@@ -7,8 +7,9 @@ Layout under the target folder::
     cluster-0/manifest.csv  cluster-0/<id>_<name>.png ...
     noise/...  rejected/...  export.json  (run id, what was exported, how)
 
-Each manifest has ``path`` relative to its own folder (so the folder is itself a valid ``rca-gpu run``
-source), ``source_path`` (the original file), then ``id``, ``cluster``, ``status``, ``reason`` and the
+Each manifest has ``path`` relative to its own folder (so a copied folder is itself a valid ``rca-gpu run``
+source; a linked one too with ``--image-root`` set to the originals' folder, since links resolve there),
+``source_path`` (the original file), then ``id``, ``cluster``, ``status``, ``reason`` and the
 metadata of ``clusters.parquet``. File names come from the data, so they are sanitised: only letters,
 digits, ``.``, ``_`` and ``-`` are kept, the image's id is prepended (names stay unique), and every target is
 checked to resolve inside the folder being written. Nothing is written outside ``--to`` and no existing
@@ -32,7 +33,7 @@ from rca_gpu.runfolder import RunFolder, open_run
 
 MODES = ("link", "copy")
 MANIFEST = "manifest.csv"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")  # "_" too, so runs collapse into one "_"
 MAX_NAME = 120
 
 
