@@ -170,7 +170,8 @@ def resolved_pipeline(spec: PipelineSpec, features_info: dict[str, Any], selecti
 
 
 def clusters_table(failures: FailureSet, features, labels: np.ndarray) -> pd.DataFrame:
-    """One row per input row: id, path, cluster, status, reason, then the pass-through metadata."""
+    """One row per input row: id, path, cluster, status, reason, the pass-through metadata, then the image
+    properties (``img_*``, see rca_gpu.data.properties) when the features were extracted from images."""
     n = len(failures)
     cluster = np.full(n, -1, dtype=np.int64)
     cluster[features.positions] = labels
@@ -182,7 +183,15 @@ def clusters_table(failures: FailureSet, features, labels: np.ndarray) -> pd.Dat
     table = failures.table
     front = pd.DataFrame({"id": table["id"], "path": table["path"], "cluster": cluster, "status": status,
                           "reason": reason})
-    return pd.concat([front, table.drop(columns=["id", "path"])], axis=1)
+    parts = [front, table.drop(columns=["id", "path"])]
+    if getattr(features, "properties", None) is not None:  # image properties, NaN for rejected rows
+        from rca_gpu.data.properties import PROPERTY_COLUMNS
+
+        values = np.full((n, len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
+        values[features.positions] = features.properties
+        names = [c for c in PROPERTY_COLUMNS if c not in table.columns]  # a manifest's own column wins
+        parts.append(pd.DataFrame(values, columns=list(PROPERTY_COLUMNS))[names])
+    return pd.concat(parts, axis=1)
 
 
 def embedding_table(failures: FailureSet, features, labels: np.ndarray, plot: np.ndarray,

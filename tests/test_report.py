@@ -274,3 +274,26 @@ def test_optional_sections_render_only_when_their_files_exist(run_dir):
         sections.EXTRA_SECTIONS.remove(section)
         sections.CLUSTER_FACTS.remove(fact)
         (run_dir / "extra_test.json").unlink(missing_ok=True)
+
+
+def test_image_properties_reach_clusters_parquet_and_survive_the_feature_cache(tmp_path):
+    from PIL import Image
+
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    images, labels = pattern_images(n_per=8, groups=3, seed=3)
+    paths = write_pngs(tmp_path / "imgs", images, labels)
+    add_bad_files(tmp_path / "imgs", paths[0])
+    spec = build_run_spec(pipeline="pixels+pca+kmeans(k=3)", device="cpu", workers=0)
+    first = run(spec, tmp_path / "imgs", tmp_path / "a", cache_dir=tmp_path / "cache", report=False)
+    second = run(spec, tmp_path / "imgs", tmp_path / "b", cache_dir=tmp_path / "cache", report=False)
+    assert second.run_info["features"]["from_cache"] == 24
+    for result in (first, second):
+        table = result.clusters.set_index(result.clusters.path.str.rsplit("/", n=1).str[-1])
+        assert list(table.columns[-len(PROPERTY_COLUMNS):]) == list(PROPERTY_COLUMNS)
+        assert table.loc[table.status == "rejected", list(PROPERTY_COLUMNS)].isna().all().all()
+        for path in paths[::5]:
+            expected = image_properties(Image.open(path).convert("RGB"))  # as the extractor reads it
+            np.testing.assert_allclose(table.loc[path.name, list(PROPERTY_COLUMNS)].to_numpy(float), expected,
+                                       rtol=1e-5)

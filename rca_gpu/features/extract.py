@@ -3,8 +3,9 @@
 Batches are decoded in DataLoader workers (pinned memory on CUDA), moved to the device without blocking,
 converted to channels_last, and encoded under ``torch.inference_mode()`` with optional bf16 autocast.
 
-Cache: with a cache folder, results are written as Parquet shards (position, reason, feature) while the
-run goes on, each shard atomically. A re-run with the same extractor, settings and files reads the shards
+Cache: with a cache folder, results are written as Parquet shards (position, reason, feature, properties)
+while the run goes on, each shard atomically. ``properties`` are the image properties of
+:mod:`rca_gpu.data.properties`, computed while decoding, so a resumed run has them for cached rows too. A re-run with the same extractor, settings and files reads the shards
 and encodes only what is missing, so an interrupted extraction of millions of images resumes where it
 stopped instead of starting over.
 """
@@ -33,7 +34,7 @@ from rca_gpu.spec import FeatureSpec
 log = logging.getLogger("rca_gpu")
 
 SHARD_ROWS = 8192
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: shards carry the image properties
 
 
 @dataclass
@@ -46,6 +47,8 @@ class Features:
     info: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     from_cache: int = 0
+    #: (n_ok, len(PROPERTY_COLUMNS)) float32, row i for ``positions[i]``; None when no image was read
+    properties: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -84,11 +87,12 @@ class _ShardStore:
         folder.mkdir(parents=True, exist_ok=True)
         self.count = len(list(folder.glob("part-*.parquet")))
 
-    def load(self) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    def load(self) -> tuple[dict[int, np.ndarray], dict[int, str], dict[int, np.ndarray]]:
         import pyarrow.parquet as pq
 
         rows: dict[int, np.ndarray] = {}
         rejected: dict[int, str] = {}
+        properties: dict[int, np.ndarray] = {}
         for shard in sorted(self.folder.glob("part-*.parquet")):
             try:
                 table = pq.read_table(shard)
@@ -104,12 +108,18 @@ class _ShardStore:
                 matrix = flat.reshape(len(good), -1)
                 for row, i in enumerate(good):
                     rows[int(positions[i])] = matrix[row]
+                if "properties" in table.column_names:
+                    flat = table.column("properties").take(good).combine_chunks().flatten()
+                    values = flat.to_numpy(zero_copy_only=False).reshape(len(good), -1)
+                    for row, i in enumerate(good):
+                        properties[int(positions[i])] = values[row]
             for i, reason in enumerate(reasons):
                 if reason is not None:
                     rejected[int(positions[i])] = reason
-        return rows, rejected
+        return rows, rejected, properties
 
-    def write(self, positions: list[int], reasons: list[str | None], features: np.ndarray | None, dims: int) -> None:
+    def write(self, positions: list[int], reasons: list[str | None], features: np.ndarray | None, dims: int,
+              properties: np.ndarray | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -120,10 +130,15 @@ class _ShardStore:
             values[good] = features
         mask = pa.array([r is not None for r in reasons])
         feature_column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dims, mask=mask)
-        table = pa.table(
-            {"position": pa.array(positions, pa.int64()), "reason": pa.array(reasons, pa.string()),
-             "feature": feature_column}
-        )
+        columns = {"position": pa.array(positions, pa.int64()), "reason": pa.array(reasons, pa.string()),
+                   "feature": feature_column}
+        if properties is not None:
+            width = properties.shape[1]
+            table_values = np.full((n, width), np.nan, dtype=np.float32)
+            table_values[good] = properties
+            columns["properties"] = pa.FixedSizeListArray.from_arrays(pa.array(table_values.reshape(-1)), width,
+                                                                      mask=mask)
+        table = pa.table(columns)
         target = self.folder / f"part-{self.count:06d}.parquet"
         tmp = target.with_suffix(".tmp")
         pq.write_table(table, tmp)
@@ -147,11 +162,12 @@ def extract_features(
     transform = extractor.transform()
     rejected: dict[int, str] = dict(failures.rejected)
     done: dict[int, np.ndarray] = {}
+    done_properties: dict[int, np.ndarray] = {}
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
         store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}")
-        done, cached_rejected = store.load()
+        done, cached_rejected, done_properties = store.load()
         rejected.update(cached_rejected)
     todo = np.array([p for p in failures.usable_positions if p not in done and p not in rejected], dtype=np.int64)
     from_cache = len(done)
@@ -161,7 +177,8 @@ def extract_features(
     device = context.device
     chunks: list[torch.Tensor] = []
     chunk_positions: list[np.ndarray] = []
-    pending: tuple[list[int], list[str | None], list[Any]] = ([], [], [])
+    chunk_properties: list[np.ndarray] = []
+    pending: tuple[list[int], list[str | None], list[Any], list[np.ndarray]] = ([], [], [], [])
     dims = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.precision == "bf16")
     grad_mode = contextlib.nullcontext() if extractor.needs_grad else torch.inference_mode()
@@ -170,10 +187,11 @@ def extract_features(
         loader = make_loader(
             failures, todo, transform, extractor.image_mode,
             batch_size=context.batch_size, workers=context.workers, pin_memory=device.type == "cuda",
+            properties=True,
         )
         progress = reporter.task(f"features {spec}", total=len(todo)) if reporter else contextlib.nullcontext(None)
         with progress as advance:
-            for positions, images, bad in loader:
+            for positions, images, bad, properties in loader:
                 for position, reason in bad:
                     rejected[position] = reason
                     pending[0].append(position), pending[1].append(reason), pending[2].append(None)
@@ -187,9 +205,10 @@ def extract_features(
                     dims = int(encoded.shape[1])
                     chunks.append(encoded)
                     chunk_positions.append(as_numpy(positions))
+                    chunk_properties.append(properties)
                     if store is not None:
                         pending[0].extend(positions.tolist()), pending[1].extend([None] * len(positions))
-                        pending[2].append(encoded)
+                        pending[2].append(encoded), pending[3].append(properties)
                 if store is not None and len(pending[0]) >= SHARD_ROWS:
                     _flush(store, pending, dims)
                 if advance:
@@ -202,6 +221,7 @@ def extract_features(
         cached = np.stack([done[int(p)] for p in cached_positions]).astype(np.float32)
         chunks.append(to_kind(cached, "torch", torch_device=device.type))
         chunk_positions.append(cached_positions)
+        chunk_properties.append(_cached_properties(done_properties, cached_positions))
     if not chunks:
         raise TooFewImagesError(
             f"No usable image among the {len(failures)} input row(s): every one was rejected "
@@ -210,14 +230,32 @@ def extract_features(
     positions = np.concatenate(chunk_positions)
     order = np.argsort(positions, kind="stable")
     matrix = torch.cat([c.to(device) for c in chunks])[torch.as_tensor(order, device=device)]
+    properties = None
+    if all(p is not None for p in chunk_properties):
+        properties = np.concatenate(chunk_properties).astype(np.float32)[order]
     info = {**extractor.describe(), "dims": int(matrix.shape[1]), "precision": context.precision,
             "from_cache": from_cache, "cache": str(store.folder) if store else None}
-    return Features(matrix, positions[order], rejected, info, time.perf_counter() - started, from_cache)
+    return Features(matrix, positions[order], rejected, info, time.perf_counter() - started, from_cache,
+                    properties)
+
+
+def _cached_properties(done: dict[int, np.ndarray], positions: np.ndarray) -> np.ndarray:
+    """Properties of cached rows, NaN where a shard lacks them."""
+    from rca_gpu.data.properties import PROPERTY_COLUMNS
+
+    out = np.full((len(positions), len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
+    for row, position in enumerate(positions.tolist()):
+        values = done.get(position)
+        if values is not None and len(values) == out.shape[1]:
+            out[row] = values
+    return out
 
 
 def _flush(store: _ShardStore, pending, dims: int | None) -> None:
-    positions, reasons, tensors = pending  # tensors: one per good batch, None per bad row, in row order
+    # tensors: one per good batch, None per bad row, in row order; properties: one per good batch
+    positions, reasons, tensors, properties = pending
     good = [as_numpy(t) for t in tensors if t is not None]
     features = np.concatenate(good) if good else None
-    store.write(list(positions), list(reasons), features, dims or 1)
-    positions.clear(), reasons.clear(), tensors.clear()
+    values = np.concatenate(properties) if properties and all(p is not None for p in properties) else None
+    store.write(list(positions), list(reasons), features, dims or 1, values)
+    positions.clear(), reasons.clear(), tensors.clear(), properties.clear()

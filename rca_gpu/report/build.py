@@ -145,6 +145,7 @@ def build_report(
     facts = _sections.cluster_facts(run)
     tops = _explanations_by_cluster(explanations)
     usable = clusters[clusters["status"] != "rejected"]
+    views = _column_views(usable, meta_columns)
     n_total = len(clusters)
     cluster_sections = []
     for label in _section_order(usable["cluster"].to_numpy()):
@@ -160,7 +161,7 @@ def build_report(
             "border": [_tile(clusters, p, thumbs) for p in chosen["border"]],
             "sample_kind": chosen.get("kind", "medoids"),
             "explanations": tops.get(label, []),
-            "dominant": _dominant_values(members, usable, meta_columns),
+            "dominant": _dominant_values(members.index, views),
             "truth": truth["per_cluster"].get(label) if truth else None,
             "facts": [(fact.label, texts[label]) for fact, texts in facts if label in texts],
             "gallery": f"{FILES_DIR}/gallery/{_anchor(label)}-p001.html",
@@ -314,24 +315,34 @@ def _is_categorical(values: pd.Series) -> bool:
     return bool(len(finite)) and bool(np.all(finite == np.round(finite))) and finite.nunique() <= _explain.INTEGER_AS_CATEGORY
 
 
-def _dominant_values(members: pd.DataFrame, everyone: pd.DataFrame, columns: list[str]) -> list[dict[str, str]]:
-    """Per metadata column: its dominant values in the cluster and over all usable images."""
-    rows = []
+def _column_views(usable: pd.DataFrame, columns: list[str]) -> dict[str, tuple[str, pd.Series, str]]:
+    """Per metadata column, converted once: (kind "text" | "number", values, summary over all usable images)."""
+    views = {}
     for column in columns:
-        if _is_categorical(everyone[column]):
-            inside, overall = _top_values(members[column]), _top_values(everyone[column])
+        if _is_categorical(usable[column]):
+            text = pd.Series(_explain._as_text(usable[column]), index=usable.index, dtype=object)
+            text = text.where(usable[column].notna(), "(missing)")
+            views[column] = ("text", text, _top_values(text))
         else:
-            inside, overall = _spread(members[column]), _spread(everyone[column])
+            numbers = pd.to_numeric(usable[column], errors="coerce")
+            views[column] = ("number", numbers, _spread(numbers))
+    return views
+
+
+def _dominant_values(index: pd.Index, views: dict[str, tuple[str, pd.Series, str]]) -> list[dict[str, str]]:
+    """Per metadata column: its dominant values among the rows ``index`` and over all usable images."""
+    rows = []
+    for column, (kind, values, overall) in views.items():
+        inside = _top_values(values.loc[index]) if kind == "text" else _spread(values.loc[index])
         rows.append({"column": _explain.display_name(column), "inside": inside, "overall": overall})
     return rows
 
 
-def _top_values(values: pd.Series, k: int = 3) -> str:
-    text = pd.Series(_explain._as_text(values), index=values.index).where(values.notna(), "(missing)")
+def _top_values(text: pd.Series, k: int = 3) -> str:
     counts = text.value_counts()
     if counts.empty:
         return "-"
-    parts = [f"{v} ({n / len(values):.0%})" for v, n in counts.head(k).items()]
+    parts = [f"{v} ({n / len(text):.0%})" for v, n in counts.head(k).items()]
     if len(counts) > k:
         parts.append(f"{len(counts) - k} more")
     return ", ".join(parts)

@@ -99,7 +99,8 @@ def _as_text(values: pd.Series) -> np.ndarray:
         numbers = pd.to_numeric(values, errors="coerce")
         finite = numbers[np.isfinite(numbers)]
         if len(finite) and np.all(finite == np.round(finite)):
-            return np.array([None if pd.isna(v) else str(int(v)) for v in numbers], dtype=object)
+            whole = numbers.where(np.isfinite(numbers)).round().astype("Int64").astype("string")
+            return whole.to_numpy(dtype=object, na_value=None)
     return values.astype(str).to_numpy(dtype=object)
 
 
