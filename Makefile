@@ -12,7 +12,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 export NUMBA_CACHE_DIR ?= $(HOME)/.cache/rca_gpu/numba
 
-.PHONY: venv weights demo test gpu-check clean
+.PHONY: venv weights browser demo test gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,19 @@ venv: $(STAMP)
 weights: venv
 	$(BIN)/python scripts/seed_torch_cache.py
 
+# Debian's Chromium, which the report's browser tests drive through Playwright (no browser is downloaded).
+# Installed as root with apt-get when missing; BROWSER=skip leaves it out (those tests then skip, saying why).
+browser:
+ifneq ($(BROWSER),skip)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "error: chromium is missing: apt-get install chromium, or make test BROWSER=skip"; exit 2; }
+endif
+
 demo: weights
 	$(BIN)/rca-gpu demo --out $(OUT)
 
-test: weights
+test: weights browser
 	$(BIN)/python -m pytest
 
 gpu-check:
