@@ -297,3 +297,26 @@ def test_image_properties_reach_clusters_parquet_and_survive_the_feature_cache(t
             expected = image_properties(Image.open(path).convert("RGB"))  # as the extractor reads it
             np.testing.assert_allclose(table.loc[path.name, list(PROPERTY_COLUMNS)].to_numpy(float), expected,
                                        rtol=1e-5)
+
+
+def test_thumbnails_are_made_once_per_run_and_never_named_from_data(tmp_path):
+    from rca_gpu.report.thumbnails import make_thumbnails
+
+    images = np.random.default_rng(0).integers(0, 255, (5, 300, 200, 3), dtype=np.uint8)
+    calls = []
+
+    def loader(position):
+        calls.append(position)
+        return images[position] if position != 4 else None  # 4: unreadable, no thumbnail
+
+    made = make_thumbnails(tmp_path / "t", [0, 1, 4], ["a", "b", "c", "d", "e"], run_id="r1", size=64, loader=loader)
+    assert made == {0: "0000000.jpg", 1: "0000001.jpg"} and sorted(calls) == [0, 1, 4]
+    from PIL import Image
+
+    assert max(Image.open(tmp_path / "t" / made[0]).size) == 64
+    calls.clear()
+    assert make_thumbnails(tmp_path / "t", [0, 1, 2], [""] * 5, run_id="r1", size=64, loader=loader).keys() == {0, 1, 2}
+    assert calls == [2]  # the others were reused
+    calls.clear()
+    make_thumbnails(tmp_path / "t", [0], [""] * 5, run_id="r2", size=64, loader=loader)
+    assert calls == [0] and sorted(p.name for p in (tmp_path / "t").iterdir()) == ["0000000.jpg", "index.json"]
