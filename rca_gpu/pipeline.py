@@ -210,7 +210,7 @@ def cluster_summary(clusters: pd.DataFrame, explanations: pd.DataFrame | None = 
     root causes (what the demo prints)."""
     from rca_gpu.report.explain import top_explanations
 
-    tops = top_explanations(explanations)
+    tops = top_explanations(explanations, short=True)
     rows = []
     for label, group in clusters[clusters["status"] != "rejected"].groupby("cluster", sort=True):
         row = {"cluster": int(label), "size": len(group)}

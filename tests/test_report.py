@@ -320,3 +320,14 @@ def test_thumbnails_are_made_once_per_run_and_never_named_from_data(tmp_path):
     calls.clear()
     make_thumbnails(tmp_path / "t", [0], [""] * 5, run_id="r2", size=64, loader=loader)
     assert calls == [0] and sorted(p.name for p in (tmp_path / "t").iterdir()) == ["0000000.jpg", "index.json"]
+
+
+def test_a_column_set_only_for_one_cluster_is_explained_by_its_presence():
+    rng = np.random.default_rng(4)
+    cluster = rng.integers(0, 2, 400)
+    blur = np.where(cluster == 0, rng.uniform(0.5, 3, 400), np.nan)  # a cause's parameter, absent elsewhere
+    table = pd.DataFrame({"id": range(400), "path": "p", "cluster": cluster, "status": "clustered", "reason": "",
+                          "blur_sigma": blur})
+    top = explain_clusters(table).query("rank == 1").set_index("cluster")
+    assert top.loc[0, "rule"] == "blur_sigma is set" and top.loc[0, "precision"] == 1.0
+    assert top.loc[1, "rule"] == "blur_sigma is missing" and top.loc[1, "recall"] == 1.0

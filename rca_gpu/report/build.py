@@ -304,6 +304,7 @@ def _explanations_by_cluster(explanations: pd.DataFrame) -> dict[int, list[dict[
         out.setdefault(int(row.cluster), []).append({
             "found": bool(row.found), "rule": row.rule, "precision": float(row.precision),
             "recall": float(row.recall), "uses": row.uses, "text": _explain.describe(row),
+            "short": _explain.describe(row, short=True),
         })
     return out
 
@@ -427,6 +428,7 @@ def _map_data(clusters: pd.DataFrame, embedding: pd.DataFrame, positions: np.nda
             if np.isfinite(numbers).sum() > 1:
                 colourable.append(name)
     data["max_levels"] = MAP_LEVELS
+    data["column_order"] = list(data["columns"])  # the JSON's keys come sorted
     return data, colourable
 
 

@@ -54,7 +54,8 @@ EXPLANATION_COLUMNS = ("cluster", "rank", "found", "rule", "precision", "recall"
 
 @dataclass(frozen=True)
 class Condition:
-    """One condition of a rule: ``column op value`` with op in ``<``, ``>=``, ``==``, ``!=``."""
+    """One condition of a rule: ``column op value`` with op in ``<``, ``>=``, ``==``, ``!=``, or ``set`` /
+    ``missing`` (the value is present / absent; ``value`` unused)."""
 
     column: str
     op: str
@@ -67,6 +68,9 @@ class Condition:
             text, present = columns.text(self.column)
             return present & ((text == self.value) if self.op == "==" else (text != self.value))
         numbers = columns.numbers(self.column)
+        if self.op in ("set", "missing"):
+            present = ~np.isnan(numbers)
+            return present if self.op == "set" else ~present
         with np.errstate(invalid="ignore"):
             return numbers < self.value if self.op == "<" else numbers >= self.value
 
@@ -127,6 +131,12 @@ class Rule:
         for column in dict.fromkeys(c.column for c in self.conditions):
             mine = [c for c in self.conditions if c.column == column]
             name = display_name(column)
+            if any(c.op == "missing" for c in mine):
+                parts.append(f"{name} is missing")
+                continue
+            if any(c.op == "set" for c in mine) and all(c.op == "set" for c in mine):
+                parts.append(f"{name} is set")
+                continue
             equal = [c.value for c in mine if c.op == "=="]
             if equal:
                 parts.append(f"{name} = {_quote(equal[0])}")
@@ -243,20 +253,23 @@ def explain_clusters(
     return pd.DataFrame(rows, columns=list(EXPLANATION_COLUMNS))
 
 
-def top_explanations(explanations: pd.DataFrame | None) -> dict[int, str]:
+def top_explanations(explanations: pd.DataFrame | None, *, short: bool = False) -> dict[int, str]:
     """cluster -> the top rule with its precision and recall, or the reason there is none."""
     if explanations is None or explanations.empty:
         return {}
     out = {}
     for row in explanations[explanations["rank"] == 1].itertuples(index=False):
-        out[int(row.cluster)] = describe(row)
+        out[int(row.cluster)] = describe(row, short=short)
     return out
 
 
-def describe(row) -> str:
-    """One explanation row in words: ``rule (precision 0.93, recall 0.81)`` or why there is no rule."""
+def describe(row, *, short: bool = False) -> str:
+    """One explanation row in words: ``rule (precision 0.93, recall 0.81)`` or why there is no rule
+    (``short``: without the best candidate's text, for the terminal)."""
     if row.found:
         return f"{row.rule} (precision {row.precision:.2f}, recall {row.recall:.2f})"
+    if short:
+        return f"no rule reaches precision {PRECISION_FLOOR:g} (best {row.precision:.2f})"
     return (f"no rule reaches the precision floor (best candidate: {row.rule}, precision {row.precision:.2f}, "
             f"recall {row.recall:.2f})")
 
@@ -291,7 +304,8 @@ def design_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, list[tuple[str, str,
         counts = text.value_counts(dropna=True)
         if len(counts) < 2 or len(counts) > MAX_LEVELS or len(counts) >= 0.5 * n:
             continue  # constant, or a name per row: explains nothing
-        for level in counts.index[:TOP_LEVELS]:
+        levels = counts.index[1:] if len(counts) == 2 else counts.index[:TOP_LEVELS]  # 2 levels: the rarer says it
+        for level in levels:
             blocks.append((text == level).fillna(False).to_numpy(dtype=float)[:, None])
             origin.append((column, "level", str(level)))
     if not blocks:
@@ -332,6 +346,9 @@ def _tree_rules(x: np.ndarray, y: np.ndarray, origin: Sequence[tuple[str, str, A
         if kind == "level":  # indicator <= 0.5 on the left: the level is absent
             walk(left, path + (Condition(column, "!=", level),))
             walk(right, path + (Condition(column, "==", level),))
+        elif not math.isfinite(float(t.threshold[node])):  # sklearn's split of present vs missing values
+            walk(left, path + (Condition(column, "set", None),))
+            walk(right, path + (Condition(column, "missing", None),))
         else:
             threshold = _round(float(t.threshold[node]))
             walk(left, path + (Condition(column, "<", threshold),))
