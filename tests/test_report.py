@@ -331,3 +331,19 @@ def test_a_column_set_only_for_one_cluster_is_explained_by_its_presence():
     top = explain_clusters(table).query("rank == 1").set_index("cluster")
     assert top.loc[0, "rule"] == "blur_sigma is set" and top.loc[0, "precision"] == 1.0
     assert top.loc[1, "rule"] == "blur_sigma is missing" and top.loc[1, "recall"] == 1.0
+
+
+def test_run_command_writes_the_report_unless_told_not_to(tmp_path):
+    from rca_gpu.cli import app
+
+    images, labels = pattern_images(n_per=10, groups=2, seed=5)
+    write_pngs(tmp_path / "imgs", images, labels)
+    common = ["--pipeline", "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0"]
+    result = runner.invoke(app, ["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "a"), *common])
+    assert result.exit_code == 0, result.output
+    assert f"report: {(tmp_path / 'a' / 'report.html').resolve()}" in result.output
+    assert "explanation" in result.output and "precision" in result.output  # beside each cluster's size
+    result = runner.invoke(app, ["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "b"), *common, "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "b" / "report.html").exists() and (tmp_path / "b" / "explanations.parquet").is_file()
+    assert "report:" not in result.output
