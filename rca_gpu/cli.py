@@ -13,10 +13,41 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from rca_gpu.errors import RcaError
+from rca_gpu.errors import RcaError, printable
+
+class _OneLineErrors(TyperGroup):
+    """The top-level command group: usage errors (a bad option value, an unknown option) print one line
+    ``error: ...`` and exit 2, like every other input error, instead of a boxed usage message."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as exc:  # Typer vendors click: its exceptions are matched by class name
+            kinds = {cls.__name__ for cls in type(exc).__mro__}
+            context = getattr(exc, "ctx", None)
+            if "NoArgsIsHelpError" in kinds:  # bare `rca-gpu`: the help, as before
+                typer.echo(context.get_help() if context else str(exc))
+                sys.exit(2)
+            if "UsageError" in kinds:
+                where = f" (see `{context.command_path} --help`)" if context else ""
+                _err(f"{exc.format_message()}{where}")
+                sys.exit(2)
+            if "ClickException" in kinds:
+                _err(exc.format_message())
+                sys.exit(getattr(exc, "exit_code", 1))
+            if "Abort" in kinds:
+                _err("aborted")
+                sys.exit(1)
+            raise
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="rca-gpu",
     help="Cluster the images on which a DNN fails so that each cluster shows one root cause.",
     no_args_is_help=True,
@@ -46,7 +77,7 @@ class KnnBackend(str, Enum):
 
 
 def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message)}", err=True)
 
 
 def friendly_errors(command: Callable) -> Callable:
@@ -120,6 +151,7 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
 
 def print_clusters(clusters, console=None, explanations=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from rca_gpu.pipeline import cluster_summary
@@ -129,10 +161,8 @@ def print_clusters(clusters, console=None, explanations=None) -> None:
     table = Table(title="Clusters (-1 = noise)")
     for column in summary.columns:
         table.add_column(column, justify="right" if column in ("cluster", "size") else "left")
-    from rich.markup import escape
-
-    for row in summary.itertuples(index=False):
-        table.add_row(*[escape(str(v)) for v in row])  # values come from the data: never rich markup
+    for row in summary.itertuples(index=False):  # values are data: shown literally, never as rich markup
+        table.add_row(*[escape(printable(v)) for v in row])
     console.print(table)
 
 
@@ -146,7 +176,8 @@ def print_clusters(clusters, console=None, explanations=None) -> None:
 def run_command(
     source: Annotated[Path, typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
                                            "with a 'path' column.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (an earlier run in it is replaced; "
+                                     "the feature cache under OUT/cache is kept).")],
     pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -167,6 +198,9 @@ def run_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Cluster the failing images in SOURCE; write clusters.parquet, embedding.parquet, run.json to OUT."""
+    from rca_gpu.runfolder import check_out_folder
+
+    check_out_folder(out)  # before the spec, the source or any model is read
     reporter = _setup(quiet, verbose)
     spec = build_spec(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
@@ -189,9 +223,9 @@ def _echo_result(result, *, show_clusters: bool, images: str) -> None:
         f"{counts['input_rows']} {images}; pipeline {result.run_info['resolved_pipeline']}"
     )
     _echo_ground_truth(result.metrics)
-    typer.echo(f"results: {result.out.resolve()}")
+    typer.echo(f"results: {printable(result.out.resolve())}")
     if result.report is not None:
-        typer.echo(f"report: {result.report.resolve()}")
+        typer.echo(f"report: {printable(result.report.resolve())}")
 
 
 def _echo_ground_truth(metrics: dict | None) -> None:
@@ -234,7 +268,7 @@ def pipelines_command() -> None:
 @app.command("demo")
 @friendly_errors
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "runs/demo",
     n: Annotated[Optional[int], typer.Option("--n", help="Failures in the embedded benchmark.")] = None,
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
@@ -243,6 +277,9 @@ def demo_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Make the embedded mnist-rc benchmark (offline) and run the default pipeline on it."""
+    from rca_gpu.runfolder import check_out_folder
+
+    out = check_out_folder(out)
     reporter = _setup(quiet, False)
     from rca_gpu.datasets import make_dataset
 
