@@ -742,3 +742,295 @@ def test_config_with_a_latin1_byte_is_one_line(small_data, tmp_path):
     result = runner.invoke(app, ["run", str(small_data), "--out", str(tmp_path / "o"), "--config", str(config),
                                  *QUICK])
     _one_line_error(result, "is not UTF-8 text: byte 0xe9 on line 2", "save it as UTF-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 8: output folders. Checked before work; a folder never mixes two runs.
+# --------------------------------------------------------------------------------------------------
+
+def _read_only(monkeypatch):
+    """Make every write probe fail as on a read-only mount (EROFS): the tests run as root, which ignores
+    permission bits, and cannot mount file systems."""
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
+def _file(path: Path) -> Path:
+    path.write_text("x")
+    return path
+
+
+OUT_ERRORS = [
+    ("an existing file", lambda tmp, mp: str(_file(tmp / "f")), "is an existing file"),
+    ("the empty string", lambda tmp, mp: "", "The --out option is empty"),
+    ("only spaces", lambda tmp, mp: "  ", "The --out option is empty"),
+    ("below a file", lambda tmp, mp: str(_file(tmp / "f") / "run"), "is a file"),
+    ("not writable (sysfs)", lambda tmp, mp: "/sys/rca-gpu-out", "Cannot write into the --out folder"),
+    ("on a read-only file system", lambda tmp, mp: _read_only(mp) or str(tmp / "ro"), "the file system is read-only"),
+]
+
+
+@pytest.mark.parametrize("case, make, fragment", OUT_ERRORS, ids=[c[0] for c in OUT_ERRORS])
+def test_bad_out_folder_is_one_line_before_work(small_data, tmp_path, monkeypatch, case, make, fragment):
+    if case.startswith("not writable") and (not Path("/sys").is_dir() or os.access("/sys", os.W_OK)
+                                            and os.geteuid() != 0):
+        pytest.skip("needs a sysfs mount that refuses new files")
+    out = make(tmp_path, monkeypatch)
+    result = runner.invoke(app, ["run", str(small_data), "--out", out, "-p", PIXELS, *QUICK])
+    _one_line_error(result, fragment)
+    assert not (tmp_path / "ro").exists()
+
+
+def _run_into(source: Path, out: Path, pipeline: str = PIXELS):
+    result = runner.invoke(app, ["run", str(source), "--out", str(out), "-p", pipeline, *QUICK])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def caused(tmp_path_factory) -> Path:
+    """A manifest with root causes (so runs write metrics.json and per_cause.csv) and one without."""
+    data = tmp_path_factory.mktemp("caused") / "data"
+    _good_images(data, 12)
+    names = [f"good_{i:03d}.png" for i in range(12)]
+    pd.DataFrame({"path": names, "root_cause": ["top" if i % 2 else "bottom" for i in range(12)]}).to_csv(
+        data / "with_causes.csv", index=False)
+    pd.DataFrame({"path": names}).to_csv(data / "without_causes.csv", index=False)
+    return data
+
+
+def test_a_rerun_leaves_no_file_of_the_earlier_run(caused, tmp_path):
+    out = tmp_path / "out"
+    _run_into(caused / "with_causes.csv", out)
+    assert (out / "metrics.json").is_file() and (out / "per_cause.csv").is_file()
+    (out / "notes.txt").write_text("mine")  # not a run's file: kept
+    _run_into(caused / "without_causes.csv", out)
+    assert not (out / "metrics.json").exists() and not (out / "per_cause.csv").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    from rca_gpu.runfolder import open_run
+
+    folder = open_run(out)
+    folder.clusters(), folder.embedding()  # every file belongs to the new run
+
+
+def test_a_run_killed_after_writing_clusters_is_not_read_as_finished(caused, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _run_into(caused / "with_causes.csv", out)
+    from rca_gpu import outputs
+
+    real = outputs.write_parquet
+
+    def die_after_clusters(path, frame, **kwargs):
+        real(path, frame, **kwargs)
+        if Path(path).name == "clusters.parquet":
+            raise KeyboardInterrupt  # the process is stopped right after clusters.parquet is written
+
+    monkeypatch.setattr(outputs, "write_parquet", die_after_clusters)
+    result = runner.invoke(app, ["run", str(caused / "with_causes.csv"), "--out", str(out), "-p", PIXELS, *QUICK])
+    assert result.exit_code == 130
+    monkeypatch.undo()
+    assert not (out / "run.json").exists()
+    _one_line_error(runner.invoke(app, ["evaluate", str(out)]), "holds no run.json, so it is not a finished run")
+
+
+def test_too_few_usable_images_still_write_every_reason(tmp_path):
+    folder = tmp_path / "images"
+    _good_images(folder, 2)
+    for i in range(3):
+        (folder / f"bad_{i}.png").write_text("no")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", PIXELS, *QUICK])
+    _one_line_error(result, "needs at least 3 usable images; there are 2 usable images", "clusters.parquet")
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(clusters) == 5 and (clusters["status"] == "rejected").all()
+    assert clusters["reason"].str.contains("not a readable image").sum() == 3
+    assert clusters["reason"].str.contains("not clustered: the run stopped").sum() == 2
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "needs at least 3" in info["error"]
+    _one_line_error(runner.invoke(app, ["evaluate", str(out)]), "failed", "clusters.parquet lists every row")
+
+
+def test_evaluate_refuses_a_folder_that_mixes_two_runs(caused, tmp_path):
+    import shutil
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    _run_into(caused / "with_causes.csv", first)
+    _run_into(caused / "with_causes.csv", second)
+    shutil.copy(second / "clusters.parquet", first / "clusters.parquet")
+    _one_line_error(runner.invoke(app, ["evaluate", str(first)]), "mixes files of different runs")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 9: interruptions. Shards bounded by rows and by time; a killed extraction resumes.
+# --------------------------------------------------------------------------------------------------
+
+SLOW_RUN = textwrap.dedent("""
+    import sys, time
+    import rca_gpu.features.extract as extract
+    from rca_gpu.features import pixels
+    extract.SHARD_ROWS = 20  # small shards, so that a kill lands between them
+    encode = pixels.PixelExtractor.encode
+    def slow(self, images):
+        time.sleep(0.15)
+        return encode(self, images)
+    pixels.PixelExtractor.encode = slow
+    from rca_gpu.cli import main
+    sys.argv = ["rca-gpu", "run", *sys.argv[1:]]
+    main()
+""")
+
+
+def _shard_positions(cache: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    found = []
+    for shard in sorted(cache.rglob("part-*.parquet")):
+        found.extend(pq.read_table(shard, columns=["position"]).column("position").to_pylist())
+    return found
+
+
+def test_an_extraction_killed_with_sigkill_resumes_from_its_finished_shards(tmp_path):
+    folder = tmp_path / "images"
+    _good_images(folder, 200, size=8)
+    out = tmp_path / "out"
+    args = [str(folder), "--out", str(out), "-p", PIXELS, "--device", "cpu", "--workers", "0", "--batch-size",
+            "10", "--quiet"]
+    script = tmp_path / "slow_run.py"
+    script.write_text(SLOW_RUN)
+    process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        while len(list(out.glob("cache/*/part-*.parquet"))) < 3:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no shard appeared"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert not (out / "run.json").exists()
+    before = _shard_positions(out / "cache")
+    assert 60 <= len(before) < 200, "killed between shards, before the end"
+
+    result = runner.invoke(app, ["run", *args])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["features"]["from_cache"] == len(before)  # the finished shards were reused
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(clusters) == 200 and clusters["id"].is_unique and (clusters["status"] != "rejected").all()
+    after = _shard_positions(out / "cache")
+    assert sorted(after) == list(range(200))  # no row lost, none extracted twice
+
+
+def test_shards_are_bounded_by_time(small_data, tmp_path, monkeypatch):
+    import rca_gpu.features.extract as extract
+
+    monkeypatch.setattr(extract, "SHARD_SECONDS", 0.0)  # every batch is older than the bound
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", PIXELS, "--batch-size", "5",
+                                 *QUICK])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("cache/*/part-*.parquet"))) == 4  # 20 images in batches of 5
+
+
+def test_a_half_written_or_corrupt_shard_is_recomputed(small_data, tmp_path):
+    out = tmp_path / "out"
+    _run_into(small_data, out)
+    shard = next(out.glob("cache/*/part-*.parquet"))
+    (shard.parent / "part-000009.tmp").write_bytes(b"half")  # a write cut short
+    shard.write_bytes(b"PAR1 garbage")
+    result = _run_into(small_data, out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["counts"]["usable"] == 20 and info["features"]["from_cache"] == 0
+    assert not list(out.glob("cache/*/*.tmp")) and result.exit_code == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 10: models and features. A DNN under test that outputs NaN costs only its rows.
+# --------------------------------------------------------------------------------------------------
+
+NAN_DUT = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Log(nn.Module):
+        def forward(self, x):
+            return torch.log(x)  # NaN where x < 0: dark images
+
+    def build():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), Log(), nn.Linear(4, 2))
+        with torch.no_grad():
+            model[1].weight.fill_(1 / 64)
+            model[1].bias.fill_(-0.5)
+        model.input_shape = (1, 8, 8)
+        model.classes = ["a", "b"]
+        return model
+""")
+
+
+def test_non_finite_features_reject_only_their_rows(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "rca_nan_dut.py").write_text(NAN_DUT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("rca_nan_dut", None)
+    import rca_nan_dut
+
+    torch.save(rca_nan_dut.build().state_dict(), tmp_path / "w.pt")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 40 if i < 3 else 220, np.uint8)).save(folder / f"{i:02d}.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", "dut+pca(n_components=2)+kmeans(k=2)",
+                                 "--model", f"rca_nan_dut:build={tmp_path / 'w.pt'}", *QUICK])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    rejected = clusters[clusters["status"] == "rejected"]
+    assert len(clusters) == 12 and len(rejected) == 3
+    assert rejected["reason"].str.startswith("features not finite (NaN or inf) from dut").all()
+
+
+def test_drop_nonfinite_rows_on_numpy_and_torch():
+    import torch
+
+    from rca_gpu.features.extract import drop_nonfinite_rows
+
+    matrix = np.array([[1.0, 2.0], [np.nan, 0.0], [0.0, np.inf], [3.0, 4.0]], dtype=np.float32)
+    for data in (matrix, torch.from_numpy(matrix)):
+        rejected: dict[int, str] = {}
+        kept, positions = drop_nonfinite_rows(data, np.array([10, 11, 12, 13]), rejected, source="embeddings")
+        assert positions.tolist() == [10, 13] and np.asarray(kept).tolist() == [[1, 2], [3, 4]]
+        assert rejected == {11: "features not finite (NaN or inf) from embeddings",
+                            12: "features not finite (NaN or inf) from embeddings"}
+
+
+MODEL_ERRORS = [
+    ("a pickled whole model", "pickled", "unpickling runs arbitrary code"),
+    ("weights without the code", "state_dict", "holds only weights (a state_dict)"),
+    ("a text file", "text", "is not a model file rca_gpu can read"),
+]
+
+
+@pytest.mark.parametrize("case, kind, fragment", MODEL_ERRORS, ids=[c[0] for c in MODEL_ERRORS])
+def test_a_model_file_that_cannot_be_loaded_safely_is_one_line(small_data, tmp_path, case, kind, fragment):
+    import torch
+
+    path = tmp_path / "model.pt"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    if kind == "pickled":
+        torch.save(model, path)
+    elif kind == "state_dict":
+        torch.save(model.state_dict(), path)
+    else:
+        path.write_text("hello")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", "dut+pca+kmeans", "--model",
+                                 str(path), *QUICK])
+    _one_line_error(result, fragment)

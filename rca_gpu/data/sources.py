@@ -208,8 +208,14 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            arrow = pq.read_table(path)
-            return arrow.to_pandas(), dict(arrow.schema.metadata or {})
+            arrow = pq.ParquetFile(path).read()  # not read_table: its dataset layer refuses repeated names
+            names = arrow.column_names
+            if len(set(names)) == len(names):
+                return arrow.to_pandas(), dict(arrow.schema.metadata or {})
+            # repeated column names: read by position, keep the names (settled later, see RESERVED_COLUMNS)
+            frame = arrow.rename_columns([str(i) for i in range(len(names))]).to_pandas()
+            frame.columns = names
+            return frame, dict(arrow.schema.metadata or {})
         return pd.read_csv(path), {}
     except Exception as exc:  # pyarrow / pandas raise many types for a broken file
         raise SourceError(f"Cannot read the manifest {str(path)!r}: {exc}") from None
