@@ -13,6 +13,8 @@ sections registered in :mod:`rca_gpu.report.sections`.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import json
 import logging
 import math
 import time
@@ -463,14 +465,25 @@ def _write_plotly(files: Path) -> str:
 
 
 def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str], run: RunFolder) -> None:
-    environment = _environment()
-    template = environment.get_template("gallery.html")
+    """Every image of each cluster (then noise, then the rejected), GALLERY_PAGE per page. Pages depend on the
+    run and on which thumbnails exist only, so a later report of the same run keeps them."""
+    import os
+    import urllib.parse
+
     if folder.is_symlink():
         raise OSError(f"{folder} is a symbolic link; refusing to write through it.")
+    stamp = {"run_id": run.run_id, "thumbnails": sorted(thumbs)[:1] + [len(thumbs)], "page": GALLERY_PAGE}
+    index = folder / "index.json"
+    try:
+        if json.loads(index.read_text(encoding="utf-8")) == stamp:
+            return
+    except (OSError, ValueError):
+        pass
     if folder.exists():
         for old in folder.glob("*.html"):
             old.unlink()
     folder.mkdir(parents=True, exist_ok=True)
+    template = _environment().get_template("gallery.html")
     groups: list[tuple[str, str, pd.DataFrame]] = []
     usable = clusters[clusters["status"] != "rejected"]
     for label in _section_order(usable["cluster"].to_numpy()):
@@ -478,26 +491,32 @@ def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str
         groups.append((_anchor(label), title, usable[usable["cluster"] == label]))
     groups.append(("rejected", "Rejected images", clusters[clusters["status"] == "rejected"]))
     for anchor, title, members in groups:
+        positions = members.index.to_numpy()
+        ids = members["id"].astype(str).tolist()
+        paths = members["path"].astype(str).tolist()
+        reasons = members["reason"].astype(str).tolist()
         pages = max(1, math.ceil(len(members) / GALLERY_PAGE))
         for page in range(pages):
-            chunk = members.iloc[page * GALLERY_PAGE:(page + 1) * GALLERY_PAGE]
             items = []
-            for position, row in zip(chunk.index.to_numpy(), chunk.itertuples(index=False)):
-                path = str(row.path)
-                source = Path(path)
-                url = source.as_uri() if source.is_absolute() and anchor != "rejected" else None
-                thumb = thumbs.get(int(position))
-                items.append({"id": str(row.id), "path": path, "name": source.name, "reason": str(row.reason),
+            for k in range(page * GALLERY_PAGE, min(len(members), (page + 1) * GALLERY_PAGE)):
+                path = paths[k]
+                thumb = thumbs.get(int(positions[k]))
+                url = None
+                if anchor != "rejected" and os.path.isabs(path):  # the original file, percent-encoded
+                    url = "file://" + urllib.parse.quote_from_bytes(os.fsencode(path))
+                items.append({"id": ids[k], "path": path, "reason": reasons[k],
                               "src": url or (f"../thumbs/{thumb}" if thumb else None)})
             html = template.render(
                 title=title, run_id=run.run_id, items=items, page=page + 1, pages=pages, total=len(members),
                 prev=f"{anchor}-p{page:03d}.html" if page > 0 else None,
                 next=f"{anchor}-p{page + 2:03d}.html" if page + 1 < pages else None,
-                rejected=anchor == "rejected", thumb_size=THUMB_SIZE,
+                rejected=anchor == "rejected",
             )
             outputs.write_text(folder / f"{anchor}-p{page + 1:03d}.html", html)
+    index.write_text(json.dumps(stamp), encoding="utf-8")
 
 
+@functools.lru_cache(maxsize=1)
 def _environment():
     import jinja2
 
