@@ -111,7 +111,8 @@ def main() -> None:
     chromium = None if args.no_browser else find_chromium()
     versions = {name: _version(name) for name in ("plotly", "pillow", "scikit-learn", "pandas", "playwright")}
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}; Python {platform.python_version()}; "
-          + ", ".join(f"{k} {v}" for k, v in versions.items()) + (f"; {_chromium_version(chromium)}" if chromium else ""))
+          + ", ".join(f"{k} {v}" for k, v in versions.items())
+          + (f"; {_chromium_version(chromium)}" if chromium else ""))
     print(f"map points drawn at most: {map_points}\n")
     print("| images | make images s | explanations s | report s (first) | thumbnails | report s (again) "
           "| report.html MB | with files MB | page load s |")

@@ -105,7 +105,8 @@ def test_no_rule_below_the_precision_floor():
                           "reason": "", "noise_column": rng.random(300)})
     explanations = explain_clusters(table, precision_floor=0.95)
     assert len(explanations) == 2 and not explanations["found"].any()
-    assert all(text.startswith("no rule reaches the precision floor") for text in top_explanations(explanations).values())
+    texts = top_explanations(explanations).values()
+    assert all(text.startswith("no rule reaches the precision floor") for text in texts)
     with pytest.raises(ValueError, match="precision_floor"):
         explain_clusters(table, precision_floor=1.5)
 

@@ -315,7 +315,8 @@ def _is_categorical(values: pd.Series) -> bool:
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         return True
     finite = pd.to_numeric(values, errors="coerce").dropna()
-    return bool(len(finite)) and bool(np.all(finite == np.round(finite))) and finite.nunique() <= _explain.INTEGER_AS_CATEGORY
+    integral = bool(len(finite)) and bool(np.all(finite == np.round(finite)))
+    return integral and finite.nunique() <= _explain.INTEGER_AS_CATEGORY
 
 
 def _column_views(usable: pd.DataFrame, columns: list[str]) -> dict[str, tuple[str, pd.Series, str]]:
