@@ -348,3 +348,14 @@ def test_run_command_writes_the_report_unless_told_not_to(tmp_path):
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "b" / "report.html").exists() and (tmp_path / "b" / "explanations.parquet").is_file()
     assert "report:" not in result.output
+
+
+def test_representatives_use_the_clustering_space_when_stored_else_the_map():
+    from rca_gpu.report.build import _clustering_space
+
+    stored = pd.DataFrame({"id": [0, 1], "cluster": [0, 0], "x": [1.0, 2.0], "y": [3.0, 4.0],
+                           "e0": [5.0, 6.0], "e1": [7.0, 8.0], "e10": [0.0, 0.0]})
+    space, note = _clustering_space(stored, {})
+    assert space.shape == (2, 3) and space[0].tolist() == [5.0, 7.0, 0.0] and "(3 dimensions)" in note
+    space, note = _clustering_space(stored[["id", "cluster", "x", "y"]], {})
+    assert space.tolist() == [[1.0, 3.0], [2.0, 4.0]] and "more than 64 dimensions" in note
