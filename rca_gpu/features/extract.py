@@ -3,10 +3,12 @@
 Batches are decoded in DataLoader workers (pinned memory on CUDA), moved to the device without blocking,
 converted to channels_last, and encoded under ``torch.inference_mode()`` with optional bf16 autocast.
 
-Cache: with a cache folder, results are written as Parquet shards (position, reason, note, feature) while
-the run goes on, each shard atomically, after at most SHARD_ROWS rows or SHARD_SECONDS seconds. A re-run with the same extractor, settings and files reads the shards
-and encodes only what is missing, so an interrupted extraction of millions of images resumes where it
-stopped instead of starting over.
+Cache: with a cache folder, results are written as Parquet shards (position, reason, note, feature,
+properties) while the run goes on, each shard atomically, after at most SHARD_ROWS rows or SHARD_SECONDS
+seconds. A re-run with the same extractor, settings and files reads the shards and encodes only what is
+missing, so an interrupted extraction of millions of images resumes where it stopped instead of starting
+over. ``properties`` are the image properties of :mod:`rca_gpu.data.properties`, measured while decoding, so
+cached rows keep them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ log = logging.getLogger("rca_gpu")
 #: that an interrupted extraction loses at most one shard's work (a minute, or 1,000 images).
 SHARD_ROWS = 1000
 SHARD_SECONDS = 60.0
-CACHE_FORMAT = 2  # 2: shards carry a "note" column and rows with non-finite features are rejected
+CACHE_FORMAT = 3  # 2: shards carry a "note" column, non-finite rows rejected; 3: shards carry "properties"
 
 
 @dataclass
@@ -49,6 +51,9 @@ class Features:
     seconds: float = 0.0
     from_cache: int = 0
     notes: dict[int, str] = field(default_factory=dict)  # position -> how a usable image was read
+    #: (n_ok, len(PROPERTY_COLUMNS)) float32 image properties, row i for ``positions[i]``; None when the
+    #: features were not extracted from images
+    properties: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -95,13 +100,15 @@ class _ShardStore:
                 leftover.unlink()
         self.count = len(list(folder.glob("part-*.parquet")))
 
-    def load(self) -> tuple[dict[int, np.ndarray], dict[int, str], dict[int, str]]:
-        """(position -> feature row, position -> rejection reason, position -> note) of every readable shard."""
+    def load(self) -> tuple[dict[int, np.ndarray], dict[int, str], dict[int, str], dict[int, np.ndarray]]:
+        """(position -> feature row, position -> rejection reason, position -> note, position -> image
+        properties) of every readable shard."""
         import pyarrow.parquet as pq
 
         rows: dict[int, np.ndarray] = {}
         rejected: dict[int, str] = {}
         notes: dict[int, str] = {}
+        properties: dict[int, np.ndarray] = {}
         for shard in sorted(self.folder.glob("part-*.parquet")):
             try:
                 table = pq.read_table(shard)
@@ -117,6 +124,11 @@ class _ShardStore:
                 matrix = flat.reshape(len(good), -1)
                 for row, i in enumerate(good):
                     rows[int(positions[i])] = matrix[row]
+                if "properties" in table.column_names:
+                    flat = table.column("properties").take(good).combine_chunks().flatten()
+                    values = flat.to_numpy(zero_copy_only=False).reshape(len(good), -1)
+                    for row, i in enumerate(good):
+                        properties[int(positions[i])] = values[row]
             for i, reason in enumerate(reasons):
                 if reason is not None:
                     rejected[int(positions[i])] = reason
@@ -124,10 +136,10 @@ class _ShardStore:
                 for i, note in enumerate(table.column("note").to_pylist()):
                     if note:
                         notes[int(positions[i])] = note
-        return rows, rejected, notes
+        return rows, rejected, notes, properties
 
     def write(self, positions: list[int], reasons: list[str | None], notes: list[str | None],
-              features: np.ndarray | None, dims: int) -> None:
+              features: np.ndarray | None, dims: int, properties: np.ndarray | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -138,10 +150,15 @@ class _ShardStore:
             values[good] = features
         mask = pa.array([r is not None for r in reasons])
         feature_column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dims, mask=mask)
-        table = pa.table(
-            {"position": pa.array(positions, pa.int64()), "reason": pa.array(reasons, pa.string()),
-             "note": pa.array(notes, pa.string()), "feature": feature_column}
-        )
+        columns = {"position": pa.array(positions, pa.int64()), "reason": pa.array(reasons, pa.string()),
+                   "note": pa.array(notes, pa.string()), "feature": feature_column}
+        if properties is not None and good:  # one row per good row, like the features
+            width = properties.shape[1]
+            table_values = np.full((n, width), np.nan, dtype=np.float32)
+            table_values[good] = properties
+            columns["properties"] = pa.FixedSizeListArray.from_arrays(pa.array(table_values.reshape(-1)), width,
+                                                                      mask=mask)
+        table = pa.table(columns)
         target = self.folder / f"part-{self.count:06d}.parquet"
         tmp = target.with_suffix(".tmp")
         pq.write_table(table, tmp)
@@ -214,11 +231,12 @@ def extract_features(
     rejected: dict[int, str] = dict(failures.rejected)
     notes: dict[int, str] = {}
     done: dict[int, np.ndarray] = {}
+    done_properties: dict[int, np.ndarray] = {}
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
         store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}")
-        done, cached_rejected, notes = store.load()
+        done, cached_rejected, notes, done_properties = store.load()
         rejected.update(cached_rejected)
     todo = np.array([p for p in failures.usable_positions if p not in done and p not in rejected], dtype=np.int64)
     from_cache = len(done)
@@ -228,6 +246,7 @@ def extract_features(
     device = context.device
     chunks: list[torch.Tensor] = []
     chunk_positions: list[np.ndarray] = []
+    chunk_properties: list[np.ndarray | None] = []
     pending = _Pending()
     dims = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.precision == "bf16")
@@ -237,10 +256,11 @@ def extract_features(
         loader = make_loader(
             failures, todo, transform, extractor.image_mode,
             batch_size=context.batch_size, workers=context.workers, pin_memory=device.type == "cuda",
+            properties=True,
         )
         progress = reporter.task(f"features {spec}", total=len(todo)) if reporter else contextlib.nullcontext(None)
         with progress as advance:
-            for positions, images, bad, batch_notes in loader:
+            for positions, images, bad, batch_notes, batch_properties in loader:
                 notes.update(batch_notes)
                 for position, reason in bad:
                     rejected[position] = reason
@@ -254,15 +274,19 @@ def extract_features(
                     encoded = encoded.detach().float()
                     dims = int(encoded.shape[1])
                     batch_positions = as_numpy(positions).astype(np.int64)
+                    decoded_positions = batch_positions
                     before = set(rejected)
                     encoded, batch_positions = drop_nonfinite_rows(encoded, batch_positions, rejected,
                                                                    source=str(spec))
+                    if batch_properties is not None and len(batch_positions) < len(decoded_positions):
+                        batch_properties = batch_properties[np.isin(decoded_positions, batch_positions)]
                     for position in set(rejected) - before:
                         pending.add(position, rejected[position])
                     chunks.append(encoded)
                     chunk_positions.append(batch_positions)
+                    chunk_properties.append(batch_properties)
                     if store is not None:
-                        pending.add_good(batch_positions, encoded, notes)
+                        pending.add_good(batch_positions, encoded, notes, batch_properties)
                 if store is not None and pending.due():
                     pending.flush(store, dims)
                 if advance:
@@ -276,6 +300,7 @@ def extract_features(
         cached, cached_positions = drop_nonfinite_rows(cached, cached_positions, rejected, source=str(spec))
         chunks.append(to_kind(cached, "torch", torch_device=device.type))
         chunk_positions.append(cached_positions)
+        chunk_properties.append(_cached_properties(done_properties, cached_positions))
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
             "cache": str(store.folder) if store else None}
     if not chunks or not sum(len(p) for p in chunk_positions):
@@ -289,8 +314,23 @@ def extract_features(
     matrix = torch.cat([c.to(device) for c in chunks])[torch.as_tensor(order, device=device)]
     info["dims"] = int(matrix.shape[1])
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
+    properties = None
+    if chunk_properties and all(p is not None for p in chunk_properties):
+        properties = np.concatenate(chunk_properties).astype(np.float32)[order]
     return Features(matrix, positions[order], rejected, info, time.perf_counter() - started, from_cache,
-                    usable_notes)
+                    usable_notes, properties)
+
+
+def _cached_properties(done: dict[int, np.ndarray], positions: np.ndarray) -> np.ndarray:
+    """Image properties of cached rows, NaN where a shard lacks them."""
+    from rca_gpu.data.properties import PROPERTY_COLUMNS
+
+    out = np.full((len(positions), len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
+    for row, position in enumerate(np.asarray(positions).tolist()):
+        values = done.get(position)
+        if values is not None and len(values) == out.shape[1]:
+            out[row] = values
+    return out
 
 
 class _Pending:
@@ -299,15 +339,18 @@ class _Pending:
     def __init__(self) -> None:
         self.rows: list[tuple[int, str | None, str | None]] = []  # (position, reason, note) in shard order
         self.tensors: list[Any] = []  # one (b, d) block per good batch, in the order of the good rows
+        self.properties: list[np.ndarray | None] = []  # one (b, p) block of image properties per good batch
         self.since = time.monotonic()
 
     def add(self, position: int, reason: str) -> None:
         self.rows.append((int(position), reason, None))
 
-    def add_good(self, positions: np.ndarray, encoded: Any, notes: dict[int, str]) -> None:
+    def add_good(self, positions: np.ndarray, encoded: Any, notes: dict[int, str],
+                 properties: np.ndarray | None = None) -> None:
         if len(positions):
             self.rows.extend((int(p), None, notes.get(int(p))) for p in positions)
             self.tensors.append(encoded)
+            self.properties.append(properties)
 
     def due(self) -> bool:
         return len(self.rows) >= SHARD_ROWS or (
@@ -318,5 +361,7 @@ class _Pending:
         good = [as_numpy(t) for t in self.tensors]
         features = np.concatenate(good) if good else None
         positions, reasons, notes = (list(column) for column in zip(*self.rows))
-        store.write(positions, reasons, notes, features, dims or 1)
-        self.rows, self.tensors, self.since = [], [], time.monotonic()
+        complete = bool(self.properties) and all(p is not None for p in self.properties)
+        properties = np.concatenate(self.properties) if complete else None
+        store.write(positions, reasons, notes, features, dims or 1, properties)
+        self.rows, self.tensors, self.properties, self.since = [], [], [], time.monotonic()
