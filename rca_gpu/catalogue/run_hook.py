@@ -17,6 +17,11 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.progress import Reporter
+from rca_gpu.runfolder import register_output
+
+# files of a run that carry no JSON/Parquet run id: a new run into the same folder removes them first
+register_output("reference.safetensors")
+register_output("causes.toml")
 
 log = logging.getLogger("rca_gpu")
 
