@@ -145,9 +145,9 @@ def test_a_run_writes_the_stability_summary_and_can_switch_it_off(catalogue_run,
     assert json.loads((tmp_path / "off" / "run.json").read_text())["catalogue"]["stability"] is None
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True])
+@pytest.mark.parametrize("value", [-1, 1.5, True, 1001])
 def test_bad_stability_values_are_refused(value):
-    with pytest.raises(SpecError, match="'stability' option must be an int >= 0"):
+    with pytest.raises(SpecError, match=r"'stability' option must be an int in \[0, 1000\]. Got .* Fix --stability"):
         build_run_spec(pipeline="pixels+pca+kmeans", stability=value)
 
 
@@ -156,6 +156,6 @@ def test_the_cluster_summary_shows_stability():
 
     clusters = pd.DataFrame({"cluster": [0, 0, 1, -1], "status": ["clustered"] * 3 + ["noise"]})
     stability = pd.DataFrame({"cluster": [0, 1], "stability": [0.95, 0.41], "unstable": [False, True]})
-    summary = cluster_summary(clusters, stability).set_index("cluster")
+    summary = cluster_summary(clusters, stability=stability).set_index("cluster")
     assert summary.loc[0, "stability"] == "0.95" and summary.loc[1, "stability"] == "0.41 unstable"
     assert summary.loc[-1, "stability"] == ""
