@@ -41,6 +41,22 @@ def test_the_run_keeps_a_bounded_reference_set(tmp_path):
     assert stored["run_id"] == "r1" and set(stored["clusters"]) == {"0", "1"}
 
 
+def test_clusters_of_one_image_or_of_duplicates_get_a_zero_radius(tmp_path):
+    labels = np.array([0, 0, 0, 1, 1, 1, 2])
+    features = np.array([[1.0, 2.0]] * 3 + [[5.0, 5.0]] * 3 + [[9.0, 9.0]], dtype=np.float32)  # duplicates
+    (tmp_path / "run.json").write_text(json.dumps({"rca_gpu_run": 2, "run_id": "r1"}))
+    info = write_reference(tmp_path, "r1", features, np.arange(7), labels)
+    stored = json.loads((tmp_path / "reference.json").read_text())["clusters"]
+    assert info["images"] == 7 and [stored[c]["radius"] for c in "012"] == [0.0, 0.0, 0.0]
+    scores = open_run(tmp_path).table("reference.parquet").set_index("id")["score"]
+    assert scores[:6].eq(0).all() and np.isnan(scores[6])  # one image: no held-out distance
+    reference = read_reference(open_run(tmp_path))
+    assigner = Assigner(reference.features, reference.clusters, ref.calibrate(reference.features, reference.clusters))
+    result = assigner.assign(np.array([[1.0, 2.0], [5.0, 5.0], [5.0, 5.1]], dtype=np.float32))
+    assert result["status"].tolist() == ["assigned", "assigned", "unknown"]
+    assert result["cause"].tolist() == [0, 1, -1] and result["nearest_cause"].tolist() == [0, 1, 1]
+
+
 def test_values_beyond_float16_are_stored_as_float32():
     assert ref.storage_dtype(np.array([[1.0, 7e4]])) == np.float32
     assert ref.storage_dtype(np.array([[1.0, -3e3]])) == np.float16

@@ -135,6 +135,10 @@ class Assigner:
         nearest_cause = cause_ids[winner]
         radii = self.radii()
         radius_column = np.array([radii[int(c)] for c in nearest_cause]) if n else np.zeros(0)
+        # float32 distances by matrix products are off by up to about 3e-4 x |x| near zero: an image equal
+        # to the members of a cause of duplicates (radius 0) must still fall within it
+        slack = 1e-3 * float(np.median(np.linalg.norm(self.features, axis=1))) if len(self.features) else 0.0
+        distance = np.where(distance < slack, 0.0, distance)
         typicality = np.array([_survival(self.scores.get(int(c), np.zeros(0)), dist)
                                for c, dist in zip(nearest_cause, distance)]) if n else np.zeros(0)
         status = np.where(distance <= radius_column, "assigned", "unknown").astype(object)

@@ -103,11 +103,12 @@ def storage_dtype(features: np.ndarray) -> np.dtype:
 
 
 def pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) Euclidean distances, float32 (via torch.cdist)."""
+    """(len(a), len(b)) Euclidean distances, float64 (torch.cdist in float64: the matrix-product form in
+    float32 loses about sqrt(2^-24) x |x| near zero, which would give duplicates a false radius)."""
     import torch
 
-    return torch.cdist(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)),
-                       torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))).numpy()
+    return torch.cdist(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64)),
+                       torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64))).numpy()
 
 
 def k_for(members: int) -> int:
@@ -177,9 +178,10 @@ def write_reference(out: Path, run_id: str, features, ids: np.ndarray, labels: n
     clusters = np.asarray(labels, dtype=np.int64)[rows]
     # calibrate on exactly what assignment will read back
     scores = calibrate(stored.astype(np.float32), clusters)
-    score_column = np.full(len(rows), np.nan)
+    score_column = np.full(len(rows), np.nan)  # NaN for a cluster of one image: it has no held-out distance
     for group, values in scores.items():
-        score_column[clusters == group] = values
+        if len(values):
+            score_column[clusters == group] = values
     table = pd.DataFrame({"id": np.asarray(ids)[rows], "cluster": clusters, "score": score_column})
     outputs.write_parquet(out / TABLE_FILE, table, run_id=run_id)
     out.mkdir(parents=True, exist_ok=True)
