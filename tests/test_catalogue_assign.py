@@ -38,7 +38,8 @@ def test_the_run_keeps_a_bounded_reference_set(tmp_path):
     np.testing.assert_allclose(reference.features, features[rows], atol=2e-3)  # float16 storage
     assert (labels[rows] == reference.clusters).all()
     stored = json.loads((tmp_path / "reference.json").read_text())
-    assert stored["run_id"] == "r1" and set(stored["clusters"]) == {"0", "1"}
+    assert stored["run_id"] == "r1" and set(stored["clusters"]) == {"0", "1"} and stored["per_cluster_max"] == 20
+    assert stored["clusters"]["0"]["reference_images"] == 20 and stored["clusters"]["0"]["radius"] > 0
 
 
 def test_clusters_of_one_image_or_of_duplicates_get_a_zero_radius(tmp_path):

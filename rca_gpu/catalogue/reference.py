@@ -189,7 +189,7 @@ def write_reference(out: Path, run_id: str, features, ids: np.ndarray, labels: n
     save_file({"features": np.ascontiguousarray(stored)}, str(tmp),
               metadata={"run_id": run_id, "format": str(REFERENCE_FORMAT)})
     tmp.replace(out / FEATURES_FILE)
-    per_cluster = {
+    by_cluster = {
         str(group): {"reference_images": int((clusters == group).sum()), "radius": round(radius(values), 6)}
         for group, values in scores.items()
     }
@@ -202,7 +202,7 @@ def write_reference(out: Path, run_id: str, features, ids: np.ndarray, labels: n
         "k_distance": K_DISTANCE,
         "k_vote": K_VOTE,
         "alpha": ALPHA,
-        "clusters": per_cluster,
+        "clusters": by_cluster,
     }
     outputs.write_json(out / INFO_FILE, info, run_id=run_id)
     return {k: v for k, v in info.items() if k != "clusters"}
