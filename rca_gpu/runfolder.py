@@ -161,6 +161,15 @@ def open_run(path: str | Path) -> RunFolder:
     return RunFolder(folder.resolve(), info)
 
 
+def is_finished(path: str | Path) -> bool:
+    """True when :func:`open_run` accepts ``path``: a finished run of this format (for resuming a study)."""
+    try:
+        open_run(path)
+    except RunFolderError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------------
 # Writing: the output folder of a new run
 # --------------------------------------------------------------------------------------------------
