@@ -58,8 +58,11 @@ endef
 
 lock:
 	@test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet uv==$(UV_VERSION); }
-	$(call lock,cpu,test,x86_64,$(LOCK_PYTHON),--constraint locks/pins-cpu.txt)
-	$(call lock,cpu,test,aarch64,$(LOCK_PYTHON),--constraint locks/pins-cpu.txt)
+	$(call lock,cpu,cpu+test,x86_64,$(LOCK_PYTHON),--constraint locks/pins-cpu.txt)
+	$(call lock,cpu,cpu+test,aarch64,$(LOCK_PYTHON),--constraint locks/pins-cpu.txt)
+	@# GPU flavours (no FAISS; one CUDA major each): installable wheels only. tests/test_locks.py checks them.
+	$(call lock,gpu-cu12,gpu-cu12,x86_64,3.12,--no-build --constraint locks/constraints-cu12.txt)
+	$(call lock,gpu-cu13,gpu-cu13,x86_64,3.12,--no-build)
 
 gpu-check:
 	bash benchmarks/gpu_check.sh

@@ -73,6 +73,7 @@ class KnnBackend(str, Enum):
     faiss = "faiss"
     faiss_hnsw = "faiss-hnsw"
     kdtree = "kdtree"
+    cuvs = "cuvs"
     cuml = "cuml"
 
 
@@ -124,7 +125,7 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader
 PrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast "
                          "for extraction.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test: TorchScript .pt, "
-                     "torch.export .pt2, or package.module:factory=weights.pt.")]
+                     "torch.export .pt2, ONNX .onnx, or package.module:factory=weights.pt.")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Backbone weights: a state_dict file, "
                        "a torchvision weights name (IMAGENET1K_V1), or none.")]
 KnnOpt = Annotated[Optional[KnnBackend], typer.Option("--knn-backend", help="Neighbour search backend.")]
@@ -292,12 +293,14 @@ def demo_command(
 def _mount_subcommands() -> None:
     """Command groups living in their own modules (each imports its heavy libraries lazily)."""
     from rca_gpu.commands.datasets import app as datasets_app
+    from rca_gpu.commands.doctor import doctor_command
     from rca_gpu.commands.evaluate import evaluate_command
     from rca_gpu.commands.study import study_command
 
     app.add_typer(datasets_app, name="datasets")
     app.command("evaluate")(friendly_errors(evaluate_command))
     app.command("study")(friendly_errors(study_command))
+    app.command("doctor")(doctor_command)
 
 
 _mount_subcommands()

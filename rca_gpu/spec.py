@@ -224,6 +224,19 @@ EXTRACTORS: dict[str, ExtractorInfo] = {
         needs_dut=True,
         has_layers=True,
     ),
+    # Input attributions need no hooks: they work on every DUT format, TorchScript included.
+    "gradxinput": ExtractorInfo(
+        "rca_gpu.features.heatmaps:GradientXInputExtractor",
+        "gradient x input of the predicted class, via captum (any DUT format, TorchScript included)",
+        {"pool": Param(int, "at_least_1")},
+        needs_dut=True,
+    ),
+    "ig": ExtractorInfo(
+        "rca_gpu.features.heatmaps:IntegratedGradientsExtractor",
+        "integrated gradients of the predicted class, via captum (any DUT format, TorchScript included)",
+        {"pool": Param(int, "at_least_1"), "steps": Param(int, "at_least_1")},
+        needs_dut=True,
+    ),
     "ae": ExtractorInfo(
         "rca_gpu.features.autoencoder:AutoencoderExtractor",
         "bottleneck of a convolutional autoencoder trained on the source images",
@@ -383,8 +396,8 @@ FLAGS = {"cache_features": "cache/--no-cache", "plot_embedding": "plot-umap/--no
 # Parsing
 # --------------------------------------------------------------------------------------------------
 
-_LAYER = re.compile(r"[A-Za-z0-9_.\[\]\-]+")
-_STAGE = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+)(?:@(?P<layer>[A-Za-z0-9_.\[\]\-]+))?(?:\((?P<params>[^()]*)\))?$")
+_LAYER = re.compile(r"[A-Za-z0-9_.\[\]\-/]+")
+_STAGE = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+)(?:@(?P<layer>[A-Za-z0-9_.\[\]\-/]+))?(?:\((?P<params>[^()]*)\))?$")
 
 
 def _split_stages(text: str) -> list[str]:
