@@ -115,6 +115,14 @@ def _i16b(array: np.ndarray) -> Image.Image:
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # a name whose bytes are Latin-1, not UTF-8
 
 
+def _unix_socket(path: Path) -> None:
+    import socket
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))  # the file stays after the socket is closed
+    server.close()
+
+
 def _multipage(path: Path) -> None:
     pages = [Image.fromarray(_digit()), Image.fromarray(255 - _digit())]
     pages[0].save(path, save_all=True, append_images=pages[1:])
@@ -137,6 +145,7 @@ FOLDER_CASES = [
     ("link_loop.png", lambda f, n: os.symlink(n, f / n), "rejected", "symbolic link loop"),
     ("fifo.png", lambda f, n: os.mkfifo(f / n), "rejected", "named pipe (FIFO)"),
     ("folder.png", lambda f, n: (f / n).mkdir(), "rejected", "a folder named like an image"),
+    ("socket.png", lambda f, n: _unix_socket(f / n), "rejected", "a socket, not a file"),
     ("._resource_fork.png", lambda f, n: (f / n).write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60), "rejected",
      "not a readable image"),
     ("bomb.png", lambda f, n: _png_header_only(f / n, 30_000, 30_000), "rejected", "image too large"),
