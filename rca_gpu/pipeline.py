@@ -238,12 +238,34 @@ def run(
     cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
     features = compute_features(spec.pipeline.features, failures, spec, device, cache, reporter)
     timer.add("features", t)
-    check_enough(features.n, len(failures), spec.pipeline.cluster.name)
+    return run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
+                           started_at=started_at)
 
-    t = time.perf_counter()
-    graph = feature_graph(features, spec, spec.pipeline.reduce, device)
-    timer.add("knn", t)
-    return cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
+
+def run_on_features(
+    spec: RunSpec,
+    failures: FailureSet,
+    features,
+    device: Device,
+    out: str | Path,
+    *,
+    timer: Timer | None = None,
+    reporter: Reporter | None = None,
+    started_at: str | None = None,
+    graph: KnnGraph | None = None,
+) -> RunResult:
+    """Everything after extraction: kNN graph (unless ``graph`` is given), reduce + cluster, outputs.
+
+    The entry point for features that were not extracted here: ``--features FILE``
+    (rca_gpu.features.precomputed) and extraction on Dask workers (rca_gpu.distributed).
+    """
+    timer = timer or Timer()
+    check_enough(features.n, len(failures), spec.pipeline.cluster.name)
+    if graph is None:
+        t = time.perf_counter()
+        graph = feature_graph(features, spec, spec.pipeline.reduce, device)
+        timer.add("knn", t)
+    return cluster_and_write(spec, failures, features, graph, device, Path(out), timer=timer, reporter=reporter,
                              started_at=started_at)
 
 

@@ -2,11 +2,14 @@
 
 A pipeline string names one algorithm per stage, joined by ``+``::
 
-    pipeline  := features "+" reducer "+" clusterer
+    pipeline  := [features "+"] reducer "+" clusterer
     features  := name ["@" layer] [params]        e.g. mobilenet_v2, lrp@conv3, resnet18@layer3
     reducer   := ("umap" | "pca" | "none") [params]
     clusterer := ("dbscan" | "hdbscan" | "kmeans" | "ward") [params]
     params    := "(" key "=" value {"," key "=" value} ")"
+
+Without a feature stage (``umap+dbscan``) the pipeline runs on features the user brings
+(``rca-gpu run --features FILE``, :class:`rca_gpu.FailureClusterer`); it stands for ``precomputed+umap+dbscan``.
 
 Examples: ``mobilenet_v2+umap+dbscan``, ``pixels+pca(n_components=20)+kmeans(k=8)``,
 ``mobilenet_v2+umap(n_neighbors=30,n_components=10)+hdbscan(min_cluster_size=15)``.
@@ -150,6 +153,13 @@ EXTRACTORS: dict[str, ExtractorInfo] = {
          "epochs": Param(int, "at_least_1")},
     ),
 }
+
+#: The feature stage of a pipeline over features the user brings (written ``umap+dbscan``).
+PRECOMPUTED = "precomputed"
+EXTRACTORS[PRECOMPUTED] = ExtractorInfo(
+    "rca_gpu.features.precomputed:PrecomputedFeatures",
+    "features you bring: rca-gpu run --features FILE (.parquet / .npy), or FailureClusterer.fit(X)",
+)
 
 REDUCERS: dict[str, dict[str, Param]] = {
     "umap": {
@@ -375,14 +385,17 @@ def make_cluster(name: str, **params: Any) -> ClusterSpec:
 
 
 def parse_pipeline(text: str) -> PipelineSpec:
-    """Parse ``features[@layer][(k=v)]+reducer[(k=v)]+clusterer[(k=v)]``."""
+    """Parse ``[features[@layer][(k=v)]+]reducer[(k=v)]+clusterer[(k=v)]``."""
     if not isinstance(text, str) or not text.strip():
         raise SpecError("The pipeline is empty. Write it as FEATURES+REDUCER+CLUSTERER, e.g. mobilenet_v2+umap+dbscan.")
     stages = _split_stages(text.strip())
+    if len(stages) == 2 and re.split(r"[@(]", stages[0])[0].strip().lower() in REDUCERS:
+        stages = [PRECOMPUTED, *stages]  # REDUCER+CLUSTERER: over features the user brings
     if len(stages) != 3:
         raise SpecError(
             f"The pipeline {text!r} has {len(stages)} stage(s); it needs three joined by '+': "
-            "FEATURES+REDUCER+CLUSTERER, e.g. mobilenet_v2+umap+dbscan."
+            "FEATURES+REDUCER+CLUSTERER, e.g. mobilenet_v2+umap+dbscan (or REDUCER+CLUSTERER, e.g. umap+dbscan, "
+            "over features passed with --features)."
         )
     matches = []
     for stage in stages:

@@ -55,9 +55,10 @@ class ImageDataset:
     """Map-style dataset over some rows of a FailureSet: item -> (position, tensor | None, reason)."""
 
     def __init__(self, failures: "FailureSet", positions: np.ndarray, transform: Callable, mode: str) -> None:
-        self.paths = failures.paths
         self.images = failures.images
         self.positions = np.asarray(positions, dtype=np.int64)
+        # only these rows' paths, as one Arrow array: no Python string per row, cheap to send to workers
+        self.paths = None if self.images is not None else _paths_of(failures, self.positions)
         self.transform = transform
         self.mode = mode
 
@@ -72,12 +73,19 @@ class ImageDataset:
 
                 image = Image.fromarray(self.images[position]).convert(self.mode)
             else:
-                image = decode_image(self.paths[position], self.mode)
+                image = decode_image(self.paths[item].as_py(), self.mode)
             return position, self.transform(image), ""
         except ValueError as exc:
             return position, None, str(exc)
         except Exception as exc:  # a transform failing on odd input is a rejection too
             return position, None, f"preprocessing failed: {type(exc).__name__}: {exc}"
+
+
+def _paths_of(failures: "FailureSet", positions: np.ndarray):
+    import pyarrow as pa
+
+    column = pa.Table.from_pandas(failures.table[["path"]], preserve_index=False).column("path")
+    return column.take(pa.array(positions, pa.int64())).combine_chunks()
 
 
 def collate(items):

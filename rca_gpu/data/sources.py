@@ -73,21 +73,27 @@ class FailureSet:
             mask[list(self.rejected)] = False
         return np.flatnonzero(mask)
 
-    def fingerprint(self) -> list[tuple[str, int, int]]:
-        """(path, size, mtime_ns) per row: what a features cache depends on."""
-        if self.images is not None:
-            import hashlib
+    def fingerprint(self) -> str:
+        """Hex digest of (path, size, mtime_ns) of every row: what a features cache depends on.
 
+        Streamed into the hash in chunks of rows, so a million rows cost no list of a million tuples.
+        """
+        import hashlib
+
+        if self.images is not None:
             digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
-            return [("arrays", len(self), int(digest[:15], 16))]
-        out = []
-        for path in self.paths:
-            try:
-                st = os.stat(path)
-                out.append((path, st.st_size, st.st_mtime_ns))
-            except OSError:
-                out.append((path, -1, -1))
-        return out
+            return f"arrays:{len(self)}:{digest}"
+        digest = hashlib.sha256()
+        paths = self.table["path"]
+        for start in range(0, len(paths), 1 << 16):
+            for path in paths.iloc[start:start + (1 << 16)].tolist():
+                try:
+                    st = os.stat(path)
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except (OSError, TypeError, ValueError):
+                    size = mtime = -1
+                digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+        return f"files:{len(self)}:{digest.hexdigest()}"
 
 
 def load_source(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> FailureSet:
@@ -126,20 +132,21 @@ def from_arrays(images: np.ndarray, metadata: pd.DataFrame | dict[str, Any] | No
 
 
 def _from_folder(folder: Path) -> FailureSet:
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
-    if not files:
+    from rca_gpu.data.listing import folder_columns, scan_files
+
+    files, links = scan_files(folder, IMAGE_EXTENSIONS)  # streamed: no Python object per file
+    if not len(files):
         raise SourceError(
             f"The folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively). "
             "Point SOURCE at the folder with the failing images, or at a manifest."
         )
     root = folder.resolve()
+    columns = folder_columns(folder, files, links)
     table = pd.DataFrame(
         {
             "id": np.arange(len(files), dtype=np.int64),
-            "path": [str(p.resolve()) for p in files],
-            "folder": [str(p.parent.relative_to(folder)) for p in files],
+            "path": columns["path"].to_pandas(),
+            "folder": columns["folder"].to_pandas(),
         }
     )
     return FailureSet(table=table, source=str(folder), kind="folder", root=str(root))
@@ -168,24 +175,13 @@ def _from_manifest(path: Path, image_root: str | os.PathLike | None) -> FailureS
         raise SourceError(f"The manifest {str(path)!r} has no rows. Add one row per failing image.")
     base = path.parent.resolve()
     root = Path(image_root).expanduser().resolve() if image_root else base
-    resolved, rejected = [], {}
-    for pos, raw in enumerate(frame["path"].tolist()):
-        if not isinstance(raw, str) or not raw.strip():
-            resolved.append("")
-            rejected[pos] = "empty path in manifest"
-            continue
-        candidate = (base / Path(raw).expanduser()).resolve()
-        resolved.append(str(candidate))
-        if not candidate.is_relative_to(root):
-            rejected[pos] = f"path escapes the image root {str(root)!r}; use --image-root to allow another folder"
-        elif not candidate.is_file():
-            rejected[pos] = "file not found"
-        elif candidate.suffix.lower() not in IMAGE_EXTENSIONS:
-            rejected[pos] = f"not an image file extension ({candidate.suffix or 'none'})"
+    from rca_gpu.data.listing import check_manifest_paths
+
+    resolved, rejected = check_manifest_paths(frame["path"], base, root, IMAGE_EXTENSIONS)  # in chunks
     ids = _ids(frame, path)
     meta = _protect_reserved(frame.drop(columns=["path", "id"], errors="ignore").reset_index(drop=True))
     table = pd.concat(
-        [pd.DataFrame({"id": ids, "path": resolved, "input_path": frame["path"].astype(str).tolist()}), meta],
+        [pd.DataFrame({"id": ids, "path": resolved, "input_path": frame["path"].astype(str).reset_index(drop=True)}), meta],
         axis=1,
     )
     dut = _dut_from_metadata(metadata.get(DUT_METADATA_KEY), base)

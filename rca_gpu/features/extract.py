@@ -84,30 +84,59 @@ class _ShardStore:
         folder.mkdir(parents=True, exist_ok=True)
         self.count = len(list(folder.glob("part-*.parquet")))
 
-    def load(self) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    def load(self) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
+        """Read every readable shard back: (positions (m,) int64 ascending, features (m, d) float32 or None
+        when no row is cached, {position: reason} of the rejected rows).
+
+        Shards are opened by memory map and decoded one at a time straight into their rows of one
+        preallocated matrix (positions are read first, so the rows land sorted), so reading back n cached
+        rows peaks at the (n, d) matrix plus one shard, not at n per-row arrays.
+        """
         import pyarrow.parquet as pq
 
-        rows: dict[int, np.ndarray] = {}
+        readable: list[tuple[Path, np.ndarray, np.ndarray, int]] = []  # shard, positions, good mask, dims
         rejected: dict[int, str] = {}
         for shard in sorted(self.folder.glob("part-*.parquet")):
             try:
-                table = pq.read_table(shard)
+                table = pq.read_table(shard, columns=["position", "reason"], memory_map=True)
+                dims = int(pq.read_schema(shard).field("feature").type.list_size)
             except Exception:  # an unreadable shard is recomputed, not trusted
                 log.warning("ignoring unreadable cache shard %s", shard)
                 continue
             positions = table.column("position").to_numpy()
-            reasons = table.column("reason").to_pylist()
-            features = table.column("feature")
-            good = [i for i, r in enumerate(reasons) if r is None]
-            if good:
-                flat = features.take(good).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                matrix = flat.reshape(len(good), -1)
-                for row, i in enumerate(good):
-                    rows[int(positions[i])] = matrix[row]
-            for i, reason in enumerate(reasons):
-                if reason is not None:
-                    rejected[int(positions[i])] = reason
-        return rows, rejected
+            reasons = table.column("reason")
+            good = reasons.is_null().to_numpy()
+            for position, reason in zip(positions[~good].tolist(), reasons.drop_null().to_pylist()):
+                rejected[position] = reason
+            readable.append((shard, positions, good, dims))
+        good_positions = [positions[good] for _, positions, good, _ in readable]
+        if not good_positions or not sum(map(len, good_positions)):
+            return np.empty(0, dtype=np.int64), None, rejected
+        everything = np.concatenate(good_positions)
+        # a position cached twice keeps its last copy, as a re-run overwrites
+        last = len(everything) - 1 - np.unique(everything[::-1], return_index=True)[1]
+        keep = np.zeros(len(everything), dtype=bool)
+        keep[last] = True
+        sorted_positions = np.sort(everything[keep])
+        dims = readable[0][3]
+        matrix = np.empty((len(sorted_positions), dims), dtype=np.float32)
+        offset = 0
+        for shard, positions, good, shard_dims in readable:
+            count = int(good.sum())
+            kept = keep[offset:offset + count]
+            offset += count
+            if not kept.any():
+                continue
+            if shard_dims != dims:
+                log.warning("ignoring cache shard %s: %d features per row, not %d", shard, shard_dims, dims)
+                continue
+            column = pq.read_table(shard, columns=["feature"], memory_map=True).column("feature").combine_chunks()
+            values = column.values.to_numpy(zero_copy_only=False)[: len(column) * dims].reshape(len(column), dims)
+            rows = np.searchsorted(sorted_positions, positions[good][kept])
+            matrix[rows] = values[good][kept]
+        for position in sorted_positions.tolist():
+            rejected.pop(position, None)
+        return sorted_positions, matrix, rejected
 
     def write(self, positions: list[int], reasons: list[str | None], features: np.ndarray | None, dims: int) -> None:
         import pyarrow as pa
@@ -146,15 +175,17 @@ def extract_features(
     extractor.prepare()
     transform = extractor.transform()
     rejected: dict[int, str] = dict(failures.rejected)
-    done: dict[int, np.ndarray] = {}
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
         store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}")
-        done, cached_rejected = store.load()
+        done_positions, done_matrix, cached_rejected = store.load()
         rejected.update(cached_rejected)
-    todo = np.array([p for p in failures.usable_positions if p not in done and p not in rejected], dtype=np.int64)
-    from_cache = len(done)
+    else:
+        done_positions, done_matrix = np.empty(0, dtype=np.int64), None
+    usable = failures.usable_positions
+    todo = usable[~np.isin(usable, done_positions) & ~np.isin(usable, np.fromiter(rejected, np.int64, len(rejected)))]
+    from_cache = len(done_positions)
     if from_cache:
         log.info("features: %d of %d images from cache %s", from_cache, len(failures), store.folder)
 
@@ -197,22 +228,43 @@ def extract_features(
         if store is not None and pending[0]:
             _flush(store, pending, dims)
 
-    if done:
-        cached_positions = np.fromiter(done.keys(), dtype=np.int64, count=len(done))
-        cached = np.stack([done[int(p)] for p in cached_positions]).astype(np.float32)
-        chunks.append(to_kind(cached, "torch", torch_device=device.type))
-        chunk_positions.append(cached_positions)
+    if from_cache:
+        chunks.append(to_kind(done_matrix, "torch", torch_device=device.type))
+        chunk_positions.append(done_positions)
+        del done_matrix
     if not chunks:
         raise TooFewImagesError(
             f"No usable image among the {len(failures)} input row(s): every one was rejected "
             f"(first reason: {next(iter(rejected.values()), 'unknown')}). See the 'reason' column."
         )
-    positions = np.concatenate(chunk_positions)
-    order = np.argsort(positions, kind="stable")
-    matrix = torch.cat([c.to(device) for c in chunks])[torch.as_tensor(order, device=device)]
+    positions, matrix = _assemble(chunks, chunk_positions, device)
     info = {**extractor.describe(), "dims": int(matrix.shape[1]), "precision": context.precision,
             "from_cache": from_cache, "cache": str(store.folder) if store else None}
-    return Features(matrix, positions[order], rejected, info, time.perf_counter() - started, from_cache)
+    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache)
+
+
+def _assemble(chunks: list, chunk_positions: list[np.ndarray], device) -> tuple[np.ndarray, Any]:
+    """(positions ascending, (n, d) tensor on ``device``) from row blocks in any order.
+
+    Each block is copied into its rows of one preallocated tensor and released, so assembling peaks near one
+    copy of the matrix; a single block already in order (everything read back from the cache) is used as is.
+    """
+    import torch
+
+    positions = np.concatenate(chunk_positions)
+    order = np.argsort(positions, kind="stable")
+    if len(chunks) == 1 and np.array_equal(order, np.arange(len(order))):
+        return positions, chunks.pop().to(device)
+    destination = np.empty_like(order)
+    destination[order] = np.arange(len(order))
+    matrix = torch.empty((len(positions), int(chunks[0].shape[1])), dtype=torch.float32, device=device)
+    offset = 0
+    for i in range(len(chunks)):
+        block, chunks[i] = chunks[i], None
+        rows = torch.as_tensor(destination[offset:offset + len(block)], device=device)
+        matrix[rows] = block.to(device=device, dtype=torch.float32)
+        offset += len(block)
+    return positions[order], matrix
 
 
 def _flush(store: _ShardStore, pending, dims: int | None) -> None:
