@@ -140,9 +140,9 @@ def print_clusters(clusters, console=None) -> None:
 @app.command("run")
 @friendly_errors
 def run_command(
-    source: Annotated[Path, typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
-                                           "with a 'path' column.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    source: Annotated[Optional[Path], typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
+                                                     "with a 'path' column (or --features instead).")] = None,
     pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -158,19 +158,29 @@ def run_command(
                      "Parquet shards under OUT/cache and reuse them.")] = None,
     plot_umap: Annotated[Optional[bool], typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
                          "embedding.parquet when the chosen embedding is not 2-D (else PCA).")] = None,
+    features: Annotated[Optional[Path], typer.Option("--features", help="Your own features instead of SOURCE: "
+                        ".parquet (id, optional path and metadata columns, one list column or f0..fN) or 2-D .npy; "
+                        "the pipeline then has no feature stage (default umap+dbscan).")] = None,
+    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="With --features: .csv/.parquet with one "
+                        "row per feature row, same order (id, path, root_cause, ...).")] = None,
+    dask: Annotated[Optional[str], typer.Option("--dask", help="local, or a scheduler address tcp://HOST:8786: "
+                    "extraction on Dask workers (kNN graph too on dask-cuda workers).")] = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Cluster the failing images in SOURCE; write clusters.parquet, embedding.parquet, run.json to OUT."""
+    """Cluster the failing images in SOURCE (or the features in --features FILE); write clusters.parquet,
+    embedding.parquet, run.json to OUT."""
     reporter = _setup(quiet, verbose)
+    from rca_gpu.launch import pipeline_for_features, run_inputs
+
+    if features is not None:
+        pipeline = pipeline_for_features(pipeline, config)
     spec = build_spec(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
         cache_features=cache, plot_embedding=plot_umap,
     )
-    from rca_gpu.pipeline import run
-
-    result = run(spec, source, out, reporter=reporter)
+    result = run_inputs(spec, source, out, features=features, metadata=metadata, dask=dask, reporter=reporter)
     _echo_result(result, show_clusters=not quiet, images="images")
 
 

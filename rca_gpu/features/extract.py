@@ -84,17 +84,11 @@ class _ShardStore:
         folder.mkdir(parents=True, exist_ok=True)
         self.count = len(list(folder.glob("part-*.parquet")))
 
-    def load(self) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
-        """Read every readable shard back: (positions (m,) int64 ascending, features (m, d) float32 or None
-        when no row is cached, {position: reason} of the rejected rows).
-
-        Shards are opened by memory map and decoded one at a time straight into their rows of one
-        preallocated matrix (positions are read first, so the rows land sorted), so reading back n cached
-        rows peaks at the (n, d) matrix plus one shard, not at n per-row arrays.
-        """
+    def _scan(self) -> tuple[list[tuple[Path, np.ndarray, np.ndarray, int]], dict[int, str]]:
+        """([(shard, positions, good-row mask, dims)] of the readable shards, {position: reason})."""
         import pyarrow.parquet as pq
 
-        readable: list[tuple[Path, np.ndarray, np.ndarray, int]] = []  # shard, positions, good mask, dims
+        readable: list[tuple[Path, np.ndarray, np.ndarray, int]] = []
         rejected: dict[int, str] = {}
         for shard in sorted(self.folder.glob("part-*.parquet")):
             try:
@@ -109,6 +103,36 @@ class _ShardStore:
             for position, reason in zip(positions[~good].tolist(), reasons.drop_null().to_pylist()):
                 rejected[position] = reason
             readable.append((shard, positions, good, dims))
+        # shards of rejected rows only may carry any width; those with features must agree (the most common)
+        widths = [dims for _, _, good, dims in readable if good.any()]
+        if widths:
+            common = max(set(widths), key=widths.count)
+            for shard, _, good, dims in readable:
+                if good.any() and dims != common:
+                    log.warning("ignoring cache shard %s: %d features per row, not %d", shard, dims, common)
+            readable = [r for r in readable if not r[2].any() or r[3] == common]
+        return readable, rejected
+
+    def index(self) -> tuple[np.ndarray, dict[int, str]]:
+        """(positions with cached features, ascending; {position: reason} of cached rejections), without
+        reading any feature values."""
+        readable, rejected = self._scan()
+        good = np.unique(np.concatenate([p[g] for _, p, g, _ in readable] or [np.empty(0, np.int64)]))
+        for position in good.tolist():
+            rejected.pop(position, None)
+        return good.astype(np.int64), rejected
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
+        """Read every readable shard back: (positions (m,) int64 ascending, features (m, d) float32 or None
+        when no row is cached, {position: reason} of the rejected rows).
+
+        Shards are opened by memory map and decoded one at a time straight into their rows of one
+        preallocated matrix (positions are read first, so the rows land sorted), so reading back n cached
+        rows peaks at the (n, d) matrix plus one shard, not at n per-row arrays.
+        """
+        import pyarrow.parquet as pq
+
+        readable, rejected = self._scan()
         good_positions = [positions[good] for _, positions, good, _ in readable]
         if not good_positions or not sum(map(len, good_positions)):
             return np.empty(0, dtype=np.int64), None, rejected
@@ -118,17 +142,14 @@ class _ShardStore:
         keep = np.zeros(len(everything), dtype=bool)
         keep[last] = True
         sorted_positions = np.sort(everything[keep])
-        dims = readable[0][3]
+        dims = next(d for _, _, good, d in readable if good.any())
         matrix = np.empty((len(sorted_positions), dims), dtype=np.float32)
         offset = 0
-        for shard, positions, good, shard_dims in readable:
+        for shard, positions, good, _ in readable:
             count = int(good.sum())
             kept = keep[offset:offset + count]
             offset += count
             if not kept.any():
-                continue
-            if shard_dims != dims:
-                log.warning("ignoring cache shard %s: %d features per row, not %d", shard, shard_dims, dims)
                 continue
             column = pq.read_table(shard, columns=["feature"], memory_map=True).column("feature").combine_chunks()
             values = column.values.to_numpy(zero_copy_only=False)[: len(column) * dims].reshape(len(column), dims)
