@@ -62,17 +62,27 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: Any) -> Path:
+def write_json(path: Path, data: Any, *, run_id: str | None = None) -> Path:
+    """Write ``data`` as standard JSON (NaN/inf -> null), atomically. With ``run_id`` (``data`` a dict),
+    the file carries the run's id under ``"run_id"`` (see :mod:`rca_gpu.runfolder`)."""
+    if run_id is not None:
+        data = {"run_id": run_id, **{k: v for k, v in data.items() if k != "run_id"}}
     return write_text(path, json.dumps(_json_safe(data), indent=2, default=str) + "\n")
 
 
-def write_parquet(path: Path, frame, *, metadata: Mapping[bytes, bytes] | None = None) -> Path:
+def write_parquet(path: Path, frame, *, metadata: Mapping[bytes, bytes] | None = None,
+                  run_id: str | None = None) -> Path:
     """Write a pandas DataFrame or a pyarrow Table as Parquet (zstd), atomically. ``metadata`` is added to
-    the schema metadata (pandas' own key is kept, so the frame round-trips)."""
+    the schema metadata (pandas' own key is kept, so the frame round-trips); ``run_id`` is stored there under
+    :data:`rca_gpu.runfolder.RUN_ID_KEY`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from rca_gpu.runfolder import RUN_ID_KEY
+
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    if run_id is not None:
+        metadata = {**(metadata or {}), RUN_ID_KEY: run_id.encode()}
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     return _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))

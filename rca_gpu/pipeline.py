@@ -26,6 +26,7 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
+from rca_gpu.runfolder import RUN_FORMAT, new_run_id
 from rca_gpu.spec import MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec
 from rca_gpu.tuning import Selection, effective_k, select
 
@@ -285,6 +286,7 @@ def cluster_and_write(
     """Reduce + cluster (tuned) the extracted features, write the outputs, evaluate when possible."""
     timer = timer or Timer()
     reporter = reporter or Reporter(enabled=False)
+    run_id = new_run_id()
     started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out = Path(out)
     t = time.perf_counter()
@@ -303,13 +305,14 @@ def cluster_and_write(
 
     t = time.perf_counter()
     clusters = clusters_table(failures, features, labels)
-    outputs.write_parquet(out / "clusters.parquet", clusters)
-    outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen))
+    outputs.write_parquet(out / "clusters.parquet", clusters, run_id=run_id)
+    outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen),
+                          run_id=run_id)
     metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
         from rca_gpu.evaluate import evaluate_clusters
 
-        evaluation = evaluate_clusters(clusters, out)
+        evaluation = evaluate_clusters(clusters, out, run_id=run_id)
         metrics, per_cause = evaluation.summary, evaluation.per_cause
     timer.add("write", t)
 
@@ -323,7 +326,8 @@ def cluster_and_write(
         "clusters": int(len(np.unique(labels[labels >= 0]))),
     }
     run_info = {
-        "rca_gpu_run": 1,
+        "rca_gpu_run": RUN_FORMAT,
+        "run_id": run_id,
         "started_at": started_at,
         "source": {"given": str(failures.source), "kind": failures.kind, "rows": len(failures)},
         "spec": spec.to_dict(),

@@ -13,6 +13,7 @@ from helpers import add_bad_files, pattern_images, write_pngs
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.pipeline import order_labels, run
+from rca_gpu.runfolder import open_run
 from rca_gpu.spec import build_run_spec
 
 
@@ -53,6 +54,9 @@ def test_run_accounts_for_every_row_and_finds_the_groups(image_folder, tmp_path)
     assert {"torch", "numpy", "scikit-learn"} <= set(info["versions"])
     assert info["device"]["torch_device"] == "cpu" and info["seed"] == 0
     assert result.n_clusters == 4
+    folder = open_run(tmp_path / "out")  # every output carries the run's id
+    assert folder.run_id == info["run_id"]
+    assert len(folder.clusters()) == len(clusters) and len(folder.embedding()) == len(good)
 
 
 def test_rerun_is_reproducible_and_reuses_cached_features(image_folder, tmp_path):
