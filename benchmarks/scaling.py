@@ -260,10 +260,14 @@ def extraction_child(folder: str, pipeline: str, cache: str, batch_size: int, wo
     rss_after_listing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     features = compute_features(spec.pipeline.features, failures, spec, resolve_device("cpu"), Path(cache),
                                 Reporter(enabled=False))
+    import psutil
+
+    rss_end = psutil.Process().memory_info().rss  # the matrix is all there now, decoding and shards are done
     print("RESULT " + json.dumps({"n": len(failures), "usable": features.n, "dims": int(features.matrix.shape[1]),
                       "matrix_gib": features.n * int(features.matrix.shape[1]) * 4 / GIB,
                       "list_s": round(listed, 2), "extract_s": round(features.seconds, 1),
-                      "peak_rss_after_listing_gib": rss_after_listing / GIB}), flush=True)
+                      "peak_rss_after_listing_gib": rss_after_listing / GIB, "rss_end_gib": rss_end / GIB}),
+          flush=True)
 
 
 def run_extraction(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -286,6 +290,7 @@ def run_extraction(args: argparse.Namespace) -> list[dict[str, Any]]:
             row.update(child)
             row["peak_rss_minus_matrix_gib"] = round(row["peak_rss_gib"] - child["matrix_gib"], 3)
             row["peak_tree_rss_minus_matrix_gib"] = round(row["peak_tree_rss_gib"] - child["matrix_gib"], 3)
+            row["rss_end_minus_matrix_gib"] = round(child["rss_end_gib"] - child["matrix_gib"], 3)
             row["images_per_s"] = round(child["usable"] / child["extract_s"], 1)
         results.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "tail"}), flush=True)
@@ -344,14 +349,15 @@ def table(paths: list[Path], fit_from: int) -> str:
                                  f"**{exponent}**.")
         else:
             lines += ["| n images | dims | list s | extract s | images/s | peak RSS GiB | matrix GiB | "
-                      "peak RSS - matrix GiB | process tree peak - matrix GiB |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "peak RSS - matrix GiB | RSS at the end - matrix GiB | process tree peak - matrix GiB |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for r in rows:
                 if r.get("exit_code") != 0:
-                    lines.append(f"| {r['n']:,} | failed or timed out |" + " |" * 7)
+                    lines.append(f"| {r['n']:,} | failed or timed out |" + " |" * 8)
                     continue
                 lines.append(f"| {r['n']:,} | {r['dims']} | {r['list_s']} | {r['extract_s']} | {r['images_per_s']} | "
                              f"{r['peak_rss_gib']:.3f} | {r['matrix_gib']:.3f} | {r['peak_rss_minus_matrix_gib']:.3f} | "
+                             f"{r.get('rss_end_minus_matrix_gib', float('nan')):.3f} | "
                              f"{r['peak_tree_rss_minus_matrix_gib']:.3f} |")
         lines.append("")
     return "\n".join(lines)

@@ -221,6 +221,10 @@ def test_run_with_features_writes_the_usual_outputs(blobs, tmp_path):
     assert "load_features" in info["seconds"] and "features" not in info["seconds"]
     assert info["metrics"]["n_causes"] == 4 and (out / "metrics.json").is_file()
     assert len(pd.read_parquet(out / "embedding.parquet")) == len(x) - 1
+    from rca_gpu.runfolder import open_run
+
+    run_folder = open_run(out)  # the run folder contract holds: every file carries the run's id
+    assert len(run_folder.clusters()) == len(x) and len(run_folder.embedding()) == len(x) - 1
 
 
 def test_features_default_to_a_pipeline_without_a_feature_stage(blobs, tmp_path):
