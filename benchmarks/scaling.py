@@ -5,6 +5,8 @@
         --out benchmarks/scaling-features.json
     # extraction: N small PNG files through MobileNetV2 (32 px), memory of the extraction alone
     python benchmarks/scaling.py extraction --sizes 10000 100000 --out benchmarks/scaling-extraction.json
+    # listing a folder of N empty files and reading a manifest of N rows, now and the former way
+    python benchmarks/scaling.py sources --sizes 1000000 --out benchmarks/scaling-sources.json
     # the Markdown tables of benchmarks/RESULTS.md from the JSON files
     python benchmarks/scaling.py table benchmarks/scaling-features.json benchmarks/scaling-extraction.json
 
@@ -301,6 +303,92 @@ def run_extraction(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Sources: listing a folder, reading a manifest
+# --------------------------------------------------------------------------------------------------
+
+
+def make_empty_files(n: int, folder: Path) -> Path:
+    """n empty .png files in 100 sub-folders and a manifest.parquet naming them (listing reads no pixel)."""
+    import pandas as pd
+
+    marker = folder / ".complete"
+    manifest = folder / "manifest.parquet"
+    if marker.exists():
+        return manifest
+    per = math.ceil(n / 100)
+    names = []
+    for i in range(n):
+        sub = folder / f"d{i // per:03d}"
+        if i % per == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        name = f"d{i // per:03d}/img_{i:07d}.png"
+        (folder / name).touch()
+        names.append(name)
+    pd.DataFrame({"path": names, "root_cause": [f"c{i % 20}" for i in range(n)]}).to_parquet(manifest)
+    marker.write_text(str(n))
+    return manifest
+
+
+def sources_child(mode: str, target: str) -> None:
+    """Child mode: load one source the current way or the former way; print seconds and memory."""
+    import resource
+
+    import pandas as pd
+
+    from rca_gpu.data.sources import IMAGE_EXTENSIONS, load_source
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    if mode == "current":
+        rows = len(load_source(target))
+    elif mode == "former-folder":  # what the folder source did before: Path objects from rglob, sorted
+        folder = Path(target)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        table = pd.DataFrame({"id": np.arange(len(files)), "path": [str(p.resolve()) for p in files],
+                              "folder": [str(p.parent.relative_to(folder)) for p in files]})
+        rows = len(table)
+    else:  # "former-manifest": the per-row Path.resolve() loop the manifest source used before
+        frame = pd.read_parquet(target)
+        base_dir = Path(target).parent.resolve()
+        resolved, rejected = [], {}
+        for pos, raw in enumerate(frame["path"].tolist()):
+            candidate = (base_dir / Path(raw).expanduser()).resolve()
+            resolved.append(str(candidate))
+            if not candidate.is_relative_to(base_dir) or not candidate.is_file():
+                rejected[pos] = "bad"
+        table = pd.concat([pd.DataFrame({"id": np.arange(len(frame)), "path": resolved,
+                                         "input_path": frame["path"].astype(str).tolist()}),
+                           frame.drop(columns=["path"])], axis=1)
+        rows = len(table)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("RESULT " + json.dumps({"rows": rows, "seconds": round(seconds, 1),
+                                  "above_imports_mib": round((peak - base) / 1024)}), flush=True)
+
+
+def run_sources(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    work = Path(args.work or tempfile.mkdtemp(prefix="rca-scaling-"))
+    for n in sorted(args.sizes):
+        folder = work / f"empty-{n}"
+        manifest = make_empty_files(n, folder)
+        for kind, target, modes in (("folder", folder, ("current", "former-folder")),
+                                    ("manifest", manifest, ("current", "former-manifest"))):
+            for mode in modes:
+                command = [sys.executable, str(Path(__file__).resolve()), "_sources", mode, str(target)]
+                row = {"kind": "sources", "source": kind, "how": mode.split("-")[0], "n": n}
+                row.update(measure(command, timeout_s=args.timeout_min * 60))
+                if row["exit_code"] == 0:
+                    row.update(json.loads(next(line for line in row["tail"].splitlines()
+                                               if line.startswith("RESULT "))[7:]))
+                results.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "tail"}), flush=True)
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
 # Summaries
 # --------------------------------------------------------------------------------------------------
 
@@ -322,7 +410,12 @@ def table(paths: list[Path], fit_from: int) -> str:
                      f"cores, {data['machine'].get('memory_gib', '?')} GiB"
                      + (f", {data['machine']['gpu']}" if data["machine"].get("gpu") else "") + "):")
         lines.append("")
-        if rows and rows[0]["kind"] == "features":
+        if rows and rows[0]["kind"] == "sources":
+            lines += ["| source | rows | how | seconds | peak memory above the imports MiB |", "|---|---|---|---|---|"]
+            for r in rows:
+                lines.append(f"| {r['source']} | {r['n']:,} | {r['how']} | {r.get('seconds', 'failed')} | "
+                             f"{r.get('above_imports_mib', '')} |")
+        elif rows and rows[0]["kind"] == "features":
             lines += ["| n | dims | wall s | load s | kNN s | reduce+cluster s | plot s | after extraction s | "
                       "peak RSS GiB | matrix GiB | clusters / planted | noise | ARI | rare recall |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -364,6 +457,9 @@ def table(paths: list[Path], fit_from: int) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_sources":
+        sources_child(sys.argv[2], sys.argv[3])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "_extract":
         folder, pipeline, cache, batch, workers = sys.argv[2:7]
         extraction_child(folder, pipeline, cache, int(batch), int(workers))
@@ -381,7 +477,9 @@ def main() -> None:
                             help="only the feature stage is run")
     extraction.add_argument("--batch-size", type=int, default=64)
     extraction.add_argument("--workers", type=int, default=2)
-    for sub in (features, extraction):
+    sources = commands.add_parser("sources", help="listing a folder and reading a manifest of n files")
+    sources.add_argument("--sizes", type=int, nargs="+", default=[1_000_000])
+    for sub in (features, extraction, sources):
         sub.add_argument("--device", default="cpu", help="cpu | gpu | auto (passed to rca-gpu run)")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--timeout-min", type=float, default=90.0)
@@ -398,7 +496,7 @@ def main() -> None:
         return
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "rca_gpu" / "numba"))
     info = machine()
-    results = run_features(args) if args.command == "features" else run_extraction(args)
+    results = {"features": run_features, "extraction": run_extraction, "sources": run_sources}[args.command](args)
     payload = {"command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:]), "machine": info,
                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results}
     if args.out:

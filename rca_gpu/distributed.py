@@ -381,11 +381,13 @@ def knn_graph_dask(matrix: Any, k: int, client: "Client") -> "KnnGraph | None":
     n = len(host)
     k = min(k, n)
     rows = math.ceil(n / worker_count(client))
-    data = client.persist(da.from_array(host, chunks=(rows, host.shape[1])).map_blocks(cupy.asarray))
+    data = client.persist(da.from_array(host, chunks=(rows, host.shape[1])).map_blocks(
+        cupy.asarray, meta=cupy.empty((0, 0), dtype=cupy.float32)))
     model = NearestNeighbors(n_neighbors=k, client=client).fit(data)
-    distances, indices = model.kneighbors(data, n_neighbors=k)
-    distances, indices = client.compute([distances.map_blocks(cupy.asnumpy), indices.map_blocks(cupy.asnumpy)],
-                                        sync=True)
+    distances, indices = model.kneighbors(n_neighbors=k)  # the indexed rows themselves, in row order
+    distances, indices = client.compute(
+        [distances.map_blocks(cupy.asnumpy, meta=np.empty((0, 0), np.float32)),
+         indices.map_blocks(cupy.asnumpy, meta=np.empty((0, 0), np.int64))], sync=True)
     indices, distances = _self_first_numpy(np.asarray(indices, dtype=np.int64), np.asarray(distances, np.float32))
     return KnnGraph(indices, distances, "cuml-dask", time.perf_counter() - started)
 

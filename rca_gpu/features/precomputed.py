@@ -262,7 +262,8 @@ def _read_parquet(path: Path):
     n = parquet.metadata.num_rows
     if n == 0:
         raise SourceError(f"The features file {str(path)!r} has no rows. Add one row per failing image.")
-    meta_columns = [name for name in schema.names if name not in columns]
+    # pandas writes a non-default index as "__index_level_N__": not metadata of the failures
+    meta_columns = [name for name in schema.names if name not in columns and not name.startswith("__index_level_")]
     table = parquet.read(columns=meta_columns).to_pandas() if meta_columns else pd.DataFrame(index=range(n))
 
     if kind == "list":
