@@ -29,7 +29,6 @@ Extractors that look at the whole source before encoding cannot be split: ``ae``
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import logging
 import math
 import os
@@ -188,18 +187,17 @@ def extract_features_dask(
     ascending by position, float32 on ``context.device``); ``info["dask"]`` says how it was split.
     ``shard_rows`` overrides the shard size (whole batches).
 
+    No usable row gives empty Features (0 rows) with every row's reason, as the single-process engine does.
+
     Raises
     ------
     SpecError
         The extractor cannot be split (:func:`check_splittable`).
-    TooFewImagesError
-        No row could be encoded.
     """
     import torch
 
-    from rca_gpu.errors import TooFewImagesError
     from rca_gpu.features import create_extractor
-    from rca_gpu.features.extract import Features, _assemble, _ShardStore, cache_key
+    from rca_gpu.features.extract import Features, _assemble, _ShardStore, cache_key, drop_nonfinite_rows
 
     check_splittable(spec)
     started = time.perf_counter()
@@ -226,11 +224,12 @@ def extract_features_dask(
                 "source": failures.source, "kind": failures.kind, "root": failures.root}
     futures = [
         client.submit(encode_shard, spec, settings, _rows(failures, shard), _images(failures, shard), shard,
-                      pure=False, key=f"rca-gpu-features-{i}-{os.urandom(4).hex()}")
+                      _file_paths(failures, shard), pure=False, key=f"rca-gpu-features-{i}-{os.urandom(4).hex()}")
         for i, shard in enumerate(shards)
     ]
     chunks: list[Any] = []
     chunk_positions: list[np.ndarray] = []
+    notes: dict[int, str] = {}
     dims = None
     reporter = context.reporter
     progress = (reporter.task(f"features {spec} on {workers} Dask worker(s)", total=len(todo)) if reporter
@@ -240,14 +239,17 @@ def extract_features_dask(
     try:
         with progress as advance:
             for future in as_completed(futures):
-                positions, matrix, bad = future.result()
+                positions, matrix, bad, shard_notes = future.result()
                 future.release()
                 rejected.update(bad)
+                notes.update(shard_notes)
                 if len(positions):
                     dims = int(matrix.shape[1])
                 if store is not None:
-                    store.write([*positions.tolist(), *bad], [*([None] * len(positions)), *bad.values()],
-                                matrix if len(positions) else None, dims or 1)
+                    rows = positions.tolist()
+                    store.write([*rows, *bad], [*([None] * len(rows)), *bad.values()],
+                                [*(shard_notes.get(p) for p in rows), *([None] * len(bad))],
+                                matrix if len(rows) else None, dims or 1)
                 elif len(positions):
                     chunks.append(torch.from_numpy(matrix))
                     chunk_positions.append(positions)
@@ -258,27 +260,36 @@ def extract_features_dask(
         raise
     from_cache = len(done)
     if store is not None:
-        positions, matrix_np, cached_rejected = store.load()
+        positions, matrix_np, cached_rejected, cached_notes = store.load()
         rejected.update(cached_rejected)
+        notes.update(cached_notes)
         if matrix_np is not None:
-            chunks, chunk_positions = [torch.from_numpy(matrix_np)], [positions]
-    if not chunks:
-        raise TooFewImagesError(
-            f"No usable image among the {len(failures)} input row(s): every one was rejected "
-            f"(first reason: {next(iter(rejected.values()), 'unknown')}). See the 'reason' column."
-        )
+            matrix_np, positions = drop_nonfinite_rows(matrix_np, positions, rejected, source=str(spec))
+            chunks, chunk_positions = [torch.from_numpy(np.ascontiguousarray(matrix_np))], [positions]
+    info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
+            "cache": str(store.folder) if store else None,
+            "dask": {"scheduler": client.scheduler.address, "workers": workers, "shards": len(shards),
+                     "shard_rows": size}}
+    if not chunks or not sum(len(p) for p in chunk_positions):
+        # no usable image: the caller reports it with every row's reason, as for a single process
+        info["dims"] = dims or 0
+        return Features(torch.empty((0, dims or 0), dtype=torch.float32, device=context.device),
+                        np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started, from_cache,
+                        notes)
     positions, matrix = _assemble(chunks, chunk_positions, context.device)
     for position in positions.tolist():
         rejected.pop(position, None)
-    info = {**extractor.describe(), "dims": int(matrix.shape[1]), "precision": context.precision,
-            "from_cache": from_cache, "cache": str(store.folder) if store else None,
-            "dask": {"scheduler": client.scheduler.address, "workers": workers, "shards": len(shards),
-                     "shard_rows": size}}
-    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache)
+    info["dims"] = int(matrix.shape[1])
+    usable_notes = {p: n for p, n in notes.items() if p not in rejected}
+    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache, usable_notes)
 
 
 def _rows(failures: "FailureSet", positions: np.ndarray) -> "pd.DataFrame":
     return failures.table[["id", "path"]].iloc[positions].reset_index(drop=True)
+
+
+def _file_paths(failures: "FailureSet", positions: np.ndarray) -> list[str] | None:
+    return None if failures.file_paths is None else [failures.file_paths[p] for p in positions.tolist()]
 
 
 def _images(failures: "FailureSet", positions: np.ndarray) -> np.ndarray | None:
@@ -286,43 +297,31 @@ def _images(failures: "FailureSet", positions: np.ndarray) -> np.ndarray | None:
 
 
 def encode_shard(spec: "FeatureSpec", settings: dict[str, Any], table: "pd.DataFrame", images: np.ndarray | None,
-                 positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+                 positions: np.ndarray, file_paths: list[str] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict[int, str], dict[int, str]]:
     """Runs on a worker: encode one shard with the ordinary engine.
 
     Returns (positions of the encoded rows, their (k, d) float32 features, {position: reason} of the
-    rejected rows), positions being the client's row positions.
+    rejected rows, {position: note} of rows read with a note), positions being the client's row positions.
     """
     import torch
 
     from rca_gpu.data.sources import FailureSet
     from rca_gpu.device import as_numpy
-    from rca_gpu.errors import TooFewImagesError
     from rca_gpu.features.base import ExtractionContext
     from rca_gpu.features.extract import extract_features
 
     _limit_threads()
     shard = FailureSet(table=table, source=settings["source"], kind=settings["kind"], images=images,
-                       root=settings["root"])
+                       root=settings["root"], file_paths=file_paths)
     device = torch.device("cuda" if settings["cuda"] and torch.cuda.is_available() else "cpu")
     context = ExtractionContext(failures=shard, device=device, precision=settings["precision"],
                                 seed=settings["seed"], batch_size=settings["batch_size"], workers=0,
                                 model_ref=settings["model_ref"])
-    try:
-        features = extract_features(spec, context, cache_dir=None)
-    except TooFewImagesError:  # every image of the shard is bad: say why, row by row
-        return positions[:0], np.empty((0, 0), np.float32), _reasons(spec, context, positions)
+    features = extract_features(spec, context, cache_dir=None)
     matrix = np.asarray(as_numpy(features.matrix), dtype=np.float32)
-    return positions[features.positions], matrix, {int(positions[p]): r for p, r in features.rejected.items()}
-
-
-def _reasons(spec: "FeatureSpec", context: "ExtractionContext", positions: np.ndarray) -> dict[int, str]:
-    from rca_gpu.data.loading import ImageDataset
-    from rca_gpu.features import create_extractor
-
-    extractor = create_extractor(spec, context)
-    extractor.prepare()
-    dataset = ImageDataset(context.failures, np.arange(len(positions)), extractor.transform(), extractor.image_mode)
-    return {int(positions[i]): dataset[i][2] or "not encoded" for i in range(len(positions))}
+    return (positions[features.positions], matrix, {int(positions[p]): r for p, r in features.rejected.items()},
+            {int(positions[p]): n for p, n in (features.notes or {}).items()})
 
 
 def _limit_threads() -> None:
@@ -399,37 +398,19 @@ def knn_graph_dask(matrix: Any, k: int, client: "Client") -> "KnnGraph | None":
 
 def run_dask(spec: "RunSpec", source: Any, out: str | Path, *, address: str, reporter: "Reporter | None" = None,
              cache_dir: str | Path | None = None, shard_rows: int | None = None) -> "RunResult":
-    """:func:`rca_gpu.pipeline.run` with extraction on Dask workers and, on GPU workers, the kNN graph."""
-    from rca_gpu.data.sources import FailureSet, load_source
-    from rca_gpu.device import resolve_device
-    from rca_gpu.errors import TooFewImagesError
-    from rca_gpu.pipeline import Timer, extraction_context, run_on_features
-    from rca_gpu.progress import Reporter
+    """:func:`rca_gpu.pipeline.run` (same checks, same outputs) with extraction on the Dask workers at
+    ``address`` and, when they have GPUs with cuML, the kNN graph there too."""
+    from rca_gpu.pipeline import extraction_context, run
     from rca_gpu.tuning import effective_k
 
-    reporter = reporter or Reporter(enabled=False)
-    timer = Timer()
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out = Path(out)
     check_splittable(spec.pipeline.features)
     with connect(address) as client:
-        t = time.perf_counter()
-        failures = source if isinstance(source, FailureSet) else load_source(source, image_root=spec.image_root)
-        timer.add("load_source", t)
-        if not failures.usable_positions.size:
-            first = next(iter(failures.rejected.values()), "unknown")
-            raise TooFewImagesError(f"None of the {len(failures)} input rows is usable (e.g. {first}).")
-        device = resolve_device(spec.device)
-        t = time.perf_counter()
-        cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
-        context = extraction_context(failures, spec, device, cache, reporter)
-        features = extract_features_dask(spec.pipeline.features, context, client, cache_dir=cache,
-                                         shard_rows=shard_rows)
-        timer.add("features", t)
-        t = time.perf_counter()
-        graph = knn_graph_dask(features.matrix, effective_k(spec.knn_k, spec.pipeline.reduce), client) \
-            if features.n >= 2 else None
-        if graph is not None:
-            timer.add("knn", t)
-    return run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
-                           started_at=started_at, graph=graph)
+
+        def extract(feature_spec, failures, run_spec, device, cache, reporter):
+            context = extraction_context(failures, run_spec, device, cache, reporter)
+            return extract_features_dask(feature_spec, context, client, cache_dir=cache, shard_rows=shard_rows)
+
+        def knn(features, run_spec, device):
+            return knn_graph_dask(features.matrix, effective_k(run_spec.knn_k, run_spec.pipeline.reduce), client)
+
+        return run(spec, source, out, reporter=reporter, cache_dir=cache_dir, extract=extract, knn=knn)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,9 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import RUN_FORMAT, new_run_id
-from rca_gpu.spec import MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec
+from rca_gpu.runfolder import RUN_FORMAT, check_out_folder, new_run_id, start_run_folder
+from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
+                          check_data_limits, check_dut_known, check_memory, check_paths)
 from rca_gpu.tuning import Selection, effective_k, select
 
 log = logging.getLogger("rca_gpu")
@@ -175,6 +176,8 @@ def clusters_table(failures: FailureSet, features, labels: np.ndarray) -> pd.Dat
     status = np.full(n, "rejected", dtype=object)
     status[features.positions] = np.where(labels >= 0, "clustered", "noise")
     reason = np.full(n, "", dtype=object)
+    for position, note in getattr(features, "notes", {}).items():  # how a usable image was read
+        reason[position] = note
     for position, why in features.rejected.items():
         reason[position] = why
     table = failures.table
@@ -219,28 +222,60 @@ def run(
     *,
     reporter: Reporter | None = None,
     cache_dir: str | Path | None = None,
+    extract: Callable[..., Any] | None = None,
+    knn: Callable[..., KnnGraph | None] | None = None,
 ) -> RunResult:
     """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, run.json (and
-    metrics.json when root causes are known) to ``out``."""
+    metrics.json when root causes are known) to ``out``.
+
+    ``extract`` replaces :func:`compute_features` (same arguments and result) and ``knn(features, spec,
+    device)`` may supply the kNN graph (None: computed here): rca_gpu.distributed runs extraction and, on GPU
+    workers, the graph on Dask this way, behind the same checks and outputs.
+
+    Everything that can be checked before work starts is checked first (the output folder, the values the
+    spec fixes against the number of input rows, memory, the kNN backend); only then is an earlier run in
+    ``out`` removed. When too few images turn out usable, clusters.parquet is still written with every
+    row's reason, beside a run.json with ``"status": "failed"`` (which readers refuse), and the error is
+    raised.
+    """
     reporter = reporter or Reporter(enabled=False)
     timer = Timer()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out = Path(out)
+    out = check_out_folder(out)
+    check_paths(spec)
 
     t = time.perf_counter()
     failures = source if isinstance(source, FailureSet) else load_source(source, image_root=spec.image_root)
     timer.add("load_source", t)
-    if not failures.usable_positions.size:
-        first = next(iter(failures.rejected.values()), "unknown")
-        raise TooFewImagesError(f"None of the {len(failures)} input rows is usable (e.g. {first}).")
+    run_id = new_run_id()
+    try:
+        check_data_limits(spec.pipeline, len(failures.usable_positions), images="usable input rows")
+    except TooFewImagesError as exc:
+        start_run_folder(out)
+        write_failed_run(spec, failures, None, out, run_id, exc, started_at)
+        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+    check_dut_known(spec, failures.dut)
+    check_memory(spec, len(failures))
     device = resolve_device(spec.device)
+    check_backends(spec, device)
+    start_run_folder(out)
 
-    t = time.perf_counter()
-    cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
-    features = compute_features(spec.pipeline.features, failures, spec, device, cache, reporter)
-    timer.add("features", t)
+    try:
+        t = time.perf_counter()
+        cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
+        features = (extract or compute_features)(spec.pipeline.features, failures, spec, device, cache, reporter)
+        timer.add("features", t)
+    except TooFewImagesError as exc:
+        write_failed_run(spec, failures, None, out, run_id, exc, started_at)
+        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+    graph = None
+    if knn is not None and features.n >= 2:
+        t = time.perf_counter()
+        graph = knn(features, spec, device)
+        if graph is not None:
+            timer.add("knn", t)
     return run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
-                           started_at=started_at)
+                           started_at=started_at, run_id=run_id, graph=graph)
 
 
 def run_on_features(
@@ -253,21 +288,61 @@ def run_on_features(
     timer: Timer | None = None,
     reporter: Reporter | None = None,
     started_at: str | None = None,
+    run_id: str | None = None,
     graph: KnnGraph | None = None,
 ) -> RunResult:
     """Everything after extraction: kNN graph (unless ``graph`` is given), reduce + cluster, outputs.
 
-    The entry point for features that were not extracted here: ``--features FILE``
-    (rca_gpu.features.precomputed) and extraction on Dask workers (rca_gpu.distributed).
+    Also the entry point for features that were not extracted by :func:`run`: ``--features FILE``
+    (rca_gpu.launch, rca_gpu.features.precomputed). When too few images are usable, clusters.parquet is written
+    with every row's reason beside a failed run.json, and TooFewImagesError is raised.
     """
     timer = timer or Timer()
-    check_enough(features.n, len(failures), spec.pipeline.cluster.name)
-    if graph is None:
-        t = time.perf_counter()
-        graph = feature_graph(features, spec, spec.pipeline.reduce, device)
-        timer.add("knn", t)
-    return cluster_and_write(spec, failures, features, graph, device, Path(out), timer=timer, reporter=reporter,
-                             started_at=started_at)
+    started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run_id = run_id or new_run_id()
+    out = Path(out)
+    try:
+        check_data_limits(spec.pipeline, features.n, dims=int(features.info.get("dims") or 0) or None,
+                          images="usable images", error=TooFewImagesError)
+        if graph is None:
+            t = time.perf_counter()
+            graph = feature_graph(features, spec, spec.pipeline.reduce, device)
+            timer.add("knn", t)
+    except TooFewImagesError as exc:
+        start_run_folder(out)
+        write_failed_run(spec, failures, features, out, run_id, exc, started_at)
+        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+    return cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
+                             started_at=started_at, run_id=run_id)
+
+
+def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, run_id: str, error: Exception,
+                     started_at: str) -> None:
+    """clusters.parquet with every row rejected and its reason, and run.json with ``"status": "failed"``."""
+    n = len(failures)
+    reason = np.full(n, f"not clustered: the run stopped ({error})", dtype=object)
+    rejected = dict(failures.rejected)
+    if features is not None:
+        rejected.update(features.rejected)
+    for position, why in rejected.items():
+        reason[position] = why
+    table = failures.table
+    front = pd.DataFrame({"id": table["id"], "path": table["path"], "cluster": np.full(n, -1, dtype=np.int64),
+                          "status": np.full(n, "rejected", dtype=object), "reason": reason})
+    outputs.write_parquet(out / "clusters.parquet", pd.concat([front, table.drop(columns=["id", "path"])], axis=1),
+                          run_id=run_id)
+    outputs.write_json(out / "run.json", {
+        "rca_gpu_run": RUN_FORMAT,
+        "run_id": run_id,
+        "status": "failed",
+        "error": str(error),
+        "started_at": started_at,
+        "source": {"given": str(failures.source), "kind": failures.kind, "rows": n},
+        "spec": spec.to_dict(),
+        "counts": {"input_rows": n, "usable": 0 if features is None else features.n, "rejected": len(rejected)},
+        "versions": library_versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
+    })
 
 
 def cluster_and_write(
@@ -282,11 +357,13 @@ def cluster_and_write(
     reporter: Reporter | None = None,
     started_at: str | None = None,
     reduce_cache: dict | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
     """Reduce + cluster (tuned) the extracted features, write the outputs, evaluate when possible."""
     timer = timer or Timer()
     reporter = reporter or Reporter(enabled=False)
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
+    start_run_folder(out)  # an earlier run's files go before this one writes any
     started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out = Path(out)
     t = time.perf_counter()
@@ -328,6 +405,7 @@ def cluster_and_write(
     run_info = {
         "rca_gpu_run": RUN_FORMAT,
         "run_id": run_id,
+        "status": "finished",
         "started_at": started_at,
         "source": {"given": str(failures.source), "kind": failures.kind, "rows": len(failures)},
         "spec": spec.to_dict(),

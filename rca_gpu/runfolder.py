@@ -4,7 +4,8 @@ A run writes every file under one run id: ``run.json`` holds it under ``"run_id"
 the same key, and Parquet files in their schema metadata under :data:`RUN_ID_KEY`. ``run.json`` is written
 last, so its presence marks a complete run. Readers (evaluate, the report, the catalogue) open a folder with
 :func:`open_run`, which refuses a folder without ``run.json``, one written by another run format, and any
-file whose run id differs from run.json's (a folder that mixes two runs).
+file whose run id differs from run.json's (a folder that mixes two runs), and a run.json whose ``"status"`` is
+``"failed"`` (a run that stopped for too few usable images writes one beside clusters.parquet).
 
 Only plain formats are read here (JSON, Parquet); nothing in a run folder is ever unpickled or executed.
 """
@@ -152,4 +153,111 @@ def open_run(path: str | Path) -> RunFolder:
             f"{str(path)!r} was written by another version of rca-gpu (run format {found_format!r}; this "
             f"version reads format {RUN_FORMAT}). Run `rca-gpu run` again with this version."
         )
+    if info.get("status") == "failed":
+        raise RunFolderError(
+            f"The run in {str(path)!r} failed: {info.get('error') or 'no reason recorded'} Its clusters.parquet "
+            "lists every row with the reason it was not clustered; fix the cause and run again."
+        )
     return RunFolder(folder.resolve(), info)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing: the output folder of a new run
+# --------------------------------------------------------------------------------------------------
+
+#: Files of a run besides those that carry a run id (which are recognised by it): names a new run removes
+#: from its folder before it writes anything, so that a folder never mixes two runs. Other modules add the
+#: files they write into a run folder with :func:`register_output`.
+RUN_OUTPUTS: list[str] = [RUN_FILE, "clusters.parquet", "embedding.parquet", "metrics.json", "per_cause.csv",
+                          "report.html"]
+
+
+def register_output(name: str) -> None:
+    """Declare a file name that belongs to a run (removed from the folder when a new run starts there)."""
+    if name not in RUN_OUTPUTS:
+        RUN_OUTPUTS.append(name)
+
+
+def check_out_folder(out: str | Path, *, option: str = "--out") -> Path:
+    """Check that ``out`` can hold a run's outputs, before any work starts; nothing is created or removed.
+
+    Raises
+    ------
+    RunFolderError
+        ``out`` is empty, an existing file, below a file, or not writable (permissions, a read-only file
+        system): one line naming the folder, the problem and the fix.
+    """
+    import errno
+    import os
+    import tempfile
+
+    from rca_gpu.errors import printable
+
+    if not str(out).strip():
+        raise RunFolderError(f"The {option} option is empty. Pass the folder for the results, e.g. {option} runs/first.")
+    folder = Path(out).expanduser()
+    shown = printable(repr(str(out)))
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(
+            f"The {option} folder {shown} is an existing file, not a folder. Pass a folder (it is created if needed)."
+        )
+    probe_in = folder
+    while not probe_in.exists():
+        parent = probe_in.parent
+        if parent == probe_in:
+            break
+        probe_in = parent
+    if probe_in.exists() and not probe_in.is_dir():
+        raise RunFolderError(
+            f"The {option} folder {shown} cannot be created: {printable(repr(str(probe_in)))} is a file. Pass "
+            "another folder."
+        )
+    try:
+        handle, name = tempfile.mkstemp(prefix=".rca-gpu-write-test-", dir=probe_in)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        why = "the file system is read-only" if exc.errno == errno.EROFS else (exc.strerror or str(exc)).lower()
+        where = "" if probe_in == folder else f" (its nearest existing folder {printable(repr(str(probe_in)))})"
+        raise RunFolderError(
+            f"Cannot write into the {option} folder {shown}{where}: {why}. Pass a folder you can write to."
+        ) from None
+    return folder
+
+
+def start_run_folder(out: str | Path) -> Path:
+    """Make ``out`` ready for a new run: create it, and remove an earlier run's outputs.
+
+    run.json goes first, so that a folder whose new run is interrupted is never read as finished; then the
+    names of :data:`RUN_OUTPUTS` and every top-level .json / .parquet file that carries a run id. The feature
+    cache (``cache/``) and files of other origins stay.
+    """
+    import contextlib
+
+    folder = check_out_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    run_file = folder / RUN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        run_file.unlink()
+    for name in RUN_OUTPUTS:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            (folder / name).unlink()
+    for path in list(folder.glob("*.json")) + list(folder.glob("*.parquet")):
+        if path.is_file() and _carries_run_id(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return folder
+
+
+def _carries_run_id(path: Path) -> bool:
+    """True when ``path`` (JSON or Parquet) was written for a run (it holds a run id)."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return RUN_ID_KEY in (pq.read_schema(path).metadata or {})
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(200)
+        return head.lstrip().startswith("{") and '"run_id"' in head
+    except Exception:  # noqa: BLE001 - an unreadable file is not ours to remove
+        return False

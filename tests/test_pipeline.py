@@ -97,7 +97,7 @@ def test_interrupted_extraction_resumes_from_shards(tmp_path, monkeypatch):
 
 def test_too_few_images_is_a_clear_error(tmp_path):
     images, labels = pattern_images(n_per=1, groups=2)
-    with pytest.raises(TooFewImagesError, match="kmeans clusterer needs at least 3 usable images; 2 of 2"):
+    with pytest.raises(TooFewImagesError, match="kmeans clusterer needs at least 3 usable images; there are 2 "):
         run(_spec("pixels+none+kmeans"), from_arrays(images), tmp_path / "out")
 
 
@@ -106,8 +106,12 @@ def test_only_bad_images_is_a_clear_error(tmp_path):
     folder.mkdir()
     (folder / "a.png").write_bytes(b"")
     (folder / "b.png").write_text("nope")
-    with pytest.raises(TooFewImagesError, match="No usable image among the 2 input"):
+    (folder / "c.png").write_text("nope")
+    with pytest.raises(TooFewImagesError, match="needs at least 3 usable images; there are 0 usable images.*clusters.parquet"):
         run(_spec("pixels+none+kmeans"), folder, tmp_path / "out")
+    written = pd.read_parquet(tmp_path / "out" / "clusters.parquet")  # every row, with its reason
+    assert written["status"].tolist() == ["rejected"] * 3
+    assert written["reason"].str.contains("empty file|not a readable image").all()
 
 
 def test_outputs_are_written_atomically(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from conftest import planted_blobs
 from rca_gpu.cli import app
 from rca_gpu.errors import SourceError, SpecError
-from rca_gpu.features.precomputed import REASON_NONFINITE, REASON_NULL, load_features
+from rca_gpu.features.precomputed import REASON_NULL, load_features, nonfinite_reason
 from rca_gpu.spec import parse_pipeline
 
 runner = CliRunner()
@@ -105,12 +105,13 @@ def test_bad_rows_are_rejected_with_their_reason(tmp_path):
     assert len(failures) == 8
     assert features.positions.tolist() == [0, 5, 7]
     np.testing.assert_array_equal(features.matrix.numpy(), np.array([rows[0], rows[5], rows[7]], np.float32))
+    nonfinite = "features not finite (NaN or inf) from the features file bad.parquet"
     assert features.rejected == {
         1: REASON_NULL,
-        2: REASON_NONFINITE,
+        2: nonfinite,
         3: "feature vector has 2 values; the others have 3",
-        4: REASON_NONFINITE,
-        6: REASON_NONFINITE,
+        4: nonfinite,
+        6: nonfinite,
     }
 
 
@@ -119,11 +120,12 @@ def test_bad_rows_of_numbered_columns_and_npy(tmp_path):
     x[1, 1], x[3, 0] = np.nan, -np.inf
     np.save(tmp_path / "x.npy", x)
     _, features = load_features(tmp_path / "x.npy")
-    assert features.positions.tolist() == [0, 2, 4] and features.rejected == {1: REASON_NONFINITE, 3: REASON_NONFINITE}
+    bad = nonfinite_reason(tmp_path / "x.npy")
+    assert features.positions.tolist() == [0, 2, 4] and features.rejected == {1: bad, 3: bad}
     frame = pd.DataFrame({"f0": [1.0, None, 2.0], "f1": [1, 2, 3]})
-    frame.to_parquet(tmp_path / "cols.parquet")
-    _, features = load_features(tmp_path / "cols.parquet")
-    assert features.positions.tolist() == [0, 2] and features.rejected == {1: REASON_NONFINITE}
+    frame.to_parquet(tmp_path / "c.parquet")
+    _, features = load_features(tmp_path / "c.parquet")
+    assert features.positions.tolist() == [0, 2] and features.rejected == {1: nonfinite_reason(tmp_path / "c.parquet")}
 
 
 def _write(path, table):
@@ -211,7 +213,7 @@ def test_run_with_features_writes_the_usual_outputs(blobs, tmp_path):
     assert result.exit_code == 0, result.output
     clusters = pd.read_parquet(out / "clusters.parquet")
     assert len(clusters) == len(x) and clusters["id"].tolist() == list(np.arange(len(x)) + 1000)
-    assert clusters.loc[5, "status"] == "rejected" and clusters.loc[5, "reason"] == REASON_NONFINITE
+    assert clusters.loc[5, "status"] == "rejected" and clusters.loc[5, "reason"] == nonfinite_reason(tmp_path / "x.npy")
     good = clusters[clusters.status != "rejected"]
     assert adjusted_rand_score(good.root_cause, good.cluster) == 1.0
     info = json.loads((out / "run.json").read_text())

@@ -20,9 +20,16 @@ def _touch(root: Path, *names: str) -> None:
         path.write_bytes(b"x")
 
 
-def _rglob_reference(folder: Path) -> list[Path]:
-    """What the listing must equal: sorted Path objects of rglob, as the folder source always listed."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+def _reference(folder: Path) -> tuple[list[str], list[str], dict[int, str]]:
+    """What the listing must equal: every entry named like an image from sorted(rglob), as listed (a link
+    keeps its own name), and the reason of each entry that is not a regular file."""
+    from rca_gpu.data.sources import classify_entry
+
+    entries = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    root = folder.resolve()
+    reasons = {i: classify_entry(p) for i, p in enumerate(entries) if classify_entry(p) is not None}
+    return ([str(root / p.relative_to(folder)) for p in entries],
+            [str(p.parent.relative_to(folder)) for p in entries], reasons)
 
 
 @pytest.fixture
@@ -32,65 +39,44 @@ def tree(tmp_path):
            "a/b/q.png", "é/ü.png", "a.b/c.png", "a_/c.png", "noext", "dir.png/inner.jpeg")
     outside = tmp_path / "outside"
     _touch(outside, "o.png")
-    os.symlink(root / "a.png", root / "link.png")  # a link to a file counts, resolved
+    os.symlink(root / "a.png", root / "link.png")  # a link to a file is an entry under its own name
     os.symlink(outside, root / "linked_dir")  # a link to a folder is not followed
+    os.symlink(root / "gone.png", root / "broken.png")  # a broken link is a rejected row
+    os.mkfifo(root / "pipe.png")  # so is a named pipe
     return root
 
 
 def test_listing_matches_sorted_rglob(tree, monkeypatch):
     monkeypatch.setattr(listing, "CHUNK", 3)  # several Arrow chunks, merged and sorted
     failures = load_source(tree)
-    reference = _rglob_reference(tree)
-    assert failures.table["path"].tolist() == [str(p.resolve()) for p in reference]
-    assert failures.table["folder"].tolist() == [str(p.parent.relative_to(tree)) for p in reference]
-    assert failures.table["id"].tolist() == list(range(len(reference)))
-    assert str(tree / "a.png") in failures.table["path"].tolist()
-    assert not any("outside" in p for p in failures.table["path"])
+    paths, folders, reasons = _reference(tree)
+    assert failures.table["path"].tolist() == paths
+    assert failures.table["folder"].tolist() == folders
+    assert failures.table["id"].tolist() == list(range(len(paths)))
+    assert failures.rejected == reasons
+    assert {"broken symbolic link (its target does not exist)", "a named pipe (FIFO), not a file",
+            "a folder named like an image, not a file"} == set(reasons.values())
+    assert str(tree.resolve() / "link.png") in paths and not any("outside" in p for p in paths)
 
 
 def test_listing_of_a_flat_folder_in_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(listing, "CHUNK", 7)
     names = [f"img_{i:03d}.png" for i in np.random.default_rng(0).permutation(50)]
     _touch(tmp_path, *names)
-    relative, links = listing.scan_files(tmp_path, IMAGE_EXTENSIONS)
-    assert relative.to_pylist() == sorted(names) and links == set()
+    relative, special = listing.scan_entries(tmp_path, IMAGE_EXTENSIONS)
+    assert relative.to_pylist() == sorted(names) and special == {}
 
 
-def test_manifest_paths_are_checked_like_path_resolve(tmp_path, monkeypatch):
-    monkeypatch.setattr(listing, "CHUNK", 4)
-    base, outside = tmp_path / "data", tmp_path / "elsewhere"
-    _touch(base, "imgs/a.png", "imgs/b.PNG", "imgs/c.txt", "imgs/sub/d.jpg", "imgs/name.")
-    (base / "imgs" / "dir.png").mkdir()
-    _touch(outside, "o.png")
-    os.symlink(outside / "o.png", base / "imgs" / "link_out.png")
-    os.symlink(base / "imgs" / "a.png", base / "imgs" / "link_in.png")
-    os.symlink(base / "imgs" / "sub", base / "imgs" / "sublink")
-    rows = {
-        "imgs/a.png": None,
-        "imgs/b.PNG": None,
-        "imgs/c.txt": "not an image file extension (.txt)",
-        "imgs/sub/d.jpg": None,
-        "imgs/name.": "not an image file extension (none)",
-        "imgs/dir.png": "file not found",
-        "imgs/missing.png": "file not found",
-        "imgs/link_out.png": "escapes",
-        "imgs/link_in.png": None,
-        "imgs/sublink/d.jpg": None,
-        "imgs/sublink/../a.png": None,
-        "../elsewhere/o.png": "escapes",
-        str(base / "imgs" / "a.png"): None,
-        "": "empty path in manifest",
-    }
-    resolved, rejected = listing.check_manifest_paths(pd.Series(list(rows), dtype=object), base, base,
-                                                      IMAGE_EXTENSIONS)
-    for position, (raw, reason) in enumerate(rows.items()):
-        expected = str((base / raw).resolve()) if raw else ""
-        assert resolved[position] == expected, raw
-        if reason is None:
-            assert position not in rejected, (raw, rejected.get(position))
-        else:
-            assert reason in rejected[position], (raw, rejected.get(position))
-    assert resolved[list(rows).index("imgs/link_in.png")] == str(base / "imgs" / "a.png")
+def test_names_that_are_not_utf8_are_listed_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(listing, "CHUNK", 2)
+    raw = [b"a.png", b"b\xff.png", b"c.png", b"sub/\xfe.png"]
+    os.makedirs(os.path.join(os.fsencode(tmp_path), b"sub"))
+    for name in raw:
+        open(os.path.join(os.fsencode(tmp_path), name), "wb").close()
+    failures = load_source(tmp_path)
+    assert [os.fsencode(p) for p in failures.paths] == [os.path.join(os.fsencode(tmp_path.resolve()), n)
+                                                        for n in sorted(raw, key=lambda n: n.replace(b"/", b"\0"))]
+    assert all(p.encode("utf-8") for p in failures.table["path"])  # shown escaped, valid UTF-8
 
 
 def test_fingerprint_follows_the_files(tmp_path):
@@ -111,17 +97,17 @@ def test_shards_read_back_into_one_matrix_in_position_order(tmp_path):
     rng = np.random.default_rng(0)
     truth = {p: rng.normal(size=4).astype(np.float32) for p in range(12)}
     # shards in any order, a rejected row in each, an all-rejected shard of another width, a position twice
-    store.write([7, 3, 11], [None, "bad a", None], np.stack([truth[7], truth[11]]), 4)
-    store.write([5, 0, 1], [None, None, None], np.stack([truth[5], truth[0], truth[1]]), 4)
-    store.write([9, 10], ["bad b", "bad c"], None, 1)
+    store.write([7, 3, 11], [None, "bad a", None], ["first frame", None, None], np.stack([truth[7], truth[11]]), 4)
+    store.write([5, 0, 1], [None, None, None], [None] * 3, np.stack([truth[5], truth[0], truth[1]]), 4)
+    store.write([9, 10], ["bad b", "bad c"], [None, None], None, 1)
     stale = rng.normal(size=4).astype(np.float32)
-    store.write([2, 4], [None, None], np.stack([stale, truth[4]]), 4)
-    store.write([2], [None], truth[2][None], 4)  # a later copy of row 2 wins
+    store.write([2, 4], [None, None], [None, None], np.stack([stale, truth[4]]), 4)
+    store.write([2], [None], [None], truth[2][None], 4)  # a later copy of row 2 wins
     (store.folder / "part-999999.parquet").write_bytes(b"unreadable")
-    positions, matrix, rejected = store.load()
+    positions, matrix, rejected, notes = store.load()
     assert positions.tolist() == [0, 1, 2, 4, 5, 7, 11]
     np.testing.assert_array_equal(matrix, np.stack([truth[p] for p in positions.tolist()]))
-    assert rejected == {3: "bad a", 9: "bad b", 10: "bad c"}
+    assert rejected == {3: "bad a", 9: "bad b", 10: "bad c"} and notes == {7: "first frame"}
     indexed, index_rejected = store.index()
     assert indexed.tolist() == positions.tolist() and index_rejected == rejected
 
@@ -130,8 +116,8 @@ def test_an_empty_or_all_rejected_cache_reads_back_as_nothing(tmp_path):
     from rca_gpu.features.extract import _ShardStore
 
     store = _ShardStore(tmp_path / "cache")
-    positions, matrix, rejected = store.load()
+    positions, matrix, rejected, _ = store.load()
     assert positions.size == 0 and matrix is None and rejected == {}
-    store.write([0, 1], ["bad", "worse"], None, 1)
-    positions, matrix, rejected = store.load()
+    store.write([0, 1], ["bad", "worse"], [None, None], None, 1)
+    positions, matrix, rejected, _ = store.load()
     assert positions.size == 0 and matrix is None and rejected == {0: "bad", 1: "worse"}

@@ -1,4 +1,4 @@
-"""Listing a folder of images, and checking a manifest's paths, without a Python object per file.
+"""Listing a folder of images without a Python object per file.
 
 ``os.scandir`` streams each directory; file names go into Arrow string arrays in chunks of CHUNK names, so
 the listing of a million files costs about the bytes of their relative paths (plus 8 per file for offsets),
@@ -23,13 +23,14 @@ log = logging.getLogger("rca_gpu")
 CHUNK = 1 << 16
 
 
-def scan_files(folder: Path, extensions: Iterable[str]) -> tuple["pa.Array", set[str]]:
-    """Relative paths (``/``-separated, Arrow large_string) of the files under ``folder`` whose extension is
-    in ``extensions`` (lower case, with the dot), searched recursively; and the set of those that are
-    symbolic links.
+def scan_entries(folder: Path, extensions: Iterable[str]) -> tuple["pa.Array | list[str]", dict[str, str]]:
+    """Relative paths (``/``-separated) of the entries under ``folder`` named like an image (extension in
+    ``extensions``, lower case with the dot), searched recursively; and {relative path: reason} of those that
+    are not regular files (:func:`rca_gpu.data.sources.classify_entry`: folders, broken links, pipes, ...).
 
-    Like ``Path.rglob``: hidden files count, symbolic links to files count, symbolic links to folders are not
-    followed. Sorted component by component, as ``sorted()`` sorts ``Path`` objects.
+    Like ``Path.rglob("*")``: hidden entries count, symbolic links count as entries, linked folders are not
+    descended into. Sorted component by component, as ``sorted()`` sorts ``Path`` objects. The paths come as
+    one Arrow large_string array, or as a list of str when a name is not valid UTF-8 (Arrow holds UTF-8 only).
 
     Raises
     ------
@@ -39,21 +40,13 @@ def scan_files(folder: Path, extensions: Iterable[str]) -> tuple["pa.Array", set
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from rca_gpu.data.sources import classify_entry
+
     wanted = tuple(e.lower() for e in extensions)
     chunks: list[pa.Array] = []
     names: list[str] = []
-    links: set[str] = set()
-    skipped = 0
-
-    def pack() -> None:
-        nonlocal skipped
-        try:
-            chunks.append(pa.array(names, pa.large_string()))
-        except (UnicodeEncodeError, pa.ArrowInvalid):  # names that are not valid UTF-8
-            good = [n for n in names if _utf8(n)]
-            skipped += len(names) - len(good)
-            chunks.append(pa.array(good, pa.large_string()))
-        names.clear()
+    special: dict[str, str] = {}
+    utf8 = True
 
     stack = [""]
     root = os.fspath(folder)
@@ -72,127 +65,56 @@ def scan_files(folder: Path, extensions: Iterable[str]) -> tuple["pa.Array", set
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(name)
-                    elif os.path.splitext(entry.name)[1].lower() in wanted and entry.is_file():
-                        names.append(name)
-                        if entry.is_symlink():
-                            links.add(name)
-                        if len(names) >= CHUNK:
-                            pack()
-                except OSError:  # vanished or unreadable entry
-                    continue
-    if names or not chunks:
-        pack()
-    if skipped:
-        log.warning("%d file name(s) under %s are not valid UTF-8 and are left out; rename them", skipped, root)
+                    if os.path.splitext(entry.name)[1].lower() not in wanted:
+                        continue
+                    if not entry.is_file(follow_symlinks=False):  # anything but a plain file: say what it is
+                        reason = classify_entry(entry.path)
+                        if reason is not None:
+                            special[name] = reason
+                except OSError as exc:  # vanished or unreadable entry
+                    special[name] = f"cannot be read: {exc.strerror or exc}"
+                names.append(name)
+                if utf8 and len(names) >= CHUNK:
+                    try:
+                        chunks.append(pa.array(names, pa.large_string()))
+                        names = []
+                    except (UnicodeEncodeError, pa.ArrowInvalid):  # a name that is not UTF-8
+                        utf8 = False
+    if utf8:
+        try:
+            chunks.append(pa.array(names, pa.large_string()))
+        except (UnicodeEncodeError, pa.ArrowInvalid):
+            utf8 = False
+    if not utf8:  # the rare folder with a name that is not UTF-8: plain strings, same order
+        everything = [n for chunk in chunks for n in chunk.to_pylist()] + names
+        return sorted(everything, key=lambda n: n.replace("/", "\x00")), special
     everything = pa.concat_arrays(chunks)
     if len(everything) < 2:
-        return everything, links
+        return everything, special
     # "/" -> "\0" makes byte order equal component order: ("a", "x") < ("a-b", "x") as for Path objects
     key = pc.replace_substring(everything, "/", "\x00")
-    return everything.take(pc.sort_indices(key)), links
+    return everything.take(pc.sort_indices(key)), special
 
 
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def folder_columns(folder: Path, relative: "pa.Array", links: set[str]) -> dict[str, "pa.Array"]:
-    """The ``path`` (absolute: the resolved folder + the relative path; symbolic links to files resolved, as
-    ``Path.resolve()`` does) and ``folder`` (sub-folder relative to ``folder``, ``.`` at the top) columns."""
+def folder_columns(root: Path, relative: "pa.Array") -> dict[str, "pa.Array"]:
+    """The ``path`` (``root`` + the relative path, as listed: a link keeps its own name) and ``folder``
+    (sub-folder relative to the listed folder, ``.`` at the top) columns, as Arrow arrays."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    root = str(folder.resolve())
-    path = pc.binary_join_element_wise(pa.scalar(root, pa.large_string()), relative,
+    path = pc.binary_join_element_wise(pa.scalar(str(root), pa.large_string()), relative,
                                        pa.scalar("/", pa.large_string()))
-    if links:
-        rows = pc.index_in(pa.array(sorted(links), pa.large_string()), value_set=relative).to_pylist()
-        values = path.to_pylist()
-        for i in rows:
-            values[i] = os.path.realpath(values[i])
-        path = pa.array(values, pa.large_string())
     nested = pc.match_substring(relative, "/")
     parent = pc.if_else(nested, pc.replace_substring_regex(relative, "/[^/]*$", ""), ".")
     return {"path": path, "folder": parent}
 
 
-def check_manifest_paths(raw: "pd.Series", base: Path, root: Path,
-                         extensions: Iterable[str]) -> tuple["pd.Series", dict[int, str]]:
-    """Resolve a manifest's ``path`` column and say which rows cannot be used, CHUNK rows at a time.
-
-    Each path is taken relative to ``base`` (absolute paths as they are), symbolic links resolved as
-    ``Path.resolve()`` does. A row is rejected when the path is empty, escapes ``root``, names no file, or has
-    no image extension. Parent folders are resolved once each (cached), so a row costs one ``lstat``.
-
-    Returns
-    -------
-    (resolved paths as an Arrow-backed string Series, "" for empty paths; {row position: reason}).
-    """
-    import stat
-
-    import pandas as pd
+def positions_of(relative: "pa.Array", names: Iterable[str]) -> list[int]:
+    """Positions in ``relative`` of ``names`` (each present once)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    wanted = tuple(e.lower() for e in extensions)
-    root_text = str(root)
-    root_prefix = root_text.rstrip(os.sep) + os.sep
-    escape = f"path escapes the image root {root_text!r}; use --image-root to allow another folder"
-    parents: dict[str, str] = {}
-    rejected: dict[int, str] = {}
-    chunks = []
-
-    def real_parent(head: str) -> str:
-        if head not in parents:
-            if len(parents) >= CHUNK:
-                parents.clear()
-            parents[head] = os.path.realpath(head)
-        return parents[head]
-
-    base_text = str(base)
-    for start in range(0, len(raw), CHUNK):
-        out = []
-        for offset, value in enumerate(raw.iloc[start:start + CHUNK].tolist()):
-            position = start + offset
-            if not isinstance(value, str) or not value.strip():
-                out.append("")
-                rejected[position] = "empty path in manifest"
-                continue
-            joined = os.path.join(base_text, os.path.expanduser(value))
-            head, tail = os.path.split(joined)
-            if tail in ("", ".", ".."):
-                candidate = os.path.realpath(joined)
-                is_file = os.path.isfile(candidate)
-            else:
-                parent = real_parent(head)
-                candidate = parent + tail if parent.endswith(os.sep) else parent + os.sep + tail
-                try:
-                    mode = os.lstat(candidate).st_mode
-                except OSError:
-                    mode = 0
-                if stat.S_ISLNK(mode):
-                    candidate = os.path.realpath(candidate)
-                    is_file = os.path.isfile(candidate)
-                else:
-                    is_file = stat.S_ISREG(mode)
-            out.append(candidate)
-            if not (candidate == root_text or candidate.startswith(root_prefix)):
-                rejected[position] = escape
-            elif not is_file:
-                rejected[position] = "file not found"
-            else:
-                suffix = _suffix(candidate)
-                if suffix.lower() not in wanted:
-                    rejected[position] = f"not an image file extension ({suffix or 'none'})"
-        chunks.append(pa.array(out, pa.large_string()))
-    return pa.chunked_array(chunks, pa.large_string()).to_pandas(), rejected
-
-
-def _suffix(path: str) -> str:
-    """The extension as ``PurePath.suffix`` gives it ("" for "name." and ".hidden")."""
-    name = path.rsplit(os.sep, 1)[-1]
-    i = name.rfind(".")
-    return name[i:] if 0 < i < len(name) - 1 else ""
+    names = list(names)
+    if not names:
+        return []
+    return pc.index_in(pa.array(names, pa.large_string()), value_set=relative).to_pylist()

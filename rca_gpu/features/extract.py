@@ -3,8 +3,8 @@
 Batches are decoded in DataLoader workers (pinned memory on CUDA), moved to the device without blocking,
 converted to channels_last, and encoded under ``torch.inference_mode()`` with optional bf16 autocast.
 
-Cache: with a cache folder, results are written as Parquet shards (position, reason, feature) while the
-run goes on, each shard atomically. A re-run with the same extractor, settings and files reads the shards
+Cache: with a cache folder, results are written as Parquet shards (position, reason, note, feature) while
+the run goes on, each shard atomically, after at most SHARD_ROWS rows or SHARD_SECONDS seconds. A re-run with the same extractor, settings and files reads the shards
 and encodes only what is missing, so an interrupted extraction of millions of images resumes where it
 stopped instead of starting over.
 """
@@ -25,15 +25,17 @@ import numpy as np
 
 from rca_gpu.data.loading import make_loader
 from rca_gpu.device import as_numpy, to_kind
-from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features import create_extractor
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.spec import FeatureSpec
 
 log = logging.getLogger("rca_gpu")
 
-SHARD_ROWS = 8192
-CACHE_FORMAT = 1
+#: A cache shard is written after at most this many rows or this many seconds, whichever comes first, so
+#: that an interrupted extraction loses at most one shard's work (a minute, or 1,000 images).
+SHARD_ROWS = 1000
+SHARD_SECONDS = 60.0
+CACHE_FORMAT = 2  # 2: shards carry a "note" column and rows with non-finite features are rejected
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Features:
     info: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     from_cache: int = 0
+    notes: dict[int, str] = field(default_factory=dict)  # position -> how a usable image was read
 
     @property
     def n(self) -> int:
@@ -77,23 +80,35 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 class _ShardStore:
-    """Append-only Parquet shards of (position, reason, feature) in one folder."""
+    """Append-only Parquet shards of (position, reason, note, feature) in one folder.
+
+    Each shard is written to a temporary name and renamed, so a killed process leaves either a whole shard or
+    none; leftover temporary files are removed when the store is opened. Rows with a reason are rejected
+    (their feature is null); ``note`` says how a usable image was read (e.g. the first frame of several).
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        for leftover in folder.glob("part-*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         self.count = len(list(folder.glob("part-*.parquet")))
 
-    def _scan(self) -> tuple[list[tuple[Path, np.ndarray, np.ndarray, int]], dict[int, str]]:
-        """([(shard, positions, good-row mask, dims)] of the readable shards, {position: reason})."""
+    def _scan(self) -> tuple[list[tuple[Path, np.ndarray, np.ndarray, int]], dict[int, str], dict[int, str]]:
+        """([(shard, positions, good-row mask, dims)] of the readable shards, {position: reason},
+        {position: note}), reading the small columns only."""
         import pyarrow.parquet as pq
 
         readable: list[tuple[Path, np.ndarray, np.ndarray, int]] = []
         rejected: dict[int, str] = {}
+        notes: dict[int, str] = {}
         for shard in sorted(self.folder.glob("part-*.parquet")):
             try:
-                table = pq.read_table(shard, columns=["position", "reason"], memory_map=True)
-                dims = int(pq.read_schema(shard).field("feature").type.list_size)
+                schema = pq.read_schema(shard)
+                columns = ["position", "reason"] + (["note"] if "note" in schema.names else [])
+                table = pq.read_table(shard, columns=columns, memory_map=True)
+                dims = int(schema.field("feature").type.list_size)
             except Exception:  # an unreadable shard is recomputed, not trusted
                 log.warning("ignoring unreadable cache shard %s", shard)
                 continue
@@ -102,6 +117,10 @@ class _ShardStore:
             good = reasons.is_null().to_numpy()
             for position, reason in zip(positions[~good].tolist(), reasons.drop_null().to_pylist()):
                 rejected[position] = reason
+            if "note" in table.column_names:
+                for position, note in zip(positions.tolist(), table.column("note").to_pylist()):
+                    if note:
+                        notes[position] = note
             readable.append((shard, positions, good, dims))
         # shards of rejected rows only may carry any width; those with features must agree (the most common)
         widths = [dims for _, _, good, dims in readable if good.any()]
@@ -111,20 +130,20 @@ class _ShardStore:
                 if good.any() and dims != common:
                     log.warning("ignoring cache shard %s: %d features per row, not %d", shard, dims, common)
             readable = [r for r in readable if not r[2].any() or r[3] == common]
-        return readable, rejected
+        return readable, rejected, notes
 
     def index(self) -> tuple[np.ndarray, dict[int, str]]:
         """(positions with cached features, ascending; {position: reason} of cached rejections), without
         reading any feature values."""
-        readable, rejected = self._scan()
+        readable, rejected, _ = self._scan()
         good = np.unique(np.concatenate([p[g] for _, p, g, _ in readable] or [np.empty(0, np.int64)]))
         for position in good.tolist():
             rejected.pop(position, None)
         return good.astype(np.int64), rejected
 
-    def load(self) -> tuple[np.ndarray, np.ndarray | None, dict[int, str]]:
+    def load(self) -> tuple[np.ndarray, np.ndarray | None, dict[int, str], dict[int, str]]:
         """Read every readable shard back: (positions (m,) int64 ascending, features (m, d) float32 or None
-        when no row is cached, {position: reason} of the rejected rows).
+        when no row is cached, {position: reason} of the rejected rows, {position: note}).
 
         Shards are opened by memory map and decoded one at a time straight into their rows of one
         preallocated matrix (positions are read first, so the rows land sorted), so reading back n cached
@@ -132,10 +151,10 @@ class _ShardStore:
         """
         import pyarrow.parquet as pq
 
-        readable, rejected = self._scan()
+        readable, rejected, notes = self._scan()
         good_positions = [positions[good] for _, positions, good, _ in readable]
         if not good_positions or not sum(map(len, good_positions)):
-            return np.empty(0, dtype=np.int64), None, rejected
+            return np.empty(0, dtype=np.int64), None, rejected, notes
         everything = np.concatenate(good_positions)
         # a position cached twice keeps its last copy, as a re-run overwrites
         last = len(everything) - 1 - np.unique(everything[::-1], return_index=True)[1]
@@ -157,9 +176,10 @@ class _ShardStore:
             matrix[rows] = values[good][kept]
         for position in sorted_positions.tolist():
             rejected.pop(position, None)
-        return sorted_positions, matrix, rejected
+        return sorted_positions, matrix, rejected, notes
 
-    def write(self, positions: list[int], reasons: list[str | None], features: np.ndarray | None, dims: int) -> None:
+    def write(self, positions: list[int], reasons: list[str | None], notes: list[str | None],
+              features: np.ndarray | None, dims: int) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -172,13 +192,61 @@ class _ShardStore:
         feature_column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dims, mask=mask)
         table = pa.table(
             {"position": pa.array(positions, pa.int64()), "reason": pa.array(reasons, pa.string()),
-             "feature": feature_column}
+             "note": pa.array(notes, pa.string()), "feature": feature_column}
         )
         target = self.folder / f"part-{self.count:06d}.parquet"
         tmp = target.with_suffix(".tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, target)
         self.count += 1
+
+
+def nonfinite_rows(matrix: Any) -> np.ndarray:
+    """Boolean mask (n,) of the rows of a (n, d) torch tensor or NumPy array holding NaN or +-inf."""
+    if isinstance(matrix, np.ndarray):
+        return ~np.isfinite(matrix).all(axis=1) if matrix.size else np.zeros(len(matrix), dtype=bool)
+    import torch
+
+    if matrix.numel() == 0:
+        return np.zeros(int(matrix.shape[0]), dtype=bool)
+    return as_numpy((~torch.isfinite(matrix)).any(dim=1)).astype(bool)
+
+
+def drop_nonfinite_rows(matrix: Any, positions: np.ndarray, rejected: dict[int, str], *,
+                        source: str) -> tuple[Any, np.ndarray]:
+    """Remove the feature rows that hold NaN or +-inf, recording each as rejected with the reason.
+
+    The one place where non-finite features are caught, for every source of features (extractors, cached
+    shards, embeddings a user supplies): one bad row is rejected, the rest are clustered.
+
+    Parameters
+    ----------
+    matrix:
+        (n, d) float features, a torch tensor (any device) or a NumPy array.
+    positions:
+        (n,) int64 row positions in the FailureSet, aligned with ``matrix``.
+    rejected:
+        position -> reason; updated in place with "features not finite (NaN or inf) from <source>".
+    source:
+        What produced the features, for the reason (e.g. the feature spec).
+
+    Returns
+    -------
+    (matrix, positions)
+        Without the non-finite rows (the inputs themselves when every row is finite).
+    """
+    bad = nonfinite_rows(matrix)
+    if not bad.any():
+        return matrix, positions
+    positions = np.asarray(positions)
+    for position in positions[bad]:
+        rejected[int(position)] = f"features not finite (NaN or inf) from {source}"
+    keep = np.flatnonzero(~bad)
+    if isinstance(matrix, np.ndarray):
+        return matrix[keep], positions[keep]
+    import torch
+
+    return matrix[torch.as_tensor(keep, device=matrix.device)], positions[keep]
 
 
 def extract_features(
@@ -196,14 +264,14 @@ def extract_features(
     extractor.prepare()
     transform = extractor.transform()
     rejected: dict[int, str] = dict(failures.rejected)
+    notes: dict[int, str] = {}
+    done_positions, done_matrix = np.empty(0, dtype=np.int64), None
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
         store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}")
-        done_positions, done_matrix, cached_rejected = store.load()
+        done_positions, done_matrix, cached_rejected, notes = store.load()
         rejected.update(cached_rejected)
-    else:
-        done_positions, done_matrix = np.empty(0, dtype=np.int64), None
     usable = failures.usable_positions
     todo = usable[~np.isin(usable, done_positions) & ~np.isin(usable, np.fromiter(rejected, np.int64, len(rejected)))]
     from_cache = len(done_positions)
@@ -213,7 +281,7 @@ def extract_features(
     device = context.device
     chunks: list[torch.Tensor] = []
     chunk_positions: list[np.ndarray] = []
-    pending: tuple[list[int], list[str | None], list[Any]] = ([], [], [])
+    pending = _Pending()
     dims = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.precision == "bf16")
     grad_mode = contextlib.nullcontext() if extractor.needs_grad else torch.inference_mode()
@@ -225,10 +293,11 @@ def extract_features(
         )
         progress = reporter.task(f"features {spec}", total=len(todo)) if reporter else contextlib.nullcontext(None)
         with progress as advance:
-            for positions, images, bad in loader:
+            for positions, images, bad, batch_notes in loader:
+                notes.update(batch_notes)
                 for position, reason in bad:
                     rejected[position] = reason
-                    pending[0].append(position), pending[1].append(reason), pending[2].append(None)
+                    pending.add(position, reason)
                 if images is not None:
                     images = images.to(device, non_blocking=True)
                     if images.ndim == 4:
@@ -237,35 +306,45 @@ def extract_features(
                         encoded = extractor.encode(images)
                     encoded = encoded.detach().float()
                     dims = int(encoded.shape[1])
+                    batch_positions = as_numpy(positions).astype(np.int64)
+                    before = set(rejected)
+                    encoded, batch_positions = drop_nonfinite_rows(encoded, batch_positions, rejected,
+                                                                   source=str(spec))
+                    for position in set(rejected) - before:
+                        pending.add(position, rejected[position])
                     chunks.append(encoded)
-                    chunk_positions.append(as_numpy(positions))
+                    chunk_positions.append(batch_positions)
                     if store is not None:
-                        pending[0].extend(positions.tolist()), pending[1].extend([None] * len(positions))
-                        pending[2].append(encoded)
-                if store is not None and len(pending[0]) >= SHARD_ROWS:
-                    _flush(store, pending, dims)
+                        pending.add_good(batch_positions, encoded, notes)
+                if store is not None and pending.due():
+                    pending.flush(store, dims)
                 if advance:
                     advance(len(positions) + len(bad))
-        if store is not None and pending[0]:
-            _flush(store, pending, dims)
+        if store is not None and pending.rows:
+            pending.flush(store, dims)
 
     if from_cache:
-        chunks.append(to_kind(done_matrix, "torch", torch_device=device.type))
-        chunk_positions.append(done_positions)
+        cached, cached_positions = drop_nonfinite_rows(done_matrix, done_positions, rejected, source=str(spec))
         del done_matrix
-    if not chunks:
-        raise TooFewImagesError(
-            f"No usable image among the {len(failures)} input row(s): every one was rejected "
-            f"(first reason: {next(iter(rejected.values()), 'unknown')}). See the 'reason' column."
-        )
+        chunks.append(to_kind(cached, "torch", torch_device=device.type))
+        chunk_positions.append(cached_positions)
+        del cached
+    info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
+            "cache": str(store.folder) if store else None}
+    if not chunks or not sum(len(p) for p in chunk_positions):
+        # no usable image: the caller reports it, with every row's reason (see rca_gpu.pipeline.run)
+        empty = torch.empty((0, dims or 0), dtype=torch.float32, device=device)
+        info["dims"] = dims or 0
+        return Features(empty, np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started,
+                        from_cache, notes)
     positions, matrix = _assemble(chunks, chunk_positions, device)
-    info = {**extractor.describe(), "dims": int(matrix.shape[1]), "precision": context.precision,
-            "from_cache": from_cache, "cache": str(store.folder) if store else None}
-    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache)
+    info["dims"] = int(matrix.shape[1])
+    usable_notes = {p: n for p, n in notes.items() if p not in rejected}
+    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache, usable_notes)
 
 
 def _assemble(chunks: list, chunk_positions: list[np.ndarray], device) -> tuple[np.ndarray, Any]:
-    """(positions ascending, (n, d) tensor on ``device``) from row blocks in any order.
+    """(positions ascending, (n, d) float32 tensor on ``device``) from row blocks in any order.
 
     Each block is copied into its rows of one preallocated tensor and released, so assembling peaks near one
     copy of the matrix; a single block already in order (everything read back from the cache) is used as is.
@@ -288,9 +367,30 @@ def _assemble(chunks: list, chunk_positions: list[np.ndarray], device) -> tuple[
     return positions[order], matrix
 
 
-def _flush(store: _ShardStore, pending, dims: int | None) -> None:
-    positions, reasons, tensors = pending  # tensors: one per good batch, None per bad row, in row order
-    good = [as_numpy(t) for t in tensors if t is not None]
-    features = np.concatenate(good) if good else None
-    store.write(list(positions), list(reasons), features, dims or 1)
-    positions.clear(), reasons.clear(), tensors.clear()
+class _Pending:
+    """Rows extracted since the last shard, flushed by rows (SHARD_ROWS) or by time (SHARD_SECONDS)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str | None, str | None]] = []  # (position, reason, note) in shard order
+        self.tensors: list[Any] = []  # one (b, d) block per good batch, in the order of the good rows
+        self.since = time.monotonic()
+
+    def add(self, position: int, reason: str) -> None:
+        self.rows.append((int(position), reason, None))
+
+    def add_good(self, positions: np.ndarray, encoded: Any, notes: dict[int, str]) -> None:
+        if len(positions):
+            self.rows.extend((int(p), None, notes.get(int(p))) for p in positions)
+            self.tensors.append(encoded)
+
+    def due(self) -> bool:
+        return len(self.rows) >= SHARD_ROWS or (
+            bool(self.rows) and time.monotonic() - self.since >= SHARD_SECONDS
+        )
+
+    def flush(self, store: _ShardStore, dims: int | None) -> None:
+        good = [as_numpy(t) for t in self.tensors]
+        features = np.concatenate(good) if good else None
+        positions, reasons, notes = (list(column) for column in zip(*self.rows))
+        store.write(positions, reasons, notes, features, dims or 1)
+        self.rows, self.tensors, self.since = [], [], time.monotonic()

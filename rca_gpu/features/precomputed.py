@@ -58,7 +58,12 @@ BATCH_VALUES = 1 << 24
 _F_COLUMN = re.compile(r"^f(\d+)$")
 
 REASON_NULL = "missing feature vector (null)"
-REASON_NONFINITE = "feature vector holds NaN, inf or a missing value"
+
+
+def nonfinite_reason(path: Path) -> str:
+    """The reason of a row whose vector holds NaN, inf or a missing value (read as NaN), worded as for
+    extracted features (rca_gpu.features.extract.drop_nonfinite_rows)."""
+    return f"features not finite (NaN or inf) from the features file {Path(path).name}"
 
 
 class PrecomputedFeatures:
@@ -165,7 +170,8 @@ def _to_device(matrix: np.ndarray, device: "Device | None"):
 class _Rows:
     """Good rows packed into a preallocated (n, d) float32 matrix; rejected rows recorded with a reason."""
 
-    def __init__(self, n: int, d: int) -> None:
+    def __init__(self, n: int, d: int, source: Path) -> None:
+        self.nonfinite = nonfinite_reason(source)
         self.matrix = np.empty((n, d), dtype=np.float32)
         self.positions = np.empty(n, dtype=np.int64)
         self.count = 0
@@ -176,7 +182,7 @@ class _Rows:
         rows = np.arange(start, start + len(block)) if rows is None else rows
         finite = np.isfinite(block).all(axis=1)
         for position in rows[~finite]:
-            self.rejected[int(position)] = REASON_NONFINITE
+            self.rejected[int(position)] = self.nonfinite
         good = block[finite]
         self.matrix[self.count:self.count + len(good)] = good
         self.positions[self.count:self.count + len(good)] = rows[finite]
@@ -276,7 +282,7 @@ def _read_parquet(path: Path):
         layout = {"format": "parquet", "column": f"f0..f{d - 1}"}
     if d < 1:
         raise SourceError(f"The feature vectors of {str(path)!r} are empty (0 values). Store at least one value per row.")
-    rows = _Rows(n, d)
+    rows = _Rows(n, d, path)
     start = 0
     for batch in parquet.iter_batches(batch_size=_rows_per_batch(d), columns=columns):
         size = batch.num_rows
@@ -346,7 +352,7 @@ def _read_npy(path: Path):
     n, d = array.shape
     if n == 0 or d == 0:
         raise SourceError(f"The features array {str(path)!r} has shape {(n, d)}: no rows or no features.")
-    rows = _Rows(n, d)
+    rows = _Rows(n, d, path)
     step = _rows_per_batch(d)
     for start in range(0, n, step):
         rows.add(start, np.asarray(array[start:start + step], dtype=np.float32))
