@@ -67,9 +67,34 @@ def _tree_rss(pid: int) -> int:
         return 0
 
 
+def _vm_hwm() -> int:
+    """This process's peak resident memory in bytes (VmHWM: the high-water mark of its own address space,
+    unlike ru_maxrss, which on Linux starts from the parent's peak at fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _report_peak_at_exit() -> None:
+    import atexit
+
+    atexit.register(lambda: print(f"VMHWM {_vm_hwm()}", flush=True))
+
+
+def peak_child(module: str, argv: list[str]) -> None:
+    """Child mode: run ``python -m module argv...`` and print its VmHWM when it exits."""
+    import runpy
+
+    _report_peak_at_exit()
+    sys.argv = [module, *argv]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
 def measure(command: list[str], *, timeout_s: float, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``command``; return wall seconds, exit code, peak RSS of its main process (ru_maxrss) and of its
-    process tree (sampled), its last output lines; exit code None when it was stopped at ``timeout_s``."""
+    """Run ``command``; return wall seconds, exit code, peak RSS of its main process (VmHWM, printed by the
+    child; ru_maxrss as a fallback) and of its process tree (sampled), its last output lines; exit code None
+    when it was stopped at ``timeout_s``."""
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, **(env or {})}, cwd=REPO)
@@ -104,19 +129,19 @@ def measure(command: list[str], *, timeout_s: float, env: dict[str, str] | None 
     sampler.join()
     reader.join(timeout=5)
     process.returncode = os.waitstatus_to_exitcode(status)
+    hwm = [int(line.split()[1]) for line in output if line.startswith("VMHWM ")]
     return {
         "exit_code": None if timed_out else process.returncode,
         "timed_out": timed_out,
         "wall_s": round(wall, 1),
-        "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
+        "peak_rss_gib": round((hwm[-1] if hwm else usage.ru_maxrss * 1024) / GIB, 3),
+        "peak_rss_source": "VmHWM" if hwm else "ru_maxrss (floored at the parent's peak)",
         "peak_tree_rss_gib": round(peak_tree / GIB, 3),
         "tail": "".join(output[-15:]),
     }
 
 
 def machine() -> dict[str, Any]:
-    import torch
-
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -127,8 +152,10 @@ def machine() -> dict[str, Any]:
         info["memory_gib"] = round(int(meminfo[meminfo.index("MemTotal:") + 1]) * 1024 / GIB, 1)
     except (OSError, ValueError):
         pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.get_device_name() if "
+                            "torch.cuda.is_available() else '')"], capture_output=True, text=True)
+    if probe.stdout.strip():  # asked in a child, so that this process stays small
+        info["gpu"] = probe.stdout.strip()
     info["load_average_at_start"] = os.getloadavg()
     return info
 
@@ -195,7 +222,8 @@ def run_features(args: argparse.Namespace) -> list[dict[str, Any]]:
             folder.mkdir(parents=True, exist_ok=True)
             features, metadata, labels = planted_files(n, dims, folder, args.seed)
             out = folder / "out"
-            command = [sys.executable, "-m", "rca_gpu.cli", "run", "--features", str(features), "--metadata",
+            command = [sys.executable, str(Path(__file__).resolve()), "_peak", "rca_gpu.cli", "run", "--features",
+                       str(features), "--metadata",
                        str(metadata), "--out", str(out), "--pipeline", args.pipeline, "--device", args.device,
                        "--seed", str(args.seed), "--quiet"]
             row.update(measure(command, timeout_s=args.timeout_min * 60))
@@ -247,8 +275,7 @@ def make_images(n: int, folder: Path, seed: int = 0, size: int = 32) -> None:
 
 def extraction_child(folder: str, pipeline: str, cache: str, batch_size: int, workers: int) -> None:
     """Child mode: list the folder, extract features with the shard cache, print one JSON line."""
-    import resource
-
+    _report_peak_at_exit()
     from rca_gpu.device import resolve_device
     from rca_gpu.pipeline import compute_features
     from rca_gpu.progress import Reporter
@@ -259,7 +286,7 @@ def extraction_child(folder: str, pipeline: str, cache: str, batch_size: int, wo
     started = time.perf_counter()
     failures = load_source(folder)
     listed = time.perf_counter() - started
-    rss_after_listing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_after_listing = _vm_hwm()
     features = compute_features(spec.pipeline.features, failures, spec, resolve_device("cpu"), Path(cache),
                                 Reporter(enabled=False))
     import psutil
@@ -331,13 +358,12 @@ def make_empty_files(n: int, folder: Path) -> Path:
 
 def sources_child(mode: str, target: str) -> None:
     """Child mode: load one source the current way or the former way; print seconds and memory."""
-    import resource
-
     import pandas as pd
 
     from rca_gpu.data.sources import IMAGE_EXTENSIONS, load_source
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _report_peak_at_exit()
+    base = _vm_hwm() / 1024
     started = time.perf_counter()
     if mode == "current":
         rows = len(load_source(target))
@@ -361,7 +387,7 @@ def sources_child(mode: str, target: str) -> None:
                            frame.drop(columns=["path"])], axis=1)
         rows = len(table)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _vm_hwm() / 1024
     print("RESULT " + json.dumps({"rows": rows, "seconds": round(seconds, 1),
                                   "above_imports_mib": round((peak - base) / 1024)}), flush=True)
 
@@ -457,6 +483,9 @@ def table(paths: list[Path], fit_from: int) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_peak":
+        peak_child(sys.argv[2], sys.argv[3:])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "_sources":
         sources_child(sys.argv[2], sys.argv[3])
         return
