@@ -16,7 +16,7 @@ LOCK_PYTHON := 3.11
 UV_VERSION := 0.13.9
 UV ?= $(BIN)/uv
 
-.PHONY: venv weights demo test lock gpu-check clean
+.PHONY: venv weights browser demo test lock gpu-check clean
 
 # pip reads this machine's pip configuration (a local mirror of the torch wheels, same hashes as on PyPI).
 # -qq: the mirror's configuration warns about every package it does not hold; errors still show.
@@ -39,10 +39,19 @@ venv: $(STAMP)
 weights: venv
 	$(BIN)/python scripts/seed_torch_cache.py
 
+# Debian's Chromium, which the report's browser tests drive through Playwright (no browser is downloaded).
+# Installed as root with apt-get when missing; BROWSER=skip leaves it out (those tests then skip, saying why).
+browser:
+ifneq ($(BROWSER),skip)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { echo "error: chromium is missing: apt-get install chromium, or make test BROWSER=skip"; exit 2; }
+endif
+
 demo: weights
 	$(BIN)/rca-gpu demo --out $(OUT)
 
-test: weights
+test: weights browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Re-resolve the lock files from pyproject.toml, keeping every pin that still fits (UPGRADE=1: newest

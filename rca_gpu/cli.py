@@ -131,6 +131,8 @@ WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Backbone w
 KnnOpt = Annotated[Optional[KnnBackend], typer.Option("--knn-backend", help="Neighbour search backend.")]
 RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests: image paths must resolve "
                     "inside this folder (default: the manifest's folder).")]
+ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
+                      "explanations; opens offline).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
 
@@ -148,7 +150,7 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
     return build_run_spec(data, pipeline=pipeline, **values)
 
 
-def print_clusters(clusters, console=None) -> None:
+def print_clusters(clusters, console=None, explanations=None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -156,7 +158,7 @@ def print_clusters(clusters, console=None) -> None:
     from rca_gpu.pipeline import cluster_summary
 
     console = console or Console()
-    summary = cluster_summary(clusters)
+    summary = cluster_summary(clusters, explanations)
     table = Table(title="Clusters (-1 = noise)")
     for column in summary.columns:
         table.add_column(column, justify="right" if column in ("cluster", "size") else "left")
@@ -199,6 +201,7 @@ def run_command(
                         "row per feature row, same order (id, path, root_cause, ...).")] = None,
     dask: Annotated[Optional[str], typer.Option("--dask", help="local, or a scheduler address tcp://HOST:8786: "
                     "extraction on Dask workers (kNN graph too on dask-cuda workers).")] = None,
+    report: ReportOpt = True,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -217,14 +220,15 @@ def run_command(
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
         cache_features=cache, plot_embedding=plot_umap,
     )
-    result = run_inputs(spec, source, out, features=features, metadata=metadata, dask=dask, reporter=reporter)
+    result = run_inputs(spec, source, out, features=features, metadata=metadata, dask=dask, reporter=reporter,
+                        report=report)
     _echo_result(result, show_clusters=not quiet, images="images")
 
 
 def _echo_result(result, *, show_clusters: bool, images: str) -> None:
     """What ``run`` and ``demo`` print at the end: the clusters, the counts, the ground truth, where."""
     if show_clusters:
-        print_clusters(result.clusters)
+        print_clusters(result.clusters, explanations=result.explanations)
     counts = result.run_info["counts"]
     typer.echo(
         f"{counts['clusters']} clusters, {counts['noise']} noise, {counts['rejected']} rejected of "
@@ -232,6 +236,8 @@ def _echo_result(result, *, show_clusters: bool, images: str) -> None:
     )
     _echo_ground_truth(result.metrics)
     typer.echo(f"results: {printable(result.out.resolve())}")
+    if result.report is not None:
+        typer.echo(f"report: {printable(result.report.resolve())}")
 
 
 def _echo_ground_truth(metrics: dict | None) -> None:
@@ -279,6 +285,7 @@ def demo_command(
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
+    report: ReportOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Make the embedded mnist-rc benchmark (offline) and run the default pipeline on it."""
@@ -296,7 +303,7 @@ def demo_command(
     spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
-    result = run(spec, manifest, out / "run", reporter=reporter)
+    result = run(spec, manifest, out / "run", reporter=reporter, report=report)
     _echo_result(result, show_clusters=True, images="failing images")
 
 
@@ -305,12 +312,15 @@ def _mount_subcommands() -> None:
     from rca_gpu.commands.datasets import app as datasets_app
     from rca_gpu.commands.doctor import doctor_command
     from rca_gpu.commands.evaluate import evaluate_command
+    from rca_gpu.commands.report import export_command, report_command
     from rca_gpu.commands.study import study_command
 
     app.add_typer(datasets_app, name="datasets")
     app.command("evaluate")(friendly_errors(evaluate_command))
     app.command("study")(friendly_errors(study_command))
     app.command("doctor")(doctor_command)
+    app.command("report")(friendly_errors(report_command))
+    app.command("export")(friendly_errors(export_command))
 
 
 _mount_subcommands()

@@ -229,6 +229,7 @@ def extract_features_dask(
     ]
     chunks: list[Any] = []
     chunk_positions: list[np.ndarray] = []
+    chunk_properties: list[np.ndarray | None] = []
     notes: dict[int, str] = {}
     dims = None
     reporter = context.reporter
@@ -239,7 +240,7 @@ def extract_features_dask(
     try:
         with progress as advance:
             for future in as_completed(futures):
-                positions, matrix, bad, shard_notes = future.result()
+                positions, matrix, bad, shard_notes, properties = future.result()
                 future.release()
                 rejected.update(bad)
                 notes.update(shard_notes)
@@ -249,10 +250,11 @@ def extract_features_dask(
                     rows = positions.tolist()
                     store.write([*rows, *bad], [*([None] * len(rows)), *bad.values()],
                                 [*(shard_notes.get(p) for p in rows), *([None] * len(bad))],
-                                matrix if len(rows) else None, dims or 1)
+                                matrix if len(rows) else None, dims or 1, properties if len(rows) else None)
                 elif len(positions):
                     chunks.append(torch.from_numpy(matrix))
                     chunk_positions.append(positions)
+                    chunk_properties.append(properties)
                 if advance:
                     advance(len(positions) + len(bad))
     except BaseException:
@@ -260,12 +262,13 @@ def extract_features_dask(
         raise
     from_cache = len(done)
     if store is not None:
-        positions, matrix_np, cached_rejected, cached_notes = store.load()
+        positions, matrix_np, cached_rejected, cached_notes, properties = store.load()
         rejected.update(cached_rejected)
         notes.update(cached_notes)
         if matrix_np is not None:
-            matrix_np, positions = drop_nonfinite_rows(matrix_np, positions, rejected, source=str(spec))
-            chunks, chunk_positions = [torch.from_numpy(np.ascontiguousarray(matrix_np))], [positions]
+            kept_matrix, kept = drop_nonfinite_rows(matrix_np, positions, rejected, source=str(spec))
+            chunks, chunk_positions = [torch.from_numpy(np.ascontiguousarray(kept_matrix))], [kept]
+            chunk_properties = [properties[np.isin(positions, kept)]]
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
             "cache": str(store.folder) if store else None,
             "dask": {"scheduler": client.scheduler.address, "workers": workers, "shards": len(shards),
@@ -276,12 +279,15 @@ def extract_features_dask(
         return Features(torch.empty((0, dims or 0), dtype=torch.float32, device=context.device),
                         np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started, from_cache,
                         notes)
-    positions, matrix = _assemble(chunks, chunk_positions, context.device)
+    properties = (np.concatenate(chunk_properties).astype(np.float32)
+                  if chunk_properties and all(p is not None for p in chunk_properties) else None)
+    positions, matrix, order = _assemble(chunks, chunk_positions, context.device)
     for position in positions.tolist():
         rejected.pop(position, None)
     info["dims"] = int(matrix.shape[1])
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
-    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache, usable_notes)
+    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache, usable_notes,
+                    None if properties is None else properties[order])
 
 
 def _rows(failures: "FailureSet", positions: np.ndarray) -> "pd.DataFrame":
@@ -298,11 +304,12 @@ def _images(failures: "FailureSet", positions: np.ndarray) -> np.ndarray | None:
 
 def encode_shard(spec: "FeatureSpec", settings: dict[str, Any], table: "pd.DataFrame", images: np.ndarray | None,
                  positions: np.ndarray, file_paths: list[str] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, dict[int, str], dict[int, str]]:
+                 ) -> tuple[np.ndarray, np.ndarray, dict[int, str], dict[int, str], np.ndarray | None]:
     """Runs on a worker: encode one shard with the ordinary engine.
 
     Returns (positions of the encoded rows, their (k, d) float32 features, {position: reason} of the
-    rejected rows, {position: note} of rows read with a note), positions being the client's row positions.
+    rejected rows, {position: note} of rows read with a note, their (k, p) image properties or None),
+    positions being the client's row positions.
     """
     import torch
 
@@ -321,7 +328,7 @@ def encode_shard(spec: "FeatureSpec", settings: dict[str, Any], table: "pd.DataF
     features = extract_features(spec, context, cache_dir=None)
     matrix = np.asarray(as_numpy(features.matrix), dtype=np.float32)
     return (positions[features.positions], matrix, {int(positions[p]): r for p, r in features.rejected.items()},
-            {int(positions[p]): n for p, n in (features.notes or {}).items()})
+            {int(positions[p]): n for p, n in (features.notes or {}).items()}, features.properties)
 
 
 def _limit_threads() -> None:
@@ -397,7 +404,8 @@ def knn_graph_dask(matrix: Any, k: int, client: "Client") -> "KnnGraph | None":
 
 
 def run_dask(spec: "RunSpec", source: Any, out: str | Path, *, address: str, reporter: "Reporter | None" = None,
-             cache_dir: str | Path | None = None, shard_rows: int | None = None) -> "RunResult":
+             cache_dir: str | Path | None = None, shard_rows: int | None = None, report: bool = True
+             ) -> "RunResult":
     """:func:`rca_gpu.pipeline.run` (same checks, same outputs) with extraction on the Dask workers at
     ``address`` and, when they have GPUs with cuML, the kNN graph there too."""
     from rca_gpu.pipeline import extraction_context, run
@@ -413,4 +421,5 @@ def run_dask(spec: "RunSpec", source: Any, out: str | Path, *, address: str, rep
         def knn(features, run_spec, device):
             return knn_graph_dask(features.matrix, effective_k(run_spec.knn_k, run_spec.pipeline.reduce), client)
 
-        return run(spec, source, out, reporter=reporter, cache_dir=cache_dir, extract=extract, knn=knn)
+        return run(spec, source, out, reporter=reporter, cache_dir=cache_dir, extract=extract, knn=knn,
+                   report=report)

@@ -45,8 +45,9 @@ def run_inputs(
     metadata: str | os.PathLike | None = None,
     dask: str | None = None,
     reporter: "Reporter | None" = None,
+    report: bool = True,
 ) -> "RunResult":
-    """Start the run that the inputs ask for (see the module docstring).
+    """Start the run that the inputs ask for (see the module docstring); report.html unless ``report`` is False.
 
     Raises
     ------
@@ -64,7 +65,7 @@ def run_inputs(
                 f"Pass either SOURCE ({source}) or --features FILE, not both. Image paths and metadata for the "
                 "features go in the features file or in --metadata."
             )
-        return run_features(spec, features, out, metadata=metadata, dask=dask, reporter=reporter)
+        return run_features(spec, features, out, metadata=metadata, dask=dask, reporter=reporter, report=report)
     if metadata is not None:
         raise SpecError("--metadata describes the rows of --features FILE; pass --features too, or drop --metadata.")
     if source is None:
@@ -77,10 +78,10 @@ def run_inputs(
     if dask is not None:
         from rca_gpu.distributed import run_dask
 
-        return run_dask(spec, source, out, address=dask, reporter=reporter)
+        return run_dask(spec, source, out, address=dask, reporter=reporter, report=report)
     from rca_gpu.pipeline import run
 
-    return run(spec, source, out, reporter=reporter)
+    return run(spec, source, out, reporter=reporter, report=report)
 
 
 def run_features(
@@ -91,6 +92,7 @@ def run_features(
     metadata: str | os.PathLike | None = None,
     dask: str | None = None,
     reporter: "Reporter | None" = None,
+    report: bool = True,
 ) -> "RunResult":
     """Run the pipeline of ``spec`` (feature stage ``precomputed``) on the features in ``features``
     (.parquet / .npy, see :mod:`rca_gpu.features.precomputed`), writing the usual outputs to ``out``."""
@@ -126,4 +128,4 @@ def run_features(
             if graph is not None:
                 timer.add("knn", t)
     return run_on_features(spec, failures, loaded, device, Path(out), timer=timer, reporter=reporter,
-                           started_at=started_at, graph=graph)
+                           started_at=started_at, graph=graph, report=report)

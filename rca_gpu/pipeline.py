@@ -48,6 +48,8 @@ class RunResult:
     run_info: dict[str, Any]
     metrics: dict[str, Any] | None = None
     metrics_table: pd.DataFrame | None = None  # per root cause, when root causes are known
+    explanations: pd.DataFrame | None = None  # explanations.parquet: rules per cluster
+    report: Path | None = None  # report.html, when written
 
     @property
     def n_clusters(self) -> int:
@@ -169,7 +171,8 @@ def resolved_pipeline(spec: PipelineSpec, features_info: dict[str, Any], selecti
 
 
 def clusters_table(failures: FailureSet, features, labels: np.ndarray) -> pd.DataFrame:
-    """One row per input row: id, path, cluster, status, reason, then the pass-through metadata."""
+    """One row per input row: id, path, cluster, status, reason, the pass-through metadata, then the image
+    properties (``img_*``, see rca_gpu.data.properties) when the features were extracted from images."""
     n = len(failures)
     cluster = np.full(n, -1, dtype=np.int64)
     cluster[features.positions] = labels
@@ -183,7 +186,15 @@ def clusters_table(failures: FailureSet, features, labels: np.ndarray) -> pd.Dat
     table = failures.table
     front = pd.DataFrame({"id": table["id"], "path": table["path"], "cluster": cluster, "status": status,
                           "reason": reason})
-    return pd.concat([front, table.drop(columns=["id", "path"])], axis=1)
+    parts = [front, table.drop(columns=["id", "path"])]
+    if getattr(features, "properties", None) is not None:  # image properties, NaN for rejected rows
+        from rca_gpu.data.properties import PROPERTY_COLUMNS
+
+        values = np.full((n, len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
+        values[features.positions] = features.properties
+        names = [c for c in PROPERTY_COLUMNS if c not in table.columns]  # a manifest's own column wins
+        parts.append(pd.DataFrame(values, columns=list(PROPERTY_COLUMNS))[names])
+    return pd.concat(parts, axis=1)
 
 
 def embedding_table(failures: FailureSet, features, labels: np.ndarray, plot: np.ndarray,
@@ -197,11 +208,17 @@ def embedding_table(failures: FailureSet, features, labels: np.ndarray, plot: np
     return frame
 
 
-def cluster_summary(clusters: pd.DataFrame) -> pd.DataFrame:
-    """Per cluster: size and its most common labels / root causes (what the demo prints)."""
+def cluster_summary(clusters: pd.DataFrame, explanations: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cluster: size, its top explanation (when ``explanations`` is given) and its most common labels /
+    root causes (what the demo prints)."""
+    from rca_gpu.report.explain import top_explanations
+
+    tops = top_explanations(explanations, short=True)
     rows = []
     for label, group in clusters[clusters["status"] != "rejected"].groupby("cluster", sort=True):
         row = {"cluster": int(label), "size": len(group)}
+        if explanations is not None:
+            row["explanation"] = tops.get(int(label), "")
         for column in ("root_cause", "label", "prediction", "folder"):
             if column in group.columns:
                 counts = group[column].astype(str).value_counts()
@@ -222,11 +239,13 @@ def run(
     *,
     reporter: Reporter | None = None,
     cache_dir: str | Path | None = None,
+    report: bool = True,
     extract: Callable[..., Any] | None = None,
     knn: Callable[..., KnnGraph | None] | None = None,
 ) -> RunResult:
-    """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, run.json (and
-    metrics.json when root causes are known) to ``out``.
+    """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, explanations.parquet,
+    run.json (and metrics.json when root causes are known) to ``out``, then report.html unless ``report`` is
+    False.
 
     ``extract`` replaces :func:`compute_features` (same arguments and result) and ``knn(features, spec,
     device)`` may supply the kNN graph (None: computed here): rca_gpu.distributed runs extraction and, on GPU
@@ -275,7 +294,7 @@ def run(
         if graph is not None:
             timer.add("knn", t)
     return run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
-                           started_at=started_at, run_id=run_id, graph=graph)
+                           started_at=started_at, run_id=run_id, graph=graph, report=report)
 
 
 def run_on_features(
@@ -290,8 +309,10 @@ def run_on_features(
     started_at: str | None = None,
     run_id: str | None = None,
     graph: KnnGraph | None = None,
+    report: bool = True,
 ) -> RunResult:
-    """Everything after extraction: kNN graph (unless ``graph`` is given), reduce + cluster, outputs.
+    """Everything after extraction: kNN graph (unless ``graph`` is given), reduce + cluster, outputs, and
+    report.html unless ``report`` is False.
 
     Also the entry point for features that were not extracted by :func:`run`: ``--features FILE``
     (rca_gpu.launch, rca_gpu.features.precomputed). When too few images are usable, clusters.parquet is written
@@ -312,8 +333,25 @@ def run_on_features(
         start_run_folder(out)
         write_failed_run(spec, failures, features, out, run_id, exc, started_at)
         raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
-    return cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
-                             started_at=started_at, run_id=run_id)
+    result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
+                               started_at=started_at, run_id=run_id)
+    if report:
+        result.report = write_report(result, failures)
+    return result
+
+
+def write_report(result: RunResult, failures: FailureSet) -> Path | None:
+    """report.html of a finished run. A failure is logged, not raised: the run itself is complete."""
+    from rca_gpu.report.build import build_report
+
+    images = failures.images
+    loader = (lambda position: images[position]) if images is not None else None
+    try:
+        return build_report(result.out, loader=loader).path
+    except Exception as exc:  # the run's results are written; the report can be made again later
+        log.error("the report could not be written (%s: %s); the run is complete: run `rca-gpu report %s`",
+                  type(exc).__name__, exc, result.out)
+        return None
 
 
 def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, run_id: str, error: Exception,
@@ -393,6 +431,13 @@ def cluster_and_write(
         metrics, per_cause = evaluation.summary, evaluation.per_cause
     timer.add("write", t)
 
+    t = time.perf_counter()
+    from rca_gpu.report.explain import explain_clusters
+
+    explanations = explain_clusters(clusters, seed=spec.seed)
+    outputs.write_parquet(out / "explanations.parquet", explanations, run_id=run_id)
+    timer.add("explain", t)
+
     resolved = resolved_pipeline(spec.pipeline, features.info, selection)
     counts = {
         "input_rows": len(failures),
@@ -426,4 +471,4 @@ def cluster_and_write(
     outputs.write_json(out / "run.json", run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
              counts["rejected"], out)
-    return RunResult(out, clusters, run_info, metrics, per_cause)
+    return RunResult(out, clusters, run_info, metrics, per_cause, explanations)

@@ -97,17 +97,23 @@ def test_shards_read_back_into_one_matrix_in_position_order(tmp_path):
     rng = np.random.default_rng(0)
     truth = {p: rng.normal(size=4).astype(np.float32) for p in range(12)}
     # shards in any order, a rejected row in each, an all-rejected shard of another width, a position twice
-    store.write([7, 3, 11], [None, "bad a", None], ["first frame", None, None], np.stack([truth[7], truth[11]]), 4)
+    from rca_gpu.data.properties import PROPERTY_COLUMNS
+
+    props = rng.normal(size=(2, len(PROPERTY_COLUMNS))).astype(np.float32)
+    store.write([7, 3, 11], [None, "bad a", None], ["first frame", None, None], np.stack([truth[7], truth[11]]), 4,
+                props)
     store.write([5, 0, 1], [None, None, None], [None] * 3, np.stack([truth[5], truth[0], truth[1]]), 4)
     store.write([9, 10], ["bad b", "bad c"], [None, None], None, 1)
     stale = rng.normal(size=4).astype(np.float32)
     store.write([2, 4], [None, None], [None, None], np.stack([stale, truth[4]]), 4)
     store.write([2], [None], [None], truth[2][None], 4)  # a later copy of row 2 wins
     (store.folder / "part-999999.parquet").write_bytes(b"unreadable")
-    positions, matrix, rejected, notes = store.load()
+    positions, matrix, rejected, notes, properties = store.load()
     assert positions.tolist() == [0, 1, 2, 4, 5, 7, 11]
     np.testing.assert_array_equal(matrix, np.stack([truth[p] for p in positions.tolist()]))
     assert rejected == {3: "bad a", 9: "bad b", 10: "bad c"} and notes == {7: "first frame"}
+    np.testing.assert_array_equal(properties[[5, 6]], props)  # rows 7 and 11 carry their image properties
+    assert np.isnan(properties[:5]).all()  # shards written without them read back as NaN
     indexed, index_rejected = store.index()
     assert indexed.tolist() == positions.tolist() and index_rejected == rejected
 
@@ -116,8 +122,8 @@ def test_an_empty_or_all_rejected_cache_reads_back_as_nothing(tmp_path):
     from rca_gpu.features.extract import _ShardStore
 
     store = _ShardStore(tmp_path / "cache")
-    positions, matrix, rejected, _ = store.load()
+    positions, matrix, rejected, _, _ = store.load()
     assert positions.size == 0 and matrix is None and rejected == {}
     store.write([0, 1], ["bad", "worse"], [None, None], None, 1)
-    positions, matrix, rejected, _ = store.load()
+    positions, matrix, rejected, _, _ = store.load()
     assert positions.size == 0 and matrix is None and rejected == {0: "bad", 1: "worse"}

@@ -157,15 +157,21 @@ def _wide_to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 class ImageDataset:
-    """Map-style dataset over some rows of a FailureSet: item -> (position, tensor | None, reason)."""
+    """Map-style dataset over some rows of a FailureSet: item -> (position, tensor | None, reason, properties).
 
-    def __init__(self, failures: "FailureSet", positions: np.ndarray, transform: Callable, mode: str) -> None:
+    With ``properties``, each decoded image's interpretable properties (:mod:`rca_gpu.data.properties`,
+    float32 vector) travel with it; otherwise that slot is None.
+    """
+
+    def __init__(self, failures: "FailureSet", positions: np.ndarray, transform: Callable, mode: str,
+                 properties: bool = False) -> None:
         self.images = failures.images
         self.positions = np.asarray(positions, dtype=np.int64)
         # only these rows' paths, as one Arrow array: no Python string per row, cheap to send to workers
         self.paths = None if self.images is not None else _paths_of(failures, self.positions)
         self.transform = transform
         self.mode = mode
+        self.properties = properties
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -175,7 +181,7 @@ class ImageDataset:
         return path if isinstance(path, str) else path.as_py()
 
     def __getitem__(self, item: int):
-        """(position, tensor | None, reason when rejected else a note or "")."""
+        """(position, tensor | None, reason when rejected else a note or "", properties | None)."""
         position = int(self.positions[item])
         try:
             note = None
@@ -185,11 +191,16 @@ class ImageDataset:
                 image = Image.fromarray(self.images[position]).convert(self.mode)
             else:
                 image, note = decode_image_noted(self._path(item), self.mode)
-            return position, self.transform(image), note or ""
+            properties = None
+            if self.properties:
+                from rca_gpu.data.properties import image_properties
+
+                properties = image_properties(image)
+            return position, self.transform(image), note or "", properties
         except ValueError as exc:
-            return position, None, str(exc)
+            return position, None, str(exc), None
         except Exception as exc:  # a transform failing on odd input is a rejection too
-            return position, None, f"preprocessing failed: {type(exc).__name__}: {exc}"
+            return position, None, f"preprocessing failed: {type(exc).__name__}: {exc}", None
 
 
 def _paths_of(failures: "FailureSet", positions: np.ndarray):
@@ -204,16 +215,18 @@ def _paths_of(failures: "FailureSet", positions: np.ndarray):
 
 def collate(items):
     """Stack the good items: (positions, images | None, [(position, reason)] of the rejected,
-    [(position, note)] of good items read with a note, e.g. the first frame of several)."""
+    [(position, note)] of good items read with a note, e.g. the first frame of several, properties | None),
+    properties an (n_good, p) float32 array when the dataset computes them."""
     import torch
 
-    good = [(p, t) for p, t, _ in items if t is not None]
-    bad = [(p, r) for p, t, r in items if t is None]
-    notes = [(p, r) for p, t, r in items if t is not None and r]
+    good = [(p, t, q) for p, t, _, q in items if t is not None]
+    bad = [(p, r) for p, t, r, _ in items if t is None]
+    notes = [(p, r) for p, t, r, _ in items if t is not None and r]
     if not good:
-        return torch.empty(0, dtype=torch.long), None, bad, notes
-    positions = torch.tensor([p for p, _ in good], dtype=torch.long)
-    return positions, torch.stack([t for _, t in good]), bad, notes
+        return torch.empty(0, dtype=torch.long), None, bad, notes, None
+    positions = torch.tensor([p for p, _, _ in good], dtype=torch.long)
+    properties = np.stack([q for _, _, q in good]) if good[0][2] is not None else None
+    return positions, torch.stack([t for _, t, _ in good]), bad, notes, properties
 
 
 def make_loader(
@@ -225,11 +238,12 @@ def make_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool,
+    properties: bool = False,
 ):
-    """A DataLoader over ``positions`` that yields collate() triples."""
+    """A DataLoader over ``positions`` that yields collate() tuples (with image properties if asked)."""
     from torch.utils.data import DataLoader
 
-    dataset = ImageDataset(failures, positions, transform, mode)
+    dataset = ImageDataset(failures, positions, transform, mode, properties)
     workers = min(workers, max(0, len(dataset) // max(batch_size, 1)))  # no idle worker processes
     return DataLoader(
         dataset,
@@ -271,7 +285,7 @@ def iterate_batches(
 
     reporter = reporter or Reporter(enabled=False)
     with reporter.task(description, total=len(positions)) as advance:
-        for batch_positions, images, bad, _notes in loader:
+        for batch_positions, images, bad, _notes, _properties in loader:
             advance(len(batch_positions) + len(bad))
             if images is None:
                 continue

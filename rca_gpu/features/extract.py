@@ -3,10 +3,12 @@
 Batches are decoded in DataLoader workers (pinned memory on CUDA), moved to the device without blocking,
 converted to channels_last, and encoded under ``torch.inference_mode()`` with optional bf16 autocast.
 
-Cache: with a cache folder, results are written as Parquet shards (position, reason, note, feature) while
-the run goes on, each shard atomically, after at most SHARD_ROWS rows or SHARD_SECONDS seconds. A re-run with the same extractor, settings and files reads the shards
-and encodes only what is missing, so an interrupted extraction of millions of images resumes where it
-stopped instead of starting over.
+Cache: with a cache folder, results are written as Parquet shards (position, reason, note, feature,
+properties) while the run goes on, each shard atomically, after at most SHARD_ROWS rows or SHARD_SECONDS
+seconds. A re-run with the same extractor, settings and files reads the shards and encodes only what is
+missing, so an interrupted extraction of millions of images resumes where it stopped instead of starting
+over. ``properties`` are the image properties of :mod:`rca_gpu.data.properties`, measured while decoding, so
+cached rows keep them.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ log = logging.getLogger("rca_gpu")
 #: that an interrupted extraction loses at most one shard's work (a minute, or 1,000 images).
 SHARD_ROWS = 1000
 SHARD_SECONDS = 60.0
-CACHE_FORMAT = 2  # 2: shards carry a "note" column and rows with non-finite features are rejected
+CACHE_FORMAT = 3  # 2: shards carry a "note" column, non-finite rows rejected; 3: shards carry "properties"
 
 
 @dataclass
@@ -49,6 +51,9 @@ class Features:
     seconds: float = 0.0
     from_cache: int = 0
     notes: dict[int, str] = field(default_factory=dict)  # position -> how a usable image was read
+    #: (n_ok, len(PROPERTY_COLUMNS)) float32 image properties, row i for ``positions[i]``; None when the
+    #: features were not extracted from images
+    properties: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -95,12 +100,12 @@ class _ShardStore:
                 leftover.unlink()
         self.count = len(list(folder.glob("part-*.parquet")))
 
-    def _scan(self) -> tuple[list[tuple[Path, np.ndarray, np.ndarray, int]], dict[int, str], dict[int, str]]:
-        """([(shard, positions, good-row mask, dims)] of the readable shards, {position: reason},
+    def _scan(self) -> tuple[list[tuple[Path, np.ndarray, np.ndarray, int, bool]], dict[int, str], dict[int, str]]:
+        """([(shard, positions, good-row mask, dims, has properties)] of the readable shards, {position: reason},
         {position: note}), reading the small columns only."""
         import pyarrow.parquet as pq
 
-        readable: list[tuple[Path, np.ndarray, np.ndarray, int]] = []
+        readable: list[tuple[Path, np.ndarray, np.ndarray, int, bool]] = []
         rejected: dict[int, str] = {}
         notes: dict[int, str] = {}
         for shard in sorted(self.folder.glob("part-*.parquet")):
@@ -121,12 +126,12 @@ class _ShardStore:
                 for position, note in zip(positions.tolist(), table.column("note").to_pylist()):
                     if note:
                         notes[position] = note
-            readable.append((shard, positions, good, dims))
+            readable.append((shard, positions, good, dims, "properties" in schema.names))
         # shards of rejected rows only may carry any width; those with features must agree (the most common)
-        widths = [dims for _, _, good, dims in readable if good.any()]
+        widths = [r[3] for r in readable if r[2].any()]
         if widths:
             common = max(set(widths), key=widths.count)
-            for shard, _, good, dims in readable:
+            for shard, _, good, dims, _ in readable:
                 if good.any() and dims != common:
                     log.warning("ignoring cache shard %s: %d features per row, not %d", shard, dims, common)
             readable = [r for r in readable if not r[2].any() or r[3] == common]
@@ -136,14 +141,15 @@ class _ShardStore:
         """(positions with cached features, ascending; {position: reason} of cached rejections), without
         reading any feature values."""
         readable, rejected, _ = self._scan()
-        good = np.unique(np.concatenate([p[g] for _, p, g, _ in readable] or [np.empty(0, np.int64)]))
+        good = np.unique(np.concatenate([r[1][r[2]] for r in readable] or [np.empty(0, np.int64)]))
         for position in good.tolist():
             rejected.pop(position, None)
         return good.astype(np.int64), rejected
 
-    def load(self) -> tuple[np.ndarray, np.ndarray | None, dict[int, str], dict[int, str]]:
+    def load(self) -> tuple[np.ndarray, np.ndarray | None, dict[int, str], dict[int, str], np.ndarray | None]:
         """Read every readable shard back: (positions (m,) int64 ascending, features (m, d) float32 or None
-        when no row is cached, {position: reason} of the rejected rows, {position: note}).
+        when no row is cached, {position: reason} of the rejected rows, {position: note}, image properties
+        (m, len(PROPERTY_COLUMNS)) float32, NaN where a shard lacks them, or None when no row is cached).
 
         Shards are opened by memory map and decoded one at a time straight into their rows of one
         preallocated matrix (positions are read first, so the rows land sorted), so reading back n cached
@@ -151,35 +157,46 @@ class _ShardStore:
         """
         import pyarrow.parquet as pq
 
+        from rca_gpu.data.properties import PROPERTY_COLUMNS
+
         readable, rejected, notes = self._scan()
-        good_positions = [positions[good] for _, positions, good, _ in readable]
+        good_positions = [r[1][r[2]] for r in readable]
         if not good_positions or not sum(map(len, good_positions)):
-            return np.empty(0, dtype=np.int64), None, rejected, notes
+            return np.empty(0, dtype=np.int64), None, rejected, notes, None
         everything = np.concatenate(good_positions)
         # a position cached twice keeps its last copy, as a re-run overwrites
         last = len(everything) - 1 - np.unique(everything[::-1], return_index=True)[1]
         keep = np.zeros(len(everything), dtype=bool)
         keep[last] = True
         sorted_positions = np.sort(everything[keep])
-        dims = next(d for _, _, good, d in readable if good.any())
+        dims = next(r[3] for r in readable if r[2].any())
         matrix = np.empty((len(sorted_positions), dims), dtype=np.float32)
+        properties = np.full((len(sorted_positions), len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
         offset = 0
-        for shard, positions, good, _ in readable:
+        for shard, positions, good, _, has_properties in readable:
             count = int(good.sum())
             kept = keep[offset:offset + count]
             offset += count
             if not kept.any():
                 continue
-            column = pq.read_table(shard, columns=["feature"], memory_map=True).column("feature").combine_chunks()
-            values = column.values.to_numpy(zero_copy_only=False)[: len(column) * dims].reshape(len(column), dims)
+            names = ["feature", "properties"] if has_properties else ["feature"]
+            table = pq.read_table(shard, columns=names, memory_map=True)
             rows = np.searchsorted(sorted_positions, positions[good][kept])
+            column = table.column("feature").combine_chunks()
+            values = column.values.to_numpy(zero_copy_only=False)[: len(column) * dims].reshape(len(column), dims)
             matrix[rows] = values[good][kept]
+            if has_properties:
+                column = table.column("properties").combine_chunks()
+                width = column.type.list_size
+                values = column.values.to_numpy(zero_copy_only=False)[: len(column) * width].reshape(len(column), width)
+                if width == properties.shape[1]:
+                    properties[rows] = values[good][kept]
         for position in sorted_positions.tolist():
             rejected.pop(position, None)
-        return sorted_positions, matrix, rejected, notes
+        return sorted_positions, matrix, rejected, notes, properties
 
     def write(self, positions: list[int], reasons: list[str | None], notes: list[str | None],
-              features: np.ndarray | None, dims: int) -> None:
+              features: np.ndarray | None, dims: int, properties: np.ndarray | None = None) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -190,10 +207,15 @@ class _ShardStore:
             values[good] = features
         mask = pa.array([r is not None for r in reasons])
         feature_column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dims, mask=mask)
-        table = pa.table(
-            {"position": pa.array(positions, pa.int64()), "reason": pa.array(reasons, pa.string()),
-             "note": pa.array(notes, pa.string()), "feature": feature_column}
-        )
+        columns = {"position": pa.array(positions, pa.int64()), "reason": pa.array(reasons, pa.string()),
+                   "note": pa.array(notes, pa.string()), "feature": feature_column}
+        if properties is not None and good:  # one row per good row, like the features
+            width = properties.shape[1]
+            table_values = np.full((n, width), np.nan, dtype=np.float32)
+            table_values[good] = properties
+            columns["properties"] = pa.FixedSizeListArray.from_arrays(pa.array(table_values.reshape(-1)), width,
+                                                                      mask=mask)
+        table = pa.table(columns)
         target = self.folder / f"part-{self.count:06d}.parquet"
         tmp = target.with_suffix(".tmp")
         pq.write_table(table, tmp)
@@ -265,12 +287,12 @@ def extract_features(
     transform = extractor.transform()
     rejected: dict[int, str] = dict(failures.rejected)
     notes: dict[int, str] = {}
-    done_positions, done_matrix = np.empty(0, dtype=np.int64), None
+    done_positions, done_matrix, done_properties = np.empty(0, dtype=np.int64), None, None
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
         store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}")
-        done_positions, done_matrix, cached_rejected, notes = store.load()
+        done_positions, done_matrix, cached_rejected, notes, done_properties = store.load()
         rejected.update(cached_rejected)
     usable = failures.usable_positions
     todo = usable[~np.isin(usable, done_positions) & ~np.isin(usable, np.fromiter(rejected, np.int64, len(rejected)))]
@@ -281,6 +303,7 @@ def extract_features(
     device = context.device
     chunks: list[torch.Tensor] = []
     chunk_positions: list[np.ndarray] = []
+    chunk_properties: list[np.ndarray | None] = []
     pending = _Pending()
     dims = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.precision == "bf16")
@@ -290,10 +313,11 @@ def extract_features(
         loader = make_loader(
             failures, todo, transform, extractor.image_mode,
             batch_size=context.batch_size, workers=context.workers, pin_memory=device.type == "cuda",
+            properties=True,
         )
         progress = reporter.task(f"features {spec}", total=len(todo)) if reporter else contextlib.nullcontext(None)
         with progress as advance:
-            for positions, images, bad, batch_notes in loader:
+            for positions, images, bad, batch_notes, batch_properties in loader:
                 notes.update(batch_notes)
                 for position, reason in bad:
                     rejected[position] = reason
@@ -307,15 +331,19 @@ def extract_features(
                     encoded = encoded.detach().float()
                     dims = int(encoded.shape[1])
                     batch_positions = as_numpy(positions).astype(np.int64)
+                    decoded_positions = batch_positions
                     before = set(rejected)
                     encoded, batch_positions = drop_nonfinite_rows(encoded, batch_positions, rejected,
                                                                    source=str(spec))
+                    if batch_properties is not None and len(batch_positions) < len(decoded_positions):
+                        batch_properties = batch_properties[np.isin(decoded_positions, batch_positions)]
                     for position in set(rejected) - before:
                         pending.add(position, rejected[position])
                     chunks.append(encoded)
                     chunk_positions.append(batch_positions)
+                    chunk_properties.append(batch_properties)
                     if store is not None:
-                        pending.add_good(batch_positions, encoded, notes)
+                        pending.add_good(batch_positions, encoded, notes, batch_properties)
                 if store is not None and pending.due():
                     pending.flush(store, dims)
                 if advance:
@@ -328,6 +356,7 @@ def extract_features(
         del done_matrix
         chunks.append(to_kind(cached, "torch", torch_device=device.type))
         chunk_positions.append(cached_positions)
+        chunk_properties.append(done_properties[np.isin(done_positions, cached_positions)])
         del cached
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
             "cache": str(store.folder) if store else None}
@@ -337,14 +366,19 @@ def extract_features(
         info["dims"] = dims or 0
         return Features(empty, np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started,
                         from_cache, notes)
-    positions, matrix = _assemble(chunks, chunk_positions, device)
+    properties = None
+    if chunk_properties and all(p is not None for p in chunk_properties):
+        properties = np.concatenate(chunk_properties).astype(np.float32)
+    positions, matrix, order = _assemble(chunks, chunk_positions, device)
     info["dims"] = int(matrix.shape[1])
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
-    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache, usable_notes)
+    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache,
+                    usable_notes, None if properties is None else properties[order])
 
 
-def _assemble(chunks: list, chunk_positions: list[np.ndarray], device) -> tuple[np.ndarray, Any]:
-    """(positions ascending, (n, d) float32 tensor on ``device``) from row blocks in any order.
+def _assemble(chunks: list, chunk_positions: list[np.ndarray], device) -> tuple[np.ndarray, Any, np.ndarray]:
+    """(positions ascending, (n, d) float32 tensor on ``device``, the order that sorts the concatenated
+    positions) from row blocks in any order.
 
     Each block is copied into its rows of one preallocated tensor and released, so assembling peaks near one
     copy of the matrix; a single block already in order (everything read back from the cache) is used as is.
@@ -354,7 +388,7 @@ def _assemble(chunks: list, chunk_positions: list[np.ndarray], device) -> tuple[
     positions = np.concatenate(chunk_positions)
     order = np.argsort(positions, kind="stable")
     if len(chunks) == 1 and np.array_equal(order, np.arange(len(order))):
-        return positions, chunks.pop().to(device)
+        return positions, chunks.pop().to(device), order
     destination = np.empty_like(order)
     destination[order] = np.arange(len(order))
     matrix = torch.empty((len(positions), int(chunks[0].shape[1])), dtype=torch.float32, device=device)
@@ -364,7 +398,7 @@ def _assemble(chunks: list, chunk_positions: list[np.ndarray], device) -> tuple[
         rows = torch.as_tensor(destination[offset:offset + len(block)], device=device)
         matrix[rows] = block.to(device=device, dtype=torch.float32)
         offset += len(block)
-    return positions[order], matrix
+    return positions[order], matrix, order
 
 
 class _Pending:
@@ -373,15 +407,18 @@ class _Pending:
     def __init__(self) -> None:
         self.rows: list[tuple[int, str | None, str | None]] = []  # (position, reason, note) in shard order
         self.tensors: list[Any] = []  # one (b, d) block per good batch, in the order of the good rows
+        self.properties: list[np.ndarray | None] = []  # one (b, p) block of image properties per good batch
         self.since = time.monotonic()
 
     def add(self, position: int, reason: str) -> None:
         self.rows.append((int(position), reason, None))
 
-    def add_good(self, positions: np.ndarray, encoded: Any, notes: dict[int, str]) -> None:
+    def add_good(self, positions: np.ndarray, encoded: Any, notes: dict[int, str],
+                 properties: np.ndarray | None = None) -> None:
         if len(positions):
             self.rows.extend((int(p), None, notes.get(int(p))) for p in positions)
             self.tensors.append(encoded)
+            self.properties.append(properties)
 
     def due(self) -> bool:
         return len(self.rows) >= SHARD_ROWS or (
@@ -392,5 +429,7 @@ class _Pending:
         good = [as_numpy(t) for t in self.tensors]
         features = np.concatenate(good) if good else None
         positions, reasons, notes = (list(column) for column in zip(*self.rows))
-        store.write(positions, reasons, notes, features, dims or 1)
-        self.rows, self.tensors, self.since = [], [], time.monotonic()
+        complete = bool(self.properties) and all(p is not None for p in self.properties)
+        properties = np.concatenate(self.properties) if complete else None
+        store.write(positions, reasons, notes, features, dims or 1, properties)
+        self.rows, self.tensors, self.properties, self.since = [], [], [], time.monotonic()
