@@ -197,7 +197,8 @@ def extract_features_dask(
     import torch
 
     from rca_gpu.features import create_extractor
-    from rca_gpu.features.extract import Features, _assemble, _ShardStore, cache_key, drop_nonfinite_rows
+    from rca_gpu.device import to_kind
+    from rca_gpu.features.extract import Features, _Rows, _ShardStore, cache_key, drop_nonfinite_rows
 
     check_splittable(spec)
     started = time.perf_counter()
@@ -227,9 +228,7 @@ def extract_features_dask(
                       _file_paths(failures, shard), pure=False, key=f"rca-gpu-features-{i}-{os.urandom(4).hex()}")
         for i, shard in enumerate(shards)
     ]
-    chunks: list[Any] = []
-    chunk_positions: list[np.ndarray] = []
-    chunk_properties: list[np.ndarray | None] = []
+    rows = None if store is not None else _Rows(todo, context.device)  # without a cache: rows kept in memory
     notes: dict[int, str] = {}
     dims = None
     reporter = context.reporter
@@ -251,43 +250,43 @@ def extract_features_dask(
                     store.write([*rows, *bad], [*([None] * len(rows)), *bad.values()],
                                 [*(shard_notes.get(p) for p in rows), *([None] * len(bad))],
                                 matrix if len(rows) else None, dims or 1, properties if len(rows) else None)
-                elif len(positions):
-                    chunks.append(torch.from_numpy(matrix))
-                    chunk_positions.append(positions)
-                    chunk_properties.append(properties)
+                else:
+                    rows.add(positions, torch.from_numpy(matrix), properties)
                 if advance:
                     advance(len(positions) + len(bad))
     except BaseException:
         client.cancel(futures)
         raise
     from_cache = len(done)
-    if store is not None:
+    if store is not None:  # everything, this run's shards and earlier ones, read back from the cache
         positions, matrix_np, cached_rejected, cached_notes, properties = store.load()
         rejected.update(cached_rejected)
         notes.update(cached_notes)
+        result: tuple[np.ndarray, Any, np.ndarray | None] = (np.empty(0, dtype=np.int64), None, None)
         if matrix_np is not None:
             kept_matrix, kept = drop_nonfinite_rows(matrix_np, positions, rejected, source=str(spec))
-            chunks, chunk_positions = [torch.from_numpy(np.ascontiguousarray(kept_matrix))], [kept]
-            chunk_properties = [properties[np.isin(positions, kept)]]
+            del matrix_np
+            result = (kept, to_kind(np.ascontiguousarray(kept_matrix), "torch", torch_device=context.device.type),
+                      properties[np.isin(positions, kept)])
+    else:
+        result = rows.result()
+    positions, matrix, properties = result
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
             "cache": str(store.folder) if store else None,
             "dask": {"scheduler": client.scheduler.address, "workers": workers, "shards": len(shards),
                      "shard_rows": size}}
-    if not chunks or not sum(len(p) for p in chunk_positions):
+    if matrix is None:
         # no usable image: the caller reports it with every row's reason, as for a single process
         info["dims"] = dims or 0
         return Features(torch.empty((0, dims or 0), dtype=torch.float32, device=context.device),
                         np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started, from_cache,
                         notes)
-    properties = (np.concatenate(chunk_properties).astype(np.float32)
-                  if chunk_properties and all(p is not None for p in chunk_properties) else None)
-    positions, matrix, order = _assemble(chunks, chunk_positions, context.device)
     for position in positions.tolist():
         rejected.pop(position, None)
     info["dims"] = int(matrix.shape[1])
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
     return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache, usable_notes,
-                    None if properties is None else properties[order])
+                    properties)
 
 
 def _rows(failures: "FailureSet", positions: np.ndarray) -> "pd.DataFrame":

@@ -126,3 +126,25 @@ def test_an_empty_or_all_rejected_cache_reads_back_as_nothing(tmp_path):
     store.write([0, 1], ["bad", "worse"], [None, None], None, 1)
     positions, matrix, rejected, _, _ = store.load()
     assert positions.size == 0 and matrix is None and rejected == {0: "bad", 1: "worse"}
+
+
+def test_rows_land_in_one_matrix_and_holes_are_squeezed_out():
+    import torch
+
+    from rca_gpu.features.extract import _Rows
+
+    rng = np.random.default_rng(1)
+    candidates = np.array([2, 3, 5, 8, 9, 11, 12])
+    truth = {p: rng.normal(size=3).astype(np.float32) for p in candidates.tolist()}
+    rows = _Rows(candidates, "cpu")
+    rows.add(np.array([8, 2]), torch.from_numpy(np.stack([truth[8], truth[2]])), np.array([[8.0], [2.0]], np.float32))
+    rows.add(np.array([12, 5, 11]), torch.from_numpy(np.stack([truth[12], truth[5], truth[11]])),
+             np.array([[12.0], [5.0], [11.0]], np.float32))
+    storage = rows.matrix.untyped_storage().data_ptr()
+    positions, matrix, properties = rows.result()  # 3 and 9 were rejected on the way
+    assert positions.tolist() == [2, 5, 8, 11, 12]
+    np.testing.assert_array_equal(matrix.numpy(), np.stack([truth[p] for p in positions.tolist()]))
+    assert properties[:, 0].tolist() == [2.0, 5.0, 8.0, 11.0, 12.0]
+    assert matrix.untyped_storage().data_ptr() == storage  # squeezed in place, not copied
+    empty = _Rows(candidates, "cpu").result()
+    assert empty[1] is None and empty[0].size == 0

@@ -301,9 +301,13 @@ def extract_features(
         log.info("features: %d of %d images from cache %s", from_cache, len(failures), store.folder)
 
     device = context.device
-    chunks: list[torch.Tensor] = []
-    chunk_positions: list[np.ndarray] = []
-    chunk_properties: list[np.ndarray | None] = []
+    # every row that may get features has its row in one preallocated matrix: no per-batch copies to join
+    rows = _Rows(np.union1d(done_positions, todo), device)
+    if from_cache:
+        cached, cached_positions = drop_nonfinite_rows(done_matrix, done_positions, rejected, source=str(spec))
+        rows.add(cached_positions, to_kind(cached, "torch", torch_device=device.type),
+                 done_properties[np.isin(done_positions, cached_positions)])
+        del cached, done_matrix
     pending = _Pending()
     dims = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.precision == "bf16")
@@ -339,9 +343,7 @@ def extract_features(
                         batch_properties = batch_properties[np.isin(decoded_positions, batch_positions)]
                     for position in set(rejected) - before:
                         pending.add(position, rejected[position])
-                    chunks.append(encoded)
-                    chunk_positions.append(batch_positions)
-                    chunk_properties.append(batch_properties)
+                    rows.add(batch_positions, encoded, batch_properties)
                     if store is not None:
                         pending.add_good(batch_positions, encoded, notes, batch_properties)
                 if store is not None and pending.due():
@@ -351,54 +353,69 @@ def extract_features(
         if store is not None and pending.rows:
             pending.flush(store, dims)
 
-    if from_cache:
-        cached, cached_positions = drop_nonfinite_rows(done_matrix, done_positions, rejected, source=str(spec))
-        del done_matrix
-        chunks.append(to_kind(cached, "torch", torch_device=device.type))
-        chunk_positions.append(cached_positions)
-        chunk_properties.append(done_properties[np.isin(done_positions, cached_positions)])
-        del cached
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
             "cache": str(store.folder) if store else None}
-    if not chunks or not sum(len(p) for p in chunk_positions):
+    positions, matrix, properties = rows.result()
+    if matrix is None:
         # no usable image: the caller reports it, with every row's reason (see rca_gpu.pipeline.run)
         empty = torch.empty((0, dims or 0), dtype=torch.float32, device=device)
         info["dims"] = dims or 0
         return Features(empty, np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started,
                         from_cache, notes)
-    properties = None
-    if chunk_properties and all(p is not None for p in chunk_properties):
-        properties = np.concatenate(chunk_properties).astype(np.float32)
-    positions, matrix, order = _assemble(chunks, chunk_positions, device)
     info["dims"] = int(matrix.shape[1])
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
     return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache,
-                    usable_notes, None if properties is None else properties[order])
+                    usable_notes, properties)
 
 
-def _assemble(chunks: list, chunk_positions: list[np.ndarray], device) -> tuple[np.ndarray, Any, np.ndarray]:
-    """(positions ascending, (n, d) float32 tensor on ``device``, the order that sorts the concatenated
-    positions) from row blocks in any order.
+class _Rows:
+    """Feature rows written straight into one preallocated (candidates, d) float32 tensor, each at the row of
+    its position, so that extraction holds one copy of the matrix whatever n (no per-batch blocks joined at
+    the end: their freed memory would stay in the process). Rows of images rejected on the way are squeezed
+    out in place at the end."""
 
-    Each block is copied into its rows of one preallocated tensor and released, so assembling peaks near one
-    copy of the matrix; a single block already in order (everything read back from the cache) is used as is.
-    """
-    import torch
+    def __init__(self, candidates: np.ndarray, device) -> None:
+        self.candidates = np.asarray(candidates, dtype=np.int64)  # ascending positions that may get features
+        self.device = device
+        self.matrix = None
+        self.properties: np.ndarray | None = None
+        self.all_properties = True  # image properties came with every block
+        self.filled = np.zeros(len(self.candidates), dtype=bool)
 
-    positions = np.concatenate(chunk_positions)
-    order = np.argsort(positions, kind="stable")
-    if len(chunks) == 1 and np.array_equal(order, np.arange(len(order))):
-        return positions, chunks.pop().to(device), order
-    destination = np.empty_like(order)
-    destination[order] = np.arange(len(order))
-    matrix = torch.empty((len(positions), int(chunks[0].shape[1])), dtype=torch.float32, device=device)
-    offset = 0
-    for i in range(len(chunks)):
-        block, chunks[i] = chunks[i], None
-        rows = torch.as_tensor(destination[offset:offset + len(block)], device=device)
-        matrix[rows] = block.to(device=device, dtype=torch.float32)
-        offset += len(block)
-    return positions[order], matrix, order
+    def add(self, positions: np.ndarray, block: Any, properties: np.ndarray | None = None) -> None:
+        import torch
+
+        if not len(positions):
+            return
+        if self.matrix is None:
+            self.matrix = torch.empty((len(self.candidates), int(block.shape[1])), dtype=torch.float32,
+                                      device=self.device)
+        rows = np.searchsorted(self.candidates, positions)
+        self.matrix[torch.as_tensor(rows, device=self.device)] = block.to(device=self.device, dtype=torch.float32)
+        self.filled[rows] = True
+        if properties is None:
+            self.all_properties = False
+        elif self.all_properties:
+            if self.properties is None:
+                self.properties = np.full((len(self.candidates), properties.shape[1]), np.nan, dtype=np.float32)
+            self.properties[rows] = properties
+
+    def result(self) -> tuple[np.ndarray, Any, np.ndarray | None]:
+        """(positions ascending, (n, d) tensor or None when no row was added, properties (n, p) or None)."""
+        import torch
+
+        keep = np.flatnonzero(self.filled)
+        if self.matrix is None or not len(keep):
+            return self.candidates[keep], None, None
+        matrix = self.matrix
+        if len(keep) < len(self.candidates):  # block by block, downwards: keep[i] >= i, nothing is overwritten early
+            step = max(1, (1 << 22) // max(1, int(matrix.shape[1])))
+            for start in range(0, len(keep), step):
+                source = torch.as_tensor(keep[start:start + step], device=self.device)
+                matrix[start:start + len(source)] = matrix[source]
+            matrix = matrix[: len(keep)]
+        properties = self.properties[keep] if self.all_properties and self.properties is not None else None
+        return self.candidates[keep], matrix, properties
 
 
 class _Pending:
