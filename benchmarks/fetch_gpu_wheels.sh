@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .whl
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform any -d .whl umap-learn pynndescent fast-hdbscan kneed tomli-w
+  --platform any -d .whl umap-learn pynndescent fast-hdbscan kneed tomli-w typer click rich shellingham \
+  markdown-it-py mdurl

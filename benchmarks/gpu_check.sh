@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check, in one command, for a machine with CUDA torch and CuPy (no cuML, no FAISS needed):
-#   1. the GPU tests that can run there (zero-copy torch -> CuPy, torch kNN and PCA on CUDA vs CPU;
-#      the cuML agreement tests skip themselves when cuML is absent),
-#   2. extraction throughput, ResNet-50 and MobileNetV2 at 224 px, fp32 and bf16,
-#   3. kNN backends on the GPU.
-# Results go to $OUT (default runs/gpu_check). Pure-Python wheels the machine lacks (umap-learn,
-# pynndescent, fast-hdbscan, kneed, tomli-w) can be carried in .whl/ (benchmarks/fetch_gpu_wheels.sh).
+# The GPU check in one command, for a machine with CUDA torch and CuPy (about 5 minutes on an H100/H200):
+#   1. `rca-gpu doctor --json` (device decision, versions, known mismatches),
+#   2. tests/test_gpu.py on a strict GPU device (CuPy expected; cuML, cuVS and FAISS-GPU tested when installed,
+#      and required when named in RCA_GPU_EXPECT, e.g. RCA_GPU_EXPECT=cupy,cuml,cuvs on a RAPIDS image),
+#   3. extraction throughput (ResNet-50 and MobileNetV2 at 224 px, fp32 and bf16) and kNN backends on the GPU.
+# Writes $OUT/summary.md (GPU, versions, pass/fail/skip counts, throughputs) and the raw logs beside it.
+# Exit status: non-zero when CUDA is missing, when a GPU test fails, or when every GPU test skipped.
+# Pure-Python wheels the machine lacks (umap-learn, fast-hdbscan, typer, rich, ...) can be carried
+# in .whl/ (benchmarks/fetch_gpu_wheels.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/gpu_check}"
@@ -16,13 +18,27 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1 || true
-"$PY" -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
-  >> "$OUT/gpu.txt" 2>&1
-status=0
-"$PY" -m pytest tests/test_gpu.py -q -rs -o addopts="" -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt" || status=1
-"$PY" benchmarks/extraction_throughput.py --device cuda --models resnet50 mobilenet_v2 --precisions fp32 bf16 \
-  --image-size 224 --batch-size 256 --batches 10 --out "$OUT/extraction.md" 2>&1 | tee "$OUT/extraction.log" || status=1
-"$PY" benchmarks/knn_backends.py --device auto --sizes 10000 100000 --dims 1280 --repeats 3 2>&1 \
-  | tee "$OUT/knn.md" || status=1
-exit $status
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-/tmp/numba_cache}" RCA_GPU_EXPECT="${RCA_GPU_EXPECT:-cupy}"
+rm -f "$OUT"/gpu_tests.xml "$OUT"/extraction.md "$OUT"/knn.md "$OUT"/summary.md
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || echo "nvidia-smi: not available"; } \
+  > "$OUT/gpu.txt"
+cuda=0
+"$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>> "$OUT/gpu.txt" && cuda=1
+
+"$PY" -m rca_gpu.cli doctor --json > "$OUT/doctor.json" 2> "$OUT/doctor.log"
+echo "doctor exit status: $?" >> "$OUT/doctor.log"
+
+"$PY" -m pytest tests/test_gpu.py -q -rs -o addopts="" -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" 2>&1 \
+  | tee "$OUT/gpu_tests.txt"
+
+bench=0
+if [ "$cuda" = 1 ]; then
+  timeout 300 "$PY" benchmarks/extraction_throughput.py --device cuda --models resnet50 mobilenet_v2 \
+    --precisions fp32 bf16 --image-size 224 --batch-size 256 --batches 10 --out "$OUT/extraction.md" \
+    > "$OUT/extraction.log" 2>&1 || bench=1
+  timeout 300 "$PY" benchmarks/knn_backends.py --device auto --sizes 10000 100000 --dims 1280 --repeats 3 \
+    > "$OUT/knn.md" 2> "$OUT/knn.log" || bench=1
+fi
+
+"$PY" benchmarks/gpu_check_summary.py "$OUT" --cuda "$cuda" --benchmarks-failed "$bench"

@@ -31,8 +31,11 @@ def main() -> None:
     from rca_gpu.neighbors import choose_backend, knn_graph
 
     device = resolve_device(args.device)
-    backends = ["torch", "faiss", "faiss-hnsw", "kdtree"] if not device.on_gpu else ["torch"] + (
-        ["faiss"] if device.faiss_gpu else []) + (["cuml"] if device.cuml else [])
+    if device.on_gpu:  # GPU libraries only once their test search passed on this GPU (resolve_device)
+        backends = ["torch"] + [name for name, ok in (("cuvs", device.cuvs), ("faiss", device.faiss_gpu),
+                                                      ("cuml", device.cuml_knn)) if ok]
+    else:
+        backends = ["torch"] + (["faiss", "faiss-hnsw"] if device.faiss_cpu else []) + ["kdtree"]
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"device {device.reason}; torch {torch.__version__}, faiss {_faiss_version()}\n")
     print("| n | d | backend | median s | recall@k | auto picks |")

@@ -13,10 +13,41 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
-from rca_gpu.errors import RcaError
+from rca_gpu.errors import RcaError, printable
+
+class _OneLineErrors(TyperGroup):
+    """The top-level command group: usage errors (a bad option value, an unknown option) print one line
+    ``error: ...`` and exit 2, like every other input error, instead of a boxed usage message."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as exc:  # Typer vendors click: its exceptions are matched by class name
+            kinds = {cls.__name__ for cls in type(exc).__mro__}
+            context = getattr(exc, "ctx", None)
+            if "NoArgsIsHelpError" in kinds:  # bare `rca-gpu`: the help, as before
+                typer.echo(context.get_help() if context else str(exc))
+                sys.exit(2)
+            if "UsageError" in kinds:
+                where = f" (see `{context.command_path} --help`)" if context else ""
+                _err(f"{exc.format_message()}{where}")
+                sys.exit(2)
+            if "ClickException" in kinds:
+                _err(exc.format_message())
+                sys.exit(getattr(exc, "exit_code", 1))
+            if "Abort" in kinds:
+                _err("aborted")
+                sys.exit(1)
+            raise
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="rca-gpu",
     help="Cluster the images on which a DNN fails so that each cluster shows one root cause.",
     no_args_is_help=True,
@@ -42,11 +73,12 @@ class KnnBackend(str, Enum):
     faiss = "faiss"
     faiss_hnsw = "faiss-hnsw"
     kdtree = "kdtree"
+    cuvs = "cuvs"
     cuml = "cuml"
 
 
 def _err(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message)}", err=True)
 
 
 def friendly_errors(command: Callable) -> Callable:
@@ -93,12 +125,14 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader
 PrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast "
                          "for extraction.")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test: TorchScript .pt, "
-                     "torch.export .pt2, or package.module:factory=weights.pt.")]
+                     "torch.export .pt2, ONNX .onnx, or package.module:factory=weights.pt.")]
 WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Backbone weights: a state_dict file, "
                        "a torchvision weights name (IMAGENET1K_V1), or none.")]
 KnnOpt = Annotated[Optional[KnnBackend], typer.Option("--knn-backend", help="Neighbour search backend.")]
 RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests: image paths must resolve "
                     "inside this folder (default: the manifest's folder).")]
+ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
+                      "explanations; opens offline).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
 
@@ -116,19 +150,20 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
     return build_run_spec(data, pipeline=pipeline, **values)
 
 
-def print_clusters(clusters, console=None) -> None:
+def print_clusters(clusters, console=None, explanations=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from rca_gpu.pipeline import cluster_summary
 
     console = console or Console()
-    summary = cluster_summary(clusters)
+    summary = cluster_summary(clusters, explanations)
     table = Table(title="Clusters (-1 = noise)")
     for column in summary.columns:
         table.add_column(column, justify="right" if column in ("cluster", "size") else "left")
-    for row in summary.itertuples(index=False):
-        table.add_row(*[str(v) for v in row])
+    for row in summary.itertuples(index=False):  # values are data: shown literally, never as rich markup
+        table.add_row(*[escape(printable(v)) for v in row])
     console.print(table)
 
 
@@ -142,7 +177,8 @@ def print_clusters(clusters, console=None) -> None:
 def run_command(
     source: Annotated[Path, typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
                                            "with a 'path' column.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder (an earlier run in it is replaced; "
+                                     "the feature cache under OUT/cache is kept).")],
     pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -158,10 +194,14 @@ def run_command(
                      "Parquet shards under OUT/cache and reuse them.")] = None,
     plot_umap: Annotated[Optional[bool], typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
                          "embedding.parquet when the chosen embedding is not 2-D (else PCA).")] = None,
+    report: ReportOpt = True,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Cluster the failing images in SOURCE; write clusters.parquet, embedding.parquet, run.json to OUT."""
+    from rca_gpu.runfolder import check_out_folder
+
+    check_out_folder(out)  # before the spec, the source or any model is read
     reporter = _setup(quiet, verbose)
     spec = build_spec(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
@@ -170,21 +210,23 @@ def run_command(
     )
     from rca_gpu.pipeline import run
 
-    result = run(spec, source, out, reporter=reporter)
+    result = run(spec, source, out, reporter=reporter, report=report)
     _echo_result(result, show_clusters=not quiet, images="images")
 
 
 def _echo_result(result, *, show_clusters: bool, images: str) -> None:
     """What ``run`` and ``demo`` print at the end: the clusters, the counts, the ground truth, where."""
     if show_clusters:
-        print_clusters(result.clusters)
+        print_clusters(result.clusters, explanations=result.explanations)
     counts = result.run_info["counts"]
     typer.echo(
         f"{counts['clusters']} clusters, {counts['noise']} noise, {counts['rejected']} rejected of "
         f"{counts['input_rows']} {images}; pipeline {result.run_info['resolved_pipeline']}"
     )
     _echo_ground_truth(result.metrics)
-    typer.echo(f"results: {result.out.resolve()}")
+    typer.echo(f"results: {printable(result.out.resolve())}")
+    if result.report is not None:
+        typer.echo(f"report: {printable(result.report.resolve())}")
 
 
 def _echo_ground_truth(metrics: dict | None) -> None:
@@ -227,14 +269,18 @@ def pipelines_command() -> None:
 @app.command("demo")
 @friendly_errors
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "runs/demo",
     n: Annotated[Optional[int], typer.Option("--n", help="Failures in the embedded benchmark.")] = None,
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
+    report: ReportOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Make the embedded mnist-rc benchmark (offline) and run the default pipeline on it."""
+    from rca_gpu.runfolder import check_out_folder
+
+    out = check_out_folder(out)
     reporter = _setup(quiet, False)
     from rca_gpu.datasets import make_dataset
 
@@ -246,19 +292,24 @@ def demo_command(
     spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
-    result = run(spec, manifest, out / "run", reporter=reporter)
+    result = run(spec, manifest, out / "run", reporter=reporter, report=report)
     _echo_result(result, show_clusters=True, images="failing images")
 
 
 def _mount_subcommands() -> None:
     """Command groups living in their own modules (each imports its heavy libraries lazily)."""
     from rca_gpu.commands.datasets import app as datasets_app
+    from rca_gpu.commands.doctor import doctor_command
     from rca_gpu.commands.evaluate import evaluate_command
+    from rca_gpu.commands.report import export_command, report_command
     from rca_gpu.commands.study import study_command
 
     app.add_typer(datasets_app, name="datasets")
     app.command("evaluate")(friendly_errors(evaluate_command))
     app.command("study")(friendly_errors(study_command))
+    app.command("doctor")(doctor_command)
+    app.command("report")(friendly_errors(report_command))
+    app.command("export")(friendly_errors(export_command))
 
 
 _mount_subcommands()

@@ -2,6 +2,11 @@
 
 Adapters return labels with -1 for noise. Labels always come back to the host: they are small, and the
 selection criteria, evaluation and outputs need them there.
+
+``min_samples`` means the same on both devices and for both density clusterers, as in scikit-learn: it
+counts the point itself (docs/gpu.md, "min_samples"). scikit-learn's and cuML's DBSCAN count it the same
+way; fast_hdbscan and cuML HDBSCAN count only the other points and are handed
+:func:`rca_gpu.limits.hdbscan_library_min_samples`.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu import registry
+from rca_gpu import limits, registry
 from rca_gpu.device import Device, as_numpy, to_kind
 from rca_gpu.errors import UnsupportedOnGPU
 from rca_gpu.registry import Adapter
@@ -21,7 +26,8 @@ WARD_EXACT_MAX = 20_000
 
 def cluster(x: Any, algorithm: str, params: dict[str, Any], device: Device, *, seed: int = 0) -> np.ndarray:
     """Labels (int64 numpy, -1 = noise) for the rows of ``x``."""
-    adapter = registry.build("cluster", algorithm, device, seed=seed, **params)
+    adapter = registry.build("cluster", algorithm, device, seed=seed,
+                             data={"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, **params)
     data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
     return np.asarray(as_numpy(adapter.fit_predict(data)), dtype=np.int64)
 
@@ -40,11 +46,14 @@ class SklearnDBSCAN(_Base):
 
 
 class CumlDBSCAN(_Base):
+    """cuML DBSCAN; its ``min_samples`` counts the point itself, like scikit-learn's (python/cuml/cuml/cluster/
+    dbscan.pyx; core points: vertex degree >= min_samples, cpp/src/dbscan/corepoints/compute.cuh)."""
+
     def fit_predict(self, x):
         from cuml.cluster import DBSCAN
 
         model = DBSCAN(eps=self.params["eps"], min_samples=self.params.get("min_samples", 5), output_type="cupy")
-        return model.fit_predict(x.astype("float32"))
+        return model.fit_predict(x.astype("float32", copy=False))
 
 
 class FastHDBSCAN(_Base):
@@ -54,20 +63,30 @@ class FastHDBSCAN(_Base):
         import fast_hdbscan
 
         size = self.params["min_cluster_size"]
-        model = fast_hdbscan.HDBSCAN(min_cluster_size=size, min_samples=self.params.get("min_samples"))
+        min_samples = limits.hdbscan_library_min_samples(self.params.get("min_samples"), size)
+        model = fast_hdbscan.HDBSCAN(min_cluster_size=size, min_samples=min_samples)
         return model.fit_predict(np.asarray(x, dtype=np.float64))
 
 
 class CumlHDBSCAN(_Base):
+    """cuML HDBSCAN, handed the same neighbour count as fast_hdbscan (see the module doc)."""
+
+    def __init__(self, *, seed: int = 0, **params: Any) -> None:
+        super().__init__(seed=seed, **params)
+        self.library_min_samples = limits.hdbscan_library_min_samples(
+            params.get("min_samples"), params["min_cluster_size"]
+        )
+        limits.check_cuml_hdbscan(self.library_min_samples)
+
     def fit_predict(self, x):
         from cuml.cluster.hdbscan import HDBSCAN
 
         model = HDBSCAN(
             min_cluster_size=self.params["min_cluster_size"],
-            min_samples=self.params.get("min_samples"),
+            min_samples=self.library_min_samples,
             output_type="cupy",
         )
-        return model.fit_predict(x.astype("float32"))
+        return model.fit_predict(x.astype("float32", copy=False))
 
 
 class SklearnKMeans(_Base):
@@ -82,7 +101,7 @@ class CumlKMeans(_Base):
         from cuml.cluster import KMeans
 
         model = KMeans(n_clusters=self.params["k"], n_init=4, random_state=self.seed, output_type="cupy")
-        return model.fit_predict(x.astype("float32"))
+        return model.fit_predict(x.astype("float32", copy=False))
 
 
 class SklearnWard(_Base):

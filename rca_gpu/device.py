@@ -7,6 +7,7 @@ torch's stream so that the consumer sees finished data.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -27,9 +28,14 @@ class Device:
     ----------
     requested: what the user asked for ("auto" | "cpu" | "gpu").
     torch_device: "cuda" or "cpu": where features, exact kNN and torch PCA run.
-    cuml: cuML and CuPy import, so UMAP / DBSCAN / HDBSCAN / K-means / PCA can run on the GPU.
-    faiss_gpu: FAISS was built with GPU support.
+    cuml: cuML and CuPy import, so UMAP / DBSCAN / HDBSCAN / K-means can run on the GPU.
+    faiss_gpu: FAISS was built with GPU support and a tiny search on this GPU succeeded (in a subprocess).
     reason: one line saying why, for the log and run.json.
+    gpu_name: the GPU's name, when one is used.
+    cuvs: cuVS imports and a tiny brute-force search on this GPU succeeded (in a subprocess).
+    cuml_knn: cuML's NearestNeighbors ran a tiny search on this GPU (in a subprocess).
+    compute_capability: (major, minor) of the GPU, e.g. (9, 0) for an H100 / H200.
+    notes: why a GPU library is installed but not used (failed probes, memory pool), for run.json.
     """
 
     requested: str
@@ -38,6 +44,10 @@ class Device:
     faiss_gpu: bool
     reason: str
     gpu_name: str | None = None
+    cuvs: bool = False
+    cuml_knn: bool = False
+    compute_capability: tuple[int, int] | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def on_gpu(self) -> bool:
@@ -48,15 +58,30 @@ class Device:
         """The user demanded the GPU: no silent CPU fallback."""
         return self.requested == "gpu"
 
+    @property
+    def faiss_cpu(self) -> bool:
+        """A FAISS build is installed (the CPU index types work with any build)."""
+        return faiss_installed()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "requested": self.requested,
             "torch_device": self.torch_device,
             "cuml": self.cuml,
             "faiss_gpu": self.faiss_gpu,
+            "cuvs": self.cuvs,
+            "cuml_knn": self.cuml_knn,
             "gpu_name": self.gpu_name,
+            "compute_capability": list(self.compute_capability) if self.compute_capability else None,
             "reason": self.reason,
+            "notes": list(self.notes),
         }
+
+
+@functools.lru_cache(maxsize=1)
+def faiss_installed() -> bool:
+    """Whether ``import faiss`` can find a module (nothing is imported)."""
+    return importlib.util.find_spec("faiss") is not None
 
 
 def _cuml_importable() -> tuple[bool, str]:
@@ -70,15 +95,142 @@ def _cuml_importable() -> tuple[bool, str]:
     return True, ""
 
 
-def _faiss_gpu() -> bool:
-    if importlib.util.find_spec("faiss") is None:
-        return False
-    try:
-        import faiss
+# --------------------------------------------------------------------------------------------------
+# Probing the GPU kNN backends
+# --------------------------------------------------------------------------------------------------
 
-        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    except Exception:
-        return False
+#: Seconds one probe may take (importing cuML on a cold cache takes tens of seconds).
+PROBE_TIMEOUT = 180
+
+#: A tiny exact search per backend, run in a child process: a library without machine code for this GPU
+#: can abort() the process (FAISS does), which no ``try`` in this process could catch. Each script prints
+#: "ok" only when the search found every point as its own nearest neighbour.
+_PROBE_SETUP = (
+    "import numpy as np\n"
+    "x = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)\n"
+)
+_PROBE_CHECK = "assert (np.asarray(idx)[:, 0] == np.arange(64)).all(), 'wrong neighbours'\nprint('ok')\n"
+PROBES: dict[str, tuple[str, str]] = {
+    # backend: (module that must be installed, script)
+    "faiss": (
+        "faiss",
+        _PROBE_SETUP
+        + "import faiss\n"
+        "assert faiss.get_num_gpus() > 0, 'FAISS sees no GPU (a CPU-only build?)'\n"
+        "index = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), 8)\n"
+        "index.add(x)\n"
+        "_, idx = index.search(x, 4)\n"
+        + _PROBE_CHECK,
+    ),
+    "cuvs": (
+        "cuvs",
+        _PROBE_SETUP
+        + "import cupy as cp\n"
+        "from cuvs.neighbors import brute_force\n"
+        "d = cp.asarray(x)\n"
+        "_, idx = brute_force.search(brute_force.build(d), d, 4)\n"
+        "idx = cp.asnumpy(cp.asarray(idx))\n"
+        + _PROBE_CHECK,
+    ),
+    "cuml": (
+        "cuml",
+        _PROBE_SETUP
+        + "import cupy as cp\n"
+        "from cuml.neighbors import NearestNeighbors\n"
+        "d = cp.asarray(x)\n"
+        "_, idx = NearestNeighbors(n_neighbors=4, algorithm='brute', output_type='cupy').fit(d).kneighbors(d)\n"
+        "idx = cp.asnumpy(idx)\n"
+        + _PROBE_CHECK,
+    ),
+}
+
+
+def _describe_failure(returncode: int, output: str) -> str:
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    last = lines[-1][:300] if lines else "no output"
+    if returncode < 0:
+        signal_name = {6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV"}.get(-returncode, f"signal {-returncode}")
+        return f"the process died with {signal_name} ({last})"
+    return last
+
+
+@functools.lru_cache(maxsize=1)
+def probe_knn_backends(timeout: float = PROBE_TIMEOUT) -> dict[str, tuple[bool, str]]:
+    """Run a tiny GPU search with every installed GPU kNN library, each in its own child process.
+
+    Returns ``{backend: (worked, why_not)}`` for "faiss", "cuvs" and "cuml"; a library that is not installed
+    reports ``(False, "not installed")`` without starting a process. The probes run in parallel and their
+    result is kept for the life of the process.
+    """
+    import subprocess
+    import sys
+
+    results: dict[str, tuple[bool, str]] = {}
+    running = {}
+    for backend, (module, script) in PROBES.items():
+        if importlib.util.find_spec(module) is None:
+            results[backend] = (False, "not installed")
+            continue
+        running[backend] = subprocess.Popen(  # noqa: S603 - our own fixed script, run by this interpreter
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    for backend, process in running.items():
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            results[backend] = (False, f"a tiny search did not finish within {timeout:.0f} s")
+            continue
+        if process.returncode == 0 and output.strip().endswith("ok"):
+            results[backend] = (True, "")
+        else:
+            results[backend] = (False, "a tiny search failed: " + _describe_failure(process.returncode, output))
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# One memory pool
+# --------------------------------------------------------------------------------------------------
+
+#: Set to "0" to keep torch's and CuPy's own caching allocators instead of one RMM pool.
+MEMORY_POOL_ENV = "RCA_GPU_RMM_POOL"
+
+
+@functools.lru_cache(maxsize=1)
+def share_memory_pool() -> str:
+    """Route CuPy's and torch's CUDA allocations through one RMM pool (where RMM is installed, as with cuML).
+
+    Done once per process (later calls return the first outcome).
+
+    Three caching allocators (torch, CuPy, RMM for cuML) each keep the memory they once used, so a large run
+    can fail for want of memory that another library holds idle. torch's allocator can only be swapped
+    before torch allocates on the GPU; when that is too late the pools stay separate. Returns a line for the
+    log saying what happened.
+    """
+    import os
+
+    if os.environ.get(MEMORY_POOL_ENV, "1") == "0":
+        return f"memory pools: separate ({MEMORY_POOL_ENV}=0)"
+    if importlib.util.find_spec("rmm") is None:
+        return "memory pools: separate (RMM is not installed)"
+    try:
+        import cupy
+        import rmm
+        from rmm.allocators.cupy import rmm_cupy_allocator
+
+        rmm.reinitialize(pool_allocator=True)
+        cupy.cuda.set_allocator(rmm_cupy_allocator)
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the libraries' own allocators in place
+        return f"memory pools: separate (RMM pool not set up: {type(exc).__name__}: {exc})"
+    try:
+        import torch
+        from rmm.allocators.torch import rmm_torch_allocator
+
+        torch.cuda.memory.change_current_allocator(rmm_torch_allocator)
+    except Exception as exc:  # noqa: BLE001 - e.g. torch already allocated on the GPU
+        return f"memory pools: RMM for cuML and CuPy; torch keeps its own ({type(exc).__name__}: {exc})"
+    return "memory pools: one RMM pool for cuML, CuPy and torch"
 
 
 def resolve_device(requested: str = "auto") -> Device:
@@ -88,6 +240,10 @@ def resolve_device(requested: str = "auto") -> Device:
     - ``gpu``: CUDA and cuML must be usable, else DeviceError with the install hint.
     - ``auto``: the GPU when torch sees CUDA; cuML stages on the GPU when cuML imports, otherwise they run
       on the CPU while kNN and PCA stay on the GPU in torch.
+
+    GPU kNN libraries (FAISS-GPU, cuVS, cuML) are trusted only after a tiny search on this GPU succeeded in a
+    child process (:func:`probe_knn_backends`); a failed probe is logged with its reason and that backend is
+    not used.
     """
     if requested not in ("auto", "cpu", "gpu"):
         raise DeviceError(f"The --device option must be auto, cpu or gpu. Got {requested!r} instead.")
@@ -106,18 +262,30 @@ def resolve_device(requested: str = "auto") -> Device:
         return device
 
     name = torch.cuda.get_device_name()
+    capability = tuple(torch.cuda.get_device_capability())
+    probes = probe_knn_backends()
+    notes = []
+    for backend, (worked, why_not) in probes.items():
+        if not worked and why_not != "not installed":
+            notes.append(f"{backend} kNN is not used on this GPU: {why_not}")
+            log.warning("%s kNN is not used on this GPU: %s", backend, why_not)
     cuml_ok, why_not = _cuml_importable()
-    faiss_ok = _faiss_gpu()
     if requested == "gpu" and not cuml_ok:
         raise DeviceError(f"--device gpu needs cuML on the GPU, but {why_not}; {GPU_INSTALL_HINT}.")
     if cuml_ok:
-        reason = f"CUDA GPU {name} with cuML" + (" and FAISS-GPU" if faiss_ok else "")
+        notes.append(share_memory_pool())
+        log.info("%s", notes[-1])
+    faiss_ok, cuvs_ok, cuml_knn_ok = (probes[b][0] for b in ("faiss", "cuvs", "cuml"))
+    knn = [label for label, ok in (("cuVS", cuvs_ok), ("FAISS-GPU", faiss_ok)) if ok]
+    if cuml_ok:
+        reason = f"CUDA GPU {name} with cuML" + "".join(f" and {label}" for label in knn)
     else:
         reason = (
             f"CUDA GPU {name}; {why_not}, so UMAP and clustering run on the CPU while features, kNN and PCA "
             "run on the GPU in torch"
         )
-    device = Device(requested, "cuda", cuml_ok, faiss_ok, reason, name)
+    device = Device(requested, "cuda", cuml_ok, faiss_ok, reason, name, cuvs_ok, cuml_knn_ok and cuml_ok,
+                    capability, tuple(notes))
     log.info("device: gpu (%s)", reason)
     return device
 

@@ -37,3 +37,20 @@ GPU_INSTALL_HINT = (
     "install the GPU extras with: pip install 'rca-gpu[gpu]' (CUDA 12) or 'rca-gpu[gpu-cu13]' (CUDA 13), "
     "or use --device auto/cpu"
 )
+
+
+def escape_surrogates(text: str) -> str:
+    """``text`` as valid UTF-8: file-name bytes that are not UTF-8 (which Python holds as lone surrogates)
+    become ``\\xNN`` escapes; other text is returned as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(text: object) -> str:
+    """``text`` as one line any terminal can show: :func:`escape_surrogates`, and line breaks as spaces."""
+    value = escape_surrogates(str(text))
+    return " ".join(value.splitlines()) if ("\n" in value or "\r" in value) else value

@@ -263,24 +263,19 @@ def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Eval
 
     Raises
     ------
+    RunFolderError
+        ``run_dir`` is not a finished run (no run.json), was written by another version, or its
+        clusters.parquet is missing, unreadable or belongs to another run (see :mod:`rca_gpu.runfolder`).
     SourceError
-        ``clusters.parquet`` is missing or unreadable, lacks a required column, or has no root causes.
+        ``clusters.parquet`` lacks a required column or has no root causes.
     SpecError, TooFewImagesError
         As :func:`evaluate` (bad ``min_purity``; no image left to evaluate).
     """
-    run_dir = Path(run_dir).expanduser()
-    path = run_dir / CLUSTERS_FILE
-    if not path.is_file():
-        raise SourceError(
-            f"No {CLUSTERS_FILE} in {str(run_dir)!r}. Run `rca-gpu run SOURCE --out {run_dir}` first "
-            "(with a source that has a root_cause column), then evaluate that folder."
-        )
-    try:
-        table = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise SourceError(
-            f"Cannot read {str(path)!r}: {exc}. Run `rca-gpu run` again to rewrite it."
-        ) from exc
+    from rca_gpu.runfolder import open_run
+
+    folder = open_run(run_dir)
+    path = folder.file(CLUSTERS_FILE)
+    table = folder.clusters()
     if "root_cause" not in table.columns:
         raise SourceError(
             f"{str(path)!r} has no root_cause column, so there is no ground truth to evaluate against. "
@@ -293,11 +288,11 @@ def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Eval
             f"{str(path)!r} lacks the column(s) {', '.join(lacking)}; it was not written by `rca-gpu run`. "
             "Run `rca-gpu run` again to rewrite it."
         )
-    return evaluate_clusters(table, run_dir, min_purity=min_purity)
+    return evaluate_clusters(table, folder.path, min_purity=min_purity, run_id=folder.run_id)
 
 
 def evaluate_clusters(
-    table: pd.DataFrame, run_dir: str | os.PathLike, *, min_purity: float = 0.5
+    table: pd.DataFrame, run_dir: str | os.PathLike, *, min_purity: float = 0.5, run_id: str | None = None
 ) -> Evaluation:
     """Evaluate a clusters table (as ``rca-gpu run`` writes it to ``run_dir``) and write ``metrics.json``
     and ``per_cause.csv`` to ``run_dir``. :func:`evaluate_run` reads the table from disk; a run passes the
@@ -341,8 +336,9 @@ def evaluate_clusters(
     }
     result = Evaluation(result.summary, result.per_cluster, result.per_cause, counts=_jsonable(counts))
 
-    outputs.write_text(run_dir / PER_CAUSE_FILE, result.per_cause.to_csv(index=False))
-    outputs.write_text(run_dir / METRICS_FILE, result.to_json() + "\n")
+    per_cause = result.per_cause if run_id is None else result.per_cause.assign(run_id=run_id)
+    outputs.write_text(run_dir / PER_CAUSE_FILE, per_cause.to_csv(index=False))
+    outputs.write_json(run_dir / METRICS_FILE, result.to_dict(), run_id=run_id)
     return result
 
 

@@ -1,10 +1,11 @@
 """k-nearest-neighbour graphs, computed once per feature set and reused downstream.
 
-Backends (see :data:`rca_gpu.registry.IMPLEMENTATIONS`): exact FAISS (CPU or GPU), exact torch matmul +
-top-k in blocks (CPU or CUDA), approximate FAISS HNSW (CPU, for very large sets), exact cuML, and a
-scikit-learn KD-tree. ``backend="auto"`` picks by device and size, following benchmarks/knn_backends.py
-(benchmarks/RESULTS.md): on the CPU exact FAISS while n^2 d stays within CPU_EXACT_BUDGET, HNSW beyond; on the GPU
-FAISS-GPU when installed, else torch.
+Backends (see :data:`rca_gpu.registry.IMPLEMENTATIONS`): exact FAISS (CPU or GPU), exact cuVS brute force
+(GPU), exact torch matmul + top-k in blocks (CPU or CUDA), approximate FAISS HNSW (CPU, for very large sets),
+exact cuML, and a scikit-learn KD-tree. ``backend="auto"`` picks by device and size, following
+benchmarks/knn_backends.py (benchmarks/RESULTS.md): on the CPU exact FAISS while n^2 d stays within
+CPU_EXACT_BUDGET, HNSW beyond, and torch when FAISS is not installed; on the GPU cuVS, else FAISS-GPU, each
+only when its test search passed on this GPU (:func:`rca_gpu.device.probe_knn_backends`), else torch.
 
 Every graph lists each point as its own first neighbour at distance 0 (what UMAP's ``precomputed_knn``
 expects), then its k - 1 nearest other points, by Euclidean distance.
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu import registry
+from rca_gpu import limits, registry
 from rca_gpu.device import Device, as_numpy, as_torch, kind_of, to_kind
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.registry import Adapter
@@ -64,7 +65,9 @@ class KnnGraph:
 def choose_backend(n: int, dim: int, device: Device) -> str:
     """The backend ``auto`` resolves to (measured: benchmarks/knn_backends.py)."""
     if device.on_gpu:
-        return "faiss" if device.faiss_gpu else "torch"
+        return "cuvs" if device.cuvs else "faiss" if device.faiss_gpu else "torch"
+    if not device.faiss_cpu:
+        return "torch"  # installs without FAISS (the GPU extras): exact search in torch
     return "faiss" if n * n * dim <= CPU_EXACT_BUDGET else "faiss-hnsw"
 
 
@@ -75,7 +78,7 @@ def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph
         raise TooFewImagesError(f"A neighbour graph needs at least 2 images; {n} usable image(s) remain.")
     k = min(k, n)
     name = choose_backend(n, dim, device) if backend == "auto" else backend
-    adapter = registry.build("knn", name, device)
+    adapter = registry.build("knn", name, device, data={"n_samples": n, "n_features": dim, "k": k})
     started = time.perf_counter()
     data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
     indices, distances = adapter.search(data, k)
@@ -111,8 +114,40 @@ def _self_first_torch(indices, distances):
     return out_i, torch.cat([zeros, distances.gather(1, order)], dim=1)
 
 
+#: Share of the GPU's free memory one block of the torch search may use (distances, top-k workspace).
+GPU_BLOCK_MEMORY_SHARE = 0.5
+#: Bytes per entry of one block: the distance expression below holds up to three float32 temporaries of
+#: the block's size at once (the matmul product, its scaled copy, the sum) plus top-k's workspace; counted
+#: from the code, not measured on a GPU.
+GPU_BYTES_PER_ENTRY = 16
+
+
+def torch_block_rows(n: int, device, *, block_elements: int = 1 << 26) -> int:
+    """Rows per block of the torch kNN search over ``n`` points.
+
+    On the CPU a fixed budget of ``block_elements`` distances (256 MB). On a GPU the block fills
+    GPU_BLOCK_MEMORY_SHARE of the free memory (``torch.cuda.mem_get_info``): at n = 1,000,000 on a GPU with
+    130 GB free that is about 4,000 rows per block instead of the 67 a fixed budget allows, so the search is
+    a few hundred large matrix products rather than 15,000 small ones.
+
+    Returns at least 1 and at most ``n``.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = int(free * GPU_BLOCK_MEMORY_SHARE) // GPU_BYTES_PER_ENTRY
+    else:
+        budget = block_elements
+    return max(1, min(n, budget // max(n, 1)))
+
+
 class TorchExact(Adapter):
-    """Exact Euclidean kNN by blocked matrix products and top-k, on CPU or CUDA tensors."""
+    """Exact Euclidean kNN by blocked matrix products and top-k, on CPU or CUDA tensors.
+
+    Blocks of query rows are sized by :func:`torch_block_rows` (by free memory on a GPU).
+    """
 
     def __init__(self, *, block_elements: int = 1 << 26) -> None:
         self.block_elements = block_elements
@@ -123,7 +158,7 @@ class TorchExact(Adapter):
         x = x.float()
         n = x.shape[0]
         squared = (x * x).sum(dim=1)
-        block = max(1, min(n, self.block_elements // max(n, 1)))
+        block = torch_block_rows(n, x.device, block_elements=self.block_elements)
         indices = torch.empty((n, k), dtype=torch.long, device=x.device)
         distances = torch.empty((n, k), dtype=torch.float32, device=x.device)
         for start in range(0, n, block):
@@ -138,20 +173,11 @@ class TorchExact(Adapter):
 
 
 class FaissExact(Adapter):
-    """Exact L2 search with FAISS (IndexFlatL2; GpuIndexFlatL2 on torch CUDA tensors)."""
+    """Exact L2 search with FAISS on the CPU (IndexFlatL2)."""
 
     def search(self, x, k: int):
         import faiss
 
-        if kind_of(x) == "torch":  # GPU build: FAISS reads torch CUDA tensors directly
-            import faiss.contrib.torch_utils  # noqa: F401  (registers torch tensor support)
-
-            resources = faiss.StandardGpuResources()
-            index = faiss.GpuIndexFlatL2(resources, int(x.shape[1]))
-            x = x.float().contiguous()
-            index.add(x)
-            d2, idx = index.search(x, k)
-            return _self_first_torch(idx.long(), d2.clamp_min(0).sqrt())
         x = np.ascontiguousarray(x, dtype=np.float32)
         index = faiss.IndexFlatL2(x.shape[1])
         index.add(x)
@@ -190,12 +216,53 @@ class SklearnKDTree(Adapter):
         return _self_first_numpy(indices.astype(np.int64), distances.astype(np.float32))
 
 
+class FaissGpuExact(Adapter):
+    """Exact L2 search with FAISS-GPU (GpuIndexFlatL2) on torch CUDA tensors, which FAISS reads in place.
+
+    Used only when the device probe's tiny search passed on this GPU (a FAISS build without machine code for
+    the GPU aborts the process). k is limited to :data:`rca_gpu.limits.FAISS_GPU_MAX_K`.
+    """
+
+    def check_limits(self, *, n_samples: int, n_features: int, k: int | None = None) -> None:
+        limits.check_faiss_gpu_k(int(k or 0))
+
+    def search(self, x, k: int):
+        import faiss
+        import faiss.contrib.torch_utils  # noqa: F401  (registers torch tensor support)
+
+        limits.check_faiss_gpu_k(k)
+        resources = faiss.StandardGpuResources()
+        index = faiss.GpuIndexFlatL2(resources, int(x.shape[1]))
+        x = x.float().contiguous()
+        index.add(x)
+        d2, idx = index.search(x, k)
+        return _self_first_torch(idx.long(), d2.clamp_min(0).sqrt())
+
+
+class CuvsExact(Adapter):
+    """Exact brute-force search with RAPIDS cuVS (the library cuML's own neighbour searches use) on CuPy
+    arrays. Used only when the device probe's tiny search passed on this GPU."""
+
+    def check_limits(self, *, n_samples: int, n_features: int, k: int | None = None) -> None:
+        limits.check_cuvs_queries(n_samples)
+
+    def search(self, x, k: int):
+        import cupy
+        from cuvs.neighbors import brute_force
+
+        x = cupy.ascontiguousarray(x.astype(cupy.float32, copy=False))
+        d2, idx = brute_force.search(brute_force.build(x, metric="sqeuclidean"), x, k)
+        indices = as_torch(cupy.asarray(idx), "cuda").long()
+        distances = as_torch(cupy.asarray(d2), "cuda").float().clamp_min(0).sqrt()
+        return _self_first_torch(indices, distances)
+
+
 class CumlExact(Adapter):
     """Exact brute-force search with cuML on CuPy arrays."""
 
     def search(self, x, k: int):
         from cuml.neighbors import NearestNeighbors
 
-        nn = NearestNeighbors(n_neighbors=k, algorithm="brute", output_type="cupy").fit(x)
-        distances, indices = nn.kneighbors(x)
+        nn = NearestNeighbors(n_neighbors=k, algorithm="brute", output_type="cupy")
+        distances, indices = nn.fit(x.astype("float32", copy=False)).kneighbors(x.astype("float32", copy=False))
         return _self_first_torch(as_torch(indices, "cuda").long(), as_torch(distances, "cuda").float())

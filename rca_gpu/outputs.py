@@ -62,17 +62,64 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_json(path: Path, data: Any) -> Path:
+def write_json(path: Path, data: Any, *, run_id: str | None = None) -> Path:
+    """Write ``data`` as standard JSON (NaN/inf -> null), atomically. With ``run_id`` (``data`` a dict),
+    the file carries the run's id under ``"run_id"`` (see :mod:`rca_gpu.runfolder`)."""
+    if run_id is not None:
+        data = {"run_id": run_id, **{k: v for k, v in data.items() if k != "run_id"}}
     return write_text(path, json.dumps(_json_safe(data), indent=2, default=str) + "\n")
 
 
-def write_parquet(path: Path, frame, *, metadata: Mapping[bytes, bytes] | None = None) -> Path:
+def write_parquet(path: Path, frame, *, metadata: Mapping[bytes, bytes] | None = None,
+                  run_id: str | None = None) -> Path:
     """Write a pandas DataFrame or a pyarrow Table as Parquet (zstd), atomically. ``metadata`` is added to
-    the schema metadata (pandas' own key is kept, so the frame round-trips)."""
+    the schema metadata (pandas' own key is kept, so the frame round-trips); ``run_id`` is stored there under
+    :data:`rca_gpu.runfolder.RUN_ID_KEY`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    from rca_gpu.runfolder import RUN_ID_KEY
+
+    table = frame if isinstance(frame, pa.Table) else to_arrow(frame)
+    if run_id is not None:
+        metadata = {**(metadata or {}), RUN_ID_KEY: run_id.encode()}
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     return _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def to_arrow(frame):
+    """A pandas DataFrame as a pyarrow Table, for any values a manifest or a file system may hand over.
+
+    Text holding file-name bytes that are not UTF-8 (Python keeps them as lone surrogates) is written with
+    ``\\xNN`` escapes, as the terminal shows it; a column pyarrow cannot type (mixed objects) is written as
+    text, each value by ``str``. Column names are used as they are (they are unique, see
+    :data:`rca_gpu.data.sources.RESERVED_COLUMNS`).
+    """
+    import pyarrow as pa
+
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, UnicodeError, ValueError, TypeError):
+        pass
+    frame = frame.copy()
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype != object:
+            continue
+        try:
+            pa.array(column, from_pandas=True)
+            continue
+        except (pa.ArrowException, UnicodeError, ValueError, TypeError):
+            pass
+        frame[name] = column.map(_as_text)
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _as_text(value: Any) -> Any:
+    """A value as UTF-8-safe text (None and NaN stay missing)."""
+    from rca_gpu.errors import escape_surrogates
+
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return escape_surrogates(value if isinstance(value, str) else str(value))

@@ -26,7 +26,9 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
-from rca_gpu.spec import MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec
+from rca_gpu.runfolder import RUN_FORMAT, check_out_folder, new_run_id, start_run_folder
+from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
+                          check_data_limits, check_dut_known, check_memory, check_paths)
 from rca_gpu.tuning import Selection, effective_k, select
 
 log = logging.getLogger("rca_gpu")
@@ -46,6 +48,8 @@ class RunResult:
     run_info: dict[str, Any]
     metrics: dict[str, Any] | None = None
     metrics_table: pd.DataFrame | None = None  # per root cause, when root causes are known
+    explanations: pd.DataFrame | None = None  # explanations.parquet: rules per cluster
+    report: Path | None = None  # report.html, when written
 
     @property
     def n_clusters(self) -> int:
@@ -167,19 +171,30 @@ def resolved_pipeline(spec: PipelineSpec, features_info: dict[str, Any], selecti
 
 
 def clusters_table(failures: FailureSet, features, labels: np.ndarray) -> pd.DataFrame:
-    """One row per input row: id, path, cluster, status, reason, then the pass-through metadata."""
+    """One row per input row: id, path, cluster, status, reason, the pass-through metadata, then the image
+    properties (``img_*``, see rca_gpu.data.properties) when the features were extracted from images."""
     n = len(failures)
     cluster = np.full(n, -1, dtype=np.int64)
     cluster[features.positions] = labels
     status = np.full(n, "rejected", dtype=object)
     status[features.positions] = np.where(labels >= 0, "clustered", "noise")
     reason = np.full(n, "", dtype=object)
+    for position, note in getattr(features, "notes", {}).items():  # how a usable image was read
+        reason[position] = note
     for position, why in features.rejected.items():
         reason[position] = why
     table = failures.table
     front = pd.DataFrame({"id": table["id"], "path": table["path"], "cluster": cluster, "status": status,
                           "reason": reason})
-    return pd.concat([front, table.drop(columns=["id", "path"])], axis=1)
+    parts = [front, table.drop(columns=["id", "path"])]
+    if getattr(features, "properties", None) is not None:  # image properties, NaN for rejected rows
+        from rca_gpu.data.properties import PROPERTY_COLUMNS
+
+        values = np.full((n, len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
+        values[features.positions] = features.properties
+        names = [c for c in PROPERTY_COLUMNS if c not in table.columns]  # a manifest's own column wins
+        parts.append(pd.DataFrame(values, columns=list(PROPERTY_COLUMNS))[names])
+    return pd.concat(parts, axis=1)
 
 
 def embedding_table(failures: FailureSet, features, labels: np.ndarray, plot: np.ndarray,
@@ -193,11 +208,17 @@ def embedding_table(failures: FailureSet, features, labels: np.ndarray, plot: np
     return frame
 
 
-def cluster_summary(clusters: pd.DataFrame) -> pd.DataFrame:
-    """Per cluster: size and its most common labels / root causes (what the demo prints)."""
+def cluster_summary(clusters: pd.DataFrame, explanations: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cluster: size, its top explanation (when ``explanations`` is given) and its most common labels /
+    root causes (what the demo prints)."""
+    from rca_gpu.report.explain import top_explanations
+
+    tops = top_explanations(explanations, short=True)
     rows = []
     for label, group in clusters[clusters["status"] != "rejected"].groupby("cluster", sort=True):
         row = {"cluster": int(label), "size": len(group)}
+        if explanations is not None:
+            row["explanation"] = tops.get(int(label), "")
         for column in ("root_cause", "label", "prediction", "folder"):
             if column in group.columns:
                 counts = group[column].astype(str).value_counts()
@@ -218,33 +239,102 @@ def run(
     *,
     reporter: Reporter | None = None,
     cache_dir: str | Path | None = None,
+    report: bool = True,
 ) -> RunResult:
-    """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, run.json (and
-    metrics.json when root causes are known) to ``out``."""
+    """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, explanations.parquet,
+    run.json (and metrics.json when root causes are known) to ``out``, then report.html unless ``report`` is
+    False.
+
+    Everything that can be checked before work starts is checked first (the output folder, the values the
+    spec fixes against the number of input rows, memory, the kNN backend); only then is an earlier run in
+    ``out`` removed. When too few images turn out usable, clusters.parquet is still written with every
+    row's reason, beside a run.json with ``"status": "failed"`` (which readers refuse), and the error is
+    raised.
+    """
     reporter = reporter or Reporter(enabled=False)
     timer = Timer()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out = Path(out)
+    out = check_out_folder(out)
+    check_paths(spec)
 
     t = time.perf_counter()
     failures = source if isinstance(source, FailureSet) else load_source(source, image_root=spec.image_root)
     timer.add("load_source", t)
-    if not failures.usable_positions.size:
-        first = next(iter(failures.rejected.values()), "unknown")
-        raise TooFewImagesError(f"None of the {len(failures)} input rows is usable (e.g. {first}).")
+    run_id = new_run_id()
+    try:
+        check_data_limits(spec.pipeline, len(failures.usable_positions), images="usable input rows")
+    except TooFewImagesError as exc:
+        start_run_folder(out)
+        write_failed_run(spec, failures, None, out, run_id, exc, started_at)
+        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+    check_dut_known(spec, failures.dut)
+    check_memory(spec, len(failures))
     device = resolve_device(spec.device)
+    check_backends(spec, device)
+    start_run_folder(out)
 
-    t = time.perf_counter()
-    cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
-    features = compute_features(spec.pipeline.features, failures, spec, device, cache, reporter)
-    timer.add("features", t)
-    check_enough(features.n, len(failures), spec.pipeline.cluster.name)
+    features = None
+    try:
+        t = time.perf_counter()
+        cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
+        features = compute_features(spec.pipeline.features, failures, spec, device, cache, reporter)
+        timer.add("features", t)
+        check_data_limits(spec.pipeline, features.n, dims=int(features.info.get("dims") or 0) or None,
+                          images="usable images", error=TooFewImagesError)
+        t = time.perf_counter()
+        graph = feature_graph(features, spec, spec.pipeline.reduce, device)
+        timer.add("knn", t)
+    except TooFewImagesError as exc:
+        write_failed_run(spec, failures, features, out, run_id, exc, started_at)
+        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+    result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
+                               started_at=started_at, run_id=run_id)
+    if report:
+        result.report = write_report(result, failures)
+    return result
 
-    t = time.perf_counter()
-    graph = feature_graph(features, spec, spec.pipeline.reduce, device)
-    timer.add("knn", t)
-    return cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
-                             started_at=started_at)
+
+def write_report(result: RunResult, failures: FailureSet) -> Path | None:
+    """report.html of a finished run. A failure is logged, not raised: the run itself is complete."""
+    from rca_gpu.report.build import build_report
+
+    images = failures.images
+    loader = (lambda position: images[position]) if images is not None else None
+    try:
+        return build_report(result.out, loader=loader).path
+    except Exception as exc:  # the run's results are written; the report can be made again later
+        log.error("the report could not be written (%s: %s); the run is complete: run `rca-gpu report %s`",
+                  type(exc).__name__, exc, result.out)
+        return None
+
+
+def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, run_id: str, error: Exception,
+                     started_at: str) -> None:
+    """clusters.parquet with every row rejected and its reason, and run.json with ``"status": "failed"``."""
+    n = len(failures)
+    reason = np.full(n, f"not clustered: the run stopped ({error})", dtype=object)
+    rejected = dict(failures.rejected)
+    if features is not None:
+        rejected.update(features.rejected)
+    for position, why in rejected.items():
+        reason[position] = why
+    table = failures.table
+    front = pd.DataFrame({"id": table["id"], "path": table["path"], "cluster": np.full(n, -1, dtype=np.int64),
+                          "status": np.full(n, "rejected", dtype=object), "reason": reason})
+    outputs.write_parquet(out / "clusters.parquet", pd.concat([front, table.drop(columns=["id", "path"])], axis=1),
+                          run_id=run_id)
+    outputs.write_json(out / "run.json", {
+        "rca_gpu_run": RUN_FORMAT,
+        "run_id": run_id,
+        "status": "failed",
+        "error": str(error),
+        "started_at": started_at,
+        "source": {"given": str(failures.source), "kind": failures.kind, "rows": n},
+        "spec": spec.to_dict(),
+        "counts": {"input_rows": n, "usable": 0 if features is None else features.n, "rejected": len(rejected)},
+        "versions": library_versions(),
+        "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
+    })
 
 
 def cluster_and_write(
@@ -259,10 +349,13 @@ def cluster_and_write(
     reporter: Reporter | None = None,
     started_at: str | None = None,
     reduce_cache: dict | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
     """Reduce + cluster (tuned) the extracted features, write the outputs, evaluate when possible."""
     timer = timer or Timer()
     reporter = reporter or Reporter(enabled=False)
+    run_id = run_id or new_run_id()
+    start_run_folder(out)  # an earlier run's files go before this one writes any
     started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out = Path(out)
     t = time.perf_counter()
@@ -281,15 +374,23 @@ def cluster_and_write(
 
     t = time.perf_counter()
     clusters = clusters_table(failures, features, labels)
-    outputs.write_parquet(out / "clusters.parquet", clusters)
-    outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen))
+    outputs.write_parquet(out / "clusters.parquet", clusters, run_id=run_id)
+    outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen),
+                          run_id=run_id)
     metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
         from rca_gpu.evaluate import evaluate_clusters
 
-        evaluation = evaluate_clusters(clusters, out)
+        evaluation = evaluate_clusters(clusters, out, run_id=run_id)
         metrics, per_cause = evaluation.summary, evaluation.per_cause
     timer.add("write", t)
+
+    t = time.perf_counter()
+    from rca_gpu.report.explain import explain_clusters
+
+    explanations = explain_clusters(clusters, seed=spec.seed)
+    outputs.write_parquet(out / "explanations.parquet", explanations, run_id=run_id)
+    timer.add("explain", t)
 
     resolved = resolved_pipeline(spec.pipeline, features.info, selection)
     counts = {
@@ -301,7 +402,9 @@ def cluster_and_write(
         "clusters": int(len(np.unique(labels[labels >= 0]))),
     }
     run_info = {
-        "rca_gpu_run": 1,
+        "rca_gpu_run": RUN_FORMAT,
+        "run_id": run_id,
+        "status": "finished",
         "started_at": started_at,
         "source": {"given": str(failures.source), "kind": failures.kind, "rows": len(failures)},
         "spec": spec.to_dict(),
@@ -322,4 +425,4 @@ def cluster_and_write(
     outputs.write_json(out / "run.json", run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
              counts["rejected"], out)
-    return RunResult(out, clusters, run_info, metrics, per_cause)
+    return RunResult(out, clusters, run_info, metrics, per_cause, explanations)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu import registry
+from rca_gpu import limits, registry
 from rca_gpu.device import Device, to_kind
 from rca_gpu.neighbors import KnnGraph
 from rca_gpu.registry import Adapter
@@ -27,7 +27,8 @@ def reduce(
     seed: int = 0,
 ) -> tuple[Any, dict[str, Any]]:
     """Embed the rows of ``x``. Returns (embedding in the adapter's array kind, description for run.json)."""
-    adapter = registry.build("reduce", algorithm, device, seed=seed, **params)
+    adapter = registry.build("reduce", algorithm, device, seed=seed,
+                             data={"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, **params)
     kind = adapter.implementation.arrays
     started = time.perf_counter()
     data = to_kind(x, kind, torch_device=device.torch_device)
@@ -87,29 +88,46 @@ class UmapLearn(Adapter):
 
 
 class CumlUMAP(Adapter):
-    """cuML UMAP on CuPy arrays, fed the shared kNN graph."""
+    """cuML UMAP on CuPy arrays, fed the shared kNN graph.
+
+    Output size and initialisation follow the CPU twin (:class:`UmapLearn`) for tiny sets: at most n - 2
+    components, spectral initialisation only above n_components + 2 images, random below; cuML's spectral
+    initialisation asserts n_samples > n_components mid-fit (:func:`rca_gpu.limits.check_umap_init`).
+    """
 
     uses_knn = True
 
     def __init__(self, *, n_neighbors: int = 15, n_components: int = 2, min_dist: float = 0.1, seed: int = 0):
         self.n_neighbors, self.n_components, self.min_dist, self.seed = n_neighbors, n_components, min_dist, seed
 
+    def _settings(self, n: int) -> tuple[int, int, str]:
+        """(n_neighbors, n_components, init) for n images, as the CPU twin chooses them."""
+        n_neighbors = max(2, min(self.n_neighbors, n - 1))
+        n_components = min(self.n_components, max(1, n - 2))
+        return n_neighbors, n_components, "spectral" if n > self.n_components + 2 else "random"
+
+    def check_limits(self, *, n_samples: int, n_features: int, k: int | None = None) -> None:
+        _, n_components, init = self._settings(n_samples)
+        limits.check_umap_init(n_samples, n_components, init)
+
     def fit_transform(self, x, knn=None):
         from cuml.manifold import UMAP
 
-        n_neighbors = max(2, min(self.n_neighbors, x.shape[0] - 1))
+        n_neighbors, n_components, init = self._settings(int(x.shape[0]))
+        limits.check_umap_init(int(x.shape[0]), n_components, init)
         precomputed = None
         if knn is not None and knn[0].shape[1] >= n_neighbors:
             precomputed = (knn[0][:, :n_neighbors], knn[1][:, :n_neighbors])
         model = UMAP(
             n_neighbors=n_neighbors,
-            n_components=self.n_components,
+            n_components=n_components,
             min_dist=self.min_dist,
+            init=init,
             random_state=self.seed,
             precomputed_knn=precomputed,
             output_type="cupy",
         )
-        return model.fit_transform(x.astype("float32"))
+        return model.fit_transform(x.astype("float32", copy=False))
 
 
 class SklearnPCA(Adapter):
@@ -126,7 +144,12 @@ class SklearnPCA(Adapter):
 
 
 class TorchPCA(Adapter):
-    """PCA by SVD of the centred data in torch, on the GPU (used when cuML is absent, and by default)."""
+    """PCA by SVD of the centred data in torch, on the GPU (used when cuML is absent, and by default).
+
+    ``torch.pca_lowrank`` draws its random projection from torch's global generator of the data's device;
+    it runs inside ``torch.random.fork_rng`` so that seeding it leaves the caller's CPU and CUDA random
+    streams as they were.
+    """
 
     def __init__(self, *, n_components: int = 50, seed: int = 0) -> None:
         self.n_components, self.seed = n_components, seed
@@ -137,11 +160,10 @@ class TorchPCA(Adapter):
         x = x.float()
         centred = x - x.mean(dim=0, keepdim=True)
         k = min(self.n_components, x.shape[0], x.shape[1])
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(self.seed)  # pca_lowrank draws a random projection
-        try:
+        # manual_seed seeds every CUDA device, so every one of them is forked and restored
+        devices = list(range(torch.cuda.device_count())) if x.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
             _, _, v = torch.pca_lowrank(centred, q=min(k + 10, min(x.shape)), center=False, niter=4)
-        finally:
-            torch.random.set_rng_state(generator_state)
         return centred @ v[:, :k]
 

@@ -4,7 +4,8 @@ Stage code asks ``build("cluster", "dbscan", device, eps=0.5)`` and gets an adap
 device it runs on. An adapter converts nothing itself: it declares the array kind it consumes
 (``Implementation.arrays``) and the stage hands it data through :func:`rca_gpu.device.to_kind`.
 
-Fallback policy: a GPU adapter that cannot honour a setting raises UnsupportedOnGPU in its ``__init__``.
+Fallback policy: a GPU adapter that cannot honour a setting raises UnsupportedOnGPU in its ``__init__`` or,
+for limits that depend on the data's shape, in ``check_limits`` (:mod:`rca_gpu.limits`).
 Under ``--device auto`` the registry then falls back to the CPU twin and logs why; under ``--device gpu``
 it raises.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rca_gpu.device import Device
-from rca_gpu.errors import UnsupportedOnGPU
+from rca_gpu.errors import SpecError, UnsupportedOnGPU
 from rca_gpu.features import load_target
 
 log = logging.getLogger("rca_gpu")
@@ -29,26 +30,40 @@ class Implementation:
     backend: str  # "gpu" | "cpu"
     target: str  # "package.module:Class"
     arrays: str  # array kind the adapter consumes and returns: "numpy" | "torch" | "cupy"
-    requires: str = ""  # "cuml" | "cuda" | "faiss_gpu" | "" (always available)
+    requires: str = ""  # "cuml" | "cuml_knn" | "cuda" | "faiss_gpu" | "cuvs" | "faiss" | "" (always available)
     library: str = ""
 
     def available(self, device: Device) -> bool:
         if self.backend == "cpu":
-            return True
+            return self.requires != "faiss" or device.faiss_cpu
         if not device.on_gpu:
             return False
-        return {"cuml": device.cuml, "faiss_gpu": device.faiss_gpu, "cuda": True, "": True}[self.requires]
+        return {
+            "cuml": device.cuml,
+            "cuml_knn": device.cuml_knn,
+            "faiss_gpu": device.faiss_gpu,
+            "cuvs": device.cuvs,
+            "cuda": True,
+            "": True,
+        }[self.requires]
+
+    def why_unavailable(self, device: Device) -> str:
+        """One clause for the log: why this implementation cannot be used on ``device``."""
+        if self.requires in ("faiss_gpu", "cuvs", "cuml_knn") and device.on_gpu:
+            return f"{self.library} is not installed or failed its test search on this GPU"
+        return f"{self.library} is not installed"
 
 
 _I = Implementation
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
     # exact and approximate nearest neighbours
-    _I("knn", "faiss", "gpu", "rca_gpu.neighbors:FaissExact", "torch", "faiss_gpu", "faiss-gpu"),
+    _I("knn", "faiss", "gpu", "rca_gpu.neighbors:FaissGpuExact", "torch", "faiss_gpu", "faiss-gpu"),
+    _I("knn", "cuvs", "gpu", "rca_gpu.neighbors:CuvsExact", "cupy", "cuvs", "cuvs"),
     _I("knn", "torch", "gpu", "rca_gpu.neighbors:TorchExact", "torch", "cuda", "torch"),
-    _I("knn", "cuml", "gpu", "rca_gpu.neighbors:CumlExact", "cupy", "cuml", "cuml"),
+    _I("knn", "cuml", "gpu", "rca_gpu.neighbors:CumlExact", "cupy", "cuml_knn", "cuml"),
     _I("knn", "torch", "cpu", "rca_gpu.neighbors:TorchExact", "torch", "", "torch"),
-    _I("knn", "faiss", "cpu", "rca_gpu.neighbors:FaissExact", "numpy", "", "faiss-cpu"),
-    _I("knn", "faiss-hnsw", "cpu", "rca_gpu.neighbors:FaissHNSW", "numpy", "", "faiss-cpu"),
+    _I("knn", "faiss", "cpu", "rca_gpu.neighbors:FaissExact", "numpy", "faiss", "faiss-cpu"),
+    _I("knn", "faiss-hnsw", "cpu", "rca_gpu.neighbors:FaissHNSW", "numpy", "faiss", "faiss-cpu"),
     _I("knn", "kdtree", "cpu", "rca_gpu.neighbors:SklearnKDTree", "numpy", "", "scikit-learn"),
     # reduction
     _I("reduce", "umap", "gpu", "rca_gpu.reduce:CumlUMAP", "cupy", "cuml", "cuml"),
@@ -74,6 +89,16 @@ class Adapter:
 
     implementation: Implementation
 
+    def check_limits(self, *, n_samples: int, n_features: int, k: int | None = None) -> None:
+        """Raise UnsupportedOnGPU when the library cannot handle this data with these settings.
+
+        ``n_samples`` x ``n_features`` is the shape of the data the adapter will see; ``k`` the neighbours
+        per point a kNN adapter will be asked for.
+
+        Called by :func:`build` before any work, so that ``--device auto`` can still fall back to the CPU
+        (GPU adapters override it; see :mod:`rca_gpu.limits`).
+        """
+
     def describe(self) -> dict[str, Any]:
         impl = self.implementation
         return {"algorithm": impl.algorithm, "backend": impl.backend, "library": impl.library}
@@ -86,8 +111,13 @@ def implementations(stage: str, algorithm: str) -> list[Implementation]:
     return found
 
 
-def build(stage: str, algorithm: str, device: Device, **params: Any) -> Adapter:
-    """The adapter for ``algorithm`` on ``device``: the first usable GPU one, else the CPU one (see module doc)."""
+def build(stage: str, algorithm: str, device: Device, *, data: dict[str, int] | None = None,
+          **params: Any) -> Adapter:
+    """The adapter for ``algorithm`` on ``device``: the first usable GPU one, else the CPU one (see module doc).
+
+    ``data`` ({"n_samples", "n_features"} and, for kNN, "k") lets GPU adapters check the limits of their
+    library now (:meth:`Adapter.check_limits`) instead of failing halfway through a fit.
+    """
     candidates = implementations(stage, algorithm)
     reasons = []
     if device.on_gpu:
@@ -95,10 +125,13 @@ def build(stage: str, algorithm: str, device: Device, **params: Any) -> Adapter:
             if impl.backend != "gpu":
                 continue
             if not impl.available(device):
-                reasons.append(f"{impl.library} is not installed")
+                reasons.append(impl.why_unavailable(device))
                 continue
             try:
-                return _instantiate(impl, params)
+                adapter = _instantiate(impl, params)
+                if data is not None:
+                    adapter.check_limits(**data)
+                return adapter
             except UnsupportedOnGPU as exc:
                 reasons.append(str(exc))
         why = "; ".join(dict.fromkeys(reasons)) or "it has no GPU implementation"
@@ -107,8 +140,31 @@ def build(stage: str, algorithm: str, device: Device, **params: Any) -> Adapter:
                 f"{stage} '{algorithm}' cannot run on the GPU: {why}. Use --device auto to run it on the CPU."
             )
         log.info("%s '%s' runs on the CPU: %s", stage, algorithm, why)
-    cpu = next(i for i in candidates if i.backend == "cpu")
+    cpu = next((i for i in candidates if i.backend == "cpu"), None)
+    if cpu is None:
+        raise UnsupportedOnGPU(f"{stage} '{algorithm}' runs only on a GPU: {'; '.join(reasons) or 'no GPU'}")
+    if not cpu.available(device):
+        raise SpecError(
+            f"The {stage} backend '{algorithm}' needs {cpu.library}, which is not installed. Install it with "
+            "pip install 'rca-gpu[cpu]', or choose another backend (auto picks one that is installed)."
+        )
     return _instantiate(cpu, params)
+
+
+def planned_backend(stage: str, algorithm: str, device: Device) -> tuple[str, str]:
+    """(backend, library) that :func:`build` would pick for default settings, without building anything.
+
+    For ``rca-gpu doctor``: a setting beyond a GPU library's limits can still move one call to the CPU.
+    """
+    for impl in implementations(stage, algorithm):
+        if impl.backend == "gpu" and device.on_gpu and impl.available(device):
+            if impl.target == "rca_gpu.cluster:CumlWard":
+                continue  # cuML implements single linkage only: Ward always runs on the CPU
+            return impl.backend, impl.library
+    cpu = next((i for i in implementations(stage, algorithm) if i.backend == "cpu"), None)
+    if cpu is None or not cpu.available(device):
+        return "unavailable", cpu.library if cpu else "-"
+    return cpu.backend, cpu.library
 
 
 def _instantiate(impl: Implementation, params: dict[str, Any]) -> Adapter:

@@ -154,6 +154,8 @@ def reducer_candidates(spec: ReduceSpec, features: Any, *, seed: int = 0) -> lis
     for combo in itertools.product(*axes.values()):
         params = dict(zip(axes, combo))
         params["n_neighbors"] = max(2, min(params["n_neighbors"], n - 1))
+        # what the UMAP adapters can run on n points (values the user set were checked against n before)
+        params["n_components"] = max(1, min(params["n_components"], n - 2))
         if params not in out:
             out.append(params)
     return out
@@ -197,7 +199,8 @@ def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGr
                 eps = float(np.quantile(kth, q))
                 if eps > 0:
                     out.append({"eps": round(eps, 6), "min_samples": min_samples})
-        return out or [{"eps": 0.5, "min_samples": max(1, min(5, n - 1))}]
+        # nothing to tune from (tiny or duplicate data): values the user fixed are kept, never replaced
+        return out or [{"eps": fixed.get("eps", 0.5), "min_samples": fixed.get("min_samples", max(1, min(5, n - 1)))}]
     if spec.name == "hdbscan":
         if "min_cluster_size" in fixed:
             return [fixed]

@@ -117,7 +117,7 @@ def test_mnist_manifest_columns_metadata_and_files(mnist_rc_small):
     assert (frame["label"] != frame["prediction"]).all(), "every row is a failure"
     assert frame["confidence"].between(0, 1).all()
     metadata = table.schema.metadata
-    assert metadata[b"rca_gpu.dut"] == b"rca_gpu.datasets.models:mnist_cnn=dut_state.pt"
+    assert metadata[b"rca_gpu.dut"] == b"mnist_cnn=dut_state.pt"  # an architecture id, never an import path
     recorded = json.loads(metadata[b"rca_gpu.dataset"])
     assert recorded["name"] == "mnist-rc" and recorded["seed"] == 0 and recorded["n"] == 400
 
@@ -306,7 +306,7 @@ def test_shapes_manifest_regions_and_proportions(shapes_small):
     assert dut["clean_accuracy"] >= 0.97
     assert (
         pq.read_schema(manifest).metadata[b"rca_gpu.dut"]
-        == b"rca_gpu.datasets.models:shapes_cnn=dut_state.pt"
+        == b"shapes_cnn=dut_state.pt"
     )
 
 

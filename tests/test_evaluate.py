@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from rca_gpu.commands.evaluate import evaluate_command
 from rca_gpu.errors import RcaError, SourceError, SpecError, TooFewImagesError
 from rca_gpu.evaluate import Evaluation, evaluate, evaluate_run, study_score
+from rca_gpu.runfolder import RUN_FORMAT, RUN_ID_KEY, RunFolderError
 
 approx = pytest.approx
 
@@ -313,8 +314,15 @@ def _write_run(run_dir: Path, *, with_root_cause: bool = True) -> Path:
     if with_root_cause:
         columns["root_cause"] = pa.array(CAUSES + ["a", "b", "zz_only_rejected", None])
     run_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(columns), run_dir / "clusters.parquet")
+    _write_finished(run_dir, pa.table(columns))
     return run_dir
+
+
+def _write_finished(run_dir: Path, clusters: pa.Table, run_id: str = "0123abcd") -> None:
+    """clusters.parquet and run.json of one finished run, both carrying ``run_id``."""
+    metadata = {**(clusters.schema.metadata or {}), RUN_ID_KEY: run_id.encode()}
+    pq.write_table(clusters.replace_schema_metadata(metadata), run_dir / "clusters.parquet")
+    (run_dir / "run.json").write_text(json.dumps({"rca_gpu_run": RUN_FORMAT, "run_id": run_id}))
 
 
 def test_evaluate_run_writes_metrics_and_counts_rejected(tmp_path: Path) -> None:
@@ -332,17 +340,20 @@ def test_evaluate_run_writes_metrics_and_counts_rejected(tmp_path: Path) -> None
     assert "zz_only_rejected" not in result.per_cause["root_cause"].tolist()
 
     payload = json.loads((run_dir / "metrics.json").read_text())
-    assert set(payload) == {"summary", "counts", "per_cluster", "per_cause"}
+    assert set(payload) == {"run_id", "summary", "counts", "per_cluster", "per_cause"}
+    assert payload["run_id"] == "0123abcd"
     assert payload["summary"]["weighted_purity"] == approx(7 / 9)
     assert payload["counts"]["n_rejected"] == 3
     assert [r["dominant_cause"] for r in payload["per_cluster"]] == ["a", "b", "c"]
     per_cause = pd.read_csv(run_dir / "per_cause.csv")
     assert per_cause["recall"].tolist() == approx([0.75, 0.5, 0.5])
-    assert sorted(p.name for p in run_dir.iterdir()) == ["clusters.parquet", "metrics.json", "per_cause.csv"]
+    assert set(per_cause["run_id"]) == {"0123abcd"}
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "clusters.parquet", "metrics.json", "per_cause.csv", "run.json"]
 
 
 def test_evaluate_run_explains_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"No clusters.parquet in .*Run `rca-gpu run"):
+    with pytest.raises(RunFolderError, match=r"'.*nowhere' does not exist .* finished `rca-gpu run`"):
         evaluate_run(tmp_path / "nowhere")
     run_dir = _write_run(tmp_path / "blind", with_root_cause=False)
     with pytest.raises(SourceError, match="has no root_cause column.*`rca-gpu run` again"):
@@ -361,7 +372,7 @@ def test_evaluate_run_all_rejected(tmp_path: Path) -> None:
         "reason": ["unreadable image"] * 2,
         "root_cause": ["a", "b"],
     })
-    pq.write_table(table, run_dir / "clusters.parquet")
+    _write_finished(run_dir, table)
     with pytest.raises(TooFewImagesError, match="2 of 2 rows were rejected"):
         evaluate_run(run_dir)
 
@@ -397,8 +408,8 @@ def test_cli_prints_tables_and_where_metrics_are(tmp_path: Path) -> None:
 def test_cli_raises_rca_errors_for_the_main_cli(tmp_path: Path) -> None:
     result = CliRunner().invoke(_app(), ["evaluate", str(tmp_path)])
     assert result.exit_code != 0
-    assert isinstance(result.exception, SourceError) and isinstance(result.exception, RcaError)
-    assert "rca-gpu run" in str(result.exception)
+    assert isinstance(result.exception, RunFolderError) and isinstance(result.exception, RcaError)
+    assert "holds no run.json" in str(result.exception) and "rca-gpu run" in str(result.exception)
 
 
 def test_coverage_of_injected_causes_leaves_out_none():

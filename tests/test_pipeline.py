@@ -13,6 +13,7 @@ from helpers import add_bad_files, pattern_images, write_pngs
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.pipeline import order_labels, run
+from rca_gpu.runfolder import open_run
 from rca_gpu.spec import build_run_spec
 
 
@@ -53,6 +54,9 @@ def test_run_accounts_for_every_row_and_finds_the_groups(image_folder, tmp_path)
     assert {"torch", "numpy", "scikit-learn"} <= set(info["versions"])
     assert info["device"]["torch_device"] == "cpu" and info["seed"] == 0
     assert result.n_clusters == 4
+    folder = open_run(tmp_path / "out")  # every output carries the run's id
+    assert folder.run_id == info["run_id"]
+    assert len(folder.clusters()) == len(clusters) and len(folder.embedding()) == len(good)
 
 
 def test_rerun_is_reproducible_and_reuses_cached_features(image_folder, tmp_path):
@@ -93,7 +97,7 @@ def test_interrupted_extraction_resumes_from_shards(tmp_path, monkeypatch):
 
 def test_too_few_images_is_a_clear_error(tmp_path):
     images, labels = pattern_images(n_per=1, groups=2)
-    with pytest.raises(TooFewImagesError, match="kmeans clusterer needs at least 3 usable images; 2 of 2"):
+    with pytest.raises(TooFewImagesError, match="kmeans clusterer needs at least 3 usable images; there are 2 "):
         run(_spec("pixels+none+kmeans"), from_arrays(images), tmp_path / "out")
 
 
@@ -102,8 +106,12 @@ def test_only_bad_images_is_a_clear_error(tmp_path):
     folder.mkdir()
     (folder / "a.png").write_bytes(b"")
     (folder / "b.png").write_text("nope")
-    with pytest.raises(TooFewImagesError, match="No usable image among the 2 input"):
+    (folder / "c.png").write_text("nope")
+    with pytest.raises(TooFewImagesError, match="needs at least 3 usable images; there are 0 usable images.*clusters.parquet"):
         run(_spec("pixels+none+kmeans"), folder, tmp_path / "out")
+    written = pd.read_parquet(tmp_path / "out" / "clusters.parquet")  # every row, with its reason
+    assert written["status"].tolist() == ["rejected"] * 3
+    assert written["reason"].str.contains("empty file|not a readable image").all()
 
 
 def test_outputs_are_written_atomically(tmp_path, monkeypatch):

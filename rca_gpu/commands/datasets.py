@@ -91,7 +91,7 @@ def make_command(
     console = Console()
     console.print(f"Wrote {summary['n_failures']} failures: {manifest}")
     console.print(
-        f"DUT: {summary['dut']['factory']} (weights {manifest.parent / 'dut_state.pt'}, TorchScript "
+        f"DUT: {summary['dut']['architecture']} (weights {manifest.parent / 'dut_state.pt'}, TorchScript "
         f"{manifest.parent / 'dut.pt'}), clean accuracy {summary['dut']['clean_accuracy']:.2%}"
     )
     table = Table(title=f"{summary['name']} failures per root cause")

@@ -15,14 +15,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rca_gpu.errors import SourceError
+from rca_gpu.errors import SourceError, escape_surrogates, printable
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".pbm", ".pnm")
 MANIFEST_EXTENSIONS = (".csv", ".parquet")
-#: Columns rca_gpu writes itself; manifest columns with these names are kept under "input_<name>".
-RESERVED_COLUMNS = ("cluster", "status", "reason")
+#: Columns rca_gpu writes itself. A metadata column of a manifest (or of array metadata) with one of these
+#: names keeps its values under the name prefixed with "input_", the prefix repeated until the name is free;
+#: the same rule settles two columns of one name. The manifest's own 'path' and 'id' columns are read.
+RESERVED_COLUMNS = ("id", "path", "input_path", "folder", "cluster", "status", "reason")
 #: Parquet schema metadata key naming the DNN under test, relative to the manifest's folder.
 DUT_METADATA_KEY = b"rca_gpu.dut"
+#: Architectures a manifest may name for its DNN under test (``NAME=weights.pt``): id -> the rca_gpu factory
+#: that builds it. Data never names code: only these ids are accepted, and the factory path comes from here.
+KNOWN_ARCHITECTURES = {
+    "mnist_cnn": "rca_gpu.datasets.models:mnist_cnn",
+    "shapes_cnn": "rca_gpu.datasets.models:shapes_cnn",
+}
+#: File name endings of a model file a manifest may name (TorchScript, torch.export, ONNX).
+MODEL_FILE_EXTENSIONS = (".pt", ".pth", ".pt2", ".onnx")
 
 
 @dataclass
@@ -40,6 +50,9 @@ class FailureSet:
         For array sources: uint8 images (n, h, w) or (n, h, w, c); ``path`` then holds a synthetic name.
     dut:
         The DNN under test recorded by the manifest (absolute path), or None.
+    file_paths:
+        The paths to open, where they differ from the table's ``path`` column: a file name whose bytes are
+        not UTF-8 is shown in the table with ``\\xNN`` escapes (every output is UTF-8) and opened from here.
     """
 
     table: pd.DataFrame
@@ -49,13 +62,15 @@ class FailureSet:
     images: np.ndarray | None = None
     dut: str | None = None
     root: str | None = None
+    file_paths: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.table)
 
     @property
     def paths(self) -> list[str]:
-        return self.table["path"].tolist()
+        """The file of each row, as the file system names it (what to open)."""
+        return list(self.file_paths) if self.file_paths is not None else self.table["path"].tolist()
 
     @property
     def ids(self) -> np.ndarray:
@@ -121,28 +136,71 @@ def from_arrays(images: np.ndarray, metadata: pd.DataFrame | dict[str, Any] | No
         meta = pd.DataFrame(metadata).reset_index(drop=True)
         if len(meta) != n:
             raise SourceError(f"Array metadata has {len(meta)} rows for {n} images.")
-        table = pd.concat([table, _protect_reserved(meta.drop(columns=["id", "path"], errors="ignore"))], axis=1)
+        table = _assemble({"id": table["id"], "path": table["path"]}, list(meta.items()))
     return FailureSet(table=table, source="arrays", kind="arrays", images=images)
 
 
+def classify_entry(path: str | os.PathLike) -> str | None:
+    """Why a folder entry named like an image cannot be read as one, or None for a regular file.
+
+    Checks the entry itself (os.lstat) and what a symbolic link points to (os.stat), without opening it:
+    broken links, link loops, folders, named pipes (FIFOs), sockets and device files each get a reason, so
+    that they appear as rejected rows instead of vanishing from the listing or blocking a reader.
+    """
+    import errno
+    import stat
+
+    try:
+        own = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    try:
+        target = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if stat.S_ISLNK(own.st_mode) and exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "broken symbolic link (its target does not exist)"
+        return f"cannot be read: {exc.strerror or exc}"
+    mode = target.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder named like an image, not a file"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO), not a file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file, not a file"
+    return "not a regular file"
+
+
 def _from_folder(folder: Path) -> FailureSet:
-    files = sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-    )
-    if not files:
+    # every entry named like an image, also those that are not regular files: they become rejected rows
+    entries = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    rejected = {}
+    for position, entry in enumerate(entries):
+        reason = classify_entry(entry)
+        if reason is not None:
+            rejected[position] = reason
+    if not entries:
         raise SourceError(
             f"The folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively). "
             "Point SOURCE at the folder with the failing images, or at a manifest."
         )
     root = folder.resolve()
+    real = [str(root / p.relative_to(folder)) for p in entries]  # as listed: a link keeps its own name
+    shown = [escape_surrogates(p) for p in real]
     table = pd.DataFrame(
         {
-            "id": np.arange(len(files), dtype=np.int64),
-            "path": [str(p.resolve()) for p in files],
-            "folder": [str(p.parent.relative_to(folder)) for p in files],
+            "id": np.arange(len(entries), dtype=np.int64),
+            "path": shown,
+            "folder": [escape_surrogates(str(p.parent.relative_to(folder))) for p in entries],
         }
     )
-    return FailureSet(table=table, source=str(folder), kind="folder", root=str(root))
+    return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
+                      root=str(root), file_paths=real if shown != real else None)
 
 
 def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
@@ -150,8 +208,14 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            arrow = pq.read_table(path)
-            return arrow.to_pandas(), dict(arrow.schema.metadata or {})
+            arrow = pq.ParquetFile(path).read()  # not read_table: its dataset layer refuses repeated names
+            names = arrow.column_names
+            if len(set(names)) == len(names):
+                return arrow.to_pandas(), dict(arrow.schema.metadata or {})
+            # repeated column names: read by position, keep the names (settled later, see RESERVED_COLUMNS)
+            frame = arrow.rename_columns([str(i) for i in range(len(names))]).to_pandas()
+            frame.columns = names
+            return frame, dict(arrow.schema.metadata or {})
         return pd.read_csv(path), {}
     except Exception as exc:  # pyarrow / pandas raise many types for a broken file
         raise SourceError(f"Cannot read the manifest {str(path)!r}: {exc}") from None
@@ -159,43 +223,95 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
 
 def _from_manifest(path: Path, image_root: str | os.PathLike | None) -> FailureSet:
     frame, metadata = _read_manifest(path)
-    if "path" not in frame.columns:
+    names = [str(c) for c in frame.columns]
+    if "path" not in names:
         raise SourceError(
-            f"The manifest {str(path)!r} has no 'path' column (columns: {', '.join(map(str, frame.columns)) or 'none'}). "
+            f"The manifest {str(path)!r} has no 'path' column (columns: {', '.join(names) or 'none'}). "
             "Add a 'path' column with one image path per row, relative to the manifest's folder or absolute."
         )
     if frame.empty:
         raise SourceError(f"The manifest {str(path)!r} has no rows. Add one row per failing image.")
+    dut = _dut_from_metadata(metadata.get(DUT_METADATA_KEY), path)
+    frame = frame.reset_index(drop=True)
+    columns = [frame.iloc[:, i] for i in range(frame.shape[1])]  # by position: names may repeat
+    path_position = names.index("path")
+    id_position = names.index("id") if "id" in names else None
     base = path.parent.resolve()
     root = Path(image_root).expanduser().resolve() if image_root else base
+    if image_root and not root.is_dir():
+        raise SourceError(
+            f"The --image-root {str(image_root)!r} is not a folder. Pass the folder that holds the manifest's images."
+        )
     resolved, rejected = [], {}
-    for pos, raw in enumerate(frame["path"].tolist()):
-        if not isinstance(raw, str) or not raw.strip():
-            resolved.append("")
-            rejected[pos] = "empty path in manifest"
-            continue
-        candidate = (base / Path(raw).expanduser()).resolve()
-        resolved.append(str(candidate))
-        if not candidate.is_relative_to(root):
-            rejected[pos] = f"path escapes the image root {str(root)!r}; use --image-root to allow another folder"
-        elif not candidate.is_file():
-            rejected[pos] = "file not found"
-        elif candidate.suffix.lower() not in IMAGE_EXTENSIONS:
-            rejected[pos] = f"not an image file extension ({candidate.suffix or 'none'})"
-    ids = _ids(frame, path)
-    meta = _protect_reserved(frame.drop(columns=["path", "id"], errors="ignore").reset_index(drop=True))
-    table = pd.concat(
-        [pd.DataFrame({"id": ids, "path": resolved, "input_path": frame["path"].astype(str).tolist()}), meta],
-        axis=1,
-    )
-    dut = _dut_from_metadata(metadata.get(DUT_METADATA_KEY), base)
-    return FailureSet(table=table, source=str(path), kind="manifest", rejected=rejected, dut=dut, root=str(root))
+    raw_paths = columns[path_position].tolist()
+    for pos, raw in enumerate(raw_paths):
+        where, reason = _manifest_entry(raw, base, root)
+        resolved.append(where)
+        if reason is not None:
+            rejected[pos] = reason
+    ids = _ids(columns[id_position] if id_position is not None else None, len(frame), path)
+    meta = [(names[i], columns[i]) for i in range(len(columns)) if i not in (path_position, id_position)]
+    shown = [escape_surrogates(p) for p in resolved]
+    front = {"id": ids, "path": shown, "input_path": [_as_text(r) for r in raw_paths]}
+    table = _assemble(front, meta)
+    return FailureSet(table=table, source=str(path), kind="manifest", rejected=rejected, dut=dut, root=str(root),
+                      file_paths=resolved if shown != resolved else None)
 
 
-def _ids(frame: pd.DataFrame, path: Path) -> np.ndarray:
-    if "id" not in frame.columns:
-        return np.arange(len(frame), dtype=np.int64)
-    ids = frame["id"]
+def _as_text(raw: Any) -> str:
+    if raw is None or (isinstance(raw, float) and raw != raw):
+        return ""
+    return raw if isinstance(raw, str) else str(raw)
+
+
+def _manifest_entry(raw: Any, base: Path, root: Path) -> tuple[str, str | None]:
+    """(absolute path, reason it is unusable or None) for one manifest 'path' value."""
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if not isinstance(raw, str):
+        if raw is None or (isinstance(raw, float) and raw != raw):
+            return "", "empty path in manifest"
+        return _as_text(raw), f"the path is not text ({type(raw).__name__} {raw!r})"
+    if not raw.strip():
+        return "", "empty path in manifest"
+    if "\x00" in raw:
+        return raw.replace("\x00", "\\x00"), "the path contains a NUL character"
+    try:
+        listed = base / Path(raw).expanduser()
+        candidate = Path(os.path.realpath(listed))  # realpath: no error on link loops
+    except (OSError, ValueError, RuntimeError) as exc:
+        return raw, f"the path cannot be resolved: {exc}"
+    if not candidate.is_relative_to(root):
+        return str(candidate), (
+            f"path escapes the image root {str(root)!r}; use --image-root to allow another folder"
+        )
+    if not os.path.lexists(listed):
+        return str(candidate), "file not found"
+    reason = classify_entry(listed)  # the entry as listed: a broken link or a loop is named as such
+    if reason is not None:
+        return str(candidate), reason
+    if candidate.suffix.lower() not in IMAGE_EXTENSIONS:
+        return str(candidate), f"not an image file extension ({candidate.suffix or 'none'})"
+    return str(candidate), None
+
+
+def _assemble(front: dict[str, Any], metadata: list[tuple[Any, Any]]) -> pd.DataFrame:
+    """The FailureSet table: rca_gpu's own columns first, then the metadata columns under names made unique
+    by the rule of :data:`RESERVED_COLUMNS` (prefix "input_" until free)."""
+    taken = set(RESERVED_COLUMNS) | set(front)
+    data = dict(front)
+    for name, values in metadata:
+        name = str(name)
+        while name in taken:
+            name = f"input_{name}"
+        taken.add(name)
+        data[name] = values.reset_index(drop=True) if isinstance(values, pd.Series) else values
+    return pd.DataFrame(data)
+
+
+def _ids(ids: pd.Series | None, n: int, path: Path) -> np.ndarray:
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
     if ids.isna().any() or ids.duplicated().any():
         raise SourceError(
             f"The 'id' column of {str(path)!r} has missing or repeated values. Make ids unique, or drop the column."
@@ -203,30 +319,58 @@ def _ids(frame: pd.DataFrame, path: Path) -> np.ndarray:
     return ids.to_numpy()
 
 
-def _protect_reserved(meta: pd.DataFrame) -> pd.DataFrame:
-    renames = {c: f"input_{c}" for c in meta.columns if c in RESERVED_COLUMNS}
-    return meta.rename(columns=renames)
+def _dut_from_metadata(raw: bytes | None, manifest: Path) -> str | None:
+    """The DNN under test a manifest records, as a reference :func:`rca_gpu.features.dut.load_model` reads.
 
+    A manifest is data, and data never names code to run. Two forms are accepted, both inside the manifest's
+    folder:
 
-def _dut_from_metadata(raw: bytes | None, base: Path) -> str | None:
-    """The model reference a manifest records, with its file resolved inside the manifest's folder.
+    * ``model.pt`` / ``.pth`` / ``.pt2`` / ``.onnx``: a model file (TorchScript, torch.export, ONNX); whole
+      pickled models are refused when it is loaded;
+    * ``ARCH=weights.pt``: an architecture of :data:`KNOWN_ARCHITECTURES` (e.g. ``mnist_cnn``) and its
+      state_dict, loaded with ``weights_only=True``. The older spelling
+      ``rca_gpu.datasets.models:ARCH=weights.pt`` is read as the same thing, for the same ids only.
 
-    Two forms, as for --model: ``file.pt`` (TorchScript / .pt2) or ``package.module:factory=weights.pt``.
-    A factory is imported and called, so one named by a manifest is accepted only from rca_gpu itself.
+    Anything else (``package.module:function``, a path outside the folder) is refused with a SourceError
+    before anything is loaded; entry points come only from --model or a config file the user passes.
+    A file that is named but missing is ignored with a warning (the run can use --model instead).
     """
     if not raw:
         return None
     import logging
 
-    text = raw.decode()
-    factory, _, file_part = text.rpartition("=") if "=" in text else ("", "", text)
-    if factory and not factory.startswith("rca_gpu."):
+    base = manifest.parent.resolve()
+    try:
+        text = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        text = None
+    shown = printable(repr(raw.decode("utf-8", "replace") if text is None else text)[:200])
+    refusal = (
+        f"The manifest {str(manifest)!r} names {shown} as its DNN under test (Parquet metadata "
+        f"{DUT_METADATA_KEY.decode()}); a manifest may only name a model file in its folder "
+        f"({', '.join(MODEL_FILE_EXTENSIONS)}) or a known architecture with its weights "
+        f"({', '.join(f'{a}=weights.pt' for a in KNOWN_ARCHITECTURES)}). Nothing was loaded or run. Choose the "
+        "model with --model instead, and remove that entry from the manifest."
+    )
+    if not text:
+        raise SourceError(refusal)
+    architecture, file_part = None, text
+    if "=" in text:
+        name, _, file_part = text.partition("=")
+        name = name.removeprefix("rca_gpu.datasets.models:")
+        if name not in KNOWN_ARCHITECTURES:
+            raise SourceError(refusal)
+        architecture = name
+    elif Path(text).suffix.lower() not in MODEL_FILE_EXTENSIONS:
+        raise SourceError(refusal)
+    if "\x00" in file_part or not file_part.strip():
+        raise SourceError(refusal)
+    path = Path(os.path.realpath(base / file_part))
+    if not path.is_relative_to(base):
+        raise SourceError(refusal)
+    if not path.is_file():
         logging.getLogger("rca_gpu").warning(
-            "Ignoring the manifest's model %r: only rca_gpu factories are loaded from manifests; pass --model.",
-            text,
+            "The manifest names %s as its DNN under test, but that file is missing; pass --model.", shown
         )
         return None
-    path = (base / file_part).resolve()
-    if not path.is_file() or not path.is_relative_to(base):
-        return None
-    return f"{factory}={path}" if factory else str(path)
+    return f"{KNOWN_ARCHITECTURES[architecture]}={path}" if architecture else str(path)

@@ -1,8 +1,8 @@
 """Offline ground-truth failure benchmarks: images a DNN fails on, each with its known root cause.
 
 Two seeded benchmarks, each written as a folder with ``manifest.parquet`` (one row per failing image, its
-``root_cause`` and every generating parameter), the PNGs, and the DNN under test (``dut_state.pt`` for
-``rca_gpu.datasets.models:<factory>``, ``dut.pt`` as TorchScript)::
+``root_cause`` and every generating parameter), the PNGs, and the DNN under test (``dut_state.pt``, the weights of a
+known architecture of ``rca_gpu.datasets.models``, and ``dut.pt`` as TorchScript)::
 
     from rca_gpu.datasets import list_datasets, make_dataset
     manifest = make_dataset("mnist-rc", "bench/mnist", n=1500, seed=0)

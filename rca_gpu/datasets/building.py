@@ -78,7 +78,7 @@ def build(
     failures, fail_images = _assemble(info, module.COLUMNS, [s.failures for s in samples], order, "images", 0)
     summary = _summary(info, n, seed, shares, samples, prepared, include_passing)
     metadata = {
-        writing.DUT_KEY: f"rca_gpu.datasets.models:{info.factory}=dut_state.pt".encode(),
+        writing.DUT_KEY: f"{info.factory}=dut_state.pt".encode(),  # a known architecture id, never code
         writing.DATASET_KEY: json.dumps(
             {"name": info.name, "seed": seed, "n": n, "proportions": shares, "causes": summary["causes"]},
             sort_keys=True,
@@ -236,7 +236,7 @@ def _summary(info, n, seed, shares, samples, prepared, include_passing) -> dict[
             for s in samples
         },
         "dut": {
-            "factory": f"rca_gpu.datasets.models:{info.factory}",
+            "architecture": info.factory,  # rca_gpu.data.sources.KNOWN_ARCHITECTURES
             "state_dict": "dut_state.pt",
             "torchscript": "dut.pt",
             "parameters": int(sum(p.numel() for p in prepared.model.parameters())),

@@ -8,8 +8,9 @@ Convention shared by every DUT in rca_gpu (other stages rely on it):
 * every layer is a module (``nn.Conv2d``, ``nn.ReLU``, ``nn.MaxPool2d``, ``nn.Flatten``, ``nn.Linear``) and no
   activation is called functionally, so forward hooks (Grad-CAM) and LRP rule maps (zennit) see all of them.
 
-A manifest names the DUT as ``rca_gpu.datasets.models:<factory>=dut_state.pt``; the weights load with
-``model.load_state_dict(torch.load(path, weights_only=True))``.
+A manifest names the DUT as ``<factory>=dut_state.pt`` (e.g. ``mnist_cnn=dut_state.pt``): an architecture id
+from the allow-list :data:`rca_gpu.data.sources.KNOWN_ARCHITECTURES`, never an importable path; the weights
+load with ``model.load_state_dict(torch.load(path, weights_only=True))``.
 """
 
 from __future__ import annotations

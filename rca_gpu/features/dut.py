@@ -1,12 +1,17 @@
 """The DNN under test (DUT): loading it safely, what it expects as input, and its activations as features.
 
-``--model`` accepts three forms, none of which unpickles code from a file:
+``--model`` accepts four forms, none of which unpickles code from a file:
 
 * a TorchScript file (``torch.jit.script(model).save("model.pt")``);
 * a torch.export archive ``.pt2`` (``torch.export.save(torch.export.export(model, (x,), dynamic_shapes=...),
   "m.pt2")``), loaded unflattened so that its layers keep their names and forward hooks fire;
 * ``package.module:factory=weights.pt``: ``factory()`` builds the eager module and the state_dict in
-  ``weights.pt`` is loaded with ``torch.load(..., weights_only=True)``.
+  ``weights.pt`` is loaded with ``torch.load(..., weights_only=True)``;
+* an ONNX file ``model.onnx`` (needs ``rca-gpu[onnx]``), converted by onnx2torch into an eager torch.fx module
+  whose layers are real ``nn.Module`` objects, so hooks (``dut``, ``lrp``, ``gradcam``) work. An ONNX file is
+  data: its graph is parsed and each operator mapped to a torch module from onnx2torch's fixed table; an
+  operator outside it is refused, and nothing the file names is imported or run. External weight files must
+  lie in the model's folder.
 
 A file written with ``torch.save(model)`` is refused: loading it would run whatever code the pickle names.
 
@@ -44,12 +49,16 @@ SPEC_FILE = "rca_gpu.json"
 
 ACCEPTED_FORMATS = (
     "a TorchScript file (torch.jit.script(model).save('model.pt')), a torch.export archive "
-    "(torch.export.save(torch.export.export(model, (example,), dynamic_shapes=...), 'model.pt2')), or "
-    "package.module:factory=weights.pt with the weights saved by torch.save(model.state_dict(), 'weights.pt')"
+    "(torch.export.save(torch.export.export(model, (example,), dynamic_shapes=...), 'model.pt2')), an ONNX "
+    "file (model.onnx), or package.module:factory=weights.pt with the weights saved by "
+    "torch.save(model.state_dict(), 'weights.pt')"
 )
 EAGER_HINT = (
-    "pass the eager model as --model package.module:factory=weights.pt (or a torch.export .pt2 archive)"
+    "pass the eager model as --model package.module:factory=weights.pt (or a torch.export .pt2 archive, or an "
+    "ONNX file), or use the gradxinput or ig extractors, which need no hooks"
 )
+#: onnx2torch converts operator sets up to this version (newer exports: torch.onnx.export(..., opset_version=17)).
+ONNX_OPSET_HINT = 17
 
 _ENTRY_POINT = re.compile(
     r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<factory>[A-Za-z_]\w*)(?:=(?P<weights>.+))?$"
@@ -71,7 +80,7 @@ class ModelInfo:
     """
 
     ref: str
-    format: str  # "torchscript" | "export" | "factory"
+    format: str  # "torchscript" | "export" | "onnx" | "factory"
     spec: Mapping[str, Any] | None = None
     layer_types: Mapping[str, type] | None = None
 
@@ -107,6 +116,8 @@ def load_model(ref: str, *, device: torch.device | str) -> torch.nn.Module:
             model, info = _load_torchscript(ref, path, device)
         elif kind == "export":
             model, info = _load_export(ref, path, device)
+        elif kind == "onnx":
+            model, info = _load_onnx(ref, path, device)
         else:
             raise _refusal(path, kind)
     _INFO[model] = info
@@ -114,9 +125,10 @@ def load_model(ref: str, *, device: torch.device | str) -> torch.nn.Module:
 
 
 def _file_kind(path: Path) -> str:
-    """'torchscript' | 'export' | 'pickle' | 'unknown', from the archive's member names (nothing is run)."""
+    """'torchscript' | 'export' | 'onnx' | 'pickle' | 'unknown', from the archive's member names or, for ONNX
+    (a protobuf, not an archive), the file name (nothing is run)."""
     if not zipfile.is_zipfile(path):
-        return "unknown"
+        return "onnx" if path.suffix.lower() == ".onnx" else "unknown"
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -187,6 +199,72 @@ def _load_export(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.M
         spec = _check_spec({"input_shape": list(shape[1:])}, "the export signature")
     module.eval()
     return module, ModelInfo(ref, "export", spec, _export_layer_types(program))
+
+
+def _load_onnx(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.Module, ModelInfo]:
+    """An ONNX file as an eager torch.fx module (onnx2torch); see the module doc for what is and is not run."""
+    try:
+        import onnx
+        from onnx2torch import convert
+    except ImportError:
+        raise ModelError(
+            f"{str(path)!r} is an ONNX model; reading it needs onnx and onnx2torch: pip install 'rca-gpu[onnx]'."
+        ) from None
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - a corrupt protobuf raises several types
+        raise ModelError(f"Cannot read the ONNX file {str(path)!r}: {_first_line(exc)}") from None
+    _load_onnx_external_data(proto, path)
+    try:
+        module = convert(proto)
+    except NotImplementedError as exc:
+        raise ModelError(
+            f"The ONNX file {str(path)!r} uses an operator onnx2torch cannot convert ({_first_line(exc)}). Export "
+            f"the model with standard operators and opset_version={ONNX_OPSET_HINT}, or pass it in another "
+            "format."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - conversion errors of any kind become one ModelError
+        raise ModelError(f"Cannot convert the ONNX file {str(path)!r} to torch: {_first_line(exc)}") from None
+    spec = _onnx_spec(proto, path)
+    return module.to(device).eval(), ModelInfo(ref, "onnx", spec)
+
+
+def _load_onnx_external_data(proto: Any, path: Path) -> None:
+    """Read weights stored beside the model, refusing any location outside the model's folder."""
+    from onnx.external_data_helper import (
+        ExternalDataInfo,
+        _get_all_tensors,
+        load_external_data_for_model,
+        uses_external_data,
+    )
+
+    external = [t for t in _get_all_tensors(proto) if uses_external_data(t)]
+    if not external:
+        return
+    folder = path.parent.resolve()
+    for tensor in external:
+        location = (folder / ExternalDataInfo(tensor).location).resolve()
+        if not location.is_relative_to(folder) or not location.is_file():
+            raise ModelError(
+                f"The ONNX file {str(path)!r} keeps weights in {ExternalDataInfo(tensor).location!r}, which is not a "
+                f"file inside {str(folder)!r}; external weight files must lie beside the model."
+            )
+    load_external_data_for_model(proto, str(folder))
+
+
+def _onnx_spec(proto: Any, path: Path) -> dict[str, Any] | None:
+    """The input spec: metadata ``rca_gpu.json`` if the file has it, else the first graph input's shape."""
+    for prop in proto.metadata_props:
+        if prop.key == SPEC_FILE:
+            return _parse_spec_file(prop.value, path)
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if not inputs:
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        return _check_spec({"input_shape": dims[1:]}, "the ONNX graph input")
+    return None
 
 
 def _export_input_shape(program: Any) -> tuple[Any, ...] | None:

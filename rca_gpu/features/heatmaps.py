@@ -350,3 +350,93 @@ class GradCAMExtractor(_HeatmapExtractor):
                 f"Grad-CAM needs a layer with spatial maps (a conv layer); {self.layer!r} outputs shape "
                 f"{tuple(sample.shape[1:])}. Choose a conv layer with gradcam@LAYER."
             )
+
+
+# --------------------------------------------------------------------------------------------------
+# Input attributions (captum): no hooks, so they work on every DUT format, TorchScript included
+# --------------------------------------------------------------------------------------------------
+
+
+class _InputAttributionExtractor(FeatureExtractor):
+    """Attribution of the predicted class to the input pixels, flattened (optionally pooled) as features.
+
+    Needs only the DUT's forward pass and autograd through it, no hooks into its layers, so TorchScript
+    DUTs work too. The map has the input's shape (C, H, W); ``pool`` average-pools it to pool x pool.
+    """
+
+    needs_grad = True
+    method = ""
+
+    def prepare(self) -> None:
+        self.model = self.context.load_dut()
+        self.input = resolve_input(self.model, self.context.failures)
+        self.image_mode = image_mode(self.input)
+        check_input(self.model, self.input["input_shape"], device=self.context.device)
+        dummy = torch.full((2, *self.input["input_shape"]), 0.5, device=self.context.device)
+        self.dims = int(layers.pool_flatten(self._maps(dummy), self._pool).shape[1])
+
+    @property
+    def _pool(self) -> int | None:
+        return self.spec.params.get("pool")
+
+    @abc.abstractmethod
+    def _attribute(self, x: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """Attribution maps (n, C, H, W) of the ``predicted`` classes for inputs ``x`` that require grad."""
+
+    def _maps(self, images: torch.Tensor) -> torch.Tensor:
+        with _grad_input(images) as x:
+            return self._attribute(x, predict(self.model, x)).detach()
+
+    def transform(self) -> v2.Compose:
+        return dut_transform(self.input)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return layers.pool_flatten(self._maps(images), self._pool).float()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "method": self.method,
+            "pool": self._pool,
+            "dims": self.dims,
+            "input_shape": self.input["input_shape"],
+            "input_shape_source": self.input["source"],
+            "model_format": model_format(self.model),
+            "precision": "fp32",
+        }
+
+
+class GradientXInputExtractor(_InputAttributionExtractor):
+    """Gradient x input of the predicted class (captum InputXGradient; Shrikumar et al. 2016)."""
+
+    method = "gradient x input (captum)"
+
+    def _attribute(self, x: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        from captum.attr import InputXGradient
+
+        return InputXGradient(self.model).attribute(x, target=predicted)
+
+
+class IntegratedGradientsExtractor(_InputAttributionExtractor):
+    """Integrated gradients of the predicted class from a black image (the low end of the model's value
+    range), ``steps`` points on the path (captum IntegratedGradients; Sundararajan et al. 2017)."""
+
+    method = "integrated gradients (captum), black baseline"
+
+    @property
+    def steps(self) -> int:
+        return int(self.spec.params.get("steps", 32))
+
+    def _attribute(self, x: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        from captum.attr import IntegratedGradients
+
+        baseline = float(self.input.get("value_range", (0.0, 1.0))[0])
+        return IntegratedGradients(self.model).attribute(
+            x, baselines=baseline, target=predicted, n_steps=self.steps, internal_batch_size=int(x.shape[0])
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "steps": self.steps}
+
+    def cache_token(self) -> str:
+        return f"steps={self.steps}"

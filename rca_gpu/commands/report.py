@@ -1,0 +1,55 @@
+"""``rca-gpu report RUN_DIR`` and ``rca-gpu export RUN_DIR --to DIR``: see a run's clusters, take them away."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+RunDirArg = Annotated[Path, typer.Argument(help="Output folder of a finished `rca-gpu run`.", metavar="RUN_DIR",
+                                           show_default=False)]
+
+
+class ExportMode(str, Enum):
+    link = "link"
+    copy = "copy"
+
+
+def report_command(
+    run_dir: RunDirArg,
+    map_points: Annotated[int, typer.Option("--map-points", min=1, help="Most points drawn on the map; "
+                          "larger runs draw a sample of every cluster (the page says so).")] = 20_000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the report's path.")] = False,
+) -> None:
+    """Write RUN_DIR/report.html: clusters with medoids, explanations, the map, ground truth (works offline)."""
+    from rca_gpu.progress import setup_logging
+    from rca_gpu.report.build import build_report
+
+    setup_logging(False)
+    if quiet:
+        import logging
+
+        logging.getLogger("rca_gpu").setLevel(logging.WARNING)
+    result = build_report(run_dir, map_points=map_points)
+    typer.echo(f"report: {result.path}")
+
+
+def export_command(
+    run_dir: RunDirArg,
+    to: Annotated[Path, typer.Option("--to", help="Export folder: one sub-folder per cluster, plus noise and "
+                  "rejected, each with a manifest.csv.", show_default=False)],
+    clusters: Annotated[Optional[str], typer.Option("--clusters", help="Which ones, e.g. 3,5,noise,rejected "
+                        "(default: all).")] = None,
+    mode: Annotated[ExportMode, typer.Option("--mode", help="link: symbolic links to the images; copy: "
+                    "copies.")] = ExportMode.link,
+) -> None:
+    """Export clusters to folders (images + manifest.csv each) for any image viewer or for retraining."""
+    from rca_gpu.report.export import export_run, parse_selection
+
+    result = export_run(run_dir, to, clusters=parse_selection(clusters), mode=mode.value)
+    for name, n in result.groups.items():
+        typer.echo(f"{name}: {n} images")
+    missing = f" ({result.missing} listed without a file: see their reason)" if result.missing else ""
+    typer.echo(f"exported {result.files} files{missing} to {result.folder}")

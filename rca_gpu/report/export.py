@@ -1,0 +1,212 @@
+"""Export a run's clusters to folders: one per cluster (and for the noise and the rejected images), each with
+the images (symbolic links or copies) and a ``manifest.csv``, so they open in any image viewer or feed
+retraining.
+
+Layout under the target folder::
+
+    cluster-0/manifest.csv  cluster-0/<id>_<name>.png ...
+    noise/...  rejected/...  export.json  (run id, what was exported, how)
+
+Each manifest has ``path`` relative to its own folder (so a copied folder is itself a valid ``rca-gpu run``
+source; a linked one too with ``--image-root`` set to the originals' folder, since links resolve there),
+``source_path`` (the original file), then ``id``, ``cluster``, ``status``, ``reason`` and the
+metadata of ``clusters.parquet``. File names come from the data, so they are sanitised: only letters,
+digits, ``.``, ``_`` and ``-`` are kept, the image's id is prepended (names stay unique), and every target is
+checked to resolve inside the folder being written. Nothing is written outside ``--to`` and no existing
+folder is overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from rca_gpu import outputs
+from rca_gpu.errors import RcaError
+from rca_gpu.runfolder import RunFolder, open_run
+
+MODES = ("link", "copy")
+MANIFEST = "manifest.csv"
+_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")  # "_" too, so runs collapse into one "_"
+MAX_NAME = 120
+
+
+class ExportError(RcaError, ValueError):
+    """Bad export request: unknown cluster, bad mode, or a target that exists."""
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    groups: dict[str, int] = field(default_factory=dict)  # folder name -> images listed
+    files: int = 0  # links or copies made
+    missing: int = 0  # listed images whose file does not exist (e.g. rejected as "file not found")
+
+
+def group_name(label: int, status: str) -> str:
+    """Folder of an image: ``cluster-<n>``, ``noise`` or ``rejected``."""
+    if status == "rejected":
+        return "rejected"
+    return f"cluster-{int(label)}" if label >= 0 else "noise"
+
+
+def safe_name(identifier: object, path: str) -> str:
+    """A file name for an exported image: ``<id>_<original name>`` reduced to ``[A-Za-z0-9._-]``.
+
+    Never empty, never starting with a dot, at most :data:`MAX_NAME` characters, extension kept.
+    """
+    original = Path(str(path)).name
+    stem, dot, suffix = original.rpartition(".")
+    if not dot:
+        stem, suffix = original, ""
+    suffix = _UNSAFE.sub("", suffix)[:10].lower()
+    stem = _UNSAFE.sub("_", f"{identifier}_{stem}").strip("._-") or "image"
+    stem = stem[: MAX_NAME - len(suffix) - 1]
+    return f"{stem}.{suffix}" if suffix else stem
+
+
+def parse_selection(text: str | None) -> list[str] | None:
+    """``"3,5,noise,rejected"`` -> folder names; None selects everything.
+
+    Raises
+    ------
+    ExportError
+        A token is neither an integer >= 0, ``-1``, ``noise`` nor ``rejected``.
+    """
+    if text is None or not text.strip():
+        return None
+    names = []
+    for token in (t.strip().lower() for t in text.split(",")):
+        if token in ("noise", "-1"):
+            names.append("noise")
+        elif token == "rejected":
+            names.append("rejected")
+        elif token.isdigit():
+            names.append(f"cluster-{int(token)}")
+        else:
+            raise ExportError(
+                f"The --clusters option takes cluster numbers, 'noise' and 'rejected' separated by commas; "
+                f"got {token!r} in {text!r}. Example: --clusters 3,5,noise"
+            )
+    return list(dict.fromkeys(names))
+
+
+def export_run(
+    run_dir: str | Path | RunFolder,
+    target: str | Path,
+    *,
+    clusters: Iterable[str] | None = None,
+    mode: str = "link",
+) -> ExportResult:
+    """Write one folder per cluster (noise and rejected too) with images and a manifest.
+
+    Parameters
+    ----------
+    run_dir:
+        A finished run folder.
+    target:
+        The export folder; created if missing. Existing group folders inside it are never overwritten.
+    clusters:
+        Folder names to export (see :func:`parse_selection`); None exports every group.
+    mode:
+        ``"link"``: symbolic links to the original files (instant, no space); ``"copy"``: copies.
+
+    Returns
+    -------
+    ExportResult
+        The folder, images per group, files made, and images whose file is missing.
+
+    Raises
+    ------
+    ExportError
+        Unknown mode, a selected cluster the run does not have, or a group folder that already exists.
+    rca_gpu.runfolder.RunFolderError
+        The run folder is not a finished run.
+    """
+    if mode not in MODES:
+        raise ExportError(f"The --mode option must be one of {', '.join(MODES)}; got {mode!r}.")
+    run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
+    table = run.clusters()
+    names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy())]
+    table = table.assign(_group=names)
+    present = list(dict.fromkeys(sorted(set(names), key=_group_order)))
+    selected = present if clusters is None else list(clusters)
+    unknown = [name for name in selected if name not in present]
+    if unknown:
+        raise ExportError(
+            f"The run has no {', '.join(unknown)}; it has {', '.join(present)}. Pick from those with --clusters."
+        )
+    root = Path(target).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    clashes = [name for name in selected if os.path.lexists(root / name)]
+    if clashes:
+        raise ExportError(
+            f"The export folder {str(root)!r} already holds {', '.join(clashes)}; pass an empty or new --to "
+            "folder, or remove those folders first."
+        )
+    result = ExportResult(root)
+    meta = [c for c in table.columns if c not in ("id", "path", "cluster", "status", "reason", "_group")]
+    for name in selected:
+        members = table[table["_group"] == name]
+        folder = root / name
+        folder.mkdir()  # fails if it appeared meanwhile: never write into a folder we did not make
+        files = []
+        used: set[str] = set()
+        for row in members.itertuples(index=False):
+            source = Path(str(row.path))
+            file_name = _unique(safe_name(row.id, str(row.path)), used)
+            destination = folder / file_name
+            if destination.resolve().parent != folder:  # belt and braces: the name cannot leave the folder
+                raise ExportError(f"Refusing to write {destination}: it resolves outside {folder}.")
+            if source.is_absolute() and source.is_file():
+                if mode == "link":
+                    os.symlink(source, destination)
+                else:
+                    shutil.copyfile(source, destination)
+                files.append(file_name)
+                result.files += 1
+            else:
+                files.append("")
+                result.missing += 1
+        manifest = pd.DataFrame({
+            "path": files,
+            "source_path": members["path"].astype(str).to_numpy(),
+            "id": members["id"].to_numpy(),
+            "cluster": members["cluster"].to_numpy(),
+            "status": members["status"].to_numpy(),
+            "reason": members["reason"].to_numpy(),
+        })
+        manifest = pd.concat([manifest, members[meta].reset_index(drop=True)], axis=1)
+        outputs.write_text(folder / MANIFEST, manifest.to_csv(index=False))
+        result.groups[name] = len(members)
+    outputs.write_json(root / "export.json", {
+        "run_dir": str(run.path), "mode": mode, "groups": result.groups, "files": result.files,
+        "missing": result.missing,
+    }, run_id=run.run_id)
+    return result
+
+
+def _unique(name: str, used: set[str]) -> str:
+    """``name``, or ``name`` with ``-2``, ``-3``... before the extension when sanitising made two ids equal."""
+    stem, dot, suffix = name.rpartition(".")
+    if not dot:
+        stem, suffix = name, ""
+    candidate, k = name, 1
+    while candidate in used:
+        k += 1
+        candidate = f"{stem}-{k}.{suffix}" if suffix else f"{stem}-{k}"
+    used.add(candidate)
+    return candidate
+
+
+def _group_order(name: str) -> tuple[int, int]:
+    if name.startswith("cluster-"):
+        return 0, int(name.split("-", 1)[1])
+    return (1, 0) if name == "noise" else (2, 0)

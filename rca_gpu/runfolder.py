@@ -1,0 +1,263 @@
+"""A finished run folder: the contract between ``rca-gpu run`` and everything that reads its results.
+
+A run writes every file under one run id: ``run.json`` holds it under ``"run_id"``, other JSON files under
+the same key, and Parquet files in their schema metadata under :data:`RUN_ID_KEY`. ``run.json`` is written
+last, so its presence marks a complete run. Readers (evaluate, the report, the catalogue) open a folder with
+:func:`open_run`, which refuses a folder without ``run.json``, one written by another run format, and any
+file whose run id differs from run.json's (a folder that mixes two runs), and a run.json whose ``"status"`` is
+``"failed"`` (a run that stopped for too few usable images writes one beside clusters.parquet).
+
+Only plain formats are read here (JSON, Parquet); nothing in a run folder is ever unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rca_gpu.errors import RcaError
+
+#: Version of the run-folder layout. Bumped when a reader could misread an older folder.
+RUN_FORMAT = 2
+#: Parquet schema metadata key holding the run id.
+RUN_ID_KEY = b"rca_gpu.run_id"
+RUN_FILE = "run.json"
+
+
+class RunFolderError(RcaError, ValueError):
+    """A run folder is missing, incomplete, written by another version, or mixes two runs."""
+
+
+def new_run_id() -> str:
+    """A fresh run id: 32 lowercase hex digits (a random UUID)."""
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RunFolder:
+    """An opened, complete run folder. Files are read on demand and their run id checked.
+
+    Attributes
+    ----------
+    path:
+        The folder (absolute).
+    info:
+        The parsed ``run.json``.
+    """
+
+    path: Path
+    info: dict[str, Any]
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.info["run_id"])
+
+    def file(self, name: str) -> Path:
+        """Path of ``name`` inside the run folder (it need not exist)."""
+        return self.path / name
+
+    def has(self, name: str) -> bool:
+        return self.file(name).is_file()
+
+    def table(self, name: str):
+        """Read the Parquet file ``name`` as a pandas DataFrame, after checking it belongs to this run.
+
+        Raises
+        ------
+        RunFolderError
+            The file is missing, unreadable, or carries another run id (or none).
+        """
+        if name in self._cache:
+            return self._cache[name]
+        import pyarrow.parquet as pq
+
+        path = self._existing(name)
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise RunFolderError(f"Cannot read {str(path)!r}: {exc}. Run `rca-gpu run` again.") from None
+        found = (table.schema.metadata or {}).get(RUN_ID_KEY)
+        self._check_id(name, found.decode() if found else None)
+        frame = table.to_pandas()
+        self._cache[name] = frame
+        return frame
+
+    def clusters(self):
+        """``clusters.parquet``: one row per input row (id, path, cluster, status, reason, metadata...)."""
+        return self.table("clusters.parquet")
+
+    def embedding(self):
+        """``embedding.parquet``: one row per usable image (id, cluster, x, y, e0..ek)."""
+        return self.table("embedding.parquet")
+
+    def json(self, name: str) -> dict[str, Any]:
+        """Read the JSON file ``name`` after checking its ``run_id`` (RunFolderError otherwise)."""
+        path = self._existing(name)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RunFolderError(f"Cannot read {str(path)!r}: {exc}. Run `rca-gpu run` again.") from None
+        self._check_id(name, data.get("run_id") if isinstance(data, dict) else None)
+        return data
+
+    def _existing(self, name: str) -> Path:
+        path = self.file(name)
+        if not path.is_file():
+            raise RunFolderError(
+                f"The run folder {str(self.path)!r} has no {name}. Run `rca-gpu run SOURCE --out "
+                f"{self.path}` again to write it."
+            )
+        return path
+
+    def _check_id(self, name: str, found: str | None) -> None:
+        if found != self.run_id:
+            what = f"run {found}" if found else "no run (it carries no run id)"
+            raise RunFolderError(
+                f"{name} in {str(self.path)!r} belongs to {what}, but run.json to run {self.run_id}: the folder "
+                "mixes files of different runs. Run `rca-gpu run` again into an empty folder."
+            )
+
+
+def open_run(path: str | Path) -> RunFolder:
+    """Open a finished run folder for reading.
+
+    Raises
+    ------
+    RunFolderError
+        ``path`` is not a folder, has no readable ``run.json`` (an unfinished or interrupted run), or its
+        run.json was written by another run-folder format.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise RunFolderError(
+            f"The run folder {str(path)!r} does not exist or is not a folder. Pass the --out folder of a "
+            "finished `rca-gpu run`."
+        )
+    run_file = folder / RUN_FILE
+    if not run_file.is_file():
+        raise RunFolderError(
+            f"{str(path)!r} holds no {RUN_FILE}, so it is not a finished run (an interrupted run leaves none). "
+            f"Run `rca-gpu run SOURCE --out {path}` to completion first."
+        )
+    try:
+        info = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"Cannot read {str(run_file)!r}: {exc}. Run `rca-gpu run` again.") from None
+    found_format = info.get("rca_gpu_run") if isinstance(info, dict) else None
+    if found_format != RUN_FORMAT or not info.get("run_id"):
+        raise RunFolderError(
+            f"{str(path)!r} was written by another version of rca-gpu (run format {found_format!r}; this "
+            f"version reads format {RUN_FORMAT}). Run `rca-gpu run` again with this version."
+        )
+    if info.get("status") == "failed":
+        raise RunFolderError(
+            f"The run in {str(path)!r} failed: {info.get('error') or 'no reason recorded'} Its clusters.parquet "
+            "lists every row with the reason it was not clustered; fix the cause and run again."
+        )
+    return RunFolder(folder.resolve(), info)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing: the output folder of a new run
+# --------------------------------------------------------------------------------------------------
+
+#: Files of a run besides those that carry a run id (which are recognised by it): names a new run removes
+#: from its folder before it writes anything, so that a folder never mixes two runs. Other modules add the
+#: files they write into a run folder with :func:`register_output`.
+RUN_OUTPUTS: list[str] = [RUN_FILE, "clusters.parquet", "embedding.parquet", "metrics.json", "per_cause.csv",
+                          "report.html"]
+
+
+def register_output(name: str) -> None:
+    """Declare a file name that belongs to a run (removed from the folder when a new run starts there)."""
+    if name not in RUN_OUTPUTS:
+        RUN_OUTPUTS.append(name)
+
+
+def check_out_folder(out: str | Path, *, option: str = "--out") -> Path:
+    """Check that ``out`` can hold a run's outputs, before any work starts; nothing is created or removed.
+
+    Raises
+    ------
+    RunFolderError
+        ``out`` is empty, an existing file, below a file, or not writable (permissions, a read-only file
+        system): one line naming the folder, the problem and the fix.
+    """
+    import errno
+    import os
+    import tempfile
+
+    from rca_gpu.errors import printable
+
+    if not str(out).strip():
+        raise RunFolderError(f"The {option} option is empty. Pass the folder for the results, e.g. {option} runs/first.")
+    folder = Path(out).expanduser()
+    shown = printable(repr(str(out)))
+    if folder.exists() and not folder.is_dir():
+        raise RunFolderError(
+            f"The {option} folder {shown} is an existing file, not a folder. Pass a folder (it is created if needed)."
+        )
+    probe_in = folder
+    while not probe_in.exists():
+        parent = probe_in.parent
+        if parent == probe_in:
+            break
+        probe_in = parent
+    if probe_in.exists() and not probe_in.is_dir():
+        raise RunFolderError(
+            f"The {option} folder {shown} cannot be created: {printable(repr(str(probe_in)))} is a file. Pass "
+            "another folder."
+        )
+    try:
+        handle, name = tempfile.mkstemp(prefix=".rca-gpu-write-test-", dir=probe_in)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as exc:
+        why = "the file system is read-only" if exc.errno == errno.EROFS else (exc.strerror or str(exc)).lower()
+        where = "" if probe_in == folder else f" (its nearest existing folder {printable(repr(str(probe_in)))})"
+        raise RunFolderError(
+            f"Cannot write into the {option} folder {shown}{where}: {why}. Pass a folder you can write to."
+        ) from None
+    return folder
+
+
+def start_run_folder(out: str | Path) -> Path:
+    """Make ``out`` ready for a new run: create it, and remove an earlier run's outputs.
+
+    run.json goes first, so that a folder whose new run is interrupted is never read as finished; then the
+    names of :data:`RUN_OUTPUTS` and every top-level .json / .parquet file that carries a run id. The feature
+    cache (``cache/``) and files of other origins stay.
+    """
+    import contextlib
+
+    folder = check_out_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    run_file = folder / RUN_FILE
+    with contextlib.suppress(FileNotFoundError):
+        run_file.unlink()
+    for name in RUN_OUTPUTS:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            (folder / name).unlink()
+    for path in list(folder.glob("*.json")) + list(folder.glob("*.parquet")):
+        if path.is_file() and _carries_run_id(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+    return folder
+
+
+def _carries_run_id(path: Path) -> bool:
+    """True when ``path`` (JSON or Parquet) was written for a run (it holds a run id)."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return RUN_ID_KEY in (pq.read_schema(path).metadata or {})
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(200)
+        return head.lstrip().startswith("{") and '"run_id"' in head
+    except Exception:  # noqa: BLE001 - an unreadable file is not ours to remove
+        return False

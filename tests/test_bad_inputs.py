@@ -1,0 +1,1036 @@
+"""A catalogue of unusual inputs, each with its expected outcome.
+
+Every case ends in one of two ways: the input's row is accounted for in clusters.parquet (clustered, noise, or
+rejected with its reason), or the command prints one line ``error: ...`` naming the problem and the fix and
+exits 2 before any work (no feature cache, no outputs). docs/bad-inputs.md is the readable version of this table.
+
+The families: image files in a folder, decoding fidelity, manifests, manifest security, pipeline strings,
+options, config files, output folders, interruptions, models, terminal output. Kept fast: 8-16 px images,
+raw-pixel features, small n.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rca_gpu.cli import app
+
+runner = CliRunner()
+PIXELS = "pixels(image_size=8)+pca(n_components=2)+kmeans(k=2)"
+QUICK = ["--device", "cpu", "--workers", "0", "--quiet"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _digit(size: int = 16) -> np.ndarray:
+    """A bright bar on black: what a digit looks like to a decoder."""
+    image = np.zeros((size, size), dtype=np.uint8)
+    image[size // 4 : 3 * size // 4, size // 2 - 1 : size // 2 + 1] = 255
+    return image
+
+
+def _good_images(folder: Path, n: int, size: int = 16) -> list[Path]:
+    """n small greyscale PNGs in two visible groups (a bar at the top or at the bottom)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        image = rng.integers(0, 40, size=(size, size)).astype(np.uint8)
+        rows = slice(0, size // 2) if i % 2 else slice(size // 2, size)
+        image[rows, :] = 220
+        path = folder / f"good_{i:03d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def _one_line_error(result, *fragments: str) -> str:
+    """The command failed with exit 2 and exactly one line 'error: ...' holding every fragment."""
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output} {result.exception!r}"
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def _no_work_done(out: Path) -> None:
+    """Nothing was extracted or written: no cache, no clusters."""
+    assert not (out / "cache").exists()
+    assert not (out / "clusters.parquet").exists()
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height and which holds no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00"))
+                     + chunk(b"IEND", b""))
+
+
+def _save(path: Path, image: Image.Image, **kwargs) -> None:
+    image.save(path, **kwargs)
+
+
+def _exif_rotated(path: Path) -> None:
+    """A 16 x 8 JPEG (wide) whose EXIF orientation 6 says: show it turned 90 degrees (8 x 16, tall)."""
+    image = Image.fromarray(np.tile(np.linspace(0, 255, 16, dtype=np.uint8), (8, 1))).convert("RGB")
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(path, exif=exif, quality=95)
+
+
+def _i16b(array: np.ndarray) -> Image.Image:
+    """A big-endian 16-bit grey image (mode I;16B)."""
+    return Image.frombytes("I;16B", array.shape[::-1], array.astype(">u2").tobytes())
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 1: image files in a folder. One run over a folder of odd entries; each is a row of the output.
+# --------------------------------------------------------------------------------------------------
+
+NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # a name whose bytes are Latin-1, not UTF-8
+
+
+def _multipage(path: Path) -> None:
+    pages = [Image.fromarray(_digit()), Image.fromarray(255 - _digit())]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+
+
+def _animated(path: Path) -> None:
+    frames = [Image.fromarray(_digit()).convert("P"), Image.fromarray(255 - _digit()).convert("P")]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+
+
+# (file name, how to make it in the folder, expected status: "rejected" | "usable", reason/note fragment)
+FOLDER_CASES = [
+    ("zero.png", lambda f, n: (f / n).write_bytes(b""), "rejected", "empty file"),
+    ("text.jpg", lambda f, n: (f / n).write_text("not an image"), "rejected", "not a readable image"),
+    ("truncated.png", lambda f, n: (f / n).write_bytes((f / "good_000.png").read_bytes()[:60]), "rejected",
+     "truncated"),
+    ("corrupt.jpg", lambda f, n: (f / n).write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 20), "rejected",
+     "image"),
+    ("broken_link.png", lambda f, n: os.symlink("nowhere.png", f / n), "rejected", "broken symbolic link"),
+    ("link_loop.png", lambda f, n: os.symlink(n, f / n), "rejected", "symbolic link loop"),
+    ("fifo.png", lambda f, n: os.mkfifo(f / n), "rejected", "named pipe (FIFO)"),
+    ("folder.png", lambda f, n: (f / n).mkdir(), "rejected", "a folder named like an image"),
+    ("._resource_fork.png", lambda f, n: (f / n).write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60), "rejected",
+     "not a readable image"),
+    ("bomb.png", lambda f, n: _png_header_only(f / n, 30_000, 30_000), "rejected", "image too large"),
+    (NON_UTF8, lambda f, n: Image.fromarray(_digit()).save(f / n), "usable", ""),
+    ("new\nline.png", lambda f, n: Image.fromarray(_digit()).save(f / n), "usable", ""),
+    ("ünïcödé ✓ [bold] (1).png", lambda f, n: Image.fromarray(_digit()).save(f / n), "usable", ""),
+    ("UPPER.PNG", lambda f, n: Image.fromarray(_digit()).save(f / n), "usable", ""),
+    ("png_named.jpg", lambda f, n: Image.fromarray(_digit()).save(f / n, format="PNG"), "usable", ""),
+    ("link_to_good.png", lambda f, n: os.symlink("good_001.png", f / n), "usable", ""),
+    ("grey16.png", lambda f, n: Image.fromarray(_digit().astype(np.uint16) * 257).save(f / n), "usable", ""),
+    ("grey16_big_endian.tif", lambda f, n: _i16b(_digit().astype(np.uint16) * 257).save(f / n), "usable", ""),
+    ("int32.tif", lambda f, n: Image.fromarray(_digit().astype(np.int32) * 1000 - 7).save(f / n), "usable", ""),
+    ("float01.tif", lambda f, n: Image.fromarray(_digit().astype(np.float32) / 255).save(f / n), "usable", ""),
+    ("float_nan.tif", lambda f, n: Image.fromarray(np.where(_digit() > 0, np.nan, 0.5).astype(np.float32))
+     .save(f / n), "usable", ""),
+    ("bilevel.png", lambda f, n: Image.fromarray(_digit() > 0).save(f / n), "usable", ""),
+    ("palette_transparent.png", lambda f, n: Image.fromarray(_digit()).convert("P").save(f / n, transparency=0),
+     "usable", ""),
+    ("grey_alpha.png", lambda f, n: Image.merge("LA", [Image.fromarray(_digit()), Image.fromarray(_digit())])
+     .save(f / n), "usable", ""),
+    ("rgba.png", lambda f, n: Image.fromarray(np.dstack([_digit()] * 4)).save(f / n), "usable", ""),
+    ("cmyk.jpg", lambda f, n: Image.fromarray(_digit()).convert("CMYK").save(f / n), "usable", ""),
+    ("ycbcr.jpg", lambda f, n: Image.fromarray(_digit()).convert("RGB").convert("YCbCr").save(f / n), "usable",
+     ""),
+    ("animated.gif", lambda f, n: _animated(f / n), "usable", "first of 2 frames used"),
+    ("pages.tif", lambda f, n: _multipage(f / n), "usable", "first of 2 frames used"),
+    ("exif_rotated.jpg", lambda f, n: _exif_rotated(f / n), "usable", ""),
+    ("one_pixel.png", lambda f, n: Image.fromarray(np.full((1, 1), 128, np.uint8)).save(f / n), "usable", ""),
+    ("thin_strip.png", lambda f, n: Image.fromarray(np.full((1, 300), 30, np.uint8)).save(f / n), "usable", ""),
+    ("portable.pgm", lambda f, n: Image.fromarray(_digit()).save(f / n), "usable", ""),
+    ("alpha.webp", lambda f, n: Image.fromarray(np.dstack([_digit()] * 4)).save(f / n, lossless=True), "usable",
+     ""),
+]
+
+
+@pytest.fixture(scope="module")
+def odd_folder_run(tmp_path_factory):
+    """A folder of 12 good images plus every entry of FOLDER_CASES (one in a sub-folder whose name is not
+    UTF-8), run once: (clusters table indexed by file name, the command's output)."""
+    root = tmp_path_factory.mktemp("odd")
+    folder = root / "images"
+    _good_images(folder, 12)
+    for name, make, _, _ in FOLDER_CASES:
+        make(folder, name)
+    odd_sub = folder / os.fsdecode(b"sub\xff")
+    _good_images(odd_sub, 1)
+    out = root / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", PIXELS, *QUICK[:-1]])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    clusters["name"] = [Path(p).name for p in clusters["path"]]
+    return clusters, result.output, len(FOLDER_CASES) + 12 + 1
+
+
+@pytest.mark.parametrize("name, make, status, fragment", FOLDER_CASES, ids=[c[0].encode("ascii", "backslashreplace")
+                         .decode() for c in FOLDER_CASES])
+def test_folder_entry_is_accounted_for(odd_folder_run, name, make, status, fragment):
+    clusters, _, _ = odd_folder_run
+    from rca_gpu.errors import escape_surrogates
+
+    shown = escape_surrogates(name)
+    rows = clusters[clusters["name"] == shown]
+    assert len(rows) == 1, f"{shown!r} is not exactly one row"
+    row = rows.iloc[0]
+    if status == "rejected":
+        assert row["status"] == "rejected" and row["cluster"] == -1
+    else:
+        assert row["status"] in ("clustered", "noise"), row["reason"]
+    assert fragment in row["reason"]
+    if not fragment:
+        assert row["reason"] == ""
+
+
+def test_folder_rows_in_equal_rows_out(odd_folder_run):
+    clusters, output, expected = odd_folder_run
+    assert len(clusters) == expected and clusters["id"].is_unique
+    assert f"of {expected} images" in output
+
+
+def test_non_utf8_names_are_written_escaped_and_printed(odd_folder_run):
+    clusters, output, _ = odd_folder_run
+    assert any(p.endswith("caf\\xe9.png") for p in clusters["path"])
+    assert "sub\\xff" in set(clusters["folder"])
+    assert "sub\\xff" in output  # the summary table shows the folder column literally
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 2: decoding fidelity. What each Pillow mode decodes to, checked pixel by pixel.
+# --------------------------------------------------------------------------------------------------
+
+
+def _decode(path: Path, mode: str = "L") -> np.ndarray:
+    from rca_gpu.data.loading import decode_image
+
+    return np.asarray(decode_image(str(path), mode))
+
+
+DIGIT_ON = _digit() > 0
+
+
+def _write(tmp_path: Path, name: str, image: Image.Image, **kwargs) -> Path:
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+DECODE_CASES = [
+    # (id, file name, image maker, check on the decoded 8-bit grey array)
+    ("16-bit grey PNG, full range: a digit, not all white", "g16.png",
+     lambda: Image.fromarray(_digit().astype(np.uint16) * 257),
+     lambda a: np.array_equal(a, _digit())),
+    ("16-bit grey PNG holding 8-bit values: kept as they are", "g16_small.png",
+     lambda: Image.fromarray(_digit().astype(np.uint16) // 2),
+     lambda a: np.array_equal(a, _digit() // 2)),
+    ("16-bit big-endian grey TIFF (I;16B)", "g16b.tif",
+     lambda: _i16b(_digit().astype(np.uint16) * 257),
+     lambda a: np.array_equal(a, _digit())),
+    ("32-bit integer TIFF with negative values: stretched over its range", "i32.tif",
+     lambda: Image.fromarray(_digit().astype(np.int32) * 1000 - 100_000),
+     lambda a: a.min() == 0 and a.max() == 255 and np.array_equal(a > 127, DIGIT_ON)),
+    ("float TIFF in [0, 1]: grey levels kept, not {0, 1}", "f01.tif",
+     lambda: Image.fromarray(np.where(DIGIT_ON, 0.75, 0.25).astype(np.float32)),
+     lambda a: set(np.unique(a).tolist()) == {64, 191}),
+    ("float TIFF in [0, 255]", "f255.tif",
+     lambda: Image.fromarray(_digit().astype(np.float32)),
+     lambda a: np.array_equal(a, _digit())),
+    ("float TIFF in [-1, 1]: stretched", "fpm1.tif",
+     lambda: Image.fromarray(np.where(DIGIT_ON, 1.0, -1.0).astype(np.float32)),
+     lambda a: np.array_equal(a, _digit())),
+    ("float TIFF with NaN: NaN as the low end", "fnan.tif",
+     lambda: Image.fromarray(np.where(DIGIT_ON, 1.0, np.nan).astype(np.float32)),
+     lambda a: np.array_equal(a, _digit())),
+    ("1-bit PNG", "b.png", lambda: Image.fromarray(DIGIT_ON), lambda a: np.array_equal(a, _digit())),
+    ("palette PNG with a transparent colour: composited on white", "pt.png",
+     lambda: Image.fromarray(np.stack([_digit()] * 3, -1)).convert("P"),
+     lambda a: (a == 255).all()),
+    ("grey + alpha, half transparent black: mid grey", "la.png",
+     lambda: Image.merge("LA", [Image.fromarray(np.zeros((16, 16), np.uint8)),
+                                Image.fromarray(np.full((16, 16), 128, np.uint8))]),
+     lambda a: (np.abs(a.astype(int) - 127) <= 1).all()),
+    ("RGBA fully transparent: white", "rgba0.png",
+     lambda: Image.fromarray(np.zeros((16, 16, 4), np.uint8)),
+     lambda a: (a == 255).all()),
+    ("CMYK JPEG", "cmyk.jpg", lambda: Image.fromarray(_digit()).convert("CMYK"),
+     lambda a: np.abs(a.astype(int) - _digit()).mean() < 20),
+    ("YCbCr", "ycc.jpg", lambda: Image.fromarray(_digit()).convert("RGB").convert("YCbCr"),
+     lambda a: np.abs(a.astype(int) - _digit()).mean() < 20),
+]
+
+
+@pytest.mark.parametrize("case, name, make, check", DECODE_CASES, ids=[c[0] for c in DECODE_CASES])
+def test_decoded_pixels_mean_what_the_file_means(tmp_path, case, name, make, check):
+    image = make()
+    kwargs = {"transparency": 0} if name == "pt.png" else {}
+    path = _write(tmp_path, name, image, **kwargs)
+    decoded = _decode(path)
+    assert decoded.dtype == np.uint8 and decoded.shape == (16, 16)
+    assert check(decoded), decoded
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    _exif_rotated(tmp_path / "r.jpg")
+    decoded = _decode(tmp_path / "r.jpg")
+    assert decoded.shape == (16, 8)  # stored 8 rows x 16 columns, shown turned: 16 rows x 8 columns
+    assert decoded[0, 0] < 40 and decoded[-1, 0] > 200  # the dark end of the gradient is now at the top
+
+
+def test_first_frame_is_used_and_noted(tmp_path):
+    from rca_gpu.data.loading import decode_image_noted
+
+    _multipage(tmp_path / "p.tif")
+    image, note = decode_image_noted(str(tmp_path / "p.tif"), "L")
+    assert np.array_equal(np.asarray(image), _digit()) and note == "first of 2 frames used"
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 3: manifests. Row problems become rejected rows; problems of the file itself, one line.
+# --------------------------------------------------------------------------------------------------
+
+# (manifest 'path' value, expected status, reason fragment); the manifest lies in data/ beside good_*.png
+MANIFEST_ROWS = [
+    ("good_000.png", "usable", ""),
+    ("./good_001.png", "usable", ""),
+    ("good_001.png", "usable", ""),  # the same file twice: two rows, both accounted for
+    ("with space.png", "usable", ""),
+    ("missing.png", "rejected", "file not found"),
+    ("../outside.png", "rejected", "path escapes the image root"),
+    ("/etc/hostname", "rejected", "path escapes the image root"),
+    ("", "rejected", "empty path in manifest"),
+    ("sub.png", "rejected", "a folder named like an image"),
+    ("fifo.png", "rejected", "named pipe (FIFO)"),
+    ("notes.txt", "rejected", "not an image file extension (.txt)"),
+    ("loop.png", "rejected", "symbolic link loop"),
+    ("dangling.png", "rejected", "broken symbolic link"),
+    ("zero.png", "rejected", "empty file"),
+]
+
+
+@pytest.fixture(scope="module")
+def manifest_run(tmp_path_factory):
+    """One manifest holding every row of MANIFEST_ROWS, odd metadata column names and an odd root cause."""
+    root = tmp_path_factory.mktemp("manifest")
+    data = root / "data"
+    _good_images(data, 10)
+    Image.fromarray(_digit()).save(data / "with space.png")
+    Image.fromarray(_digit()).save(root / "outside.png")
+    (data / "sub.png").mkdir()
+    os.mkfifo(data / "fifo.png")
+    (data / "notes.txt").write_text("x")
+    os.symlink("loop.png", data / "loop.png")
+    os.symlink("gone.png", data / "dangling.png")
+    (data / "zero.png").write_bytes(b"")
+    paths = [p for p, _, _ in MANIFEST_ROWS] + [f"good_{i:03d}.png" for i in range(2, 10)]
+    n = len(paths)
+    frame = pd.DataFrame({
+        "path": paths,
+        # names rca_gpu writes itself, kept under the documented rule (prefix input_ until free)
+        "cluster": ["c"] * n, "input_cluster": ["ic"] * n, "status": ["s"] * n, "reason": ["r"] * n,
+        "input_path": ["ip"] * n, "folder": ["f"] * n,
+        "[bold]markup": ["[red]x"] * n,
+        "root_cause": ["occlusion [/]"] * (n // 2) + ["dark [b]"] * (n - n // 2),
+    })
+    manifest = data / "manifest.csv"
+    frame.to_csv(manifest, index=False)
+    out = root / "out"
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", PIXELS, *QUICK[:-1]])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    return pd.read_parquet(out / "clusters.parquet"), result.output, n
+
+
+@pytest.mark.parametrize("position, value, status, fragment", [(i, *row) for i, row in enumerate(MANIFEST_ROWS)],
+                         ids=[r[0] or "<empty>" for r in MANIFEST_ROWS])
+def test_manifest_row_is_accounted_for(manifest_run, position, value, status, fragment):
+    clusters, _, _ = manifest_run
+    row = clusters.iloc[position]
+    assert row["input_path"] == value
+    if status == "rejected":
+        assert row["status"] == "rejected" and fragment in row["reason"], row["reason"]
+    else:
+        assert row["status"] in ("clustered", "noise") and row["reason"] == ""
+
+
+def test_manifest_rows_in_equal_rows_out(manifest_run):
+    clusters, output, n = manifest_run
+    assert len(clusters) == n and f"of {n} images" in output
+
+
+@pytest.mark.parametrize("column, kept_as, value", [
+    ("cluster", "input_cluster", "c"),
+    ("input_cluster", "input_input_cluster", "ic"),
+    ("status", "input_status", "s"),
+    ("reason", "input_reason", "r"),
+    ("input_path", "input_input_path", "ip"),
+    ("folder", "input_folder", "f"),
+    ("[bold]markup", "[bold]markup", "[red]x"),
+])
+def test_manifest_columns_named_like_outputs_are_kept(manifest_run, column, kept_as, value):
+    clusters, _, _ = manifest_run
+    assert (clusters[kept_as] == value).all(), column
+    assert list(clusters.columns[:5]) == ["id", "path", "cluster", "status", "reason"]
+
+
+def test_rich_markup_in_data_is_printed_literally(manifest_run):
+    _, output, _ = manifest_run
+    assert "occlusion [/]" in output and "dark [b]" in output
+
+
+def _write_manifest(folder: Path, frame: pd.DataFrame | None, name: str = "m.parquet", *, raw: bytes | None = None,
+                    metadata: dict[bytes, bytes] | None = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / name
+    if raw is not None:
+        path.write_bytes(raw)
+    elif name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    else:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **(metadata or {})})
+        pq.write_table(table, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("small") / "data"
+    _good_images(folder, 20)
+    return folder
+
+
+MANIFEST_ERRORS = [
+    ("no path column", lambda d: _write_manifest(d, pd.DataFrame({"file": ["good_000.png"]})),
+     "has no 'path' column"),
+    ("header only", lambda d: _write_manifest(d, pd.DataFrame({"path": []}, dtype=str), "e.csv"), "has no rows"),
+    ("zero-byte CSV", lambda d: _write_manifest(d, None, "z.csv", raw=b""), "Cannot read the manifest"),
+    ("no rows", lambda d: _write_manifest(d, pd.DataFrame({"path": pd.Series([], dtype=str)})), "has no rows"),
+    ("repeated ids", lambda d: _write_manifest(d, pd.DataFrame({"path": ["good_000.png"] * 2, "id": [1, 1]})),
+     "missing or repeated"),
+    ("Latin-1 CSV", lambda d: _write_manifest(d, None, "l.csv", raw="path,label\ngood_000.png,café\n"
+                                              .encode("latin-1")), "Cannot read the manifest"),
+    ("corrupt Parquet", lambda d: _write_manifest(d, None, "c.parquet", raw=b"PAR1 not really"),
+     "Cannot read the manifest"),
+    ("not a manifest", lambda d: _write_manifest(d, None, "m.json", raw=b"{}"), "neither a folder nor a manifest"),
+    ("missing source", lambda d: d / "nope.csv", "does not exist"),
+]
+
+
+@pytest.mark.parametrize("case, make, fragment", MANIFEST_ERRORS, ids=[c[0] for c in MANIFEST_ERRORS])
+def test_manifest_problem_is_one_line_before_work(small_data, tmp_path, case, make, fragment):
+    manifest = make(small_data)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", PIXELS, *QUICK])
+    _one_line_error(result, fragment)
+    _no_work_done(out)
+
+
+def test_repeated_and_non_text_column_names_are_kept(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rca_gpu.data.sources import load_source
+
+    _good_images(tmp_path, 2)
+    table = pa.Table.from_arrays([pa.array(["good_000.png", "good_001.png"]), pa.array([1, 2]), pa.array([3, 4]),
+                                  pa.array(["a", "b"])], names=["path", "label", "label", "0"])
+    pq.write_table(table, tmp_path / "m.parquet")
+    failures = load_source(tmp_path / "m.parquet")
+    assert failures.table["label"].tolist() == [1, 2] and failures.table["input_label"].tolist() == [3, 4]
+    assert failures.table["0"].tolist() == ["a", "b"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 4: manifest security. A manifest never names code; only a model file or a known architecture.
+# --------------------------------------------------------------------------------------------------
+
+EVIL = textwrap.dedent("""
+    from pathlib import Path
+    CALLED = Path(__file__).with_name("called.txt")
+    def boom(*args, **kwargs):
+        CALLED.write_text("called")
+        raise SystemExit(0)
+""")
+
+MANIFEST_DUTS = [
+    "rca_gpu.cli:main",
+    "rca_gpu.cli:demo_command=dut_state.pt",
+    "rca_gpu.datasets:make_dataset=dut_state.pt",
+    "rca_gpu.datasets.models:mnist_cnn_typo=dut_state.pt",
+    "os:system=dut_state.pt",
+    "builtins:exec",
+    "subprocess:run=dut_state.pt",
+    "rca_test_evil:boom",
+    "rca_test_evil:boom=dut_state.pt",
+    "unknown_arch=dut_state.pt",
+    "mnist_cnn=../outside.pt",
+    "../outside.pt",
+    "model.pkl",
+]
+
+
+@pytest.mark.parametrize("value", MANIFEST_DUTS, ids=[v or "<empty>" for v in MANIFEST_DUTS])
+def test_a_manifest_naming_code_is_refused_and_nothing_runs(small_data, tmp_path, monkeypatch, value):
+    import rca_gpu.cli
+    import rca_gpu.datasets
+
+    calls = []
+    monkeypatch.setattr(rca_gpu.cli, "main", lambda *a, **k: calls.append("main"))
+    monkeypatch.setattr(rca_gpu.cli, "demo_command", lambda *a, **k: calls.append("demo"))
+    monkeypatch.setattr(rca_gpu.datasets, "make_dataset", lambda *a, **k: calls.append("make_dataset"))
+    monkeypatch.setattr(os, "system", lambda *a, **k: calls.append("system"))
+    (tmp_path / "rca_test_evil.py").write_text(EVIL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (small_data / "dut_state.pt").write_bytes(b"not used")
+    manifest = _write_manifest(small_data, pd.DataFrame({"path": ["good_000.png", "good_001.png", "good_002.png"]}),
+                               f"dut_{abs(hash(value))}.parquet", metadata={b"rca_gpu.dut": value.encode()})
+    out = tmp_path / "out"
+    for pipeline in (PIXELS, "dut+pca+kmeans(k=2)"):
+        result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", pipeline, *QUICK])
+        _one_line_error(result, "as its DNN under test", "Nothing was loaded or run")
+        _no_work_done(out)
+    assert calls == [] and not (tmp_path / "called.txt").exists()
+    assert "rca_test_evil" not in sys.modules
+
+
+def test_a_manifest_with_non_utf8_dut_metadata_is_refused(small_data, tmp_path):
+    manifest = _write_manifest(small_data, pd.DataFrame({"path": ["good_000.png"]}), "bytes.parquet",
+                               metadata={b"rca_gpu.dut": b"\xff\xfe:evil"})
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(tmp_path / "o"), "-p", PIXELS, *QUICK])
+    _one_line_error(result, "Nothing was loaded or run")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("mnist_cnn=dut_state.pt", "rca_gpu.datasets.models:mnist_cnn={base}/dut_state.pt"),
+    ("rca_gpu.datasets.models:shapes_cnn=dut_state.pt", "rca_gpu.datasets.models:shapes_cnn={base}/dut_state.pt"),
+    ("dut.pt", "{base}/dut.pt"),
+    ("missing.pt2", None),  # named but absent: ignored with a warning; --model can supply it
+])
+def test_a_manifest_may_name_a_model_file_or_a_known_architecture(tmp_path, value, expected):
+    from rca_gpu.data.sources import load_source
+
+    _good_images(tmp_path, 1)
+    (tmp_path / "dut_state.pt").write_bytes(b"weights")
+    (tmp_path / "dut.pt").write_bytes(b"model")
+    manifest = _write_manifest(tmp_path, pd.DataFrame({"path": ["good_000.png"]}),
+                               metadata={b"rca_gpu.dut": value.encode()})
+    dut = load_source(manifest).dut
+    assert dut == (expected.format(base=tmp_path.resolve()) if expected else None)
+
+
+def test_known_architectures_are_the_benchmark_factories():
+    from rca_gpu.data.sources import KNOWN_ARCHITECTURES
+    from rca_gpu.datasets import models
+
+    for name, target in KNOWN_ARCHITECTURES.items():
+        module, _, factory = target.partition(":")
+        assert module == "rca_gpu.datasets.models" and callable(getattr(models, factory)) and factory == name
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 5: pipeline strings. Refused with the parameter, the rule, the value and the fix, before work.
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fifty(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fifty") / "images"
+    _good_images(folder, 50, size=8)
+    return folder
+
+
+PIPELINE_ERRORS = [
+    # (pipeline, folder: 20 or 50 images, fragments of the one error line)
+    ("pixels+pca+kmeans(k=1000)", 50, ["'k' parameter of clusterer 'kmeans' must be an int in [2, 49] with 50",
+                                        "Got 1000"]),
+    ("pixels+pca+ward(k=1000)", 50, ["'k' parameter of clusterer 'ward' must be an int in [2, 49]", "Got 1000"]),
+    ("pixels+pca+dbscan(min_samples=40)", 20, ["'min_samples'", "[1, 19] with 20", "Got 40"]),
+    ("pixels+pca+hdbscan(min_cluster_size=100)", 20, ["'min_cluster_size'", "[2, 20] with 20", "Got 100"]),
+    ("pixels+pca(n_components=30)+kmeans", 20, ["'n_components' parameter of reducer 'pca'", "Got 30"]),
+    ("pixels+umap(n_components=30)+dbscan", 20, ["'n_components' parameter of reducer 'umap'", "[1, 18] with 20"]),
+    ("pixels+umap(n_neighbors=50)+dbscan", 20, ["'n_neighbors'", "[2, 19] with 20", "Got 50"]),
+    ("pixels+pca+dbscan(eps=inf)", 20, ["'eps' parameter of clusterer 'dbscan' must be a finite number > 0",
+                                         "Got inf", "leave it out"]),
+    ("pixels+pca+dbscan(eps=nan)", 20, ["must be a finite number > 0", "Got nan"]),
+    ("pixels+pca+dbscan(eps=-1)", 20, ["must be a finite number > 0", "Got -1.0"]),
+    ("pixels+pca+kmeans(k=3,k=5)", 20, ["'k' of kmeans is given twice (k=3, k=5)", "Keep one"]),
+    ("pixels+pca+kmeans(k=2.5)", 20, ["'k' parameter of clusterer 'kmeans' must be an int >= 2", "Got 2.5"]),
+    ("pixels+pca+kmeans(k=true)", 20, ["must be an int >= 2", "Got True"]),
+    ("pixels+pca+kmeans(k=)", 20, ["must be an int >= 2", "Got ''"]),
+    ("pixels(image_size=6000)+pca+kmeans", 20, ["'image_size' parameter of extractor 'pixels' must be an int in "
+                                                "[1, 512]", "Got 6000"]),
+    ("mobilenet_v2(image_size=8)+pca+kmeans", 20, ["'image_size'", "[32, 1024]", "Got 8"]),
+    ("ae(image_size=20)+pca+kmeans", 20, ["'image_size' parameter of extractor 'ae' must be an int among 16, 24"]),
+    ("pixels+umap(min_dist=2)+dbscan", 20, ["'min_dist'", "in [0, 1]", "Got 2"]),
+    ("pixels+pca(n_components=2+kmeans", 20, ["'(' at position 11 that is never closed"]),
+    ("pixels+pca)+kmeans", 20, ["')' at position 11 that closes nothing"]),
+    ("pixels+pca+kmeans((k=3))", 20, ["opens a parenthesis inside another"]),
+    ("pixels+pca", 20, ["has 2 stage(s)"]),
+    ("pixels+pca+kmeans+ward", 20, ["has 4 stage(s)"]),
+    ("alexnet+pca+kmeans", 20, ["Unknown feature extractor 'alexnet'", "rca-gpu pipelines"]),
+    ("pixels+tsne+kmeans", 20, ["Unknown reducer 'tsne'"]),
+    ("pixels+pca+kmeans(clusters=3)", 20, ["has no parameter 'clusters'", "It accepts: k"]),
+    ("pixels@conv1+pca+kmeans", 20, ["has no layers"]),
+    ("pixels+pca+kmeans(k)", 20, ["write key=value"]),
+    ("pixels+pca+dbscan(eps=1e400)", 20, ["Got inf"]),
+    ("lrp+pca+kmeans", 20, ["'lrp' extractor needs the DNN under test", "--model"]),
+    ("", 20, ["The pipeline is empty"]),
+]
+
+
+@pytest.mark.parametrize("pipeline, n, fragments", PIPELINE_ERRORS, ids=[c[0] or "<empty>" for c in PIPELINE_ERRORS])
+def test_bad_pipeline_is_one_line_before_work(small_data, fifty, tmp_path, pipeline, n, fragments):
+    folder = fifty if n == 50 else small_data
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", pipeline, *QUICK])
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+def test_a_value_the_user_set_is_what_runs(small_data, tmp_path):
+    """min_samples=19 on 20 images runs as 19 (it used to become 5 with eps 0.5), and run.json says so."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p",
+                                 "pixels(image_size=8)+pca(n_components=2)+dbscan(min_samples=19)", *QUICK])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert "min_samples=19" in info["resolved_pipeline"]
+    assert info["tuning"]["chosen"]["cluster"]["min_samples"] == 19
+
+
+def test_resolved_pipeline_records_the_umap_settings_that_ran(tmp_path):
+    """On 8 images UMAP can use at most 6 components; the automatic grid's 10 is recorded as what ran."""
+    from rca_gpu.data.sources import from_arrays
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    images = np.stack([np.full((8, 8), 20 * i, np.uint8) for i in range(8)])
+    spec = build_run_spec(pipeline="pixels(image_size=8)+umap+kmeans(k=2)", device="cpu", workers=0)
+    result = run(spec, from_arrays(images), tmp_path / "out")
+    components = [t["reduce"]["n_components"] for t in result.run_info["tuning"]["trials"]]
+    assert max(components) <= 6
+    assert "n_components=10" not in result.run_info["resolved_pipeline"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 6: options. Typer's own usage errors and rca_gpu's checks print the same one line, exit 2.
+# --------------------------------------------------------------------------------------------------
+
+OPTION_ERRORS = [
+    (["--seed", "abc"], ["Invalid value for '--seed'", "--help"]),
+    (["--device", "tpu"], ["Invalid value for '--device'", "'tpu'"]),
+    (["--precision", "fp8"], ["Invalid value for '--precision'"]),
+    (["--knn-backend", "nope"], ["Invalid value for '--knn-backend'"]),
+    (["--bogus"], ["No such option: --bogus"]),
+    (["--batch-size", "0"], ["'batch_size' option must be an int in [1, 4096]", "Got 0", "--batch-size"]),
+    (["--batch-size", "100000"], ["'batch_size' option must be an int in [1, 4096]", "Got 100000"]),
+    (["--workers", "-1"], ["'workers' option must be an int in [0, 64]", "Got -1"]),
+    (["--workers", "1000"], ["'workers' option must be an int in [0, 64]"]),
+    (["--seed", "-1"], ["'seed' option must be an int in [0, 4294967295]", "Got -1"]),
+    (["--seed", str(2**40)], ["'seed' option must be an int in [0, 4294967295]"]),
+    (["--knn-backend", "cuml"], ["--knn-backend option 'cuml' needs cuML on a CUDA GPU", "--knn-backend auto"]),
+    (["--model", "missing.pt", "-p", "dut+pca+kmeans"], ["--model file", "missing.pt", "does not exist"]),
+    (["--model", "pkg.mod:factory=missing.pt", "-p", "dut+pca+kmeans"], ["--model file", "missing.pt"]),
+    (["--model", "{folder}", "-p", "dut+pca+kmeans"], ["is a folder, not a model file"]),
+    (["--model", ""], ["'model' option must be a non-empty string"]),
+    (["--image-root", "{folder}/nope"], ["--image-root folder", "does not exist"]),
+    (["--config", "{folder}"], ["config file", "is a folder"]),
+    (["--config", "{folder}/missing.toml"], ["config file", "does not exist"]),
+    (["--weights", "", "-p", "mobilenet_v2+pca+kmeans"], ["'weights' parameter of extractor 'mobilenet_v2' must be "
+                                                          "a non-empty string"]),
+]
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("cuml") is not None, reason="cuML is installed here")
+@pytest.mark.parametrize("extra, fragments", OPTION_ERRORS, ids=[" ".join(c[0]) for c in OPTION_ERRORS])
+def test_bad_option_is_one_line_before_work(small_data, tmp_path, extra, fragments):
+    out = tmp_path / "out"
+    extra = [e.format(folder=small_data) for e in extra]
+    pipeline = [] if "-p" in extra else ["-p", PIXELS]
+    device = [] if "--device" in extra else ["--device", "cpu"]
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), *pipeline, *extra, *device, "--quiet"])
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["run"], "Missing argument 'source'"),
+    (["evaluate"], "Missing argument 'RUN_DIR'"),
+    (["datasets", "make", "nope", "--out", "x"], "'nope' is not one of"),
+    (["nonsense"], "No such command 'nonsense'"),
+])
+def test_typer_usage_errors_are_one_line(argv, fragment):
+    _one_line_error(runner.invoke(app, argv), fragment)
+
+
+def test_usage_error_from_the_installed_entry_point_is_one_line():
+    """The real entry point in a fresh process (not the test runner): one line on stderr, exit 2."""
+    done = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "run", ".", "--out", "x", "--seed", "abc"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("error: Invalid value for '--seed'")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 7: config files (--config). Every key and value checked; the file itself read safely.
+# --------------------------------------------------------------------------------------------------
+
+CONFIG_ERRORS = [
+    ('features = "pixels"', ["config key 'features' must be a table [features]", "pipeline ="]),
+    ("image_root = 5", ["'image_root' option must be a non-empty string", "Got 5"]),
+    ('cache_features = "false"', ["'cache_features' option must be true or false", "without quotes: false"]),
+    ('plot_embedding = "yes"', ["'plot_embedding' option must be true or false"]),
+    ("seed = 1.5", ["'seed' option must be an int", "Got 1.5"]),
+    ('seed = "7"', ["'seed' option must be an int", "Got '7'"]),
+    ("pipeline = 5", ["pipeline must be a string"]),
+    ('device = "tpu"', ["'device' option must be one of 'auto', 'cpu', 'gpu'"]),
+    ("colour = 1", ["Unknown config key(s) 'colour'"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = "3"', ["'k' parameter of clusterer 'kmeans' must be an int"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = 3\nk = 5', ["not valid TOML", "Cannot overwrite a value"]),
+    ('pipeline = "pixels+pca+kmeans"\n[reduce.inner]\nx = 1', ["reducer 'pca' has no parameter 'inner'"]),
+    ('pipeline = "mobilenet_v2+pca+kmeans"\n[features]\nlayer = 5', ["layer of extractor 'mobilenet_v2' must be"]),
+    ('pipeline = "pixels+pca+kmeans"\n[cluster]\nk = 1000', ["'k' parameter of clusterer 'kmeans' must be an int in "
+                                                              "[2, 19] with 20"]),
+    ("pipeline = [", ["not valid TOML"]),
+    ("seed = 3\n\x00", ["not valid TOML"]),
+]
+
+
+@pytest.mark.parametrize("text, fragments", CONFIG_ERRORS, ids=[c[0].splitlines()[-1] for c in CONFIG_ERRORS])
+def test_bad_config_is_one_line_before_work(small_data, tmp_path, text, fragments):
+    config = tmp_path / "run.toml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    pipeline = [] if "pipeline" in text else ["-p", PIXELS]
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "--config", str(config), *pipeline,
+                                 "--workers", "0", "--quiet"])  # no --device: the config's own must be checked
+    _one_line_error(result, *fragments)
+    _no_work_done(out)
+
+
+def test_config_with_a_latin1_byte_is_one_line(small_data, tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_bytes('seed = 1\n# réglages\n'.encode("latin-1"))
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(tmp_path / "o"), "--config", str(config),
+                                 *QUICK])
+    _one_line_error(result, "is not UTF-8 text: byte 0xe9 on line 2", "save it as UTF-8")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 8: output folders. Checked before work; a folder never mixes two runs.
+# --------------------------------------------------------------------------------------------------
+
+def _read_only(monkeypatch):
+    """Make every write probe fail as on a read-only mount (EROFS): the tests run as root, which ignores
+    permission bits, and cannot mount file systems."""
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
+def _file(path: Path) -> Path:
+    path.write_text("x")
+    return path
+
+
+OUT_ERRORS = [
+    ("an existing file", lambda tmp, mp: str(_file(tmp / "f")), "is an existing file"),
+    ("the empty string", lambda tmp, mp: "", "The --out option is empty"),
+    ("only spaces", lambda tmp, mp: "  ", "The --out option is empty"),
+    ("below a file", lambda tmp, mp: str(_file(tmp / "f") / "run"), "is a file"),
+    ("not writable (sysfs)", lambda tmp, mp: "/sys/rca-gpu-out", "Cannot write into the --out folder"),
+    ("on a read-only file system", lambda tmp, mp: _read_only(mp) or str(tmp / "ro"), "the file system is read-only"),
+]
+
+
+@pytest.mark.parametrize("case, make, fragment", OUT_ERRORS, ids=[c[0] for c in OUT_ERRORS])
+def test_bad_out_folder_is_one_line_before_work(small_data, tmp_path, monkeypatch, case, make, fragment):
+    if case.startswith("not writable") and (not Path("/sys").is_dir() or os.access("/sys", os.W_OK)
+                                            and os.geteuid() != 0):
+        pytest.skip("needs a sysfs mount that refuses new files")
+    out = make(tmp_path, monkeypatch)
+    result = runner.invoke(app, ["run", str(small_data), "--out", out, "-p", PIXELS, *QUICK])
+    _one_line_error(result, fragment)
+    assert not (tmp_path / "ro").exists()
+
+
+def _run_into(source: Path, out: Path, pipeline: str = PIXELS):
+    result = runner.invoke(app, ["run", str(source), "--out", str(out), "-p", pipeline, *QUICK])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def caused(tmp_path_factory) -> Path:
+    """A manifest with root causes (so runs write metrics.json and per_cause.csv) and one without."""
+    data = tmp_path_factory.mktemp("caused") / "data"
+    _good_images(data, 12)
+    names = [f"good_{i:03d}.png" for i in range(12)]
+    pd.DataFrame({"path": names, "root_cause": ["top" if i % 2 else "bottom" for i in range(12)]}).to_csv(
+        data / "with_causes.csv", index=False)
+    pd.DataFrame({"path": names}).to_csv(data / "without_causes.csv", index=False)
+    return data
+
+
+def test_a_rerun_leaves_no_file_of_the_earlier_run(caused, tmp_path):
+    out = tmp_path / "out"
+    _run_into(caused / "with_causes.csv", out)
+    assert (out / "metrics.json").is_file() and (out / "per_cause.csv").is_file()
+    (out / "notes.txt").write_text("mine")  # not a run's file: kept
+    _run_into(caused / "without_causes.csv", out)
+    assert not (out / "metrics.json").exists() and not (out / "per_cause.csv").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    from rca_gpu.runfolder import open_run
+
+    folder = open_run(out)
+    folder.clusters(), folder.embedding()  # every file belongs to the new run
+
+
+def test_a_run_killed_after_writing_clusters_is_not_read_as_finished(caused, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _run_into(caused / "with_causes.csv", out)
+    from rca_gpu import outputs
+
+    real = outputs.write_parquet
+
+    def die_after_clusters(path, frame, **kwargs):
+        real(path, frame, **kwargs)
+        if Path(path).name == "clusters.parquet":
+            raise KeyboardInterrupt  # the process is stopped right after clusters.parquet is written
+
+    monkeypatch.setattr(outputs, "write_parquet", die_after_clusters)
+    result = runner.invoke(app, ["run", str(caused / "with_causes.csv"), "--out", str(out), "-p", PIXELS, *QUICK])
+    assert result.exit_code == 130
+    monkeypatch.undo()
+    assert not (out / "run.json").exists()
+    _one_line_error(runner.invoke(app, ["evaluate", str(out)]), "holds no run.json, so it is not a finished run")
+
+
+def test_too_few_usable_images_still_write_every_reason(tmp_path):
+    folder = tmp_path / "images"
+    _good_images(folder, 2)
+    for i in range(3):
+        (folder / f"bad_{i}.png").write_text("no")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", PIXELS, *QUICK])
+    _one_line_error(result, "needs at least 3 usable images; there are 2 usable images", "clusters.parquet")
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(clusters) == 5 and (clusters["status"] == "rejected").all()
+    assert clusters["reason"].str.contains("not a readable image").sum() == 3
+    assert clusters["reason"].str.contains("not clustered: the run stopped").sum() == 2
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and "needs at least 3" in info["error"]
+    _one_line_error(runner.invoke(app, ["evaluate", str(out)]), "failed", "clusters.parquet lists every row")
+
+
+def test_evaluate_refuses_a_folder_that_mixes_two_runs(caused, tmp_path):
+    import shutil
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    _run_into(caused / "with_causes.csv", first)
+    _run_into(caused / "with_causes.csv", second)
+    shutil.copy(second / "clusters.parquet", first / "clusters.parquet")
+    _one_line_error(runner.invoke(app, ["evaluate", str(first)]), "mixes files of different runs")
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 9: interruptions. Shards bounded by rows and by time; a killed extraction resumes.
+# --------------------------------------------------------------------------------------------------
+
+SLOW_RUN = textwrap.dedent("""
+    import sys, time
+    import rca_gpu.features.extract as extract
+    from rca_gpu.features import pixels
+    extract.SHARD_ROWS = 20  # small shards, so that a kill lands between them
+    encode = pixels.PixelExtractor.encode
+    def slow(self, images):
+        time.sleep(0.15)
+        return encode(self, images)
+    pixels.PixelExtractor.encode = slow
+    from rca_gpu.cli import main
+    sys.argv = ["rca-gpu", "run", *sys.argv[1:]]
+    main()
+""")
+
+
+def _shard_positions(cache: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    found = []
+    for shard in sorted(cache.rglob("part-*.parquet")):
+        found.extend(pq.read_table(shard, columns=["position"]).column("position").to_pylist())
+    return found
+
+
+def test_an_extraction_killed_with_sigkill_resumes_from_its_finished_shards(tmp_path):
+    folder = tmp_path / "images"
+    _good_images(folder, 200, size=8)
+    out = tmp_path / "out"
+    args = [str(folder), "--out", str(out), "-p", PIXELS, "--device", "cpu", "--workers", "0", "--batch-size",
+            "10", "--quiet"]
+    script = tmp_path / "slow_run.py"
+    script.write_text(SLOW_RUN)
+    process = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        while len(list(out.glob("cache/*/part-*.parquet"))) < 3:
+            assert process.poll() is None, process.stderr.read().decode()
+            assert time.monotonic() < deadline, "no shard appeared"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert not (out / "run.json").exists()
+    before = _shard_positions(out / "cache")
+    assert 60 <= len(before) < 200, "killed between shards, before the end"
+
+    result = runner.invoke(app, ["run", *args])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "run.json").read_text())
+    assert info["features"]["from_cache"] == len(before)  # the finished shards were reused
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(clusters) == 200 and clusters["id"].is_unique and (clusters["status"] != "rejected").all()
+    after = _shard_positions(out / "cache")
+    assert sorted(after) == list(range(200))  # no row lost, none extracted twice
+
+
+def test_shards_are_bounded_by_time(small_data, tmp_path, monkeypatch):
+    import rca_gpu.features.extract as extract
+
+    monkeypatch.setattr(extract, "SHARD_SECONDS", 0.0)  # every batch is older than the bound
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", PIXELS, "--batch-size", "5",
+                                 *QUICK])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("cache/*/part-*.parquet"))) == 4  # 20 images in batches of 5
+
+
+def test_a_half_written_or_corrupt_shard_is_recomputed(small_data, tmp_path):
+    out = tmp_path / "out"
+    _run_into(small_data, out)
+    shard = next(out.glob("cache/*/part-*.parquet"))
+    (shard.parent / "part-000009.tmp").write_bytes(b"half")  # a write cut short
+    shard.write_bytes(b"PAR1 garbage")
+    result = _run_into(small_data, out)
+    info = json.loads((out / "run.json").read_text())
+    assert info["counts"]["usable"] == 20 and info["features"]["from_cache"] == 0
+    assert not list(out.glob("cache/*/*.tmp")) and result.exit_code == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 10: models and features. A DNN under test that outputs NaN costs only its rows.
+# --------------------------------------------------------------------------------------------------
+
+NAN_DUT = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Log(nn.Module):
+        def forward(self, x):
+            return torch.log(x)  # NaN where x < 0: dark images
+
+    def build():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), Log(), nn.Linear(4, 2))
+        with torch.no_grad():
+            model[1].weight.fill_(1 / 64)
+            model[1].bias.fill_(-0.5)
+        model.input_shape = (1, 8, 8)
+        model.classes = ["a", "b"]
+        return model
+""")
+
+
+def test_non_finite_features_reject_only_their_rows(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "rca_nan_dut.py").write_text(NAN_DUT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("rca_nan_dut", None)
+    import rca_nan_dut
+
+    torch.save(rca_nan_dut.build().state_dict(), tmp_path / "w.pt")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 40 if i < 3 else 220, np.uint8)).save(folder / f"{i:02d}.png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", "dut+pca(n_components=2)+kmeans(k=2)",
+                                 "--model", f"rca_nan_dut:build={tmp_path / 'w.pt'}", *QUICK])
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    rejected = clusters[clusters["status"] == "rejected"]
+    assert len(clusters) == 12 and len(rejected) == 3
+    assert rejected["reason"].str.startswith("features not finite (NaN or inf) from dut").all()
+
+
+def test_drop_nonfinite_rows_on_numpy_and_torch():
+    import torch
+
+    from rca_gpu.features.extract import drop_nonfinite_rows
+
+    matrix = np.array([[1.0, 2.0], [np.nan, 0.0], [0.0, np.inf], [3.0, 4.0]], dtype=np.float32)
+    for data in (matrix, torch.from_numpy(matrix)):
+        rejected: dict[int, str] = {}
+        kept, positions = drop_nonfinite_rows(data, np.array([10, 11, 12, 13]), rejected, source="embeddings")
+        assert positions.tolist() == [10, 13] and np.asarray(kept).tolist() == [[1, 2], [3, 4]]
+        assert rejected == {11: "features not finite (NaN or inf) from embeddings",
+                            12: "features not finite (NaN or inf) from embeddings"}
+
+
+MODEL_ERRORS = [
+    ("a pickled whole model", "pickled", "unpickling runs arbitrary code"),
+    ("weights without the code", "state_dict", "holds only weights (a state_dict)"),
+    ("a text file", "text", "is not a model file rca_gpu can read"),
+]
+
+
+@pytest.mark.parametrize("case, kind, fragment", MODEL_ERRORS, ids=[c[0] for c in MODEL_ERRORS])
+def test_a_model_file_that_cannot_be_loaded_safely_is_one_line(small_data, tmp_path, case, kind, fragment):
+    import torch
+
+    path = tmp_path / "model.pt"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    if kind == "pickled":
+        torch.save(model, path)
+    elif kind == "state_dict":
+        torch.save(model.state_dict(), path)
+    else:
+        path.write_text("hello")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", "dut+pca+kmeans", "--model",
+                                 str(path), *QUICK])
+    _one_line_error(result, fragment)

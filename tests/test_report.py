@@ -1,0 +1,361 @@
+"""The report without a browser: explanations, image properties, representatives, exports, commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from helpers import add_bad_files, pattern_images, write_pngs
+from rca_gpu.data.properties import PROPERTY_COLUMNS, image_properties
+from rca_gpu.report.explain import Condition, Rule, explain_clusters, top_explanations
+
+runner = CliRunner()
+
+
+# --------------------------------------------------------------------------------------------------
+# Image properties
+# --------------------------------------------------------------------------------------------------
+
+
+def _props(image) -> dict[str, float]:
+    return dict(zip(PROPERTY_COLUMNS, image_properties(image).tolist()))
+
+
+def test_image_properties_have_their_documented_values():
+    black = _props(np.zeros((10, 20), np.uint8))
+    assert black["img_brightness"] == 0 and black["img_dark_fraction"] == 1 and black["img_bright_fraction"] == 0
+    assert black["img_width"] == 20 and black["img_height"] == 10 and black["img_aspect_ratio"] == 2
+    assert black["img_entropy"] == 0 and black["img_sharpness"] == 0 and black["img_colourfulness"] == 0
+    halves = np.zeros((8, 8), np.uint8)
+    halves[:, 4:] = 255
+    p = _props(halves)
+    assert p["img_brightness"] == pytest.approx(0.5) and p["img_contrast"] == pytest.approx(0.5)
+    assert p["img_entropy"] == pytest.approx(1.0)  # two equally likely grey levels: one bit
+    red = np.zeros((6, 6, 3), np.uint8)
+    red[..., 0] = 255
+    assert _props(red)["img_colourfulness"] > 50 and _props(np.stack([halves] * 3, axis=2))["img_colourfulness"] == 0
+
+
+def test_sharpness_drops_when_an_image_is_blurred():
+    from PIL import Image, ImageFilter
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    sharp = Image.fromarray(noise)
+    blurred = sharp.filter(ImageFilter.GaussianBlur(2))
+    assert _props(blurred)["img_sharpness"] < 0.2 * _props(sharp)["img_sharpness"]
+    assert image_properties(sharp.convert("RGB"))[0] == pytest.approx(image_properties(sharp)[0], abs=1e-3)
+
+
+def test_image_properties_refuse_bad_arrays():
+    with pytest.raises(ValueError, match="uint8 array"):
+        image_properties(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+        image_properties(np.zeros((4, 4, 2), np.uint8))
+
+
+# --------------------------------------------------------------------------------------------------
+# Explanations
+# --------------------------------------------------------------------------------------------------
+
+
+def _planted_table(n: int = 900, seed: int = 0) -> pd.DataFrame:
+    """Three planted clusters: 0 is camera "C" (metadata), 1 is dark images (an image property, computed
+    from generated images), 2 is the rest. Distractors: a random label and score."""
+    rng = np.random.default_rng(seed)
+    cluster = rng.integers(0, 3, n)
+    camera = np.where(cluster == 0, "C", rng.choice(["A", "B"], n))
+    images = [np.clip(rng.normal(rng.integers(10, 45) if c == 1 else rng.integers(70, 200), 25, (16, 16, 3)),
+                      0, 255).astype(np.uint8) for c in cluster]
+    props = pd.DataFrame(np.stack([image_properties(im) for im in images]), columns=PROPERTY_COLUMNS)
+    table = pd.DataFrame({"id": np.arange(n), "path": [f"/data/{i}.png" for i in range(n)], "cluster": cluster,
+                          "status": "clustered", "reason": "", "camera": camera,
+                          "label": rng.integers(0, 10, n), "score": rng.random(n),
+                          "root_cause": np.where(cluster == 0, "camera", "x")})
+    return pd.concat([table, props], axis=1)
+
+
+def test_planted_metadata_and_image_property_clusters_get_their_rules():
+    table = _planted_table()
+    explanations = explain_clusters(table)
+    top = explanations[explanations["rank"] == 1].set_index("cluster")
+    assert top.loc[0, "found"] and top.loc[0, "uses"] == "metadata" and "camera = C" in top.loc[0, "rule"]
+    assert top.loc[1, "found"] and top.loc[1, "uses"] == "image"
+    assert any(word in top.loc[1, "rule"] for word in ("brightness", "dark_fraction", "contrast"))
+    for cluster in (0, 1):
+        assert top.loc[cluster, "precision"] >= 0.9 and top.loc[cluster, "recall"] >= 0.8
+    assert "root_cause" not in " ".join(explanations["rule"])  # the ground truth never explains
+    # the figures are those of the rule as written, evaluated on every row
+    for row in explanations.itertuples():
+        rule = Rule(tuple(Condition(*c) for c in json.loads(row.conditions)))
+        matched = rule.mask(table[table.status != "rejected"])
+        inside = (table["cluster"] == row.cluster).to_numpy()
+        assert row.precision == pytest.approx((matched & inside).sum() / matched.sum())
+        assert row.recall == pytest.approx((matched & inside).sum() / inside.sum())
+        assert row.n_matched == matched.sum()
+
+
+def test_no_rule_below_the_precision_floor():
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame({"id": range(300), "path": "p", "cluster": rng.integers(0, 2, 300), "status": "clustered",
+                          "reason": "", "noise_column": rng.random(300)})
+    explanations = explain_clusters(table, precision_floor=0.95)
+    assert len(explanations) == 2 and not explanations["found"].any()
+    texts = top_explanations(explanations).values()
+    assert all(text.startswith("no rule reaches the precision floor") for text in texts)
+    with pytest.raises(ValueError, match="precision_floor"):
+        explain_clusters(table, precision_floor=1.5)
+
+
+def test_rule_text_merges_conditions_on_one_column():
+    rule = Rule((Condition("img_sharpness", "<", 12.0), Condition("img_sharpness", ">=", 3.0),
+                 Condition("camera", "!=", "A"), Condition("camera", "!=", "B")))
+    assert rule.text() == "3 <= sharpness < 12 and camera not in {A, B}"
+
+
+# --------------------------------------------------------------------------------------------------
+# A small run: report, explanations, terminal summary, exports
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    root = tmp_path_factory.mktemp("report_small")
+    images, labels = pattern_images(n_per=12, groups=3, seed=2)
+    paths = write_pngs(root / "imgs", images, labels)
+    add_bad_files(root / "imgs", paths[0])
+    files = sorted((root / "imgs").iterdir())
+    pd.DataFrame({"path": [f"imgs/{f.name}" for f in files], "root_cause": [f.name[:2] for f in files],
+                  "site": [f.name[:2].upper() for f in files]}).to_csv(root / "manifest.csv", index=False)
+    result = run(build_run_spec(pipeline="pixels+pca+kmeans(k=3)", device="cpu", workers=0), root / "manifest.csv",
+                 root / "out", report=False)
+    assert result.report is None and not (root / "out" / "report.html").exists()
+    return root / "out"
+
+
+def test_report_command_writes_a_page_that_carries_the_run_id(run_dir):
+    from rca_gpu.cli import app
+    from rca_gpu.runfolder import open_run
+
+    result = runner.invoke(app, ["report", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"report: {run_dir / 'report.html'}" in result.output
+    run = open_run(run_dir)
+    html = (run_dir / "report.html").read_text()
+    assert f'<meta name="rca_gpu.run_id" content="{run.run_id}">' in html
+    assert html.count('class="cluster"') == 3 and 'id="ground-truth"' in html
+    assert "https://" not in html and "http://" not in html  # nothing fetched from a network
+    explanations = run.table("explanations.parquet")  # carries the run's id (checked by open_run)
+    assert set(explanations["cluster"]) == {0, 1, 2}
+    assert explanations.loc[explanations["rank"] == 1, "rule"].str.contains("site = ").all()
+    assert (run_dir / "report_files" / "thumbs" / "index.json").is_file()
+
+
+def test_map_sample_is_stated_on_the_page(run_dir):
+    from rca_gpu.report.build import build_report
+
+    result = build_report(run_dir, map_points=12)
+    html = result.path.read_text()
+    data = json.loads(html.split('id="map-data">', 1)[1].split("</script>", 1)[0])
+    assert len(data["x"]) == result.map_points <= 12
+    assert f"The map draws {result.map_points} of 36 points" in html
+    assert set(data["cluster"]) == {0, 1, 2}  # every cluster keeps points
+
+
+def test_terminal_summary_shows_each_clusters_top_explanation(run_dir):
+    from rca_gpu.pipeline import cluster_summary
+    from rca_gpu.runfolder import open_run
+
+    run = open_run(run_dir)
+    summary = cluster_summary(run.clusters(), run.table("explanations.parquet"))
+    assert list(summary.columns[:3]) == ["cluster", "size", "explanation"]
+    assert summary["explanation"].str.contains(r"site = G\d \(precision 1\.00, recall 1\.00\)").all()
+
+
+def test_medoids_are_closest_to_the_centre_and_border_cases_near_another_cluster():
+    from rca_gpu.report.build import _representatives
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, (40, 2))
+    b = rng.normal(0, 1, (40, 2)) + [10, 0]
+    space = np.vstack([a, b])
+    labels = np.repeat([0, 1], 40)
+    reps = _representatives(labels, space, np.arange(80) + 100, rng)
+    centre = a.mean(axis=0)
+    nearest = np.argsort(np.linalg.norm(a - centre, axis=1))[:8] + 100
+    assert reps[0]["medoids"] == nearest.tolist()
+    ratio = np.linalg.norm(a - centre, axis=1) / np.linalg.norm(a - b.mean(axis=0), axis=1)
+    assert sorted(reps[0]["border"]) == sorted((np.argsort(-ratio)[:4] + 100).tolist())
+    assert (space[np.array(reps[0]["border"]) - 100, 0] > centre[0]).all()  # leaning towards cluster 1
+
+
+def test_export_links_and_copies_one_folder_per_cluster(run_dir, tmp_path):
+    from rca_gpu.data.sources import load_source
+    from rca_gpu.report.export import export_run
+
+    result = export_run(run_dir, tmp_path / "links")
+    assert set(result.groups) == {"cluster-0", "cluster-1", "cluster-2", "rejected"}
+    assert sum(result.groups.values()) == 39 and result.files == 39 and result.missing == 0
+    manifest = pd.read_csv(tmp_path / "links" / "cluster-0" / "manifest.csv")
+    assert {"path", "source_path", "id", "cluster", "status", "reason", "site", "root_cause"} <= set(manifest.columns)
+    linked = tmp_path / "links" / "cluster-0" / manifest["path"].iloc[0]
+    assert linked.is_symlink() and linked.resolve() == Path(manifest["source_path"].iloc[0])
+    # links resolve to the original files, so reading them back needs the originals' folder as image root
+    again = load_source(tmp_path / "links" / "cluster-0" / "manifest.csv", image_root=run_dir.parent)
+    assert len(again) == len(manifest) and not again.rejected
+
+    copied = export_run(run_dir, tmp_path / "copies", clusters=["cluster-1"], mode="copy")
+    assert list(copied.groups) == ["cluster-1"]
+    files = [p for p in (tmp_path / "copies" / "cluster-1").iterdir() if p.suffix == ".png"]
+    assert len(files) == 12 and not any(p.is_symlink() for p in files)
+    assert not load_source(tmp_path / "copies" / "cluster-1" / "manifest.csv").rejected  # a source as it is
+    info = json.loads((tmp_path / "copies" / "export.json").read_text())
+    assert info["mode"] == "copy" and len(info["run_id"]) == 32
+
+
+def test_export_names_are_sanitised_and_stay_inside_the_folder(tmp_path):
+    from rca_gpu.report.export import _unique, safe_name
+
+    assert safe_name(7, "/x/<img src=x onerror=alert(1)>.png") == "7_img_src_x_onerror_alert_1.png"
+    assert safe_name("../../etc", "/x/passwd") == "etc_passwd"
+    assert safe_name("a", "/x/.hidden") == "a.hidden" and safe_name("", "/x/...") == "image"
+    assert "/" not in safe_name("a/b", "/x/y/../z.jpg") and len(safe_name(1, "/x/" + "n" * 500 + ".jpg")) <= 120
+    used: set[str] = set()
+    assert [_unique("a.png", used) for _ in range(3)] == ["a.png", "a-2.png", "a-3.png"]
+
+
+def test_export_refuses_bad_requests_with_one_line_errors(run_dir, tmp_path):
+    from rca_gpu.cli import app
+
+    (tmp_path / "out" / "cluster-0").mkdir(parents=True)
+    cases = [
+        (["--to", str(tmp_path / "out"), "--clusters", "0"], "already holds cluster-0"),
+        (["--to", str(tmp_path / "new"), "--clusters", "7"], "The run has no cluster-7"),
+        (["--to", str(tmp_path / "new"), "--clusters", "1,x"], "got 'x'"),
+    ]
+    for arguments, fragment in cases:
+        result = runner.invoke(app, ["export", str(run_dir), *arguments])
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    ok = runner.invoke(app, ["export", str(run_dir), "--to", str(tmp_path / "new"), "--clusters", "rejected",
+                             "--mode", "copy"])
+    assert ok.exit_code == 0 and "rejected: 3 images" in ok.output
+
+
+def test_optional_sections_render_only_when_their_files_exist(run_dir):
+    from markupsafe import escape
+
+    from rca_gpu.report import sections
+    from rca_gpu.report.build import build_report
+
+    section = sections.ExtraSection(key="extra-test", title="Extra", files=("extra_test.json",),
+                                    render=lambda run: f"<p>{escape(run.json('extra_test.json')['text'])}</p>")
+    fact = sections.ClusterFact(key="fact-test", label="Fact", files=("extra_test.json",),
+                                compute=lambda run: {0: "<b>zero</b>"})
+    sections.register_section(section)
+    sections.register_cluster_fact(fact)
+    try:
+        assert 'id="extra-test"' not in build_report(run_dir).path.read_text()
+        from rca_gpu import outputs
+        from rca_gpu.runfolder import open_run
+
+        outputs.write_json(run_dir / "extra_test.json", {"text": "<i>hello</i>"}, run_id=open_run(run_dir).run_id)
+        html = build_report(run_dir).path.read_text()
+        assert 'id="extra-test"' in html and "&lt;i&gt;hello&lt;/i&gt;" in html and "Fact: &lt;b&gt;zero" in html
+    finally:
+        sections.EXTRA_SECTIONS.remove(section)
+        sections.CLUSTER_FACTS.remove(fact)
+        (run_dir / "extra_test.json").unlink(missing_ok=True)
+
+
+def test_image_properties_reach_clusters_parquet_and_survive_the_feature_cache(tmp_path):
+    from PIL import Image
+
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    images, labels = pattern_images(n_per=8, groups=3, seed=3)
+    paths = write_pngs(tmp_path / "imgs", images, labels)
+    add_bad_files(tmp_path / "imgs", paths[0])
+    spec = build_run_spec(pipeline="pixels+pca+kmeans(k=3)", device="cpu", workers=0)
+    first = run(spec, tmp_path / "imgs", tmp_path / "a", cache_dir=tmp_path / "cache", report=False)
+    second = run(spec, tmp_path / "imgs", tmp_path / "b", cache_dir=tmp_path / "cache", report=False)
+    assert second.run_info["features"]["from_cache"] == 24
+    for result in (first, second):
+        table = result.clusters.set_index(result.clusters.path.str.rsplit("/", n=1).str[-1])
+        assert list(table.columns[-len(PROPERTY_COLUMNS):]) == list(PROPERTY_COLUMNS)
+        assert table.loc[table.status == "rejected", list(PROPERTY_COLUMNS)].isna().all().all()
+        for path in paths[::5]:
+            expected = image_properties(Image.open(path).convert("RGB"))  # as the extractor reads it
+            np.testing.assert_allclose(table.loc[path.name, list(PROPERTY_COLUMNS)].to_numpy(float), expected,
+                                       rtol=1e-5)
+
+
+def test_thumbnails_are_made_once_per_run_and_never_named_from_data(tmp_path):
+    from rca_gpu.report.thumbnails import make_thumbnails
+
+    images = np.random.default_rng(0).integers(0, 255, (5, 300, 200, 3), dtype=np.uint8)
+    calls = []
+
+    def loader(position):
+        calls.append(position)
+        return images[position] if position != 4 else None  # 4: unreadable, no thumbnail
+
+    made = make_thumbnails(tmp_path / "t", [0, 1, 4], ["a", "b", "c", "d", "e"], run_id="r1", size=64, loader=loader)
+    assert made == {0: "0000000.jpg", 1: "0000001.jpg"} and sorted(calls) == [0, 1, 4]
+    from PIL import Image
+
+    assert max(Image.open(tmp_path / "t" / made[0]).size) == 64
+    calls.clear()
+    assert make_thumbnails(tmp_path / "t", [0, 1, 2], [""] * 5, run_id="r1", size=64, loader=loader).keys() == {0, 1, 2}
+    assert calls == [2]  # the others were reused
+    calls.clear()
+    make_thumbnails(tmp_path / "t", [0], [""] * 5, run_id="r2", size=64, loader=loader)
+    assert calls == [0] and sorted(p.name for p in (tmp_path / "t").iterdir()) == ["0000000.jpg", "index.json"]
+
+
+def test_a_column_set_only_for_one_cluster_is_explained_by_its_presence():
+    rng = np.random.default_rng(4)
+    cluster = rng.integers(0, 2, 400)
+    blur = np.where(cluster == 0, rng.uniform(0.5, 3, 400), np.nan)  # a cause's parameter, absent elsewhere
+    table = pd.DataFrame({"id": range(400), "path": "p", "cluster": cluster, "status": "clustered", "reason": "",
+                          "blur_sigma": blur})
+    top = explain_clusters(table).query("rank == 1").set_index("cluster")
+    assert top.loc[0, "rule"] == "blur_sigma is set" and top.loc[0, "precision"] == 1.0
+    assert top.loc[1, "rule"] == "blur_sigma is missing" and top.loc[1, "recall"] == 1.0
+
+
+def test_run_command_writes_the_report_unless_told_not_to(tmp_path):
+    from rca_gpu.cli import app
+
+    images, labels = pattern_images(n_per=10, groups=2, seed=5)
+    write_pngs(tmp_path / "imgs", images, labels)
+    common = ["--pipeline", "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0"]
+    result = runner.invoke(app, ["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "a"), *common])
+    assert result.exit_code == 0, result.output
+    assert f"report: {(tmp_path / 'a' / 'report.html').resolve()}" in result.output
+    assert "explanation" in result.output and "precision" in result.output  # beside each cluster's size
+    result = runner.invoke(app, ["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "b"), *common, "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "b" / "report.html").exists() and (tmp_path / "b" / "explanations.parquet").is_file()
+    assert "report:" not in result.output
+
+
+def test_representatives_use_the_clustering_space_when_stored_else_the_map():
+    from rca_gpu.report.build import _clustering_space
+
+    stored = pd.DataFrame({"id": [0, 1], "cluster": [0, 0], "x": [1.0, 2.0], "y": [3.0, 4.0],
+                           "e0": [5.0, 6.0], "e1": [7.0, 8.0], "e10": [0.0, 0.0]})
+    space, note = _clustering_space(stored, {})
+    assert space.shape == (2, 3) and space[0].tolist() == [5.0, 7.0, 0.0] and "(3 dimensions)" in note
+    space, note = _clustering_space(stored[["id", "cluster", "x", "y"]], {})
+    assert space.tolist() == [[1.0, 3.0], [2.0, 4.0]] and "more than 64 dimensions" in note

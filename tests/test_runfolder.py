@@ -1,0 +1,65 @@
+"""The run folder contract: every file carries the run id; readers refuse incomplete or mixed folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rca_gpu import outputs
+from rca_gpu.runfolder import RUN_FORMAT, RunFolderError, new_run_id, open_run
+
+
+def _finished(folder: Path, run_id: str) -> None:
+    outputs.write_parquet(folder / "clusters.parquet", pd.DataFrame({"id": [0, 1], "cluster": [0, -1]}),
+                          run_id=run_id)
+    outputs.write_json(folder / "metrics.json", {"summary": {}}, run_id=run_id)
+    outputs.write_json(folder / "run.json", {"rca_gpu_run": RUN_FORMAT}, run_id=run_id)
+
+
+def test_open_run_reads_files_of_the_same_run(tmp_path):
+    run_id = new_run_id()
+    _finished(tmp_path, run_id)
+    folder = open_run(tmp_path)
+    assert folder.run_id == run_id and len(run_id) == 32
+    assert folder.clusters()["cluster"].tolist() == [0, -1]
+    assert folder.json("metrics.json")["run_id"] == run_id
+
+
+def test_a_file_of_another_run_is_refused(tmp_path):
+    _finished(tmp_path, "aaaa")
+    outputs.write_parquet(tmp_path / "clusters.parquet", pd.DataFrame({"id": [0]}), run_id="bbbb")
+    folder = open_run(tmp_path)
+    with pytest.raises(RunFolderError, match="clusters.parquet .* belongs to run bbbb, but run.json to run aaaa"):
+        folder.clusters()
+    outputs.write_parquet(tmp_path / "clusters.parquet", pd.DataFrame({"id": [0]}))
+    with pytest.raises(RunFolderError, match="carries no run id"):
+        open_run(tmp_path).clusters()
+
+
+@pytest.mark.parametrize("state", ["missing", "file", "no_run_json", "broken_json", "old_format", "no_id"])
+def test_unfinished_or_foreign_folders_are_refused(tmp_path, state):
+    target = tmp_path / "run"
+    if state == "file":
+        target.write_text("x")
+    elif state != "missing":
+        target.mkdir()
+        _finished(target, "aaaa")
+        run_json = target / "run.json"
+        if state == "no_run_json":
+            run_json.unlink()
+        elif state == "broken_json":
+            run_json.write_text("{not json")
+        elif state == "old_format":
+            run_json.write_text(json.dumps({"rca_gpu_run": 1}))
+        elif state == "no_id":
+            run_json.write_text(json.dumps({"rca_gpu_run": RUN_FORMAT}))
+    expected = {
+        "missing": "does not exist or is not a folder", "file": "does not exist or is not a folder",
+        "no_run_json": "holds no run.json", "broken_json": "Cannot read", "old_format": "another version",
+        "no_id": "another version",
+    }[state]
+    with pytest.raises(RunFolderError, match=expected):
+        open_run(target)
