@@ -194,6 +194,9 @@ def run_command(
                      "Parquet shards under OUT/cache and reuse them.")] = None,
     plot_umap: Annotated[Optional[bool], typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
                          "embedding.parquet when the chosen embedding is not 2-D (else PCA).")] = None,
+    sample_size: Annotated[Optional[int], typer.Option("--sample-size", help="Above this many usable images, "
+                           "hyper-parameters are chosen on a seeded sample of this size and extended to the "
+                           "rest (default 5000).")] = None,
     report: ReportOpt = True,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -206,7 +209,7 @@ def run_command(
     spec = build_spec(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
-        cache_features=cache, plot_embedding=plot_umap,
+        cache_features=cache, plot_embedding=plot_umap, sample_size=sample_size,
     )
     from rca_gpu.pipeline import run
 
