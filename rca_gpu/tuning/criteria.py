@@ -118,10 +118,15 @@ def choose_max(trials: list[Trial]) -> int:
 
 
 def choose_base(trials: list[Trial]) -> int:
-    """The partition the "merged" rule starts from: the finest peak among trials with at most NOISE_CAP noise.
+    """The partition the "merged" rule starts from: the finest trial that is nearly as good as the best.
 
-    When no trial has two clusters (a homogeneous set), the trial that clusters the most images in one
-    cluster is taken; merging and attaching noise then finish the job.
+    Among the trials that leave at most NOISE_CAP of the images as noise (all valid trials when none does),
+    those scoring at least BAND x the best score compete; the one with the most clusters wins, then the
+    higher score, then the earlier trial. Too fine is cheap here: the merge step that follows puts back
+    together what the kNN graph does not separate (rca_gpu.tuning.graph), while too coarse cannot be undone.
+
+    When no trial has two clusters (a homogeneous set), the trial with the least noise is taken; merging and
+    attaching noise then finish the job.
     """
     valid = [i for i, t in enumerate(trials) if t.score > -1.0]
     if not valid:
@@ -130,4 +135,6 @@ def choose_base(trials: list[Trial]) -> int:
             return 0
         return min(single, key=lambda i: (trials[i].noise_share, trials[i].n_clusters, i))
     eligible = [i for i in valid if trials[i].noise_share <= NOISE_CAP] or valid
-    return eligible[choose([trials[i] for i in eligible])]
+    floor = band_floor(max(trials[i].score for i in eligible))
+    return max((i for i in eligible if trials[i].score >= floor),
+               key=lambda i: (trials[i].n_clusters, trials[i].score, -i))

@@ -397,6 +397,16 @@ def select(
         before = int((final < 0).sum())
         final = graph_rules.attach_noise(final, neighbours)
         attached = before - int((final < 0).sum())
+        if merges and cluster_spec.name in ("kmeans", "ward") and "k" not in cluster_spec.params:
+            # the merges decided the number of clusters: K-means' / Ward's own partition with that k is used
+            # when it agrees with the merged one, so that the resolved pipeline states the k that ran
+            same_k = _own_partition(payloads, r_index, final)
+            if same_k is not None:
+                trials[chosen].chosen = False
+                chosen = same_k
+                trials[chosen].chosen = True
+                _, cluster_params, raw = payloads[chosen]
+                final = raw
     timings["merge"] += time.perf_counter() - t
 
     selection = Selection(
@@ -457,6 +467,25 @@ def _extend(selection: Selection, features, sample: np.ndarray, search_graph: Kn
         "embedding": placed, "clusters": how + ("; noise joins the cluster of most of its sample neighbours"
                                                if rule == "merged" else ""),
     }
+
+
+#: K-means / Ward: the clusterer's own partition with the merged number of clusters replaces the merged
+#: partition when the two agree at least this well (adjusted Rand index).
+OWN_PARTITION_AGREEMENT = 0.9
+
+
+def _own_partition(payloads: list[tuple[int, dict[str, Any], np.ndarray]], r_index: int,
+                   merged: np.ndarray) -> int | None:
+    """Index of the trial on the same embedding whose k equals the merged number of clusters and whose labels
+    agree with the merged partition (OWN_PARTITION_AGREEMENT), or None."""
+    from sklearn.metrics import adjusted_rand_score
+
+    m = len(np.unique(merged[merged >= 0]))
+    for index, (r, params, labels) in enumerate(payloads):
+        if r == r_index and params.get("k") == m:
+            if adjusted_rand_score(merged, labels) >= OWN_PARTITION_AGREEMENT:
+                return index
+    return None
 
 
 def umap_extend(sample_points: np.ndarray, indices: np.ndarray, distances: np.ndarray, params: dict[str, Any],
