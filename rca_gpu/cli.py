@@ -201,6 +201,9 @@ def run_command(
                         "row per feature row, same order (id, path, root_cause, ...).")] = None,
     dask: Annotated[Optional[str], typer.Option("--dask", help="local, or a scheduler address tcp://HOST:8786: "
                     "extraction on Dask workers (kNN graph too on dask-cuda workers).")] = None,
+    sample_size: Annotated[Optional[int], typer.Option("--sample-size", help="Above this many usable images, "
+                           "hyper-parameters are chosen on a seeded sample of this size and extended to the "
+                           "rest (default 5000).")] = None,
     report: ReportOpt = True,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -218,7 +221,7 @@ def run_command(
     spec = build_spec(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
-        cache_features=cache, plot_embedding=plot_umap,
+        cache_features=cache, plot_embedding=plot_umap, sample_size=sample_size,
     )
     result = run_inputs(spec, source, out, features=features, metadata=metadata, dask=dask, reporter=reporter,
                         report=report)

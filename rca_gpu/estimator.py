@@ -44,8 +44,11 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         Seed of UMAP, K-means and the sampled scores; an int makes ``fit`` reproducible.
     knn_k : int, default=30
         Neighbours per point in the shared kNN graph (widened when a stage needs more).
-    knn_backend : {"auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuml"}, default="auto"
+    knn_backend : {"auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuvs", "cuml"}, default="auto"
         Neighbour search backend.
+    sample_size : int, default=5000
+        Above this many rows the hyper-parameters are chosen on a seeded sample of this size and the choice
+        is extended to every row (rca_gpu.tuning), as ``rca-gpu run --sample-size``.
 
     Attributes
     ----------
@@ -71,12 +74,13 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
     """
 
     def __init__(self, pipeline: str = "umap+dbscan", *, device: str = "auto", random_state: Any = 0,
-                 knn_k: int = 30, knn_backend: str = "auto") -> None:
+                 knn_k: int = 30, knn_backend: str = "auto", sample_size: int = 5000) -> None:
         self.pipeline = pipeline
         self.device = device
         self.random_state = random_state
         self.knn_k = knn_k
         self.knn_backend = knn_backend
+        self.sample_size = sample_size
 
     def fit(self, X: Any, y: Any = None) -> "FailureClusterer":
         """Choose the reducer and clusterer settings on ``X`` (n_samples, n_features) and label every row.
@@ -98,7 +102,7 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         features = features_from_array(X, device=device)
         graph = feature_graph(features, spec, spec.pipeline.reduce, device)
         selection = select(features.matrix, graph, spec.pipeline.reduce, spec.pipeline.cluster, device,
-                           seed=spec.seed)
+                           seed=spec.seed, sample_size=spec.sample_size)
         labels = order_labels(np.asarray(selection.labels, dtype=np.int64))
         self.labels_ = labels
         self.embedding_ = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
@@ -122,7 +126,7 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         else:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         spec = build_run_spec(pipeline=self.pipeline, device=self.device, seed=seed, knn_k=self.knn_k,
-                              knn_backend=self.knn_backend)
+                              knn_backend=self.knn_backend, sample_size=self.sample_size)
         if spec.pipeline.features.name != PRECOMPUTED:
             raise SpecError(
                 f"The 'pipeline' parameter of FailureClusterer must be REDUCER+CLUSTERER: X is the features. Got "

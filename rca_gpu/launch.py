@@ -118,7 +118,7 @@ def run_features(
     failures, loaded = load_features(features, metadata=metadata, image_root=spec.image_root, device=device)
     timer.add("load_features", t)
     graph = None
-    if dask is not None and loaded.n >= 2:
+    if dask is not None and 2 <= loaded.n <= spec.sample_size:  # above it the search needs no full graph
         from rca_gpu.distributed import connect, knn_graph_dask
         from rca_gpu.tuning import effective_k
 

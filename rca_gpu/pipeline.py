@@ -6,11 +6,13 @@ graphs are computed once per feature set.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -62,6 +64,34 @@ class Timer:
 
     def add(self, stage: str, started: float) -> None:
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
+
+
+@contextlib.contextmanager
+def warnings_to_log():
+    """Warnings raised by the libraries inside go to the log (shown with -v), not raw onto the terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for item in caught:
+        text = f"{item.category.__name__}: {item.message}"
+        if text not in seen:
+            seen.add(text)
+            log.debug("library warning (%s:%d) %s", Path(item.filename).name, item.lineno, text)
+
+
+def thread_counts() -> dict[str, Any]:
+    """Threads the numeric libraries use (run.json): results of the same spec on the same data are identical
+    across thread counts on the CPU, and this records what ran (README, "Reproducibility")."""
+    import os
+
+    import torch
+
+    out: dict[str, Any] = {"torch": torch.get_num_threads(), "cpus": os.cpu_count()}
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        if name in os.environ:
+            out[name] = os.environ[name]
+    return out
 
 
 def library_versions() -> dict[str, str]:
@@ -122,19 +152,28 @@ def check_enough(n_usable: int, n_total: int, clusterer: str) -> None:
         )
 
 
-def feature_graph(features, spec: RunSpec, reduce_spec: ReduceSpec, device: Device) -> KnnGraph:
+def feature_graph(features, spec: RunSpec, reduce_spec: ReduceSpec, device: Device) -> KnnGraph | None:
+    """The kNN graph of all usable images, or None above ``spec.sample_size`` images: the search then runs on
+    a seeded sample and computes the (much smaller) graph of that sample itself (rca_gpu.tuning)."""
+    if features.n > spec.sample_size:
+        return None
     return knn_graph(features.matrix, effective_k(spec.knn_k, reduce_spec), device, spec.knn_backend)
 
 
-def plot_embedding(features, chosen: np.ndarray, graph: KnnGraph, device: Device, seed: int,
-                   use_umap: bool, reduce_cache: dict | None = None) -> tuple[np.ndarray, str]:
+def plot_embedding(features, chosen: np.ndarray, graph: KnnGraph | None, device: Device, seed: int,
+                   use_umap: bool, reduce_cache: dict | None = None,
+                   selection: Selection | None = None) -> tuple[np.ndarray, str]:
     """A 2-D embedding for plots: the chosen embedding when it is 2-D, else a 2-D UMAP of the features
-    (from the same kNN graph), or the first two principal components when UMAP plots are off."""
-    from rca_gpu.tuning import cached_reduce
+    (from the same kNN graph; fitted on the search's sample and extended when the search ran on a sample),
+    or the first two principal components when UMAP plots are off."""
+    from rca_gpu.tuning import cached_reduce, place_in_umap
 
     if chosen.shape[1] == 2:
         return chosen, "chosen embedding"
     if use_umap and features.n > 3:
+        if selection is not None and selection.extension is not None:
+            embedding = place_in_umap(selection, features.matrix, PLOT_UMAP, device, seed, reduce_cache)
+            return embedding, "umap 2-D of the features (fitted on the search's sample, others placed)"
         embedding, _ = cached_reduce(features.matrix, "umap", PLOT_UMAP, device, graph, seed, reduce_cache)
         return np.asarray(as_numpy(embedding), dtype=np.float32), "umap 2-D of the features"
     embedding, _ = cached_reduce(features.matrix, "pca", {"n_components": 2}, device, graph, seed, reduce_cache)
@@ -288,7 +327,7 @@ def run(
         write_failed_run(spec, failures, None, out, run_id, exc, started_at)
         raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
     graph = None
-    if knn is not None and features.n >= 2:
+    if knn is not None and 2 <= features.n <= spec.sample_size:  # above it the search needs no full graph
         t = time.perf_counter()
         graph = knn(features, spec, device)
         if graph is not None:
@@ -405,17 +444,21 @@ def cluster_and_write(
     started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out = Path(out)
     t = time.perf_counter()
-    with reporter.task(f"reduce + cluster {spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}", total=None) as advance:
+    reduce_cache = {} if reduce_cache is None else reduce_cache  # the plot may reuse an embedding of the search
+    with reporter.task(f"reduce + cluster {spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}", total=None) as advance, \
+            warnings_to_log():
         selection = select(features.matrix, graph, spec.pipeline.reduce, spec.pipeline.cluster, device,
-                           seed=spec.seed, progress=advance, reduce_cache=reduce_cache)
+                           seed=spec.seed, progress=advance, reduce_cache=reduce_cache,
+                           sample_size=spec.sample_size)
     timer.add("reduce_cluster", t)
     labels = order_labels(selection.labels)
 
     chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
 
     t = time.perf_counter()
-    plot, plot_source = plot_embedding(features, chosen, graph, device, spec.seed, spec.plot_embedding,
-                                       reduce_cache)
+    with warnings_to_log():
+        plot, plot_source = plot_embedding(features, chosen, graph, device, spec.seed, spec.plot_embedding,
+                                           reduce_cache, selection)
     timer.add("plot_embedding", t)
 
     t = time.perf_counter()
@@ -458,7 +501,8 @@ def cluster_and_write(
         "seed": spec.seed,
         "device": device.to_dict(),
         "features": features.info,
-        "knn": graph.describe(),
+        "knn": graph.describe() if graph is not None else selection.knn,
+        "threads": thread_counts(),
         "reduce": selection.reduce_info,
         "tuning": {**selection.to_dict(), "seconds": selection.seconds},
         "plot_embedding": plot_source,

@@ -265,11 +265,15 @@ REDUCERS: dict[str, dict[str, Param]] = {
     "none": {},
 }
 
+#: The rule that chooses among the candidate settings (rca_gpu.tuning): "merged" is the default.
+SELECT_RULES = ("merged", "finest-peak", "max")
 CLUSTERERS: dict[str, dict[str, Param]] = {
-    "dbscan": {"eps": Param(float, "positive"), "min_samples": Param(int, "at_least_1")},
-    "hdbscan": {"min_cluster_size": Param(int, "at_least_2"), "min_samples": Param(int, "at_least_1")},
-    "kmeans": {"k": Param(int, "at_least_2")},
-    "ward": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", ("silhouette", "knee"))},
+    "dbscan": {"eps": Param(float, "positive"), "min_samples": Param(int, "at_least_1"),
+               "select": Param(str, "choice", SELECT_RULES)},
+    "hdbscan": {"min_cluster_size": Param(int, "at_least_2"), "min_samples": Param(int, "at_least_1"),
+                "select": Param(str, "choice", SELECT_RULES)},
+    "kmeans": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES)},
+    "ward": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES + ("knee", "silhouette"))},
 }
 
 # Fewest images each clusterer can work with; the pipeline checks this before running.
@@ -359,6 +363,7 @@ class RunSpec:
     image_root: str | None = None  # manifests: paths must resolve inside this folder
     cache_features: bool = True
     plot_embedding: bool = True
+    sample_size: int = 5000  # above this many usable images the search runs on a seeded sample (rca_gpu.tuning)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pipeline, PipelineSpec):
@@ -395,6 +400,7 @@ RUN_PARAMS: dict[str, Param] = {
     "image_root": Param(str),
     "cache_features": Param(bool),
     "plot_embedding": Param(bool),
+    "sample_size": Param(int, "at_least_1", low=100, high=10_000_000),
 }
 #: Run options that may be left unset (None).
 OPTIONAL_RUN_OPTIONS = ("model", "image_root")

@@ -43,7 +43,7 @@ def test_default_pipeline_passes_the_clustering_checks(name):
 def test_params_clone_and_set_params():
     model = FailureClusterer("pca+kmeans(k=3)", device="cpu", random_state=4, knn_k=12)
     assert model.get_params() == {"pipeline": "pca+kmeans(k=3)", "device": "cpu", "random_state": 4, "knn_k": 12,
-                                  "knn_backend": "auto"}
+                                  "knn_backend": "auto", "sample_size": 5000}
     twin = clone(model)
     assert twin is not model and twin.get_params() == model.get_params()
     x, y = planted_blobs(n_per=30, centers=3, dim=6)
@@ -91,3 +91,9 @@ def test_the_estimator_and_the_command_line_agree(tmp_path):
     clusters = pd.read_parquet(tmp_path / "out" / "clusters.parquet")
     model = FailureClusterer("pca+dbscan", device="cpu", random_state=7).fit(x)
     np.testing.assert_array_equal(clusters["cluster"].to_numpy(), model.labels_)
+
+
+def test_above_the_sample_size_the_choice_is_extended_to_every_row():
+    x, y = planted_blobs(n_per=100, centers=4, dim=8, seed=5)
+    model = FailureClusterer("pca+kmeans", device="cpu", sample_size=150).fit(x)
+    assert model.labels_.shape == (400,) and adjusted_rand_score(y, model.labels_) == 1.0
