@@ -42,7 +42,8 @@ def main() -> int:
     for message, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
         print(f"  skipped {count}: {message}")
     slow = sorted(cases, key=lambda c: -float(c.get("time", 0) or 0))[:5]
-    print("  slowest: " + ", ".join(f"{c.get('name')} {float(c.get('time', 0)):.0f}s" for c in slow))
+    if slow:
+        print("  slowest: " + ", ".join(f"{c.get('name')} {float(c.get('time', 0)):.0f}s" for c in slow))
     if code == 5 or passed == 0:
         print("CI: FAILED - no test ran (pytest exit code 5 or every test skipped)")
         return 1

@@ -39,7 +39,9 @@ class Reporter:
             TimeRemainingColumn(),
         ]
         with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
-            task_id = progress.add_task(description, total=total)
+            from rich.markup import escape
+
+            task_id = progress.add_task(escape(description), total=total)  # a spec's text is not markup
             yield lambda n=1: progress.advance(task_id, n)
 
 

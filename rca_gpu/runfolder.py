@@ -161,6 +161,15 @@ def open_run(path: str | Path) -> RunFolder:
     return RunFolder(folder.resolve(), info)
 
 
+def is_finished(path: str | Path) -> bool:
+    """True when :func:`open_run` accepts ``path``: a finished run of this format (for resuming a study)."""
+    try:
+        open_run(path)
+    except RunFolderError:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------------
 # Writing: the output folder of a new run
 # --------------------------------------------------------------------------------------------------
@@ -256,8 +265,10 @@ def _carries_run_id(path: Path) -> bool:
             import pyarrow.parquet as pq
 
             return RUN_ID_KEY in (pq.read_schema(path).metadata or {})
+        import re
+
         with open(path, encoding="utf-8") as handle:
-            head = handle.read(200)
-        return head.lstrip().startswith("{") and '"run_id"' in head
+            head = handle.read(200)  # write_json puts "run_id" among the first keys
+        return head.lstrip().startswith("{") and re.search(r'"run_id": "[0-9a-f]{32}"', head) is not None
     except Exception:  # noqa: BLE001 - an unreadable file is not ours to remove
         return False

@@ -490,7 +490,7 @@ def _unknown(kind: str, name: str, known: Mapping[str, Any]) -> SpecError:
     )
 
 
-def make_features(name: str, layer: str | None = None, **params: Any) -> FeatureSpec:
+def make_features(name: str, layer: str | None = None, /, **params: Any) -> FeatureSpec:
     if name not in EXTRACTORS:
         raise _unknown("feature extractor", name, EXTRACTORS)
     info = EXTRACTORS[name]
@@ -504,13 +504,13 @@ def make_features(name: str, layer: str | None = None, **params: Any) -> Feature
     return FeatureSpec(name, layer, _validate_params(f"extractor '{name}'", params, info.params))
 
 
-def make_reduce(name: str, **params: Any) -> ReduceSpec:
+def make_reduce(name: str, /, **params: Any) -> ReduceSpec:
     if name not in REDUCERS:
         raise _unknown("reducer", name, REDUCERS)
     return ReduceSpec(name, _validate_params(f"reducer '{name}'", params, REDUCERS[name], tuned=True))
 
 
-def make_cluster(name: str, **params: Any) -> ClusterSpec:
+def make_cluster(name: str, /, **params: Any) -> ClusterSpec:
     if name not in CLUSTERERS:
         raise _unknown("clusterer", name, CLUSTERERS)
     return ClusterSpec(name, _validate_params(f"clusterer '{name}'", params, CLUSTERERS[name], tuned=True))

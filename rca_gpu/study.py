@@ -23,6 +23,7 @@ from rca_gpu.data.sources import FailureSet, load_source
 from rca_gpu.device import resolve_device
 from rca_gpu.errors import RcaError, SpecError
 from rca_gpu.progress import Reporter
+from rca_gpu.runfolder import is_finished, open_run
 from rca_gpu.spec import CLUSTERERS, REDUCERS, PipelineSpec, RunSpec, make_cluster, make_reduce, parse_pipeline
 
 log = logging.getLogger("rca_gpu")
@@ -100,7 +101,7 @@ def run_study(
         by_features.setdefault(str(pipeline.features), []).append(pipeline)
 
     for feature_text, group in by_features.items():
-        todo = [p for p in group if not (out / "pipelines" / slug(p) / "run.json").is_file()]
+        todo = [p for p in group if not is_finished(out / "pipelines" / slug(p))]
         for pipeline in group:
             if pipeline not in todo:
                 rows.append(_row_from_disk(pipeline, out / "pipelines" / slug(pipeline)))
@@ -162,8 +163,7 @@ def _row(pipeline: PipelineSpec, info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _row_from_disk(pipeline: PipelineSpec, run_dir: Path) -> dict[str, Any]:
-    info = json.loads((run_dir / "run.json").read_text())
-    return _row(pipeline, info)
+    return _row(pipeline, open_run(run_dir).info)
 
 
 def _failed_row(pipeline: PipelineSpec, error: str) -> dict[str, Any]:

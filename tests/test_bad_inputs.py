@@ -42,8 +42,9 @@ QUICK = ["--device", "cpu", "--workers", "0", "--quiet"]
 
 
 def _digit(size: int = 16) -> np.ndarray:
-    """A bright bar on black: what a digit looks like to a decoder."""
+    """A bright stroke with a grey halo on black, as an anti-aliased digit looks (0, 96 and 255)."""
     image = np.zeros((size, size), dtype=np.uint8)
+    image[size // 4 - 1 : 3 * size // 4 + 1, size // 2 - 2 : size // 2 + 2] = 96
     image[size // 4 : 3 * size // 4, size // 2 - 1 : size // 2 + 1] = 255
     return image
 
@@ -114,6 +115,14 @@ def _i16b(array: np.ndarray) -> Image.Image:
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # a name whose bytes are Latin-1, not UTF-8
 
 
+def _unix_socket(path: Path) -> None:
+    import socket
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))  # the file stays after the socket is closed
+    server.close()
+
+
 def _multipage(path: Path) -> None:
     pages = [Image.fromarray(_digit()), Image.fromarray(255 - _digit())]
     pages[0].save(path, save_all=True, append_images=pages[1:])
@@ -136,6 +145,7 @@ FOLDER_CASES = [
     ("link_loop.png", lambda f, n: os.symlink(n, f / n), "rejected", "symbolic link loop"),
     ("fifo.png", lambda f, n: os.mkfifo(f / n), "rejected", "named pipe (FIFO)"),
     ("folder.png", lambda f, n: (f / n).mkdir(), "rejected", "a folder named like an image"),
+    ("socket.png", lambda f, n: _unix_socket(f / n), "rejected", "a socket, not a file"),
     ("._resource_fork.png", lambda f, n: (f / n).write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60), "rejected",
      "not a readable image"),
     ("bomb.png", lambda f, n: _png_header_only(f / n, 30_000, 30_000), "rejected", "image too large"),
@@ -234,6 +244,7 @@ def _decode(path: Path, mode: str = "L") -> np.ndarray:
 
 
 DIGIT_ON = _digit() > 0
+BINARY = DIGIT_ON.astype(np.uint8) * 255
 
 
 def _write(tmp_path: Path, name: str, image: Image.Image, **kwargs) -> Path:
@@ -255,7 +266,7 @@ DECODE_CASES = [
      lambda a: np.array_equal(a, _digit())),
     ("32-bit integer TIFF with negative values: stretched over its range", "i32.tif",
      lambda: Image.fromarray(_digit().astype(np.int32) * 1000 - 100_000),
-     lambda a: a.min() == 0 and a.max() == 255 and np.array_equal(a > 127, DIGIT_ON)),
+     lambda a: a.min() == 0 and a.max() == 255 and np.array_equal(a > 127, _digit() > 127)),
     ("float TIFF in [0, 1]: grey levels kept, not {0, 1}", "f01.tif",
      lambda: Image.fromarray(np.where(DIGIT_ON, 0.75, 0.25).astype(np.float32)),
      lambda a: set(np.unique(a).tolist()) == {64, 191}),
@@ -264,14 +275,14 @@ DECODE_CASES = [
      lambda a: np.array_equal(a, _digit())),
     ("float TIFF in [-1, 1]: stretched", "fpm1.tif",
      lambda: Image.fromarray(np.where(DIGIT_ON, 1.0, -1.0).astype(np.float32)),
-     lambda a: np.array_equal(a, _digit())),
+     lambda a: np.array_equal(a, BINARY)),
     ("float TIFF with NaN: NaN as the low end", "fnan.tif",
      lambda: Image.fromarray(np.where(DIGIT_ON, 1.0, np.nan).astype(np.float32)),
-     lambda a: np.array_equal(a, _digit())),
-    ("1-bit PNG", "b.png", lambda: Image.fromarray(DIGIT_ON), lambda a: np.array_equal(a, _digit())),
+     lambda a: np.array_equal(a, BINARY)),
+    ("1-bit PNG", "b.png", lambda: Image.fromarray(DIGIT_ON), lambda a: np.array_equal(a, BINARY)),
     ("palette PNG with a transparent colour: composited on white", "pt.png",
-     lambda: Image.fromarray(np.stack([_digit()] * 3, -1)).convert("P"),
-     lambda a: (a == 255).all()),
+     lambda: Image.fromarray(_digit()).convert("P"),  # a grey palette; colour 0 (the black ground) transparent
+     lambda a: np.array_equal(a, np.where(_digit() == 0, 255, _digit()))),
     ("grey + alpha, half transparent black: mid grey", "la.png",
      lambda: Image.merge("LA", [Image.fromarray(np.zeros((16, 16), np.uint8)),
                                 Image.fromarray(np.full((16, 16), 128, np.uint8))]),
@@ -873,7 +884,7 @@ SLOW_RUN = textwrap.dedent("""
     import sys, time
     import rca_gpu.features.extract as extract
     from rca_gpu.features import pixels
-    extract.SHARD_ROWS = 20  # small shards, so that a kill lands between them
+    extract.SHARD_SECONDS = 0.5  # the time bound (the row bound, 1,000 images, stays): a shard every ~3 batches
     encode = pixels.PixelExtractor.encode
     def slow(self, images):
         time.sleep(0.15)
@@ -926,6 +937,12 @@ def test_an_extraction_killed_with_sigkill_resumes_from_its_finished_shards(tmp_
     assert len(clusters) == 200 and clusters["id"].is_unique and (clusters["status"] != "rejected").all()
     after = _shard_positions(out / "cache")
     assert sorted(after) == list(range(200))  # no row lost, none extracted twice
+
+
+def test_shards_are_bounded_by_rows_and_by_time_by_default():
+    from rca_gpu.features import extract
+
+    assert extract.SHARD_ROWS <= 1000 and extract.SHARD_SECONDS <= 60
 
 
 def test_shards_are_bounded_by_time(small_data, tmp_path, monkeypatch):

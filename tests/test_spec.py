@@ -76,3 +76,17 @@ def test_config_errors(tmp_path):
         load_config(bad)
     with pytest.raises(SpecError, match="Unknown config key"):
         build_run_spec({"colour": "red"})
+
+
+@pytest.mark.parametrize("table", ["features", "reduce", "cluster"])
+@pytest.mark.parametrize("key", ["name", "layer"])
+def test_stage_tables_with_a_key_named_like_an_argument(table, key):
+    """[features] name = ... (and siblings) is an unknown parameter, not a clash of Python arguments."""
+    config = {table: {key: "x"}}
+    if table == "features" and key == "layer":
+        with pytest.raises(SpecError, match="'mobilenet_v2' .*layer"):  # a layer name that does not parse
+            build_run_spec({table: {key: "x y"}})
+        assert build_run_spec(config).pipeline.features.layer == "x"
+        return
+    with pytest.raises(SpecError, match=f"'{key}'"):
+        build_run_spec(config)

@@ -77,7 +77,9 @@ def make_command(
 
     from rca_gpu.datasets import make_dataset
     from rca_gpu.progress import Reporter
+    from rca_gpu.runfolder import check_out_folder
 
+    check_out_folder(out)  # before a DUT is trained
     manifest = make_dataset(
         name.value,
         out,
@@ -89,10 +91,10 @@ def make_command(
     )
     summary = json.loads((manifest.parent / "dataset.json").read_text())
     console = Console()
-    console.print(f"Wrote {summary['n_failures']} failures: {manifest}")
+    console.print(f"Wrote {summary['n_failures']} failures: {manifest}", markup=False)  # paths are data
     console.print(
         f"DUT: {summary['dut']['architecture']} (weights {manifest.parent / 'dut_state.pt'}, TorchScript "
-        f"{manifest.parent / 'dut.pt'}), clean accuracy {summary['dut']['clean_accuracy']:.2%}"
+        f"{manifest.parent / 'dut.pt'}), clean accuracy {summary['dut']['clean_accuracy']:.2%}", markup=False
     )
     table = Table(title=f"{summary['name']} failures per root cause")
     table.add_column("cause", no_wrap=True)
@@ -111,7 +113,7 @@ def make_command(
         )
     console.print(table)
     if include_passing:
-        console.print(f"Passing inputs: {manifest.parent / 'passing.parquet'}")
+        console.print(f"Passing inputs: {manifest.parent / 'passing.parquet'}", markup=False)
 
 
 def _parse_proportions(text: str | None) -> dict[str, float] | None:

@@ -47,6 +47,9 @@ def study_command(
     from rca_gpu.data.sources import load_source
     from rca_gpu.study import check_study_source, make_plan, run_study, to_markdown
 
+    from rca_gpu.runfolder import check_out_folder
+
+    check_out_folder(out)  # before any feature is extracted
     reporter = _setup(quiet, False)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
                       precision=precision, model=model)
