@@ -4,6 +4,9 @@ Public API (heavy libraries are imported only when a function runs)::
 
     from rca_gpu import run, parse_pipeline, build_run_spec
     result = run(build_run_spec(pipeline="mobilenet_v2+umap+dbscan"), "failures/", out="runs/x")
+
+    from rca_gpu import FailureClusterer          # scikit-learn estimator over features you already have
+    labels = FailureClusterer("umap+dbscan").fit(X).labels_
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from rca_gpu.spec import PipelineSpec, RunSpec, build_run_spec, parse_pipeline
 __version__ = "0.1.0"
 
 __all__ = [
+    "FailureClusterer",
     "PipelineSpec",
     "RcaError",
     "RunSpec",
@@ -32,3 +36,11 @@ def run(spec, source, out):  # noqa: D401 - thin lazy re-export
     from rca_gpu.pipeline import run as _run
 
     return _run(spec, source, out)
+
+
+def __getattr__(name: str):
+    if name == "FailureClusterer":  # imported on first use: scikit-learn stays out of `rca-gpu --help`
+        from rca_gpu.estimator import FailureClusterer
+
+        return FailureClusterer
+    raise AttributeError(f"module 'rca_gpu' has no attribute {name!r}")

@@ -175,10 +175,10 @@ def print_clusters(clusters, console=None, explanations=None, stability=None) ->
 @app.command("run")
 @friendly_errors
 def run_command(
-    source: Annotated[Path, typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
-                                           "with a 'path' column.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (an earlier run in it is replaced; "
                                      "the feature cache under OUT/cache is kept).")],
+    source: Annotated[Optional[Path], typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
+                                                     "with a 'path' column (or --features instead).")] = None,
     pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
     device: DeviceOpt = None,
@@ -197,23 +197,37 @@ def run_command(
     stability: Annotated[Optional[int], typer.Option("--stability", "--stability-resamples",
                          help="Resamples for each cluster's stability (subsample Jaccard); 0 = off. "
                          "Default: about the run's clustering time again.")] = None,
+    features: Annotated[Optional[Path], typer.Option("--features", help="Your own features instead of SOURCE: "
+                        ".parquet (id, optional path and metadata columns, one list column or f0..fN) or 2-D .npy; "
+                        "the pipeline then has no feature stage (default umap+dbscan).")] = None,
+    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="With --features: .csv/.parquet with one "
+                        "row per feature row, same order (id, path, root_cause, ...).")] = None,
+    dask: Annotated[Optional[str], typer.Option("--dask", help="local, or a scheduler address tcp://HOST:8786: "
+                    "extraction on Dask workers (kNN graph too on dask-cuda workers).")] = None,
+    sample_size: Annotated[Optional[int], typer.Option("--sample-size", help="Above this many usable images, "
+                           "hyper-parameters are chosen on a seeded sample of this size and extended to the "
+                           "rest (default 5000).")] = None,
     report: ReportOpt = True,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Cluster the failing images in SOURCE; write clusters.parquet, embedding.parquet, run.json to OUT."""
+    """Cluster the failing images in SOURCE (or the features in --features FILE); write clusters.parquet,
+    embedding.parquet, run.json to OUT."""
     from rca_gpu.runfolder import check_out_folder
 
     check_out_folder(out)  # before the spec, the source or any model is read
     reporter = _setup(quiet, verbose)
+    from rca_gpu.launch import pipeline_for_features, run_inputs
+
+    if features is not None:
+        pipeline = pipeline_for_features(pipeline, config)
     spec = build_spec(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
-        cache_features=cache, plot_embedding=plot_umap, stability=stability,
+        cache_features=cache, plot_embedding=plot_umap, stability=stability, sample_size=sample_size,
     )
-    from rca_gpu.pipeline import run
-
-    result = run(spec, source, out, reporter=reporter, report=report)
+    result = run_inputs(spec, source, out, features=features, metadata=metadata, dask=dask, reporter=reporter,
+                        report=report)
     _echo_result(result, show_clusters=not quiet, images="images")
 
 

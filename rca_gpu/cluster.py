@@ -22,6 +22,9 @@ from rca_gpu.registry import Adapter
 
 #: Above this many points, exact Ward (quadratic memory) is replaced by Ward restricted to the kNN graph.
 WARD_EXACT_MAX = 20_000
+#: Ward never runs on more points than this; the search runs it on its sample (rca_gpu.tuning), and raising
+#: the sample size above this is refused with a message.
+WARD_MAX_POINTS = 50_000
 
 
 def cluster(x: Any, algorithm: str, params: dict[str, Any], device: Device, *, seed: int = 0) -> np.ndarray:
@@ -107,9 +110,9 @@ class CumlKMeans(_Base):
 class SklearnWard(_Base):
     """Agglomerative clustering with Ward linkage.
 
-    The merge tree is built once (SciPy) and cut at any number of clusters, so a search over k costs one
-    tree. Above WARD_EXACT_MAX points the quadratic-memory tree is replaced by scikit-learn's Ward
-    restricted to a kNN connectivity graph.
+    The merge tree is built once and cut at any number of clusters, so a search over k costs one tree:
+    SciPy's exact tree up to WARD_EXACT_MAX points, above that scikit-learn's Ward tree restricted to a kNN
+    connectivity graph (linear memory), cut by undoing its last k - 1 merges.
     """
 
     def __init__(self, *, seed: int = 0, **params: Any) -> None:
@@ -123,9 +126,12 @@ class SklearnWard(_Base):
 
             self._tree = ("scipy", ward(x))
         else:
+            from sklearn.cluster import ward_tree
             from sklearn.neighbors import kneighbors_graph
 
-            self._tree = ("sklearn", x, kneighbors_graph(x, n_neighbors=15, include_self=False))
+            connectivity = kneighbors_graph(x, n_neighbors=15, include_self=False)
+            children = ward_tree(x, connectivity=connectivity)[0]
+            self._tree = ("children", children, len(x))
         return self
 
     def labels_for(self, k: int) -> np.ndarray:
@@ -134,10 +140,8 @@ class SklearnWard(_Base):
             from scipy.cluster.hierarchy import fcluster
 
             return fcluster(self._tree[1], t=k, criterion="maxclust").astype(np.int64) - 1
-        from sklearn.cluster import AgglomerativeClustering
-
-        _, x, connectivity = self._tree
-        return AgglomerativeClustering(n_clusters=k, linkage="ward", connectivity=connectivity).fit_predict(x)
+        _, children, n = self._tree
+        return cut_merges(children, n, k)
 
     def merge_heights(self) -> np.ndarray | None:
         """Linkage heights, largest merge last (exact tree only)."""
@@ -145,6 +149,22 @@ class SklearnWard(_Base):
 
     def fit_predict(self, x):
         return self.fit_tree(x).labels_for(self.params["k"])
+
+
+def cut_merges(children: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Labels (n,) int64 of ``k`` clusters from a merge list in scikit-learn's ``children_`` form (merge i
+    joins nodes children[i] into node n + i): the first n - k merges applied, by pointer doubling."""
+    k = max(1, min(k, n))
+    parent = np.arange(2 * n - 1, dtype=np.int64)
+    applied = n - k
+    parent[np.asarray(children[:applied], dtype=np.int64).ravel()] = np.repeat(n + np.arange(applied), 2)
+    while True:
+        jumped = parent[parent]
+        if np.array_equal(jumped, parent):
+            break
+        parent = jumped
+    _, labels = np.unique(parent[:n], return_inverse=True)
+    return labels.astype(np.int64).ravel()
 
 
 class CumlWard(_Base):

@@ -82,8 +82,87 @@ def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph
     started = time.perf_counter()
     data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
     indices, distances = adapter.search(data, k)
+    if not device.on_gpu:  # host results: the same graph whatever the thread count (see exact_distances)
+        indices, distances = exact_distances(x, as_numpy(indices))
     seconds = time.perf_counter() - started
     return KnnGraph(indices, distances, f"{name}-{adapter.implementation.backend}", seconds)
+
+
+def exact_distances(x: Any, indices: np.ndarray, *, keep_first: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Recompute the distances of a kNN result exactly and order each row by (distance, index).
+
+    Matrix-product searches (FAISS, torch) compute ``|a|^2 + |b|^2 - 2 a.b`` in float32, whose rounding
+    depends on how the BLAS library splits the work across threads: the same data gave different distances
+    (not different neighbours) under ``OMP_NUM_THREADS=1`` and 2, hence different UMAP weights and clusters.
+    Here each distance is ``sqrt(sum((a - b)^2))`` of the float32 differences, summed by NumPy's einsum
+    (single-threaded, one fixed order), and ties are broken by the lower index: a result that depends on the
+    data only. Cost O(n k d), a small fraction of the search itself.
+
+    Parameters
+    ----------
+    x : (n, d) host array of the points (float32 or float64).
+    indices : (n, k) int array of neighbour rows of ``x``; with ``keep_first`` column 0 stays in place (the
+        point itself in a self-graph).
+
+    Returns
+    -------
+    (indices int64 (n, k), distances float32 (n, k)).
+    """
+    x = np.asarray(as_numpy(x))
+    indices = np.asarray(indices, dtype=np.int64)
+    n, k = indices.shape
+    distances = np.empty((n, k), dtype=np.float32)
+    x = x.astype(np.float32, copy=False)
+    block = max(1, (1 << 22) // max(1, k * x.shape[1]))
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        diff = x[indices[start:stop]] - x[start:stop, None, :]
+        distances[start:stop] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    first = 1 if keep_first and k > 0 else 0
+    order = np.lexsort((indices[:, first:], distances[:, first:]), axis=1)
+    indices[:, first:] = np.take_along_axis(indices[:, first:], order, axis=1)
+    distances[:, first:] = np.take_along_axis(distances[:, first:], order, axis=1)
+    if first:
+        distances[:, 0] = 0.0
+    return indices, distances
+
+
+def nearest_rows(base: Any, queries: Any, k: int, device: Device) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest rows of ``base`` for every row of ``queries`` (exact, Euclidean).
+
+    Blocked matrix products and top-k in torch on ``device`` (CPU or CUDA); the nearest distance is then
+    recomputed exactly, so a row identical to a base row is at distance 0. Cost O(len(queries) x len(base)
+    x d): linear in the number of queries for a fixed base (the seeded sample of :mod:`rca_gpu.tuning`).
+
+    Returns
+    -------
+    (indices int64 (m, k) into ``base``, distances float32 (m, k)) on the host, nearest first.
+    """
+    import torch
+
+    k = min(k, int(base.shape[0]))
+    b = as_torch(base, device.torch_device).float()
+    q_all = as_torch(queries, device.torch_device)
+    m = int(q_all.shape[0])
+    base_sq = (b * b).sum(dim=1)
+    block = torch_block_rows(int(b.shape[0]), b.device)
+    out_i = np.empty((m, k), dtype=np.int64)
+    out_d = np.empty((m, k), dtype=np.float32)
+    for start in range(0, m, block):
+        stop = min(m, start + block)
+        q = q_all[start:stop].float()
+        d2 = (q * q).sum(dim=1)[:, None] + base_sq[None, :] - 2.0 * (q @ b.T)
+        values, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        out_i[start:stop] = as_numpy(idx)
+        out_d[start:stop] = as_numpy(values.clamp_min_(0.0).sqrt_())
+    # the nearest distance exactly (float32 differences): an identical row is at distance 0, not at the
+    # rounding error of the matrix product
+    base_host = np.asarray(as_numpy(base), dtype=np.float32)
+    for start in range(0, m, 65_536):
+        stop = min(m, start + 65_536)
+        diff = base_host[out_i[start:stop, 0]] - np.asarray(as_numpy(queries[start:stop]), dtype=np.float32)
+        out_d[start:stop, 0] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out_i, out_d
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,15 +6,17 @@ graphs are computed once per feature set.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import platform
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -64,6 +66,34 @@ class Timer:
 
     def add(self, stage: str, started: float) -> None:
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
+
+
+@contextlib.contextmanager
+def warnings_to_log():
+    """Warnings raised by the libraries inside go to the log (shown with -v), not raw onto the terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for item in caught:
+        text = f"{item.category.__name__}: {item.message}"
+        if text not in seen:
+            seen.add(text)
+            log.debug("library warning (%s:%d) %s", Path(item.filename).name, item.lineno, text)
+
+
+def thread_counts() -> dict[str, Any]:
+    """Threads the numeric libraries use (run.json): results of the same spec on the same data are identical
+    across thread counts on the CPU, and this records what ran (README, "Reproducibility")."""
+    import os
+
+    import torch
+
+    out: dict[str, Any] = {"torch": torch.get_num_threads(), "cpus": os.cpu_count()}
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        if name in os.environ:
+            out[name] = os.environ[name]
+    return out
 
 
 def library_versions() -> dict[str, str]:
@@ -124,19 +154,28 @@ def check_enough(n_usable: int, n_total: int, clusterer: str) -> None:
         )
 
 
-def feature_graph(features, spec: RunSpec, reduce_spec: ReduceSpec, device: Device) -> KnnGraph:
+def feature_graph(features, spec: RunSpec, reduce_spec: ReduceSpec, device: Device) -> KnnGraph | None:
+    """The kNN graph of all usable images, or None above ``spec.sample_size`` images: the search then runs on
+    a seeded sample and computes the (much smaller) graph of that sample itself (rca_gpu.tuning)."""
+    if features.n > spec.sample_size:
+        return None
     return knn_graph(features.matrix, effective_k(spec.knn_k, reduce_spec), device, spec.knn_backend)
 
 
-def plot_embedding(features, chosen: np.ndarray, graph: KnnGraph, device: Device, seed: int,
-                   use_umap: bool, reduce_cache: dict | None = None) -> tuple[np.ndarray, str]:
+def plot_embedding(features, chosen: np.ndarray, graph: KnnGraph | None, device: Device, seed: int,
+                   use_umap: bool, reduce_cache: dict | None = None,
+                   selection: Selection | None = None) -> tuple[np.ndarray, str]:
     """A 2-D embedding for plots: the chosen embedding when it is 2-D, else a 2-D UMAP of the features
-    (from the same kNN graph), or the first two principal components when UMAP plots are off."""
-    from rca_gpu.tuning import cached_reduce
+    (from the same kNN graph; fitted on the search's sample and extended when the search ran on a sample),
+    or the first two principal components when UMAP plots are off."""
+    from rca_gpu.tuning import cached_reduce, place_in_umap
 
     if chosen.shape[1] == 2:
         return chosen, "chosen embedding"
     if use_umap and features.n > 3:
+        if selection is not None and selection.extension is not None:
+            embedding = place_in_umap(selection, features.matrix, PLOT_UMAP, device, seed, reduce_cache)
+            return embedding, "umap 2-D of the features (fitted on the search's sample, others placed)"
         embedding, _ = cached_reduce(features.matrix, "umap", PLOT_UMAP, device, graph, seed, reduce_cache)
         return np.asarray(as_numpy(embedding), dtype=np.float32), "umap 2-D of the features"
     embedding, _ = cached_reduce(features.matrix, "pca", {"n_components": 2}, device, graph, seed, reduce_cache)
@@ -254,10 +293,16 @@ def run(
     reporter: Reporter | None = None,
     cache_dir: str | Path | None = None,
     report: bool = True,
+    extract: Callable[..., Any] | None = None,
+    knn: Callable[..., KnnGraph | None] | None = None,
 ) -> RunResult:
     """Run one pipeline on ``source`` and write clusters.parquet, embedding.parquet, explanations.parquet,
     run.json (and metrics.json when root causes are known) to ``out``, then report.html unless ``report`` is
     False.
+
+    ``extract`` replaces :func:`compute_features` (same arguments and result) and ``knn(features, spec,
+    device)`` may supply the kNN graph (None: computed here): rca_gpu.distributed runs extraction and, on GPU
+    workers, the graph on Dask this way, behind the same checks and outputs.
 
     Everything that can be checked before work starts is checked first (the output folder, the values the
     spec fixes against the number of input rows, memory, the kNN backend); only then is an earlier run in
@@ -287,18 +332,58 @@ def run(
     check_backends(spec, device)
     start_run_folder(out)
 
-    features = None
     try:
         t = time.perf_counter()
         cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
-        features = compute_features(spec.pipeline.features, failures, spec, device, cache, reporter)
+        features = (extract or compute_features)(spec.pipeline.features, failures, spec, device, cache, reporter)
         timer.add("features", t)
+    except TooFewImagesError as exc:
+        write_failed_run(spec, failures, None, out, run_id, exc, started_at)
+        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+    graph = None
+    if knn is not None and 2 <= features.n <= spec.sample_size:  # above it the search needs no full graph
+        t = time.perf_counter()
+        graph = knn(features, spec, device)
+        if graph is not None:
+            timer.add("knn", t)
+    return run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
+                           started_at=started_at, run_id=run_id, graph=graph, report=report)
+
+
+def run_on_features(
+    spec: RunSpec,
+    failures: FailureSet,
+    features,
+    device: Device,
+    out: str | Path,
+    *,
+    timer: Timer | None = None,
+    reporter: Reporter | None = None,
+    started_at: str | None = None,
+    run_id: str | None = None,
+    graph: KnnGraph | None = None,
+    report: bool = True,
+) -> RunResult:
+    """Everything after extraction: kNN graph (unless ``graph`` is given), reduce + cluster, outputs, and
+    report.html unless ``report`` is False.
+
+    Also the entry point for features that were not extracted by :func:`run`: ``--features FILE``
+    (rca_gpu.launch, rca_gpu.features.precomputed). When too few images are usable, clusters.parquet is written
+    with every row's reason beside a failed run.json, and TooFewImagesError is raised.
+    """
+    timer = timer or Timer()
+    started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    run_id = run_id or new_run_id()
+    out = Path(out)
+    try:
         check_data_limits(spec.pipeline, features.n, dims=int(features.info.get("dims") or 0) or None,
                           images="usable images", error=TooFewImagesError)
-        t = time.perf_counter()
-        graph = feature_graph(features, spec, spec.pipeline.reduce, device)
-        timer.add("knn", t)
+        if graph is None:
+            t = time.perf_counter()
+            graph = feature_graph(features, spec, spec.pipeline.reduce, device)
+            timer.add("knn", t)
     except TooFewImagesError as exc:
+        start_run_folder(out)
         write_failed_run(spec, failures, features, out, run_id, exc, started_at)
         raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
@@ -373,9 +458,12 @@ def cluster_and_write(
     started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out = Path(out)
     t = time.perf_counter()
-    with reporter.task(f"reduce + cluster {spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}", total=None) as advance:
+    reduce_cache = {} if reduce_cache is None else reduce_cache  # the plot may reuse an embedding of the search
+    with reporter.task(f"reduce + cluster {spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}", total=None) as advance, \
+            warnings_to_log():
         selection = select(features.matrix, graph, spec.pipeline.reduce, spec.pipeline.cluster, device,
-                           seed=spec.seed, progress=advance, reduce_cache=reduce_cache)
+                           seed=spec.seed, progress=advance, reduce_cache=reduce_cache,
+                           sample_size=spec.sample_size)
     timer.add("reduce_cluster", t)
     labels = order_labels(selection.labels)
     catalogue = keep_for_catalogue(spec, failures, features, graph, selection, labels, device, out, run_id,
@@ -384,8 +472,9 @@ def cluster_and_write(
     chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
 
     t = time.perf_counter()
-    plot, plot_source = plot_embedding(features, chosen, graph, device, spec.seed, spec.plot_embedding,
-                                       reduce_cache)
+    with warnings_to_log():
+        plot, plot_source = plot_embedding(features, chosen, graph, device, spec.seed, spec.plot_embedding,
+                                           reduce_cache, selection)
     timer.add("plot_embedding", t)
 
     t = time.perf_counter()
@@ -428,7 +517,8 @@ def cluster_and_write(
         "seed": spec.seed,
         "device": device.to_dict(),
         "features": features.info,
-        "knn": graph.describe(),
+        "knn": graph.describe() if graph is not None else selection.knn,
+        "threads": thread_counts(),
         "reduce": selection.reduce_info,
         "tuning": {**selection.to_dict(), "seconds": selection.seconds},
         "plot_embedding": plot_source,

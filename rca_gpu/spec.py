@@ -2,11 +2,14 @@
 
 A pipeline string names one algorithm per stage, joined by ``+``::
 
-    pipeline  := features "+" reducer "+" clusterer
+    pipeline  := [features "+"] reducer "+" clusterer
     features  := name ["@" layer] [params]        e.g. mobilenet_v2, lrp@conv3, resnet18@layer3
     reducer   := ("umap" | "pca" | "none") [params]
     clusterer := ("dbscan" | "hdbscan" | "kmeans" | "ward") [params]
     params    := "(" key "=" value {"," key "=" value} ")"
+
+Without a feature stage (``umap+dbscan``) the pipeline runs on features the user brings
+(``rca-gpu run --features FILE``, :class:`rca_gpu.FailureClusterer`); it stands for ``precomputed+umap+dbscan``.
 
 Examples: ``mobilenet_v2+umap+dbscan``, ``pixels+pca(n_components=20)+kmeans(k=8)``,
 ``mobilenet_v2+umap(n_neighbors=30,n_components=10)+hdbscan(min_cluster_size=15)``.
@@ -245,6 +248,13 @@ EXTRACTORS: dict[str, ExtractorInfo] = {
     ),
 }
 
+#: The feature stage of a pipeline over features the user brings (written ``umap+dbscan``).
+PRECOMPUTED = "precomputed"
+EXTRACTORS[PRECOMPUTED] = ExtractorInfo(
+    "rca_gpu.features.precomputed:PrecomputedFeatures",
+    "features you bring: rca-gpu run --features FILE (.parquet / .npy), or FailureClusterer.fit(X)",
+)
+
 REDUCERS: dict[str, dict[str, Param]] = {
     "umap": {
         "n_components": Param(int, "at_least_1", high=100),
@@ -255,11 +265,15 @@ REDUCERS: dict[str, dict[str, Param]] = {
     "none": {},
 }
 
+#: The rule that chooses among the candidate settings (rca_gpu.tuning): "merged" is the default.
+SELECT_RULES = ("merged", "finest-peak", "max")
 CLUSTERERS: dict[str, dict[str, Param]] = {
-    "dbscan": {"eps": Param(float, "positive"), "min_samples": Param(int, "at_least_1")},
-    "hdbscan": {"min_cluster_size": Param(int, "at_least_2"), "min_samples": Param(int, "at_least_1")},
-    "kmeans": {"k": Param(int, "at_least_2")},
-    "ward": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", ("silhouette", "knee"))},
+    "dbscan": {"eps": Param(float, "positive"), "min_samples": Param(int, "at_least_1"),
+               "select": Param(str, "choice", SELECT_RULES)},
+    "hdbscan": {"min_cluster_size": Param(int, "at_least_2"), "min_samples": Param(int, "at_least_1"),
+                "select": Param(str, "choice", SELECT_RULES)},
+    "kmeans": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES)},
+    "ward": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES + ("knee", "silhouette"))},
 }
 
 # Fewest images each clusterer can work with; the pipeline checks this before running.
@@ -350,6 +364,7 @@ class RunSpec:
     cache_features: bool = True
     plot_embedding: bool = True
     stability: int | None = None  # stability resamples: None = automatic (rca_gpu.catalogue.stability), 0 = off
+    sample_size: int = 5000  # above this many usable images the search runs on a seeded sample (rca_gpu.tuning)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pipeline, PipelineSpec):
@@ -387,6 +402,7 @@ RUN_PARAMS: dict[str, Param] = {
     "cache_features": Param(bool),
     "plot_embedding": Param(bool),
     "stability": Param(int, "non_negative", high=1000),  # resamples; None = automatic, 0 = off
+    "sample_size": Param(int, "at_least_1", low=100, high=10_000_000),
 }
 #: Run options that may be left unset (None).
 OPTIONAL_RUN_OPTIONS = ("model", "image_root", "stability")
@@ -503,7 +519,7 @@ def make_cluster(name: str, /, **params: Any) -> ClusterSpec:
 
 
 def parse_pipeline(text: str) -> PipelineSpec:
-    """Parse ``features[@layer][(k=v)]+reducer[(k=v)]+clusterer[(k=v)]``."""
+    """Parse ``[features[@layer][(k=v)]+]reducer[(k=v)]+clusterer[(k=v)]``."""
     if not isinstance(text, str):
         raise SpecError(
             f"The pipeline must be a string FEATURES+REDUCER+CLUSTERER, e.g. \"mobilenet_v2+umap+dbscan\". "
@@ -513,10 +529,13 @@ def parse_pipeline(text: str) -> PipelineSpec:
         raise SpecError("The pipeline is empty. Write it as FEATURES+REDUCER+CLUSTERER, e.g. mobilenet_v2+umap+dbscan.")
     _check_parentheses(text)
     stages = _split_stages(text.strip())
+    if len(stages) == 2 and re.split(r"[@(]", stages[0])[0].strip().lower() in REDUCERS:
+        stages = [PRECOMPUTED, *stages]  # REDUCER+CLUSTERER: over features the user brings
     if len(stages) != 3:
         raise SpecError(
             f"The pipeline {text!r} has {len(stages)} stage(s); it needs three joined by '+': "
-            "FEATURES+REDUCER+CLUSTERER, e.g. mobilenet_v2+umap+dbscan."
+            "FEATURES+REDUCER+CLUSTERER, e.g. mobilenet_v2+umap+dbscan (or REDUCER+CLUSTERER, e.g. umap+dbscan, "
+            "over features passed with --features)."
         )
     matches = []
     for stage in stages:

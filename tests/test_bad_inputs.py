@@ -692,7 +692,7 @@ def test_bad_option_is_one_line_before_work(small_data, tmp_path, extra, fragmen
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["run"], "Missing argument 'source'"),
+    (["run"], "Missing option '--out'"),  # SOURCE is optional: --features FILE may replace it
     (["evaluate"], "Missing argument 'RUN_DIR'"),
     (["datasets", "make", "nope", "--out", "x"], "'nope' is not one of"),
     (["nonsense"], "No such command 'nonsense'"),

@@ -11,7 +11,7 @@ from rca_gpu.cluster import cluster
 from rca_gpu.device import cpu_device
 from rca_gpu.neighbors import knn_graph
 from rca_gpu.spec import make_cluster, make_reduce
-from rca_gpu.tuning import select, validity
+from rca_gpu.tuning import BAND, NOISE_CAP, select, validity
 
 FIXED = {
     "dbscan": {"eps": 1.5, "min_samples": 5},
@@ -40,9 +40,19 @@ def test_tuned_parameters_recover_planted_clusters(blobs, algorithm):
     graph = knn_graph(x, 30, device)
     selection = select(x, graph, make_reduce("none"), make_cluster(algorithm), device, seed=0)
     assert adjusted_rand_score(planted, selection.labels) >= 0.95
+    assert len(np.unique(selection.labels[selection.labels >= 0])) == 4
     assert len(selection.trials) > 1  # something was searched
-    chosen = [t for t in selection.trials if t.cluster == selection.cluster_params]
-    assert chosen and chosen[0].score == max(t.score for t in selection.trials)
+    chosen = [t for t in selection.trials if t.chosen]
+    assert len(chosen) == 1 and chosen[0].cluster == selection.cluster_params
+    # the default rule starts from the finest trial scoring within BAND of the best (low-noise trials); when
+    # merging changed the count, K-means and Ward report their own trial with the merged number of clusters
+    eligible = [t for t in selection.trials if t.noise_share <= NOISE_CAP and t.score > -1]
+    best = max(t.score for t in eligible)
+    finest = max(t.n_clusters for t in eligible if t.score >= BAND * best)
+    if algorithm in ("kmeans", "ward") and selection.merges:
+        assert chosen[0].cluster["k"] == 4
+    else:
+        assert chosen[0].score >= BAND * best and chosen[0].n_clusters == finest
 
 
 def test_ward_knee_selection_finds_planted_k(blobs):

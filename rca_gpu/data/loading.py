@@ -165,15 +165,20 @@ class ImageDataset:
 
     def __init__(self, failures: "FailureSet", positions: np.ndarray, transform: Callable, mode: str,
                  properties: bool = False) -> None:
-        self.paths = failures.paths
         self.images = failures.images
         self.positions = np.asarray(positions, dtype=np.int64)
+        # only these rows' paths, as one Arrow array: no Python string per row, cheap to send to workers
+        self.paths = None if self.images is not None else _paths_of(failures, self.positions)
         self.transform = transform
         self.mode = mode
         self.properties = properties
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def _path(self, item: int) -> str:
+        path = self.paths[item]
+        return path if isinstance(path, str) else path.as_py()
 
     def __getitem__(self, item: int):
         """(position, tensor | None, reason when rejected else a note or "", properties | None)."""
@@ -185,7 +190,7 @@ class ImageDataset:
 
                 image = Image.fromarray(self.images[position]).convert(self.mode)
             else:
-                image, note = decode_image_noted(self.paths[position], self.mode)
+                image, note = decode_image_noted(self._path(item), self.mode)
             properties = None
             if self.properties:
                 from rca_gpu.data.properties import image_properties
@@ -196,6 +201,16 @@ class ImageDataset:
             return position, None, str(exc), None
         except Exception as exc:  # a transform failing on odd input is a rejection too
             return position, None, f"preprocessing failed: {type(exc).__name__}: {exc}", None
+
+
+def _paths_of(failures: "FailureSet", positions: np.ndarray):
+    """The files of ``positions``: one Arrow string array, or a list where names are not UTF-8."""
+    if failures.file_paths is not None:
+        return [failures.file_paths[p] for p in positions.tolist()]
+    import pyarrow as pa
+
+    column = pa.Table.from_pandas(failures.table[["path"]], preserve_index=False).column("path")
+    return column.take(pa.array(positions, pa.int64())).combine_chunks()
 
 
 def collate(items):

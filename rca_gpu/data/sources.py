@@ -88,21 +88,29 @@ class FailureSet:
             mask[list(self.rejected)] = False
         return np.flatnonzero(mask)
 
-    def fingerprint(self) -> list[tuple[str, int, int]]:
-        """(path, size, mtime_ns) per row: what a features cache depends on."""
-        if self.images is not None:
-            import hashlib
+    def fingerprint(self) -> str:
+        """Hex digest of (path, size, mtime_ns) of every row: what a features cache depends on.
 
+        Streamed into the hash in chunks of rows, so a million rows cost no list of a million tuples.
+        """
+        import hashlib
+
+        if self.images is not None:
             digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
-            return [("arrays", len(self), int(digest[:15], 16))]
-        out = []
-        for path in self.paths:
-            try:
-                st = os.stat(path)
-                out.append((path, st.st_size, st.st_mtime_ns))
-            except OSError:
-                out.append((path, -1, -1))
-        return out
+            return f"arrays:{len(self)}:{digest}"
+        digest = hashlib.sha256()
+        paths = self.file_paths if self.file_paths is not None else self.table["path"]
+        chunk = 1 << 16
+        for start in range(0, len(paths), chunk):
+            part = paths[start:start + chunk] if isinstance(paths, list) else paths.iloc[start:start + chunk].tolist()
+            for path in part:
+                try:
+                    st = os.stat(path)
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except (OSError, TypeError, ValueError):
+                    size = mtime = -1
+                digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+        return f"files:{len(self)}:{digest.hexdigest()}"
 
 
 def load_source(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> FailureSet:
@@ -177,30 +185,31 @@ def classify_entry(path: str | os.PathLike) -> str | None:
 
 
 def _from_folder(folder: Path) -> FailureSet:
-    # every entry named like an image, also those that are not regular files: they become rejected rows
-    entries = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    rejected = {}
-    for position, entry in enumerate(entries):
-        reason = classify_entry(entry)
-        if reason is not None:
-            rejected[position] = reason
-    if not entries:
+    from rca_gpu.data.listing import folder_columns, positions_of, scan_entries
+
+    # every entry named like an image, also those that are not regular files: they become rejected rows.
+    # Streamed into Arrow arrays: no Python object per file (rca_gpu.data.listing).
+    relative, special = scan_entries(folder, IMAGE_EXTENSIONS)
+    if not len(relative):
         raise SourceError(
             f"The folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively). "
             "Point SOURCE at the folder with the failing images, or at a manifest."
         )
     root = folder.resolve()
-    real = [str(root / p.relative_to(folder)) for p in entries]  # as listed: a link keeps its own name
-    shown = [escape_surrogates(p) for p in real]
-    table = pd.DataFrame(
-        {
-            "id": np.arange(len(entries), dtype=np.int64),
-            "path": shown,
-            "folder": [escape_surrogates(str(p.parent.relative_to(folder))) for p in entries],
-        }
-    )
+    ids = np.arange(len(relative), dtype=np.int64)
+    if isinstance(relative, list):  # a name that is not UTF-8: shown escaped, opened by its real name
+        real = [f"{root}/{r}" for r in relative]
+        shown = [escape_surrogates(p) for p in real]
+        parents = [escape_surrogates(r.rsplit("/", 1)[0]) if "/" in r else "." for r in relative]
+        rejected = {i: special[r] for i, r in enumerate(relative) if r in special}
+        table = pd.DataFrame({"id": ids, "path": shown, "folder": parents})
+        return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
+                          root=str(root), file_paths=real if shown != real else None)
+    columns = folder_columns(root, relative)  # as listed: a link keeps its own name
+    rejected = dict(zip(positions_of(relative, special), special.values()))
+    table = pd.DataFrame({"id": ids, "path": columns["path"].to_pandas(), "folder": columns["folder"].to_pandas()})
     return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
-                      root=str(root), file_paths=real if shown != real else None)
+                      root=str(root))
 
 
 def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:

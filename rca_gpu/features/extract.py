@@ -100,43 +100,100 @@ class _ShardStore:
                 leftover.unlink()
         self.count = len(list(folder.glob("part-*.parquet")))
 
-    def load(self) -> tuple[dict[int, np.ndarray], dict[int, str], dict[int, str], dict[int, np.ndarray]]:
-        """(position -> feature row, position -> rejection reason, position -> note, position -> image
-        properties) of every readable shard."""
+    def _scan(self) -> tuple[list[tuple[Path, np.ndarray, np.ndarray, int, bool]], dict[int, str], dict[int, str]]:
+        """([(shard, positions, good-row mask, dims, has properties)] of the readable shards, {position: reason},
+        {position: note}), reading the small columns only."""
         import pyarrow.parquet as pq
 
-        rows: dict[int, np.ndarray] = {}
+        readable: list[tuple[Path, np.ndarray, np.ndarray, int, bool]] = []
         rejected: dict[int, str] = {}
         notes: dict[int, str] = {}
-        properties: dict[int, np.ndarray] = {}
         for shard in sorted(self.folder.glob("part-*.parquet")):
             try:
-                table = pq.read_table(shard)
+                schema = pq.read_schema(shard)
+                columns = ["position", "reason"] + (["note"] if "note" in schema.names else [])
+                table = pq.read_table(shard, columns=columns, memory_map=True)
+                dims = int(schema.field("feature").type.list_size)
             except Exception:  # an unreadable shard is recomputed, not trusted
                 log.warning("ignoring unreadable cache shard %s", shard)
                 continue
             positions = table.column("position").to_numpy()
-            reasons = table.column("reason").to_pylist()
-            features = table.column("feature")
-            good = [i for i, r in enumerate(reasons) if r is None]
-            if good:
-                flat = features.take(good).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                matrix = flat.reshape(len(good), -1)
-                for row, i in enumerate(good):
-                    rows[int(positions[i])] = matrix[row]
-                if "properties" in table.column_names:
-                    flat = table.column("properties").take(good).combine_chunks().flatten()
-                    values = flat.to_numpy(zero_copy_only=False).reshape(len(good), -1)
-                    for row, i in enumerate(good):
-                        properties[int(positions[i])] = values[row]
-            for i, reason in enumerate(reasons):
-                if reason is not None:
-                    rejected[int(positions[i])] = reason
+            reasons = table.column("reason")
+            good = reasons.is_null().to_numpy()
+            for position, reason in zip(positions[~good].tolist(), reasons.drop_null().to_pylist()):
+                rejected[position] = reason
             if "note" in table.column_names:
-                for i, note in enumerate(table.column("note").to_pylist()):
+                for position, note in zip(positions.tolist(), table.column("note").to_pylist()):
                     if note:
-                        notes[int(positions[i])] = note
-        return rows, rejected, notes, properties
+                        notes[position] = note
+            readable.append((shard, positions, good, dims, "properties" in schema.names))
+        # shards of rejected rows only may carry any width; those with features must agree (the most common)
+        widths = [r[3] for r in readable if r[2].any()]
+        if widths:
+            common = max(set(widths), key=widths.count)
+            for shard, _, good, dims, _ in readable:
+                if good.any() and dims != common:
+                    log.warning("ignoring cache shard %s: %d features per row, not %d", shard, dims, common)
+            readable = [r for r in readable if not r[2].any() or r[3] == common]
+        return readable, rejected, notes
+
+    def index(self) -> tuple[np.ndarray, dict[int, str]]:
+        """(positions with cached features, ascending; {position: reason} of cached rejections), without
+        reading any feature values."""
+        readable, rejected, _ = self._scan()
+        good = np.unique(np.concatenate([r[1][r[2]] for r in readable] or [np.empty(0, np.int64)]))
+        for position in good.tolist():
+            rejected.pop(position, None)
+        return good.astype(np.int64), rejected
+
+    def load(self) -> tuple[np.ndarray, np.ndarray | None, dict[int, str], dict[int, str], np.ndarray | None]:
+        """Read every readable shard back: (positions (m,) int64 ascending, features (m, d) float32 or None
+        when no row is cached, {position: reason} of the rejected rows, {position: note}, image properties
+        (m, len(PROPERTY_COLUMNS)) float32, NaN where a shard lacks them, or None when no row is cached).
+
+        Shards are opened by memory map and decoded one at a time straight into their rows of one
+        preallocated matrix (positions are read first, so the rows land sorted), so reading back n cached
+        rows peaks at the (n, d) matrix plus one shard, not at n per-row arrays.
+        """
+        import pyarrow.parquet as pq
+
+        from rca_gpu.data.properties import PROPERTY_COLUMNS
+
+        readable, rejected, notes = self._scan()
+        good_positions = [r[1][r[2]] for r in readable]
+        if not good_positions or not sum(map(len, good_positions)):
+            return np.empty(0, dtype=np.int64), None, rejected, notes, None
+        everything = np.concatenate(good_positions)
+        # a position cached twice keeps its last copy, as a re-run overwrites
+        last = len(everything) - 1 - np.unique(everything[::-1], return_index=True)[1]
+        keep = np.zeros(len(everything), dtype=bool)
+        keep[last] = True
+        sorted_positions = np.sort(everything[keep])
+        dims = next(r[3] for r in readable if r[2].any())
+        matrix = np.empty((len(sorted_positions), dims), dtype=np.float32)
+        properties = np.full((len(sorted_positions), len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
+        offset = 0
+        for shard, positions, good, _, has_properties in readable:
+            count = int(good.sum())
+            kept = keep[offset:offset + count]
+            offset += count
+            if not kept.any():
+                continue
+            names = ["feature", "properties"] if has_properties else ["feature"]
+            table = pq.read_table(shard, columns=names, memory_map=True)
+            rows = np.searchsorted(sorted_positions, positions[good][kept])
+            column = table.column("feature").combine_chunks()
+            values = column.values.to_numpy(zero_copy_only=False)[: len(column) * dims].reshape(len(column), dims)
+            matrix[rows] = values[good][kept]
+            if has_properties:
+                column = table.column("properties").combine_chunks()
+                width = column.type.list_size
+                values = column.values.to_numpy(zero_copy_only=False)[: len(column) * width].reshape(len(column), width)
+                if width == properties.shape[1]:
+                    properties[rows] = values[good][kept]
+        for position in sorted_positions.tolist():
+            rejected.pop(position, None)
+        return sorted_positions, matrix, rejected, notes, properties
 
     def write(self, positions: list[int], reasons: list[str | None], notes: list[str | None],
               features: np.ndarray | None, dims: int, properties: np.ndarray | None = None) -> None:
@@ -230,23 +287,27 @@ def extract_features(
     transform = extractor.transform()
     rejected: dict[int, str] = dict(failures.rejected)
     notes: dict[int, str] = {}
-    done: dict[int, np.ndarray] = {}
-    done_properties: dict[int, np.ndarray] = {}
+    done_positions, done_matrix, done_properties = np.empty(0, dtype=np.int64), None, None
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
         store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}")
-        done, cached_rejected, notes, done_properties = store.load()
+        done_positions, done_matrix, cached_rejected, notes, done_properties = store.load()
         rejected.update(cached_rejected)
-    todo = np.array([p for p in failures.usable_positions if p not in done and p not in rejected], dtype=np.int64)
-    from_cache = len(done)
+    usable = failures.usable_positions
+    todo = usable[~np.isin(usable, done_positions) & ~np.isin(usable, np.fromiter(rejected, np.int64, len(rejected)))]
+    from_cache = len(done_positions)
     if from_cache:
         log.info("features: %d of %d images from cache %s", from_cache, len(failures), store.folder)
 
     device = context.device
-    chunks: list[torch.Tensor] = []
-    chunk_positions: list[np.ndarray] = []
-    chunk_properties: list[np.ndarray | None] = []
+    # every row that may get features has its row in one preallocated matrix: no per-batch copies to join
+    rows = _Rows(np.union1d(done_positions, todo), device)
+    if from_cache:
+        cached, cached_positions = drop_nonfinite_rows(done_matrix, done_positions, rejected, source=str(spec))
+        rows.add(cached_positions, to_kind(cached, "torch", torch_device=device.type),
+                 done_properties[np.isin(done_positions, cached_positions)])
+        del cached, done_matrix
     pending = _Pending()
     dims = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=context.precision == "bf16")
@@ -282,9 +343,7 @@ def extract_features(
                         batch_properties = batch_properties[np.isin(decoded_positions, batch_positions)]
                     for position in set(rejected) - before:
                         pending.add(position, rejected[position])
-                    chunks.append(encoded)
-                    chunk_positions.append(batch_positions)
-                    chunk_properties.append(batch_properties)
+                    rows.add(batch_positions, encoded, batch_properties)
                     if store is not None:
                         pending.add_good(batch_positions, encoded, notes, batch_properties)
                 if store is not None and pending.due():
@@ -294,43 +353,69 @@ def extract_features(
         if store is not None and pending.rows:
             pending.flush(store, dims)
 
-    if done:
-        cached_positions = np.fromiter(done.keys(), dtype=np.int64, count=len(done))
-        cached = np.stack([done[int(p)] for p in cached_positions]).astype(np.float32)
-        cached, cached_positions = drop_nonfinite_rows(cached, cached_positions, rejected, source=str(spec))
-        chunks.append(to_kind(cached, "torch", torch_device=device.type))
-        chunk_positions.append(cached_positions)
-        chunk_properties.append(_cached_properties(done_properties, cached_positions))
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
             "cache": str(store.folder) if store else None}
-    if not chunks or not sum(len(p) for p in chunk_positions):
+    positions, matrix, properties = rows.result()
+    if matrix is None:
         # no usable image: the caller reports it, with every row's reason (see rca_gpu.pipeline.run)
         empty = torch.empty((0, dims or 0), dtype=torch.float32, device=device)
         info["dims"] = dims or 0
         return Features(empty, np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started,
                         from_cache, notes)
-    positions = np.concatenate(chunk_positions)
-    order = np.argsort(positions, kind="stable")
-    matrix = torch.cat([c.to(device) for c in chunks])[torch.as_tensor(order, device=device)]
     info["dims"] = int(matrix.shape[1])
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
-    properties = None
-    if chunk_properties and all(p is not None for p in chunk_properties):
-        properties = np.concatenate(chunk_properties).astype(np.float32)[order]
-    return Features(matrix, positions[order], rejected, info, time.perf_counter() - started, from_cache,
+    return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache,
                     usable_notes, properties)
 
 
-def _cached_properties(done: dict[int, np.ndarray], positions: np.ndarray) -> np.ndarray:
-    """Image properties of cached rows, NaN where a shard lacks them."""
-    from rca_gpu.data.properties import PROPERTY_COLUMNS
+class _Rows:
+    """Feature rows written straight into one preallocated (candidates, d) float32 tensor, each at the row of
+    its position, so that extraction holds one copy of the matrix whatever n (no per-batch blocks joined at
+    the end: their freed memory would stay in the process). Rows of images rejected on the way are squeezed
+    out in place at the end."""
 
-    out = np.full((len(positions), len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
-    for row, position in enumerate(np.asarray(positions).tolist()):
-        values = done.get(position)
-        if values is not None and len(values) == out.shape[1]:
-            out[row] = values
-    return out
+    def __init__(self, candidates: np.ndarray, device) -> None:
+        self.candidates = np.asarray(candidates, dtype=np.int64)  # ascending positions that may get features
+        self.device = device
+        self.matrix = None
+        self.properties: np.ndarray | None = None
+        self.all_properties = True  # image properties came with every block
+        self.filled = np.zeros(len(self.candidates), dtype=bool)
+
+    def add(self, positions: np.ndarray, block: Any, properties: np.ndarray | None = None) -> None:
+        import torch
+
+        if not len(positions):
+            return
+        if self.matrix is None:
+            self.matrix = torch.empty((len(self.candidates), int(block.shape[1])), dtype=torch.float32,
+                                      device=self.device)
+        rows = np.searchsorted(self.candidates, positions)
+        self.matrix[torch.as_tensor(rows, device=self.device)] = block.to(device=self.device, dtype=torch.float32)
+        self.filled[rows] = True
+        if properties is None:
+            self.all_properties = False
+        elif self.all_properties:
+            if self.properties is None:
+                self.properties = np.full((len(self.candidates), properties.shape[1]), np.nan, dtype=np.float32)
+            self.properties[rows] = properties
+
+    def result(self) -> tuple[np.ndarray, Any, np.ndarray | None]:
+        """(positions ascending, (n, d) tensor or None when no row was added, properties (n, p) or None)."""
+        import torch
+
+        keep = np.flatnonzero(self.filled)
+        if self.matrix is None or not len(keep):
+            return self.candidates[keep], None, None
+        matrix = self.matrix
+        if len(keep) < len(self.candidates):  # block by block, downwards: keep[i] >= i, nothing is overwritten early
+            step = max(1, (1 << 22) // max(1, int(matrix.shape[1])))
+            for start in range(0, len(keep), step):
+                source = torch.as_tensor(keep[start:start + step], device=self.device)
+                matrix[start:start + len(source)] = matrix[source]
+            matrix = matrix[: len(keep)]
+        properties = self.properties[keep] if self.all_properties and self.properties is not None else None
+        return self.candidates[keep], matrix, properties
 
 
 class _Pending:
