@@ -198,3 +198,17 @@ def test_knn_distances_are_exact_and_ties_ordered_by_index():
 
 def _sorted_distances(x, indices):
     return np.linalg.norm(x[indices] - x[:, None, :], axis=2)
+
+
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
+def test_fifty_identical_images_are_one_cluster_through_a_run(tmp_path, clusterer):
+    from helpers import pattern_images, write_pngs
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    image, _ = pattern_images(n_per=1, groups=1, seed=3)
+    write_pngs(tmp_path / "imgs", np.repeat(image, 50, axis=0), np.zeros(50, dtype=int))
+    spec = build_run_spec(pipeline=f"pixels+umap+{clusterer}", device="cpu", workers=0, batch_size=16)
+    result = run(spec, tmp_path / "imgs", tmp_path / "out", report=False)
+    assert result.run_info["counts"]["clusters"] == 1 and result.run_info["counts"]["noise"] == 0
+    assert "1 distinct feature vector" in result.run_info["tuning"]["note"]
