@@ -1,120 +1,146 @@
-"""How well does automatic hyper-parameter selection pick, against the known root causes?
+"""Which selection rule recovers the causes? Every rule applied to the same searched candidates, against truth.
 
-    python benchmarks/selection_rules.py BENCH/manifest.parquet --features mobilenet_v2 lrp ae \
-        --out runs/selection-mnist-rc
+    python benchmarks/selection_rules.py --out runs/selection-rules [--seeds 0 1 2] [--clusterer dbscan]
 
-For every (features x reducer x clusterer) pipeline it scores ALL candidate settings the search tries
-(the same grids as rca_gpu.tuning) with the internal criterion and with the ground truth, then compares
-which candidate each rule picks:
+For each data set and seed the search of :func:`rca_gpu.tuning.select` runs once with the full UMAP grid
+(rca_gpu.tuning.UMAP_GRID: n_neighbors 15/30 x n_components 2/10 x min_dist 0/0.1) and keeps every
+candidate's labels; then each rule picks one, and the ground truth scores the pick:
 
-- ``max``: the candidate with the highest internal score (plain silhouette x (1 - noise));
-- ``finest-peak``: rca_gpu's rule (:func:`rca_gpu.tuning.choose`);
-- ``oracle``: the candidate with the best ground-truth study score (an upper bound no rule can see).
+- ``max``: the highest internal score (silhouette on a sample x (1 - noise share));
+- ``finest-peak``: the finest peak of that score within 70 % of the best (the former default);
+- ``peak+merge``: the finest peak among candidates with at most 10 % noise, then the merge and noise steps
+  of rca_gpu.tuning.graph;
+- ``merged``: rca_gpu's default (rca_gpu.tuning.criteria.choose_base, then the same merge and noise steps):
+  the finest candidate with at most 10 % noise scoring within 70 % of the best.
 
-Writes ``trials.parquet`` (every candidate) and ``rules.md`` (mean ground-truth metrics per rule) to --out.
+``merged`` is also evaluated on the two UMAP settings DBSCAN now searches (UMAP_GRID_DBSCAN) instead of
+all eight (``merged, 2 UMAP fits``): the grid reduction is kept only where the choice stays as good.
+
+Data: planted features (rca_gpu.datasets.planted; 20 clusters with three rare ones, the same with three
+look-alike pairs, 20 clusters at 256 dims, four clusters with one at 2 %, one single group) and MobileNetV2
+features of mnist-rc and shapes-sim (1,500 failures each, extracted once into ``--cache`` as in
+benchmarks/selection_vs_reference.py). Writes ``rules.json`` and ``rules.md`` to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
+import warnings
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+PLANTED = {
+    "planted-20": dict(n=5000, seed=0),
+    "look-alike": dict(n=5000, look_alike=3, seed=1),
+    "planted-256d": dict(n=5000, dims=256, seed=3),
+    "rare-2%": dict(n=3000, n_clusters=4, rare=(0.02,), seed=6),
+    "single": dict(n=1500, n_clusters=1, rare=(), seed=4),
+}
 
 
-def collect(manifest: Path, features: list[str], cache: Path, seed: int) -> pd.DataFrame:
-    from rca_gpu.data.sources import load_source
-    from rca_gpu.device import as_numpy, resolve_device
-    from rca_gpu.evaluate import evaluate
-    from rca_gpu.pipeline import compute_features, feature_graph
-    from rca_gpu.progress import Reporter
-    from rca_gpu.spec import build_run_spec, make_cluster, make_reduce
-    from rca_gpu.tuning import (cached_reduce, embedding_graph_source, label_candidates, reducer_candidates,
-                                validity)
+def search(x: np.ndarray, clusterer: str, seed: int):
+    """(trials, [(reducer params, raw labels)], feature neighbours) of one full-grid search."""
+    import rca_gpu.tuning.search as search_module
+    from rca_gpu.device import resolve_device
+    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.spec import make_cluster, make_reduce
 
-    failures = load_source(manifest)
-    device = resolve_device("cpu")
-    rows = []
-    for text in features:
-        started = time.perf_counter()
-        spec = build_run_spec(pipeline=f"{text}+umap+dbscan", device="cpu", workers=1, seed=seed)
-        feats = compute_features(spec.pipeline.features, failures, spec, device, cache, Reporter(False))
-        graph = feature_graph(feats, spec, make_reduce("umap"), device)
-        causes = failures.table["root_cause"].astype(str).to_numpy()[feats.positions]
-        for reducer in ("umap", "pca", "none"):
-            for reduce_params in reducer_candidates(make_reduce(reducer), feats.matrix, seed=seed):
-                embedding, _ = cached_reduce(feats.matrix, reducer, reduce_params, device, graph, seed, None)
-                points = np.asarray(as_numpy(embedding), dtype=np.float32)
-                graphs = embedding_graph_source(embedding, graph if reducer == "none" else None, device)
-                for clusterer in ("dbscan", "hdbscan", "kmeans", "ward"):
-                    cluster_spec = make_cluster(clusterer)
-                    labelled, _ = label_candidates(embedding, cluster_spec, graphs, feats.n, device, seed)
-                    for cluster_params, labels in labelled:
-                        score, silhouette = validity(points, labels, seed=seed)
-                        truth = evaluate(labels, causes).summary
-                        rows.append({
-                            "features": text, "reducer": reducer, "clusterer": clusterer,
-                            "reduce_params": json.dumps(reduce_params), "cluster_params": json.dumps(cluster_params),
-                            "n_clusters": truth["n_clusters"], "noise_share": truth["noise_share"], "score": score,
-                            "silhouette": silhouette, "study_score": truth["study_score"],
-                            "weighted_purity": truth["weighted_purity"], "coverage": truth["coverage"],
-                            "coverage_injected": truth["coverage_injected"], "ari": truth["ari_with_noise"],
-                        })
-        print(f"{text}: {time.perf_counter() - started:.0f} s", flush=True)
-    return pd.DataFrame(rows)
+    captured: dict = {}
+    labelled: list = []
+    original_labels, original_choose, original_grid = (search_module.label_candidates, search_module.choose_base,
+                                                       search_module.UMAP_GRID_DBSCAN)
+
+    def keep_labels(*args, **kwargs):
+        out, tree = original_labels(*args, **kwargs)
+        labelled.extend(out)
+        return out, tree
+
+    def keep_trials(trials):
+        captured["trials"] = list(trials)
+        return 0
+
+    search_module.label_candidates, search_module.choose_base = keep_labels, keep_trials
+    search_module.UMAP_GRID_DBSCAN = search_module.UMAP_GRID  # the full grid for every clusterer here
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            search_module.select(x, None, make_reduce("umap"), make_cluster(clusterer), resolve_device("cpu"),
+                                 seed=seed, reduce_cache={})
+    finally:
+        search_module.label_candidates, search_module.choose_base = original_labels, original_choose
+        search_module.UMAP_GRID_DBSCAN = original_grid
+    neighbours = knn_graph(x, 31, resolve_device("cpu")).numpy()[0][:, 1:16]
+    return captured["trials"], [labels for _, labels in labelled], neighbours
 
 
-def compare(trials: pd.DataFrame) -> pd.DataFrame:
-    from rca_gpu.tuning import Trial, choose
+def picks(trials, labels, neighbours) -> dict[str, np.ndarray]:
+    from rca_gpu.tuning import UMAP_GRID_DBSCAN, attach_noise, choose, choose_base, choose_max, merge_unseparated
+    from rca_gpu.tuning.criteria import NOISE_CAP
 
-    picks = []
-    for key, group in trials.groupby(["features", "reducer", "clusterer"], sort=True):
-        group = group.reset_index(drop=True)
-        as_trials = [Trial({}, {}, int(r.n_clusters), float(r.noise_share), r.silhouette, float(r.score))
-                     for r in group.itertuples()]
-        chosen = {
-            "max": int(group["score"].idxmax()),
-            "finest-peak": choose(as_trials),
-            "oracle": int(group["study_score"].idxmax()),
-        }
-        for rule, index in chosen.items():
-            row = group.loc[index]
-            picks.append({"features": key[0], "reducer": key[1], "clusterer": key[2], "rule": rule,
-                          **{c: row[c] for c in ("study_score", "weighted_purity", "coverage_injected", "ari",
-                                                 "n_clusters", "noise_share")}})
-    return pd.DataFrame(picks)
+    def finish(raw):
+        merged, _ = merge_unseparated(raw, neighbours)
+        return attach_noise(merged, neighbours)
+
+    valid = [i for i, t in enumerate(trials) if t.score > -1]
+    eligible = [i for i in valid if trials[i].noise_share <= NOISE_CAP] or valid
+    reduced = [i for i, t in enumerate(trials)
+               if all(t.reduce[key] in values for key, values in UMAP_GRID_DBSCAN.items())]
+    return {
+        "max": labels[choose_max(trials)],
+        "finest-peak": labels[choose(trials)],
+        "peak+merge": finish(labels[eligible[choose([trials[i] for i in eligible])]]),
+        "merged": finish(labels[choose_base(trials)]),
+        "merged, 2 UMAP fits": finish(labels[reduced[choose_base([trials[i] for i in reduced])]]),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("manifest", type=Path)
-    parser.add_argument("--features", nargs="+", default=["mobilenet_v2", "lrp", "ae"])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, help="features cache to reuse (e.g. a study's OUT/cache)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--clusterer", default="dbscan")
+    parser.add_argument("--data", nargs="*", default=[*PLANTED, "mnist-rc", "shapes-sim"])
+    parser.add_argument("--cache", type=Path, default=Path("runs/bench-cache"))
+    parser.add_argument("--out", type=Path, default=Path("runs/selection-rules"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    trials_path = args.out / "trials.parquet"
-    trials = pd.read_parquet(trials_path) if trials_path.exists() else collect(
-        args.manifest, args.features, args.cache or args.out / "cache", args.seed)
-    trials.to_parquet(trials_path)
-    picks = compare(trials)
-    summary = picks.groupby("rule")[["study_score", "weighted_purity", "coverage_injected", "ari", "n_clusters",
-                                      "noise_share"]].mean().round(3)
-    default = picks[(picks.features == "mobilenet_v2") & (picks.reducer == "umap") & (picks.clusterer == "dbscan")]
-    text = [
-        f"# Selection rules on {args.manifest} ({trials.groupby(['features', 'reducer', 'clusterer']).ngroups} "
-        f"pipelines, {len(trials)} candidates)", "",
-        "Mean over pipelines of the ground-truth metrics of the candidate each rule picks:", "",
-        summary.to_markdown(), "",
-        "The default pipeline (mobilenet_v2+umap+dbscan):", "",
-        default.set_index("rule").drop(columns=["features", "reducer", "clusterer"]).round(3).to_markdown(), "",
-    ]
-    (args.out / "rules.md").write_text("\n".join(text))
-    print("\n".join(text))
+
+    import pandas as pd
+
+    from rca_gpu.datasets.planted import planted_features
+    from rca_gpu.evaluate import evaluate
+    from selection_vs_reference import benchmark_features
+
+    rows = []
+    for name in args.data:
+        if name in PLANTED:
+            x, truth = planted_features(**PLANTED[name])
+            truth = np.char.add("c", truth.astype(str))
+        else:
+            x, truth = benchmark_features(name, args.cache)
+        for seed in args.seeds:
+            trials, labels, neighbours = search(x, args.clusterer, seed)
+            for rule, chosen in picks(trials, labels, neighbours).items():
+                summary = evaluate(chosen, truth).summary
+                rows.append({"data": name, "seed": seed, "rule": rule, "clusters": summary["n_clusters"],
+                             "causes": summary["n_causes"], "ari": summary["ari_with_noise"],
+                             "weighted_purity": summary["weighted_purity"],
+                             "coverage_injected": summary["coverage_injected"], "noise": summary["noise_share"]})
+                print(json.dumps(rows[-1]), flush=True)
+            (args.out / "rules.json").write_text(json.dumps(rows, indent=1))
+    table = pd.DataFrame(rows)
+    lines = [f"Clusterer {args.clusterer}, seeds {args.seeds}; each cell: mean over seeds (min-max of clusters).", ""]
+    for metric in ("clusters", "ari", "weighted_purity", "noise"):
+        pivot = table.pivot_table(index="rule", columns="data", values=metric, aggfunc="mean").round(3)
+        if metric == "clusters":
+            low = table.pivot_table(index="rule", columns="data", values=metric, aggfunc="min")
+            high = table.pivot_table(index="rule", columns="data", values=metric, aggfunc="max")
+            pivot = pivot.astype(str) + " (" + low.astype(str) + "-" + high.astype(str) + ")"
+        lines += [f"**{metric}**", "", pivot.to_markdown(), ""]
+    text = "\n".join(lines)
+    (args.out / "rules.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,48 @@
 """Automatic hyper-parameter selection for the parameters a pipeline spec leaves open.
 
-MEASUREMENTS-PLACEHOLDER
+:func:`select` tries candidate settings (a UMAP grid x the clusterer's grid), scores each, picks one by a
+named rule, and returns labels for every image. Its shape is stable for the estimator and the catalogue:
+``select(features, graph, reduce_spec, cluster_spec, device, *, seed, progress, reduce_cache, criterion=None,
+sample_size=SAMPLE_SIZE) -> Selection`` (``labels``, ``embedding``, ``reduce_params``, ``cluster_params``,
+``trials``, ``to_dict()``).
+
+The score of a candidate (:func:`validity`, O(1) in n): silhouette on a seeded sample of at most 2,000
+clustered images, in the space the clusterer saw, x (1 - noise share), minus 0.01 per cluster beyond 30;
+-1 with fewer than two clusters.
+
+The rules (``select=`` on any clusterer, rca_gpu.tuning.criteria):
+
+- ``merged`` (default): the finest candidate with at most NOISE_CAP (10 %) noise scoring at least BAND (70 %)
+  of the best (:func:`choose_base`), then the clusters that the kNN graph of the features does not separate
+  merged and noise points placed by their neighbours (:mod:`rca_gpu.tuning.graph`: a cluster keeping fewer
+  than half of its members' 15 nearest neighbours inside itself joins the one receiving most of them; two
+  clusters join when more than 30 % of either one's neighbour edges lead into the other; a noise point joins
+  the cluster holding more than half of its neighbours);
+- ``finest-peak``: the finest peak of the score over the number of clusters within BAND of the best (the
+  former default), no merging;
+- ``max``: the highest score, no merging;
+- ``knee`` (Ward): k at the knee of the within-cluster distance (HUDD's rule, via kneed).
+
+Why ``merged``, measured (benchmarks/selection_rules.py, DBSCAN on UMAP, three seeds each; RESULTS.md,
+"Automatic selection"). Silhouette favours coarse partitions, so ``max`` merges look-alike causes: on mnist-rc
+it returns 6 clusters for 8 causes (weighted purity 0.84, rotation and elastic warp in one cluster).
+``finest-peak`` fixed that on average but over-split clean structure (29-30 clusters for 20 planted) and
+depended on the exact shape of the score curve: on mnist-rc it gave 6, 11 and 11 clusters for three seeds.
+The finest low-noise candidate is too fine on its own, but what it over-splits is what the kNN graph of the
+features does not separate, so merging repairs it; the thresholds were chosen on these measurements: RULES.
+On shapes-sim no rule reaches weighted purity 0.93 (0.90-0.91): in MobileNetV2 features only 92 % of its
+images have a majority of their 15 nearest neighbours in their own cause (low contrast: 32 %).
+
+Search cost (:mod:`rca_gpu.tuning.search`): DBSCAN searches two UMAP settings (n_neighbors 30, 10 components,
+min_dist 0 or 0.1) instead of eight, because the choice was the same with all eight on every data set
+measured; the other clusterers keep the full grid (K-means and Ward chose better with the 2-D settings on
+mnist-rc). Above ``sample_size`` (SAMPLE_SIZE, 5,000) images the search runs on a seeded sample with the kNN
+graph of that sample, and the choice is extended to every image (:mod:`rca_gpu.tuning.extend`), so the cost
+after extraction grows linearly: COST.
+
+Reproducibility: every random draw takes the run's seed; kNN distances are exact and independent of the
+thread count (:func:`rca_gpu.neighbors.exact_distances`), which made ``OMP_NUM_THREADS`` change the choice
+before. umap-learn runs single-threaded when seeded: SEED.
 """
 
 from __future__ import annotations

@@ -99,23 +99,32 @@ def merge_unseparated(labels: np.ndarray, neighbours: np.ndarray, *, min_inside:
 
 def attach_noise(labels: np.ndarray, neighbours: np.ndarray, *, majority: float = NOISE_MAJORITY,
                  neighbour_labels: np.ndarray | None = None) -> np.ndarray:
-    """Noise points whose neighbours are mostly in one cluster join it (one pass, no chains).
+    """Noise points whose neighbours are mostly in one cluster join it.
 
     ``neighbours`` (n, k) are rows of ``neighbour_labels`` (default: ``labels`` itself); a noise point joins
-    the cluster that holds more than ``majority`` of its k neighbours (noise neighbours count in k).
-    Returns a new label array; points left alone stay -1.
+    the cluster that holds more than ``majority`` of its k neighbours (noise neighbours count in k). With
+    the default the passes repeat until nothing changes (a point whose neighbours just joined may now have
+    its majority); points whose neighbours are mostly noise or split between clusters stay -1. Returns a
+    new label array.
     """
     labels = np.asarray(labels, dtype=np.int64).copy()
-    reference = labels if neighbour_labels is None else np.asarray(neighbour_labels, dtype=np.int64)
-    noise = np.flatnonzero(labels < 0)
+    own = neighbour_labels is None
+    reference = labels if own else np.asarray(neighbour_labels, dtype=np.int64)
     m = int(reference.max(initial=-1)) + 1
-    if noise.size == 0 or m == 0:
-        return labels
     k = neighbours.shape[1]
-    around = reference[neighbours[noise]]
-    votes = np.zeros((noise.size, m + 1), dtype=np.int64)
-    np.add.at(votes, (np.repeat(np.arange(noise.size), k), around.ravel() + 1), 1)
-    best = votes[:, 1:].argmax(axis=1)
-    joined = votes[np.arange(noise.size), best + 1] > majority * k
-    labels[noise[joined]] = best[joined]
+    while m:
+        noise = np.flatnonzero(labels < 0)
+        if noise.size == 0:
+            break
+        around = reference[neighbours[noise]]
+        votes = np.zeros((noise.size, m + 1), dtype=np.int64)
+        np.add.at(votes, (np.repeat(np.arange(noise.size), k), around.ravel() + 1), 1)
+        best = votes[:, 1:].argmax(axis=1)
+        joined = votes[np.arange(noise.size), best + 1] > majority * k
+        if not joined.any():
+            break
+        labels[noise[joined]] = best[joined]
+        if not own:  # neighbours are other points (the sample): one pass decides everything
+            break
+        reference = labels
     return labels

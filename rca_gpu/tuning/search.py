@@ -133,8 +133,10 @@ def _k_range(n: int) -> range:
     return range(2, max(3, min(criteria.MAX_CLUSTERS_SOFT, n // MIN_MEAN_CLUSTER_SIZE) + 1))
 
 
-def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGraph], n: int) -> list[dict[str, Any]]:
-    """Settings to try for the clusterer on one embedding."""
+def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGraph], n: int, *,
+                       distinct: int | None = None) -> list[dict[str, Any]]:
+    """Settings to try for the clusterer on one embedding of ``n`` images (K-means / Ward: k at most the
+    number of ``distinct`` images when given)."""
     fixed = {k: v for k, v in spec.params.items() if k != "select"}
     if spec.name == "dbscan":
         if "eps" in fixed and "min_samples" in fixed:
@@ -165,7 +167,7 @@ def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGr
     if spec.name in ("kmeans", "ward"):
         if "k" in fixed:
             return [fixed]
-        return [{**fixed, "k": k} for k in _k_range(n) if k < n]
+        return [{**fixed, "k": k} for k in _k_range(n) if k < n and (distinct is None or k <= distinct)]
     raise KeyError(spec.name)
 
 
@@ -221,14 +223,15 @@ def cached_reduce(features, name: str, params: dict[str, Any], device: Device, g
 
 
 def label_candidates(embedding, cluster_spec: ClusterSpec, embedding_graph: Callable[[int], KnnGraph], n: int,
-                     device: Device, seed: int) -> tuple[list[tuple[dict[str, Any], np.ndarray]], Any]:
+                     device: Device, seed: int, *,
+                     distinct: int | None = None) -> tuple[list[tuple[dict[str, Any], np.ndarray]], Any]:
     """([(params, labels)] for every clusterer candidate on one embedding, the Ward merge tree or None).
 
     Ward builds one merge tree and cuts it at every k; the tree is returned so that ``select=knee`` can cut
     it again without rebuilding it.
     """
     fixed_select = {k: v for k, v in cluster_spec.params.items() if k == "select"}
-    candidates = cluster_candidates(cluster_spec, embedding_graph, n)
+    candidates = cluster_candidates(cluster_spec, embedding_graph, n, distinct=distinct)
     if cluster_spec.name == "ward":
         tree = registry.build("cluster", "ward", device, seed=seed, k=2,
                               data={"n_samples": n, "n_features": int(embedding.shape[1])})
@@ -364,8 +367,8 @@ def select(
         feature_graph = search_graph if reduce_spec.name == "none" else None
         embedding_graph = embedding_graph_source(embedding, feature_graph, device)
         t = time.perf_counter()
-        labelled, tree = label_candidates(embedding, cluster_spec, embedding_graph, min(n_search, distinct), device,
-                                          seed)
+        labelled, tree = label_candidates(embedding, cluster_spec, embedding_graph, n_search, device, seed,
+                                          distinct=distinct)
         timings["cluster"] += time.perf_counter() - t
         knee_points = np.asarray(as_numpy(embedding), dtype=np.float64) if rule == "knee" else None
         for cluster_params, labels in labelled:

@@ -1,0 +1,214 @@
+"""Automatic selection on planted structure: one cluster per planted group, rare groups kept, single groups
+whole, duplicates together, the same result at any thread count; sample-and-extend above the sample size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from rca_gpu.cluster import SklearnWard, cut_merges
+from rca_gpu.datasets.planted import planted_features
+from rca_gpu.device import cpu_device
+from rca_gpu.errors import SpecError
+from rca_gpu.neighbors import exact_distances, knn_graph
+from rca_gpu.spec import make_cluster, make_reduce
+from rca_gpu.tuning import attach_noise, merge_unseparated, select
+from rca_gpu.tuning.extend import draw_sample
+
+CLUSTERERS = ("dbscan", "hdbscan", "kmeans", "ward")
+
+
+def _default(x, **kw):
+    """The default pipeline's search (umap + dbscan, rule "merged") on features ``x``."""
+    return select(x, None, make_reduce("umap"), make_cluster("dbscan"), cpu_device(), seed=0, **kw)
+
+
+def _recall(labels, planted, group):
+    """Share of a planted group's points in the cluster holding most of them."""
+    mine = labels[planted == group]
+    clustered = mine[mine >= 0]
+    return 0.0 if clustered.size == 0 else float(np.mean(mine == np.bincount(clustered).argmax()))
+
+
+def _n_clusters(labels):
+    return len(np.unique(labels[labels >= 0]))
+
+
+# --- planted structure at two scales ---------------------------------------------------------------------
+
+
+def test_planted_clusters_recovered_on_all_images():
+    x, planted = planted_features(2000, n_clusters=12, dims=128, rare=(0.02,), seed=11)
+    selection = _default(x)
+    assert selection.sample is None
+    assert 11 <= _n_clusters(selection.labels) <= 13  # within 10 % of the 12 planted
+    assert adjusted_rand_score(planted, selection.labels) >= 0.97
+    assert np.mean(selection.labels < 0) <= 0.02
+    assert _recall(selection.labels, planted, 11) >= 0.9  # the rare group (2 %)
+
+
+def test_planted_clusters_recovered_through_sample_and_extend():
+    x, planted = planted_features(8000, n_clusters=20, dims=128, seed=12)
+    selection = _default(x, sample_size=2000)
+    assert selection.sample["size"] == 2000 and selection.sample["of"] == 8000
+    assert selection.labels.shape == (8000,) and selection.embedding.shape[0] == 8000
+    assert 18 <= _n_clusters(selection.labels) <= 22
+    assert adjusted_rand_score(planted, selection.labels) >= 0.97
+    for rare in (17, 18, 19):  # 1 %, 1.5 %, 2 %
+        assert _recall(selection.labels, planted, rare) >= 0.9, rare
+    # the sample's own labels are the search's; the others were assigned by nearest core point
+    assert "core point" in selection.sample["clusters"]
+
+
+def test_a_rare_planted_cluster_of_two_percent_keeps_its_own_cluster():
+    x, planted = planted_features(2000, n_clusters=4, dims=128, rare=(0.02,), seed=6)
+    selection = _default(x)
+    assert _n_clusters(selection.labels) == 4
+    assert _recall(selection.labels, planted, 3) >= 0.9
+    rare_cluster = np.bincount(selection.labels[planted == 3][selection.labels[planted == 3] >= 0]).argmax()
+    assert np.mean(planted[selection.labels == rare_cluster] == 3) >= 0.9  # and that cluster is the rare group
+
+
+def test_look_alike_groups_stay_apart():
+    x, planted = planted_features(1600, n_clusters=8, dims=128, rare=(), look_alike=2, seed=13)
+    selection = _default(x)
+    assert _n_clusters(selection.labels) == 8
+    assert adjusted_rand_score(planted, selection.labels) >= 0.97
+
+
+# --- one group, duplicates, degenerate sets ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
+def test_a_single_planted_group_is_one_cluster_without_noise(clusterer):
+    x, _ = planted_features(400, n_clusters=1, rare=(), dims=128, seed=4)
+    umap = make_reduce("umap", n_neighbors=15, n_components=10, min_dist=0.0)  # one setting: CI time
+    selection = select(x, None, umap, make_cluster(clusterer), cpu_device(), seed=0)
+    assert _n_clusters(selection.labels) == 1
+    assert (selection.labels >= 0).all()
+
+
+@pytest.mark.parametrize("reducer", ["umap", "pca", "none"])
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
+def test_identical_images_are_one_cluster_under_every_clusterer(clusterer, reducer):
+    x = np.tile(np.linspace(-1, 1, 64, dtype=np.float32), (50, 1))
+    selection = select(x, None, make_reduce(reducer), make_cluster(clusterer), cpu_device(), seed=0)
+    assert selection.labels.tolist() == [0] * 50
+    assert "distinct feature vector" in selection.note
+
+
+def test_exact_duplicates_land_together():
+    x, planted = planted_features(900, n_clusters=6, dims=64, rare=(), seed=5)
+    copies = np.repeat(np.arange(0, 900, 30), 4)  # 30 images, each four more times
+    x = np.concatenate([x, x[copies]])
+    selection = _default(x)
+    labels = selection.labels
+    for original, copy_row in zip(copies, range(900, len(x))):
+        assert labels[copy_row] == labels[original]
+
+
+def test_fixed_k_above_the_distinct_images_is_a_clear_error():
+    x = np.repeat(np.eye(4, 16, dtype=np.float32), 25, axis=0)  # 100 images, 4 distinct vectors
+    with pytest.raises(SpecError, match=r"'k' parameter of kmeans asks for 6 clusters.*only 4 distinct"):
+        select(x, None, make_reduce("none"), make_cluster("kmeans", k=6), cpu_device())
+    selection = select(x, None, make_reduce("none"), make_cluster("kmeans"), cpu_device())
+    assert _n_clusters(selection.labels) == 4
+
+
+# --- the rule's parts --------------------------------------------------------------------------------------
+
+
+def test_merge_joins_what_the_graph_does_not_separate_and_keeps_what_it_does():
+    x, planted = planted_features(1200, n_clusters=3, dims=64, rare=(), seed=8)
+    neighbours = knn_graph(x, 16, cpu_device()).numpy()[0][:, 1:]
+    split = planted.copy()
+    split[(planted == 0) & (np.arange(1200) % 2 == 0)] = 3  # group 0 cut in two halves at random
+    merged, merges = merge_unseparated(split, neighbours)
+    assert adjusted_rand_score(planted, merged) == 1.0
+    assert len(merges) == 1 and merges[0]["rule"] in ("inside", "link")
+    kept, none = merge_unseparated(planted, neighbours)
+    assert adjusted_rand_score(planted, kept) == 1.0 and none == []
+
+
+def test_noise_joins_the_cluster_of_most_of_its_neighbours_only():
+    labels = np.array([0, 0, 0, 1, 1, 1, -1, -1])
+    neighbours = np.array([[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4], [0, 1], [0, 3]])
+    assert attach_noise(labels, neighbours).tolist() == [0, 0, 0, 1, 1, 1, 0, -1]
+
+
+@pytest.mark.parametrize("rule", ["max", "finest-peak"])
+def test_the_former_rules_stay_available_by_name(rule):
+    x, planted = planted_features(1500, n_clusters=6, dims=64, rare=(), seed=9)
+    selection = select(x, None, make_reduce("umap"), make_cluster("dbscan", select=rule), cpu_device(), seed=0)
+    assert selection.criterion == rule and selection.merges == []
+    assert adjusted_rand_score(planted, selection.labels) >= 0.8
+
+
+def test_ward_is_refused_above_its_size_limit(monkeypatch):
+    import rca_gpu.tuning.search as search
+
+    monkeypatch.setattr(search, "WARD_MAX_POINTS", 300)
+    x, _ = planted_features(400, n_clusters=4, dims=16, rare=(), seed=1)
+    with pytest.raises(SpecError, match="Ward clustering needs memory and time quadratic.*--sample-size"):
+        select(x, None, make_reduce("none"), make_cluster("ward"), cpu_device(), sample_size=1000)
+
+
+def test_ward_connectivity_tree_is_built_once_and_cut_per_k():
+    from sklearn.cluster import AgglomerativeClustering, ward_tree
+    from sklearn.neighbors import kneighbors_graph
+
+    x = np.random.default_rng(0).normal(size=(500, 4))
+    connectivity = kneighbors_graph(x, 15, include_self=False)
+    children = ward_tree(x, connectivity=connectivity)[0]
+    for k in (2, 7, 30):
+        expected = AgglomerativeClustering(n_clusters=k, linkage="ward", connectivity=connectivity).fit_predict(x)
+        assert adjusted_rand_score(expected, cut_merges(children, 500, k)) == 1.0
+
+    ward = SklearnWard(k=2)
+    ward.fit_tree(x)
+    ward._tree = ("children", children, 500)  # what fit_tree keeps above WARD_EXACT_MAX points
+    assert adjusted_rand_score(ward.labels_for(7), cut_merges(children, 500, 7)) == 1.0
+
+
+# --- sample and distances ------------------------------------------------------------------------------
+
+
+def test_sample_is_seeded_sorted_and_complete_below_the_size():
+    a, b = draw_sample(10_000, 500, 3), draw_sample(10_000, 500, 3)
+    assert np.array_equal(a, b) and (np.diff(a) > 0).all() and len(a) == 500
+    assert not np.array_equal(a, draw_sample(10_000, 500, 4))
+    assert np.array_equal(draw_sample(300, 500, 3), np.arange(300))
+
+
+def test_knn_distances_are_exact_and_ties_ordered_by_index():
+    from sklearn.neighbors import NearestNeighbors
+
+    x, _ = planted_features(800, n_clusters=4, dims=32, rare=(), seed=2)
+    x = np.concatenate([x, x[:5]])  # rows 800..804 duplicate rows 0..4
+    graph = knn_graph(x, 10, cpu_device())
+    indices, distances = graph.numpy()
+    reference, _ = NearestNeighbors(n_neighbors=10).fit(x).kneighbors(x)
+    np.testing.assert_allclose(distances[:, 1:], reference[:, 1:], atol=1e-5)
+    assert indices[0, 0] == 0 and indices[0, 1] == 800 and distances[0, 1] == 0.0
+    assert indices[800, 0] == 800 and indices[800, 1] == 0
+    again, _ = exact_distances(x, indices[:, ::-1].copy(), keep_first=False)
+    assert (np.diff(_sorted_distances(x, again), axis=1) >= 0).all()
+
+
+def _sorted_distances(x, indices):
+    return np.linalg.norm(x[indices] - x[:, None, :], axis=2)
+
+
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
+def test_fifty_identical_images_are_one_cluster_through_a_run(tmp_path, clusterer):
+    from helpers import pattern_images, write_pngs
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    image, _ = pattern_images(n_per=1, groups=1, seed=3)
+    write_pngs(tmp_path / "imgs", np.repeat(image, 50, axis=0), np.zeros(50, dtype=int))
+    spec = build_run_spec(pipeline=f"pixels+umap+{clusterer}", device="cpu", workers=0, batch_size=16)
+    result = run(spec, tmp_path / "imgs", tmp_path / "out", report=False)
+    assert result.run_info["counts"]["clusters"] == 1 and result.run_info["counts"]["noise"] == 0
+    assert "1 distinct feature vector" in result.run_info["tuning"]["note"]
