@@ -204,6 +204,8 @@ def resolved_pipeline(spec: PipelineSpec, features_info: dict[str, Any], selecti
     layer = features_info.get("layer") or spec.features.layer
     cluster_params = {k: v for k, v in selection.cluster_params.items() if k in ("eps", "min_samples",
                       "min_cluster_size", "k", "select") and v is not None}
+    if getattr(selection, "relabelled", False):  # the merge step changed the labels: it must run again
+        cluster_params["select"] = "merged"
     return PipelineSpec(
         FeatureSpec(spec.features.name, layer if spec.features.info.has_layers else None, spec.features.params),
         ReduceSpec(spec.reduce.name, selection.reduce_params),

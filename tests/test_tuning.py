@@ -137,6 +137,48 @@ def test_noise_joins_the_cluster_of_most_of_its_neighbours_only():
     assert attach_noise(labels, neighbours).tolist() == [0, 0, 0, 1, 1, 1, 0, -1]
 
 
+@pytest.mark.parametrize("clusterer,fixed", [("kmeans", {"k": 3}), ("ward", {"k": 3})])
+def test_a_granularity_the_user_fixed_is_what_runs(clusterer, fixed):
+    """One planted group split by a fixed k: the clusterer's own k clusters come back (the merge step would
+    join them); naming select=merged asks for the merge step explicitly."""
+    x, _ = planted_features(300, n_clusters=1, rare=(), dims=32, seed=4)
+    own = select(x, None, make_reduce("none"), make_cluster(clusterer, **fixed), cpu_device(), seed=0)
+    assert _n_clusters(own.labels) == 3 and own.merges == [] and not own.relabelled
+    assert "no clusters merged" in own.note
+    merged = select(x, None, make_reduce("none"), make_cluster(clusterer, **fixed, select="merged"),
+                    cpu_device(), seed=0)
+    assert _n_clusters(merged.labels) == 1 and merged.merges and merged.relabelled
+
+
+def test_resolved_pipeline_names_the_merge_step_when_it_changed_the_labels(tmp_path):
+    """A clustering the merge step changed is reproduced by its resolved pipeline (select=merged written in);
+    one it did not change is resolved without it."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    x, _ = planted_features(300, n_clusters=1, rare=(), dims=32, seed=4)
+    np.save(tmp_path / "x.npy", x)
+
+    def run(pipeline, name):
+        result = CliRunner().invoke(app, ["run", "--features", str(tmp_path / "x.npy"), "--out", str(tmp_path / name),
+                                          "-p", pipeline, "--device", "cpu", "--quiet", "--stability", "0",
+                                          "--no-report"])
+        assert result.exit_code == 0, result.output
+        info = json.loads((tmp_path / name / "run.json").read_text())
+        return info["resolved_pipeline"], pd.read_parquet(tmp_path / name / "clusters.parquet")["cluster"]
+
+    resolved, labels = run("none+kmeans(k=3,select=merged)", "a")
+    assert "select=merged" in resolved and labels.nunique() == 1
+    again, labels_again = run(resolved, "b")
+    assert again == resolved and labels_again.equals(labels)
+    own, own_labels = run("none+kmeans(k=3)", "c")
+    assert "select" not in own and own_labels.nunique() == 3
+
+
 @pytest.mark.parametrize("rule", ["max", "finest-peak"])
 def test_the_former_rules_stay_available_by_name(rule):
     x, planted = planted_features(1500, n_clusters=6, dims=64, rare=(), seed=9)

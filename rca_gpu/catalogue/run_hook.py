@@ -42,7 +42,8 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
     ----------
     spec: the RunSpec (``stability``: resamples, None = automatic, 0 = off; ``seed``).
     failures, features, graph: the run's FailureSet, Features and feature kNN graph.
-    selection: the chosen setting (``reduce_params``, ``cluster_params``, ``embedding``, ``trials``).
+    selection: the chosen setting (``reduce_params``, ``cluster_params``, ``embedding``, ``trials``); when its
+        ``criterion`` is "none" (nothing searched: too few distinct images) stability is not scored.
     labels: (n,) int64 final labels (-1 noise), aligned with ``features.matrix``.
     """
     from rca_gpu import outputs
@@ -54,7 +55,9 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
     summary = None
     resamples = getattr(spec, "stability", None)
     started = time.perf_counter()
-    if resamples != 0 and (labels >= 0).any():
+    # a selection that searched nothing (too few distinct images) has no setting to re-cluster with
+    searched = getattr(selection, "criterion", None) != "none"
+    if resamples != 0 and searched and (labels >= 0).any():
         if resamples is None:
             resamples = default_resamples(spec.pipeline.reduce.name, getattr(selection, "trials", None))
         reporter = reporter or Reporter(enabled=False)

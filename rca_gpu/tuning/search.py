@@ -40,6 +40,9 @@ PCA_VARIANCE = 0.9
 PCA_MAX_COMPONENTS = 50
 #: Fewest distinct images worth searching; fewer give one cluster of everything (see select).
 MIN_DISTINCT = 3
+#: The parameter that sets each clusterer's granularity. When the user fixes it, the 'merged' rule neither
+#: merges clusters nor attaches noise: the clusterer's own partition at the value set is what runs.
+GRANULARITY_PARAMETER = {"kmeans": "k", "ward": "k", "dbscan": "eps", "hdbscan": "min_cluster_size"}
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Selection:
     sample: dict[str, Any] | None = None
     knn: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    #: the merge step changed the clusterer's labels (the resolved pipeline then names select=merged)
+    relabelled: bool = False
     extension: "Extension | None" = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,6 +116,8 @@ def reducer_candidates(spec: ReduceSpec, features: Any, *, seed: int = 0,
     for combo in itertools.product(*axes.values()):
         params = dict(zip(axes, combo))
         params["n_neighbors"] = max(2, min(params["n_neighbors"], n - 1))
+        # what the UMAP adapters can run on n points (values the user set were checked against n before)
+        params["n_components"] = max(1, min(params["n_components"], n - 2))
         if params not in out:
             out.append(params)
     return out
@@ -158,7 +165,8 @@ def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGr
                     candidate = {"eps": round(eps, 6), "min_samples": min_samples}
                     if candidate not in out:
                         out.append(candidate)
-        return out or [{"eps": 0.5, "min_samples": max(1, min(5, n - 1))}]
+        # nothing to tune from (tiny or duplicate data): values the user fixed are kept, never replaced
+        return out or [{"eps": fixed.get("eps", 0.5), "min_samples": fixed.get("min_samples", max(1, min(5, n - 1)))}]
     if spec.name == "hdbscan":
         if "min_cluster_size" in fixed:
             return [fixed]
@@ -322,6 +330,9 @@ def select(
         images (raise ``sample_size`` no higher than that).
     """
     rule = criterion_of(cluster_spec, criterion)
+    # the merge step runs unless the user fixed the granularity and left the rule at its default
+    explicit = criterion is not None or "select" in cluster_spec.params
+    merge = rule == "merged" and (explicit or GRANULARITY_PARAMETER.get(cluster_spec.name) not in cluster_spec.params)
     n = int(features.shape[0])
     started_all = time.perf_counter()
     timings = {"knn": 0.0, "reduce": 0.0, "cluster": 0.0, "score": 0.0, "merge": 0.0, "extend": 0.0}
@@ -395,7 +406,7 @@ def select(
     t = time.perf_counter()
     raw = unite_duplicates(raw, _rows_on_host(search_x, np.arange(n_search, dtype=np.int64)))
     final, merges, attached = raw, [], 0
-    if rule == "merged":
+    if merge:
         final, merges = graph_rules.merge_unseparated(raw, neighbours)
         before = int((final < 0).sum())
         final = graph_rules.attach_noise(final, neighbours)
@@ -410,16 +421,21 @@ def select(
                 trials[chosen].chosen = True
                 _, cluster_params, raw = payloads[chosen]
                 final = raw
+    relabelled = merge and not np.array_equal(final, raw)
     timings["merge"] += time.perf_counter() - t
 
     selection = Selection(
         dict(reduce_params), dict(cluster_params), final, embedding, reduce_info, trials, criterion=rule,
         merges=merges, noise_attached=attached, knn={**search_graph.describe(), "rows": n_search},
+        relabelled=relabelled,
     )
+    if rule == "merged" and not merge:
+        selection.note = (f"{GRANULARITY_PARAMETER[cluster_spec.name]} set in the pipeline: {cluster_spec.name}'s own "
+                          "partition, no clusters merged and no noise attached")
     if sample is not None:
         t = time.perf_counter()
         _extend(selection, features, sample, search_graph, raw, full, embedding, embedding_graph, reduce_spec.name,
-                cluster_spec.name, rule, neighbours, device, seed)
+                cluster_spec.name, merge, neighbours, device, seed)
         timings["extend"] += time.perf_counter() - t
     selection.seconds = {k: round(v, 3) for k, v in timings.items()}
     selection.seconds["total"] = round(time.perf_counter() - started_all, 3)
@@ -427,7 +443,7 @@ def select(
 
 
 def _extend(selection: Selection, features, sample: np.ndarray, search_graph: KnnGraph, raw: np.ndarray, full,
-            embedding, embedding_graph, reducer: str, clusterer: str, rule: str, neighbours: np.ndarray,
+            embedding, embedding_graph, reducer: str, clusterer: str, merge: bool, neighbours: np.ndarray,
             device: Device, seed: int) -> None:
     """Labels and embedding for the rows outside the sample (see rca_gpu.tuning.extend)."""
     n = int(features.shape[0])
@@ -453,11 +469,12 @@ def _extend(selection: Selection, features, sample: np.ndarray, search_graph: Kn
     same = distances[:, 0] == 0.0  # an exact copy of a sample image goes where that image went
     labels_rest[same] = selection.labels[indices[same, 0]]
     attached = 0
-    if rule == "merged":
+    if merge:
         before = int((labels_rest < 0).sum())
         labels_rest = graph_rules.attach_noise(labels_rest, indices[:, :graph_rules.LINK_NEIGHBOURS],
                                                neighbour_labels=selection.labels)
         attached = before - int((labels_rest < 0).sum())
+        selection.relabelled = selection.relabelled or attached > 0
     labels = np.full(n, -1, dtype=np.int64)
     labels[sample], labels[rest] = selection.labels, labels_rest
     points = np.empty((n, sample_points.shape[1]), dtype=np.float32)
@@ -468,7 +485,7 @@ def _extend(selection: Selection, features, sample: np.ndarray, search_graph: Kn
         "size": int(len(sample)), "of": n, "seed": seed,
         "neighbours": "each other image's nearest sample images in the features (exact)",
         "embedding": placed, "clusters": how + ("; noise joins the cluster of most of its sample neighbours"
-                                               if rule == "merged" else ""),
+                                               if merge else ""),
     }
 
 
