@@ -24,6 +24,7 @@ import pandas as pd
 from rca_gpu import outputs
 from rca_gpu.catalogue.run_hook import keep_for_catalogue
 from rca_gpu.data.sources import FailureSet, load_source
+from rca_gpu.describe import common_values
 from rca_gpu.device import Device, as_numpy, resolve_device
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
@@ -266,10 +267,7 @@ def cluster_summary(clusters: pd.DataFrame, explanations: pd.DataFrame | None = 
             row["stability"] = stability_text(stability, int(label))
         if explanations is not None:
             row["explanation"] = tops.get(int(label), "")
-        for column in ("root_cause", "label", "prediction", "folder"):
-            if column in group.columns:
-                counts = group[column].astype(str).value_counts()
-                row[column] = ", ".join(f"{k} ({v})" for k, v in counts.head(3).items())
+        row.update(common_values(group))
         rows.append(row)
     return pd.DataFrame(rows)
 

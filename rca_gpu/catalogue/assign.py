@@ -249,6 +249,30 @@ def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[
     return pd.concat([front, out, pd.DataFrame({"cause_name": names, "reason": reason}), meta], axis=1)
 
 
+def assign_source(run_dir, source, out: Path, *, device: str = "auto", batch_size: int | None = None,
+                  workers: int | None = None, image_root: str | None = None, model: str | None = None,
+                  alpha: float = ALPHA, reporter=None) -> tuple[Any, Any, pd.DataFrame]:
+    """The edited catalogue of ``run_dir``, its reference set, and the assignment table of every row of
+    ``source`` (what ``assign`` and ``select`` share). ``out`` is refused when it is the run folder itself.
+
+    Raises
+    ------
+    RunFolderError, CatalogueError, SourceError, TooFewImagesError, SpecError
+        Bad run folder, missing reference set, ``out`` inside the run, unusable source, or options.
+    """
+    from rca_gpu.catalogue.causes import load_catalogue
+    from rca_gpu.catalogue.reference import read_reference
+    from rca_gpu.data.sources import load_source
+
+    catalogue = load_catalogue(run_dir)
+    reference = read_reference(catalogue.run)
+    _refuse_run_folder(Path(out), catalogue.run.path)
+    failures = load_source(source, image_root=image_root)
+    table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
+                            model=model, reporter=reporter, alpha=alpha)
+    return catalogue, reference, table
+
+
 def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | None = None,
                workers: int | None = None, image_root: str | None = None, model: str | None = None,
                alpha: float = ALPHA, reporter=None) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -261,19 +285,12 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
         Bad run folder, missing reference set, unusable source, or options.
     """
     from rca_gpu import outputs
-    from rca_gpu.catalogue.causes import load_catalogue
-    from rca_gpu.catalogue.reference import read_reference
-    from rca_gpu.data.sources import load_source
 
     started = time.perf_counter()
     check_alpha(alpha)
-    catalogue = load_catalogue(run_dir)
-    reference = read_reference(catalogue.run)
     out = Path(out)
-    _refuse_run_folder(out, catalogue.run.path)
-    failures = load_source(source, image_root=image_root)
-    table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
-                            model=model, reporter=reporter, alpha=alpha)
+    catalogue, reference, table = assign_source(run_dir, source, out, device=device, batch_size=batch_size, workers=workers,
+                                     image_root=image_root, model=model, alpha=alpha, reporter=reporter)
     counts = {status: int((table["status"] == status).sum()) for status in STATUSES}
     per_cause = table.loc[table["status"] == "assigned", "cause"].value_counts()
     summary = {

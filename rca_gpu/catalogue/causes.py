@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.reference import CatalogueError
+from rca_gpu.describe import common_values
 
 CAUSES_FILE = "causes.toml"
 MEMBERS_FILE = "causes.parquet"
@@ -146,10 +147,7 @@ class Catalogue:
                 "stability": stability.get(cause_id, float("nan")),
             }
             group = merged[merged["cause"] == cause_id]
-            for column in ("root_cause", "label", "prediction", "folder"):
-                if column in group.columns:
-                    counts = group[column].astype(str).value_counts()
-                    row[column] = ", ".join(f"{k} ({v})" for k, v in counts.head(3).items())
+            row.update(common_values(group))
             rows.append(row)
         return pd.DataFrame(rows)
 

@@ -121,11 +121,8 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     assignment column), ``out/assignments.parquet`` (the whole pool) and ``out/select.json``.
     """
     from rca_gpu import outputs
-    from rca_gpu.catalogue.assign import CATALOGUE_RUN_KEY, _refuse_run_folder, assign_failures, check_alpha
+    from rca_gpu.catalogue.assign import CATALOGUE_RUN_KEY, assign_source, check_alpha
     from rca_gpu.catalogue.reference import ALPHA
-    from rca_gpu.catalogue.causes import load_catalogue
-    from rca_gpu.catalogue.reference import read_reference
-    from rca_gpu.data.sources import load_source
 
     alpha = ALPHA if alpha is None else alpha
     check_alpha(alpha)
@@ -133,13 +130,9 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
         raise CatalogueError(f"The --budget option must be an int >= 1. Got {budget!r} instead.")
     if spread not in SPREADS:
         raise CatalogueError(f"The --spread option must be one of {', '.join(SPREADS)}. Got {spread!r} instead.")
-    catalogue = load_catalogue(run_dir)
-    reference = read_reference(catalogue.run)
     out = Path(out)
-    _refuse_run_folder(out, catalogue.run.path)
-    failures = load_source(pool, image_root=image_root)
-    table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
-                            model=model, reporter=reporter, alpha=alpha)
+    catalogue, _, table = assign_source(run_dir, pool, out, device=device, batch_size=batch_size, workers=workers,
+                                     image_root=image_root, model=model, alpha=alpha, reporter=reporter)
     sizes = {c: n for c, n in catalogue.sizes().items() if c in catalogue.active}
     chosen = pick(table, sizes, budget, spread=spread, floor=floor)
     metadata = {CATALOGUE_RUN_KEY: catalogue.run_id.encode()}
