@@ -150,6 +150,10 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
     return build_run_spec(data, pipeline=pipeline, **values)
 
 
+#: Below this many columns the cluster table keeps one metadata column, so each explanation stays readable.
+WIDE_TERMINAL = 140
+
+
 def print_clusters(clusters, console=None, explanations=None, stability=None) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -159,10 +163,19 @@ def print_clusters(clusters, console=None, explanations=None, stability=None) ->
 
     console = console or Console()
     summary = cluster_summary(clusters, explanations, stability)
+    described = [c for c in summary.columns if c not in ("cluster", "size", "stability", "explanation")]
+    if console.width < WIDE_TERMINAL:  # a narrow terminal shows the first metadata column only
+        described = described[:1]
+    columns = [c for c in ("cluster", "size", "stability") if c in summary.columns] + described
     table = Table(title="Clusters (-1 = noise)")
-    for column in summary.columns:
-        table.add_column(column, justify="right" if column in ("cluster", "size") else "left")
-    for row in summary.itertuples(index=False):  # values are data: shown literally, never as rich markup
+    for column in columns:
+        numeric = column in ("cluster", "size")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=numeric,
+                         max_width=None if numeric else 28)
+    if "explanation" in summary.columns:  # last, taking the width that is left
+        columns.append("explanation")
+        table.add_column("explanation", ratio=1)
+    for row in summary[columns].itertuples(index=False):  # values are data: shown literally, never as markup
         table.add_row(*[escape(printable(v)) for v in row])
     console.print(table)
 

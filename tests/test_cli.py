@@ -121,3 +121,38 @@ def test_help_does_not_import_heavy_libraries():
     assert out.strip() == "[]"
     help_text = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "--help"], capture_output=True, text=True)
     assert help_text.returncode == 0 and "run" in help_text.stdout
+
+
+def test_cluster_table_keeps_each_explanation_whole_in_a_narrow_terminal():
+    """An 80-column terminal shows cluster, size, the first metadata column and the whole explanation (no line
+    wider than the terminal, nothing cut); a wide one shows every metadata column."""
+    import numpy as np
+    import pandas as pd
+    from rich.console import Console
+
+    from rca_gpu.cli import print_clusters
+    from rca_gpu.report.explain import explain_clusters
+
+    rng = np.random.default_rng(0)
+    n = 120
+    cluster = np.repeat([0, 1, 2], n // 3)
+    clusters = pd.DataFrame({
+        "id": np.arange(n), "path": [f"{i}.png" for i in range(n)], "cluster": cluster,
+        "status": "clustered", "reason": "",
+        "root_cause": np.array(["occlusion_of_the_upper_half", "rotation", "blur"])[cluster],
+        "label": rng.integers(0, 10, n).astype(str), "prediction": rng.integers(0, 10, n).astype(str),
+        "brightness_level": np.where(cluster == 0, 0.9, 0.1) + rng.normal(0, 0.01, n),
+    })
+    explanations = explain_clusters(clusters)
+    for width, shown, hidden in ((80, ["root_cause"], ["prediction"]), (160, ["root_cause", "label", "prediction"], [])):
+        console = Console(width=width, record=True)
+        print_clusters(clusters, console, explanations)
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert "precision" in text and "recall" in text
+        assert "…" not in text  # nothing cut
+        assert text.count("precision") == 3  # one explanation per cluster, each whole
+        for column in shown:
+            assert column in text, (width, column)
+        for column in hidden:
+            assert column not in text, (width, column)
