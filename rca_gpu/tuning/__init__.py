@@ -23,6 +23,10 @@ The rules (``select=`` on any clusterer, rca_gpu.tuning.criteria):
 - ``max``: the highest score, no merging;
 - ``knee`` (Ward): k at the knee of the within-cluster distance (HUDD's rule, via kneed).
 
+A granularity the pipeline fixes (``k``, DBSCAN's ``eps``, HDBSCAN's ``min_cluster_size``;
+search.GRANULARITY_PARAMETER) runs as set: the merge and noise steps are skipped unless ``select=merged`` is
+written too, and the resolved pipeline writes ``select=merged`` whenever those steps changed the labels.
+
 Why ``merged``, measured (benchmarks/selection_rules.py, DBSCAN on UMAP, three seeds each; RESULTS.md,
 "Automatic selection"). Silhouette favours coarse partitions, so ``max`` merges look-alike causes: on mnist-rc
 it returns 6 clusters for 8 causes (weighted purity 0.84, rotation and elastic warp in one cluster).
