@@ -359,3 +359,30 @@ def test_representatives_use_the_clustering_space_when_stored_else_the_map():
     assert space.shape == (2, 3) and space[0].tolist() == [5.0, 7.0, 0.0] and "(3 dimensions)" in note
     space, note = _clustering_space(stored[["id", "cluster", "x", "y"]], {})
     assert space.tolist() == [[1.0, 3.0], [2.0, 4.0]] and "more than 64 dimensions" in note
+
+
+@pytest.mark.parametrize("metadata", ["none", "no path column", "paths for half the rows"])
+def test_report_of_features_without_image_paths(tmp_path, metadata):
+    """A run from --features whose rows have no image path (no metadata, metadata without `path`, or paths
+    for some rows only) still gets its report: sections without thumbnails, no error."""
+    from sklearn.datasets import make_blobs
+
+    from rca_gpu.cli import app
+
+    x, y = make_blobs(120, n_features=8, centers=3, random_state=0)
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    args = ["run", "--features", str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"), "-p", "pca+kmeans(k=3)",
+            "--device", "cpu", "--stability", "0"]
+    if metadata != "none":
+        meta = pd.DataFrame({"id": np.arange(120), "group": y.astype(str)})
+        if metadata == "paths for half the rows":
+            meta["path"] = [str(tmp_path / f"{i}.png") if i % 2 else None for i in range(120)]
+        meta.to_csv(tmp_path / "meta.csv", index=False)
+        args += ["--metadata", str(tmp_path / "meta.csv")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "could not be written" not in result.output
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert all(f'id="cluster-{c}"' in page for c in range(3))
+    again = runner.invoke(app, ["report", str(tmp_path / "out")])
+    assert again.exit_code == 0, again.output

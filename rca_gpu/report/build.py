@@ -118,7 +118,7 @@ def build_report(
     t = time.perf_counter()
     run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
     seed = int(run.info.get("seed", 0) or 0) if seed is None else seed
-    clusters = run.clusters().reset_index(drop=True)
+    clusters = _text_columns(run.clusters().reset_index(drop=True))
     embedding = run.embedding()
     explanations = read_explanations(run)
     seconds["read"] = _since(t)
@@ -515,6 +515,18 @@ def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str
             )
             outputs.write_text(folder / f"{anchor}-p{page + 1:03d}.html", html)
     index.write_text(json.dumps(stamp), encoding="utf-8")
+
+
+def _text_columns(clusters: pd.DataFrame) -> pd.DataFrame:
+    """``path`` and ``reason`` as text, "" where missing (a run from ``--features`` without metadata has no
+    image paths: its report has no thumbnails and no links to files)."""
+    out = clusters.copy()
+    for column in ("path", "reason"):
+        if column in out.columns:
+            values = out[column]
+            out[column] = ["" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+                           for value in values.to_numpy(dtype=object)]
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -50,7 +50,8 @@ def make_thumbnails(
     positions:
         Row positions (ints) in ``clusters.parquet``.
     paths:
-        Image path per row (``clusters.parquet``'s ``path``); ``loader`` is used instead when given.
+        Image path per row (``clusters.parquet``'s ``path``, "" for none); ``loader`` is used instead when
+        given.
     run_id:
         The run the thumbnails belong to.
     size:
@@ -82,6 +83,8 @@ def make_thumbnails(
     index.write_text(json.dumps(stamp), encoding="utf-8")
 
     wanted = sorted({int(p) for p in positions})
+    if loader is None:  # rows without a path (features brought without images) have no thumbnail
+        wanted = [p for p in wanted if paths[p]]
     todo = [p for p in wanted if not (folder / thumbnail_name(p)).is_file()]
     if todo:
         log.info("thumbnails: making %d (%d reused)", len(todo), len(wanted) - len(todo))
