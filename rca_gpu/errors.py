@@ -34,7 +34,7 @@ class UnsupportedOnGPU(RcaError, NotImplementedError):
 
 
 GPU_INSTALL_HINT = (
-    "install the GPU extras with: pip install 'rca-gpu[gpu]' (CUDA 12) or 'rca-gpu[gpu-cu13]' (CUDA 13), "
+    "install the GPU extras with: pip install 'rca-gpu[gpu]' (CUDA 13, = gpu-cu13) or 'rca-gpu[gpu-cu12]' (CUDA 12), "
     "or use --device auto/cpu"
 )
 

@@ -125,3 +125,20 @@ def test_the_checks_catch_what_they_look_for():
     resolved = pins(text)
     assert faiss_distributions(resolved) == ["faiss-cpu", "faiss-gpu-cu12"]
     assert cuda_majors(resolved) == {12: ["faiss-gpu-cu12"], 13: ["cupy-cuda13x"]}
+
+
+def test_install_hint_names_each_extra_with_its_cuda_major():
+    """The hint printed by --device gpu names extras that exist, each with the CUDA major it installs."""
+    import tomllib
+
+    from rca_gpu.errors import GPU_INSTALL_HINT
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    named = re.findall(r"'rca-gpu\[([\w-]+)\]' \(CUDA (\d+)", GPU_INSTALL_HINT)
+    assert len(named) == 2
+    for extra, major in named:
+        text = " ".join(extras[extra])
+        while "rca-gpu[" in text:  # an extra made of another extra
+            inner = re.search(r"rca-gpu\[([\w-]+)\]", text).group(1)
+            text = text.replace(f"rca-gpu[{inner}]", " ".join(extras[inner]))
+        assert f"-cu{major}" in text and f"cuda{major}x" in text, (extra, major, text)
