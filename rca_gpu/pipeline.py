@@ -7,6 +7,7 @@ graphs are computed once per feature set.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import datetime as _dt
 import logging
 import platform
@@ -144,6 +145,17 @@ def compute_features(feature_spec: FeatureSpec, failures: FailureSet, spec: RunS
             "torch.export .pt2, or package.module:factory=weights.pt)."
         )
     return extract_features(feature_spec, context, cache_dir=cache_dir)
+
+
+def rejection_summary(rejected: dict[int, str], top: int = 2) -> str:
+    """" 75 row(s) were rejected: 75 x <reason>." for the ``top`` most common reasons of ``rejected``
+    (row position -> reason), "" when nothing was rejected: what a too-few-images error shows."""
+    if not rejected:
+        return ""
+    counts = Counter(rejected.values()).most_common()
+    shown = " | ".join(f"{n} x {reason}" for reason, n in counts[:top])
+    more = f" | {len(counts) - top} other reason(s)" if len(counts) > top else ""
+    return f" {len(rejected)} row(s) were rejected: {shown}{more}."
 
 
 def check_enough(n_usable: int, n_total: int, clusterer: str) -> None:
@@ -325,7 +337,8 @@ def run(
     except TooFewImagesError as exc:
         start_run_folder(out)
         write_failed_run(spec, failures, None, out, run_id, exc, started_at)
-        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+        raise TooFewImagesError(f"{exc}{rejection_summary(failures.rejected)} Every row's reason is in "
+                                f"{out / 'clusters.parquet'}.") from None
     check_dut_known(spec, failures.dut)
     check_memory(spec, len(failures))
     device = resolve_device(spec.device)
@@ -339,7 +352,8 @@ def run(
         timer.add("features", t)
     except TooFewImagesError as exc:
         write_failed_run(spec, failures, None, out, run_id, exc, started_at)
-        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+        raise TooFewImagesError(f"{exc}{rejection_summary(failures.rejected)} Every row's reason is in "
+                                f"{out / 'clusters.parquet'}.") from None
     graph = None
     if knn is not None and 2 <= features.n <= spec.sample_size:  # above it the search needs no full graph
         t = time.perf_counter()
@@ -385,7 +399,9 @@ def run_on_features(
     except TooFewImagesError as exc:
         start_run_folder(out)
         write_failed_run(spec, failures, features, out, run_id, exc, started_at)
-        raise TooFewImagesError(f"{exc} Every row's reason is in {out / 'clusters.parquet'}.") from None
+        rejected = {**failures.rejected, **getattr(features, "rejected", {})}
+        raise TooFewImagesError(f"{exc}{rejection_summary(rejected)} Every row's reason is in "
+                                f"{out / 'clusters.parquet'}.") from None
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
                                started_at=started_at, run_id=run_id)
     if report:

@@ -156,3 +156,24 @@ def test_cluster_table_keeps_each_explanation_whole_in_a_narrow_terminal():
             assert column in text, (width, column)
         for column in hidden:
             assert column not in text, (width, column)
+
+
+def test_too_few_usable_images_names_the_rejection_reasons(tmp_path):
+    """Every row of a manifest of links pointing outside its folder is rejected: the error says why, with the
+    fix, instead of only "0 usable"."""
+    images, labels = pattern_images(n_per=3, groups=2)
+    write_pngs(tmp_path / "originals", images, labels)
+    linked = tmp_path / "export"
+    linked.mkdir()
+    originals = sorted((tmp_path / "originals").rglob("*.png"))
+    for i, original in enumerate(originals):
+        (linked / f"{i}.png").symlink_to(original)
+    pd.DataFrame({"path": [f"{i}.png" for i in range(len(originals))]}).to_csv(linked / "manifest.csv", index=False)
+    result = runner.invoke(app, ["run", str(linked / "manifest.csv"), "--out", str(tmp_path / "out"),
+                                 "-p", "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0"])
+    _one_line_error(result, f"{len(originals)} row(s) were rejected", "path escapes the image root",
+                    "--image-root")
+    ok = runner.invoke(app, ["run", str(linked / "manifest.csv"), "--out", str(tmp_path / "out"), "-p",
+                             "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0", "--image-root",
+                             str(tmp_path), "--no-report", "--stability", "0"])
+    assert ok.exit_code == 0, ok.output

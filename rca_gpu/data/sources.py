@@ -292,7 +292,8 @@ def _manifest_entry(raw: Any, base: Path, root: Path) -> tuple[str, str | None]:
         return raw, f"the path cannot be resolved: {exc}"
     if not candidate.is_relative_to(root):
         return str(candidate), (
-            f"path escapes the image root {str(root)!r}; use --image-root to allow another folder"
+            f"path escapes the image root {str(root)!r} (symbolic links followed); use --image-root to allow "
+            "another folder"
         )
     if not os.path.lexists(listed):
         return str(candidate), "file not found"
