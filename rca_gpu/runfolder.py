@@ -139,6 +139,12 @@ def open_run(path: str | Path) -> RunFolder:
         )
     run_file = folder / RUN_FILE
     if not run_file.is_file():
+        inside = sorted(p.parent for p in folder.glob(f"*/{RUN_FILE}"))[:3]  # e.g. the run of `rca-gpu demo`
+        if inside:
+            raise RunFolderError(
+                f"{str(path)!r} holds no {RUN_FILE}, but its sub-folder(s) {', '.join(repr(str(p)) for p in inside)} "
+                "do: pass the run folder itself."
+            )
         raise RunFolderError(
             f"{str(path)!r} holds no {RUN_FILE}, so it is not a finished run (an interrupted run leaves none). "
             f"Run `rca-gpu run SOURCE --out {path}` to completion first."

@@ -63,3 +63,15 @@ def test_unfinished_or_foreign_folders_are_refused(tmp_path, state):
     }[state]
     with pytest.raises(RunFolderError, match=expected):
         open_run(target)
+
+
+def test_a_folder_holding_a_run_points_at_it(tmp_path):
+    """`rca-gpu report runs/demo` (the demo's parent folder) names runs/demo/run instead of only failing."""
+    import json
+
+    from rca_gpu.runfolder import RUN_FORMAT, RunFolderError, open_run
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"rca_gpu_run": RUN_FORMAT, "run_id": "x"}))
+    with pytest.raises(RunFolderError, match=r"sub-folder\(s\) .*run'.* pass the run folder itself"):
+        open_run(tmp_path)
