@@ -159,3 +159,60 @@ def test_the_cluster_summary_shows_stability():
     summary = cluster_summary(clusters, stability=stability).set_index("cluster")
     assert summary.loc[0, "stability"] == "0.95" and summary.loc[1, "stability"] == "0.41 unstable"
     assert summary.loc[-1, "stability"] == ""
+
+
+@pytest.mark.parametrize("merge_step", [False, True])
+def test_stability_without_a_graph_of_all_images(merge_step):
+    """Runs above the search's sample size keep no kNN graph of all images: stability builds one of its own
+    sample (max_images) and scores clean planted clusters as stable, with or without the merge step."""
+    x, planted = planted_blobs(n_per=60, centers=4, dim=8, spread=1.0)
+    result = run_stability(x, None, planted, reduce_name="none", reduce_params={}, cluster_name="dbscan",
+                           cluster_params=_dbscan_setting(x), chosen_embedding=x, device=DEVICE, resamples=4,
+                           max_images=200, merge_step=merge_step)
+    assert result.info["images"] == 200
+    assert result.table["stability"].min() >= 0.9
+
+
+def test_resamples_go_through_the_merge_step_the_run_used(monkeypatch):
+    """The clusterer cuts planted group 0 into arbitrary halves in every resample; the run's merge step joined
+    them (the kNN graph does not separate halves of one group). Resamples merged the same way find the run's
+    cluster again (stable); resamples left unmerged do not (unstable)."""
+    import rca_gpu.cluster
+
+    x, planted = planted_blobs(n_per=60, centers=3, dim=6, spread=1.0, seed=2)
+    row_of = {row.tobytes(): i for i, row in enumerate(np.asarray(x, dtype=np.float32))}
+
+    def halves(points, name, params, device, seed=0):
+        index = np.array([row_of[row.tobytes()] for row in np.asarray(points, dtype=np.float32)])
+        labels = planted[index].copy()
+        labels[(planted[index] == 0) & (index % 2 == 0)] = 3
+        return labels
+
+    monkeypatch.setattr(rca_gpu.cluster, "cluster", halves)
+    common = dict(reduce_name="none", reduce_params={}, cluster_name="kmeans", cluster_params={"k": 4},
+                  chosen_embedding=x, device=DEVICE, resamples=4)
+    graph = knn_graph(x, 30, DEVICE)
+    merged = run_stability(x, graph, planted, merge_step=True, **common).table.set_index("cluster")["stability"]
+    plain = run_stability(x, graph, planted, merge_step=False, **common).table.set_index("cluster")["stability"]
+    assert merged.min() >= 0.9
+    assert plain[0] < 0.6 and plain[[1, 2]].min() >= 0.9
+
+
+def test_a_run_above_the_sample_size_scores_stability(tmp_path):
+    """Above --sample-size the run keeps no graph of all images; the default stability still runs (it used to
+    end the run in an AttributeError)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    x, planted = planted_blobs(n_per=100, centers=3, dim=8, spread=1.0)
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    result = CliRunner().invoke(app, ["run", "--features", str(tmp_path / "x.npy"), "--out", str(tmp_path / "out"),
+                                      "-p", "pca(n_components=4)+dbscan", "--sample-size", "150", "--device", "cpu",
+                                      "--no-report", "--quiet"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert info["tuning"]["sample"]["size"] == 150
+    assert info["catalogue"]["stability"]["resamples"] >= 2

@@ -67,7 +67,7 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
                 reduce_name=spec.pipeline.reduce.name, reduce_params=dict(selection.reduce_params),
                 cluster_name=spec.pipeline.cluster.name, cluster_params=dict(selection.cluster_params),
                 chosen_embedding=selection.embedding, device=device, seed=spec.seed, resamples=resamples,
-                progress=advance,
+                progress=advance, merge_step=getattr(selection, "merge_step", False),
             )
         summary = stability.table
         outputs.write_parquet(out / SUMMARY_FILE, summary, run_id=run_id)

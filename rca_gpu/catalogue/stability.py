@@ -135,6 +135,11 @@ def clusterboot(
         Seeds the subsets (resample b uses ``numpy.random.default_rng([seed, b])``).
     progress:
         Called with 1 after each resample.
+    merge_step:
+        The run's labels went through the merge and noise steps of the ``merged`` rule
+        (rca_gpu.tuning.graph); each resample's labels then do too, with the resample's feature neighbours.
+    graph may be None (runs above the search's sample size keep no graph of all images): a kNN graph of the
+    stability sample is built instead.
 
     Raises
     ------
@@ -286,6 +291,7 @@ def run_stability(
     fraction: float = FRACTION,
     max_images: int = MAX_IMAGES,
     progress: Callable[[int], None] | None = None,
+    merge_step: bool = False,
 ) -> Stability:
     """Stability of the run's clusters, re-clustering subsets with the run's chosen setting.
 
@@ -305,6 +311,11 @@ def run_stability(
         B; None picks :func:`default_resamples` from ``trials``.
     progress:
         Called with 1 after each resample.
+    merge_step:
+        The run's labels went through the merge and noise steps of the ``merged`` rule
+        (rca_gpu.tuning.graph); each resample's labels then do too, with the resample's feature neighbours.
+    graph may be None (runs above the search's sample size keep no graph of all images): a kNN graph of the
+    stability sample is built instead.
 
     Returns
     -------
@@ -321,6 +332,17 @@ def run_stability(
     sample = np.arange(n)
     if n > max_images:
         sample = np.sort(np.random.default_rng([seed, 7919]).choice(n, max_images, replace=False))
+    torch_device = getattr(device, "torch_device", "cpu")
+    rows_of = sample  # resample rows -> rows of ``features`` and ``graph``
+    if graph is None:  # above the run's sample size no graph of all images exists: one of the stability sample
+        from rca_gpu.neighbors import knn_graph
+        from rca_gpu.tuning.graph import LINK_NEIGHBOURS
+
+        features = as_torch(features, torch_device)[as_torch(sample, torch_device).long()]
+        wanted = max(int(reduce_params.get("n_neighbors", 15)), int(cluster_params.get("min_samples", 5)),
+                     LINK_NEIGHBOURS) + 1
+        graph = knn_graph(features, min(wanted, len(sample)), device)
+        rows_of = np.arange(len(sample))
     eps_share = None
     if cluster_name == "dbscan" and "eps" in cluster_params:
         eps, min_samples = float(cluster_params["eps"]), int(cluster_params.get("min_samples", 5))
@@ -330,15 +352,22 @@ def run_stability(
         else:
             eps_share = eps_quantile(chosen_embedding, eps, min_samples, device)
     graph_k = int(reduce_params.get("n_neighbors", 15)) if reduce_name == "umap" else 0
-    torch_device = getattr(device, "torch_device", "cpu")
 
     def recluster(rows: np.ndarray) -> np.ndarray:
-        chosen_rows = sample[rows]
+        chosen_rows = rows_of[rows]
         x = as_torch(features, torch_device)[as_torch(chosen_rows, torch_device).long()]
         knn = subset_graph(graph, chosen_rows, max(2, graph_k), x, device) if graph_k else None
         embedding, _ = run_reducer(x, reduce_name, dict(reduce_params), device, knn=knn, seed=seed)
         params = transfer_params(cluster_name, cluster_params, embedding, device, eps_share)
-        return run_clusterer(embedding, cluster_name, params, device, seed=seed)
+        labels_of_resample = run_clusterer(embedding, cluster_name, params, device, seed=seed)
+        if merge_step:  # the run's labels went through the merge and noise steps: so do the resample's
+            from rca_gpu.tuning.graph import LINK_NEIGHBOURS, attach_noise, merge_unseparated
+
+            neighbours = subset_graph(graph, chosen_rows, LINK_NEIGHBOURS + 1, x, device).numpy()[0]
+            neighbours = neighbours[:, 1:LINK_NEIGHBOURS + 1]
+            merged, _ = merge_unseparated(np.asarray(labels_of_resample, dtype=np.int64), neighbours)
+            labels_of_resample = attach_noise(merged, neighbours)
+        return labels_of_resample
 
     result = clusterboot(labels[sample], recluster, resamples=b, fraction=fraction, seed=seed, progress=progress)
     # sizes in the table are the run's, also when resamples come from a sample of a large run

@@ -67,6 +67,8 @@ class Selection:
     sample: dict[str, Any] | None = None
     knn: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    #: the merge and noise steps of the 'merged' rule ran on the clusterer's labels
+    merge_step: bool = False
     #: the merge step changed the clusterer's labels (the resolved pipeline then names select=merged)
     relabelled: bool = False
     extension: "Extension | None" = field(default=None, repr=False)
@@ -427,7 +429,7 @@ def select(
     selection = Selection(
         dict(reduce_params), dict(cluster_params), final, embedding, reduce_info, trials, criterion=rule,
         merges=merges, noise_attached=attached, knn={**search_graph.describe(), "rows": n_search},
-        relabelled=relabelled,
+        merge_step=merge, relabelled=relabelled,
     )
     if rule == "merged" and not merge:
         selection.note = (f"{GRANULARITY_PARAMETER[cluster_spec.name]} set in the pipeline: {cluster_spec.name}'s own "
