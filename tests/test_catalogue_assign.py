@@ -136,13 +136,26 @@ def test_assign_follows_the_edited_catalogue(catalogue_run, catalogue_images, tm
     catalogue.drop(cluster_of_group[2])
     catalogue.rename(merged, "bar at the top")
     catalogue.save()
-    table, _ = assign_run(copy, catalogue_images / "new", tmp_path / "out", device="cpu", workers=0)
+    table, summary = assign_run(copy, catalogue_images / "new", tmp_path / "out", device="cpu", workers=0)
     group = _group(table["path"])
     top = table[group < 2]
     assert set(top["cause"]) <= {merged, -1} and (top["cause"] == merged).mean() >= 0.75
     assert (top.loc[top["cause"] == merged, "cause_name"] == "bar at the top").all()
     middle = table[group == 2]
     assert set(middle["status"]) <= {"not_a_cause", "unknown"} and (middle["status"] == "not_a_cause").mean() >= 0.75
+    # the printed table marks the dropped cause, not only the summary line
+    from rich.console import Console
+
+    from rca_gpu.commands.assign import print_assignment_counts
+
+    console = Console(width=80, record=True)
+    print_assignment_counts(table, summary, console)
+    lines = console.export_text().splitlines()
+    dropped = [line for line in lines if re.match(rf"\W*{cluster_of_group[2]}\W", line)]
+    kept = [line for line in lines if re.match(rf"\W*{merged}\W", line)]
+    assert len(dropped) == 1 and "dropped: not a cause" in dropped[0]
+    assert len(kept) == 1 and "dropped" not in kept[0] and "bar at the top" in kept[0]
+    assert max(map(len, lines)) <= 80
 
 
 def test_assign_refuses_another_extractor(catalogue_run, catalogue_images, tmp_path):

@@ -136,3 +136,29 @@ def test_causes_command_bad_values_are_one_line_errors(run_copy, args, message):
     done = _cli("causes", run_copy, *args)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (run_copy / CAUSES_FILE).exists()
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_the_causes_table_reads_whole_in_a_narrow_terminal(run_copy, width):
+    from rich.console import Console
+
+    from rca_gpu.commands.causes import WIDE_TERMINAL, print_causes
+
+    catalogue = load_catalogue(run_copy)
+    catalogue.merge([1, 2])
+    catalogue.drop(0)
+    catalogue.rename(0, "a bright horizontal bar across the top rows of the image, seen at night")
+    narrow = Console(width=width, record=True)
+    print_causes(catalogue, narrow)
+    text = narrow.export_text()
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= width and "\u2026" not in text  # nothing cut
+    header = next(line for line in lines if "cause" in line and "stability" in line)
+    for column in ("cause", "size", "stability", "status", "origin", "name"):
+        assert f" {column} " in header
+    assert "merge of 1, 2" in " ".join(text.split()) and "dropped" in text
+    assert "seen at night" in " ".join(text.replace("\u2502", " ").split())  # the long name wraps, whole
+    wide = Console(width=WIDE_TERMINAL + 20, record=True)
+    print_causes(catalogue, wide)
+    wide_text = wide.export_text()
+    assert all(f" {column} " in wide_text for column in catalogue.table().columns)

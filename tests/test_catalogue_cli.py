@@ -70,3 +70,118 @@ def test_a_run_without_reference_set_is_refused(catalogue_run, catalogue_images,
 def test_select_refuses_a_zero_budget(catalogue_run, catalogue_images, tmp_path):
     done = _cli("select", catalogue_run, catalogue_images / "new", "--budget", "0", "--out", tmp_path / "out")
     assert done.returncode == 2 and "--budget" in done.stderr
+
+
+# --- output folders and the folders given as RUN_DIR, checked before any image is read ---
+
+WRITERS = {
+    "assign": lambda run, src, out: ["assign", run, src, "--out", out],
+    "select": lambda run, src, out: ["select", run, src, "--budget", "3", "--out", out],
+    "export": lambda run, src, out: ["export", run, "--to", out],
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+@pytest.mark.parametrize("problem,message", [
+    ("file", "is an existing file, not a folder"),
+    ("below_file", "cannot be created"),
+    ("the_run", "is the run folder itself"),
+    ("another_run", "is a run folder (it holds run.json)"),
+])
+def test_an_unusable_out_folder_is_a_one_line_error(command, problem, message, catalogue_run, catalogue_images,
+                                                    tmp_path):
+    (tmp_path / "afile").write_text("x")
+    out = {"file": tmp_path / "afile", "below_file": tmp_path / "afile" / "sub", "the_run": catalogue_run,
+           "another_run": shutil.copytree(catalogue_run, tmp_path / "other")}[problem]
+    before = sorted(p.name for p in catalogue_run.iterdir())
+    done = _cli(*WRITERS[command](catalogue_run, catalogue_images / "new", out))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: The --") and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert sorted(p.name for p in catalogue_run.iterdir()) == before
+
+
+@pytest.mark.parametrize("command", ["assign", "select"])
+def test_the_out_folder_is_checked_before_any_image_is_read(command, catalogue_run, catalogue_images, tmp_path,
+                                                            monkeypatch):
+    import rca_gpu.data.sources as sources
+    from rca_gpu.catalogue.assign import assign_run
+    from rca_gpu.catalogue.retraining import select_from_pool
+    from rca_gpu.runfolder import RunFolderError
+
+    def never(*args, **kwargs):
+        raise AssertionError("the source was read before the --out folder was checked")
+
+    monkeypatch.setattr(sources, "load_source", never)
+    (tmp_path / "afile").write_text("x")
+    call = assign_run if command == "assign" else lambda *a, **k: select_from_pool(*a, budget=3, **k)
+    with pytest.raises(RunFolderError, match="is an existing file"):
+        call(catalogue_run, catalogue_images / "new", tmp_path / "afile", device="cpu", workers=0)
+
+
+@pytest.mark.parametrize("command,marker", [*((c, "assign.json") for c in (*COMMANDS, "export")),
+                                            ("assign", "select.json"), ("assign", "export.json")])
+def test_an_output_folder_given_as_run_folder_is_named(command, marker, catalogue_run, catalogue_images, tmp_path):
+    made_by = "rca-gpu " + marker.split(".")[0]
+    results = tmp_path / "results"
+    results.mkdir()
+    key = "run_dir" if marker == "export.json" else "run_folder"
+    (results / marker).write_text(json.dumps({key: str(catalogue_run)}))
+    args = (["export", results, "--to", tmp_path / "exp"] if command == "export"
+            else [command, *_args(command, results, catalogue_run if command == "compare" else
+                                  catalogue_images / "new", tmp_path)])
+    if command == "compare":  # RUN_B too
+        args = ["compare", catalogue_run, results]
+    done = _cli(*args)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("error: The RUN_") and len(line.splitlines()) == 1
+    assert f"is the output folder of `{made_by}` (it holds {marker}), not a run folder" in line
+    assert "made by `rca-gpu run`" in line and str(catalogue_run) in line
+    assert "--out" not in line  # never suggests running `run` into it
+
+
+def test_assign_and_select_record_the_run_they_read(catalogue_run, catalogue_images, tmp_path):
+    from rca_gpu.catalogue.folders import check_run_dir
+    from rca_gpu.catalogue.reference import CatalogueError
+    from rca_gpu.catalogue.retraining import select_from_pool
+
+    _, info = select_from_pool(catalogue_run, catalogue_images / "new", tmp_path / "sel", budget=2, device="cpu",
+                               workers=0)
+    assert info["run_folder"] == str(catalogue_run.resolve())
+    with pytest.raises(CatalogueError, match="select.json.*" + str(catalogue_run.resolve()).replace("/", ".")):
+        check_run_dir(tmp_path / "sel")
+    check_run_dir(catalogue_run)  # a run folder passes
+
+
+@pytest.fixture(scope="module")
+def features_run(tmp_path_factory):
+    """A finished run on features brought with --features (no extractor)."""
+    import numpy as np
+
+    from rca_gpu.launch import run_features
+    from rca_gpu.spec import build_run_spec
+
+    root = tmp_path_factory.mktemp("features_run")
+    rng = np.random.default_rng(0)
+    np.save(root / "f.npy", np.concatenate([rng.normal(c, 0.1, (20, 6)) for c in range(3)]).astype("float32"))
+    spec = build_run_spec(pipeline="pca(n_components=4)+kmeans(k=3)", device="cpu", workers=0, stability=0,
+                          cache_features=False)
+    run_features(spec, root / "f.npy", root / "run", report=False)
+    return root / "run"
+
+
+@pytest.mark.parametrize("command", ["assign", "select", "compare"])
+def test_a_run_on_brought_features_cannot_place_new_images_and_says_what_can(command, features_run,
+                                                                            catalogue_run, catalogue_images,
+                                                                            tmp_path):
+    args = ([features_run, catalogue_run, "--by", "assign"] if command == "compare"
+            else _args(command, features_run, catalogue_images / "new", tmp_path))
+    done = _cli(command, *args)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith("error: ") and len(line.splitlines()) == 1
+    assert "clustered features passed with --features" in line
+    assert f"{command.capitalize()} needs a run whose features came from an extractor" in line
+    assert "rca-gpu run IMAGES" in line and "pass the features with --features FILE" not in line
+    assert not (tmp_path / "out").exists()

@@ -73,8 +73,10 @@ def test_a_cause_missing_from_b_vanished_and_a_cause_only_in_b_is_new(catalogue_
         assert persisting["size_b"].between(20, 30).all()
     written = open_run(run_b).table(COMPARISON_FILE)  # in B's folder, under B's run id
     assert len(written) == 4 and (written["run_a"] == open_run(catalogue_run).run_id).all()
-    assert open_run(run_b).json("comparison.json")["statuses"] == {"persists": 2, "shrank": 0, "vanished": 1,
-                                                                    "new": 1}
+    assert open_run(run_b).json("comparison.json")["statuses"] == {"persists": 2, "grew": 0, "shrank": 0,
+                                                                    "vanished": 1, "new": 1}
+    # B holds 60 of A's images and 12 of group 3 (72: shares), or 90 new images (as many as A: counts)
+    assert (result.info["images_b"], result.info["basis"]) == ((72, "shares") if kind == "images" else (90, "counts"))
 
 
 def test_by_images_uses_shared_images_only_and_needs_some(catalogue_run, runs_b):
@@ -150,3 +152,70 @@ def test_the_report_shows_stability_causes_and_the_comparison(catalogue_run, run
     assert "stability: " not in page  # run B was made with --stability 0
     page_a = build_report(shutil.copytree(catalogue_run, tmp_path / "a")).path.read_text()
     assert "stability: 1.00 (stable, 4 resamples)" in page_a
+
+
+@pytest.fixture(scope="module")
+def runs_other_size(catalogue_images, tmp_path_factory):
+    """Runs holding fewer images than A (90): ``smaller``, 10 new files of each of A's groups 0-2 (30 images, no
+    file in common with A); ``skewed``, A's own files of group 0 (30) and 5 of group 1 (35 images)."""
+    root = catalogue_images
+    out = tmp_path_factory.mktemp("runs_other_size")
+    images, labels = pattern_images(n_per=10, groups=4, size=16, seed=3)
+    keep = labels < 3
+    small = write_pngs(out / "small_images", images[keep], labels[keep])
+    skewed = sorted((root / "run").glob("g0_*.png")) + sorted((root / "run").glob("g1_*.png"))[:5]
+    return {"smaller": _run_b(out / "small_images", small, out / "smaller"),
+            "skewed": _run_b(root, skewed, out / "skewed")}
+
+
+def test_runs_of_different_sizes_are_compared_by_shares(catalogue_run, runs_other_size):
+    run_b = runs_other_size["smaller"]
+    result = compare_runs(catalogue_run, run_b, by="assign", device="cpu", workers=0, write=False)
+    info, table = result.info, result.table
+    assert info["basis"] == "shares" and (info["images_a"], info["images_b"]) == (90, 30)
+    assert _statuses(result, catalogue_run, run_b) == {"a0": "persists", "a1": "persists", "a2": "persists"}
+    assert (table["share_a"] == 30 / 90).all() and (table["share_b"] == table["size_b"] / 30).all()
+    # by counts the same images read as three causes that shrank: 10 (or fewer) of 30 each
+    counts = compare_runs(catalogue_run, run_b, by="assign", basis="counts", device="cpu", workers=0, write=False)
+    assert counts.info["basis"] == "counts" and set(counts.table["status"]) == {"shrank"}
+
+
+def test_a_cause_grows_or_shrinks_by_its_share_of_the_run(catalogue_run, runs_other_size):
+    run_b = runs_other_size["skewed"]
+    shares = compare_runs(catalogue_run, run_b, by="images", write=False)  # B: 30 of group 0, 5 of group 1
+    assert _statuses(shares, catalogue_run, run_b) == {"a0": "grew", "a1": "shrank", "a2": "vanished"}
+    assert shares.info["statuses"] == {"persists": 0, "grew": 1, "shrank": 1, "vanished": 1, "new": 0}
+    counts = compare_runs(catalogue_run, run_b, by="images", basis="counts", write=False)
+    assert _statuses(counts, catalogue_run, run_b) == {"a0": "persists", "a1": "shrank", "a2": "vanished"}
+    with pytest.raises(CatalogueError, match="--basis option must be one of auto, counts, shares"):
+        compare_runs(catalogue_run, run_b, basis="ratio", write=False)
+
+
+def test_compare_command_says_which_basis_it_used(catalogue_run, runs_other_size, tmp_path):
+    import os
+    import shutil
+
+    run_b = shutil.copytree(runs_other_size["skewed"], tmp_path / "b")
+    done = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "compare", str(catalogue_run), str(run_b), "--by",
+                           "images"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert "status by shares of each run's images (A 90, B 35)" in " ".join(done.stdout.split())
+    assert "share A" in done.stdout and "85.7%" in done.stdout and "33.3%" in done.stdout
+    assert "1 grew" in done.stdout
+    from rich.console import Console
+
+    from rca_gpu.commands.compare import print_comparison
+
+    result = compare_runs(catalogue_run, run_b, by="images", write=False)
+    narrow = Console(width=80, record=True)
+    print_comparison(result, narrow)
+    text = narrow.export_text()
+    assert max(map(len, text.splitlines())) <= 80 and "\u2026" not in text
+    assert "30 (85.7%)" in text and "30 (33.3%)" in text and "grew" in text
+    written = open_run(run_b).json("comparison.json")
+    assert written["basis"] == "shares" and written["images_a"] == 90 and written["images_b"] == 35
+    from rca_gpu.catalogue.report import comparison_section
+
+    html = comparison_section(open_run(run_b))
+    assert "shares of each run&#39;s images" in html or "shares of each run's images" in html
+    assert "30 (85.7%)" in html

@@ -190,19 +190,46 @@ def check_extractor(run, info: dict[str, Any]) -> None:
             )
 
 
+def check_encodable(run, *, command: str = "assign") -> None:
+    """Refuse, before any image is read, a run whose extractor cannot encode other images: features brought
+    with ``rca-gpu run --features`` (no extractor at all) and the 'ae' autoencoder (trained on the run's own
+    images). ``command`` names the command in the message (assign, select, compare).
+
+    Raises
+    ------
+    CatalogueError
+        One line naming the run, why its features cannot be made for new images, and what works instead.
+    """
+    name = (run.info.get("features") or {}).get("name")
+    if name is None:
+        spec = (run.info.get("resolved_pipeline") or (run.info.get("spec") or {}).get("pipeline") or "")
+        name = str(spec).split("+", 1)[0].split("(", 1)[0]
+    if name == "precomputed":
+        raise CatalogueError(
+            f"The run {run.run_id} ({str(run.path)!r}) clustered features passed with --features, so rca-gpu has "
+            f"no extractor to encode new images the same way and `rca-gpu {command}` cannot place them. "
+            f"{command.capitalize()} needs a run whose features came from an extractor: run again on the images "
+            "themselves (a folder or manifest), e.g. rca-gpu run IMAGES --pipeline mobilenet_v2+umap+dbscan "
+            f"--out DIR, then pass DIR as {'RUN_A' if command == 'compare' else 'RUN_DIR'}."
+        )
+    if name == "ae":
+        raise CatalogueError(
+            f"The run {run.run_id} ({str(run.path)!r}) used the 'ae' extractor, an autoencoder trained on the "
+            f"run's own images; it cannot encode other images the same way, so `rca-gpu {command}` cannot place "
+            "them. Use a run made with another extractor, e.g. rca-gpu run IMAGES --pipeline "
+            "mobilenet_v2+umap+dbscan --out DIR."
+        )
+
+
 def encode(run, failures, *, device: str = "auto", batch_size: int | None = None, workers: int | None = None,
            model: str | None = None, reporter=None):
     """Features of ``failures`` by the run's extractor: (Features, Device). Raises CatalogueError for runs
-    whose extractor cannot be re-created for other images (the autoencoder is trained on the run's own)."""
+    whose extractor cannot be re-created for other images (see :func:`check_encodable`)."""
     from rca_gpu.device import resolve_device
     from rca_gpu.pipeline import compute_features
 
+    check_encodable(run)
     spec = run_spec_of(run, device=device, batch_size=batch_size, workers=workers, model=model)
-    if spec.pipeline.features.name == "ae":
-        raise CatalogueError(
-            f"The run {run.run_id} used the 'ae' extractor, an autoencoder trained on the run's own images; "
-            "it cannot encode other images the same way. Assign with a run made with another extractor."
-        )
     resolved = resolve_device(spec.device)
     features = compute_features(spec.pipeline.features, failures, spec, resolved, None, reporter)
     check_extractor(run, features.info)
@@ -251,22 +278,27 @@ def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[
 
 def assign_source(run_dir, source, out: Path, *, device: str = "auto", batch_size: int | None = None,
                   workers: int | None = None, image_root: str | None = None, model: str | None = None,
-                  alpha: float = ALPHA, reporter=None) -> tuple[Any, Any, pd.DataFrame]:
+                  alpha: float = ALPHA, reporter=None, command: str = "assign") -> tuple[Any, Any, pd.DataFrame]:
     """The edited catalogue of ``run_dir``, its reference set, and the assignment table of every row of
-    ``source`` (what ``assign`` and ``select`` share). ``out`` is refused when it is the run folder itself.
+    ``source`` (what ``assign`` and ``select`` share). Before any image is read: ``run_dir`` must be a run
+    folder (not the output of assign/select/export), ``out`` a writable folder that is not a run folder, and
+    the run's extractor able to encode new images (see :func:`check_encodable`).
 
     Raises
     ------
     RunFolderError, CatalogueError, SourceError, TooFewImagesError, SpecError
-        Bad run folder, missing reference set, ``out`` inside the run, unusable source, or options.
+        Bad run folder, missing reference set, unusable ``out``, unusable source, or options.
     """
     from rca_gpu.catalogue.causes import load_catalogue
+    from rca_gpu.catalogue.folders import check_out_dir, check_run_dir
     from rca_gpu.catalogue.reference import read_reference
     from rca_gpu.data.sources import load_source
 
+    check_run_dir(run_dir)
     catalogue = load_catalogue(run_dir)
+    check_out_dir(out, run_path=catalogue.run.path)
+    check_encodable(catalogue.run, command=command)
     reference = read_reference(catalogue.run)
-    _refuse_run_folder(Path(out), catalogue.run.path)
     failures = load_source(source, image_root=image_root)
     table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
                             model=model, reporter=reporter, alpha=alpha)
@@ -315,13 +347,4 @@ def check_alpha(alpha: float) -> None:
         raise CatalogueError(
             f"The --alpha option must be a number in [0, 0.5) (share of a cause's own images beyond its radius). "
             f"Got {alpha!r} instead."
-        )
-
-
-def _refuse_run_folder(out: Path, run_path: Path) -> None:
-    """Outputs of assign/select go to their own folder, never into the run (whose files they would mix)."""
-    if out.resolve() == Path(run_path).resolve():
-        raise CatalogueError(
-            f"--out {str(out)!r} is the run folder itself; write the assignments to a folder of their own, "
-            "e.g. --out assigned/."
         )

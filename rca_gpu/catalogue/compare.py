@@ -11,8 +11,19 @@ Every usable image of B (clustered or noise) is given a cause of A's catalogue:
 image of B, ``--by auto`` (default) uses shared images where there are some and assigns the rest.
 
 Then, for each active cause ``a`` of A with ``size_a`` images in A and ``size_b`` images of B given cause
-``a``: ``vanished`` when size_b < VANISHED_BELOW x size_a, ``shrank`` when size_b < SHRANK_BELOW x size_a,
-else ``persists``; its match in B is the B cause holding most of those images. A cause of B is ``new`` when
+``a``, the ``ratio`` compares them on a ``basis``:
+
+- ``counts`` (``--basis auto`` when both runs hold the same number of usable images, or ``--basis counts``):
+  ratio = size_b / size_a;
+- ``shares`` (``--basis auto`` when the runs hold different numbers of images, or ``--basis shares``): each
+  size as a share of its own run's usable images, ``share_a = size_a / images_a`` and
+  ``share_b = size_b / images_b``; ratio = share_b / share_a. A run of 300 images then holds a cause as much
+  as a run of 1500 when the cause has the same share of each.
+
+(With equal image counts the two bases give the same ratio.) ``vanished`` when ratio < VANISHED_BELOW,
+``shrank`` when ratio < SHRANK_BELOW, ``grew`` when ratio > GREW_ABOVE, else ``persists``: the tolerance
+is a factor of 2 either way, so sampling noise in a cause of a few dozen images does not flip its status.
+Its match in B is the B cause holding most of those images. A cause of B is ``new`` when
 more than NEW_ABOVE of its images have no cause in A (images in a cause dropped from A's catalogue count as
 known, not as new). Dropped causes get no row of their own.
 The table is written into B's run folder as comparison.parquet (with B's run id; A's run id in the
@@ -32,7 +43,10 @@ from rca_gpu.catalogue.reference import CatalogueError
 
 VANISHED_BELOW = 0.1
 SHRANK_BELOW = 0.5
+GREW_ABOVE = 2.0
 NEW_ABOVE = 0.5
+STATUSES = ("persists", "grew", "shrank", "vanished", "new")
+BASES = ("auto", "counts", "shares")
 COMPARISON_FILE = "comparison.parquet"
 COMPARISON_INFO_FILE = "comparison.json"
 MODES = ("auto", "images", "assign")
@@ -96,6 +110,9 @@ def b_in_a(cat_a, cat_b, *, by: str = "auto", device: str = "auto", batch_size: 
                 f"Run {cat_b.run_id} clustered in-memory images (no files), so they cannot be assigned to the "
                 f"causes of run {cat_a.run_id}. Compare runs made from image folders or manifests."
             )
+        from rca_gpu.catalogue.assign import check_encodable
+
+        check_encodable(cat_a.run, command="compare")  # before any image is read
         cause_a[to_assign] = _assign_paths(cat_a, cat_b, b[to_assign], device=device, batch_size=batch_size,
                                            workers=workers, reporter=reporter)
         how[to_assign] = "assigned"
@@ -122,26 +139,52 @@ def _assign_paths(cat_a, cat_b, rows: pd.DataFrame, **options) -> np.ndarray:
                      -1).astype(np.int64)
 
 
-def compare(cat_a, cat_b, *, by: str = "auto", device: str = "auto", batch_size: int | None = None,
-            workers: int | None = None, reporter=None) -> Comparison:
-    """Compare the (edited) catalogues of two runs. See the module docstring for the rules."""
+def status_of(ratio: float) -> str:
+    """persists | grew | shrank | vanished for a ratio of B to A (see the module docstring)."""
+    if ratio < VANISHED_BELOW:
+        return "vanished"
+    if ratio < SHRANK_BELOW:
+        return "shrank"
+    return "grew" if ratio > GREW_ABOVE else "persists"
+
+
+def compare(cat_a, cat_b, *, by: str = "auto", basis: str = "auto", device: str = "auto",
+            batch_size: int | None = None, workers: int | None = None, reporter=None) -> Comparison:
+    """Compare the (edited) catalogues of two runs. See the module docstring for the rules.
+
+    Raises
+    ------
+    CatalogueError
+        A bad ``by`` or ``basis``, ``by='images'`` without shared images, or B's images that cannot be
+        assigned to A's causes.
+    """
+    if basis not in BASES:
+        raise CatalogueError(f"The --basis option must be one of {', '.join(BASES)}. Got {basis!r} instead.")
     started = time.perf_counter()
     frame, counts = b_in_a(cat_a, cat_b, by=by, device=device, batch_size=batch_size, workers=workers,
                            reporter=reporter)
     sizes_a = cat_a.sizes()
     sizes_b = cat_b.sizes()
+    images_a, images_b = len(_usable(cat_a)), counts["b_images"]
+    if basis == "auto":
+        basis = "counts" if images_a == images_b else "shares"
     rows = []
     for cause in cat_a.active:
         size_a = sizes_a.get(cause, 0)
         mine = frame[frame["cause_a"] == cause]
         size_b = len(mine)
-        ratio = size_b / size_a if size_a else float("nan")
-        status = "vanished" if ratio < VANISHED_BELOW else "shrank" if ratio < SHRANK_BELOW else "persists"
+        share_a = size_a / images_a if images_a else float("nan")
+        share_b = size_b / images_b if images_b else 0.0
+        if basis == "counts":
+            ratio = size_b / size_a if size_a else float("nan")
+        else:
+            ratio = share_b / share_a if share_a else float("nan")
         in_b = mine.loc[mine["cause_b"] >= 0, "cause_b"].value_counts()
         main = int(in_b.index[0]) if len(in_b) else -1
         rows.append({
-            "status": status, "cause_a": cause, "name_a": cat_a.name(cause), "size_a": size_a, "size_b": size_b,
-            "ratio": ratio, "cause_b": main, "name_b": cat_b.name(main) if main >= 0 else "",
+            "status": status_of(ratio), "cause_a": cause, "name_a": cat_a.name(cause), "size_a": size_a,
+            "size_b": size_b, "share_a": share_a, "share_b": share_b, "ratio": ratio, "cause_b": main,
+            "name_b": cat_b.name(main) if main >= 0 else "",
             "b_causes": ", ".join(f"{int(c)} ({int(n)})" for c, n in in_b.items()),
         })
     for cause in cat_b.active:
@@ -150,32 +193,41 @@ def compare(cat_a, cat_b, *, by: str = "auto", device: str = "auto", batch_size:
         if none_share <= NEW_ABOVE:
             continue
         in_a = mine.loc[mine["cause_a"] >= 0, "cause_a"].value_counts()
+        size_b = sizes_b.get(cause, 0)
         rows.append({
-            "status": "new", "cause_a": -1, "name_a": "", "size_a": 0, "size_b": sizes_b.get(cause, 0),
-            "ratio": float("nan"), "cause_b": cause, "name_b": cat_b.name(cause),
-            "b_causes": ", ".join(f"a{int(c)} ({int(n)})" for c, n in in_a.items()),
+            "status": "new", "cause_a": -1, "name_a": "", "size_a": 0, "size_b": size_b, "share_a": 0.0,
+            "share_b": size_b / images_b if images_b else 0.0, "ratio": float("nan"), "cause_b": cause,
+            "name_b": cat_b.name(cause), "b_causes": ", ".join(f"a{int(c)} ({int(n)})" for c, n in in_a.items()),
         })
-    table = pd.DataFrame(rows, columns=["status", "cause_a", "name_a", "size_a", "size_b", "ratio", "cause_b",
-                                        "name_b", "b_causes"])
+    table = pd.DataFrame(rows, columns=["status", "cause_a", "name_a", "size_a", "size_b", "share_a", "share_b",
+                                        "ratio", "cause_b", "name_b", "b_causes"])
     table.insert(0, "run_a", cat_a.run_id)
     mode = by if by != "auto" else ("images" if counts["assigned"] == 0 else
                                     "assign" if counts["shared"] == 0 else "images+assign")
     info = {
         "run_a": cat_a.run_id, "run_b": cat_b.run_id, "run_a_folder": str(cat_a.run.path),
-        "mode": mode, "images": counts,
-        "statuses": {s: int((table["status"] == s).sum()) for s in ("persists", "shrank", "vanished", "new")},
-        "rules": {"vanished_below": VANISHED_BELOW, "shrank_below": SHRANK_BELOW, "new_above": NEW_ABOVE},
+        "mode": mode, "images": counts, "images_a": images_a, "images_b": images_b, "basis": basis,
+        "statuses": {s: int((table["status"] == s).sum()) for s in STATUSES},
+        "rules": {"vanished_below": VANISHED_BELOW, "shrank_below": SHRANK_BELOW, "grew_above": GREW_ABOVE,
+                  "new_above": NEW_ABOVE},
         "seconds": round(time.perf_counter() - started, 3),
     }
     return Comparison(table, info)
 
 
 def compare_runs(run_a, run_b, *, write: bool = True, **options) -> Comparison:
-    """``rca-gpu compare``: compare two run folders; write comparison.parquet / .json into B's folder."""
+    """``rca-gpu compare``: compare two run folders; write comparison.parquet / .json into B's folder
+    (checked to be writable before any image is read)."""
     from rca_gpu import outputs
     from rca_gpu.catalogue.causes import load_catalogue
+    from rca_gpu.catalogue.folders import check_run_dir
+    from rca_gpu.runfolder import check_out_folder
 
+    check_run_dir(run_a, argument="RUN_A")
+    check_run_dir(run_b, argument="RUN_B")
     cat_a, cat_b = load_catalogue(run_a), load_catalogue(run_b)
+    if write:
+        check_out_folder(cat_b.run.path, option="RUN_B")
     result = compare(cat_a, cat_b, **options)
     if write:
         outputs.write_parquet(cat_b.run.file(COMPARISON_FILE), result.table, run_id=cat_b.run_id)

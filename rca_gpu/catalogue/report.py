@@ -80,17 +80,28 @@ def comparison_section(run: "RunFolder") -> str | None:
     info = run.json("comparison.json") if run.has("comparison.json") else {}
     if table.empty:
         return None
+    shares = "share_a" in table.columns  # comparisons written before shares were recorded have counts only
+
+    def share(value, blank: bool) -> str:
+        return "" if blank or not shares else f" ({value:.1%})"
+
     head = ("<tr><th>status</th><th>cause in A</th><th>name in A</th><th>images in A</th><th>images here</th>"
             "<th>cause here</th><th>name here</th></tr>")
     rows = "".join(
         f"<tr><td>{escape(r.status)}</td><td>{'' if r.cause_a < 0 else r.cause_a}</td><td>{escape(r.name_a)}</td>"
-        f"<td>{r.size_a}</td><td>{r.size_b}</td><td>{'' if r.cause_b < 0 else r.cause_b}</td>"
+        f"<td>{r.size_a}{share(getattr(r, 'share_a', 0), r.cause_a < 0)}</td>"
+        f"<td>{r.size_b}{share(getattr(r, 'share_b', 0), False)}</td><td>{'' if r.cause_b < 0 else r.cause_b}</td>"
         f"<td>{escape(r.name_b)}</td></tr>"
         for r in table.itertuples(index=False)
     )
     source = escape(str(info.get("run_a_folder", table["run_a"].iloc[0])))
     mode = escape(str(info.get("mode", "")))
-    return (f"<p>Compared with run {escape(str(table['run_a'].iloc[0]))} ({source}), matched by {mode}.</p>"
+    basis = ""
+    if info.get("basis"):
+        words = "shares of each run's images" if info["basis"] == "shares" else "image counts"
+        basis = (f" Statuses compare {words} (A {escape(str(info.get('images_a')))} images, this run "
+                 f"{escape(str(info.get('images_b')))}); shares in brackets.")
+    return (f"<p>Compared with run {escape(str(table['run_a'].iloc[0]))} ({source}), matched by {mode}.{basis}</p>"
             f"<table><thead>{head}</thead><tbody>{rows}</tbody></table>")
 
 

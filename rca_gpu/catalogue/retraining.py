@@ -132,7 +132,8 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
         raise CatalogueError(f"The --spread option must be one of {', '.join(SPREADS)}. Got {spread!r} instead.")
     out = Path(out)
     catalogue, _, table = assign_source(run_dir, pool, out, device=device, batch_size=batch_size, workers=workers,
-                                     image_root=image_root, model=model, alpha=alpha, reporter=reporter)
+                                     image_root=image_root, model=model, alpha=alpha, reporter=reporter,
+                                        command="select")
     sizes = {c: n for c, n in catalogue.sizes().items() if c in catalogue.active}
     chosen = pick(table, sizes, budget, spread=spread, floor=floor)
     metadata = {CATALOGUE_RUN_KEY: catalogue.run_id.encode()}
@@ -144,7 +145,7 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
                           "candidates": int(((table["status"] == "assigned") & (table["cause"] == c)).sum()),
                           "selected": int((chosen["cause"] == c).sum())} for c in sorted(sizes)}
     info = {
-        "catalogue_run_id": catalogue.run_id, "pool": str(pool), "pool_rows": len(table), "budget": budget,
+        "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool), "pool_rows": len(table), "budget": budget,
         "spread": spread, "floor": floor, "alpha": alpha, "selected": len(chosen),
         "candidates": int((table["status"] == "assigned").sum()), "per_cause": per_cause,
     }

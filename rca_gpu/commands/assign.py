@@ -79,15 +79,19 @@ def assign_command(
     )
 
 
-def print_assignment_counts(table, summary) -> None:
+def print_assignment_counts(table, summary, console=None) -> None:
+    """The images per cause, with the status of each cause: ``cause``, or ``dropped: not a cause`` for a cause
+    dropped from the catalogue (its images have status not_a_cause)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     view = Table(title=f"Assigned to the causes of run {summary['catalogue_run_id']}")
-    for column, justify in (("cause", "right"), ("name", "left"), ("images", "right"), ("mean confidence", "right")):
-        view.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for column, justify in (("cause", "right"), ("status", "left"), ("name", "left"), ("images", "right"),
+                            ("mean confidence", "right")):
+        view.add_column(column, justify=justify, min_width=len(column) if justify == "right" else None)  # type: ignore[arg-type]
     assigned = table[table["status"].isin(["assigned", "not_a_cause"])]
-    for (cause, name), group in assigned.groupby(["cause", "cause_name"], sort=True):
-        view.add_row(str(cause), escape(str(name)), str(len(group)), f"{group['confidence'].mean():.2f}")
-    Console().print(view)
+    for (cause, status, name), group in assigned.groupby(["cause", "status", "cause_name"], sort=True):
+        label = "dropped: not a cause" if status == "not_a_cause" else "cause"
+        view.add_row(str(cause), label, escape(str(name)), str(len(group)), f"{group['confidence'].mean():.2f}")
+    (console or Console()).print(view)

@@ -31,11 +31,11 @@ def causes_command(
     assign, compare, select) uses the edited catalogue.
     """
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
     from rca_gpu.catalogue.causes import CAUSES_FILE, load_catalogue, parse_edit, parse_ids
+    from rca_gpu.catalogue.folders import check_run_dir
 
+    check_run_dir(run_dir)
     catalogue = load_catalogue(run_dir)
     # parse everything before changing anything, so a bad value leaves the catalogue as it was
     merges = [parse_ids("--merge", text) for text in merge or []]
@@ -60,11 +60,37 @@ def causes_command(
     written = catalogue.save() if edits else []
 
     console = Console()
-    table = Table(title=f"Causes of run {catalogue.run_id}" + (" (edited)" if catalogue.history else ""))
+    print_causes(catalogue, console)
+    if edits:
+        target = Path(run_dir) / CAUSES_FILE
+        console.print(f"edits written to {target}" if written else f"no edits left; removed {target}",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
+#: Below this many columns the causes table keeps one metadata column (as the run's cluster table does).
+WIDE_TERMINAL = 140
+_NUMERIC = ("cause", "size", "stability")
+
+
+def print_causes(catalogue, console) -> None:
+    """The causes table, readable at the console's width: headers never cut, numbers on one line, text
+    wrapped. Below WIDE_TERMINAL columns only the first metadata column (root_cause, label...) is shown; the
+    last text column takes the width that is left."""
+    from rich.markup import escape
+    from rich.table import Table
+
     frame = catalogue.table()
-    for column in frame.columns:
-        table.add_column(column, justify="right" if column in ("cause", "size", "stability") else "left")
-    for row in frame.to_dict("records"):
+    fixed = [c for c in ("cause", "size", "stability", "status", "origin", "name") if c in frame.columns]
+    described = [c for c in frame.columns if c not in fixed]
+    if console.width < WIDE_TERMINAL:
+        described = described[:1]
+    columns = fixed + described
+    table = Table(title=f"Causes of run {catalogue.run_id}" + (" (edited)" if catalogue.history else ""))
+    for column in columns:
+        numeric = column in _NUMERIC
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column in ("cause", "size"),
+                         min_width=len(column), overflow="fold", ratio=1 if column == columns[-1] else None)
+    for row in frame[columns].to_dict("records"):
         cells = []
         for column, value in row.items():
             if column == "stability":
@@ -72,10 +98,6 @@ def causes_command(
             cells.append(escape(str(value)))  # names and labels are data, not markup
         table.add_row(*cells)
     console.print(table)
-    if edits:
-        target = Path(run_dir) / CAUSES_FILE
-        console.print(f"edits written to {target}" if written else f"no edits left; removed {target}",
-                      markup=False, highlight=False, soft_wrap=True)
 
 
 def _parts(cause: int, raw: str | None) -> int | None:

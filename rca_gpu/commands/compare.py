@@ -1,4 +1,5 @@
-"""``rca-gpu compare RUN_A RUN_B``: which causes of run A persist in run B, shrank, vanished, and which are new."""
+"""``rca-gpu compare RUN_A RUN_B``: which causes of run A persist in run B, grew, shrank, vanished, and which
+are new."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from typing import Annotated
 import typer
 
 from rca_gpu.commands.assign import BatchOpt, DeviceOpt, Device, QuietOpt, WorkersOpt, reporter_for
+
+
+class Basis(str, Enum):
+    auto = "auto"
+    counts = "counts"
+    shares = "shares"
 
 
 class By(str, Enum):
@@ -25,34 +32,76 @@ def compare_command(
     by: Annotated[By, typer.Option("--by", help="images: match clusters by the images both runs hold; assign: "
                                    "assign B's images to A's causes; auto: shared images where there are, "
                                    "assignment for the rest.")] = By.auto,
+    basis: Annotated[Basis, typer.Option("--basis", help="shares: compare each cause's share of its run's "
+                                         "images; counts: its number of images; auto: counts when both runs "
+                                         "hold as many images, else shares.")] = Basis.auto,
     device: DeviceOpt = Device.auto,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compare the causes of two runs (their edited catalogues): persists, shrank, vanished, new, with sizes.
+    """Compare the causes of two runs (their edited catalogues): persists, grew, shrank, vanished, new.
 
-    Writes RUN_B/comparison.parquet and RUN_B/comparison.json.
+    Each cause's images in A and in B are shown as counts and as shares of the run's images; the status
+    compares shares when the runs hold different numbers of images (--basis). Writes RUN_B/comparison.parquet
+    and RUN_B/comparison.json.
     """
     from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
 
     from rca_gpu.catalogue.compare import COMPARISON_FILE, compare_runs
 
     reporter = reporter_for(quiet)
-    result = compare_runs(run_a, run_b, by=by.value, device=device.value, batch_size=batch_size,
-                          workers=workers, reporter=reporter)
+    result = compare_runs(run_a, run_b, by=by.value, basis=basis.value, device=device.value,
+                          batch_size=batch_size, workers=workers, reporter=reporter)
     info = result.info
-    view = Table(title=f"Causes of run A {info['run_a'][:8]} in run B {info['run_b'][:8]} (by {info['mode']})")
-    for column in ("status", "cause A", "name A", "size A", "size B", "cause B", "name B", "B causes"):
-        view.add_column(column, justify="right" if column.startswith(("size", "cause")) else "left")
-    for row in result.table.itertuples(index=False):
-        view.add_row(row.status, "" if row.cause_a < 0 else str(row.cause_a), escape(row.name_a), str(row.size_a),
-                     str(row.size_b), "" if row.cause_b < 0 else str(row.cause_b), escape(row.name_b),
-                     escape(row.b_causes))
-    Console().print(view)
+    print_comparison(result, Console())
     statuses = ", ".join(f"{n} {s}" for s, n in info["statuses"].items())
     images = info["images"]
-    typer.echo(f"{statuses}; B's {images['b_images']} images: {images['shared']} shared with A, "
-               f"{images['assigned']} assigned to A's causes; results: {Path(run_b).resolve() / COMPARISON_FILE}")
+    typer.echo(f"{statuses} (status by {basis_words(info)}); of B's {images['b_images']} images "
+               f"{images['shared']} are shared with A and {images['assigned']} were assigned to A's causes; "
+               f"results: {Path(run_b).resolve() / COMPARISON_FILE}")
+
+
+#: Below this many columns the comparison keeps one name column and shows each size with its share.
+WIDE_TERMINAL = 140
+
+
+def print_comparison(result, console) -> None:
+    """The comparison table at the console's width: all columns in wide terminals; below WIDE_TERMINAL,
+    status, the causes, "size (share)" in A and in B, and the cause's name last (B's name for new causes),
+    wrapped in the width that is left. Column names are never cut."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    info = result.info
+    view = Table(title=f"Causes of run A {info['run_a'][:8]} in run B {info['run_b'][:8]} (matched by "
+                       f"{info['mode']}; status by {basis_words(info)})")
+    narrow = console.width < WIDE_TERMINAL
+    if narrow:
+        columns = ("status", "cause A", "in A", "in B", "cause B", "name")
+    else:
+        columns = ("status", "cause A", "name A", "size A", "share A", "size B", "share B", "cause B", "name B",
+                   "B causes")
+    for column in columns:
+        numeric = column.startswith(("size", "share", "cause", "in "))
+        view.add_column(column, justify="right" if numeric else "left", no_wrap=numeric or column == "status",
+                        min_width=len(column), overflow="fold", ratio=1 if column == columns[-1] else None)
+    for row in result.table.itertuples(index=False):
+        new = row.cause_a < 0
+        share_a = "" if new else f"{row.share_a:.1%}"
+        cause_a = "" if new else str(row.cause_a)
+        cause_b = "" if row.cause_b < 0 else str(row.cause_b)
+        if narrow:
+            view.add_row(row.status, cause_a, "" if new else f"{row.size_a} ({share_a})",
+                         f"{row.size_b} ({row.share_b:.1%})", cause_b, escape(row.name_b if new else row.name_a))
+        else:
+            view.add_row(row.status, cause_a, escape(row.name_a), str(row.size_a), share_a, str(row.size_b),
+                         f"{row.share_b:.1%}", cause_b, escape(row.name_b), escape(row.b_causes))
+    console.print(view)
+
+
+def basis_words(info: dict) -> str:
+    """How the statuses were decided, in words, e.g. "shares of each run's images (A 1500, B 300)"."""
+    if info.get("basis") == "shares":
+        return f"shares of each run's images (A {info['images_a']}, B {info['images_b']})"
+    return f"image counts (A {info['images_a']}, B {info['images_b']})"

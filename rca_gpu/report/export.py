@@ -127,11 +127,18 @@ def export_run(
     ExportError
         Unknown mode, a selected cluster the run does not have, or a group folder that already exists.
     rca_gpu.runfolder.RunFolderError
-        The run folder is not a finished run.
+        The run folder is not a finished run; ``target`` is a file, below a file, or not writable.
+    rca_gpu.catalogue.CatalogueError
+        ``run_dir`` is the output folder of assign, select or export; ``target`` is a run folder.
     """
+    from rca_gpu.catalogue.folders import check_out_dir, check_run_dir
+
     if mode not in MODES:
         raise ExportError(f"The --mode option must be one of {', '.join(MODES)}; got {mode!r}.")
+    if not isinstance(run_dir, RunFolder):
+        check_run_dir(run_dir)
     run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
+    check_out_dir(target, option="--to", run_path=run.path, example="exported/")  # before any file is made
     table = run.clusters()
     names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy())]
     table = table.assign(_group=names)

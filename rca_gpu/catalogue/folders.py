@@ -1,0 +1,87 @@
+"""The folders the catalogue commands read and write, checked before any work starts.
+
+- A RUN_DIR argument must be a run folder made by ``rca-gpu run`` (it holds run.json). The output folders of
+  ``assign``, ``select`` and ``export`` look like results too, so a RUN_DIR that is one of them is named as
+  such, with the run folder it came from when that is recorded.
+- An ``--out`` (or ``--to``) folder must be a folder that can be written (:func:`rca_gpu.runfolder.check_out_folder`)
+  and must not be a run folder: the assignments would mix with that run's files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rca_gpu.catalogue.reference import CatalogueError
+
+#: File that marks the output folder of a command -> (the command, the JSON key naming the run it read).
+OUTPUT_MARKERS = {
+    "assign.json": ("rca-gpu assign", "run_folder"),
+    "select.json": ("rca-gpu select", "run_folder"),
+    "export.json": ("rca-gpu export", "run_dir"),
+}
+RUN_FILE = "run.json"
+
+
+def check_run_dir(path: str | Path, *, argument: str = "RUN_DIR") -> None:
+    """Refuse a ``path`` that is the output folder of assign, select or export instead of a run folder.
+
+    Other problems (missing folder, unfinished run, other version) are left to
+    :func:`rca_gpu.runfolder.open_run`, which names them.
+
+    Raises
+    ------
+    CatalogueError
+        ``path`` holds no run.json but one of :data:`OUTPUT_MARKERS`: one line naming the folder, what it is,
+        what is expected, and the run folder recorded in it when there is one.
+    """
+    from rca_gpu.errors import printable
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or (folder / RUN_FILE).exists():
+        return
+    for marker, (command, key) in OUTPUT_MARKERS.items():
+        if not (folder / marker).is_file():
+            continue
+        source = _recorded_run(folder / marker, key)
+        hint = f", e.g. the run it was made from: {printable(repr(source))}" if source else ""
+        raise CatalogueError(
+            f"The {argument} folder {printable(repr(str(path)))} is the output folder of `{command}` (it holds "
+            f"{marker}), not a run folder. {argument} must be a run folder made by `rca-gpu run` (it holds "
+            f"{RUN_FILE}){hint}."
+        )
+
+
+def _recorded_run(marker: Path, key: str) -> str | None:
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = info.get(key) if isinstance(info, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def check_out_dir(out: str | Path, *, option: str = "--out", run_path: str | Path | None = None,
+                  example: str = "assigned/") -> Path:
+    """Check an output folder before any image is read: writable (not a file, not below a file) and not a
+    run folder (the run read, ``run_path``, or any folder holding run.json). Nothing is created.
+
+    Raises
+    ------
+    rca_gpu.runfolder.RunFolderError
+        ``out`` is empty, an existing file, below a file, or not writable.
+    CatalogueError
+        ``out`` is a run folder.
+    """
+    from rca_gpu.errors import printable
+    from rca_gpu.runfolder import check_out_folder
+
+    folder = check_out_folder(out, option=option)
+    same = run_path is not None and folder.exists() and folder.resolve() == Path(run_path).resolve()
+    if same or (folder / RUN_FILE).is_file():
+        what = "the run folder itself" if same else "a run folder (it holds run.json)"
+        raise CatalogueError(
+            f"The {option} folder {printable(repr(str(out)))} is {what}; its files would mix with the run's. "
+            f"Pass a folder of its own, e.g. {option} {example}."
+        )
+    return folder
