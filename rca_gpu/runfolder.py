@@ -122,6 +122,38 @@ class RunFolder:
             )
 
 
+#: File that marks the output folder of a command -> (the command, the JSON key naming the run it read).
+OUTPUT_MARKERS = {
+    "assign.json": ("rca-gpu assign", "run_folder"),
+    "select.json": ("rca-gpu select", "run_folder"),
+    "export.json": ("rca-gpu export", "run_dir"),
+}
+
+
+def not_a_run_note(path: str | Path, argument: str = "RUN_DIR") -> str | None:
+    """The message for a folder without run.json that is the output folder of assign, select or export (one
+    of OUTPUT_MARKERS), naming the run it was made from when recorded; None for any other folder."""
+    from rca_gpu.errors import printable
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir() or (folder / RUN_FILE).exists():
+        return None
+    for marker, (command, key) in OUTPUT_MARKERS.items():
+        if not (folder / marker).is_file():
+            continue
+        try:
+            info = json.loads((folder / marker).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+        source = info.get(key) if isinstance(info, dict) else None
+        recorded = isinstance(source, str) and source
+        hint = f", e.g. the run it was made from: {printable(repr(source))}" if recorded else ""
+        return (f"The {argument} folder {printable(repr(str(path)))} is the output folder of `{command}` (it holds "
+                f"{marker}), not a run folder. {argument} must be a run folder made by `rca-gpu run` (it holds "
+                f"{RUN_FILE}){hint}.")
+    return None
+
+
 def open_run(path: str | Path) -> RunFolder:
     """Open a finished run folder for reading.
 
@@ -139,6 +171,9 @@ def open_run(path: str | Path) -> RunFolder:
         )
     run_file = folder / RUN_FILE
     if not run_file.is_file():
+        note = not_a_run_note(path)
+        if note:
+            raise RunFolderError(note)
         inside = sorted(p.parent for p in folder.glob(f"*/{RUN_FILE}"))[:3]  # e.g. the run of `rca-gpu demo`
         if inside:
             raise RunFolderError(

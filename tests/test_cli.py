@@ -144,7 +144,8 @@ def test_cluster_table_keeps_each_explanation_whole_in_a_narrow_terminal():
         "brightness_level": np.where(cluster == 0, 0.9, 0.1) + rng.normal(0, 0.01, n),
     })
     explanations = explain_clusters(clusters)
-    for width, shown, hidden in ((80, ["root_cause"], ["prediction"]), (160, ["root_cause", "label", "prediction"], [])):
+    layouts = ((80, ["root_cause"], ["prediction"]), (160, ["root_cause", "label", "prediction"], []))
+    for width, shown, hidden in layouts:
         console = Console(width=width, record=True)
         print_clusters(clusters, console, explanations)
         text = console.export_text()

@@ -75,3 +75,17 @@ def test_a_folder_holding_a_run_points_at_it(tmp_path):
     (tmp_path / "run" / "run.json").write_text(json.dumps({"rca_gpu_run": RUN_FORMAT, "run_id": "x"}))
     with pytest.raises(RunFolderError, match=r"sub-folder\(s\) .*run'.* pass the run folder itself"):
         open_run(tmp_path)
+
+
+@pytest.mark.parametrize("marker,command", [("assign.json", "assign"), ("select.json", "select"),
+                                            ("export.json", "export")])
+def test_an_output_folder_of_another_command_is_named_as_such(tmp_path, marker, command):
+    """`rca-gpu report` / `evaluate` on the output folder of assign, select or export say what it is."""
+    import json
+
+    from rca_gpu.runfolder import RunFolderError, open_run
+
+    key = "run_dir" if command == "export" else "run_folder"
+    (tmp_path / marker).write_text(json.dumps({key: "/runs/first"}))
+    with pytest.raises(RunFolderError, match=rf"output folder of `rca-gpu {command}`.*/runs/first"):
+        open_run(tmp_path)

@@ -9,22 +9,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rca_gpu.catalogue.reference import CatalogueError
-
-#: File that marks the output folder of a command -> (the command, the JSON key naming the run it read).
-OUTPUT_MARKERS = {
-    "assign.json": ("rca-gpu assign", "run_folder"),
-    "select.json": ("rca-gpu select", "run_folder"),
-    "export.json": ("rca-gpu export", "run_dir"),
-}
-RUN_FILE = "run.json"
-
+from rca_gpu.runfolder import RUN_FILE
 
 def check_run_dir(path: str | Path, *, argument: str = "RUN_DIR") -> None:
-    """Refuse a ``path`` that is the output folder of assign, select or export instead of a run folder.
+    """Refuse a ``path`` that is the output folder of assign, select or export instead of a run folder
+    (:func:`rca_gpu.runfolder.not_a_run_note`).
 
     Other problems (missing folder, unfinished run, other version) are left to
     :func:`rca_gpu.runfolder.open_run`, which names them.
@@ -32,33 +24,14 @@ def check_run_dir(path: str | Path, *, argument: str = "RUN_DIR") -> None:
     Raises
     ------
     CatalogueError
-        ``path`` holds no run.json but one of :data:`OUTPUT_MARKERS`: one line naming the folder, what it is,
-        what is expected, and the run folder recorded in it when there is one.
+        ``path`` holds no run.json but one of rca_gpu.runfolder.OUTPUT_MARKERS: one line naming the folder,
+        what it is, what is expected, and the run folder recorded in it when there is one.
     """
-    from rca_gpu.errors import printable
+    from rca_gpu.runfolder import not_a_run_note
 
-    folder = Path(path).expanduser()
-    if not folder.is_dir() or (folder / RUN_FILE).exists():
-        return
-    for marker, (command, key) in OUTPUT_MARKERS.items():
-        if not (folder / marker).is_file():
-            continue
-        source = _recorded_run(folder / marker, key)
-        hint = f", e.g. the run it was made from: {printable(repr(source))}" if source else ""
-        raise CatalogueError(
-            f"The {argument} folder {printable(repr(str(path)))} is the output folder of `{command}` (it holds "
-            f"{marker}), not a run folder. {argument} must be a run folder made by `rca-gpu run` (it holds "
-            f"{RUN_FILE}){hint}."
-        )
-
-
-def _recorded_run(marker: Path, key: str) -> str | None:
-    try:
-        info = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    value = info.get(key) if isinstance(info, dict) else None
-    return value if isinstance(value, str) and value else None
+    note = not_a_run_note(path, argument)
+    if note:
+        raise CatalogueError(note)
 
 
 def check_out_dir(out: str | Path, *, option: str = "--out", run_path: str | Path | None = None,
