@@ -135,11 +135,6 @@ def clusterboot(
         Seeds the subsets (resample b uses ``numpy.random.default_rng([seed, b])``).
     progress:
         Called with 1 after each resample.
-    merge_step:
-        The run's labels went through the merge and noise steps of the ``merged`` rule
-        (rca_gpu.tuning.graph); each resample's labels then do too, with the resample's feature neighbours.
-    graph may be None (runs above the search's sample size keep no graph of all images): a kNN graph of the
-    stability sample is built instead.
 
     Raises
     ------
@@ -300,7 +295,8 @@ def run_stability(
     features:
         (n, d) float features the run clustered (torch tensor on the run's device, or an array).
     graph:
-        The run's feature kNN graph (:class:`rca_gpu.neighbors.KnnGraph`, n rows, self first).
+        The run's feature kNN graph (:class:`rca_gpu.neighbors.KnnGraph`, n rows, self first), or None (runs
+        above the search's sample size keep no graph of all images): a graph of the stability sample is built.
     labels:
         (n,) int64 final labels of the run (-1 noise), aligned with ``features``.
     reduce_name, reduce_params, cluster_name, cluster_params:
@@ -314,8 +310,6 @@ def run_stability(
     merge_step:
         The run's labels went through the merge and noise steps of the ``merged`` rule
         (rca_gpu.tuning.graph); each resample's labels then do too, with the resample's feature neighbours.
-    graph may be None (runs above the search's sample size keep no graph of all images): a kNN graph of the
-    stability sample is built instead.
 
     Returns
     -------
