@@ -216,3 +216,19 @@ def test_a_run_above_the_sample_size_scores_stability(tmp_path):
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["tuning"]["sample"]["size"] == 150
     assert info["catalogue"]["stability"]["resamples"] >= 2
+
+
+@pytest.mark.parametrize("dims", [2, 24])
+def test_eps_share_estimated_on_sample_rows_matches_the_full_share(dims):
+    """Large runs estimate DBSCAN's eps share on the stability sample's rows (each against all points)
+    instead of building the kNN graph of every point: the estimate is close to the full share."""
+    from rca_gpu.catalogue.stability import _kth_distance, eps_quantile
+
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.normal(0, 1, (3000, dims)), rng.normal(6, 0.3, (3000, dims))]).astype(np.float32)
+    eps = float(np.quantile(_kth_distance(points, 5, DEVICE), 0.6))
+    full = eps_quantile(points, eps, 5, DEVICE)
+    rows = np.sort(rng.choice(len(points), 1500, replace=False))
+    estimate = eps_quantile(points, eps, 5, DEVICE, rows=rows)
+    assert abs(full - 0.6) < 0.01
+    assert abs(estimate - full) < 0.05  # binomial sd at 1,500 rows: 0.013
