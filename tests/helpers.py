@@ -82,3 +82,15 @@ def import_source(folder: Path, monkeypatch, module_name: str, source: str):
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.delitem(sys.modules, module_name, raising=False)
     return importlib.import_module(module_name)
+
+
+def one_line_error(result, *fragments: str) -> str:
+    """The command failed with exit 2 and exactly one line 'error: ...' holding every fragment (no traceback);
+    returns that line."""
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output} {result.exception!r}"
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -11,7 +11,6 @@ raw-pixel features, small n.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import one_line_error
 from rca_gpu.cli import app
 
 runner = CliRunner()
@@ -62,17 +62,6 @@ def _good_images(folder: Path, n: int, size: int = 16) -> list[Path]:
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths
-
-
-def _one_line_error(result, *fragments: str) -> str:
-    """The command failed with exit 2 and exactly one line 'error: ...' holding every fragment."""
-    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output} {result.exception!r}"
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def _no_work_done(out: Path) -> None:
@@ -460,7 +449,7 @@ def test_manifest_problem_is_one_line_before_work(small_data, tmp_path, case, ma
     manifest = make(small_data)
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", PIXELS, *QUICK])
-    _one_line_error(result, fragment)
+    one_line_error(result, fragment)
     _no_work_done(out)
 
 
@@ -526,7 +515,7 @@ def test_a_manifest_naming_code_is_refused_and_nothing_runs(small_data, tmp_path
     out = tmp_path / "out"
     for pipeline in (PIXELS, "dut+pca+kmeans(k=2)"):
         result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", pipeline, *QUICK])
-        _one_line_error(result, "as its DNN under test", "Nothing was loaded or run")
+        one_line_error(result, "as its DNN under test", "Nothing was loaded or run")
         _no_work_done(out)
     assert calls == [] and not (tmp_path / "called.txt").exists()
     assert "rca_test_evil" not in sys.modules
@@ -536,7 +525,7 @@ def test_a_manifest_with_non_utf8_dut_metadata_is_refused(small_data, tmp_path):
     manifest = _write_manifest(small_data, pd.DataFrame({"path": ["good_000.png"]}), "bytes.parquet",
                                metadata={b"rca_gpu.dut": b"\xff\xfe:evil"})
     result = runner.invoke(app, ["run", str(manifest), "--out", str(tmp_path / "o"), "-p", PIXELS, *QUICK])
-    _one_line_error(result, "Nothing was loaded or run")
+    one_line_error(result, "Nothing was loaded or run")
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -621,7 +610,7 @@ def test_bad_pipeline_is_one_line_before_work(small_data, fifty, tmp_path, pipel
     folder = fifty if n == 50 else small_data
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", pipeline, *QUICK])
-    _one_line_error(result, *fragments)
+    one_line_error(result, *fragments)
     _no_work_done(out)
 
 
@@ -687,7 +676,7 @@ def test_bad_option_is_one_line_before_work(small_data, tmp_path, extra, fragmen
     pipeline = [] if "-p" in extra else ["-p", PIXELS]
     device = [] if "--device" in extra else ["--device", "cpu"]
     result = runner.invoke(app, ["run", str(small_data), "--out", str(out), *pipeline, *extra, *device, "--quiet"])
-    _one_line_error(result, *fragments)
+    one_line_error(result, *fragments)
     _no_work_done(out)
 
 
@@ -698,7 +687,7 @@ def test_bad_option_is_one_line_before_work(small_data, tmp_path, extra, fragmen
     (["nonsense"], "No such command 'nonsense'"),
 ])
 def test_typer_usage_errors_are_one_line(argv, fragment):
-    _one_line_error(runner.invoke(app, argv), fragment)
+    one_line_error(runner.invoke(app, argv), fragment)
 
 
 def test_usage_error_from_the_installed_entry_point_is_one_line():
@@ -743,7 +732,7 @@ def test_bad_config_is_one_line_before_work(small_data, tmp_path, text, fragment
     pipeline = [] if "pipeline" in text else ["-p", PIXELS]
     result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "--config", str(config), *pipeline,
                                  "--workers", "0", "--quiet"])  # no --device: the config's own must be checked
-    _one_line_error(result, *fragments)
+    one_line_error(result, *fragments)
     _no_work_done(out)
 
 
@@ -752,7 +741,7 @@ def test_config_with_a_latin1_byte_is_one_line(small_data, tmp_path):
     config.write_bytes('seed = 1\n# réglages\n'.encode("latin-1"))
     result = runner.invoke(app, ["run", str(small_data), "--out", str(tmp_path / "o"), "--config", str(config),
                                  *QUICK])
-    _one_line_error(result, "is not UTF-8 text: byte 0xe9 on line 2", "save it as UTF-8")
+    one_line_error(result, "is not UTF-8 text: byte 0xe9 on line 2", "save it as UTF-8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -793,7 +782,7 @@ def test_bad_out_folder_is_one_line_before_work(small_data, tmp_path, monkeypatc
         pytest.skip("needs a sysfs mount that refuses new files")
     out = make(tmp_path, monkeypatch)
     result = runner.invoke(app, ["run", str(small_data), "--out", out, "-p", PIXELS, *QUICK])
-    _one_line_error(result, fragment)
+    one_line_error(result, fragment)
     assert not (tmp_path / "ro").exists()
 
 
@@ -846,7 +835,7 @@ def test_a_run_killed_after_writing_clusters_is_not_read_as_finished(caused, tmp
     assert result.exit_code == 130
     monkeypatch.undo()
     assert not (out / "run.json").exists()
-    _one_line_error(runner.invoke(app, ["evaluate", str(out)]), "holds no run.json, so it is not a finished run")
+    one_line_error(runner.invoke(app, ["evaluate", str(out)]), "holds no run.json, so it is not a finished run")
 
 
 def test_too_few_usable_images_still_write_every_reason(tmp_path):
@@ -856,14 +845,14 @@ def test_too_few_usable_images_still_write_every_reason(tmp_path):
         (folder / f"bad_{i}.png").write_text("no")
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", PIXELS, *QUICK])
-    _one_line_error(result, "needs at least 3 usable images; there are 2 usable images", "clusters.parquet")
+    one_line_error(result, "needs at least 3 usable images; there are 2 usable images", "clusters.parquet")
     clusters = pd.read_parquet(out / "clusters.parquet")
     assert len(clusters) == 5 and (clusters["status"] == "rejected").all()
     assert clusters["reason"].str.contains("not a readable image").sum() == 3
     assert clusters["reason"].str.contains("not clustered: the run stopped").sum() == 2
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and "needs at least 3" in info["error"]
-    _one_line_error(runner.invoke(app, ["evaluate", str(out)]), "failed", "clusters.parquet lists every row")
+    one_line_error(runner.invoke(app, ["evaluate", str(out)]), "failed", "clusters.parquet lists every row")
 
 
 def test_evaluate_refuses_a_folder_that_mixes_two_runs(caused, tmp_path):
@@ -873,7 +862,7 @@ def test_evaluate_refuses_a_folder_that_mixes_two_runs(caused, tmp_path):
     _run_into(caused / "with_causes.csv", first)
     _run_into(caused / "with_causes.csv", second)
     shutil.copy(second / "clusters.parquet", first / "clusters.parquet")
-    _one_line_error(runner.invoke(app, ["evaluate", str(first)]), "mixes files of different runs")
+    one_line_error(runner.invoke(app, ["evaluate", str(first)]), "mixes files of different runs")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1050,4 +1039,4 @@ def test_a_model_file_that_cannot_be_loaded_safely_is_one_line(small_data, tmp_p
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", "dut+pca+kmeans", "--model",
                                  str(path), *QUICK])
-    _one_line_error(result, fragment)
+    one_line_error(result, fragment)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from helpers import pattern_images, write_pngs
+from helpers import one_line_error, pattern_images, write_pngs
 from rca_gpu.cli import app
 
 runner = CliRunner()
@@ -21,15 +21,6 @@ def folder(tmp_path_factory):
     images, labels = pattern_images(n_per=12, groups=3)
     write_pngs(root / "imgs", images, labels)
     return root
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_run_writes_outputs_and_prints_where(folder, tmp_path):
@@ -71,32 +62,32 @@ def test_config_file_is_read_and_overridden(folder, tmp_path):
 
 def test_missing_source(tmp_path):
     result = runner.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
-    _one_line_error(result, "does not exist", "Pass a folder of images or a manifest")
+    one_line_error(result, "does not exist", "Pass a folder of images or a manifest")
 
 
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["run", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
-    _one_line_error(result, "holds no images")
+    one_line_error(result, "holds no images")
 
 
 def test_manifest_without_path(tmp_path):
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"image": ["a.png"]}).to_csv(manifest, index=False)
     result = runner.invoke(app, ["run", str(manifest), "--out", str(tmp_path / "o")])
-    _one_line_error(result, "has no 'path' column", "Add a 'path' column")
+    one_line_error(result, "has no 'path' column", "Add a 'path' column")
 
 
 def test_unknown_pipeline(folder, tmp_path):
     result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "-p", "alexnet+umap+dbscan"])
-    _one_line_error(result, "Unknown feature extractor 'alexnet'", "rca-gpu pipelines")
+    one_line_error(result, "Unknown feature extractor 'alexnet'", "rca-gpu pipelines")
 
 
 def test_bad_option_values(folder, tmp_path):
     result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "--batch-size", "0"])
-    _one_line_error(result, "'batch_size' option must be an int in [1, 4096]. Got 0 instead.", "--batch-size")
+    one_line_error(result, "'batch_size' option must be an int in [1, 4096]. Got 0 instead.", "--batch-size")
     result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "--device", "tpu"])
-    _one_line_error(result, "Invalid value for '--device'", "'tpu'")
+    one_line_error(result, "Invalid value for '--device'", "'tpu'")
 
 
 def test_too_few_images(tmp_path):
@@ -104,7 +95,7 @@ def test_too_few_images(tmp_path):
     write_pngs(tmp_path / "two", images, labels)
     result = runner.invoke(app, ["run", str(tmp_path / "two"), "--out", str(tmp_path / "o"), "-p",
                                  "pixels+none+kmeans", "--device", "cpu", "--workers", "0", "-q"])
-    _one_line_error(result, "needs at least 3 usable images")
+    one_line_error(result, "needs at least 3 usable images")
 
 
 def test_pipelines_lists_every_stage():
@@ -172,7 +163,7 @@ def test_too_few_usable_images_names_the_rejection_reasons(tmp_path):
     pd.DataFrame({"path": [f"{i}.png" for i in range(len(originals))]}).to_csv(linked / "manifest.csv", index=False)
     result = runner.invoke(app, ["run", str(linked / "manifest.csv"), "--out", str(tmp_path / "out"),
                                  "-p", "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0"])
-    _one_line_error(result, f"{len(originals)} row(s) were rejected", "path escapes the image root",
+    one_line_error(result, f"{len(originals)} row(s) were rejected", "path escapes the image root",
                     "--image-root")
     ok = runner.invoke(app, ["run", str(linked / "manifest.csv"), "--out", str(tmp_path / "out"), "-p",
                              "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0", "--image-root",

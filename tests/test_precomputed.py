@@ -14,6 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
 from conftest import planted_blobs
+from helpers import one_line_error
 from rca_gpu.cli import app
 from rca_gpu.errors import SourceError, SpecError
 from rca_gpu.features.precomputed import REASON_NULL, load_features, nonfinite_reason
@@ -31,15 +32,6 @@ def blobs():
 
 def _cli(*args):
     return runner.invoke(app, ["run", *map(str, args), "--device", "cpu", "--quiet"])
-
-
-def _one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # --- the grammar --------------------------------------------------------------------------------------
@@ -258,4 +250,4 @@ def test_wrong_combinations_of_inputs_are_one_line_errors(tmp_path, args, fragme
     np.save(tmp_path / "x.npy", np.zeros((10, 2), np.float32))
     (tmp_path / "src").mkdir()
     args = [{"SRC": tmp_path / "src", "X": tmp_path / "x.npy"}.get(a, a) for a in args]
-    _one_line_error(_cli(*args, "--out", tmp_path / "out"), *fragments)
+    one_line_error(_cli(*args, "--out", tmp_path / "out"), *fragments)
