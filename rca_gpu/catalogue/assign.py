@@ -4,19 +4,19 @@ A new image is encoded with the run's own extractor (same weights, layer and pre
 run.json) and compared, in that feature space, with the run's reference set (:mod:`rca_gpu.catalogue.reference`):
 
 1. vote: its K_VOTE nearest reference images vote for their causes; the cause with most votes wins (ties:
-   the nearer cause);
-2. distance: its mean distance to the ``k`` nearest reference images of the winning cause;
-3. open set: the image is ``unknown`` when that distance exceeds the cause's radius, the (1 - ALPHA) quantile
-   of the same distance measured held-out on the cause's own reference images (HUDD's cluster radius,
-   calibrated as a split-conformal quantile); it is ``not_a_cause`` when the winner was dropped from the
-   catalogue.
+   the cause with the nearer reference image);
+2. distance: its distance to the nearest reference image of the winning cause;
+3. open set: the image is ``unknown`` when that distance exceeds the catalogue's radius, the (1 - ALPHA)
+   quantile of the same distance measured held-out on the reference images (leave one out; split-conformal
+   calibration of HUDD's radius, one for the whole catalogue: see the reference module for why); it is
+   ``not_a_cause`` when the winner was dropped from the catalogue.
 
 ``confidence`` = vote share x typicality, where typicality is the conformal p-value of the image's distance
-among the cause's held-out distances, (1 + #{held-out >= distance}) / (n + 1): 1 at the centre of the cause,
-about ALPHA at its radius.
+among the held-out distances, (1 + #{held-out >= distance}) / (n + 1): 1 close to the reference images, about
+ALPHA at the radius.
 
-The catalogue's edits apply: reference images take the cause of their image in the edited catalogue, and
-radii are calibrated again for merged or split causes (the same computation as at run time).
+The catalogue's edits apply: reference images take the cause of their image in the edited catalogue (votes
+for merged, split or dropped causes follow); the radius does not depend on the causes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rca_gpu.catalogue.reference import ALPHA, K_DISTANCE, K_VOTE, CatalogueError, calibrate, k_for, radius
+from rca_gpu.catalogue.reference import ALPHA, K_VOTE, CatalogueError, calibrate, radius
 
 
 ASSIGNMENTS_FILE = "assignments.parquet"
@@ -43,27 +43,28 @@ STATUSES = ("assigned", "unknown", "not_a_cause", "rejected")
 
 @dataclass
 class Assigner:
-    """Nearest-reference assignment with per-cause radii.
+    """Nearest-reference assignment with a calibrated open-set radius.
 
     Attributes
     ----------
     features: (N, d) float32 reference features.
     causes: (N,) int64 cause of each reference image (every value is a catalogue cause).
-    scores: cause -> held-out distances of its reference images (see reference.calibrate).
+    scores: (N,) float64 held-out distance of each reference image to its nearest other one, NaN where
+        it has none (see reference.calibrate).
     dropped: causes marked as not a cause.
-    alpha: share of a cause's own images allowed beyond its radius.
+    alpha: share of the held-out reference images allowed beyond the radius.
     """
 
     features: np.ndarray
     causes: np.ndarray
-    scores: dict[int, np.ndarray]
+    scores: np.ndarray
     dropped: set[int] = field(default_factory=set)
     alpha: float = ALPHA
     k_vote: int = K_VOTE
 
     @classmethod
     def from_catalogue(cls, catalogue, reference, *, alpha: float = ALPHA) -> "Assigner":
-        """Reference images of the (edited) catalogue; radii calibrated for its causes.
+        """Reference images of the (edited) catalogue, the radius calibrated on them.
 
         Raises
         ------
@@ -78,16 +79,17 @@ class Assigner:
                 "Run `rca-gpu run` with more failing images or another pipeline."
             )
         features = reference.features[keep]
-        causes = causes[keep]
         dropped = {c for c, cause in catalogue.causes.items() if cause.dropped}
-        return cls(features, causes, calibrate(features, causes), dropped, alpha)
+        return cls(features, causes[keep], calibrate(features, causes[keep]), dropped, alpha)
 
     @property
     def cause_ids(self) -> np.ndarray:
         return np.unique(self.causes)
 
-    def radii(self) -> dict[int, float]:
-        return {int(c): radius(self.scores.get(int(c), np.zeros(0)), self.alpha) for c in self.cause_ids}
+    @property
+    def radius(self) -> float:
+        """Open-set radius in feature units: the split-conformal (1 - alpha) quantile of ``scores``."""
+        return radius(self.scores, self.alpha)
 
     def assign(self, x, *, torch_device: str = "cpu", block: int = 4096) -> pd.DataFrame:
         """Assign the rows of ``x`` ((n, d) features, torch tensor or array, same extractor as the run).
@@ -96,8 +98,9 @@ class Assigner:
         -------
         DataFrame with n rows: ``status`` (assigned | unknown | not_a_cause), ``cause`` (int64, -1 unless
         assigned or not_a_cause), ``nearest_cause`` (the vote winner, also for unknown rows), ``distance``
-        (float64, feature units), ``radius`` (of nearest_cause), ``votes`` (share of the K_VOTE nearest
-        reference images in nearest_cause), ``typicality`` and ``confidence`` in [0, 1].
+        (float64, feature units, to the nearest reference image of nearest_cause), ``radius`` (the
+        catalogue's), ``votes`` (share of the K_VOTE nearest reference images in nearest_cause),
+        ``typicality`` and ``confidence`` in [0, 1].
         """
         import torch
 
@@ -106,11 +109,8 @@ class Assigner:
         points = as_torch(x, torch_device).float()
         reference = as_torch(self.features, torch_device).float()
         cause_ids = self.cause_ids
-        code = np.searchsorted(cause_ids, self.causes)
-        columns = [as_torch(np.flatnonzero(code == j), torch_device).long() for j in range(len(cause_ids))]
-        ks = [k_for(int((code == j).sum())) for j in range(len(cause_ids))]
+        code_t = as_torch(np.searchsorted(cause_ids, self.causes), torch_device).long()
         k_vote = min(self.k_vote, len(self.causes))
-        code_t = as_torch(code, torch_device).long()
         n = int(points.shape[0])
         winner = np.zeros(n, dtype=np.int64)
         votes = np.zeros(n)
@@ -118,45 +118,38 @@ class Assigner:
         for start in range(0, n, block):
             d = torch.cdist(points[start:start + block], reference)
             _, nearest = torch.topk(d, k_vote, dim=1, largest=False)
+            voters = code_t[nearest]
             counts = torch.zeros((d.shape[0], len(cause_ids)), device=d.device)
-            counts.scatter_add_(1, code_t[nearest], torch.ones_like(nearest, dtype=counts.dtype))
-            per_cause = torch.stack(
-                [torch.topk(d[:, cols], k, dim=1, largest=False).values.mean(dim=1) for cols, k in zip(columns, ks)],
-                dim=1,
-            )
-            # most votes wins; among equal votes, the nearer cause
+            counts.scatter_add_(1, voters, torch.ones_like(voters, dtype=counts.dtype))
+            # distance to the nearest reference image of each cause
+            to_cause = torch.full_like(counts, float("inf")).scatter_reduce(
+                1, code_t.expand(d.shape[0], -1), d, reduce="amin")
+            # most votes wins; among equal votes, the cause with the nearer reference image
             top = counts.max(dim=1, keepdim=True).values
-            key = torch.where(counts == top, per_cause, torch.full_like(per_cause, float("inf")))
-            best = key.argmin(dim=1)
+            best = torch.where(counts == top, to_cause, torch.full_like(to_cause, float("inf"))).argmin(dim=1)
             rows = torch.arange(d.shape[0], device=d.device)
             winner[start:start + block] = as_numpy(best)
             votes[start:start + block] = as_numpy(counts[rows, best] / k_vote)
-            distance[start:start + block] = as_numpy(per_cause[rows, best]).astype(np.float64)
+            distance[start:start + block] = as_numpy(to_cause[rows, best]).astype(np.float64)
         nearest_cause = cause_ids[winner]
-        radii = self.radii()
-        radius_column = np.array([radii[int(c)] for c in nearest_cause]) if n else np.zeros(0)
         # float32 distances by matrix products are off by up to about 3e-4 x |x| near zero: an image equal
-        # to the members of a cause of duplicates (radius 0) must still fall within it
+        # to a reference image of a catalogue of duplicates (radius 0) must still fall within it
         slack = 1e-3 * float(np.median(np.linalg.norm(self.features, axis=1))) if len(self.features) else 0.0
         distance = np.where(distance < slack, 0.0, distance)
-        typicality = np.array([_survival(self.scores.get(int(c), np.zeros(0)), dist)
-                               for c, dist in zip(nearest_cause, distance)]) if n else np.zeros(0)
-        status = np.where(distance <= radius_column, "assigned", "unknown").astype(object)
+        held_out = np.sort(self.scores[np.isfinite(self.scores)])
+        if len(held_out):
+            # (1 + #{held-out >= distance}) / (n + 1)
+            typicality = (1 + len(held_out) - np.searchsorted(held_out, distance, side="left")) / (len(held_out) + 1)
+        else:  # no held-out score (every cause of one image): typical only at a reference image
+            typicality = np.where(distance <= 0, 1.0, 0.0)
+        status = np.where(distance <= self.radius, "assigned", "unknown").astype(object)
         status[np.isin(nearest_cause, list(self.dropped)) & (status == "assigned")] = "not_a_cause"
         cause = np.where(status == "unknown", -1, nearest_cause).astype(np.int64)
         return pd.DataFrame({
             "status": status, "cause": cause, "nearest_cause": nearest_cause.astype(np.int64),
-            "distance": distance, "radius": radius_column, "votes": votes,
+            "distance": distance, "radius": np.full(n, self.radius), "votes": votes,
             "typicality": typicality, "confidence": votes * typicality,
         })
-
-
-def _survival(scores: np.ndarray, value: float) -> float:
-    """Conformal p-value of ``value`` among a cause's held-out ``scores``: (1 + #{scores >= value}) / (n + 1)
-    (1.0 for a cause without scores when value is 0, else 0.0)."""
-    if len(scores) == 0:
-        return 1.0 if value <= 0 else 0.0
-    return float((1 + np.sum(scores >= value)) / (len(scores) + 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,7 +325,10 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
         "rows": len(table),
         "counts": counts,
         "per_cause": {str(int(c)): {"name": catalogue.name(int(c)), "images": int(v)} for c, v in per_cause.items()},
-        "method": {"k_vote": K_VOTE, "k_distance": K_DISTANCE, "alpha": alpha, "reference_images": int(reference.n)},
+        "method": {"k_vote": K_VOTE, "alpha": alpha, "open_set": "nearest reference image within the catalogue's radius",
+                   "radius": round(float(table["radius"].dropna().iloc[0]), 6) if table["radius"].notna().any()
+                   else None,
+                   "reference_images": int(reference.n)},
         "catalogue_edits": list(catalogue.history),
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -345,6 +341,6 @@ def check_alpha(alpha: float) -> None:
     """The --alpha rule: a share in [0, 0.5)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 0.5:
         raise CatalogueError(
-            f"The --alpha option must be a number in [0, 0.5) (share of a cause's own images beyond its radius). "
+            f"The --alpha option must be a number in [0, 0.5) (share of the run's reference images beyond the open-set radius). "
             f"Got {alpha!r} instead."
         )

@@ -28,8 +28,8 @@ RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test, for runs whose features "
                                                  "come from it (default: the run's --model).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")]
-AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Open-set strictness: share of a cause's own "
-                                                   "images allowed beyond its radius, in [0, 0.5); larger = more "
+AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Open-set strictness: share of the run's own "
+                                                   "reference images allowed beyond the radius, in [0, 0.5); larger = more "
                                                    "'unknown' (default 0.01).")]
 
 
@@ -60,7 +60,7 @@ def assign_command(
     """Assign each new image to a known cause of RUN_DIR or to 'unknown', with a distance and a confidence.
 
     The run's own extractor encodes the images; each is compared with the run's reference images in that
-    feature space (vote of the 10 nearest, then the cause's calibrated radius). Writes one row per input row
+    feature space (vote of the 10 nearest; 'unknown' beyond the radius calibrated on them). Writes one row per input row
     to OUT/assignments.parquet (status assigned | unknown | not_a_cause | rejected, with the reason).
     """
     from rca_gpu.catalogue.assign import assign_run
