@@ -162,3 +162,103 @@ def test_the_causes_table_reads_whole_in_a_narrow_terminal(run_copy, width):
     print_causes(catalogue, wide)
     wide_text = wide.export_text()
     assert all(f" {column} " in wide_text for column in catalogue.table().columns)
+
+
+# --- hand edits of causes.toml are type-checked ---
+
+def _cli_app(*args):
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("old,new,fragments", [
+    ("dropped = false", 'dropped = "no"', ["cause 0", 'dropped = "no"', "must be true or false"]),
+    ('name = "x"', "name = 42", ["cause 0", "name = 42", "must be a string"]),
+    ('name = "x"', 'name = ["a", "b"]', ["cause 0", 'name = ["a", "b"]', "must be a string"]),
+    ('origin = "cluster 0"', "origin = 0", ["cause 0", "origin = 0", "must be a string"]),
+    ("clusters = [\n    0,\n]", 'clusters = ["0"]', ["cause 0", 'clusters = ["0"]', "list of integers"]),
+    ("id = 0", 'id = "0"', ["[[cause]] entry 1", 'id = "0"', "integer >= 0"]),
+    ('name = "x"', 'nme = "x"', ["cause 0", "unknown field 'nme'", "a cause has only id, name"]),
+    ("next_id = 3", 'next_id = "3"', ['next_id = "3"', "integer >= 0"]),
+])
+def test_causes_toml_fields_of_the_wrong_type_are_refused(run_copy, old, new, fragments):
+    catalogue = load_catalogue(run_copy)
+    catalogue.rename(0, "x")
+    catalogue.save()
+    path = run_copy / CAUSES_FILE
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(CatalogueError) as caught:
+        load_catalogue(run_copy)
+    message = str(caught.value)
+    assert str(path) in message and "Fix it in the file" in message and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    # every command that reads the catalogue gives the same one line, exit 2
+    from helpers import one_line_error
+
+    one_line_error(_cli_app("causes", run_copy), *fragments)
+
+
+def test_causes_toml_values_of_the_right_type_still_read(run_copy):
+    catalogue = load_catalogue(run_copy)
+    catalogue.drop(1)
+    catalogue.save()
+    path = run_copy / CAUSES_FILE
+    path.write_text(path.read_text().replace('name = ""', 'name = "by hand"', 1))
+    again = load_catalogue(run_copy)
+    assert again.causes[1].dropped is True and again.causes[0].name == "by hand" and again.active == [0, 2]
+
+
+# --- merges never decide whether a dropped cause is a cause ---
+
+def test_a_merge_of_dropped_and_active_causes_is_refused(run_copy):
+    catalogue = load_catalogue(run_copy)
+    catalogue.drop(1)
+    with pytest.raises(CatalogueError, match=r"--merge value 1,2 mixes dropped causes \(1\) with active ones \(2\)") as caught:
+        catalogue.merge([2, 1])
+    assert "--restore 1" in str(caught.value) and "--drop 2" in str(caught.value)
+    assert sorted(catalogue.causes) == [0, 1, 2] and catalogue.history == ["drop 1"]  # nothing changed
+    catalogue.drop(2)
+    assert catalogue.merge([1, 2]) == 1 and catalogue.causes[1].dropped  # all dropped: stays dropped
+    assert catalogue.active == [0]
+    catalogue.restore(1)
+    assert catalogue.active == [0, 1]
+
+
+def test_the_causes_command_refuses_a_mixed_merge_in_one_line(run_copy):
+    from helpers import one_line_error
+
+    assert _cli_app("causes", run_copy, "--drop", "0").exit_code == 0
+    before = (run_copy / CAUSES_FILE).read_text()
+    one_line_error(_cli_app("causes", run_copy, "--merge", "0,1"), "--merge value 0,1", "all active or all dropped",
+                   "--restore 0", "--drop 1")
+    assert (run_copy / CAUSES_FILE).read_text() == before
+    merged = _cli_app("causes", run_copy, "--merge", "1,2")  # both active: merged as before
+    assert merged.exit_code == 0 and load_catalogue(run_copy).active == [1]
+
+
+# --- edits that change nothing are reported, not recorded; --quiet ---
+
+def test_edits_that_change_nothing_are_not_recorded(run_copy):
+    done = _cli_app("causes", run_copy, "--restore", "0")
+    assert done.exit_code == 0 and "--restore 0: cause 0 is not dropped" in done.output
+    assert "nothing to change" in done.output and not (run_copy / CAUSES_FILE).exists()
+    assert _cli_app("causes", run_copy, "--drop", "0", "--name", "1=top").exit_code == 0
+    history = load_catalogue(run_copy).history
+    again = _cli_app("causes", run_copy, "--drop", "0", "--name", "1=top", "--drop", "2")
+    assert again.exit_code == 0 and "--drop 0: cause 0 is dropped already" in again.output
+    assert "--name 1: cause 1 has that name already" in again.output and "edits written to" in again.output
+    assert load_catalogue(run_copy).history == [*history, "drop 2"]
+    catalogue = load_catalogue(run_copy)
+    assert catalogue.drop(0) is False and catalogue.restore(1) is False and catalogue.history == [*history, "drop 2"]
+
+
+def test_causes_quiet_prints_no_table(run_copy):
+    done = _cli_app("causes", run_copy, "-q", "--name", "0=top")
+    assert done.exit_code == 0 and "Causes of run" not in done.output and "edits written to" in done.output
+    assert _cli_app("causes", run_copy, "--quiet").output.strip() == ""

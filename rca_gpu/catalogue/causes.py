@@ -19,6 +19,7 @@ Every command that reads a run (report, assign, compare, select) goes through :f
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -103,6 +104,19 @@ class Catalogue:
         cause = self.members["cause"].to_numpy()
         return bool(np.any(cause[clustered] != self.members["cluster"].to_numpy()[clustered]))
 
+    def state(self) -> dict[str, Any]:
+        """What the catalogue is now, to tell later whether it was edited since: ``run_id``, ``edits`` (the
+        length of the edit history) and ``digest`` (SHA-256 of the causes' ids, names, origins, clusters and
+        drops and of the history, so hand edits of causes.toml count too)."""
+        import hashlib
+        import json
+
+        content = {"history": list(self.history),
+                   "causes": [[c.id, c.name, c.origin, list(map(int, c.clusters)), bool(c.dropped)]
+                              for c in (self.causes[i] for i in sorted(self.causes))]}
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return {"run_id": self.run_id, "edits": len(self.history), "digest": digest}
+
     def name(self, cause: int) -> str:
         """Display name of a cause id ("unknown" for -1)."""
         if cause < 0:
@@ -162,36 +176,72 @@ class Catalogue:
             )
         return self.causes[cause]
 
-    def rename(self, cause: int, name: str) -> None:
-        """Give cause ``cause`` the name ``name`` (stripped; may not be empty)."""
+    def rename(self, cause: int, name: str) -> bool:
+        """Give cause ``cause`` the name ``name`` (stripped; may not be empty). Returns False, recording
+        nothing, when the cause already has that name."""
         target = self._get(cause)
         name = name.strip()
         if not name:
             raise CatalogueError(f"The name of cause {cause} is empty. Write --name {cause}=\"rotated left\".")
+        if target.name == name:
+            return False
         target.name = name
         self.history.append(f"name {cause} = {name!r}")
+        return True
 
-    def drop(self, cause: int) -> None:
-        """Mark a cause as not a cause: later commands skip it (assignment reports 'not_a_cause')."""
-        self._get(cause).dropped = True
+    def drop(self, cause: int) -> bool:
+        """Mark a cause as not a cause: later commands skip it (assignment reports 'not_a_cause'). Returns
+        False, recording nothing, when it is dropped already."""
+        target = self._get(cause)
+        if target.dropped:
+            return False
+        target.dropped = True
         self.history.append(f"drop {cause}")
+        return True
 
-    def restore(self, cause: int) -> None:
-        """Undo a drop."""
-        self._get(cause).dropped = False
+    def restore(self, cause: int) -> bool:
+        """Undo a drop. Returns False, recording nothing, when the cause is not dropped."""
+        target = self._get(cause)
+        if not target.dropped:
+            return False
+        target.dropped = False
         self.history.append(f"restore {cause}")
+        return True
 
     def merge(self, causes: list[int]) -> int:
-        """Merge causes into the one with the smallest id; return that id."""
+        """Merge causes into the one with the smallest id; return that id.
+
+        The causes must be all active or all dropped (the merged cause keeps that status): a merge never
+        decides whether a cause the engineer dropped is a cause.
+
+        Raises
+        ------
+        CatalogueError
+            Fewer than two different causes, an unknown id, or dropped and active causes together.
+        """
         ids = sorted(set(causes))
         if len(ids) < 2:
             raise CatalogueError(f"A merge needs at least two different causes. Got {causes!r}; write --merge 4,7.")
         parts = [self._get(c) for c in ids]
+        dropped = [p.id for p in parts if p.dropped]
+        if dropped and len(dropped) < len(parts):
+            active = [p.id for p in parts if not p.dropped]
+            listed = ",".join(map(str, ids))
+            run = shlex.quote(str(self.run.path))
+            restore = " ".join(f"--restore {c}" for c in dropped)
+            drop = " ".join(f"--drop {c}" for c in active)
+            raise CatalogueError(
+                f"The --merge value {listed} mixes dropped causes ({', '.join(map(str, dropped))}) with active ones "
+                f"({', '.join(map(str, active))}); merged causes must be all active or all dropped, so that a merge "
+                "never decides whether a dropped cause is a cause. "
+                f"Restore them first (`rca-gpu causes {run} {restore}`), then merge; or drop the others first "
+                f"(`rca-gpu causes {run} {drop}`) to merge dropped causes."
+            )
         target = parts[0]
         target.name = next((p.name for p in parts if p.name), "")
         target.clusters = sorted({c for p in parts for c in p.clusters})
         target.origin = "merge of " + ", ".join(str(p.id) for p in parts)
-        target.dropped = all(p.dropped for p in parts)
+        target.dropped = bool(dropped)
         cause = self.members["cause"].to_numpy().copy()
         cause[np.isin(cause, ids)] = target.id
         self.members["cause"] = cause
@@ -344,15 +394,11 @@ def load_catalogue(run_folder) -> Catalogue:
             f"{where} was written by another version of rca-gpu (format {data.get('format')!r}, this version "
             f"reads {CATALOGUE_FORMAT}). Delete it and make the edits again."
         )
+    _check_fields(where, data)
     causes: dict[int, Cause] = {}
     for entry in data.get("cause", []):
-        try:
-            cause = Cause(int(entry["id"]), str(entry.get("name", "")), str(entry.get("origin", "")),
-                          [int(c) for c in entry.get("clusters", [])], bool(entry.get("dropped", False)))
-        except (KeyError, TypeError, ValueError):
-            raise CatalogueError(
-                f"{where} has a [[cause]] entry without a valid integer 'id': {entry!r}. Fix or delete the file."
-            ) from None
+        cause = Cause(entry["id"], entry.get("name", ""), entry.get("origin", ""), list(entry.get("clusters", [])),
+                      entry.get("dropped", False))
         causes[cause.id] = cause
     if run.has(MEMBERS_FILE):
         stored = run.table(MEMBERS_FILE)
@@ -369,6 +415,78 @@ def load_catalogue(run_folder) -> Catalogue:
     catalogue.history = [str(h) for h in data.get("history", [])]
     catalogue.next_id = max(int(data.get("next_id", 0)), max(causes, default=-1) + 1)
     return catalogue
+
+
+#: The fields of a [[cause]] entry of causes.toml: field -> (check, rule in words, example).
+CAUSE_FIELDS: dict[str, tuple[Any, str, str]] = {
+    "id": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", "id = 3"),
+    "name": (lambda v: isinstance(v, str), "a string in quotes", 'name = "rotated left"'),
+    "origin": (lambda v: isinstance(v, str), "a string in quotes", 'origin = "cluster 3"'),
+    "clusters": (lambda v: isinstance(v, list) and all(_is_int(c) and c >= 0 for c in v),
+                 "a list of integers >= 0", "clusters = [3]"),
+    "dropped": (lambda v: isinstance(v, bool), "true or false (without quotes)", "dropped = true"),
+    "size": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", "size = 30"),
+}
+#: The top-level fields of causes.toml (run_id and format are checked first, with their own messages).
+TOP_FIELDS: dict[str, tuple[Any, str, str]] = {
+    "next_id": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", "next_id = 5"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v), "a list of strings",
+                'history = ["drop 3"]'),
+    "cause": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
+              "an array of [[cause]] tables", "[[cause]]"),
+}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fields(where: str, data: dict[str, Any]) -> None:
+    """Refuse a causes.toml field of the wrong type or an unknown one (a hand edit such as ``dropped = "no"``
+    or ``name = 42``), naming the file, the cause, the field, the value and the fix (CatalogueError)."""
+    fix = "Fix it in the file, or delete causes.toml and causes.parquet to start over."
+    for key, value in data.items():
+        if key in ("run_id", "format"):
+            continue
+        if key not in TOP_FIELDS:
+            raise CatalogueError(
+                f"{where} has an unknown field {key!r} (= {value!r}); the file holds only run_id, format, "
+                f"{', '.join(TOP_FIELDS)}. {fix}"
+            )
+        check, rule, example = TOP_FIELDS[key]
+        if not check(value):
+            raise CatalogueError(
+                f"{where} has {key} = {_toml_value(value)}; {key} must be {rule}, e.g. {example}. {fix}")
+    seen: set[int] = set()
+    for number, entry in enumerate(data.get("cause", []), start=1):
+        if "id" not in entry:
+            raise CatalogueError(f"{where}: [[cause]] entry {number} has no id; every cause needs one, e.g. "
+                                 f"id = 3. {fix}")
+        label = f"cause {entry['id']!r}" if CAUSE_FIELDS["id"][0](entry["id"]) else f"[[cause]] entry {number}"
+        for key, value in entry.items():
+            if key not in CAUSE_FIELDS:
+                raise CatalogueError(
+                    f"{where}: {label} has an unknown field {key!r} (= {value!r}); a cause has only "
+                    f"{', '.join(CAUSE_FIELDS)}. {fix}"
+                )
+            check, rule, example = CAUSE_FIELDS[key]
+            if not check(value):
+                raise CatalogueError(
+                    f"{where}: {label} has {key} = {_toml_value(value)}; {key} must be {rule}, e.g. {example}. {fix}"
+                )
+        if entry["id"] in seen:
+            raise CatalogueError(f"{where} lists cause {entry['id']} twice; each id may appear once. {fix}")
+        seen.add(entry["id"])
+
+
+def _toml_value(value: Any) -> str:
+    """A value as written in TOML (``"no"``, ``42``, ``["a", "b"]``, ``true``), for messages."""
+    import json
+
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def parse_edit(option: str, text: str) -> tuple[int, str | None]:

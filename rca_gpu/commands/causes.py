@@ -24,6 +24,8 @@ def causes_command(
                        help="Undo --drop for a cause (repeatable).")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Forget every edit (removes causes.toml and "
                                         "causes.parquet) before applying the options given with it.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table: only where the edits went, and "
+                                        "edits that changed nothing.")] = False,
 ) -> None:
     """Show the causes of a run with stable ids; edits go to RUN_DIR/causes.toml, never into the run's outputs.
 
@@ -45,27 +47,40 @@ def causes_command(
         splits.append((cause, _parts(cause, parts)))
     names = [parse_edit("--name", text) for text in name or []]
     edits = bool(reset or merges or splits or drop or restore or names)
-    if reset:
+    before = len(catalogue.history)
+    unchanged = []  # edits that change nothing are reported, not recorded
+    if reset and catalogue.history:
         catalogue.reset()
+    elif reset:
+        unchanged.append("--reset: the catalogue has no edits")
     for ids in merges:
         catalogue.merge(ids)
     for cause, parts in splits:
         catalogue.split(cause, parts)
     for cause in drop or []:
-        catalogue.drop(cause)
+        if not catalogue.drop(cause):
+            unchanged.append(f"--drop {cause}: cause {cause} is dropped already")
     for cause in restore or []:
-        catalogue.restore(cause)
+        if not catalogue.restore(cause):
+            unchanged.append(f"--restore {cause}: cause {cause} is not dropped")
     for cause, text in names:
-        catalogue.rename(cause, text or "")
-    written = catalogue.save() if edits else []
+        if not catalogue.rename(cause, text or ""):
+            unchanged.append(f"--name {cause}: cause {cause} has that name already")
+    changed = (reset and before > 0) or len(catalogue.history) != before
+    written = catalogue.save() if changed else []
 
     console = Console()
-    print_causes(catalogue, console)
-    if edits:
+    if not quiet:
+        print_causes(catalogue, console)
+    for note in unchanged:
+        console.print(f"nothing to change for {note}", markup=False, highlight=False, soft_wrap=True)
+    if changed:
         target = Path(run_dir) / CAUSES_FILE
         console.print(f"edits written to {target}" if written else f"no edits left; removed {target}",
                       markup=False, highlight=False, soft_wrap=True)
-
+    elif edits:
+        console.print("nothing to change; causes.toml was not written", markup=False, highlight=False,
+                      soft_wrap=True)
 
 #: Below this many columns the causes table keeps one metadata column (as the run's cluster table does).
 WIDE_TERMINAL = 140
