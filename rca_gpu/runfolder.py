@@ -228,14 +228,19 @@ def register_output(name: str) -> None:
         RUN_OUTPUTS.append(name)
 
 
-def check_out_folder(out: str | Path, *, option: str = "--out") -> Path:
+def check_out_folder(out: str | Path, *, option: str = "--out", command: str | None = None,
+                     example: str = "runs/first") -> Path:
     """Check that ``out`` can hold a run's outputs, before any work starts; nothing is created or removed.
+
+    ``command`` is the command that writes there when it is one of :data:`OUTPUT_MARKERS` (e.g.
+    ``"rca-gpu assign"``): its own earlier outputs may be written over; a folder holding the outputs of any
+    other of those commands is refused (the files would mix).
 
     Raises
     ------
     RunFolderError
-        ``out`` is empty, an existing file, below a file, or not writable (permissions, a read-only file
-        system): one line naming the folder, the problem and the fix.
+        ``out`` is empty, an existing file, below a file, not writable (permissions, a read-only file
+        system), or the output folder of another command: one line naming the folder, the problem and the fix.
     """
     import errno
     import os
@@ -272,6 +277,15 @@ def check_out_folder(out: str | Path, *, option: str = "--out") -> Path:
         raise RunFolderError(
             f"Cannot write into the {option} folder {shown}{where}: {why}. Pass a folder you can write to."
         ) from None
+    if folder.is_dir():
+        for marker, (other, _) in OUTPUT_MARKERS.items():
+            if other != command and (folder / marker).is_file():
+                raise RunFolderError(
+                    f"The {option} folder {shown} holds the outputs of `{other}` ({marker}); a folder holds the "
+                    f"outputs of one command only, and {f'those of `{command}`' if command else 'the new files'} "
+                    f"would mix with them. Pass a folder of its own, e.g. {option} {example}, or remove that "
+                    "folder first."
+                )
     return folder
 
 

@@ -185,3 +185,108 @@ def test_a_run_on_brought_features_cannot_place_new_images_and_says_what_can(com
     assert f"{command.capitalize()} needs a run whose features came from an extractor" in line
     assert "rca-gpu run IMAGES" in line and "pass the features with --features FILE" not in line
     assert not (tmp_path / "out").exists()
+
+
+# --- an output folder belongs to one command ---
+
+@pytest.mark.parametrize("first,second", [("select", "assign"), ("assign", "select"), ("export", "assign"),
+                                          ("assign", "export"), ("select", "export"), ("export", "select")])
+def test_an_output_folder_of_another_command_is_refused(first, second, catalogue_run, catalogue_images, tmp_path):
+    from rca_gpu.runfolder import OUTPUT_MARKERS
+
+    out = tmp_path / "out"
+    marker = next(name for name, (command, _) in OUTPUT_MARKERS.items() if command == f"rca-gpu {first}")
+    out.mkdir()
+    (out / marker).write_text(json.dumps({"run_folder": str(catalogue_run)}))  # as `first` leaves it
+    before = sorted(p.name for p in out.iterdir())
+    done = _cli(*WRITERS[second](catalogue_run, catalogue_images / "new", out))
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert f"holds the outputs of `rca-gpu {first}` ({marker})" in line and "Pass a folder of its own" in line
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_run_refuses_an_output_folder_of_a_catalogue_command(catalogue_images, tmp_path):
+    out = tmp_path / "sel"
+    out.mkdir()
+    (out / "select.json").write_text("{}")
+    done = _cli("run", catalogue_images / "run", "--out", out, "-q")
+    assert done.returncode == 2 and "holds the outputs of `rca-gpu select` (select.json)" in done.stderr
+    assert not (out / "run.json").exists()
+
+
+def test_the_same_command_may_write_into_its_own_folder_again(catalogue_run, catalogue_images, tmp_path):
+    from rca_gpu.catalogue.assign import assign_run
+    from rca_gpu.catalogue.retraining import select_from_pool
+
+    for _ in range(2):
+        assign_run(catalogue_run, catalogue_images / "new", tmp_path / "a", device="cpu", workers=0)
+        select_from_pool(catalogue_run, catalogue_images / "new", tmp_path / "s", budget=2, device="cpu", workers=0)
+    assert (tmp_path / "a" / "assign.json").is_file() and (tmp_path / "s" / "select.json").is_file()
+
+
+def test_export_json_lists_every_group_exported_into_the_folder(catalogue_run, tmp_path):
+    from rca_gpu.report.export import ExportError, export_run
+
+    export_run(catalogue_run, tmp_path / "d", clusters=["cluster-1", "cluster-2"])
+    export_run(catalogue_run, tmp_path / "d", clusters=["cluster-0"], mode="copy")
+    info = json.loads((tmp_path / "d" / "export.json").read_text())
+    assert list(info["groups"]) == ["cluster-0", "cluster-1", "cluster-2"] and info["files"] == 90
+    assert info["mode"] == "mixed" and info["group_modes"] == {"cluster-0": "copy", "cluster-1": "link",
+                                                               "cluster-2": "link"}
+    export_json = tmp_path / "d" / "export.json"  # an export of another run there: refused, nothing made
+    export_json.write_text(export_json.read_text().replace(info["run_id"], "e" * 32))
+    with pytest.raises(ExportError, match="holds an export of run e{32}"):
+        export_run(catalogue_run, tmp_path / "d", clusters=None)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["cluster-0", "cluster-1", "cluster-2",
+                                                                  "export.json"]
+
+
+# --- no image readable: every row rejected, no false extractor error ---
+
+@pytest.fixture
+def unreadable(tmp_path):
+    folder = tmp_path / "unreadable"
+    folder.mkdir()
+    (folder / "a.png").write_text("x\n")
+    (folder / "b.png").write_bytes(b"")
+    return folder
+
+
+def test_assign_of_unreadable_images_rejects_every_row_with_its_reason(catalogue_run, unreadable, tmp_path):
+    import pandas as pd
+
+    done = _cli("assign", catalogue_run, unreadable, "--out", tmp_path / "out", "--device", "cpu", "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    assert "dims=" not in done.stdout + done.stderr
+    assert f"no image of {str(unreadable)!r} could be read: all 2 rows are rejected" in done.stdout
+    table = pd.read_parquet(tmp_path / "out" / "assignments.parquet")
+    assert len(table) == 2 and (table["status"] == "rejected").all()
+    assert sorted(table["reason"]) == ["empty file (0 bytes)", "not a readable image (unknown or corrupt format)"]
+    assert json.loads((tmp_path / "out" / "assign.json").read_text())["note"].startswith("no image of")
+
+
+def test_select_of_unreadable_images_says_so_and_a_floor_above_the_budget_is_explained(catalogue_run, unreadable,
+                                                                                       catalogue_images, tmp_path):
+    done = _cli("select", catalogue_run, unreadable, "--budget", "3", "--out", tmp_path / "s", "--device", "cpu",
+                "--workers", "0", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "dims=" not in done.stdout + done.stderr
+    assert "no pool image of" in done.stdout and "selected 0 of 2 pool images" in done.stdout
+    floor = _cli("select", catalogue_run, catalogue_images / "new", "--budget", "3", "--floor", "100", "--out",
+                 tmp_path / "f", "--device", "cpu", "--workers", "0", "-q")
+    assert floor.returncode == 0, floor.stderr
+    assert "--floor 100 x 3 causes = 300 exceeds --budget 3: the floor was given to the largest causes" in floor.stdout
+    assert "lower --floor to at most 1" in floor.stdout
+    assert len(json.loads((tmp_path / "f" / "select.json").read_text())["notes"]) == 1
+
+
+def test_export_quiet_prints_only_the_last_line(catalogue_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    done = CliRunner().invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "e"), "-q"])
+    assert done.exit_code == 0, done.output
+    assert done.output.strip().splitlines() == [f"exported 90 files to {(tmp_path / 'e').resolve()}"]

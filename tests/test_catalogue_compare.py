@@ -219,3 +219,95 @@ def test_compare_command_says_which_basis_it_used(catalogue_run, runs_other_size
     html = comparison_section(open_run(run_b))
     assert "shares of each run&#39;s images" in html or "shares of each run's images" in html
     assert "30 (85.7%)" in html
+
+
+# --- a comparison made before later edits of either catalogue says so ---
+
+def test_a_comparison_made_before_later_edits_is_marked_out_of_date(catalogue_run, runs_b, tmp_path):
+    import importlib
+    import shutil
+
+    from rca_gpu.catalogue.compare import stale_note
+
+    report = importlib.import_module("rca_gpu.catalogue.report")
+    run_a = shutil.copytree(catalogue_run, tmp_path / "a")
+    run_b = shutil.copytree(runs_b["images"], tmp_path / "b")
+    result = compare_runs(run_a, run_b, by="images")
+    recorded = result.info["catalogues"]
+    assert recorded["a"]["edits"] == recorded["b"]["edits"] == 0
+    assert stale_note(open_run(run_b)) is None
+    assert "Out of date" not in report.comparison_section(open_run(run_b))
+
+    catalogue = load_catalogue(run_b)  # B edited after the comparison
+    catalogue.merge([0, 1])
+    catalogue.rename(0, "MERGED")
+    catalogue.save()
+    note = stale_note(open_run(run_b))
+    assert "run B (this run)" in note and "run A" not in note
+    assert f"rca-gpu compare {run_a.resolve()} {run_b.resolve()}" in note
+    html = report.comparison_section(open_run(run_b))
+    assert "Out of date" in html and "rca-gpu compare" in html
+
+    compare_runs(run_a, run_b, by="images")  # compared again: current
+    assert stale_note(open_run(run_b)) is None
+    path = run_a / "causes.toml"  # A edited by hand after the comparison
+    catalogue = load_catalogue(run_a)
+    catalogue.rename(2, "bottom bar")
+    catalogue.save()
+    compare_runs(run_a, run_b, by="images")
+    path.write_text(path.read_text().replace('"bottom bar"', '"lower bar"'))
+    note = stale_note(open_run(run_b))
+    assert note.startswith("Made before later edits of the catalogue of run A") and "run B" not in note
+
+    shutil.rmtree(run_a)  # A can no longer be read: said so, not taken as current
+    assert "cannot be read now" in stale_note(open_run(run_b))
+
+
+def test_b_causes_spread_every_row_over_b_s_causes_noise_included(catalogue_run, runs_b, tmp_path):
+    import shutil
+
+    run_b = shutil.copytree(runs_b["images"], tmp_path / "b")
+    catalogue = load_catalogue(run_b)
+    catalogue.drop(0)
+    catalogue.save()
+    table = compare_runs(catalogue_run, run_b, by="images", write=False).table
+
+    def total(text):
+        return sum(int(part.rsplit("(", 1)[1].rstrip(")")) for part in text.split(", ") if part)
+
+    for row in table.itertuples():
+        assert total(row.b_causes) == row.size_b and total(row.a_causes) == row.size_b, row
+        assert not row.b_causes.startswith("a")  # B's ids only, never A's
+    assert any("dropped (" in text for text in table["b_causes"])
+    new = table[table["status"] == "new"].iloc[0]
+    assert new.b_causes == f"{new.cause_b} ({new.size_b})" and "none (" in new.a_causes
+
+
+def test_b_causes_count_b_s_noise():
+    from rca_gpu.catalogue.compare import DROPPED, spread_of
+
+    assert spread_of(pd.Series([3, 3, -1, DROPPED, 3])) == "3 (3), dropped (1), noise (1)"
+    assert spread_of(pd.Series([-1, 2]), "none") == "2 (1), none (1)"
+
+
+def test_compare_says_when_none_of_b_s_images_can_be_read(catalogue_run, catalogue_images, tmp_path):
+    import shutil
+
+    from helpers import one_line_error
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((catalogue_images / "new").glob("g[01]_*.png")):
+        shutil.copy(path, images)
+    run_b = _run_b(images, sorted(images.glob("*.png")), tmp_path / "b")
+    for path in images.glob("*.png"):  # every file of B unreadable since
+        path.write_text("x")
+    with pytest.raises(CatalogueError, match="None of the 24 images of run B .* can be read now .*24 x"):
+        compare_runs(catalogue_run, run_b, by="assign", write=False, device="cpu", workers=0)
+    line = one_line_error(CliRunner().invoke(app, ["compare", str(catalogue_run), str(run_b), "--by", "assign",
+                                                   "--device", "cpu", "--workers", "0", "-q"]),
+                          "can be read now", "Restore run B's images")
+    assert "dims=" not in line and not (run_b / COMPARISON_FILE).exists()

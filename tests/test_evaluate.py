@@ -423,3 +423,12 @@ def test_coverage_of_injected_causes_leaves_out_none():
     assert plain["coverage_injected"] == plain["coverage"] == 1.0
     # only "none": nothing injected to cover
     assert evaluate([0, 0], ["none", "none"]).summary["coverage_injected"] is None
+
+
+def test_cli_quiet_prints_only_where_metrics_are(tmp_path: Path) -> None:
+    run_dir = _write_run(tmp_path / "run")
+    result = CliRunner().invoke(_app(), ["evaluate", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Per root cause" not in result.output and "study score" not in result.output
+    assert result.output.strip().startswith("Metrics written to")
+    assert (run_dir / "metrics.json").is_file()

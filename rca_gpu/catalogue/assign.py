@@ -225,7 +225,8 @@ def encode(run, failures, *, device: str = "auto", batch_size: int | None = None
     spec = run_spec_of(run, device=device, batch_size=batch_size, workers=workers, model=model)
     resolved = resolve_device(spec.device)
     features = compute_features(spec.pipeline.features, failures, spec, resolved, None, reporter)
-    check_extractor(run, features.info)
+    if len(features.positions):  # nothing encoded (every image unreadable): no extractor to compare
+        check_extractor(run, features.info)
     return features, resolved
 
 
@@ -238,8 +239,36 @@ def assign_failures(catalogue, reference, failures, *, device: str = "auto", bat
     assigner = Assigner.from_catalogue(catalogue, reference, alpha=alpha)
     features, resolved = encode(catalogue.run, failures, device=device, batch_size=batch_size, workers=workers,
                                 model=model, reporter=reporter)
-    result = assigner.assign(features.matrix, torch_device=resolved.torch_device)
+    if len(features.positions):
+        result = assigner.assign(features.matrix, torch_device=resolved.torch_device)
+    else:  # no image could be read: every row is rejected with its reason
+        result = pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in _RESULT_COLUMNS.items()})
     return assignment_table(catalogue, failures, features.positions, features.rejected, result)
+
+
+#: The columns of :meth:`Assigner.assign` and their dtypes.
+_RESULT_COLUMNS = {"status": object, "cause": np.int64, "nearest_cause": np.int64, "distance": np.float64,
+                   "radius": np.float64, "votes": np.float64, "typicality": np.float64, "confidence": np.float64}
+
+
+def reason_summary(table: pd.DataFrame, top: int = 3) -> str:
+    """"2 x empty file (0 bytes) | 1 x not a readable image": the most common reasons of the rejected rows."""
+    from collections import Counter
+
+    counts = Counter(str(r) for r, s in zip(table["reason"], table["status"]) if s == "rejected").most_common()
+    more = f" | {len(counts) - top} other reason(s)" if len(counts) > top else ""
+    return " | ".join(f"{n} x {reason}" for reason, n in counts[:top]) + more
+
+
+def unreadable_note(table: pd.DataFrame, source: Any, *, what: str = "image") -> str | None:
+    """One line when no row of an assignment table could be read (every row ``rejected``), with the most
+    common reasons; None otherwise. ``what`` names the rows ("image", "pool image")."""
+    if not len(table) or not (table["status"] == "rejected").all():
+        return None
+    return (f"no {what} of {str(source)!r} could be read: all {len(table)} rows are rejected "
+            f"({reason_summary(table)}); "
+            "each row's reason is in assignments.parquet. Check that the files are images rca-gpu reads "
+            "(PNG, JPEG, ...).")
 
 
 def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[int, str],
@@ -289,7 +318,8 @@ def assign_source(run_dir, source, out: Path, *, device: str = "auto", batch_siz
 
     check_run_dir(run_dir)
     catalogue = load_catalogue(run_dir)
-    check_out_dir(out, run_path=catalogue.run.path)
+    check_out_dir(out, run_path=catalogue.run.path, command=f"rca-gpu {command}",
+                  example="selected/" if command == "select" else "assigned/")
     check_encodable(catalogue.run, command=command)
     reference = read_reference(catalogue.run)
     failures = load_source(source, image_root=image_root)
@@ -330,6 +360,7 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
                    else None,
                    "reference_images": int(reference.n)},
         "catalogue_edits": list(catalogue.history),
+        "note": unreadable_note(table, source),
         "seconds": round(time.perf_counter() - started, 3),
     }
     outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata={CATALOGUE_RUN_KEY: catalogue.run_id.encode()})

@@ -50,6 +50,8 @@ BASES = ("auto", "counts", "shares")
 COMPARISON_FILE = "comparison.parquet"
 COMPARISON_INFO_FILE = "comparison.json"
 MODES = ("auto", "images", "assign")
+#: Parquet schema metadata key of comparison.parquet: the state of both catalogues it was made with (JSON).
+STATES_KEY = b"rca_gpu.catalogue_states"
 
 
 @dataclass
@@ -113,19 +115,23 @@ def b_in_a(cat_a, cat_b, *, by: str = "auto", device: str = "auto", batch_size: 
         from rca_gpu.catalogue.assign import check_encodable
 
         check_encodable(cat_a.run, command="compare")  # before any image is read
-        cause_a[to_assign] = _assign_paths(cat_a, cat_b, b[to_assign], device=device, batch_size=batch_size,
-                                           workers=workers, reporter=reporter)
-        how[to_assign] = "assigned"
+        assigned, unreadable = _assign_paths(cat_a, cat_b, b[to_assign], device=device, batch_size=batch_size,
+                                             workers=workers, reporter=reporter)
+        cause_a[to_assign] = assigned
+        how[to_assign] = np.where(unreadable, "unreadable", "assigned")
     frame = b.rename(columns={"cause": "cause_b"}).assign(cause_a=cause_a, how=how)
-    counts = {"b_images": len(b), "shared": int(shared.sum()), "assigned": int(to_assign.sum()),
-              "ignored": int(((~shared) & (~to_assign)).sum())}
+    counts = {"b_images": len(b), "shared": int(shared.sum()), "assigned": int((how == "assigned").sum()),
+              "unreadable": int((how == "unreadable").sum()), "ignored": int(((~shared) & (~to_assign)).sum())}
     return frame, counts
 
 
-def _assign_paths(cat_a, cat_b, rows: pd.DataFrame, **options) -> np.ndarray:
+def _assign_paths(cat_a, cat_b, rows: pd.DataFrame, **options) -> tuple[np.ndarray, np.ndarray]:
+    """(cause in A, unreadable) per row of B to assign. Rows whose file cannot be read now (moved, changed
+    since run B) count as none and are flagged; when none can be read, CatalogueError says so (their causes
+    would all look new and A's vanished)."""
     from pathlib import Path
 
-    from rca_gpu.catalogue.assign import assign_failures
+    from rca_gpu.catalogue.assign import assign_failures, reason_summary
     from rca_gpu.catalogue.reference import read_reference
     from rca_gpu.data.sources import FailureSet
 
@@ -134,9 +140,26 @@ def _assign_paths(cat_a, cat_b, rows: pd.DataFrame, **options) -> np.ndarray:
                 if not Path(p).is_file()}
     failures = FailureSet(table=table, source=str(cat_b.run.path), kind="manifest", rejected=rejected)
     result = assign_failures(cat_a, read_reference(cat_a.run), failures, **options)
+    if len(result) and (result["status"] == "rejected").all():
+        raise CatalogueError(
+            f"None of the {len(result)} images of run B ({str(cat_b.run.path)!r}) that must be assigned to the "
+            f"causes of run A can be read now ({reason_summary(result)}), so the runs cannot be compared by "
+            "assignment. Restore run B's images where run B read them, or use --by images when the runs share "
+            "images."
+        )
     status = result["status"].to_numpy()
-    return np.select([status == "assigned", status == "not_a_cause"], [result["cause"].to_numpy(), DROPPED],
-                     -1).astype(np.int64)
+    causes = np.select([status == "assigned", status == "not_a_cause"], [result["cause"].to_numpy(), DROPPED],
+                       -1).astype(np.int64)
+    return causes, status == "rejected"
+
+
+def spread_of(causes: pd.Series, none: str = "noise") -> str:
+    """How a row's images of B are spread over the causes of one run, most images first, e.g. ``"3 (25),
+    noise (4), dropped (1)"``: ``none`` names -1 (no cause), ``dropped`` a cause dropped from that run's
+    catalogue. The counts add up to the row's ``size_b``."""
+    labels = causes.map(lambda c: none if c == -1 else "dropped" if c == DROPPED else str(int(c)))
+    counts = sorted(labels.value_counts().items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{label} ({int(n)})" for label, n in counts)
 
 
 def status_of(ratio: float) -> str:
@@ -185,22 +208,22 @@ def compare(cat_a, cat_b, *, by: str = "auto", basis: str = "auto", device: str 
             "status": status_of(ratio), "cause_a": cause, "name_a": cat_a.name(cause), "size_a": size_a,
             "size_b": size_b, "share_a": share_a, "share_b": share_b, "ratio": ratio, "cause_b": main,
             "name_b": cat_b.name(main) if main >= 0 else "",
-            "b_causes": ", ".join(f"{int(c)} ({int(n)})" for c, n in in_b.items()),
+            "b_causes": spread_of(mine["cause_b"]), "a_causes": spread_of(mine["cause_a"], "none"),
         })
     for cause in cat_b.active:
         mine = frame[frame["cause_b"] == cause]
         none_share = float((mine["cause_a"] == -1).mean()) if len(mine) else 1.0
         if none_share <= NEW_ABOVE:
             continue
-        in_a = mine.loc[mine["cause_a"] >= 0, "cause_a"].value_counts()
         size_b = sizes_b.get(cause, 0)
         rows.append({
             "status": "new", "cause_a": -1, "name_a": "", "size_a": 0, "size_b": size_b, "share_a": 0.0,
             "share_b": size_b / images_b if images_b else 0.0, "ratio": float("nan"), "cause_b": cause,
-            "name_b": cat_b.name(cause), "b_causes": ", ".join(f"a{int(c)} ({int(n)})" for c, n in in_a.items()),
+            "name_b": cat_b.name(cause), "b_causes": spread_of(mine["cause_b"]),
+            "a_causes": spread_of(mine["cause_a"], "none"),
         })
     table = pd.DataFrame(rows, columns=["status", "cause_a", "name_a", "size_a", "size_b", "share_a", "share_b",
-                                        "ratio", "cause_b", "name_b", "b_causes"])
+                                        "ratio", "cause_b", "name_b", "b_causes", "a_causes"])
     table.insert(0, "run_a", cat_a.run_id)
     mode = by if by != "auto" else ("images" if counts["assigned"] == 0 else
                                     "assign" if counts["shared"] == 0 else "images+assign")
@@ -210,6 +233,7 @@ def compare(cat_a, cat_b, *, by: str = "auto", basis: str = "auto", device: str 
         "statuses": {s: int((table["status"] == s).sum()) for s in STATUSES},
         "rules": {"vanished_below": VANISHED_BELOW, "shrank_below": SHRANK_BELOW, "grew_above": GREW_ABOVE,
                   "new_above": NEW_ABOVE},
+        "catalogues": {"a": cat_a.state(), "b": cat_b.state()},
         "seconds": round(time.perf_counter() - started, 3),
     }
     return Comparison(table, info)
@@ -218,6 +242,8 @@ def compare(cat_a, cat_b, *, by: str = "auto", basis: str = "auto", device: str 
 def compare_runs(run_a, run_b, *, write: bool = True, **options) -> Comparison:
     """``rca-gpu compare``: compare two run folders; write comparison.parquet / .json into B's folder
     (checked to be writable before any image is read)."""
+    import json
+
     from rca_gpu import outputs
     from rca_gpu.catalogue.causes import load_catalogue
     from rca_gpu.catalogue.folders import check_run_dir
@@ -230,6 +256,46 @@ def compare_runs(run_a, run_b, *, write: bool = True, **options) -> Comparison:
         check_out_folder(cat_b.run.path, option="RUN_B")
     result = compare(cat_a, cat_b, **options)
     if write:
-        outputs.write_parquet(cat_b.run.file(COMPARISON_FILE), result.table, run_id=cat_b.run_id)
+        states = json.dumps(result.info["catalogues"], sort_keys=True).encode()
+        outputs.write_parquet(cat_b.run.file(COMPARISON_FILE), result.table, run_id=cat_b.run_id,
+                              metadata={STATES_KEY: states})
         outputs.write_json(cat_b.run.file(COMPARISON_INFO_FILE), result.info, run_id=cat_b.run_id)
     return result
+
+
+def stale_note(run_b) -> str | None:
+    """Why the comparison stored in run B's folder no longer matches the catalogues, or None when it does.
+
+    comparison.json records the state of both catalogues the comparison was made with
+    (:meth:`rca_gpu.catalogue.causes.Catalogue.state`); an edit of either catalogue since (``rca-gpu causes``
+    or a hand edit of causes.toml) makes the stored names, causes and statuses out of date. Nothing is
+    recomputed: images of B may have to be assigned again, so the fix is to run compare again. One line of
+    plain text naming the run(s) edited since and the command, e.g. "Made before later edits of the catalogue
+    of run B (this run); run `rca-gpu compare A B` again."; a run A that cannot be read now is said so.
+    ``run_b``: the opened run folder (RunFolder) holding comparison.json.
+    """
+    import shlex
+
+    from rca_gpu.catalogue.causes import load_catalogue
+    from rca_gpu.errors import RcaError
+
+    info = run_b.json(COMPARISON_INFO_FILE) if run_b.has(COMPARISON_INFO_FILE) else {}
+    folder_a = str(info.get("run_a_folder") or "RUN_A")
+    command = f"`rca-gpu compare {shlex.quote(folder_a)} {shlex.quote(str(run_b.path))}`"
+    recorded = info.get("catalogues")
+    if not isinstance(recorded, dict):
+        return (f"This comparison does not record the catalogues it was made with, so edits made since cannot be "
+                f"detected; run {command} again to be sure it is current.")
+    edited = []
+    try:
+        if load_catalogue(folder_a).state().get("digest") != (recorded.get("a") or {}).get("digest"):
+            edited.append(f"run A ({info.get('run_a', '')[:8]})")
+    except RcaError:
+        return (f"Run A's folder {folder_a!r} cannot be read now, so whether its catalogue changed since this "
+                f"comparison cannot be checked; run {command} again with run A's folder.")
+    if load_catalogue(run_b).state().get("digest") != (recorded.get("b") or {}).get("digest"):
+        edited.append("run B (this run)")
+    if not edited:
+        return None
+    return (f"Made before later edits of the catalogue of {' and of '.join(edited)}: the causes, names and "
+            f"statuses below may no longer exist or match; run {command} again.")

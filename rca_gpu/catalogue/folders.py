@@ -4,7 +4,8 @@
   ``assign``, ``select`` and ``export`` look like results too, so a RUN_DIR that is one of them is named as
   such, with the run folder it came from when that is recorded.
 - An ``--out`` (or ``--to``) folder must be a folder that can be written (:func:`rca_gpu.runfolder.check_out_folder`)
-  and must not be a run folder: the assignments would mix with that run's files.
+  and must not be a run folder (the assignments would mix with that run's files) nor the output folder of
+  another of those commands (assign into select's folder would write over its assignments.parquet).
 """
 
 from __future__ import annotations
@@ -35,21 +36,23 @@ def check_run_dir(path: str | Path, *, argument: str = "RUN_DIR") -> None:
 
 
 def check_out_dir(out: str | Path, *, option: str = "--out", run_path: str | Path | None = None,
-                  example: str = "assigned/") -> Path:
-    """Check an output folder before any image is read: writable (not a file, not below a file) and not a
-    run folder (the run read, ``run_path``, or any folder holding run.json). Nothing is created.
+                  example: str = "assigned/", command: str = "rca-gpu assign") -> Path:
+    """Check an output folder before any image is read: writable (not a file, not below a file), not a
+    run folder (the run read, ``run_path``, or any folder holding run.json), and not the output folder of
+    another command than ``command`` (one of :data:`rca_gpu.runfolder.OUTPUT_MARKERS`: assign, select,
+    export); the same command's earlier outputs may be written over. Nothing is created.
 
     Raises
     ------
     rca_gpu.runfolder.RunFolderError
-        ``out`` is empty, an existing file, below a file, or not writable.
+        ``out`` is empty, an existing file, below a file, not writable, or another command's output folder.
     CatalogueError
         ``out`` is a run folder.
     """
     from rca_gpu.errors import printable
     from rca_gpu.runfolder import check_out_folder
 
-    folder = check_out_folder(out, option=option)
+    folder = check_out_folder(out, option=option, command=command, example=example)
     same = run_path is not None and folder.exists() and folder.resolve() == Path(run_path).resolve()
     if same or (folder / RUN_FILE).is_file():
         what = "the run folder itself" if same else "a run folder (it holds run.json)"

@@ -73,8 +73,12 @@ def causes_section(run: "RunFolder") -> str | None:
 
 
 def comparison_section(run: "RunFolder") -> str | None:
-    """The comparison with an earlier run (comparison.parquet, written by ``rca-gpu compare A THIS_RUN``)."""
+    """The comparison with an earlier run (comparison.parquet, written by ``rca-gpu compare A THIS_RUN``),
+    marked out of date with the command to run again when either catalogue was edited since
+    (:func:`rca_gpu.catalogue.compare.stale_note`)."""
     from markupsafe import escape
+
+    from rca_gpu.catalogue.compare import stale_note
 
     table = run.table(COMPARISON_FILE)
     info = run.json("comparison.json") if run.has("comparison.json") else {}
@@ -101,8 +105,10 @@ def comparison_section(run: "RunFolder") -> str | None:
         words = "shares of each run's images" if info["basis"] == "shares" else "image counts"
         basis = (f" Statuses compare {words} (A {escape(str(info.get('images_a')))} images, this run "
                  f"{escape(str(info.get('images_b')))}); shares in brackets.")
-    return (f"<p>Compared with run {escape(str(table['run_a'].iloc[0]))} ({source}), matched by {mode}.{basis}</p>"
-            f"<table><thead>{head}</thead><tbody>{rows}</tbody></table>")
+    stale = stale_note(run)
+    warning = f'<p class="note stale"><strong>Out of date.</strong> {escape(stale)}</p>' if stale else ""
+    return (f"{warning}<p>Compared with run {escape(str(table['run_a'].iloc[0]))} ({source}), matched by "
+            f"{mode}.{basis}</p><table><thead>{head}</thead><tbody>{rows}</tbody></table>")
 
 
 def register() -> bool:

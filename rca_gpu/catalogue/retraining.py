@@ -82,6 +82,17 @@ def quotas(budget: int, sizes: dict[int, int], available: dict[int, int], *, spr
     return take
 
 
+def floor_note(budget: int, floor: int | None, causes: int, spread: str = "proportional") -> str | None:
+    """One line when ``--floor`` x causes exceeds ``--budget`` (so not every cause can get its floor), saying
+    what :func:`quotas` does then; None otherwise."""
+    if spread != "proportional" or floor is None or causes == 0 or floor * causes <= budget:
+        return None
+    fix = (f"lower --floor to at most {budget // causes} (budget / causes) to give every cause the same floor"
+           if budget >= causes else f"raise --budget to at least {causes} to give every cause an image")
+    return (f"--floor {floor} x {causes} causes = {floor * causes} exceeds --budget {budget}: the floor was given "
+            f"to the largest causes first until the budget ran out, so some causes may get no image; {fix}.")
+
+
 def _largest_remainder(n: int, weights: dict[int, float]) -> dict[int, int]:
     total = float(sum(weights.values()))
     exact = {c: n * w / total for c, w in weights.items()}
@@ -121,7 +132,7 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     assignment column), ``out/assignments.parquet`` (the whole pool) and ``out/select.json``.
     """
     from rca_gpu import outputs
-    from rca_gpu.catalogue.assign import CATALOGUE_RUN_KEY, assign_source, check_alpha
+    from rca_gpu.catalogue.assign import CATALOGUE_RUN_KEY, assign_source, check_alpha, unreadable_note
     from rca_gpu.catalogue.reference import ALPHA
 
     alpha = ALPHA if alpha is None else alpha
@@ -148,6 +159,8 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
         "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool), "pool_rows": len(table), "budget": budget,
         "spread": spread, "floor": floor, "alpha": alpha, "selected": len(chosen),
         "candidates": int((table["status"] == "assigned").sum()), "per_cause": per_cause,
+        "notes": [note for note in (unreadable_note(table, pool, what="pool image"),
+                                    floor_note(budget, floor, len(sizes), spread)) if note],
     }
     outputs.write_json(out / SELECT_INFO_FILE, info)
     return chosen, info

@@ -71,8 +71,10 @@ def assign_command(
                                 image_root=str(image_root) if image_root else None, model=model,
                                 alpha=ALPHA if alpha is None else alpha, reporter=reporter)
     counts = summary["counts"]
-    if not quiet:
+    if not quiet and summary.get("note") is None:
         print_assignment_counts(table, summary)
+    if summary.get("note"):
+        typer.echo(summary["note"])
     typer.echo(
         f"{counts['assigned']} assigned, {counts['unknown']} unknown, {counts['not_a_cause']} not a cause, "
         f"{counts['rejected']} rejected of {summary['rows']} images; results: {(Path(out) / 'assignments.parquet').resolve()}"

@@ -58,7 +58,9 @@ def compare_command(
     statuses = ", ".join(f"{n} {s}" for s, n in info["statuses"].items())
     images = info["images"]
     typer.echo(f"{statuses} (status by {basis_words(info)}); of B's {images['b_images']} images "
-               f"{images['shared']} are shared with A and {images['assigned']} were assigned to A's causes; "
+               f"{images['shared']} are shared with A and {images['assigned']} were assigned to A's causes"
+               + (f" ({images['unreadable']} could not be read now and count as no cause)"
+                  if images.get("unreadable") else "") + "; "
                f"results: {Path(run_b).resolve() / COMPARISON_FILE}")
 
 

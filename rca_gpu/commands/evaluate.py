@@ -38,6 +38,9 @@ def evaluate_command(
         float,
         typer.Option(help="Purity a cluster needs to count for coverage and recall, in [0, 1]."),
     ] = 0.5,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No tables: only where the metrics were written."),
+    ] = False,
 ) -> None:
     """Score a run against the true root causes: purity, coverage, recall, ARI, NMI, noise share.
 
@@ -72,17 +75,19 @@ def evaluate_command(
             _fmt(row.best_purity),
             _fmt(row.share_noise),
         )
-    console.print(table)
+    if not quiet:
+        console.print(table)
 
     summary = Table(title="Summary", show_header=False)
     summary.add_column("metric")
     summary.add_column("value", justify="right")
     for key, label in _SUMMARY_ROWS:
         summary.add_row(label, _fmt(result.summary.get(key)))
-    console.print(summary)
+    if not quiet:
+        console.print(summary)
 
     counts = result.counts
-    if counts.get("n_rejected") or counts.get("n_without_root_cause"):
+    if not quiet and (counts.get("n_rejected") or counts.get("n_without_root_cause")):
         console.print(
             f"Left out: {counts['n_rejected']} rejected image(s), "
             f"{counts['n_without_root_cause']} without a root cause."

@@ -44,12 +44,14 @@ def export_command(
                         "(default: all).")] = None,
     mode: Annotated[ExportMode, typer.Option("--mode", help="link: symbolic links to the images; copy: "
                     "copies.")] = ExportMode.link,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the last line (files and "
+                                        "folder).")] = False,
 ) -> None:
     """Export clusters to folders (images + manifest.csv each) for any image viewer or for retraining."""
     from rca_gpu.report.export import export_run, parse_selection
 
     result = export_run(run_dir, to, clusters=parse_selection(clusters), mode=mode.value)
-    for name, n in result.groups.items():
+    for name, n in ({} if quiet else result.groups).items():
         typer.echo(f"{name}: {n} images")
     missing = f" ({result.missing} listed without a file: see their reason)" if result.missing else ""
     typer.echo(f"exported {result.files} files{missing} to {result.folder}")

@@ -60,6 +60,8 @@ def select_command(
             view.add_row(cause, escape(row["name"]), str(row["size_in_run"]), str(row["candidates"]),
                          str(row["selected"]))
         Console().print(view)
+    for line in info.get("notes", []):
+        typer.echo(line)
     note = "" if info["selected"] >= budget else f" (only {info['candidates']} pool images fall in a known cause)"
     typer.echo(f"selected {info['selected']} of {info['pool_rows']} pool images{note}; manifest: "
                f"{(Path(out) / SELECTION_FILE).resolve()}")

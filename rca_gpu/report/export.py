@@ -5,7 +5,9 @@ retraining.
 Layout under the target folder::
 
     cluster-0/manifest.csv  cluster-0/<id>_<name>.png ...
-    noise/...  rejected/...  export.json  (run id, what was exported, how)
+    noise/...  rejected/...  export.json  (run id, every group in the folder with its size and mode)
+
+Exporting more groups of the same run into the folder later adds them to export.json.
 
 Each manifest has ``path`` relative to its own folder (so a copied folder is itself a valid ``rca-gpu run``
 source; a linked one too with ``--image-root`` set to the originals' folder, since links resolve there),
@@ -33,6 +35,7 @@ from rca_gpu.runfolder import RunFolder, open_run
 
 MODES = ("link", "copy")
 MANIFEST = "manifest.csv"
+EXPORT_FILE = "export.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")  # "_" too, so runs collapse into one "_"
 MAX_NAME = 120
 
@@ -138,7 +141,7 @@ def export_run(
     if not isinstance(run_dir, RunFolder):
         check_run_dir(run_dir)
     run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
-    check_out_dir(target, option="--to", run_path=run.path, example="exported/")  # before any file is made
+    check_out_dir(target, option="--to", run_path=run.path, example="exported/", command="rca-gpu export")  # before any file is made
     table = run.clusters()
     names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy())]
     table = table.assign(_group=names)
@@ -149,6 +152,7 @@ def export_run(
         raise ExportError(
             f"The run has no {', '.join(unknown)}; it has {', '.join(present)}. Pick from those with --clusters."
         )
+    earlier = _earlier_export(Path(target).expanduser(), run)
     root = Path(target).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
@@ -193,11 +197,40 @@ def export_run(
         manifest = pd.concat([manifest, members[meta].reset_index(drop=True)], axis=1)
         outputs.write_text(folder / MANIFEST, manifest.to_csv(index=False))
         result.groups[name] = len(members)
-    outputs.write_json(root / "export.json", {
-        "run_dir": str(run.path), "mode": mode, "groups": result.groups, "files": result.files,
-        "missing": result.missing,
+    # export.json lists every group in the folder: those of earlier exports of this run into it too
+    groups = {**(earlier.get("groups") or {}), **result.groups}
+    modes = {**(earlier.get("group_modes") or {name: earlier.get("mode") for name in earlier.get("groups") or {}}),
+             **{name: mode for name in result.groups}}
+    groups = {name: groups[name] for name in sorted(groups, key=_group_order)}
+    outputs.write_json(root / EXPORT_FILE, {
+        "run_dir": str(run.path), "mode": mode if set(modes.values()) == {mode} else "mixed",
+        "groups": groups, "group_modes": {name: modes.get(name) for name in groups},
+        "files": int(earlier.get("files") or 0) + result.files,
+        "missing": int(earlier.get("missing") or 0) + result.missing,
     }, run_id=run.run_id)
     return result
+
+
+def _earlier_export(root: Path, run: RunFolder) -> dict:
+    """The export.json an earlier ``export`` of the same run left in ``root`` ({} when none). An export of
+    another run there is refused (ExportError): its folders would mix with this run's."""
+    import json
+
+    path = root / EXPORT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or data.get("run_id") != run.run_id:
+        found = data.get("run_id") if isinstance(data, dict) else None
+        raise ExportError(
+            f"The --to folder {str(root)!r} holds an export of {f'run {found}' if found else 'an unknown run'} "
+            f"({EXPORT_FILE}), not of run {run.run_id}; its folders would mix with this run's. Pass a folder of "
+            "its own, e.g. --to exported/, or remove that folder first."
+        )
+    return data
 
 
 def _unique(name: str, used: set[str]) -> str:
