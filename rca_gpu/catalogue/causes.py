@@ -441,39 +441,29 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_table(where: str, table: dict[str, Any], fields: dict[str, tuple], allowed: str, fix: str) -> None:
+    """Refuse an unknown key of ``table`` or a value failing its field's check (CatalogueError)."""
+    for key, value in table.items():
+        if key not in fields:
+            raise CatalogueError(f"{where} has an unknown field {key!r} (= {value!r}); {allowed}. {fix}")
+        check, rule, example = fields[key]
+        if not check(value):
+            raise CatalogueError(f"{where} has {key} = {_toml_value(value)}; {key} must be {rule}, e.g. {example}. {fix}")
+
+
 def _check_fields(where: str, data: dict[str, Any]) -> None:
     """Refuse a causes.toml field of the wrong type or an unknown one (a hand edit such as ``dropped = "no"``
     or ``name = 42``), naming the file, the cause, the field, the value and the fix (CatalogueError)."""
     fix = "Fix it in the file, or delete causes.toml and causes.parquet to start over."
-    for key, value in data.items():
-        if key in ("run_id", "format"):
-            continue
-        if key not in TOP_FIELDS:
-            raise CatalogueError(
-                f"{where} has an unknown field {key!r} (= {value!r}); the file holds only run_id, format, "
-                f"{', '.join(TOP_FIELDS)}. {fix}"
-            )
-        check, rule, example = TOP_FIELDS[key]
-        if not check(value):
-            raise CatalogueError(
-                f"{where} has {key} = {_toml_value(value)}; {key} must be {rule}, e.g. {example}. {fix}")
+    top = {key: value for key, value in data.items() if key not in ("run_id", "format")}
+    _check_table(where, top, TOP_FIELDS, f"the file holds only run_id, format, {', '.join(TOP_FIELDS)}", fix)
     seen: set[int] = set()
     for number, entry in enumerate(data.get("cause", []), start=1):
         if "id" not in entry:
             raise CatalogueError(f"{where}: [[cause]] entry {number} has no id; every cause needs one, e.g. "
                                  f"id = 3. {fix}")
         label = f"cause {entry['id']!r}" if CAUSE_FIELDS["id"][0](entry["id"]) else f"[[cause]] entry {number}"
-        for key, value in entry.items():
-            if key not in CAUSE_FIELDS:
-                raise CatalogueError(
-                    f"{where}: {label} has an unknown field {key!r} (= {value!r}); a cause has only "
-                    f"{', '.join(CAUSE_FIELDS)}. {fix}"
-                )
-            check, rule, example = CAUSE_FIELDS[key]
-            if not check(value):
-                raise CatalogueError(
-                    f"{where}: {label} has {key} = {_toml_value(value)}; {key} must be {rule}, e.g. {example}. {fix}"
-                )
+        _check_table(f"{where}: {label}", entry, CAUSE_FIELDS, f"a cause has only {', '.join(CAUSE_FIELDS)}", fix)
         if entry["id"] in seen:
             raise CatalogueError(f"{where} lists cause {entry['id']} twice; each id may appear once. {fix}")
         seen.add(entry["id"])
