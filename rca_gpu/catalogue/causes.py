@@ -448,7 +448,8 @@ def _check_table(where: str, table: dict[str, Any], fields: dict[str, tuple], al
             raise CatalogueError(f"{where} has an unknown field {key!r} (= {value!r}); {allowed}. {fix}")
         check, rule, example = fields[key]
         if not check(value):
-            raise CatalogueError(f"{where} has {key} = {_toml_value(value)}; {key} must be {rule}, e.g. {example}. {fix}")
+            raise CatalogueError(
+                f"{where} has {key} = {_toml_value(value)}; {key} must be {rule}, e.g. {example}. {fix}")
 
 
 def _check_fields(where: str, data: dict[str, Any]) -> None:
