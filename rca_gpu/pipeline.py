@@ -7,7 +7,6 @@ graphs are computed once per feature set.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 import datetime as _dt
 import logging
 import platform
@@ -31,7 +30,8 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import RUN_FORMAT, check_out_folder, new_run_id, start_run_folder
+from rca_gpu.runfolder import (RUN_FORMAT, RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, check_inputs_kept, check_out_folder,
+                               new_run_id, start_run_folder)
 from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
                           check_data_limits, check_dut_known, check_memory, check_paths)
 from rca_gpu.tuning import Selection, effective_k, select
@@ -148,13 +148,15 @@ def compute_features(feature_spec: FeatureSpec, failures: FailureSet, spec: RunS
 
 
 def rejection_summary(rejected: dict[int, str], top: int = 2) -> str:
-    """" 75 row(s) were rejected: 75 x <reason>." for the ``top`` most common reasons of ``rejected``
-    (row position -> reason), "" when nothing was rejected: what a too-few-images error shows."""
+    """" 75 row(s) were rejected: 75 x <reason>." for the ``top`` most common kinds of reason of ``rejected``
+    (row position -> reason), one example value each (:func:`rca_gpu.data.sources.summarize_reasons`); ""
+    when nothing was rejected: what a too-few-images error shows."""
     if not rejected:
         return ""
-    counts = Counter(rejected.values()).most_common()
-    shown = " | ".join(f"{n} x {reason}" for reason, n in counts[:top])
-    more = f" | {len(counts) - top} other reason(s)" if len(counts) > top else ""
+    from rca_gpu.data.sources import summarize_reasons
+
+    shown, kinds = summarize_reasons(rejected.values(), top)
+    more = f" | {kinds - top} other kind(s) of reason" if kinds > top else ""
     return f" {len(rejected)} row(s) were rejected: {shown}{more}."
 
 
@@ -326,10 +328,13 @@ def run(
     timer = Timer()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out = check_out_folder(out)
+    if not isinstance(source, FailureSet):
+        check_inputs_kept(out, {"SOURCE": source}, files=RUN_OUTPUTS, folders=RUN_OUTPUT_FOLDERS)
     check_paths(spec)
 
     t = time.perf_counter()
-    failures = source if isinstance(source, FailureSet) else load_source(source, image_root=spec.image_root)
+    failures = (source if isinstance(source, FailureSet)
+                else load_source(source, image_root=spec.image_root, skip=[out]))  # never its own outputs
     timer.add("load_source", t)
     run_id = new_run_id()
     try:
@@ -444,7 +449,7 @@ def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, r
         "status": "failed",
         "error": str(error),
         "started_at": started_at,
-        "source": {"given": str(failures.source), "kind": failures.kind, "rows": n},
+        "source": failures.describe(),
         "spec": spec.to_dict(),
         "counts": {"input_rows": n, "usable": 0 if features is None else features.n, "rejected": len(rejected)},
         "versions": library_versions(),
@@ -527,7 +532,7 @@ def cluster_and_write(
         "run_id": run_id,
         "status": "finished",
         "started_at": started_at,
-        "source": {"given": str(failures.source), "kind": failures.kind, "rows": len(failures)},
+        "source": failures.describe(),
         "spec": spec.to_dict(),
         "resolved_pipeline": str(resolved),
         "seed": spec.seed,

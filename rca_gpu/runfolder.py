@@ -130,6 +130,38 @@ OUTPUT_MARKERS = {
 }
 
 
+#: A file (besides OUTPUT_MARKERS) that marks a folder written by rca-gpu: a run (run.json) or a study.
+STUDY_FILE = "study.parquet"
+
+
+def output_folder_kind(folder: str | Path) -> str | None:
+    """What wrote ``folder`` when it is an rca-gpu output folder, e.g. ``"rca-gpu run (run.json)"``; None for
+    any other folder. A folder counts when it holds a run.json written by rca-gpu (a JSON object with
+    ``"rca_gpu_run"``), a study's study.parquet, or one of :data:`OUTPUT_MARKERS` (a JSON object). A user's
+    own file of the same name with other content does not count. Used by the folder scan, which leaves these
+    folders out: their thumbnails and exported copies are not failure images."""
+    import os
+
+    folder = os.fspath(folder)
+    if os.path.isfile(os.path.join(folder, STUDY_FILE)) and (
+            os.path.isfile(os.path.join(folder, "study.md")) or os.path.isdir(os.path.join(folder, "pipelines"))):
+        return f"rca-gpu study ({STUDY_FILE})"
+    for marker, command in [(RUN_FILE, "rca-gpu run")] + [(m, c) for m, (c, _) in OUTPUT_MARKERS.items()]:
+        path = os.path.join(folder, marker)
+        if not os.path.isfile(path):
+            continue
+        try:
+            if os.path.getsize(path) > (16 << 20):
+                continue
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and (marker != RUN_FILE or "rca_gpu_run" in data):
+            return f"{command} ({marker})"
+    return None
+
+
 def not_a_run_note(path: str | Path, argument: str = "RUN_DIR") -> str | None:
     """The message for a folder without run.json that is the output folder of assign, select or export (one
     of OUTPUT_MARKERS), naming the run it was made from when recorded; None for any other folder."""
@@ -215,17 +247,79 @@ def is_finished(path: str | Path) -> bool:
 # Writing: the output folder of a new run
 # --------------------------------------------------------------------------------------------------
 
-#: Files of a run besides those that carry a run id (which are recognised by it): names a new run removes
-#: from its folder before it writes anything, so that a folder never mixes two runs. Other modules add the
-#: files they write into a run folder with :func:`register_output`.
-RUN_OUTPUTS: list[str] = [RUN_FILE, "clusters.parquet", "embedding.parquet", "metrics.json", "per_cause.csv",
-                          "report.html"]
+#: Every file name ``rca-gpu run`` (and the commands that add to a run folder: report, causes, compare) writes
+#: at the top of a run folder. A new run removes exactly these names from its folder before it writes anything,
+#: so that a folder never mixes two runs; any other file (e.g. a copy ``clusters_from_a.parquet``) stays.
+#: Modules that write another file into a run folder declare it with :func:`register_output`.
+RUN_OUTPUTS: list[str] = [RUN_FILE, "clusters.parquet", "embedding.parquet", "explanations.parquet", "metrics.json",
+                          "per_cause.csv", "report.html", "cluster_summary.parquet", "reference.safetensors",
+                          "reference.parquet", "reference.json", "causes.toml", "causes.parquet",
+                          "comparison.parquet", "comparison.json"]
+#: Sub-folders of a run folder that rca-gpu writes into: the report's files (thumbnails are replaced) and the
+#: feature cache (shards are added and removed). Not removed by a new run.
+RUN_OUTPUT_FOLDERS: tuple[str, ...] = ("report_files", "cache")
+#: What ``rca-gpu study`` writes into its --out folder: files, and folders it writes into.
+STUDY_OUTPUTS: tuple[str, ...] = ("study.parquet", "study.md")
+STUDY_OUTPUT_FOLDERS: tuple[str, ...] = ("pipelines", "cache")
 
 
 def register_output(name: str) -> None:
     """Declare a file name that belongs to a run (removed from the folder when a new run starts there)."""
     if name not in RUN_OUTPUTS:
         RUN_OUTPUTS.append(name)
+
+
+def check_inputs_kept(out: str | Path, inputs: dict[str, Any], *, files: "list[str] | tuple[str, ...]" = (),
+                      folders: "list[str] | tuple[str, ...]" = (), option: str = "--out") -> None:
+    """Refuse an output folder where the command would write over, or remove, one of its own inputs.
+
+    ``inputs`` maps the argument (e.g. ``"SOURCE"``, ``"--features"``) to the path the user passed (None:
+    not given). An input is refused when it is the same file as ``out/NAME`` for a NAME in ``files`` (links and
+    hard links included), or lies under ``out/FOLDER`` for a FOLDER in ``folders``. Checked before any work,
+    nothing is created or removed.
+
+    Raises
+    ------
+    RunFolderError
+        One line naming the input, the output file it would be, and the fix.
+    """
+    import os
+
+    from rca_gpu.errors import printable
+
+    folder = Path(out).expanduser()
+    real_out = Path(os.path.realpath(folder))
+    for argument, given in inputs.items():
+        if given is None or not str(given).strip():
+            continue
+        path = Path(given).expanduser()
+        real = Path(os.path.realpath(path))
+        clash = None
+        for name in files:
+            target = folder / name
+            if real == real_out / name or (target.exists() and path.exists() and _same_file(path, target)):
+                clash = f"the output file {name} it writes there"
+                break
+        if clash is None:
+            for name in folders:
+                if real.is_relative_to(real_out / name):
+                    clash = f"a file under the output folder {name}/ it writes into"
+                    break
+        if clash is not None:
+            raise RunFolderError(
+                f"The {argument} {printable(repr(str(given)))} is {clash}: {option} {printable(repr(str(out)))} "
+                f"would write over or remove an input. Pass another {option} folder (e.g. a new sub-folder), or "
+                f"move or rename the input first."
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def check_out_folder(out: str | Path, *, option: str = "--out", command: str | None = None,
@@ -293,8 +387,10 @@ def start_run_folder(out: str | Path) -> Path:
     """Make ``out`` ready for a new run: create it, and remove an earlier run's outputs.
 
     run.json goes first, so that a folder whose new run is interrupted is never read as finished; then the
-    names of :data:`RUN_OUTPUTS` and every top-level .json / .parquet file that carries a run id. The feature
-    cache (``cache/``) and files of other origins stay.
+    other names of :data:`RUN_OUTPUTS`, exactly: only files rca-gpu writes under those names are removed. The
+    feature cache (``cache/``), the report's files (replaced by the new report) and files of other origins
+    stay, also .json / .parquet files that carry a run id under another name (e.g. a copy of an earlier
+    clusters.parquet).
     """
     import contextlib
 
@@ -306,24 +402,4 @@ def start_run_folder(out: str | Path) -> Path:
     for name in RUN_OUTPUTS:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             (folder / name).unlink()
-    for path in list(folder.glob("*.json")) + list(folder.glob("*.parquet")):
-        if path.is_file() and _carries_run_id(path):
-            with contextlib.suppress(OSError):
-                path.unlink()
     return folder
-
-
-def _carries_run_id(path: Path) -> bool:
-    """True when ``path`` (JSON or Parquet) was written for a run (it holds a run id)."""
-    try:
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return RUN_ID_KEY in (pq.read_schema(path).metadata or {})
-        import re
-
-        with open(path, encoding="utf-8") as handle:
-            head = handle.read(200)  # write_json puts "run_id" among the first keys
-        return head.lstrip().startswith("{") and re.search(r'"run_id": "[0-9a-f]{32}"', head) is not None
-    except Exception:  # noqa: BLE001 - an unreadable file is not ours to remove
-        return False

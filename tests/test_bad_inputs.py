@@ -135,8 +135,8 @@ FOLDER_CASES = [
     ("fifo.png", lambda f, n: os.mkfifo(f / n), "rejected", "named pipe (FIFO)"),
     ("folder.png", lambda f, n: (f / n).mkdir(), "rejected", "a folder named like an image"),
     ("socket.png", lambda f, n: _unix_socket(f / n), "rejected", "a socket, not a file"),
-    ("._resource_fork.png", lambda f, n: (f / n).write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60), "rejected",
-     "not a readable image"),
+    ("._resource_fork.png", lambda f, n: (f / n).write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60), "left out",
+     "hidden"),  # a hidden name: left out of the scan and counted (run.json source.left_out)
     ("bomb.png", lambda f, n: _png_header_only(f / n, 30_000, 30_000), "rejected", "image too large"),
     (NON_UTF8, lambda f, n: Image.fromarray(_digit()).save(f / n), "usable", ""),
     ("new\nline.png", lambda f, n: Image.fromarray(_digit()).save(f / n), "usable", ""),
@@ -186,7 +186,8 @@ def odd_folder_run(tmp_path_factory):
     assert result.exit_code == 0, f"{result.output} {result.exception!r}"
     clusters = pd.read_parquet(out / "clusters.parquet")
     clusters["name"] = [Path(p).name for p in clusters["path"]]
-    return clusters, result.output, len(FOLDER_CASES) + 12 + 1
+    clusters.attrs["left_out"] = json.loads((out / "run.json").read_text())["source"]["left_out"]
+    return clusters, result.output, len([c for c in FOLDER_CASES if c[2] != "left out"]) + 12 + 1
 
 
 @pytest.mark.parametrize("name, make, status, fragment", FOLDER_CASES, ids=[c[0].encode("ascii", "backslashreplace")
@@ -197,6 +198,9 @@ def test_folder_entry_is_accounted_for(odd_folder_run, name, make, status, fragm
 
     shown = escape_surrogates(name)
     rows = clusters[clusters["name"] == shown]
+    if status == "left out":
+        assert rows.empty and any(shown in e for e in clusters.attrs["left_out"][fragment]["examples"])
+        return
     assert len(rows) == 1, f"{shown!r} is not exactly one row"
     row = rows.iloc[0]
     if status == "rejected":

@@ -89,3 +89,18 @@ def test_an_output_folder_of_another_command_is_named_as_such(tmp_path, marker, 
     (tmp_path / marker).write_text(json.dumps({key: "/runs/first"}))
     with pytest.raises(RunFolderError, match=rf"output folder of `rca-gpu {command}`.*/runs/first"):
         open_run(tmp_path)
+
+
+def test_every_file_written_into_a_run_folder_is_a_listed_output():
+    """A new run removes exactly RUN_OUTPUTS, and --out is refused when it would overwrite an input of those
+    names: each module's output file name must be listed (a name missing here would mix two runs)."""
+    from rca_gpu.catalogue import causes, compare, reference, stability
+    from rca_gpu.evaluate import CLUSTERS_FILE, METRICS_FILE, PER_CAUSE_FILE
+    from rca_gpu.report.build import EXPLANATIONS_FILE, FILES_DIR, REPORT_FILE
+    from rca_gpu.runfolder import RUN_FILE, RUN_OUTPUT_FOLDERS, RUN_OUTPUTS
+
+    written = {RUN_FILE, CLUSTERS_FILE, METRICS_FILE, PER_CAUSE_FILE, EXPLANATIONS_FILE, REPORT_FILE,
+               "embedding.parquet", causes.CAUSES_FILE, causes.MEMBERS_FILE, compare.COMPARISON_FILE,
+               compare.COMPARISON_INFO_FILE, reference.FEATURES_FILE, reference.TABLE_FILE, reference.INFO_FILE,
+               stability.SUMMARY_FILE}
+    assert written <= set(RUN_OUTPUTS) and FILES_DIR in RUN_OUTPUT_FOLDERS

@@ -21,10 +21,11 @@ def _touch(root: Path, *names: str) -> None:
 
 def _reference(folder: Path) -> tuple[list[str], list[str], dict[int, str]]:
     """What the listing must equal: every entry named like an image from sorted(rglob), as listed (a link
-    keeps its own name), and the reason of each entry that is not a regular file."""
+    keeps its own name), hidden names left out, and the reason of each entry that is not a regular file."""
     from rca_gpu.data.sources import classify_entry
 
-    entries = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    entries = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                     and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     root = folder.resolve()
     reasons = {i: classify_entry(p) for i, p in enumerate(entries) if classify_entry(p) is not None}
     return ([str(root / p.relative_to(folder)) for p in entries],
@@ -50,6 +51,7 @@ def test_listing_matches_sorted_rglob(tree, monkeypatch):
     failures = load_source(tree)
     paths, folders, reasons = _reference(tree)
     assert failures.table["path"].tolist() == paths
+    assert failures.left_out["hidden"]["files"] == 1  # .hidden.png
     assert failures.table["folder"].tolist() == folders
     assert failures.table["id"].tolist() == list(range(len(paths)))
     assert failures.rejected == reasons

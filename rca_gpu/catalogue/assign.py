@@ -253,11 +253,11 @@ _RESULT_COLUMNS = {"status": object, "cause": np.int64, "nearest_cause": np.int6
 
 def reason_summary(table: pd.DataFrame, top: int = 3) -> str:
     """"2 x empty file (0 bytes) | 1 x not a readable image": the most common reasons of the rejected rows."""
-    from collections import Counter
+    from rca_gpu.data.sources import summarize_reasons
 
-    counts = Counter(str(r) for r, s in zip(table["reason"], table["status"]) if s == "rejected").most_common()
-    more = f" | {len(counts) - top} other reason(s)" if len(counts) > top else ""
-    return " | ".join(f"{n} x {reason}" for reason, n in counts[:top]) + more
+    shown, kinds = summarize_reasons((str(r) for r, s in zip(table["reason"], table["status"]) if s == "rejected"),
+                                     top)
+    return shown + (f" | {kinds - top} other kind(s) of reason" if kinds > top else "")
 
 
 def unreadable_note(table: pd.DataFrame, source: Any, *, what: str = "image") -> str | None:

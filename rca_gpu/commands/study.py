@@ -47,13 +47,14 @@ def study_command(
     from rca_gpu.data.sources import load_source
     from rca_gpu.study import check_study_source, make_plan, run_study, to_markdown
 
-    from rca_gpu.runfolder import check_out_folder
+    from rca_gpu.runfolder import STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept, check_out_folder
 
     check_out_folder(out)  # before any feature is extracted
+    check_inputs_kept(out, {"SOURCE": source, "--model": model}, files=STUDY_OUTPUTS, folders=STUDY_OUTPUT_FOLDERS)
     reporter = _setup(quiet, False)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
                       precision=precision, model=model)
-    failures = load_source(source, image_root=base.image_root)
+    failures = load_source(source, image_root=base.image_root, skip=[out])  # never the study's own outputs
     check_study_source(failures)
     plan = make_plan(_split(features), _split(reducers), _split(clusterers), bool(base.model or failures.dut))
     typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "

@@ -22,14 +22,71 @@ log = logging.getLogger("rca_gpu")
 CHUNK = 1 << 16
 
 
-def scan_entries(folder: Path, extensions: Iterable[str]) -> tuple["pa.Array | list[str]", dict[str, str]]:
+class LeftOut:
+    """What a folder scan left out, by rule: ``"hidden"`` (names starting with ``.``) and ``"output"``
+    (rca-gpu output folders): the count of image-named files and the first few folders / files of each."""
+
+    SHOWN = 20
+    RULES = {"hidden": "hidden files and folders (names starting with '.')",
+             "output": "rca-gpu output folders (thumbnails and copies of a run, study, assign, select or export)"}
+
+    def __init__(self) -> None:
+        self.files: dict[str, int] = {}
+        self.examples: dict[str, list[str]] = {}
+
+    def add_file(self, rule: str, name: str, count: int = 1) -> None:
+        self.files[rule] = self.files.get(rule, 0) + count
+        shown = self.examples.setdefault(rule, [])
+        if len(shown) < self.SHOWN:
+            shown.append(name)
+
+    def add_folder(self, rule: str, name: str, count: int, why: str | None = None) -> None:
+        self.add_file(rule, f"{name}/" + (f" ({why})" if why else ""), count)
+
+    @property
+    def total(self) -> int:
+        return sum(self.files.values())
+
+    def to_dict(self) -> dict[str, dict[str, object]]:
+        """For run.json: rule -> {"files": image-named files left out, "rule": what it is, "examples": [...]}."""
+        return {rule: {"files": self.files[rule], "rule": self.RULES[rule], "examples": self.examples[rule]}
+                for rule in self.files}
+
+    def summary(self) -> str:
+        """"left out 12 image file(s): 10 in rca-gpu output folders (ds/run/ ...), 2 hidden (...)", "" if none."""
+        if not self.files:
+            return ""
+        parts = [f"{n} in {self.RULES[rule]}, e.g. {', '.join(self.examples[rule][:3])}"
+                 for rule, n in self.files.items()]
+        return f"left out {self.total} image-named file(s) of the folder: " + "; ".join(parts)
+
+
+def _count_images(folder: str, wanted: tuple[str, ...]) -> int:
+    """Image-named entries below ``folder`` (recursive, links not followed): what leaving it out leaves out."""
+    count = 0
+    for _, _, files in os.walk(folder):
+        count += sum(os.path.splitext(f)[1].lower() in wanted for f in files)
+    return count
+
+
+def scan_entries(folder: Path, extensions: Iterable[str], *, skip: Iterable[str | os.PathLike] = (),
+                 left_out: LeftOut | None = None) -> tuple["pa.Array | list[str]", dict[str, str]]:
     """Relative paths (``/``-separated) of the entries under ``folder`` named like an image (extension in
     ``extensions``, lower case with the dot), searched recursively; and {relative path: reason} of those that
     are not regular files (:func:`rca_gpu.data.sources.classify_entry`: folders, broken links, pipes, ...).
 
-    Like ``Path.rglob("*")``: hidden entries count, symbolic links count as entries, linked folders are not
-    descended into. Sorted component by component, as ``sorted()`` sorts ``Path`` objects. The paths come as
-    one Arrow large_string array, or as a list of str when a name is not valid UTF-8 (Arrow holds UTF-8 only).
+    Like ``Path.rglob("*")``: symbolic links count as entries, linked folders are not descended into. Left
+    out, and counted in ``left_out`` (the image-named files each rule leaves out):
+
+    * hidden entries: files and folders whose name starts with ``.`` (``.DS_Store``, ``.ipynb_checkpoints/``,
+      ``.thumbs/``), at any depth below ``folder``;
+    * rca-gpu output folders below ``folder`` (:func:`rca_gpu.runfolder.output_folder_kind`: a run, a study,
+      the output of assign / select / export), and the folders in ``skip`` (the --out folder of the run that
+      lists them); when ``folder`` itself is one of them, the sub-folders rca-gpu writes into
+      (report_files/, cache/, pipelines/) instead.
+
+    Sorted component by component, as ``sorted()`` sorts ``Path`` objects. The paths come as one Arrow
+    large_string array, or as a list of str when a name is not valid UTF-8 (Arrow holds UTF-8 only).
 
     Raises
     ------
@@ -47,10 +104,41 @@ def scan_entries(folder: Path, extensions: Iterable[str]) -> tuple["pa.Array | l
     special: dict[str, str] = {}
     utf8 = True
 
+    from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, STUDY_OUTPUT_FOLDERS, output_folder_kind
+
+    left_out = left_out if left_out is not None else LeftOut()
+    skipped = set()
+    for path in skip:
+        try:
+            st = os.stat(path)
+            skipped.add((st.st_dev, st.st_ino))
+        except OSError:  # not made yet: nothing of it to list
+            continue
     stack = [""]
     root = os.fspath(folder)
+    try:
+        st = os.stat(root)
+        root_is_output = (st.st_dev, st.st_ino) in skipped or output_folder_kind(root) is not None
+    except OSError:
+        root_is_output = False
+    writes_into = set(RUN_OUTPUT_FOLDERS) | set(STUDY_OUTPUT_FOLDERS)
     while stack:
         relative = stack.pop()
+        if relative:
+            full = os.path.join(root, relative)
+            kind = None
+            if not relative.count("/") and root_is_output and relative in writes_into:
+                kind = "rca-gpu output folder"
+            else:
+                try:
+                    st = os.stat(full)
+                    kind = "rca-gpu output folder (--out)" if (st.st_dev, st.st_ino) in skipped else None
+                except OSError:
+                    pass
+                kind = kind or output_folder_kind(full)
+            if kind is not None:
+                left_out.add_folder("output", relative, _count_images(full, wanted), kind)
+                continue
         try:
             entries = os.scandir(os.path.join(root, relative) if relative else root)
         except OSError:
@@ -62,6 +150,12 @@ def scan_entries(folder: Path, extensions: Iterable[str]) -> tuple["pa.Array | l
             for entry in entries:
                 name = f"{relative}/{entry.name}" if relative else entry.name
                 try:
+                    if entry.name.startswith("."):
+                        if entry.is_dir(follow_symlinks=False):
+                            left_out.add_folder("hidden", name, _count_images(entry.path, wanted))
+                        elif os.path.splitext(entry.name)[1].lower() in wanted:
+                            left_out.add_file("hidden", name)
+                        continue
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(name)
                     if os.path.splitext(entry.name)[1].lower() not in wanted:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -53,6 +53,9 @@ class FailureSet:
     file_paths:
         The paths to open, where they differ from the table's ``path`` column: a file name whose bytes are
         not UTF-8 is shown in the table with ``\\xNN`` escapes (every output is UTF-8) and opened from here.
+    left_out:
+        For folder sources: the image-named files the scan left out, by rule (hidden names, rca-gpu output
+        folders; :meth:`rca_gpu.data.listing.LeftOut.to_dict`). Recorded in run.json.
     """
 
     table: pd.DataFrame
@@ -63,6 +66,7 @@ class FailureSet:
     dut: str | None = None
     root: str | None = None
     file_paths: list[str] | None = None
+    left_out: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -79,6 +83,13 @@ class FailureSet:
     @property
     def has_root_cause(self) -> bool:
         return "root_cause" in self.table.columns and self.table["root_cause"].notna().any()
+
+    def describe(self) -> dict[str, Any]:
+        """run.json's ``"source"``: what was given, its kind, its rows and what the folder scan left out."""
+        info: dict[str, Any] = {"given": str(self.source), "kind": self.kind, "rows": len(self)}
+        if self.kind == "folder":
+            info["left_out"] = self.left_out
+        return info
 
     @property
     def usable_positions(self) -> np.ndarray:
@@ -113,8 +124,12 @@ class FailureSet:
         return f"files:{len(self)}:{digest.hexdigest()}"
 
 
-def load_source(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> FailureSet:
-    """Open a folder of images or a manifest file. Raises SourceError with the fix on bad input."""
+def load_source(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
+                skip: "list[str | os.PathLike] | tuple" = ()) -> FailureSet:
+    """Open a folder of images or a manifest file. Raises SourceError with the fix on bad input.
+
+    ``skip``: folders a folder scan leaves out besides hidden entries and rca-gpu output folders (the --out
+    folder of the command reading the source; see :func:`rca_gpu.data.listing.scan_entries`)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise SourceError(
@@ -122,7 +137,7 @@ def load_source(source: str | os.PathLike, *, image_root: str | os.PathLike | No
             "with a 'path' column."
         )
     if path.is_dir():
-        return _from_folder(path)
+        return _from_folder(path, skip)
     if path.suffix.lower() in MANIFEST_EXTENSIONS:
         return _from_manifest(path, image_root)
     raise SourceError(
@@ -146,6 +161,45 @@ def from_arrays(images: np.ndarray, metadata: pd.DataFrame | dict[str, Any] | No
             raise SourceError(f"Array metadata has {len(meta)} rows for {n} images.")
         table = _assemble({"id": table["id"], "path": table["path"]}, list(meta.items()))
     return FailureSet(table=table, source="arrays", kind="arrays", images=images)
+
+
+def reason_kind(reason: str) -> tuple[str, str]:
+    """(kind, detail) of a row's reason: the kind without the values that vary from row to row (what stands
+    in parentheses, what follows ": "), and those values. ``"the path is not text (int 0)"`` ->
+    ``("the path is not text", "int 0")``; ``"unreadable image: [Errno 13] ..."`` -> ``("unreadable image",
+    "[Errno 13] ...")``."""
+    import re
+
+    head, _, tail = str(reason).partition(": ")
+    details = re.findall(r"\(([^()]*)\)", head) + ([tail] if tail else [])
+    kind = re.sub(r"\s*\([^()]*\)", "", head).strip() or str(reason)
+    return kind, "; ".join(details)
+
+
+def summarize_reasons(reasons: "Iterable[str]", top: int = 3) -> tuple[str, int]:
+    """("3 x the path is not text, e.g. int 0 | 1 x file not found", number of kinds): the ``top`` most common
+    kinds of reason (:func:`reason_kind`), each with one example value when the rows' values differ."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    varies: set[str] = set()
+    for reason in reasons:
+        reason = str(reason)
+        kind, _ = reason_kind(reason)
+        counts[kind] += 1
+        if kind not in first:
+            first[kind] = reason
+        elif first[kind] != reason:
+            varies.add(kind)
+    parts = []
+    for kind, n in counts.most_common(top):
+        if kind in varies:
+            detail = reason_kind(first[kind])[1]
+            parts.append(f"{n} x {kind}" + (f", e.g. {detail}" if detail else ""))
+        else:
+            parts.append(f"{n} x {first[kind]}")
+    return " | ".join(parts), len(counts)
 
 
 def classify_entry(path: str | os.PathLike) -> str | None:
@@ -184,16 +238,22 @@ def classify_entry(path: str | os.PathLike) -> str | None:
     return "not a regular file"
 
 
-def _from_folder(folder: Path) -> FailureSet:
-    from rca_gpu.data.listing import folder_columns, positions_of, scan_entries
+def _from_folder(folder: Path, skip: "list[str | os.PathLike] | tuple" = ()) -> FailureSet:
+    import logging
+
+    from rca_gpu.data.listing import LeftOut, folder_columns, positions_of, scan_entries
 
     # every entry named like an image, also those that are not regular files: they become rejected rows.
     # Streamed into Arrow arrays: no Python object per file (rca_gpu.data.listing).
-    relative, special = scan_entries(folder, IMAGE_EXTENSIONS)
+    left_out = LeftOut()
+    relative, special = scan_entries(folder, IMAGE_EXTENSIONS, skip=skip, left_out=left_out)
+    if left_out.total:
+        logging.getLogger("rca_gpu").info("%s", left_out.summary())
     if not len(relative):
+        why = f"; the scan {left_out.summary()} (list such files in a manifest to use them)" if left_out.total else ""
         raise SourceError(
-            f"The folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively). "
-            "Point SOURCE at the folder with the failing images, or at a manifest."
+            f"The folder {str(folder)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"
+            f"{why}. Point SOURCE at the folder with the failing images, or at a manifest."
         )
     root = folder.resolve()
     ids = np.arange(len(relative), dtype=np.int64)
@@ -204,12 +264,12 @@ def _from_folder(folder: Path) -> FailureSet:
         rejected = {i: special[r] for i, r in enumerate(relative) if r in special}
         table = pd.DataFrame({"id": ids, "path": shown, "folder": parents})
         return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
-                          root=str(root), file_paths=real if shown != real else None)
+                          root=str(root), file_paths=real if shown != real else None, left_out=left_out.to_dict())
     columns = folder_columns(root, relative)  # as listed: a link keeps its own name
     rejected = dict(zip(positions_of(relative, special), special.values()))
     table = pd.DataFrame({"id": ids, "path": columns["path"].to_pandas(), "folder": columns["folder"].to_pandas()})
     return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
-                      root=str(root))
+                      root=str(root), left_out=left_out.to_dict())
 
 
 def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
@@ -225,9 +285,59 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
             frame = arrow.rename_columns([str(i) for i in range(len(names))]).to_pandas()
             frame.columns = names
             return frame, dict(arrow.schema.metadata or {})
-        return pd.read_csv(path), {}
+        return read_csv_cells(path, keep_text=("path",)), {}
+    except SourceError:
+        raise
     except Exception as exc:  # pyarrow / pandas raise many types for a broken file
         raise SourceError(f"Cannot read the manifest {str(path)!r}: {exc}") from None
+
+
+#: A CSV cell read as a number: a plain decimal (``-12``, ``3.5``, ``.5``, ``1e-3``) without a leading zero
+#: before another digit (``007`` and ``00001`` are codes, kept as text). ``nan``, ``inf``, ``+1``, ``1,5``
+#: are text too.
+_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?|-?\.[0-9]+(?:[eE][-+]?[0-9]+)?"
+_INTEGER = r"-?(?:0|[1-9][0-9]*)"
+
+
+def read_csv_cells(path: str | os.PathLike, *, keep_text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV manifest or metadata file with every cell as written (UTF-8, first line the header).
+
+    No value is guessed missing or changed: ``None``, ``NA``, ``null``, ``N/A``, ``nan`` stay text; only an
+    empty cell is missing. A column becomes numbers only when each of its non-empty cells is a plain decimal
+    number without a leading zero (``12``, ``-3.5``, ``1e-3``; not ``007``, ``00001``, ``+1``, ``nan``):
+    integers (int64) when every cell is a whole number of at most 15 digits and none is empty, else float64
+    when no whole number exceeds 15 digits (float64 would change it); any other column stays text, as do the
+    columns in ``keep_text``. Repeated column names are kept, in order (settled by the rule of
+    :data:`RESERVED_COLUMNS`, as for Parquet).
+
+    Raises
+    ------
+    SourceError
+        The file is empty or not readable as CSV (the caller names the argument).
+    """
+    raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=True)
+    header = [f"Unnamed: {i}" if not isinstance(name, str) else name for i, name in enumerate(raw.iloc[0].tolist())]
+    body = raw.iloc[1:].reset_index(drop=True)
+    columns = {}
+    for i, name in enumerate(header):
+        column = body.iloc[:, i]
+        columns[i] = column if name in keep_text else _typed_column(column)
+    frame = pd.DataFrame(columns)
+    frame.columns = header
+    return frame
+
+
+def _typed_column(column: pd.Series) -> pd.Series:
+    """The column as numbers when every non-empty cell is a plain decimal (see :func:`read_csv_cells`)."""
+    present = column.dropna()
+    if present.empty or not present.str.fullmatch(_NUMBER).all():
+        return column
+    whole = present.str.fullmatch(_INTEGER)
+    if (whole & (present.str.lstrip("-").str.len() > 15)).any():  # float64 would change it: keep the text
+        return column
+    if whole.all() and len(present) == len(column):
+        return column.astype(np.int64)
+    return column.astype(np.float64)
 
 
 def _from_manifest(path: Path, image_root: str | os.PathLike | None) -> FailureSet:
@@ -322,11 +432,37 @@ def _assemble(front: dict[str, Any], metadata: list[tuple[Any, Any]]) -> pd.Data
 def _ids(ids: pd.Series | None, n: int, path: Path) -> np.ndarray:
     if ids is None:
         return np.arange(n, dtype=np.int64)
-    if ids.isna().any() or ids.duplicated().any():
-        raise SourceError(
-            f"The 'id' column of {str(path)!r} has missing or repeated values. Make ids unique, or drop the column."
-        )
+    check_ids(ids, f"The 'id' column of {str(path)!r}")
     return ids.to_numpy()
+
+
+def check_ids(ids: pd.Series, what: str) -> None:
+    """Refuse an id column with a missing or repeated value, naming the first one and its data rows (counted
+    from 1, the header not counted).
+
+    Raises
+    ------
+    SourceError
+        "<what> has missing or repeated values: the value '01' is repeated in data rows 2 and 5. ..."
+    """
+    ids = ids.reset_index(drop=True)
+    missing = np.flatnonzero(ids.isna().to_numpy())
+    if len(missing):
+        rows = ", ".join(str(r + 1) for r in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        detail = f"{len(missing)} id(s) are missing, in data row(s) {rows}"
+    else:
+        repeated = ids.duplicated(keep=False).to_numpy()
+        if not repeated.any():
+            return
+        first = ids[np.flatnonzero(repeated)[0]]
+        rows = np.flatnonzero((ids == first).to_numpy()) + 1
+        shown = ", ".join(map(str, rows[:5].tolist())) + (" ..." if len(rows) > 5 else "")
+        detail = f"the value {printable(repr(_plain(first)))} is repeated in data rows {shown}"
+    raise SourceError(f"{what} has missing or repeated values: {detail}. Make ids unique, or drop the column.")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _dut_from_metadata(raw: bytes | None, manifest: Path) -> str | None:

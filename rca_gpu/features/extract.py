@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -90,10 +90,15 @@ class _ShardStore:
     Each shard is written to a temporary name and renamed, so a killed process leaves either a whole shard or
     none; leftover temporary files are removed when the store is opened. Rows with a reason are rejected
     (their feature is null); ``note`` says how a usable image was read (e.g. the first frame of several).
+
+    ``skip``: positions this run rejects before any image is read (from the source: a path outside the image
+    root, a missing file...). Their cached rows are ignored, features and reasons alike, so a run that reuses
+    the cache accounts for every row as a fresh run would, whatever an earlier run with other settings cached.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, skip: "Iterable[int]" = ()) -> None:
         self.folder = folder
+        self.skip = np.fromiter(skip, dtype=np.int64)
         folder.mkdir(parents=True, exist_ok=True)
         for leftover in folder.glob("part-*.tmp"):
             with contextlib.suppress(OSError):
@@ -122,11 +127,16 @@ class _ShardStore:
             good = reasons.is_null().to_numpy()
             for position, reason in zip(positions[~good].tolist(), reasons.drop_null().to_pylist()):
                 rejected[position] = reason
+            if len(self.skip):
+                good = good & ~np.isin(positions, self.skip)  # rejected up front by this run: not from cache
             if "note" in table.column_names:
                 for position, note in zip(positions.tolist(), table.column("note").to_pylist()):
                     if note:
                         notes[position] = note
             readable.append((shard, positions, good, dims, "properties" in schema.names))
+        for position in self.skip.tolist():
+            rejected.pop(position, None)
+            notes.pop(position, None)
         # shards of rejected rows only may carry any width; those with features must agree (the most common)
         widths = [r[3] for r in readable if r[2].any()]
         if widths:
@@ -291,7 +301,7 @@ def extract_features(
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
-        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}")
+        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}", skip=failures.rejected)
         done_positions, done_matrix, cached_rejected, notes, done_properties = store.load()
         rejected.update(cached_rejected)
     usable = failures.usable_positions

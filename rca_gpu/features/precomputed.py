@@ -374,7 +374,12 @@ def _attach_metadata(table: pd.DataFrame, metadata: Path, features_path: Path) -
             "per feature row (id, path, metadata columns)."
         )
     try:
-        frame = pd.read_parquet(metadata) if metadata.suffix.lower() == ".parquet" else pd.read_csv(metadata)
+        if metadata.suffix.lower() == ".parquet":
+            frame = pd.read_parquet(metadata)
+        else:  # cells as written, as for a CSV manifest
+            from rca_gpu.data.sources import read_csv_cells
+
+            frame = read_csv_cells(metadata, keep_text=("path",))
     except Exception as exc:  # pandas / pyarrow raise many types for a broken file
         raise SourceError(f"Cannot read the metadata file {str(metadata)!r}: {exc}") from None
     if len(frame) != len(table):
@@ -403,10 +408,10 @@ def _finish_table(table: pd.DataFrame, base: Path, image_root: Path | None) -> p
     """``id``, ``path`` first (paths kept only inside the image root), then the metadata."""
     n = len(table)
     if "id" in table.columns:
+        from rca_gpu.data.sources import check_ids
+
         ids = table["id"]
-        if ids.isna().any() or ids.duplicated().any():
-            raise SourceError("The 'id' column of the features has missing or repeated values. Make ids unique, "
-                              "or drop the column.")
+        check_ids(ids, "The 'id' column of the features")
         ids = ids.to_numpy()
     else:
         ids = np.arange(n, dtype=np.int64)
