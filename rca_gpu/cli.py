@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from rca_gpu.errors import RcaError, printable
+from rca_gpu.spec import KNN_BACKENDS
 
 class _OneLineErrors(TyperGroup):
     """The top-level command group: usage errors (a bad option value, an unknown option) print one line
@@ -67,14 +68,8 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
-class KnnBackend(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    faiss = "faiss"
-    faiss_hnsw = "faiss-hnsw"
-    kdtree = "kdtree"
-    cuvs = "cuvs"
-    cuml = "cuml"
+#: --knn-backend choices: made from the spec's list, so the help, the check and the registry agree.
+KnnBackend = Enum("KnnBackend", {name.replace("-", "_"): name for name in KNN_BACKENDS}, type=str)
 
 
 def _err(message: str) -> None:
