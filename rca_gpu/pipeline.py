@@ -213,10 +213,13 @@ def order_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def resolved_pipeline(spec: PipelineSpec, features_info: dict[str, Any], selection: Selection) -> PipelineSpec:
-    """The pipeline with every automatically chosen value written in: reproduces the clustering."""
+    """The pipeline with every automatically chosen value written in: reproduces the clustering. A ``select``
+    rule the user wrote is kept as written (it is the rule that ran)."""
     layer = features_info.get("layer") or spec.features.layer
     cluster_params = {k: v for k, v in selection.cluster_params.items() if k in ("eps", "min_samples",
                       "min_cluster_size", "k", "select") and v is not None}
+    if "select" in spec.cluster.params:
+        cluster_params["select"] = spec.cluster.params["select"]
     if getattr(selection, "relabelled", False):  # the merge step changed the labels: it must run again
         cluster_params["select"] = "merged"
     return PipelineSpec(

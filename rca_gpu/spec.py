@@ -265,16 +265,25 @@ REDUCERS: dict[str, dict[str, Param]] = {
     "none": {},
 }
 
-#: The rule that chooses among the candidate settings (rca_gpu.tuning): "merged" is the default.
+#: The rules that choose among the candidate settings (rca_gpu.tuning); "merged" is the default. Every rule
+#: scores candidates by silhouette: "max" takes the highest score.
 SELECT_RULES = ("merged", "finest-peak", "max")
+#: The ``select`` values of each clusterer: the one list behind the spec's check, the search
+#: (rca_gpu.tuning.criterion_of), `rca-gpu pipelines` and README's stage table.
+SELECT_RULES_OF: dict[str, tuple[str, ...]] = {
+    "dbscan": SELECT_RULES, "hdbscan": SELECT_RULES, "kmeans": SELECT_RULES, "ward": SELECT_RULES + ("knee",),
+}
 CLUSTERERS: dict[str, dict[str, Param]] = {
     "dbscan": {"eps": Param(float, "positive"), "min_samples": Param(int, "at_least_1"),
-               "select": Param(str, "choice", SELECT_RULES)},
+               "select": Param(str, "choice", SELECT_RULES_OF["dbscan"])},
     "hdbscan": {"min_cluster_size": Param(int, "at_least_2"), "min_samples": Param(int, "at_least_1"),
-                "select": Param(str, "choice", SELECT_RULES)},
-    "kmeans": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES)},
-    "ward": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES + ("knee", "silhouette"))},
+                "select": Param(str, "choice", SELECT_RULES_OF["hdbscan"])},
+    "kmeans": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES_OF["kmeans"])},
+    "ward": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES_OF["ward"])},
 }
+#: Said after a refused ``select`` value.
+SELECT_FIX = (" Every rule scores the candidates by silhouette; 'max' takes the highest score. Leave select out "
+              "for the default, 'merged'.")
 
 # Fewest images each clusterer can work with; the pipeline checks this before running.
 MIN_IMAGES = {"dbscan": 3, "hdbscan": 4, "kmeans": 3, "ward": 3}
@@ -486,7 +495,7 @@ def _validate_params(owner: str, params: Mapping[str, Any], allowed: Mapping[str
         if key not in allowed:
             names = ", ".join(sorted(allowed)) or "none"
             raise SpecError(f"{owner} has no parameter {_show(key)}. It accepts: {names}.")
-        clean[key] = allowed[key].check(owner, key, value, fix=fix)
+        clean[key] = allowed[key].check(owner, key, value, fix=SELECT_FIX if key == "select" else fix)
     return clean
 
 

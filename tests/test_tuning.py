@@ -254,3 +254,50 @@ def test_fifty_identical_images_are_one_cluster_through_a_run(tmp_path, clustere
     result = run(spec, tmp_path / "imgs", tmp_path / "out", report=False)
     assert result.run_info["counts"]["clusters"] == 1 and result.run_info["counts"]["noise"] == 0
     assert "1 distinct feature vector" in result.run_info["tuning"]["note"]
+
+
+# --- the select rules: one list per clusterer, what is written is what runs ------------------------------
+
+
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
+def test_select_silhouette_is_refused_with_the_valid_rules(clusterer):
+    from rca_gpu.spec import SELECT_RULES_OF, parse_pipeline
+
+    allowed = ", ".join(repr(r) for r in SELECT_RULES_OF[clusterer])
+    with pytest.raises(SpecError, match=f"'select' parameter of clusterer '{clusterer}' must be one of {allowed}. "
+                                        "Got 'silhouette' instead.*'max' takes the highest score"):
+        parse_pipeline(f"pixels+pca+{clusterer}(select=silhouette)")
+
+
+def test_knee_is_a_ward_rule_only_and_criterion_of_refuses_what_the_spec_refuses():
+    from rca_gpu.spec import SELECT_RULES_OF, parse_pipeline
+    from rca_gpu.tuning import criterion_of
+
+    assert SELECT_RULES_OF["ward"] == SELECT_RULES_OF["kmeans"] + ("knee",)
+    for clusterer in CLUSTERERS:
+        for rule in SELECT_RULES_OF[clusterer]:
+            spec = parse_pipeline(f"pixels+pca+{clusterer}(select={rule})").cluster
+            assert criterion_of(spec) == rule
+    with pytest.raises(SpecError, match="'select' parameter of clusterer 'kmeans' must be one of .*Got 'knee'"):
+        parse_pipeline("pixels+pca+kmeans(select=knee)")
+    with pytest.raises(SpecError, match="clusterer 'ward' must be one of .*Got 'silhouette'"):
+        criterion_of(make_cluster("ward"), "silhouette")
+
+
+@pytest.mark.parametrize("pipeline, rule", [("none+ward(select=max)", "max"), ("none+kmeans(select=max)", "max"),
+                                            ("none+ward(select=knee)", "knee"),
+                                            ("none+hdbscan(select=finest-peak)", "finest-peak")])
+def test_the_rule_written_is_the_rule_that_ran_and_resolved_pipeline_names_it(tmp_path, pipeline, rule):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    x, _ = planted_features(120, n_clusters=3, rare=(), dims=8, seed=2)
+    np.save(tmp_path / "x.npy", x)
+    result = CliRunner().invoke(app, ["run", "--features", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o"),
+                                      "-p", pipeline, "--device", "cpu", "-q", "--stability", "0", "--no-report"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert f"select={rule}" in info["resolved_pipeline"], info["resolved_pipeline"]

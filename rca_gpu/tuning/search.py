@@ -16,9 +16,9 @@ from rca_gpu.device import Device, as_numpy, kind_of, to_kind
 from rca_gpu.errors import SpecError
 from rca_gpu.neighbors import KnnGraph, knn_graph, nearest_rows
 from rca_gpu.reduce import reduce as run_reducer
-from rca_gpu.spec import ClusterSpec, ReduceSpec
+from rca_gpu.spec import SELECT_FIX, SELECT_RULES_OF, ClusterSpec, ReduceSpec
 from rca_gpu.tuning import criteria, extend, graph as graph_rules
-from rca_gpu.tuning.criteria import CRITERIA, DEFAULT_CRITERION, Trial, choose, choose_base, choose_max, validity
+from rca_gpu.tuning.criteria import DEFAULT_CRITERION, Trial, choose, choose_base, choose_max, validity
 
 log = logging.getLogger("rca_gpu")
 
@@ -271,16 +271,19 @@ def effective_k(graph_k: int, reduce_spec: ReduceSpec) -> int:
 def criterion_of(cluster_spec: ClusterSpec, criterion: str | None = None) -> str:
     """The selection rule: ``criterion`` if given, else the spec's ``select`` parameter, else the default.
 
-    Ward's ``select=silhouette`` (the name of the default search before the rule had a name) means the
-    default rule.
+    A value is never replaced by another: one outside the clusterer's list
+    (:data:`rca_gpu.spec.SELECT_RULES_OF`) is refused.
+
+    Raises
+    ------
+    SpecError
+        Naming the clusterer, its valid rules and the value.
     """
     chosen = criterion or cluster_spec.params.get("select") or DEFAULT_CRITERION
-    if chosen == "silhouette":
-        chosen = DEFAULT_CRITERION
-    allowed = CRITERIA + (("knee",) if cluster_spec.name == "ward" else ())
+    allowed = SELECT_RULES_OF[cluster_spec.name]
     if chosen not in allowed:
-        raise SpecError(f"The 'select' parameter of {cluster_spec.name} must be one of {', '.join(allowed)}. "
-                        f"Got {chosen!r} instead.")
+        raise SpecError(f"The 'select' parameter of clusterer '{cluster_spec.name}' must be one of "
+                        f"{', '.join(repr(a) for a in allowed)}. Got {chosen!r} instead.{SELECT_FIX}")
     return chosen
 
 
