@@ -547,6 +547,7 @@ def cluster_and_write(
         "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
         "metrics": metrics,
         "catalogue": catalogue.info,
+        "warnings": [w for w in (getattr(selection, "warning", ""),) if w],
     }
     outputs.write_json(out / "run.json", run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],

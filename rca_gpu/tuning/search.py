@@ -67,6 +67,9 @@ class Selection:
     sample: dict[str, Any] | None = None
     knn: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    #: said on the terminal and in run.json's "warnings": the clustering is not what the search normally gives
+    #: (no cluster found; one cluster without a search)
+    warning: str = ""
     #: the merge and noise steps of the 'merged' rule ran on the clusterer's labels
     merge_step: bool = False
     #: the merge step changed the clusterer's labels (the resolved pipeline then names select=merged)
@@ -150,7 +153,10 @@ def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGr
     if spec.name == "dbscan":
         if "eps" in fixed and "min_samples" in fixed:
             return [fixed]
-        sample_sizes = (fixed["min_samples"],) if "min_samples" in fixed else DBSCAN_MIN_SAMPLES
+        if "min_samples" in fixed:
+            sample_sizes = (fixed["min_samples"],)
+        else:  # a set smaller than every default still gets eps from its own distances (n - 1 neighbours)
+            sample_sizes = tuple(m for m in DBSCAN_MIN_SAMPLES if m < n) or (max(1, n - 1),)
         out = []
         for min_samples in sample_sizes:
             if min_samples >= n:
@@ -426,6 +432,17 @@ def select(
                 trials[chosen].chosen = True
                 _, cluster_params, raw = payloads[chosen]
                 final = raw
+    no_cluster_note = ""
+    if len(final) and not (final >= 0).any():
+        if merge:  # no setting found any structure: nothing separates the images, as in a single-cause set
+            final = np.zeros_like(final)
+            no_cluster_note = (f"no candidate setting found a cluster among the {n_search} images (too few or too "
+                               "uniform for the clusterer): one cluster of all of them, as for a single cause")
+        else:
+            no_cluster_note = (f"every one of the {n_search} images is noise under the rule {rule!r} with these "
+                               f"settings; leave {GRANULARITY_PARAMETER[cluster_spec.name]} and select out to get "
+                               "one cluster instead")
+        log.warning("%s", no_cluster_note)
     relabelled = merge and not np.array_equal(final, raw)
     timings["merge"] += time.perf_counter() - t
 
@@ -437,6 +454,9 @@ def select(
     if rule == "merged" and not merge:
         selection.note = (f"{GRANULARITY_PARAMETER[cluster_spec.name]} set in the pipeline: {cluster_spec.name}'s own "
                           "partition, no clusters merged and no noise attached")
+    if no_cluster_note:
+        selection.note = "; ".join(filter(None, (selection.note, no_cluster_note)))
+        selection.warning = no_cluster_note
     if sample is not None:
         t = time.perf_counter()
         _extend(selection, features, sample, search_graph, raw, full, embedding, embedding_graph, reduce_spec.name,
@@ -559,7 +579,7 @@ def _one_cluster(n: int, distinct: int) -> Selection:
             "cluster of all of them, nothing searched")
     log.warning("%s", note)
     return Selection({}, {}, np.zeros(n, dtype=np.int64), np.zeros((n, 2), dtype=np.float32),
-                     {"algorithm": "none", "note": note}, [], criterion="none", note=note)
+                     {"algorithm": "none", "note": note}, [], criterion="none", note=note, warning=note)
 
 
 def _check_k(cluster_spec: ClusterSpec, distinct: int, n: int) -> None:
