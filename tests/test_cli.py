@@ -211,3 +211,38 @@ def test_each_knn_backend_runs_here_or_says_what_it_needs(backend, folder, tmp_p
     else:
         assert result.exit_code == 0, result.output
         assert "3 clusters, 0 noise" in result.output
+
+
+def test_backbone_weights_missing_from_the_cache_give_one_line_and_no_download(folder, tmp_path, monkeypatch):
+    """An empty torch cache: resnet18's ImageNet weights are missing, and the run says so in one line without
+    asking torchvision (which would print "Downloading: ..." and try the network first)."""
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a run must not download weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)  # what torchvision's loader calls
+    for pipeline, fragments in [
+        ("resnet18+pca+kmeans", ["IMAGENET1K_V1 weights of resnet18 are not in the torch cache",
+                                 "resnet18-f37072fd.pth is missing", "--weights PATH"]),
+        ("resnet18(weights=V9)+pca+kmeans", ["Unknown weights 'V9' for resnet18", "IMAGENET1K_V1"]),
+    ]:
+        result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "-p", pipeline,
+                                     "--workers", "0", "--no-report", "-q"])
+        one_line_error(result, *fragments)
+        assert "Downloading" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_mobilenet_v2_weights_load_from_the_torch_cache_without_the_network(monkeypatch):
+    import torch.hub
+
+    from rca_gpu.features.backbones import build_backbone
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a run must not download weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    model = build_backbone("mobilenet_v2", None)
+    assert sum(p.numel() for p in model.parameters()) > 3_000_000 and not model.training
