@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from rca_gpu.errors import RcaError, printable
+from rca_gpu.spec import KNN_BACKENDS
 
 class _OneLineErrors(TyperGroup):
     """The top-level command group: usage errors (a bad option value, an unknown option) print one line
@@ -67,14 +68,8 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
-class KnnBackend(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    faiss = "faiss"
-    faiss_hnsw = "faiss-hnsw"
-    kdtree = "kdtree"
-    cuvs = "cuvs"
-    cuml = "cuml"
+#: --knn-backend choices: made from the spec's list, so the help, the check and the registry agree.
+KnnBackend = Enum("KnnBackend", {name.replace("-", "_"): name for name in KNN_BACKENDS}, type=str)
 
 
 def _err(message: str) -> None:
@@ -281,20 +276,25 @@ def _echo_ground_truth(metrics: dict | None) -> None:
 def pipelines_command() -> None:
     """List the feature extractors, reducers and clusterers, with their parameters."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from rca_gpu.spec import CLUSTERERS, EXTRACTORS, REDUCERS
 
-    table = Table(title="Pipeline stages: FEATURES[@LAYER]+REDUCER+CLUSTERER")
+    def names(params) -> str:  # a parameter with a fixed set of values lists them: "select (merged, ...)"
+        return ", ".join(f"{key} ({', '.join(p.choices)})" if p.rule == "choice" else key for key, p in params.items())
+
+    table = Table(title=escape("Pipeline stages: FEATURES[@LAYER]+REDUCER+CLUSTERER"))
     for column in ("stage", "name", "parameters", "about"):
         table.add_column(column)
     for name, info in EXTRACTORS.items():
         about = info.summary + (" (needs --model)" if info.needs_dut else "")
-        table.add_row("features", name + ("[@layer]" if info.has_layers else ""), ", ".join(info.params), about)
+        table.add_row("features", escape(name + ("[@layer]" if info.has_layers else "")), names(info.params),
+                      escape(about))
     for name, params in REDUCERS.items():
-        table.add_row("reduce", name, ", ".join(params), "open parameters are tuned automatically")
+        table.add_row("reduce", name, names(params), "open parameters are tuned automatically")
     for name, params in CLUSTERERS.items():
-        table.add_row("cluster", name, ", ".join(params), "open parameters are tuned automatically")
+        table.add_row("cluster", name, names(params), "open parameters are tuned automatically")
     Console().print(table)
 
 

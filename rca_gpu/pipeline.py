@@ -215,10 +215,13 @@ def order_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def resolved_pipeline(spec: PipelineSpec, features_info: dict[str, Any], selection: Selection) -> PipelineSpec:
-    """The pipeline with every automatically chosen value written in: reproduces the clustering."""
+    """The pipeline with every automatically chosen value written in: reproduces the clustering. A ``select``
+    rule the user wrote is kept as written (it is the rule that ran)."""
     layer = features_info.get("layer") or spec.features.layer
     cluster_params = {k: v for k, v in selection.cluster_params.items() if k in ("eps", "min_samples",
                       "min_cluster_size", "k", "select") and v is not None}
+    if "select" in spec.cluster.params:
+        cluster_params["select"] = spec.cluster.params["select"]
     if getattr(selection, "relabelled", False):  # the merge step changed the labels: it must run again
         cluster_params["select"] = "merged"
     return PipelineSpec(
@@ -549,6 +552,7 @@ def cluster_and_write(
         "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
         "metrics": metrics,
         "catalogue": catalogue.info,
+        "warnings": [w for w in (getattr(selection, "warning", ""),) if w],
     }
     outputs.write_json(out / "run.json", run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],

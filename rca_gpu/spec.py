@@ -265,16 +265,25 @@ REDUCERS: dict[str, dict[str, Param]] = {
     "none": {},
 }
 
-#: The rule that chooses among the candidate settings (rca_gpu.tuning): "merged" is the default.
+#: The rules that choose among the candidate settings (rca_gpu.tuning); "merged" is the default. Every rule
+#: scores candidates by silhouette: "max" takes the highest score.
 SELECT_RULES = ("merged", "finest-peak", "max")
+#: The ``select`` values of each clusterer: the one list behind the spec's check, the search
+#: (rca_gpu.tuning.criterion_of), `rca-gpu pipelines` and README's stage table.
+SELECT_RULES_OF: dict[str, tuple[str, ...]] = {
+    "dbscan": SELECT_RULES, "hdbscan": SELECT_RULES, "kmeans": SELECT_RULES, "ward": SELECT_RULES + ("knee",),
+}
 CLUSTERERS: dict[str, dict[str, Param]] = {
     "dbscan": {"eps": Param(float, "positive"), "min_samples": Param(int, "at_least_1"),
-               "select": Param(str, "choice", SELECT_RULES)},
+               "select": Param(str, "choice", SELECT_RULES_OF["dbscan"])},
     "hdbscan": {"min_cluster_size": Param(int, "at_least_2"), "min_samples": Param(int, "at_least_1"),
-                "select": Param(str, "choice", SELECT_RULES)},
-    "kmeans": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES)},
-    "ward": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES + ("knee", "silhouette"))},
+                "select": Param(str, "choice", SELECT_RULES_OF["hdbscan"])},
+    "kmeans": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES_OF["kmeans"])},
+    "ward": {"k": Param(int, "at_least_2"), "select": Param(str, "choice", SELECT_RULES_OF["ward"])},
 }
+#: Said after a refused ``select`` value.
+SELECT_FIX = (" Every rule scores the candidates by silhouette; 'max' takes the highest score. Leave select out "
+              "for the default, 'merged'.")
 
 # Fewest images each clusterer can work with; the pipeline checks this before running.
 MIN_IMAGES = {"dbscan": 3, "hdbscan": 4, "kmeans": 3, "ward": 3}
@@ -386,7 +395,12 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
 
-KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuml")
+#: Every --knn-backend value: the one list behind the spec's check, the CLI's choices (rca_gpu.cli.KnnBackend),
+#: the registry's kNN implementations (rca_gpu.registry; checked by tests/test_spec.py) and the README table.
+KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuvs", "cuml")
+#: kNN backends with no CPU implementation: backend -> (flag of rca_gpu.device.Device that says it works here,
+#: the library it needs).
+GPU_ONLY_KNN_BACKENDS = {"cuvs": ("cuvs", "cuVS"), "cuml": ("cuml_knn", "cuML")}
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunSpec))
 #: Rules of the run options (RunSpec fields besides the pipeline); checked when a RunSpec is made.
 RUN_PARAMS: dict[str, Param] = {
@@ -481,7 +495,7 @@ def _validate_params(owner: str, params: Mapping[str, Any], allowed: Mapping[str
         if key not in allowed:
             names = ", ".join(sorted(allowed)) or "none"
             raise SpecError(f"{owner} has no parameter {_show(key)}. It accepts: {names}.")
-        clean[key] = allowed[key].check(owner, key, value, fix=fix)
+        clean[key] = allowed[key].check(owner, key, value, fix=SELECT_FIX if key == "select" else fix)
     return clean
 
 
@@ -647,21 +661,29 @@ def check_data_limits(pipeline: PipelineSpec, n: int, *, dims: int | None = None
 
 def check_backends(spec: RunSpec, device: Any) -> None:
     """Refuse a --knn-backend the resolved device cannot run, before any work (``device``: a resolved
-    :class:`rca_gpu.device.Device`, read through its ``on_gpu`` and ``cuml`` flags).
+    :class:`rca_gpu.device.Device`, read through its ``on_gpu`` flag and the flag each GPU-only backend names
+    in :data:`GPU_ONLY_KNN_BACKENDS`).
 
     Raises
     ------
     SpecError
-        E.g. --knn-backend cuml without a CUDA GPU and cuML.
+        E.g. --knn-backend cuvs or cuml without a CUDA GPU and that library (with the package to install).
     """
-    if spec.knn_backend == "cuml" and not (getattr(device, "on_gpu", False) and getattr(device, "cuml", False)):
-        where = "cuML is not installed or no CUDA GPU is visible" if not getattr(device, "on_gpu", False) else (
-            "cuML is not installed")
-        raise SpecError(
-            f"The --knn-backend option 'cuml' needs cuML on a CUDA GPU, but {where} (device: "
-            f"{getattr(device, 'torch_device', 'cpu')}). Use --knn-backend auto (or torch, faiss, kdtree), or install the GPU "
-            "extras: pip install 'rca-gpu[gpu]'."
-        )
+    needs = GPU_ONLY_KNN_BACKENDS.get(spec.knn_backend)
+    if needs is None:
+        return
+    flag, library = needs
+    on_gpu = bool(getattr(device, "on_gpu", False))
+    if on_gpu and getattr(device, flag, False):
+        return
+    where = (f"{library} is not installed or failed its test search on this GPU" if on_gpu else
+             f"no CUDA GPU is in use (device: {getattr(device, 'torch_device', 'cpu')})")
+    others = ", ".join(b for b in KNN_BACKENDS if b not in GPU_ONLY_KNN_BACKENDS and b != "auto")
+    raise SpecError(
+        f"The --knn-backend option '{spec.knn_backend}' needs {library} on a CUDA GPU, but {where}. Use "
+        f"--knn-backend auto (or {others}), or install the GPU extras: pip install 'rca-gpu[gpu]' "
+        "(CUDA 13) or 'rca-gpu[gpu-cu12]' (CUDA 12)."
+    )
 
 
 _ENTRY_POINT = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:=(?P<weights>.+))?$")

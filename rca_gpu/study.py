@@ -24,7 +24,8 @@ from rca_gpu.device import resolve_device
 from rca_gpu.errors import RcaError, SpecError
 from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import is_finished, open_run
-from rca_gpu.spec import CLUSTERERS, REDUCERS, PipelineSpec, RunSpec, make_cluster, make_reduce, parse_pipeline
+from rca_gpu.spec import (CLUSTERERS, REDUCERS, PipelineSpec, RunSpec, make_cluster, make_reduce, parse_pipeline,
+                          split_outside_parens)
 
 log = logging.getLogger("rca_gpu")
 
@@ -225,12 +226,71 @@ def to_markdown(table: pd.DataFrame, *, source: str = "", top: int | None = None
         lines.append("| " + " | ".join([
             str(values["rank"]), f"`{values['pipeline']}`", _fmt(values["study_score"]),
             _fmt(values["weighted_purity"]), _fmt(values["coverage"]), _fmt(values["coverage_injected"]),
-            _fmt(values["n_clusters"]),
+            _fmt(values["n_clusters"], 0),
             _fmt(values["noise_share"]), _fmt(values["ari_with_noise"]), _fmt(values["mean_recall"]),
             f"`{values['resolved_pipeline'].split('+', 1)[1] if values['resolved_pipeline'] else ''}`",
         ]) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+#: Below this terminal width the ranking printed by ``rca-gpu study`` drops the columns after "noise"
+#: (coverage of injected causes, ARI, mean recall); study.md keeps every column.
+WIDE_TERMINAL = 120
+
+
+def _stages(text: str) -> str:
+    """A pipeline string with one stage per line ("pixels+" / "pca(n_components=2)+" / "kmeans(k=2)"), so a
+    narrow column breaks it between stages (a stage longer than the column folds)."""
+    from rich.markup import escape
+
+    return escape("+\n".join(split_outside_parens(text, "+"))) if text else ""
+
+
+def to_rich(table: pd.DataFrame, *, source: str = "", top: int | None = None, width: int = 80):
+    """The ranking for a terminal of ``width`` columns, as a rich renderable: whole pipeline names and chosen
+    settings (broken between stages, folded within one), fewer metric columns below :data:`WIDE_TERMINAL`.
+
+    The same rows as :func:`to_markdown`, which study.md holds with every column.
+    """
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    title = Text(f"Pipeline study{f' on {source}' if source else ''}", style="bold")
+    if table.empty:
+        return Group(title, Text("No pipelines ran."))
+    ok = table[table["status"] == "ok"]
+    wide = width >= WIDE_TERMINAL
+    metrics = [("score", "study_score"), ("purity (w)" if wide else "purity", "weighted_purity"),
+               ("coverage" if wide else "cover", "coverage")]
+    if wide:
+        metrics.append(("cov. injected", "coverage_injected"))
+    metrics += [("clusters" if wide else "clus", "n_clusters"), ("noise", "noise_share")]
+    if wide:
+        metrics += [("ARI", "ari_with_noise"), ("recall (mean)", "mean_recall")]
+    out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    out.add_column("rank", justify="right", no_wrap=True)
+    out.add_column("pipeline", overflow="fold", min_width=10)
+    for header, _ in metrics:
+        out.add_column(header, justify="right")
+    out.add_column("chosen", overflow="fold", min_width=10)
+    shown = table if top is None else table.head(top)
+    for row in shown.itertuples(index=False):
+        values = row._asdict()
+        if values["status"] != "ok":
+            out.add_row(str(values["rank"]), _stages(values["pipeline"]), *["-"] * len(metrics),
+                        Text(f"failed: {values['error'][:200]}"))
+            continue
+        resolved = values["resolved_pipeline"] or ""
+        out.add_row(str(values["rank"]), _stages(values["pipeline"]),
+                    *[_fmt(values[column], 0 if column == "n_clusters" else 3) for _, column in metrics],
+                    _stages(resolved.split("+", 1)[1] if "+" in resolved else resolved))
+    note = Text(f"{len(ok)} of {len(table)} pipelines ran. Score = weighted purity x coverage x (1 - noise share) "
+                "x min(1, 3 x causes / clusters) (docs/metrics.md)." + ("" if wide else
+                " Every column: study.md."))
+    return Group(title, note, out)
 
 
 def check_study_source(failures: FailureSet) -> None:

@@ -141,8 +141,12 @@ def test_a_run_writes_the_stability_summary_and_can_switch_it_off(catalogue_run,
     spec = build_run_spec(pipeline="pixels(image_size=16)+pca(n_components=5)+kmeans(k=3)", device="cpu",
                           workers=0, stability=0, cache_features=False)
     result = run(spec, catalogue_images / "run", tmp_path / "off")
-    assert not (tmp_path / "off" / SUMMARY_FILE).exists() and result.stability is None
+    assert result.stability is None
     assert json.loads((tmp_path / "off" / "run.json").read_text())["catalogue"]["stability"] is None
+    off = open_run(tmp_path / "off").table(SUMMARY_FILE)  # written all the same, under the run's id
+    assert list(off.columns) == ["cluster", "size", "stability", "unstable", "resamples"]
+    assert off["cluster"].tolist() == [0, 1, 2] and off["size"].sum() == len(result.clusters)
+    assert off["stability"].isna().all() and off["unstable"].isna().all() and (off["resamples"] == 0).all()
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, 1001])

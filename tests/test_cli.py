@@ -169,3 +169,80 @@ def test_too_few_usable_images_names_the_rejection_reasons(tmp_path):
                              "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0", "--image-root",
                              str(tmp_path), "--no-report", "--stability", "0"])
     assert ok.exit_code == 0, ok.output
+
+
+def _knn_choices() -> list[str]:
+    """The --knn-backend values `rca-gpu run --help` offers (its "<auto|torch|...>" after the option)."""
+    import re
+
+    help_text = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "250"}).output
+    return re.search(r"--knn-backend\W+<([a-z|\-]+)>", help_text).group(1).split("|")
+
+
+def test_every_knn_backend_in_the_help_is_accepted_registered_and_documented():
+    from pathlib import Path
+
+    from rca_gpu.registry import IMPLEMENTATIONS
+    from rca_gpu.spec import KNN_BACKENDS, build_run_spec
+
+    choices = _knn_choices()
+    assert choices == list(KNN_BACKENDS) and "cuvs" in choices
+    assert {i.algorithm for i in IMPLEMENTATIONS if i.stage == "knn"} == set(choices) - {"auto"}
+    for backend in choices:
+        assert build_run_spec({}, pipeline="pixels+pca+kmeans", knn_backend=backend).knn_backend == backend
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    row = next(line for line in readme.read_text().splitlines() if line.startswith("| `--knn-backend`"))
+    assert all(f"`{backend}`" in row for backend in choices), row
+
+
+@pytest.mark.parametrize("backend", _knn_choices())
+def test_each_knn_backend_runs_here_or_says_what_it_needs(backend, folder, tmp_path):
+    """On this machine each backend either runs or (GPU-only backends without a GPU) gives one line naming
+    what to install."""
+    import torch
+
+    from rca_gpu.spec import GPU_ONLY_KNN_BACKENDS
+
+    result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "-p", "pixels+pca+kmeans(k=3)",
+                                 "--knn-backend", backend, "--workers", "0", "--no-report", "-q"])
+    if backend in GPU_ONLY_KNN_BACKENDS and not torch.cuda.is_available():
+        one_line_error(result, f"--knn-backend option '{backend}' needs", "on a CUDA GPU",
+                       "pip install 'rca-gpu[gpu]'")
+    else:
+        assert result.exit_code == 0, result.output
+        assert "3 clusters, 0 noise" in result.output
+
+
+def test_backbone_weights_missing_from_the_cache_give_one_line_and_no_download(folder, tmp_path, monkeypatch):
+    """An empty torch cache: resnet18's ImageNet weights are missing, and the run says so in one line without
+    asking torchvision (which would print "Downloading: ..." and try the network first)."""
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a run must not download weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)  # what torchvision's loader calls
+    for pipeline, fragments in [
+        ("resnet18+pca+kmeans", ["IMAGENET1K_V1 weights of resnet18 are not in the torch cache",
+                                 "resnet18-f37072fd.pth is missing", "--weights PATH"]),
+        ("resnet18(weights=V9)+pca+kmeans", ["Unknown weights 'V9' for resnet18", "IMAGENET1K_V1"]),
+    ]:
+        result = runner.invoke(app, ["run", str(folder), "--out", str(tmp_path / "o"), "-p", pipeline,
+                                     "--workers", "0", "--no-report", "-q"])
+        one_line_error(result, *fragments)
+        assert "Downloading" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_mobilenet_v2_weights_load_from_the_torch_cache_without_the_network(monkeypatch):
+    import torch.hub
+
+    from rca_gpu.features.backbones import build_backbone
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a run must not download weights")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    model = build_backbone("mobilenet_v2", None)
+    assert sum(p.numel() for p in model.parameters()) > 3_000_000 and not model.training

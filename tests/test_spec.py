@@ -90,3 +90,46 @@ def test_stage_tables_with_a_key_named_like_an_argument(table, key):
         return
     with pytest.raises(SpecError, match=f"'{key}'"):
         build_run_spec(config)
+
+
+def _readme_stage_rows() -> dict[tuple[str, str], str]:
+    """README's pipeline stage table: (stage, name) -> the parameters cell."""
+    import re
+    from pathlib import Path
+
+    rows = {}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in ("features", "reduce", "cluster"):
+            for name in re.findall(r"`([a-z0-9_]+)`", cells[1].split("(")[0]):
+                rows[(cells[0], name)] = cells[2]
+    return rows
+
+
+def test_readme_stage_table_lists_every_stage_its_parameters_and_select_rules():
+    from rca_gpu.spec import CLUSTERERS, EXTRACTORS, REDUCERS, SELECT_RULES_OF
+
+    rows = _readme_stage_rows()
+    for stage, table in (("features", {n: i.params for n, i in EXTRACTORS.items()}), ("reduce", REDUCERS),
+                         ("cluster", CLUSTERERS)):
+        for name, params in table.items():
+            assert (stage, name) in rows, f"README's stage table lacks {stage} {name}"
+            for key in params:
+                assert f"`{key}`" in rows[(stage, name)], f"README: {stage} {name} lacks parameter {key}"
+    for name, rules in SELECT_RULES_OF.items():
+        assert f"`select` ({', '.join(rules)})" in rows[("cluster", name)]
+
+
+def test_pipelines_command_lists_the_select_rules_and_layers():
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+    from rca_gpu.spec import SELECT_RULES_OF
+
+    output = CliRunner().invoke(app, ["pipelines"], env={"COLUMNS": "250"}).output
+    for name, rules in SELECT_RULES_OF.items():
+        assert f"select ({', '.join(rules)})" in output
+    assert "mobilenet_v2[@layer]" in output and "FEATURES[@LAYER]+REDUCER+CLUSTERER" in output
+    for name in ("gradxinput", "ig"):
+        assert name in output

@@ -65,3 +65,55 @@ def test_rank_puts_failures_last():
         {"pipeline": "c", "status": "ok", "study_score": 0.8, "weighted_purity": 0.9, "n_clusters": 3},
     ])
     assert rank(table)["pipeline"].tolist() == ["c", "b", "a"]
+
+
+def _ranked_rows() -> pd.DataFrame:
+    rows = [
+        {"pipeline": "mobilenet_v2@features.14+umap+hdbscan", "status": "ok", "error": "",
+         "resolved_pipeline": "mobilenet_v2@features.14+umap(min_dist=0.0,n_components=10,n_neighbors=30)+"
+                              "hdbscan(min_cluster_size=12,select=merged)",
+         "study_score": 0.61, "weighted_purity": 0.9, "coverage": 1.0, "coverage_injected": 1.0, "n_clusters": 3,
+         "noise_share": 0.0, "ari_with_noise": 0.8, "mean_recall": 0.9},
+        {"pipeline": "pixels(image_size=16)+pca+kmeans", "status": "ok", "error": "",
+         "resolved_pipeline": "pixels(image_size=16)+pca(n_components=2)+kmeans(k=3)",
+         "study_score": 0.5, "weighted_purity": 0.8, "coverage": 1.0, "coverage_injected": 1.0, "n_clusters": 3,
+         "noise_share": 0.0, "ari_with_noise": 0.7, "mean_recall": 0.8},
+        {"pipeline": "pixels+none+ward", "status": "failed", "error": "needs at least 3 usable images"},
+    ]
+    return rank(pd.DataFrame(rows))
+
+
+def _column(text: str, start_header: str, next_header: str | None) -> dict[str, str]:
+    """rank -> the cell under ``start_header`` (up to ``next_header``, else the line's end), its lines joined."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.lstrip().startswith("rank"))
+    start = lines[head].index(start_header)
+    stop = lines[head].index(next_header) if next_header else None
+    cells: dict[str, str] = {}
+    current = None
+    for line in lines[head + 2:]:
+        rank_cell = line[:lines[head].index("rank") + len("rank")].strip()
+        if rank_cell:
+            current = rank_cell
+        if current is not None:
+            cells[current] = cells.get(current, "") + line[start:stop].strip()
+    return cells
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_terminal_ranking_shows_whole_pipeline_names_within_the_width(width):
+    from rich.console import Console
+
+    from rca_gpu.study import to_rich
+
+    console = Console(width=width, record=True)
+    console.print(to_rich(_ranked_rows(), source="set", width=width))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width and "…" not in text
+    pipelines = _column(text, "pipeline", "score")
+    assert pipelines == {"1": "mobilenet_v2@features.14+umap+hdbscan", "2": "pixels(image_size=16)+pca+kmeans",
+                         "3": "pixels+none+ward"}
+    chosen = _column(text, "chosen", None)
+    assert chosen["1"] == "umap(min_dist=0.0,n_components=10,n_neighbors=30)+hdbscan(min_cluster_size=12,select=merged)"
+    assert chosen["2"] == "pca(n_components=2)+kmeans(k=3)" and chosen["3"].startswith("failed:")
+    assert ("cov. injected" in text) == (width >= 120) and ("study.md" in text) == (width < 120)

@@ -254,3 +254,99 @@ def test_fifty_identical_images_are_one_cluster_through_a_run(tmp_path, clustere
     result = run(spec, tmp_path / "imgs", tmp_path / "out", report=False)
     assert result.run_info["counts"]["clusters"] == 1 and result.run_info["counts"]["noise"] == 0
     assert "1 distinct feature vector" in result.run_info["tuning"]["note"]
+
+
+# --- the select rules: one list per clusterer, what is written is what runs ------------------------------
+
+
+@pytest.mark.parametrize("clusterer", CLUSTERERS)
+def test_select_silhouette_is_refused_with_the_valid_rules(clusterer):
+    from rca_gpu.spec import SELECT_RULES_OF, parse_pipeline
+
+    allowed = ", ".join(repr(r) for r in SELECT_RULES_OF[clusterer])
+    with pytest.raises(SpecError, match=f"'select' parameter of clusterer '{clusterer}' must be one of {allowed}. "
+                                        "Got 'silhouette' instead.*'max' takes the highest score"):
+        parse_pipeline(f"pixels+pca+{clusterer}(select=silhouette)")
+
+
+def test_knee_is_a_ward_rule_only_and_criterion_of_refuses_what_the_spec_refuses():
+    from rca_gpu.spec import SELECT_RULES_OF, parse_pipeline
+    from rca_gpu.tuning import criterion_of
+
+    assert SELECT_RULES_OF["ward"] == SELECT_RULES_OF["kmeans"] + ("knee",)
+    for clusterer in CLUSTERERS:
+        for rule in SELECT_RULES_OF[clusterer]:
+            spec = parse_pipeline(f"pixels+pca+{clusterer}(select={rule})").cluster
+            assert criterion_of(spec) == rule
+    with pytest.raises(SpecError, match="'select' parameter of clusterer 'kmeans' must be one of .*Got 'knee'"):
+        parse_pipeline("pixels+pca+kmeans(select=knee)")
+    with pytest.raises(SpecError, match="clusterer 'ward' must be one of .*Got 'silhouette'"):
+        criterion_of(make_cluster("ward"), "silhouette")
+
+
+@pytest.mark.parametrize("pipeline, rule", [("none+ward(select=max)", "max"), ("none+kmeans(select=max)", "max"),
+                                            ("none+ward(select=knee)", "knee"),
+                                            ("none+hdbscan(select=finest-peak)", "finest-peak")])
+def test_the_rule_written_is_the_rule_that_ran_and_resolved_pipeline_names_it(tmp_path, pipeline, rule):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    x, _ = planted_features(120, n_clusters=3, rare=(), dims=8, seed=2)
+    np.save(tmp_path / "x.npy", x)
+    result = CliRunner().invoke(app, ["run", "--features", str(tmp_path / "x.npy"), "--out", str(tmp_path / "o"),
+                                      "-p", pipeline, "--device", "cpu", "-q", "--stability", "0", "--no-report"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert f"select={rule}" in info["resolved_pipeline"], info["resolved_pipeline"]
+
+
+# --- tiny sets: the single-cause rule holds, and a clustering without any cluster is said --------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory):
+    """3, 5 and 8 images of one planted group (one cause)."""
+    from helpers import pattern_images, write_pngs
+
+    root = tmp_path_factory.mktemp("tiny")
+    images, labels = pattern_images(n_per=8, groups=1, size=16, seed=5)
+    return {n: write_pngs(root / f"n{n}", images[:n], labels[:n])[0].parent for n in (3, 5, 8)}
+
+
+@pytest.mark.parametrize("clusterer, n", [("dbscan", 3), ("dbscan", 5), ("dbscan", 8), ("hdbscan", 5),
+                                          ("hdbscan", 8)])
+def test_a_tiny_single_cause_set_is_one_cluster(tiny_folders, tmp_path, clusterer, n):
+    """UMAP + DBSCAN / HDBSCAN on a handful of images of one cause: one cluster, no noise (DBSCAN's eps comes
+    from the set's own distances even below its default min_samples; a search that finds no cluster at all
+    gives one cluster, said in run.json). HDBSCAN needs 4 images (MIN_IMAGES)."""
+    from rca_gpu.pipeline import run
+    from rca_gpu.spec import build_run_spec
+
+    spec = build_run_spec(pipeline=f"pixels+umap+{clusterer}", device="cpu", workers=0, stability=0)
+    result = run(spec, tiny_folders[n], tmp_path / "out", report=False)
+    counts = result.run_info["counts"]
+    assert (counts["clusters"], counts["noise"]) == (1, 0), result.run_info["tuning"]["note"]
+    for warning in result.run_info["warnings"]:
+        assert "one cluster of all of them" in warning
+    if clusterer == "dbscan":
+        assert result.run_info["tuning"]["chosen"]["cluster"]["min_samples"] < n
+
+
+def test_a_clustering_where_every_image_is_noise_is_said_on_the_terminal_and_in_run_json(tiny_folders, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(tiny_folders[8]), "--out", str(tmp_path / "o"), "-p",
+                                      "pixels+pca+dbscan(eps=0.00001,min_samples=3)", "--workers", "0", "-q",
+                                      "--stability", "0", "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "0 clusters, 8 noise" in result.output
+    assert "every one of the 8 images is noise" in result.output and "leave eps and select out" in result.output
+    info = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert len(info["warnings"]) == 1 and "every one of the 8 images is noise" in info["warnings"][0]

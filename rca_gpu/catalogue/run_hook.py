@@ -74,8 +74,9 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
         info["stability"] = stability.info
         log.info("stability: %d resamples, %d of %d clusters below %.1f", stability.info["resamples"],
                  stability.info["n_unstable"], len(summary), stability.info["unstable_below"])
-    else:
+    else:  # the file is written all the same: one row per cluster, stability unscored (null)
         info["stability"] = None
+        outputs.write_parquet(out / SUMMARY_FILE, unscored_summary(labels), run_id=run_id)
     if timer is not None:
         timer.add("stability", started)
     started = time.perf_counter()
@@ -84,3 +85,21 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
     if timer is not None:
         timer.add("reference_set", started)
     return CatalogueParts(info, summary)
+
+
+def unscored_summary(labels: np.ndarray) -> pd.DataFrame:
+    """cluster_summary.parquet when stability is not scored (``--stability 0``, nothing searched, or no
+    cluster): one row per cluster with its ``size``; ``stability`` null (NaN), ``unstable`` null (nullable
+    boolean), ``resamples`` 0. The columns and dtypes of a scored summary, so readers need no second case.
+
+    ``labels``: (n,) int final labels, -1 = noise (no row).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    clusters, sizes = np.unique(labels[labels >= 0], return_counts=True)
+    return pd.DataFrame({
+        "cluster": clusters.astype(np.int64),
+        "size": sizes.astype(np.int64),
+        "stability": np.full(len(clusters), np.nan, dtype=np.float64),
+        "unstable": pd.array([pd.NA] * len(clusters), dtype="boolean"),
+        "resamples": np.zeros(len(clusters), dtype=np.int64),
+    })

@@ -41,11 +41,10 @@ def study_command(
 ) -> None:
     """Run every FEATURES x REDUCERS x CLUSTERERS pipeline on SOURCE; write study.parquet and study.md."""
     from rich.console import Console
-    from rich.markdown import Markdown
 
     from rca_gpu.cli import _setup, build_spec
     from rca_gpu.data.sources import load_source
-    from rca_gpu.study import check_study_source, make_plan, run_study, to_markdown
+    from rca_gpu.study import check_study_source, make_plan, run_study, to_rich
 
     from rca_gpu.runfolder import STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept, check_out_folder
 
@@ -60,5 +59,6 @@ def study_command(
     typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "
                f"{len(plan.reducers)} reducers x {len(plan.clusterers)} clusterers)")
     table = run_study(base, failures, out, plan, reporter=reporter)
-    Console().print(Markdown(to_markdown(table, source=str(source), top=top)))
+    console = Console()
+    console.print(to_rich(table, source=str(source), top=top, width=console.width))
     typer.echo(f"results: {(out / 'study.md').resolve()} and study.parquet")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from rca_gpu.errors import ModelError, SpecError
 from rca_gpu.features.base import FeatureExtractor
@@ -61,15 +62,33 @@ def build_backbone(name: str, weights: str | None):
         except RuntimeError as exc:
             raise ModelError(f"The weights in {str(path)!r} do not fit {name}: {str(exc).splitlines()[0]}") from None
         return model.eval()
+    enum = models.get_model_weights(BACKBONES[name].builder)
     try:
-        return builder(weights=weights).eval()
-    except (ValueError, KeyError) as exc:
-        raise SpecError(f"Unknown weights {weights!r} for {name}: {exc}. Use IMAGENET1K_V1, DEFAULT, none, or a file.") from None
-    except Exception as exc:  # offline: the download of missing weights fails
+        chosen = enum[weights]  # "DEFAULT" is an alias member of every torchvision weights enum
+    except KeyError:
+        known = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise SpecError(f"Unknown weights {weights!r} for {name}. Use one of {known}, none, or a file.") from None
+    # torchvision downloads a checkpoint missing from the torch cache and prints "Downloading: ..." first;
+    # a run never downloads, so a missing checkpoint is one error line before torchvision is asked
+    def checkpoint_of(member) -> Path:
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(member.url).path).name
+
+    checkpoint = checkpoint_of(chosen)
+    if not checkpoint.is_file():
+        cached = [w.name for w in enum if checkpoint_of(w).is_file()]
+        other = f"weights={cached[0]} (in the cache)" if cached else "a backbone whose weights are in the cache"
         raise ModelError(
-            f"The {weights} weights of {name} are not in the torch cache and cannot be downloaded here "
-            f"({type(exc).__name__}). Put the torchvision checkpoint in $TORCH_HOME/hub/checkpoints/, pass "
-            "--weights PATH to a state_dict, or use mobilenet_v2."
+            f"The {chosen.name} weights of {name} are not in the torch cache ({checkpoint} is missing) and a run "
+            f"downloads nothing. Put the torchvision checkpoint there, pass --weights PATH to a state_dict, or use "
+            f"{other}."
+        )
+    try:
+        return builder(weights=chosen).eval()
+    except Exception as exc:  # a damaged checkpoint in the cache
+        raise ModelError(
+            f"The {chosen.name} weights of {name} in {checkpoint} cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}). Delete the file and put an intact copy there, or "
+            "pass --weights PATH to a state_dict."
         ) from None
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from rca_gpu.spec import SELECT_RULES
+
 #: Silhouette is computed on at most this many clustered points (seeded sample): O(1) in n.
 SILHOUETTE_SAMPLE = 2000
 MAX_CLUSTERS_SOFT = 30
@@ -16,8 +18,8 @@ BAND = 0.7
 #: The default rule considers only candidates that leave at most this share of the images as noise.
 NOISE_CAP = 0.10
 
-#: Named rules: "merged" (default), "finest-peak" and "max"; Ward also has "knee".
-CRITERIA = ("merged", "finest-peak", "max")
+#: Named rules: "merged" (default), "finest-peak" and "max"; Ward also has "knee" (rca_gpu.spec.SELECT_RULES_OF).
+CRITERIA = SELECT_RULES
 DEFAULT_CRITERION = "merged"
 
 

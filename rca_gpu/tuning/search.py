@@ -16,9 +16,9 @@ from rca_gpu.device import Device, as_numpy, kind_of, to_kind
 from rca_gpu.errors import SpecError
 from rca_gpu.neighbors import KnnGraph, knn_graph, nearest_rows
 from rca_gpu.reduce import reduce as run_reducer
-from rca_gpu.spec import ClusterSpec, ReduceSpec
+from rca_gpu.spec import SELECT_FIX, SELECT_RULES_OF, ClusterSpec, ReduceSpec
 from rca_gpu.tuning import criteria, extend, graph as graph_rules
-from rca_gpu.tuning.criteria import CRITERIA, DEFAULT_CRITERION, Trial, choose, choose_base, choose_max, validity
+from rca_gpu.tuning.criteria import DEFAULT_CRITERION, Trial, choose, choose_base, choose_max, validity
 
 log = logging.getLogger("rca_gpu")
 
@@ -67,6 +67,9 @@ class Selection:
     sample: dict[str, Any] | None = None
     knn: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    #: said on the terminal and in run.json's "warnings": the clustering is not what the search normally gives
+    #: (no cluster found; one cluster without a search)
+    warning: str = ""
     #: the merge and noise steps of the 'merged' rule ran on the clusterer's labels
     merge_step: bool = False
     #: the merge step changed the clusterer's labels (the resolved pipeline then names select=merged)
@@ -150,7 +153,10 @@ def cluster_candidates(spec: ClusterSpec, embedding_graph: Callable[[int], KnnGr
     if spec.name == "dbscan":
         if "eps" in fixed and "min_samples" in fixed:
             return [fixed]
-        sample_sizes = (fixed["min_samples"],) if "min_samples" in fixed else DBSCAN_MIN_SAMPLES
+        if "min_samples" in fixed:
+            sample_sizes = (fixed["min_samples"],)
+        else:  # a set smaller than every default still gets eps from its own distances (n - 1 neighbours)
+            sample_sizes = tuple(m for m in DBSCAN_MIN_SAMPLES if m < n) or (max(1, n - 1),)
         out = []
         for min_samples in sample_sizes:
             if min_samples >= n:
@@ -271,16 +277,19 @@ def effective_k(graph_k: int, reduce_spec: ReduceSpec) -> int:
 def criterion_of(cluster_spec: ClusterSpec, criterion: str | None = None) -> str:
     """The selection rule: ``criterion`` if given, else the spec's ``select`` parameter, else the default.
 
-    Ward's ``select=silhouette`` (the name of the default search before the rule had a name) means the
-    default rule.
+    A value is never replaced by another: one outside the clusterer's list
+    (:data:`rca_gpu.spec.SELECT_RULES_OF`) is refused.
+
+    Raises
+    ------
+    SpecError
+        Naming the clusterer, its valid rules and the value.
     """
     chosen = criterion or cluster_spec.params.get("select") or DEFAULT_CRITERION
-    if chosen == "silhouette":
-        chosen = DEFAULT_CRITERION
-    allowed = CRITERIA + (("knee",) if cluster_spec.name == "ward" else ())
+    allowed = SELECT_RULES_OF[cluster_spec.name]
     if chosen not in allowed:
-        raise SpecError(f"The 'select' parameter of {cluster_spec.name} must be one of {', '.join(allowed)}. "
-                        f"Got {chosen!r} instead.")
+        raise SpecError(f"The 'select' parameter of clusterer '{cluster_spec.name}' must be one of "
+                        f"{', '.join(repr(a) for a in allowed)}. Got {chosen!r} instead.{SELECT_FIX}")
     return chosen
 
 
@@ -423,6 +432,17 @@ def select(
                 trials[chosen].chosen = True
                 _, cluster_params, raw = payloads[chosen]
                 final = raw
+    no_cluster_note = ""
+    if len(final) and not (final >= 0).any():
+        if merge:  # no setting found any structure: nothing separates the images, as in a single-cause set
+            final = np.zeros_like(final)
+            no_cluster_note = (f"no candidate setting found a cluster among the {n_search} images (too few or too "
+                               "uniform for the clusterer): one cluster of all of them, as for a single cause")
+        else:
+            no_cluster_note = (f"every one of the {n_search} images is noise under the rule {rule!r} with these "
+                               f"settings; leave {GRANULARITY_PARAMETER[cluster_spec.name]} and select out to get "
+                               "one cluster instead")
+        log.warning("%s", no_cluster_note)
     relabelled = merge and not np.array_equal(final, raw)
     timings["merge"] += time.perf_counter() - t
 
@@ -434,6 +454,9 @@ def select(
     if rule == "merged" and not merge:
         selection.note = (f"{GRANULARITY_PARAMETER[cluster_spec.name]} set in the pipeline: {cluster_spec.name}'s own "
                           "partition, no clusters merged and no noise attached")
+    if no_cluster_note:
+        selection.note = "; ".join(filter(None, (selection.note, no_cluster_note)))
+        selection.warning = no_cluster_note
     if sample is not None:
         t = time.perf_counter()
         _extend(selection, features, sample, search_graph, raw, full, embedding, embedding_graph, reduce_spec.name,
@@ -556,7 +579,7 @@ def _one_cluster(n: int, distinct: int) -> Selection:
             "cluster of all of them, nothing searched")
     log.warning("%s", note)
     return Selection({}, {}, np.zeros(n, dtype=np.int64), np.zeros((n, 2), dtype=np.float32),
-                     {"algorithm": "none", "note": note}, [], criterion="none", note=note)
+                     {"algorithm": "none", "note": note}, [], criterion="none", note=note, warning=note)
 
 
 def _check_k(cluster_spec: ClusterSpec, distinct: int, n: int) -> None:
