@@ -204,3 +204,22 @@ def test_assign_command_prints_counts(catalogue_run, catalogue_images, tmp_path)
     assert done.returncode == 0, done.stderr
     assert re.search(r"\d+ assigned, \d+ unknown, 0 not a cause, 0 rejected of 48 images", done.stdout)
     assert "assignments.parquet" in done.stdout
+
+
+@pytest.mark.parametrize("command, name", [("assign", "assignments.parquet"), ("assign", "assign.json"),
+                                           ("select", "selection.csv"), ("select", "assignments.parquet")])
+def test_an_out_folder_where_the_source_manifest_would_be_written_over_is_refused(catalogue_run, tmp_path,
+                                                                                  command, name):
+    from rca_gpu.catalogue.retraining import select_from_pool
+    from rca_gpu.runfolder import RunFolderError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = out / name
+    manifest.write_text("path\na.png\n")
+    with pytest.raises(RunFolderError, match="would write over or remove an input"):
+        if command == "assign":
+            assign_run(catalogue_run, manifest, out, device="cpu", workers=0)
+        else:
+            select_from_pool(catalogue_run, manifest, out, budget=2, device="cpu", workers=0)
+    assert manifest.read_text() == "path\na.png\n" and sorted(p.name for p in out.iterdir()) == [name]

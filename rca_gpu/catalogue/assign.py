@@ -300,11 +300,13 @@ def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[
 
 def assign_source(run_dir, source, out: Path, *, device: str = "auto", batch_size: int | None = None,
                   workers: int | None = None, image_root: str | None = None, model: str | None = None,
-                  alpha: float = ALPHA, reporter=None, command: str = "assign") -> tuple[Any, Any, pd.DataFrame]:
+                  alpha: float = ALPHA, reporter=None, command: str = "assign",
+                  writes: tuple[str, ...] = (ASSIGNMENTS_FILE, ASSIGN_INFO_FILE)) -> tuple[Any, Any, pd.DataFrame]:
     """The edited catalogue of ``run_dir``, its reference set, and the assignment table of every row of
     ``source`` (what ``assign`` and ``select`` share). Before any image is read: ``run_dir`` must be a run
-    folder (not the output of assign/select/export), ``out`` a writable folder that is not a run folder, and
-    the run's extractor able to encode new images (see :func:`check_encodable`).
+    folder (not the output of assign/select/export), ``out`` a writable folder that is not a run folder and
+    where none of the files the command ``writes`` is the source manifest, and the run's extractor able to
+    encode new images (see :func:`check_encodable`).
 
     Raises
     ------
@@ -315,11 +317,13 @@ def assign_source(run_dir, source, out: Path, *, device: str = "auto", batch_siz
     from rca_gpu.catalogue.folders import check_out_dir, check_run_dir
     from rca_gpu.catalogue.reference import read_reference
     from rca_gpu.data.sources import load_source
+    from rca_gpu.runfolder import check_inputs_kept
 
     check_run_dir(run_dir)
     catalogue = load_catalogue(run_dir)
     check_out_dir(out, run_path=catalogue.run.path, command=f"rca-gpu {command}",
                   example="selected/" if command == "select" else "assigned/")
+    check_inputs_kept(out, {"POOL_SOURCE" if command == "select" else "NEW_SOURCE": source}, files=writes)
     check_encodable(catalogue.run, command=command)
     reference = read_reference(catalogue.run)
     failures = load_source(source, image_root=image_root)

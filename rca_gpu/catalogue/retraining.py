@@ -132,7 +132,8 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     assignment column), ``out/assignments.parquet`` (the whole pool) and ``out/select.json``.
     """
     from rca_gpu import outputs
-    from rca_gpu.catalogue.assign import CATALOGUE_RUN_KEY, assign_source, check_alpha, unreadable_note
+    from rca_gpu.catalogue.assign import (ASSIGNMENTS_FILE, CATALOGUE_RUN_KEY, assign_source, check_alpha,
+                                          unreadable_note)
     from rca_gpu.catalogue.reference import ALPHA
 
     alpha = ALPHA if alpha is None else alpha
@@ -143,12 +144,13 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
         raise CatalogueError(f"The --spread option must be one of {', '.join(SPREADS)}. Got {spread!r} instead.")
     out = Path(out)
     catalogue, _, table = assign_source(run_dir, pool, out, device=device, batch_size=batch_size, workers=workers,
-                                     image_root=image_root, model=model, alpha=alpha, reporter=reporter,
-                                        command="select")
+                                        image_root=image_root, model=model, alpha=alpha, reporter=reporter,
+                                        command="select", writes=(ASSIGNMENTS_FILE, SELECTION_PARQUET,
+                                                                  SELECTION_FILE, SELECT_INFO_FILE))
     sizes = {c: n for c, n in catalogue.sizes().items() if c in catalogue.active}
     chosen = pick(table, sizes, budget, spread=spread, floor=floor)
     metadata = {CATALOGUE_RUN_KEY: catalogue.run_id.encode()}
-    outputs.write_parquet(out / "assignments.parquet", table, metadata=metadata)
+    outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata=metadata)
     outputs.write_parquet(out / SELECTION_PARQUET, chosen, metadata=metadata)
     manifest = chosen[["path", "id", "cause", "cause_name", "confidence", "distance", "rank"]]
     outputs.write_text(out / SELECTION_FILE, manifest.to_csv(index=False))
