@@ -247,7 +247,8 @@ def _echo_result(result, *, show_clusters: bool, images: str) -> None:
         print_clusters(result.clusters, explanations=result.explanations, stability=result.stability)
     counts = result.run_info["counts"]
     typer.echo(
-        f"{counts['clusters']} clusters, {counts['noise']} noise, {counts['rejected']} rejected of "
+        f"{counts['clusters']} cluster{'' if counts['clusters'] == 1 else 's'}, {counts['noise']} noise, "
+        f"{counts['rejected']} rejected of "
         f"{counts['input_rows']} {images}; pipeline {result.run_info['resolved_pipeline']}"
     )
     _echo_ground_truth(result.metrics)

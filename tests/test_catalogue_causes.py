@@ -120,6 +120,7 @@ def test_causes_command_edits_and_shows_the_catalogue(run_copy):
     assert done.returncode == 0, done.stderr
     assert "rotated left" in done.stdout and "merge of 1, 2" in done.stdout and "dropped" in done.stdout
     assert "edits written to" in done.stdout
+    assert (run_copy / "report.html").is_file() and f"rca-gpu report {run_copy}" in done.stdout.replace("\n", "")
     shown = _cli("causes", run_copy)
     assert shown.returncode == 0 and "(edited)" in shown.stdout
     catalogue = load_catalogue(run_copy)
@@ -183,6 +184,7 @@ def _cli_app(*args):
     ("id = 0", 'id = "0"', ["[[cause]] entry 1", 'id = "0"', "integer >= 0"]),
     ('name = "x"', 'nme = "x"', ["cause 0", "unknown field 'nme'", "a cause has only id, name"]),
     ("next_id = 3", 'next_id = "3"', ['next_id = "3"', "integer >= 0"]),
+    ("clusters = [\n    0,\n]", "clusters = [99]", ["cause 0", "clusters = [99]", "the run has no cluster 99"]),
 ])
 def test_causes_toml_fields_of_the_wrong_type_are_refused(run_copy, old, new, fragments):
     catalogue = load_catalogue(run_copy)

@@ -290,3 +290,17 @@ def test_export_quiet_prints_only_the_last_line(catalogue_run, tmp_path):
     done = CliRunner().invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "e"), "-q"])
     assert done.exit_code == 0, done.output
     assert done.output.strip().splitlines() == [f"exported 90 files to {(tmp_path / 'e').resolve()}"]
+
+
+def test_compare_quiet_prints_only_the_result_line(catalogue_run, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    copy = shutil.copytree(catalogue_run, tmp_path / "b")
+    done = CliRunner().invoke(app, ["compare", str(catalogue_run), str(copy), "-q"])
+    assert done.exit_code == 0, done.output
+    lines = done.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(str(copy.resolve() / "comparison.parquet")), lines

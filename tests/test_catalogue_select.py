@@ -64,6 +64,7 @@ def test_select_prefers_failure_like_images_and_covers_every_cause(catalogue_run
     manifest = pd.read_csv(tmp_path / "out" / SELECTION_FILE)
     assert list(manifest.columns) == ["path", "id", "cause", "cause_name", "confidence", "distance", "rank"]
     assert len(manifest) == 18 and info["selected"] == 18 and info["pool_rows"] == 96
+    assert info["floor"] == 18 // (2 * 3)  # the floor applied when none is given, recorded
     assert (tmp_path / "out" / "assignments.parquet").is_file() and (tmp_path / "out" / "select.json").is_file()
 
 

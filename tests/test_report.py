@@ -386,3 +386,18 @@ def test_report_of_features_without_image_paths(tmp_path, metadata):
     assert all(f'id="cluster-{c}"' in page for c in range(3))
     again = runner.invoke(app, ["report", str(tmp_path / "out")])
     assert again.exit_code == 0, again.output
+
+
+def test_export_of_noise_or_rejected_that_the_run_lacks_is_a_note(catalogue_run, tmp_path):
+    from rca_gpu.cli import app
+    from rca_gpu.runfolder import open_run
+
+    statuses = set(open_run(catalogue_run).clusters()["status"])
+    assert "rejected" not in statuses
+    result = runner.invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "e"),
+                                 "--clusters", "0,rejected,rejected"])
+    assert result.exit_code == 0, result.output
+    assert "note: the run has no rejected images; no rejected/ folder made" in result.output
+    assert sorted(p.name for p in (tmp_path / "e").iterdir() if p.is_dir()) == ["cluster-0"]
+    wrong = runner.invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "f"), "--clusters", "99"])
+    assert wrong.exit_code == 2 and "The run has no cluster-99" in wrong.output

@@ -259,6 +259,17 @@ def test_csv_metadata_of_features_is_read_as_written(tmp_path):
     assert failures.table["root_cause"].tolist()[:2] == ["None", "NA"]
 
 
+def test_a_repeated_id_of_a_metadata_file_is_named_with_the_file(tmp_path):
+    from rca_gpu.data.sources import SourceError
+    from rca_gpu.features.precomputed import load_features
+
+    np.save(tmp_path / "f.npy", np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
+    (tmp_path / "meta.csv").write_text("id,site\n1,a\n1,b\n2,c\n")
+    with pytest.raises(SourceError, match=r"metadata file '.*meta\.csv' has missing or repeated values: the value "
+                                          r"1 is repeated in data rows 1, 2"):
+        load_features(tmp_path / "f.npy", metadata=tmp_path / "meta.csv")
+
+
 # --------------------------------------------------------------------------------------------------
 # Messages and reruns
 # --------------------------------------------------------------------------------------------------

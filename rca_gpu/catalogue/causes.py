@@ -395,8 +395,16 @@ def load_catalogue(run_folder) -> Catalogue:
             f"reads {CATALOGUE_FORMAT}). Delete it and make the edits again."
         )
     _check_fields(where, data)
+    run_clusters = {int(c) for c in np.unique(catalogue.members["cluster"]) if c >= 0}
     causes: dict[int, Cause] = {}
     for entry in data.get("cause", []):
+        unknown = sorted(set(entry.get("clusters", [])) - run_clusters)
+        if unknown:
+            raise CatalogueError(
+                f"{where}: cause {entry['id']} has clusters = {list(entry.get('clusters', []))}, but the run has no "
+                f"cluster {unknown[0]} (its clusters: {', '.join(map(str, sorted(run_clusters))) or 'none'}). "
+                "Fix it in the file, or delete causes.toml and causes.parquet to start over."
+            )
         cause = Cause(entry["id"], entry.get("name", ""), entry.get("origin", ""), list(entry.get("clusters", [])),
                       entry.get("dropped", False))
         causes[cause.id] = cause

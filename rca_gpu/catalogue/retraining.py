@@ -58,7 +58,7 @@ def quotas(budget: int, sizes: dict[int, int], available: dict[int, int], *, spr
     if not causes or left <= 0:
         return take
     if spread == "proportional":
-        floor = max(1, budget // (2 * len(sizes))) if floor is None else max(0, floor)
+        floor = floor_used(budget, floor, len(sizes), spread)
         for c in sorted(causes, key=lambda c: -sizes[c]):
             give = min(floor, available[c], left)
             take[c] += give
@@ -80,6 +80,14 @@ def quotas(budget: int, sizes: dict[int, int], available: dict[int, int], *, spr
                 take[c] += 1
                 left -= 1
     return take
+
+
+def floor_used(budget: int, floor: int | None, causes: int, spread: str = "proportional") -> int | None:
+    """The floor per cause that ``quotas`` applies: ``floor`` (negative read as 0) or, when None, budget // (2 x
+    causes), at least 1; None for the ``equal`` spread, which has no floor."""
+    if spread != "proportional":
+        return None
+    return max(1, budget // (2 * max(causes, 1))) if floor is None else max(0, floor)
 
 
 def floor_note(budget: int, floor: int | None, causes: int, spread: str = "proportional") -> str | None:
@@ -159,7 +167,7 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
                           "selected": int((chosen["cause"] == c).sum())} for c in sorted(sizes)}
     info = {
         "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool), "pool_rows": len(table), "budget": budget,
-        "spread": spread, "floor": floor, "alpha": alpha, "selected": len(chosen),
+        "spread": spread, "floor": floor_used(budget, floor, len(sizes), spread), "alpha": alpha, "selected": len(chosen),
         "candidates": int((table["status"] == "assigned").sum()), "per_cause": per_cause,
         "notes": [note for note in (unreadable_note(table, pool, what="pool image"),
                                     floor_note(budget, floor, len(sizes), spread)) if note],

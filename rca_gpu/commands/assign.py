@@ -27,7 +27,7 @@ RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests
                                                  "this folder (default: the manifest's folder).")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test, for runs whose features "
                                                  "come from it (default: the run's --model).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or info lines: only the result lines.")]
 AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Open-set strictness: share of the run's own "
                                                    "reference images allowed beyond the radius, in [0, 0.5); larger = more "
                                                    "'unknown' (default 0.01).")]

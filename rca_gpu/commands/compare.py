@@ -54,7 +54,8 @@ def compare_command(
     result = compare_runs(run_a, run_b, by=by.value, basis=basis.value, device=device.value,
                           batch_size=batch_size, workers=workers, reporter=reporter)
     info = result.info
-    print_comparison(result, Console())
+    if not quiet:
+        print_comparison(result, Console())
     statuses = ", ".join(f"{n} {s}" for s, n in info["statuses"].items())
     images = info["images"]
     typer.echo(f"{statuses} (status by {basis_words(info)}); of B's {images['b_images']} images "

@@ -53,5 +53,7 @@ def export_command(
     result = export_run(run_dir, to, clusters=parse_selection(clusters), mode=mode.value)
     for name, n in ({} if quiet else result.groups).items():
         typer.echo(f"{name}: {n} images")
+    for name in result.empty:
+        typer.echo(f"note: the run has no {name} images; no {name}/ folder made")
     missing = f" ({result.missing} listed without a file: see their reason)" if result.missing else ""
     typer.echo(f"exported {result.files} files{missing} to {result.folder}")

@@ -388,6 +388,10 @@ def _attach_metadata(table: pd.DataFrame, metadata: Path, features_path: Path) -
             f"{str(features_path)!r}. Give one metadata row per feature row, in the same order."
         )
     frame = frame.reset_index(drop=True)
+    if "id" in frame.columns:
+        from rca_gpu.data.sources import check_ids
+
+        check_ids(frame["id"], f"The 'id' column of the metadata file {str(metadata)!r}")
     if "id" in table.columns and "id" in frame.columns:
         if not (table["id"].astype(str).to_numpy() == frame["id"].astype(str).to_numpy()).all():
             raise SourceError(

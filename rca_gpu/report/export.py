@@ -50,6 +50,7 @@ class ExportResult:
     groups: dict[str, int] = field(default_factory=dict)  # folder name -> images listed
     files: int = 0  # links or copies made
     missing: int = 0  # listed images whose file does not exist (e.g. rejected as "file not found")
+    empty: list[str] = field(default_factory=list)  # noise / rejected asked for, but the run has none
 
 
 def group_name(label: int, status: str) -> str:
@@ -146,7 +147,10 @@ def export_run(
     names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy())]
     table = table.assign(_group=names)
     present = list(dict.fromkeys(sorted(set(names), key=_group_order)))
-    selected = present if clusters is None else list(clusters)
+    selected = present if clusters is None else list(dict.fromkeys(clusters))
+    # noise and rejected are groups of every run, empty in some: asked for and empty, they are skipped and said
+    empty = [name for name in selected if name in ("noise", "rejected") and name not in present]
+    selected = [name for name in selected if name not in empty]
     unknown = [name for name in selected if name not in present]
     if unknown:
         raise ExportError(
@@ -162,7 +166,7 @@ def export_run(
             f"The export folder {str(root)!r} already holds {', '.join(clashes)}; pass an empty or new --to "
             "folder, or remove those folders first."
         )
-    result = ExportResult(root)
+    result = ExportResult(root, empty=empty)
     meta = [c for c in table.columns if c not in ("id", "path", "cluster", "status", "reason", "_group")]
     for name in selected:
         members = table[table["_group"] == name]
