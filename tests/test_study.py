@@ -117,3 +117,38 @@ def test_the_terminal_ranking_shows_whole_pipeline_names_within_the_width(width)
     assert chosen["1"] == "umap(min_dist=0.0,n_components=10,n_neighbors=30)+hdbscan(min_cluster_size=12,select=merged)"
     assert chosen["2"] == "pca(n_components=2)+kmeans(k=3)" and chosen["3"].startswith("failed:")
     assert ("cov. injected" in text) == (width >= 120) and ("study.md" in text) == (width < 120)
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "rca_gpu.cli", *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=120)
+
+
+def test_a_study_into_a_run_folder_and_a_run_into_a_study_folder_are_refused(tmp_path):
+    """The study and the run write into folders of their own: each refuses the other's folder, naming it,
+    before any image is read and without writing there."""
+    import json
+
+    from rca_gpu.runfolder import RUN_FORMAT
+
+    source = tmp_path / "t.csv"
+    source.write_text("path,label\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"rca_gpu_run": RUN_FORMAT, "run_id": "x"}))
+    done = _cli("study", source, "--out", run, "-q")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"'{run}' holds a run folder of `rca-gpu run` (run.json)" in done.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.parquet").write_bytes(b"PAR1")
+    (study / "study.md").write_text("# study\n")
+    done = _cli("run", source, "--out", study, "-q")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"'{study}' holds a study of `rca-gpu study` (study.parquet)" in done.stderr
+    assert sorted(p.name for p in study.iterdir()) == ["study.md", "study.parquet"]

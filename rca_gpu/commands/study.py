@@ -46,9 +46,10 @@ def study_command(
     from rca_gpu.data.sources import load_source
     from rca_gpu.study import check_study_source, make_plan, run_study, to_rich
 
-    from rca_gpu.runfolder import STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept, check_out_folder
+    from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
+                                   check_out_folder)
 
-    check_out_folder(out)  # before any feature is extracted
+    check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
     check_inputs_kept(out, {"SOURCE": source, "--model": model}, files=STUDY_OUTPUTS, folders=STUDY_OUTPUT_FOLDERS)
     reporter = _setup(quiet, False)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
