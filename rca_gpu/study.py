@@ -62,9 +62,38 @@ def default_features(has_dut: bool) -> tuple[str, ...]:
 
 def make_plan(features: Iterable[str] | None, reducers: Iterable[str] | None, clusterers: Iterable[str] | None,
               has_dut: bool) -> StudyPlan:
+    """The study's matrix: each feature spec (with parameters, e.g. ``pixels(image_size=16)``) x each reducer
+    name x each clusterer name; None = the defaults.
+
+    Raises
+    ------
+    SpecError
+        An unknown name, or a reducer or clusterer given with parameters (``ward(k=3)``): the study tunes
+        those itself; the message names ``rca-gpu run --pipeline`` for one fixed setting.
+    """
     features = tuple(features or default_features(has_dut))
     reducers = tuple(reducers or REDUCERS)
     clusterers = tuple(clusterers or CLUSTERERS)
+    for option, kind, names, known in (("--reducers", "reducer", reducers, REDUCERS),
+                                       ("--clusterers", "clusterer", clusterers, CLUSTERERS)):
+        for name in names:
+            if any(mark in str(name) for mark in "()=+@"):
+                parts = str(name).split("+")
+                if len(parts) > 1:  # a whole pipeline
+                    example, stage = str(name), parts[-1] if kind == "clusterer" else parts[-2]
+                elif kind == "clusterer":
+                    reducer = reducers[0] if reducers[0] in REDUCERS else "umap"
+                    example, stage = f"{features[0]}+{reducer}+{name}", str(name)
+                else:
+                    clusterer = clusterers[0] if clusterers[0] in CLUSTERERS else "dbscan"
+                    example, stage = f"{features[0]}+{name}+{clusterer}", str(name)
+                bare = re.split(r"[(=@]", stage, maxsplit=1)[0].strip()
+                raise SpecError(
+                    f"{option} takes {kind} names only ({', '.join(sorted(known))}), not {name!r}: the study "
+                    f"searches each {kind}'s parameters itself (only --features takes parameters). Pass "
+                    f"{option} {bare if bare in known else ','.join(sorted(known))}; to run one fixed setting, use "
+                    f"`rca-gpu run SOURCE --out runs/first --pipeline '{example}'`."
+                )
     for name in reducers:
         make_reduce(name)
     for name in clusterers:

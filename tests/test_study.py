@@ -152,3 +152,30 @@ def test_a_study_into_a_run_folder_and_a_run_into_a_study_folder_are_refused(tmp
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert f"'{study}' holds a study of `rca-gpu study` (study.parquet)" in done.stderr
     assert sorted(p.name for p in study.iterdir()) == ["study.md", "study.parquet"]
+
+
+@pytest.mark.parametrize("reducers,clusterers,wrong,option,rule_fix", [
+    (["none"], ["ward(k=3)"], "ward(k=3)", "--clusterers",
+     "Pass --clusterers ward; to run one fixed setting, use `rca-gpu run SOURCE --out runs/first --pipeline "
+     "'pixels+none+ward(k=3)'`"),
+    (["pca(n_components=2)"], ["kmeans"], "pca(n_components=2)", "--reducers",
+     "Pass --reducers pca; to run one fixed setting, use `rca-gpu run SOURCE --out runs/first --pipeline "
+     "'pixels+pca(n_components=2)+kmeans'`"),
+    (["pca"], ["pixels+none+dbscan"], "pixels+none+dbscan", "--clusterers",
+     "Pass --clusterers dbscan; to run one fixed setting, use `rca-gpu run SOURCE --out runs/first --pipeline "
+     "'pixels+none+dbscan'`"),
+])
+def test_reducers_and_clusterers_with_parameters_name_the_rule_and_the_fix(reducers, clusterers, wrong, option,
+                                                                          rule_fix):
+    with pytest.raises(SpecError) as caught:
+        make_plan(["pixels"], reducers, clusterers, has_dut=False)
+    message = str(caught.value)
+    assert f"{option} takes" in message and "names only" in message and repr(wrong) in message
+    assert "only --features takes parameters" in message and rule_fix in message
+    assert len(make_plan(["pixels(image_size=16)"], ["pca"], ["ward"], has_dut=False).pipelines()) == 1
+
+
+def test_the_study_checks_stage_names_before_reading_the_source(tmp_path):
+    done = _cli("study", tmp_path / "missing.csv", "--out", tmp_path / "s", "-f", "pixels", "-k", "ward(k=3)")
+    assert done.returncode == 2 and done.stderr.startswith("error: --clusterers takes clusterer names only")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
