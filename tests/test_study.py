@@ -117,6 +117,29 @@ def test_the_terminal_ranking_shows_whole_pipeline_names_within_the_width(width)
     assert chosen["1"] == "umap(min_dist=0.0,n_components=10,n_neighbors=30)+hdbscan(min_cluster_size=12,select=merged)"
     assert chosen["2"] == "pca(n_components=2)+kmeans(k=3)" and chosen["3"].startswith("failed:")
     assert ("cov. injected" in text) == (width >= 120) and ("study.md" in text) == (width < 120)
+    # broken only between stages ('+') and, inside a stage too wide for the column, after ',' '(' or '@'
+    for header, stop in (("pipeline", "score"), ("chosen", None)):
+        for rank_cell, lines in _cell_lines(text, header, stop).items():
+            if not lines[0].startswith("failed"):
+                assert all(line[-1] in "+,(@" for line in lines[:-1]), (rank_cell, lines)
+    assert _cell_lines(text, "pipeline", "score")["1"][0] == ("mobilenet_v2@" if width == 80 else
+                                                               "mobilenet_v2@features.14+")
+
+
+def _cell_lines(text: str, start_header: str, next_header: str | None) -> dict[str, list[str]]:
+    """rank -> the non-empty lines of the cell under ``start_header``."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.lstrip().startswith("rank"))
+    start = lines[head].index(start_header)
+    stop = lines[head].index(next_header) if next_header else None
+    cells: dict[str, list[str]] = {}
+    current = None
+    for line in lines[head + 2:]:
+        rank_cell = line[:lines[head].index("rank") + len("rank")].strip()
+        current = rank_cell or current
+        if current is not None and line[start:stop].strip():
+            cells.setdefault(current, []).append(line[start:stop].strip())
+    return cells
 
 
 def _cli(*args):
