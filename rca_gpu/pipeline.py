@@ -490,8 +490,9 @@ def cluster_and_write(
                            sample_size=spec.sample_size)
     timer.add("reduce_cluster", t)
     labels = order_labels(selection.labels)
-    catalogue = keep_for_catalogue(spec, failures, features, graph, selection, labels, device, out, run_id,
-                                   timer=timer, reporter=reporter)
+    with warnings_to_log():  # the stability step's re-clustering warns like the search (e.g. umap on few images)
+        catalogue = keep_for_catalogue(spec, failures, features, graph, selection, labels, device, out, run_id,
+                                       timer=timer, reporter=reporter)
 
     chosen = np.asarray(as_numpy(selection.embedding), dtype=np.float32)
 

@@ -132,6 +132,8 @@ OUTPUT_MARKERS = {
 
 #: A file (besides OUTPUT_MARKERS) that marks a folder written by rca-gpu: a run (run.json) or a study.
 STUDY_FILE = "study.parquet"
+#: The command that writes :data:`STUDY_FILE`; pass it as ``command`` to :func:`check_out_folder`.
+STUDY_COMMAND = "rca-gpu study"
 
 
 def output_folder_kind(folder: str | Path) -> str | None:
@@ -145,7 +147,7 @@ def output_folder_kind(folder: str | Path) -> str | None:
     folder = os.fspath(folder)
     if os.path.isfile(os.path.join(folder, STUDY_FILE)) and (
             os.path.isfile(os.path.join(folder, "study.md")) or os.path.isdir(os.path.join(folder, "pipelines"))):
-        return f"rca-gpu study ({STUDY_FILE})"
+        return f"{STUDY_COMMAND} ({STUDY_FILE})"
     for marker, command in [(RUN_FILE, "rca-gpu run")] + [(m, c) for m, (c, _) in OUTPUT_MARKERS.items()]:
         path = os.path.join(folder, marker)
         if not os.path.isfile(path):
@@ -160,6 +162,17 @@ def output_folder_kind(folder: str | Path) -> str | None:
         if isinstance(data, dict) and (marker != RUN_FILE or "rca_gpu_run" in data):
             return f"{command} ({marker})"
     return None
+
+
+def _is_run_json(path: Path) -> bool:
+    """Whether ``path`` is a run.json written by rca-gpu (a JSON object with ``"rca_gpu_run"``)."""
+    try:
+        if not path.is_file() or path.stat().st_size > (16 << 20):
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "rca_gpu_run" in data
 
 
 def not_a_run_note(path: str | Path, argument: str = "RUN_DIR") -> str | None:
@@ -326,9 +339,12 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
                      example: str = "runs/first") -> Path:
     """Check that ``out`` can hold a run's outputs, before any work starts; nothing is created or removed.
 
-    ``command`` is the command that writes there when it is one of :data:`OUTPUT_MARKERS` (e.g.
-    ``"rca-gpu assign"``): its own earlier outputs may be written over; a folder holding the outputs of any
-    other of those commands is refused (the files would mix).
+    ``command`` is the command that writes there: one of :data:`OUTPUT_MARKERS` (e.g. ``"rca-gpu assign"``),
+    :data:`STUDY_COMMAND`, or None for a run (``rca-gpu run``, ``demo``, ``datasets make``). Its own earlier
+    outputs may be written over (a run into an earlier run's folder too); a folder holding the outputs of
+    another command is refused, as the files would mix: the outputs of assign, select or export (their
+    marker file), a study (:data:`STUDY_FILE` with study.md or pipelines/) for any command but the study, and
+    a run folder (run.json written by rca-gpu) for the study.
 
     Raises
     ------
@@ -372,14 +388,22 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
             f"Cannot write into the {option} folder {shown}{where}: {why}. Pass a folder you can write to."
         ) from None
     if folder.is_dir():
-        for marker, (other, _) in OUTPUT_MARKERS.items():
-            if other != command and (folder / marker).is_file():
-                raise RunFolderError(
-                    f"The {option} folder {shown} holds the outputs of `{other}` ({marker}); a folder holds the "
-                    f"outputs of one command only, and {f'those of `{command}`' if command else 'the new files'} "
-                    f"would mix with them. Pass a folder of its own, e.g. {option} {example}, or remove that "
-                    "folder first."
-                )
+        others = [(other, marker) for marker, (other, _) in OUTPUT_MARKERS.items()
+                  if other != command and (folder / marker).is_file()]
+        study = output_folder_kind(folder) == f"{STUDY_COMMAND} ({STUDY_FILE})"
+        if command != STUDY_COMMAND and study:
+            others.insert(0, (STUDY_COMMAND, STUDY_FILE))
+        if command == STUDY_COMMAND and _is_run_json(folder / RUN_FILE):
+            others.insert(0, ("rca-gpu run", RUN_FILE))
+        if others:
+            other, marker = others[0]
+            what = {STUDY_COMMAND: "a study", "rca-gpu run": "a run folder"}.get(other, "the outputs")
+            raise RunFolderError(
+                f"The {option} folder {shown} holds {what} of `{other}` ({marker}); a folder holds the "
+                f"outputs of one command only, and {f'those of `{command}`' if command else 'the new files'} "
+                f"would mix with them. Pass a folder of its own, e.g. {option} {example}, or remove that "
+                "folder first."
+            )
     return folder
 
 

@@ -62,9 +62,38 @@ def default_features(has_dut: bool) -> tuple[str, ...]:
 
 def make_plan(features: Iterable[str] | None, reducers: Iterable[str] | None, clusterers: Iterable[str] | None,
               has_dut: bool) -> StudyPlan:
+    """The study's matrix: each feature spec (with parameters, e.g. ``pixels(image_size=16)``) x each reducer
+    name x each clusterer name; None = the defaults.
+
+    Raises
+    ------
+    SpecError
+        An unknown name, or a reducer or clusterer given with parameters (``ward(k=3)``): the study tunes
+        those itself; the message names ``rca-gpu run --pipeline`` for one fixed setting.
+    """
     features = tuple(features or default_features(has_dut))
     reducers = tuple(reducers or REDUCERS)
     clusterers = tuple(clusterers or CLUSTERERS)
+    for option, kind, names, known in (("--reducers", "reducer", reducers, REDUCERS),
+                                       ("--clusterers", "clusterer", clusterers, CLUSTERERS)):
+        for name in names:
+            if any(mark in str(name) for mark in "()=+@"):
+                parts = str(name).split("+")
+                if len(parts) > 1:  # a whole pipeline
+                    example, stage = str(name), parts[-1] if kind == "clusterer" else parts[-2]
+                elif kind == "clusterer":
+                    reducer = reducers[0] if reducers[0] in REDUCERS else "umap"
+                    example, stage = f"{features[0]}+{reducer}+{name}", str(name)
+                else:
+                    clusterer = clusterers[0] if clusterers[0] in CLUSTERERS else "dbscan"
+                    example, stage = f"{features[0]}+{name}+{clusterer}", str(name)
+                bare = re.split(r"[(=@]", stage, maxsplit=1)[0].strip()
+                raise SpecError(
+                    f"{option} takes {kind} names only ({', '.join(sorted(known))}), not {name!r}: the study "
+                    f"searches each {kind}'s parameters itself (only --features takes parameters). Pass "
+                    f"{option} {bare if bare in known else ','.join(sorted(known))}; to run one fixed setting, use "
+                    f"`rca-gpu run SOURCE --out runs/first --pipeline '{example}'`."
+                )
     for name in reducers:
         make_reduce(name)
     for name in clusterers:
@@ -239,17 +268,43 @@ def to_markdown(table: pd.DataFrame, *, source: str = "", top: int | None = None
 WIDE_TERMINAL = 120
 
 
-def _stages(text: str) -> str:
-    """A pipeline string with one stage per line ("pixels+" / "pca(n_components=2)+" / "kmeans(k=2)"), so a
-    narrow column breaks it between stages (a stage longer than the column folds)."""
+def _stage_lines(text: str, width: int | None = None) -> list[str]:
+    """A pipeline string as lines: one stage per line ("pixels+" / "pca(n_components=2)+" / "kmeans(k=2)");
+    a stage longer than ``width`` is broken after ',', '(' or '@' only (never inside a name or a value)."""
+    stages = split_outside_parens(text, "+") if text else []
+    lines: list[str] = []
+    for i, stage in enumerate(stages):
+        stage += "+" if i < len(stages) - 1 else ""
+        if width is None or len(stage) <= width:
+            lines.append(stage)
+            continue
+        current = ""
+        for piece in re.split(r"(?<=[,(@])", stage):
+            if current and len(current) + len(piece) > width:
+                lines.append(current)
+                current = ""
+            current += piece
+        lines.append(current)
+    return lines
+
+
+def _stages(text: str, width: int | None = None) -> str:
+    """:func:`_stage_lines` joined by newlines, escaped for rich markup."""
     from rich.markup import escape
 
-    return escape("+\n".join(split_outside_parens(text, "+"))) if text else ""
+    return escape("\n".join(_stage_lines(text, width)))
+
+
+def _min_width(texts: Iterable[str]) -> int:
+    """The narrowest column that shows ``texts`` broken at '+', ',', '(' and '@' only."""
+    return max((len(piece) for text in texts for line in _stage_lines(text)
+                for piece in re.split(r"(?<=[,(@])", line)), default=0)
 
 
 def to_rich(table: pd.DataFrame, *, source: str = "", top: int | None = None, width: int = 80):
     """The ranking for a terminal of ``width`` columns, as a rich renderable: whole pipeline names and chosen
-    settings (broken between stages, folded within one), fewer metric columns below :data:`WIDE_TERMINAL`.
+    settings (broken between stages, and inside a stage wider than its column after "," "(" or "@" only), fewer
+    metric columns below :data:`WIDE_TERMINAL`.
 
     The same rows as :func:`to_markdown`, which study.md holds with every column.
     """
@@ -270,23 +325,37 @@ def to_rich(table: pd.DataFrame, *, source: str = "", top: int | None = None, wi
     metrics += [("clusters" if wide else "clus", "n_clusters"), ("noise", "noise_share")]
     if wide:
         metrics += [("ARI", "ari_with_noise"), ("recall (mean)", "mean_recall")]
-    out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    out.add_column("rank", justify="right", no_wrap=True)
-    out.add_column("pipeline", overflow="fold", min_width=10)
-    for header, _ in metrics:
-        out.add_column(header, justify="right")
-    out.add_column("chosen", overflow="fold", min_width=10)
     shown = table if top is None else table.head(top)
-    for row in shown.itertuples(index=False):
+    rows = list(shown.itertuples(index=False))
+    pipelines = [row._asdict()["pipeline"] for row in rows]
+    chosen = []
+    for row in rows:
+        resolved = (row._asdict().get("resolved_pipeline") or "") if row._asdict()["status"] == "ok" else ""
+        chosen.append(resolved.split("+", 1)[1] if "+" in str(resolved) else str(resolved))
+    # The two text columns share what the rank and metric columns leave (2 columns between any two); each is
+    # broken at '+' (between stages) and, only when a stage alone is wider than its column, at ',' '(' '@'.
+    fixed = len("rank") + sum(max(len(header), 5) for header, _ in metrics)
+    free = width - fixed - 2 * (len(metrics) + 2)
+    pipe_natural = max([len("pipeline")] + [len(line) for text in pipelines for line in _stage_lines(text)])
+    pipe_narrow = max(len("pipeline"), _min_width(pipelines))
+    chosen_narrow = max(len("chosen"), _min_width(chosen), 10)
+    pipe_width = max(pipe_narrow, min(pipe_natural, free - chosen_narrow))
+    chosen_width = max(chosen_narrow, free - pipe_width)
+    out = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    out.add_column("rank", justify="right", no_wrap=True)
+    out.add_column("pipeline", overflow="fold", width=pipe_width)
+    for header, _ in metrics:
+        out.add_column(header, justify="right", no_wrap=True)
+    out.add_column("chosen", overflow="fold", width=chosen_width)
+    for row, pipeline, setting in zip(rows, pipelines, chosen):
         values = row._asdict()
         if values["status"] != "ok":
-            out.add_row(str(values["rank"]), _stages(values["pipeline"]), *["-"] * len(metrics),
+            out.add_row(str(values["rank"]), _stages(pipeline, pipe_width), *["-"] * len(metrics),
                         Text(f"failed: {values['error'][:200]}"))
             continue
-        resolved = values["resolved_pipeline"] or ""
-        out.add_row(str(values["rank"]), _stages(values["pipeline"]),
+        out.add_row(str(values["rank"]), _stages(pipeline, pipe_width),
                     *[_fmt(values[column], 0 if column == "n_clusters" else 3) for _, column in metrics],
-                    _stages(resolved.split("+", 1)[1] if "+" in resolved else resolved))
+                    _stages(setting, chosen_width))
     note = Text(f"{len(ok)} of {len(table)} pipelines ran. Score = weighted purity x coverage x (1 - noise share) "
                 "x min(1, 3 x causes / clusters) (docs/metrics.md)." + ("" if wide else
                 " Every column: study.md."))

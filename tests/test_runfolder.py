@@ -104,3 +104,60 @@ def test_every_file_written_into_a_run_folder_is_a_listed_output():
                compare.COMPARISON_INFO_FILE, reference.FEATURES_FILE, reference.TABLE_FILE, reference.INFO_FILE,
                stability.SUMMARY_FILE}
     assert written <= set(RUN_OUTPUTS) and FILES_DIR in RUN_OUTPUT_FOLDERS
+
+
+def _study_folder(folder: Path, with_md: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "study.parquet").write_bytes(b"PAR1")
+    if with_md:
+        (folder / "study.md").write_text("# study\n")
+    else:
+        (folder / "pipelines").mkdir()
+    return folder
+
+
+@pytest.mark.parametrize("command", [None, "rca-gpu assign", "rca-gpu select", "rca-gpu export"])
+@pytest.mark.parametrize("with_md", [True, False])
+def test_a_study_folder_is_refused_as_the_out_folder_of_any_other_command(tmp_path, command, with_md):
+    """run (command None), assign, select and export would write beside a study's study.parquet."""
+    from rca_gpu.runfolder import RunFolderError, check_out_folder
+
+    study = _study_folder(tmp_path / "s", with_md)
+    with pytest.raises(RunFolderError, match=r"folder '.*s' holds a study of `rca-gpu study` \(study\.parquet\)"
+                                             r".*Pass a folder of its own"):
+        check_out_folder(study, command=command)
+
+
+def test_a_run_folder_is_refused_as_the_out_folder_of_a_study(tmp_path):
+    from rca_gpu.runfolder import STUDY_COMMAND, RunFolderError, check_out_folder
+
+    _finished(tmp_path, new_run_id())
+    with pytest.raises(RunFolderError, match=r"holds a run folder of `rca-gpu run` \(run\.json\).*those of "
+                                             r"`rca-gpu study` would mix.*e\.g\. --out studies/first"):
+        check_out_folder(tmp_path, command=STUDY_COMMAND, example="studies/first")
+
+
+@pytest.mark.parametrize("marker", ["assign.json", "select.json", "export.json"])
+def test_a_catalogue_output_folder_is_refused_as_the_out_folder_of_a_study(tmp_path, marker):
+    from rca_gpu.runfolder import STUDY_COMMAND, RunFolderError, check_out_folder
+
+    (tmp_path / marker).write_text("{}")
+    with pytest.raises(RunFolderError, match=rf"holds the outputs of `rca-gpu \w+` \({marker}\)"):
+        check_out_folder(tmp_path, command=STUDY_COMMAND)
+
+
+def test_a_command_may_write_into_its_own_earlier_output_folder(tmp_path):
+    """A study into an earlier study, a run into an earlier run: allowed (the new outputs replace the old).
+    A user's own run.json (not written by rca-gpu) does not make a run folder."""
+    from rca_gpu.runfolder import STUDY_COMMAND, check_out_folder
+
+    study = _study_folder(tmp_path / "s")
+    assert check_out_folder(study, command=STUDY_COMMAND) == study
+    run = tmp_path / "r"
+    run.mkdir()
+    _finished(run, new_run_id())
+    assert check_out_folder(run) == run
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "run.json").write_text(json.dumps({"mine": 1}))
+    assert check_out_folder(own, command=STUDY_COMMAND) == own

@@ -117,3 +117,88 @@ def test_the_terminal_ranking_shows_whole_pipeline_names_within_the_width(width)
     assert chosen["1"] == "umap(min_dist=0.0,n_components=10,n_neighbors=30)+hdbscan(min_cluster_size=12,select=merged)"
     assert chosen["2"] == "pca(n_components=2)+kmeans(k=3)" and chosen["3"].startswith("failed:")
     assert ("cov. injected" in text) == (width >= 120) and ("study.md" in text) == (width < 120)
+    # broken only between stages ('+') and, inside a stage too wide for the column, after ',' '(' or '@'
+    for header, stop in (("pipeline", "score"), ("chosen", None)):
+        for rank_cell, lines in _cell_lines(text, header, stop).items():
+            if not lines[0].startswith("failed"):
+                assert all(line[-1] in "+,(@" for line in lines[:-1]), (rank_cell, lines)
+    assert _cell_lines(text, "pipeline", "score")["1"][0] == ("mobilenet_v2@" if width == 80 else
+                                                               "mobilenet_v2@features.14+")
+
+
+def _cell_lines(text: str, start_header: str, next_header: str | None) -> dict[str, list[str]]:
+    """rank -> the non-empty lines of the cell under ``start_header``."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.lstrip().startswith("rank"))
+    start = lines[head].index(start_header)
+    stop = lines[head].index(next_header) if next_header else None
+    cells: dict[str, list[str]] = {}
+    current = None
+    for line in lines[head + 2:]:
+        rank_cell = line[:lines[head].index("rank") + len("rank")].strip()
+        current = rank_cell or current
+        if current is not None and line[start:stop].strip():
+            cells.setdefault(current, []).append(line[start:stop].strip())
+    return cells
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "rca_gpu.cli", *map(str, args)], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=120)
+
+
+def test_a_study_into_a_run_folder_and_a_run_into_a_study_folder_are_refused(tmp_path):
+    """The study and the run write into folders of their own: each refuses the other's folder, naming it,
+    before any image is read and without writing there."""
+    import json
+
+    from rca_gpu.runfolder import RUN_FORMAT
+
+    source = tmp_path / "t.csv"
+    source.write_text("path,label\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"rca_gpu_run": RUN_FORMAT, "run_id": "x"}))
+    done = _cli("study", source, "--out", run, "-q")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"'{run}' holds a run folder of `rca-gpu run` (run.json)" in done.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.parquet").write_bytes(b"PAR1")
+    (study / "study.md").write_text("# study\n")
+    done = _cli("run", source, "--out", study, "-q")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"'{study}' holds a study of `rca-gpu study` (study.parquet)" in done.stderr
+    assert sorted(p.name for p in study.iterdir()) == ["study.md", "study.parquet"]
+
+
+@pytest.mark.parametrize("reducers,clusterers,wrong,option,rule_fix", [
+    (["none"], ["ward(k=3)"], "ward(k=3)", "--clusterers",
+     "Pass --clusterers ward; to run one fixed setting, use `rca-gpu run SOURCE --out runs/first --pipeline "
+     "'pixels+none+ward(k=3)'`"),
+    (["pca(n_components=2)"], ["kmeans"], "pca(n_components=2)", "--reducers",
+     "Pass --reducers pca; to run one fixed setting, use `rca-gpu run SOURCE --out runs/first --pipeline "
+     "'pixels+pca(n_components=2)+kmeans'`"),
+    (["pca"], ["pixels+none+dbscan"], "pixels+none+dbscan", "--clusterers",
+     "Pass --clusterers dbscan; to run one fixed setting, use `rca-gpu run SOURCE --out runs/first --pipeline "
+     "'pixels+none+dbscan'`"),
+])
+def test_reducers_and_clusterers_with_parameters_name_the_rule_and_the_fix(reducers, clusterers, wrong, option,
+                                                                          rule_fix):
+    with pytest.raises(SpecError) as caught:
+        make_plan(["pixels"], reducers, clusterers, has_dut=False)
+    message = str(caught.value)
+    assert f"{option} takes" in message and "names only" in message and repr(wrong) in message
+    assert "only --features takes parameters" in message and rule_fix in message
+    assert len(make_plan(["pixels(image_size=16)"], ["pca"], ["ward"], has_dut=False).pipelines()) == 1
+
+
+def test_the_study_checks_stage_names_before_reading_the_source(tmp_path):
+    done = _cli("study", tmp_path / "missing.csv", "--out", tmp_path / "s", "-f", "pixels", "-k", "ward(k=3)")
+    assert done.returncode == 2 and done.stderr.startswith("error: --clusterers takes clusterer names only")
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()

@@ -25,6 +25,11 @@ register_output("causes.toml")
 
 log = logging.getLogger("rca_gpu")
 
+#: Fewest usable images whose clusters' stability is scored: a resample of 80 % of fewer images leaves a
+#: handful of points, and Jaccard values of clusters of one or two images say nothing. Below it stability is
+#: not scored (null, as with ``--stability 0``) and run.json ``catalogue.stability_not_scored`` says why.
+STABILITY_MIN_IMAGES = 10
+
 
 @dataclass
 class CatalogueParts:
@@ -43,7 +48,8 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
     spec: the RunSpec (``stability``: resamples, None = automatic, 0 = off; ``seed``).
     failures, features, graph: the run's FailureSet, Features and feature kNN graph.
     selection: the chosen setting (``reduce_params``, ``cluster_params``, ``embedding``, ``trials``); when its
-        ``criterion`` is "none" (nothing searched: too few distinct images) stability is not scored.
+        ``criterion`` is "none" (nothing searched: too few distinct images) stability is not scored, nor
+        below :data:`STABILITY_MIN_IMAGES` usable images (``info["stability_not_scored"]`` says why).
     labels: (n,) int64 final labels (-1 noise), aligned with ``features.matrix``.
     """
     from rca_gpu import outputs
@@ -57,7 +63,19 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
     started = time.perf_counter()
     # a selection that searched nothing (too few distinct images) has no setting to re-cluster with
     searched = getattr(selection, "criterion", None) != "none"
-    if resamples != 0 and searched and (labels >= 0).any():
+    n_images = len(labels)
+    if resamples == 0:
+        why = "switched off (--stability 0)"
+    elif not searched:
+        why = "nothing was searched (too few distinct images): no setting to re-cluster with"
+    elif n_images < STABILITY_MIN_IMAGES:
+        why = (f"{n_images} usable images, fewer than {STABILITY_MIN_IMAGES}: resamples of so few images give "
+               "meaningless Jaccard values")
+    elif not (labels >= 0).any():
+        why = "no cluster (every image is noise)"
+    else:
+        why = None
+    if why is None:
         if resamples is None:
             resamples = default_resamples(spec.pipeline.reduce.name, getattr(selection, "trials", None))
         reporter = reporter or Reporter(enabled=False)
@@ -76,6 +94,8 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
                  stability.info["n_unstable"], len(summary), stability.info["unstable_below"])
     else:  # the file is written all the same: one row per cluster, stability unscored (null)
         info["stability"] = None
+        info["stability_not_scored"] = why
+        log.info("stability not scored: %s", why)
         outputs.write_parquet(out / SUMMARY_FILE, unscored_summary(labels), run_id=run_id)
     if timer is not None:
         timer.add("stability", started)

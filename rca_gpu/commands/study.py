@@ -26,10 +26,10 @@ def study_command(
     features: Annotated[Optional[list[str]], typer.Option("--features", "-f", help="Feature specs, e.g. "
                         "pixels,mobilenet_v2,lrp@conv2 (default: pixels, mobilenet_v2, ae, and dut, lrp, "
                         "gradcam when the DNN under test is known).")] = None,
-    reducers: Annotated[Optional[list[str]], typer.Option("--reducers", "-r", help="umap,pca,none (default: "
-                        "all).")] = None,
+    reducers: Annotated[Optional[list[str]], typer.Option("--reducers", "-r", help="umap,pca,none: names only, "
+                        "the study tunes their parameters (default: all).")] = None,
     clusterers: Annotated[Optional[list[str]], typer.Option("--clusterers", "-k", help="dbscan,hdbscan,kmeans,"
-                          "ward (default: all).")] = None,
+                          "ward: names only, the study tunes their parameters (default: all).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="The DNN under test (else the manifest's).")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | gpu")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed")] = None,
@@ -46,10 +46,12 @@ def study_command(
     from rca_gpu.data.sources import load_source
     from rca_gpu.study import check_study_source, make_plan, run_study, to_rich
 
-    from rca_gpu.runfolder import STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept, check_out_folder
+    from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
+                                   check_out_folder)
 
-    check_out_folder(out)  # before any feature is extracted
+    check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
     check_inputs_kept(out, {"SOURCE": source, "--model": model}, files=STUDY_OUTPUTS, folders=STUDY_OUTPUT_FOLDERS)
+    make_plan(_split(features), _split(reducers), _split(clusterers), False)  # names checked before any image is read
     reporter = _setup(quiet, False)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
                       precision=precision, model=model)
