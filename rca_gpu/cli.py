@@ -221,11 +221,11 @@ def run_command(
 ) -> None:
     """Cluster the failing images in SOURCE (or the features in --features FILE); write clusters.parquet,
     embedding.parquet, run.json to OUT."""
-    from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, check_inputs_kept, check_out_folder
+    from rca_gpu.runfolder import check_run_out_folder
 
-    check_out_folder(out)  # before the spec, the source or any model is read
-    check_inputs_kept(out, {"SOURCE": source, "--features": features, "--metadata": metadata, "--config": config,
-                            "--weights": weights}, files=RUN_OUTPUTS, folders=RUN_OUTPUT_FOLDERS)
+    # before the spec, the source or any model is read
+    check_run_out_folder(out, {"SOURCE": source, "--features": features, "--metadata": metadata,
+                               "--config": config, "--weights": weights})
     reporter = _setup(quiet, verbose)
     from rca_gpu.launch import pipeline_for_features, run_inputs
 

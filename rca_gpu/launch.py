@@ -105,14 +105,12 @@ def run_features(
             f"--features FILE replaces the feature stage, but the pipeline {str(spec.pipeline)!r} names the "
             f"extractor '{spec.pipeline.features.name}'. Write it without one, e.g. --pipeline {FEATURES_PIPELINE}."
         )
-    from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, check_inputs_kept, check_out_folder
+    from rca_gpu.runfolder import check_run_out_folder
     from rca_gpu.spec import check_backends, check_paths
 
     timer = Timer()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out = check_out_folder(out)  # checked before the features are read
-    check_inputs_kept(out, {"--features": features, "--metadata": metadata}, files=RUN_OUTPUTS,
-                      folders=RUN_OUTPUT_FOLDERS)
+    out = check_run_out_folder(out, {"--features": features, "--metadata": metadata})  # before the features are read
     check_paths(spec)
     device = resolve_device(spec.device)
     check_backends(spec, device)

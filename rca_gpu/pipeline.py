@@ -30,8 +30,7 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import (RUN_FORMAT, RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, check_inputs_kept, check_out_folder,
-                               new_run_id, start_run_folder)
+from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, new_run_id, start_run_folder
 from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
                           check_data_limits, check_dut_known, check_memory, check_paths)
 from rca_gpu.tuning import Selection, effective_k, select
@@ -330,9 +329,7 @@ def run(
     reporter = reporter or Reporter(enabled=False)
     timer = Timer()
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out = check_out_folder(out)
-    if not isinstance(source, FailureSet):
-        check_inputs_kept(out, {"SOURCE": source}, files=RUN_OUTPUTS, folders=RUN_OUTPUT_FOLDERS)
+    out = check_run_out_folder(out, {} if isinstance(source, FailureSet) else {"SOURCE": source})
     check_paths(spec)
 
     t = time.perf_counter()

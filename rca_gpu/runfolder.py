@@ -132,47 +132,61 @@ OUTPUT_MARKERS = {
 
 #: A file (besides OUTPUT_MARKERS) that marks a folder written by rca-gpu: a run (run.json) or a study.
 STUDY_FILE = "study.parquet"
+#: The study's ranking as Markdown, and the folder of its pipelines' runs (both written beside STUDY_FILE).
+STUDY_MARKDOWN = "study.md"
+STUDY_PIPELINES = "pipelines"
 #: The command that writes :data:`STUDY_FILE`; pass it as ``command`` to :func:`check_out_folder`.
 STUDY_COMMAND = "rca-gpu study"
+#: JSON marker files larger than this are not read (no marker rca-gpu writes comes near it).
+_MARKER_MAX_BYTES = 16 << 20
+
+
+def _json_object(path: str | Path) -> dict | None:
+    """The JSON object in ``path``; None when it is missing, larger than _MARKER_MAX_BYTES, unreadable, not
+    JSON, or JSON of another type."""
+    import os
+
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > _MARKER_MAX_BYTES:
+            return None
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_run_json(path: str | Path) -> bool:
+    """Whether ``path`` is a run.json written by rca-gpu (a JSON object with ``"rca_gpu_run"``)."""
+    data = _json_object(path)
+    return data is not None and "rca_gpu_run" in data
+
+
+def _is_study_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a study: :data:`STUDY_FILE` with :data:`STUDY_MARKDOWN` or :data:`STUDY_PIPELINES`."""
+    import os
+
+    return os.path.isfile(os.path.join(folder, STUDY_FILE)) and (
+        os.path.isfile(os.path.join(folder, STUDY_MARKDOWN)) or os.path.isdir(os.path.join(folder, STUDY_PIPELINES)))
 
 
 def output_folder_kind(folder: str | Path) -> str | None:
     """What wrote ``folder`` when it is an rca-gpu output folder, e.g. ``"rca-gpu run (run.json)"``; None for
     any other folder. A folder counts when it holds a run.json written by rca-gpu (a JSON object with
-    ``"rca_gpu_run"``), a study's study.parquet, or one of :data:`OUTPUT_MARKERS` (a JSON object). A user's
-    own file of the same name with other content does not count. Used by the folder scan, which leaves these
-    folders out: their thumbnails and exported copies are not failure images."""
+    ``"rca_gpu_run"``), a study (:func:`_is_study_folder`), or one of :data:`OUTPUT_MARKERS` (a JSON object). A
+    user's own file of the same name with other content does not count. Used by the folder scan, which leaves
+    these folders out: their thumbnails and exported copies are not failure images."""
     import os
 
     folder = os.fspath(folder)
-    if os.path.isfile(os.path.join(folder, STUDY_FILE)) and (
-            os.path.isfile(os.path.join(folder, "study.md")) or os.path.isdir(os.path.join(folder, "pipelines"))):
+    if _is_study_folder(folder):
         return f"{STUDY_COMMAND} ({STUDY_FILE})"
-    for marker, command in [(RUN_FILE, "rca-gpu run")] + [(m, c) for m, (c, _) in OUTPUT_MARKERS.items()]:
-        path = os.path.join(folder, marker)
-        if not os.path.isfile(path):
-            continue
-        try:
-            if os.path.getsize(path) > (16 << 20):
-                continue
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and (marker != RUN_FILE or "rca_gpu_run" in data):
+    if _is_run_json(os.path.join(folder, RUN_FILE)):
+        return f"rca-gpu run ({RUN_FILE})"
+    for marker, (command, _) in OUTPUT_MARKERS.items():
+        if _json_object(os.path.join(folder, marker)) is not None:
             return f"{command} ({marker})"
     return None
-
-
-def _is_run_json(path: Path) -> bool:
-    """Whether ``path`` is a run.json written by rca-gpu (a JSON object with ``"rca_gpu_run"``)."""
-    try:
-        if not path.is_file() or path.stat().st_size > (16 << 20):
-            return False
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "rca_gpu_run" in data
 
 
 def not_a_run_note(path: str | Path, argument: str = "RUN_DIR") -> str | None:
@@ -186,11 +200,7 @@ def not_a_run_note(path: str | Path, argument: str = "RUN_DIR") -> str | None:
     for marker, (command, key) in OUTPUT_MARKERS.items():
         if not (folder / marker).is_file():
             continue
-        try:
-            info = json.loads((folder / marker).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = {}
-        source = info.get(key) if isinstance(info, dict) else None
+        source = (_json_object(folder / marker) or {}).get(key)
         recorded = isinstance(source, str) and source
         hint = f", e.g. the run it was made from: {printable(repr(source))}" if recorded else ""
         return (f"The {argument} folder {printable(repr(str(path)))} is the output folder of `{command}` (it holds "
@@ -263,23 +273,18 @@ def is_finished(path: str | Path) -> bool:
 #: Every file name ``rca-gpu run`` (and the commands that add to a run folder: report, causes, compare) writes
 #: at the top of a run folder. A new run removes exactly these names from its folder before it writes anything,
 #: so that a folder never mixes two runs; any other file (e.g. a copy ``clusters_from_a.parquet``) stays.
-#: Modules that write another file into a run folder declare it with :func:`register_output`.
-RUN_OUTPUTS: list[str] = [RUN_FILE, "clusters.parquet", "embedding.parquet", "explanations.parquet", "metrics.json",
-                          "per_cause.csv", "report.html", "cluster_summary.parquet", "reference.safetensors",
-                          "reference.parquet", "reference.json", "causes.toml", "causes.parquet",
-                          "comparison.parquet", "comparison.json"]
+#: A module that writes another file into a run folder adds its name here (tests/test_runfolder.py checks
+#: that every file a run writes is listed).
+RUN_OUTPUTS: tuple[str, ...] = (RUN_FILE, "clusters.parquet", "embedding.parquet", "explanations.parquet",
+                                "metrics.json", "per_cause.csv", "report.html", "cluster_summary.parquet",
+                                "reference.safetensors", "reference.parquet", "reference.json", "causes.toml",
+                                "causes.parquet", "comparison.parquet", "comparison.json")
 #: Sub-folders of a run folder that rca-gpu writes into: the report's files (thumbnails are replaced) and the
 #: feature cache (shards are added and removed). Not removed by a new run.
 RUN_OUTPUT_FOLDERS: tuple[str, ...] = ("report_files", "cache")
 #: What ``rca-gpu study`` writes into its --out folder: files, and folders it writes into.
-STUDY_OUTPUTS: tuple[str, ...] = ("study.parquet", "study.md")
-STUDY_OUTPUT_FOLDERS: tuple[str, ...] = ("pipelines", "cache")
-
-
-def register_output(name: str) -> None:
-    """Declare a file name that belongs to a run (removed from the folder when a new run starts there)."""
-    if name not in RUN_OUTPUTS:
-        RUN_OUTPUTS.append(name)
+STUDY_OUTPUTS: tuple[str, ...] = (STUDY_FILE, STUDY_MARKDOWN)
+STUDY_OUTPUT_FOLDERS: tuple[str, ...] = (STUDY_PIPELINES, "cache")
 
 
 def check_inputs_kept(out: str | Path, inputs: dict[str, Any], *, files: "list[str] | tuple[str, ...]" = (),
@@ -390,8 +395,7 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
     if folder.is_dir():
         others = [(other, marker) for marker, (other, _) in OUTPUT_MARKERS.items()
                   if other != command and (folder / marker).is_file()]
-        study = output_folder_kind(folder) == f"{STUDY_COMMAND} ({STUDY_FILE})"
-        if command != STUDY_COMMAND and study:
+        if command != STUDY_COMMAND and _is_study_folder(folder):
             others.insert(0, (STUDY_COMMAND, STUDY_FILE))
         if command == STUDY_COMMAND and _is_run_json(folder / RUN_FILE):
             others.insert(0, ("rca-gpu run", RUN_FILE))
@@ -404,6 +408,21 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
                 f"would mix with them. Pass a folder of its own, e.g. {option} {example}, or remove that "
                 "folder first."
             )
+    return folder
+
+
+def check_run_out_folder(out: str | Path, inputs: dict[str, Any]) -> Path:
+    """What ``rca-gpu run`` checks of its --out folder before any work: :func:`check_out_folder` (writable,
+    not another command's output folder), then :func:`check_inputs_kept` for ``inputs`` against the names a
+    run writes (:data:`RUN_OUTPUTS`, :data:`RUN_OUTPUT_FOLDERS`). Returns the folder.
+
+    Raises
+    ------
+    RunFolderError
+        As those two functions.
+    """
+    folder = check_out_folder(out)
+    check_inputs_kept(out, inputs, files=RUN_OUTPUTS, folders=RUN_OUTPUT_FOLDERS)
     return folder
 
 

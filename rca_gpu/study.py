@@ -23,7 +23,7 @@ from rca_gpu.data.sources import FailureSet, load_source
 from rca_gpu.device import resolve_device
 from rca_gpu.errors import RcaError, SpecError
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import is_finished, open_run
+from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run
 from rca_gpu.spec import (CLUSTERERS, REDUCERS, PipelineSpec, RunSpec, make_cluster, make_reduce, parse_pipeline,
                           split_outside_parens)
 
@@ -131,10 +131,10 @@ def run_study(
         by_features.setdefault(str(pipeline.features), []).append(pipeline)
 
     for feature_text, group in by_features.items():
-        todo = [p for p in group if not is_finished(out / "pipelines" / slug(p))]
+        todo = [p for p in group if not is_finished(out / STUDY_PIPELINES / slug(p))]
         for pipeline in group:
             if pipeline not in todo:
-                rows.append(_row_from_disk(pipeline, out / "pipelines" / slug(pipeline)))
+                rows.append(_row_from_disk(pipeline, out / STUDY_PIPELINES / slug(pipeline)))
         if not todo:
             continue
         try:
@@ -151,7 +151,7 @@ def run_study(
             continue
         reduce_cache: dict = {}
         for pipeline in todo:
-            run_dir = out / "pipelines" / slug(pipeline)
+            run_dir = out / STUDY_PIPELINES / slug(pipeline)
             spec = base.replace(pipeline=pipeline)
             timer = Timer({"features (shared)": round(feature_seconds, 3), "knn (shared)": round(knn_seconds, 3)})
             try:
@@ -167,8 +167,8 @@ def run_study(
 
     table = pd.DataFrame(rows)
     table = rank(table)
-    outputs.write_parquet(out / "study.parquet", table)
-    outputs.write_text(out / "study.md", to_markdown(table, source=str(failures.source)))
+    outputs.write_parquet(out / STUDY_FILE, table)
+    outputs.write_text(out / STUDY_MARKDOWN, to_markdown(table, source=str(failures.source)))
     return table
 
 

@@ -94,3 +94,9 @@ def one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+def succeeded(result):
+    """Assert a CliRunner result exited 0, showing its output and exception otherwise; return it."""
+    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    return result

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import one_line_error
+from helpers import one_line_error, succeeded
 from rca_gpu.cli import app
 
 runner = CliRunner()
@@ -183,7 +183,7 @@ def odd_folder_run(tmp_path_factory):
     _good_images(odd_sub, 1)
     out = root / "out"
     result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", PIXELS, *QUICK[:-1]])
-    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    succeeded(result)
     clusters = pd.read_parquet(out / "clusters.parquet")
     clusters["name"] = [Path(p).name for p in clusters["path"]]
     clusters.attrs["left_out"] = json.loads((out / "run.json").read_text())["source"]["left_out"]
@@ -366,7 +366,7 @@ def manifest_run(tmp_path_factory):
     frame.to_csv(manifest, index=False)
     out = root / "out"
     result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "-p", PIXELS, *QUICK[:-1]])
-    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    succeeded(result)
     return pd.read_parquet(out / "clusters.parquet"), result.output, n
 
 
@@ -791,9 +791,7 @@ def test_bad_out_folder_is_one_line_before_work(small_data, tmp_path, monkeypatc
 
 
 def _run_into(source: Path, out: Path, pipeline: str = PIXELS):
-    result = runner.invoke(app, ["run", str(source), "--out", str(out), "-p", pipeline, *QUICK])
-    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
-    return result
+    return succeeded(runner.invoke(app, ["run", str(source), "--out", str(out), "-p", pipeline, *QUICK]))
 
 
 @pytest.fixture(scope="module")
@@ -1000,7 +998,7 @@ def test_non_finite_features_reject_only_their_rows(tmp_path, monkeypatch):
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", "dut+pca(n_components=2)+kmeans(k=2)",
                                  "--model", f"rca_nan_dut:build={tmp_path / 'w.pt'}", *QUICK])
-    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
+    succeeded(result)
     clusters = pd.read_parquet(out / "clusters.parquet")
     rejected = clusters[clusters["status"] == "rejected"]
     assert len(clusters) == 12 and len(rejected) == 3

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import one_line_error
+from helpers import one_line_error, succeeded
 from rca_gpu.cli import app
 from rca_gpu.data.sources import load_source
 from rca_gpu.errors import SourceError
@@ -39,11 +39,6 @@ def _images(folder: Path, n: int, prefix: str = "img") -> list[Path]:
 
 def _run(*args: str):
     return runner.invoke(app, ["run", *map(str, args), "-p", PIXELS, *QUICK])
-
-
-def _ok(result):
-    assert result.exit_code == 0, f"{result.output} {result.exception!r}"
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +124,7 @@ def test_out_inside_the_source_folder_is_not_read_back(tmp_path):
     _images(data, 5)
     out = data / "rca_run"
     for _ in range(3):
-        _ok(_run(data, "--out", out))
+        succeeded(_run(data, "--out", out))
         clusters = pd.read_parquet(out / "clusters.parquet")
         assert len(clusters) == 5 and not clusters["path"].str.contains("rca_run").any()
     assert any((out / "report_files").rglob("*.jpg"))  # the thumbnails that must not be read as failures
@@ -141,7 +136,7 @@ def test_out_equal_to_the_source_folder_is_not_read_back(tmp_path):
     data = tmp_path / "ds"
     _images(data, 5)
     for _ in range(2):
-        _ok(_run(data, "--out", data))
+        succeeded(_run(data, "--out", data))
         assert len(pd.read_parquet(data / "clusters.parquet")) == 5
 
 
@@ -194,10 +189,10 @@ def test_a_cached_run_rejects_what_a_fresh_run_rejects(tmp_path):
     manifest = _write(tmp_path / "mf" / "up.csv", pd.DataFrame(
         {"path": [f"../imgs/top_{i:03d}.png" for i in range(6)] + [f"../imgs/sub/sub_{i:03d}.png" for i in range(6)]}))
     out, fresh = tmp_path / "out", tmp_path / "fresh"
-    _ok(_run(manifest, "--out", out, "--image-root", tmp_path))
+    succeeded(_run(manifest, "--out", out, "--image-root", tmp_path))
     assert (pd.read_parquet(out / "clusters.parquet")["status"] != "rejected").all()
     for folder in (out, fresh):  # out reuses the cache of the first run; fresh has none
-        _ok(_run(manifest, "--out", folder, "--image-root", tmp_path / "imgs" / "sub"))
+        succeeded(_run(manifest, "--out", folder, "--image-root", tmp_path / "imgs" / "sub"))
     cached, new = (pd.read_parquet(f / "clusters.parquet") for f in (out, fresh))
     assert (cached["status"] == "rejected").sum() == 6
     assert cached["reason"].str.contains("path escapes the image root").sum() == 6
@@ -287,8 +282,8 @@ def test_too_few_usable_images_groups_reasons_by_kind(tmp_path):
 
 def test_a_rerun_removes_only_the_files_rca_gpu_writes(data, tmp_path):
     out = tmp_path / "out"
-    _ok(_run(data, "--out", out))
+    succeeded(_run(data, "--out", out))
     shutil.copy(out / "clusters.parquet", out / "clusters_from_a.parquet")  # carries run a's id: still the user's
     (out / "mine.json").write_text(json.dumps({"run_id": "0" * 32}))
-    _ok(_run(data, "--out", out))
+    succeeded(_run(data, "--out", out))
     assert (out / "clusters_from_a.parquet").is_file() and (out / "mine.json").is_file()

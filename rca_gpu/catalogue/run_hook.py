@@ -17,12 +17,6 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import register_output
-
-# files of a run that carry no JSON/Parquet run id: a new run into the same folder removes them first
-register_output("reference.safetensors")
-register_output("causes.toml")
-
 log = logging.getLogger("rca_gpu")
 
 #: Fewest usable images whose clusters' stability is scored: a resample of 80 % of fewer images leaves a
@@ -108,8 +102,8 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
 
 
 def unscored_summary(labels: np.ndarray) -> pd.DataFrame:
-    """cluster_summary.parquet when stability is not scored (``--stability 0``, nothing searched, or no
-    cluster): one row per cluster with its ``size``; ``stability`` null (NaN), ``unstable`` null (nullable
+    """cluster_summary.parquet when stability is not scored (``--stability 0``, nothing searched, fewer than
+    :data:`STABILITY_MIN_IMAGES` usable images, or no cluster): one row per cluster with its ``size``; ``stability`` null (NaN), ``unstable`` null (nullable
     boolean), ``resamples`` 0. The columns and dtypes of a scored summary, so readers need no second case.
 
     ``labels``: (n,) int final labels, -1 = noise (no row).

@@ -445,19 +445,20 @@ def check_ids(ids: pd.Series, what: str) -> None:
     SourceError
         "<what> has missing or repeated values: the value '01' is repeated in data rows 2 and 5. ..."
     """
+    def data_rows(positions: np.ndarray) -> str:  # the first five, counted from 1
+        return ", ".join(str(r + 1) for r in positions[:5].tolist()) + (" ..." if len(positions) > 5 else "")
+
     ids = ids.reset_index(drop=True)
     missing = np.flatnonzero(ids.isna().to_numpy())
     if len(missing):
-        rows = ", ".join(str(r + 1) for r in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        detail = f"{len(missing)} id(s) are missing, in data row(s) {rows}"
+        detail = f"{len(missing)} id(s) are missing, in data row(s) {data_rows(missing)}"
     else:
         repeated = ids.duplicated(keep=False).to_numpy()
         if not repeated.any():
             return
         first = ids[np.flatnonzero(repeated)[0]]
-        rows = np.flatnonzero((ids == first).to_numpy()) + 1
-        shown = ", ".join(map(str, rows[:5].tolist())) + (" ..." if len(rows) > 5 else "")
-        detail = f"the value {printable(repr(_plain(first)))} is repeated in data rows {shown}"
+        detail = (f"the value {printable(repr(_plain(first)))} is repeated in data rows "
+                  f"{data_rows(np.flatnonzero((ids == first).to_numpy()))}")
     raise SourceError(f"{what} has missing or repeated values: {detail}. Make ids unique, or drop the column.")
 
 
