@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from rca_gpu.errors import RcaError, printable
+from rca_gpu.progress import WIDE_TERMINAL
 from rca_gpu.spec import KNN_BACKENDS
 
 class _OneLineErrors(TyperGroup):
@@ -145,8 +146,6 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
     return build_run_spec(data, pipeline=pipeline, **values)
 
 
-#: Below this many columns the cluster table keeps one metadata column, so each explanation stays readable.
-WIDE_TERMINAL = 140
 
 
 def print_clusters(clusters, console=None, explanations=None, stability=None) -> None:

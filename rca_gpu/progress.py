@@ -9,6 +9,10 @@ from typing import Callable, Iterator
 
 log = logging.getLogger("rca_gpu")
 
+#: Below this many columns the terminal tables (clusters, causes, comparison) show fewer columns (one metadata
+#: or name column; sizes with their shares), so the text that is left wraps readably.
+WIDE_TERMINAL = 140
+
 
 class Reporter:
     """Shows one progress bar per long task on stderr; a no-op when disabled."""

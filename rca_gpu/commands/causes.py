@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from rca_gpu.progress import WIDE_TERMINAL
+
 
 def causes_command(
     run_dir: Annotated[Path, typer.Argument(help="Output folder of a finished `rca-gpu run`.", metavar="RUN_DIR",
@@ -85,8 +87,6 @@ def causes_command(
         console.print("nothing to change; causes.toml was not written", markup=False, highlight=False,
                       soft_wrap=True)
 
-#: Below this many columns the causes table keeps one metadata column (as the run's cluster table does).
-WIDE_TERMINAL = 140
 _NUMERIC = ("cause", "size", "stability")
 
 

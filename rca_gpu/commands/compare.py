@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from rca_gpu.commands.assign import BatchOpt, DeviceOpt, Device, QuietOpt, WorkersOpt, reporter_for
+from rca_gpu.progress import WIDE_TERMINAL
 
 
 class Basis(str, Enum):
@@ -65,8 +66,6 @@ def compare_command(
                f"results: {Path(run_b).resolve() / COMPARISON_FILE}")
 
 
-#: Below this many columns the comparison keeps one name column and shows each size with its share.
-WIDE_TERMINAL = 140
 
 
 def print_comparison(result, console) -> None:
