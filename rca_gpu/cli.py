@@ -15,8 +15,9 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from typer.core import TyperGroup
 
+from rca_gpu.commands.options import QuietOpt
 from rca_gpu.errors import RcaError, printable
-from rca_gpu.progress import WIDE_TERMINAL
+from rca_gpu.progress import WIDE_TERMINAL, reporter_for
 from rca_gpu.spec import KNN_BACKENDS
 
 class _OneLineErrors(TyperGroup):
@@ -94,17 +95,6 @@ def friendly_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _setup(quiet: bool, verbose: bool):
-    from rca_gpu.progress import Reporter, setup_logging
-
-    setup_logging(verbose)
-    if quiet:
-        import logging
-
-        logging.getLogger("rca_gpu").setLevel(logging.WARNING)
-    return Reporter(enabled=not quiet)
-
-
 # --------------------------------------------------------------------------------------------------
 # Shared options
 # --------------------------------------------------------------------------------------------------
@@ -129,7 +119,6 @@ RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests
                     "inside this folder (default: the manifest's folder).")]
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
                       "explanations; opens offline).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info lines.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
 
 
@@ -225,7 +214,7 @@ def run_command(
     # before the spec, the source or any model is read
     check_run_out_folder(out, {"SOURCE": source, "--features": features, "--metadata": metadata,
                                "--config": config, "--weights": weights})
-    reporter = _setup(quiet, verbose)
+    reporter = reporter_for(quiet, verbose)
     from rca_gpu.launch import pipeline_for_features, run_inputs
 
     if features is not None:
@@ -273,13 +262,21 @@ def _echo_ground_truth(metrics: dict | None) -> None:
 
 
 @app.command("pipelines")
-def pipelines_command() -> None:
-    """List the feature extractors, reducers and clusterers, with their parameters."""
+def pipelines_command(quiet: QuietOpt = False) -> None:
+    """List the feature extractors, reducers and clusterers, with their parameters.
+
+    With --quiet, one line per stage instead of the table: the stage and the names of its choices.
+    """
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     from rca_gpu.spec import CLUSTERERS, EXTRACTORS, REDUCERS
+
+    if quiet:
+        for stage, choices in (("features", EXTRACTORS), ("reduce", REDUCERS), ("cluster", CLUSTERERS)):
+            typer.echo(f"{stage}: {', '.join(choices)}")
+        return
 
     def names(params) -> str:  # a parameter with a fixed set of values lists them: "select (merged, ...)"
         return ", ".join(f"{key} ({', '.join(p.choices)})" if p.rule == "choice" else key for key, p in params.items())
@@ -313,19 +310,20 @@ def demo_command(
     from rca_gpu.runfolder import check_out_folder
 
     out = check_out_folder(out)
-    reporter = _setup(quiet, False)
+    reporter = reporter_for(quiet)
     from rca_gpu.datasets import make_dataset
 
     data_dir = out / "data"
     manifest = data_dir / "manifest.parquet"
     if not manifest.exists():
-        typer.echo(f"making the mnist-rc benchmark in {data_dir} ...")
+        if not quiet:
+            typer.echo(f"making the mnist-rc benchmark in {printable(data_dir)} ...")
         manifest = make_dataset("mnist-rc", data_dir, n=n, seed=seed or 0, reporter=reporter)
     spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
     result = run(spec, manifest, out / "run", reporter=reporter, report=report)
-    _echo_result(result, show_clusters=True, images="failing images")
+    _echo_result(result, show_clusters=not quiet, images="failing images")
 
 
 def _mount_subcommands() -> None:

@@ -147,16 +147,19 @@ def compute_features(feature_spec: FeatureSpec, failures: FailureSet, spec: RunS
 
 
 def rejection_summary(rejected: dict[int, str], top: int = 2) -> str:
-    """" 75 row(s) were rejected: 75 x <reason>." for the ``top`` most common kinds of reason of ``rejected``
-    (row position -> reason), one example value each (:func:`rca_gpu.data.sources.summarize_reasons`); ""
-    when nothing was rejected: what a too-few-images error shows."""
+    """" 75 row(s) were rejected: 75 x <reason>. <what to check>" for the ``top`` most common kinds of reason
+    of ``rejected`` (row position -> reason), one example value each
+    (:func:`rca_gpu.data.sources.summarize_reasons`), and the hint for those reasons
+    (:func:`rca_gpu.data.sources.rejection_hint`); "" when nothing was rejected: what a too-few-images error
+    shows."""
     if not rejected:
         return ""
-    from rca_gpu.data.sources import summarize_reasons
+    from rca_gpu.data.sources import rejection_hint, summarize_reasons
 
     shown, kinds = summarize_reasons(rejected.values(), top)
     more = f" | {kinds - top} other kind(s) of reason" if kinds > top else ""
-    return f" {len(rejected)} row(s) were rejected: {shown}{more}."
+    hint = rejection_hint(rejected.values())
+    return f" {len(rejected)} row(s) were rejected: {shown}{more}." + (f" {hint}" if hint else "")
 
 
 def check_enough(n_usable: int, n_total: int, clusterer: str) -> None:

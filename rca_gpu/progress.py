@@ -49,6 +49,16 @@ class Reporter:
             yield lambda n=1: progress.advance(task_id, n)
 
 
+def reporter_for(quiet: bool = False, verbose: bool = False) -> Reporter:
+    """What ``-q/--quiet`` and ``-v/--verbose`` mean on every command: log lines on stderr (debug lines too with
+    ``verbose``; with ``quiet`` only warnings and errors), and a Reporter whose progress bars are off with
+    ``quiet``. The commands themselves leave out their tables with ``quiet`` and keep their result lines."""
+    setup_logging(verbose)
+    if quiet:
+        log.setLevel(logging.WARNING)
+    return Reporter(enabled=not quiet)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """One readable log line per event on stderr (rich when it is a terminal)."""
     level = logging.DEBUG if verbose else logging.INFO

@@ -130,6 +130,18 @@ OUTPUT_MARKERS = {
 }
 
 
+#: The files assign, select and export write beside their marker (the names of rca_gpu.catalogue.assign and
+#: rca_gpu.catalogue.retraining; tests/test_runfolder.py checks that they agree). Export's folders are the groups
+#: its export.json lists.
+MARKED_OUTPUTS = {
+    "assign.json": ("assignments.parquet",),
+    "select.json": ("assignments.parquet", "selection.parquet", "selection.csv"),
+    "export.json": (),
+}
+#: The command that writes run.json (``command=None`` in :func:`check_out_folder`).
+RUN_COMMAND = "rca-gpu run"
+
+
 #: A file (besides OUTPUT_MARKERS) that marks a folder written by rca-gpu: a run (run.json) or a study.
 STUDY_FILE = "study.parquet"
 #: The study's ranking as Markdown, and the folder of its pipelines' runs (both written beside STUDY_FILE).
@@ -349,7 +361,8 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
     outputs may be written over (a run into an earlier run's folder too); a folder holding the outputs of
     another command is refused, as the files would mix: the outputs of assign, select or export (their
     marker file), a study (:data:`STUDY_FILE` with study.md or pipelines/) for any command but the study, and
-    a run folder (run.json written by rca-gpu) for the study.
+    a run folder (run.json written by rca-gpu) for the study. When the folder holds the command's own outputs
+    too, the error names the other command's files to remove first (:func:`mixed_folder_message`).
 
     Raises
     ------
@@ -398,10 +411,14 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
         if command != STUDY_COMMAND and _is_study_folder(folder):
             others.insert(0, (STUDY_COMMAND, STUDY_FILE))
         if command == STUDY_COMMAND and _is_run_json(folder / RUN_FILE):
-            others.insert(0, ("rca-gpu run", RUN_FILE))
+            others.insert(0, (RUN_COMMAND, RUN_FILE))
+        mixed = others and mixed_folder_message(folder, option=option, command=command, others=others,
+                                                example=example, shown=shown)
+        if mixed:
+            raise RunFolderError(mixed)
         if others:
             other, marker = others[0]
-            what = {STUDY_COMMAND: "a study", "rca-gpu run": "a run folder"}.get(other, "the outputs")
+            what = {STUDY_COMMAND: "a study", RUN_COMMAND: "a run folder"}.get(other, "the outputs")
             raise RunFolderError(
                 f"The {option} folder {shown} holds {what} of `{other}` ({marker}); a folder holds the "
                 f"outputs of one command only, and {f'those of `{command}`' if command else 'the new files'} "
@@ -409,6 +426,61 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
                 "folder first."
             )
     return folder
+
+
+def _own_marker(folder: Path, command: str) -> str | None:
+    """The file that shows ``folder`` holds outputs of ``command`` (run.json, study.parquet, assign.json ...), or
+    None when it holds none."""
+    if command == RUN_COMMAND:
+        return RUN_FILE if _is_run_json(folder / RUN_FILE) else None
+    if command == STUDY_COMMAND:
+        return STUDY_FILE if _is_study_folder(folder) else None
+    marker = next((m for m, (other, _) in OUTPUT_MARKERS.items() if other == command), None)
+    return marker if marker is not None and (folder / marker).is_file() else None
+
+
+def _written_names(folder: Path, command: str) -> list[str]:
+    """The names ``command`` writes at the top of its output folder, the feature cache (which runs and studies
+    share) left out; for export, the group folders its export.json in ``folder`` lists."""
+    if command == RUN_COMMAND:
+        names = [*RUN_OUTPUTS, *RUN_OUTPUT_FOLDERS]
+    elif command == STUDY_COMMAND:
+        names = [*STUDY_OUTPUTS, *STUDY_OUTPUT_FOLDERS]
+    else:
+        marker = next(m for m, (other, _) in OUTPUT_MARKERS.items() if other == command)
+        groups = (_json_object(folder / marker) or {}).get("groups")
+        names = [marker, *MARKED_OUTPUTS[marker], *(g for g in (groups if isinstance(groups, dict) else {})
+                                                   if isinstance(g, str) and g.strip(". ") and "/" not in g)]
+    return [name for name in names if name != "cache"]
+
+
+def mixed_folder_message(folder: Path, *, option: str, command: str | None, others: "list[tuple[str, str]]",
+                         example: str, shown: str) -> str | None:
+    """The refusal of an output folder that holds the outputs of ``command`` (None: a run) and also those of
+    ``others`` ((command, marker file) pairs), as folders written by older rca-gpu versions can: one line naming
+    exactly the files of ``others`` present in ``folder`` to remove (or move) before ``command`` can write
+    there, or another folder to pass. Nothing is removed. None when ``folder`` holds no outputs of
+    ``command`` (then it is simply another command's folder). ``shown`` is the folder as the user wrote it."""
+    from rca_gpu.errors import printable
+
+    own = command or RUN_COMMAND
+    marker = _own_marker(folder, own)
+    if marker is None:
+        return None
+    mine = set(_written_names(folder, own))  # written over by the command itself: no need to remove them
+    remove: list[str] = []
+    for other, _ in others:
+        for name in _written_names(folder, other):
+            path = folder / name
+            if name in mine or name in remove or not (path.is_file() or path.is_dir()):
+                continue
+            remove.append(f"{name}/" if path.is_dir() else name)
+    theirs = " and ".join(f"`{other}`" for other, _ in others)
+    found = " and ".join(f"`{other}` ({other_marker})" for other, other_marker in others)
+    return (f"The {option} folder {shown} holds the outputs of both `{own}` ({marker}) and {found} (older rca-gpu "
+            "versions could write them into one folder); a folder holds the outputs of one command only. To write "
+            f"those of `{own}` there, first remove these files of {theirs} from it (or move them to a folder of "
+            f"their own): {printable(', '.join(remove))}; or pass another folder, e.g. {option} {example}.")
 
 
 def check_run_out_folder(out: str | Path, inputs: dict[str, Any]) -> Path:

@@ -261,6 +261,7 @@ def test_assign_of_unreadable_images_rejects_every_row_with_its_reason(catalogue
     assert done.returncode == 0, done.stderr
     assert "dims=" not in done.stdout + done.stderr
     assert f"no image of {str(unreadable)!r} could be read: all 2 rows are rejected" in done.stdout
+    assert "Check that the files are images rca-gpu reads" in done.stdout and "Check the paths" not in done.stdout
     table = pd.read_parquet(tmp_path / "out" / "assignments.parquet")
     assert len(table) == 2 and (table["status"] == "rejected").all()
     assert sorted(table["reason"]) == ["empty file (0 bytes)", "not a readable image (unknown or corrupt format)"]
@@ -304,3 +305,43 @@ def test_compare_quiet_prints_only_the_result_line(catalogue_run, tmp_path):
     assert done.exit_code == 0, done.output
     lines = done.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith(str(copy.resolve() / "comparison.parquet")), lines
+
+
+def test_assign_and_select_record_what_the_folder_scan_left_out(catalogue_run, catalogue_images, tmp_path):
+    """As run.json does: assign.json and select.json hold the source under "source", with "left_out" (hidden
+    files, rca-gpu output folders inside the scanned folder)."""
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    new = tmp_path / "new"
+    for group, folder in ((0, new), (1, new / ".hidden"), (2, new / "exported")):
+        folder.mkdir(parents=True)
+        for image in (catalogue_images / "new").glob(f"g{group}_*.png"):
+            shutil.copy(image, folder)
+    (new / "exported" / "export.json").write_text(json.dumps({"run_dir": str(catalogue_run)}))
+    quick = ["--device", "cpu", "--workers", "0", "-q"]
+    for command, extra, info in (("assign", [], "assign.json"), ("select", ["--budget", "2"], "select.json")):
+        done = CliRunner().invoke(app, [command, str(catalogue_run), str(new), *extra, "--out",
+                                        str(tmp_path / command), *quick])
+        assert done.exit_code == 0, done.output
+        source = json.loads((tmp_path / command / info).read_text())["source"]
+        assert source["kind"] == "folder" and source["rows"] == 12 and source["given"] == str(new)
+        assert source["left_out"]["hidden"]["files"] == 12 and source["left_out"]["hidden"]["examples"] == [".hidden/"]
+        assert source["left_out"]["output"]["files"] == 12
+        assert source["left_out"]["output"]["examples"][0].startswith("exported/")
+
+
+@pytest.mark.parametrize("command,extra", [("assign", []), ("select", ["--budget", "2"])])
+def test_missing_files_get_the_paths_hint_not_the_images_hint(catalogue_run, tmp_path, command, extra):
+    """Every row "file not found": the note points at the paths and --image-root, not at the file format."""
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    (tmp_path / "m.csv").write_text("path\nmoved/a.png\nmoved/b.png\n")
+    done = CliRunner().invoke(app, [command, str(catalogue_run), str(tmp_path / "m.csv"), *extra, "--out",
+                                    str(tmp_path / "out"), "--device", "cpu", "--workers", "0", "-q"])
+    assert done.exit_code == 0, done.output
+    assert "(2 x file not found)" in done.output and "Check the paths" in done.output and "--image-root" in done.output
+    assert "Check that the files are images" not in done.output

@@ -163,8 +163,9 @@ def test_too_few_usable_images_names_the_rejection_reasons(tmp_path):
     pd.DataFrame({"path": [f"{i}.png" for i in range(len(originals))]}).to_csv(linked / "manifest.csv", index=False)
     result = runner.invoke(app, ["run", str(linked / "manifest.csv"), "--out", str(tmp_path / "out"),
                                  "-p", "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0"])
-    one_line_error(result, f"{len(originals)} row(s) were rejected", "path escapes the image root",
-                    "--image-root")
+    line = one_line_error(result, f"{len(originals)} row(s) were rejected", "path escapes the image root",
+                           "--image-root", "Check the paths")
+    assert "Check that the files are images" not in line  # the files are images: only their paths are wrong
     ok = runner.invoke(app, ["run", str(linked / "manifest.csv"), "--out", str(tmp_path / "out"), "-p",
                              "pixels+pca+kmeans(k=2)", "--device", "cpu", "--workers", "0", "--image-root",
                              str(tmp_path), "--no-report", "--stability", "0"])
@@ -246,3 +247,37 @@ def test_mobilenet_v2_weights_load_from_the_torch_cache_without_the_network(monk
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     model = build_backbone("mobilenet_v2", None)
     assert sum(p.numel() for p in model.parameters()) > 3_000_000 and not model.training
+
+
+def _leaf_commands(command, path=()):
+    """(name path, click command) of every command under the ``rca-gpu`` group, sub-commands included."""
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _leaf_commands(sub, (*path, name))
+    else:
+        yield path, command
+
+
+def test_every_command_takes_quiet():
+    """-q/--quiet means the same on every command (no progress bars, tables or info lines), so every command
+    accepts it, also the listings (pipelines, datasets list) and doctor."""
+    import typer
+
+    commands = dict(_leaf_commands(typer.main.get_command(app)))
+    assert {("pipelines",), ("doctor",), ("datasets", "list"), ("datasets", "make"), ("run",)} <= set(commands)
+    lacking = [" ".join(path) for path, command in commands.items()
+               if not any({"--quiet", "-q"} <= set(param.opts) for param in command.params)]
+    assert lacking == []
+
+
+@pytest.mark.parametrize("command,title,line", [
+    (["pipelines"], "Pipeline stages", "cluster: dbscan, hdbscan, kmeans, ward"),
+    (["datasets", "list"], "rca-gpu benchmarks", "mnist-rc: none, rotation,"),
+])
+def test_quiet_listings_print_plain_lines_instead_of_the_table(command, title, line):
+    table = runner.invoke(app, command)
+    assert table.exit_code == 0 and title in table.output, table.output
+    quiet = runner.invoke(app, [*command, "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert title not in quiet.output and "┃" not in quiet.output and "│" not in quiet.output
+    assert any(printed.startswith(line) for printed in quiet.output.splitlines()), quiet.output

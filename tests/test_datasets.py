@@ -338,13 +338,30 @@ def test_cli_list_and_make(cached, tmp_path):
         assert all(cause in listed.output for cause in info.cause_names)
 
     out = tmp_path / "cli"
-    made = runner.invoke(app, ["make", "mnist-rc", "--out", str(out), "--n", "40", "--quiet"])
+    made = runner.invoke(app, ["make", "mnist-rc", "--out", str(out), "--n", "40"])
     assert made.exit_code == 0, made.output
     assert str(out / "manifest.parquet") in made.output
     assert "rotation" in made.output and "inversion" in made.output
     assert len(pd.read_parquet(out / "manifest.parquet")) == 40
+    quiet = runner.invoke(app, ["make", "mnist-rc", "--out", str(tmp_path / "q"), "--n", "40", "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output.splitlines() == [f"Wrote 40 failures: {tmp_path / 'q' / 'manifest.parquet'}"]  # no table
+    assert len(pd.read_parquet(tmp_path / "q" / "manifest.parquet")) == 40
 
     wrong = runner.invoke(app, ["make", "mnist", "--out", str(out)])
     assert wrong.exit_code != 0 and "mnist-rc" in wrong.output
     bad = runner.invoke(app, ["make", "mnist-rc", "--out", str(out), "--proportions", "rotation"])
     assert bad.exit_code != 0 and "cause=share" in bad.output
+
+
+def test_demo_quiet_prints_no_table_and_no_info_line(cached, tmp_path):
+    from rca_gpu.cli import app
+
+    out = tmp_path / "demo"
+    done = CliRunner().invoke(app, ["demo", "--out", str(out), "--n", "40", "-p",
+                                    "pixels(image_size=8)+pca(n_components=2)+kmeans(k=2)", "--device", "cpu",
+                                    "--no-report", "-q"])
+    assert done.exit_code == 0, done.output
+    assert "Clusters (-1 = noise)" not in done.output and "making the mnist-rc benchmark" not in done.output
+    assert done.output.splitlines()[0].startswith("2 clusters, 0 noise, 0 rejected of 40 failing images")
+    assert (out / "run" / "clusters.parquet").is_file()

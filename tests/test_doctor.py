@@ -68,3 +68,11 @@ def test_torch_and_rapids_on_different_cuda_majors():
     assert any("different CUDA majors" in p for p in problems)
     _, warnings = doctor.cuda_major_problems(majors, "2.15.0+cpu", None)
     assert warnings and "CPU-only" in warnings[0]
+
+
+def test_quiet_prints_the_warnings_problems_and_verdict_only():
+    report = doctor.Report(facts={"rca_gpu": "1.0", "stages": {"cluster ward": "cpu"}},
+                           warnings=["cuML missing"], problems=["2 FAISS builds are installed"])
+    assert doctor.render(report, quiet=True).splitlines() == [
+        "warning: cuML missing", "problem: 2 FAISS builds are installed", "inconsistent: 1 problem(s)"]
+    assert "stage backends" in doctor.render(report) and "consistent" == doctor.render(doctor.Report(), quiet=True)

@@ -161,3 +161,64 @@ def test_a_command_may_write_into_its_own_earlier_output_folder(tmp_path):
     own.mkdir()
     (own / "run.json").write_text(json.dumps({"mine": 1}))
     assert check_out_folder(own, command=STUDY_COMMAND) == own
+
+
+def _run_and_study(folder: Path) -> list[str]:
+    """A folder as older versions could leave it: a finished run and a study side by side. Returns its names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _finished(folder, new_run_id())
+    (folder / "report_files").mkdir()
+    _study_folder(folder, with_md=True)
+    (folder / "pipelines").mkdir()
+    (folder / "cache").mkdir()
+    (folder / "notes.txt").write_text("mine")
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("command,remove,kept", [
+    (None, "study.parquet, study.md, pipelines/", "run.json"),
+    ("rca-gpu study", "run.json, clusters.parquet, metrics.json, report_files/", "study.parquet"),
+])
+def test_a_folder_holding_a_run_and_a_study_names_the_files_to_remove(tmp_path, command, remove, kept):
+    """Refused by `run --out` and by `study --out` alike; each error names exactly the other command's files
+    present (never the shared cache/ or the user's own files), and nothing is removed."""
+    from rca_gpu.runfolder import RunFolderError, check_out_folder
+
+    names = _run_and_study(tmp_path / "both")
+    with pytest.raises(RunFolderError) as caught:
+        check_out_folder(tmp_path / "both", command=command)
+    message = str(caught.value)
+    assert "\n" not in message and "holds the outputs of both" in message
+    assert f"from it (or move them to a folder of their own): {remove}; or pass another folder" in message
+    assert kept not in message.split(": ", 1)[1] and "cache" not in message and "notes.txt" not in message
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == names
+
+
+def test_a_run_folder_holding_assign_outputs_names_the_files_to_remove(tmp_path):
+    """The same for a run and the outputs of assign: `run --out` names assign's files, `assign --out` the run's."""
+    from rca_gpu.catalogue.folders import check_out_dir
+    from rca_gpu.catalogue.reference import CatalogueError
+    from rca_gpu.runfolder import check_out_folder
+
+    _finished(tmp_path, new_run_id())
+    (tmp_path / "assign.json").write_text(json.dumps({"run_folder": "/runs/first"}))
+    (tmp_path / "assignments.parquet").write_bytes(b"PAR1")
+    with pytest.raises(RunFolderError, match=r"these files of `rca-gpu assign` from it .*: assign\.json, "
+                                             r"assignments\.parquet; or pass another folder, e\.g\. --out runs/first"):
+        check_out_folder(tmp_path)
+    with pytest.raises(CatalogueError, match=r"these files of `rca-gpu run` from it .*: run\.json, "
+                                             r"clusters\.parquet, metrics\.json; or pass another folder"):
+        check_out_dir(tmp_path)
+
+
+def test_the_files_of_assign_and_select_are_the_ones_they_write():
+    from rca_gpu.catalogue import assign, retraining
+    from rca_gpu.report.export import EXPORT_FILE
+    from rca_gpu.runfolder import MARKED_OUTPUTS, OUTPUT_MARKERS
+
+    assert set(MARKED_OUTPUTS) == set(OUTPUT_MARKERS)
+    assert {assign.ASSIGN_INFO_FILE, *MARKED_OUTPUTS[assign.ASSIGN_INFO_FILE]} == {assign.ASSIGNMENTS_FILE,
+                                                                                    assign.ASSIGN_INFO_FILE}
+    assert {retraining.SELECT_INFO_FILE, *MARKED_OUTPUTS[retraining.SELECT_INFO_FILE]} == {
+        assign.ASSIGNMENTS_FILE, retraining.SELECTION_FILE, retraining.SELECTION_PARQUET, retraining.SELECT_INFO_FILE}
+    assert MARKED_OUTPUTS[EXPORT_FILE] == ()

@@ -172,6 +172,42 @@ def test_hidden_files_and_folders_are_left_out_of_a_folder_but_not_of_a_manifest
     assert listed.rejected == {} and len(listed) == 2
 
 
+def test_the_left_out_line_names_only_rules_that_left_out_files(tmp_path):
+    """An rca-gpu output folder without images (an assign folder) leaves nothing out: the log line and run.json
+    name neither it nor its rule ("0 in rca-gpu output folders, e.g. new/" was shown)."""
+    from rca_gpu.data.listing import LeftOut, scan_entries
+
+    data = tmp_path / "ds"
+    _images(data, 3)
+    (data / "new").mkdir()
+    (data / "new" / "assign.json").write_text(json.dumps({"run_folder": "x"}))
+    shutil.copy(data / "img_000.png", data / ".h.png")
+    left_out = LeftOut()
+    scan_entries(data, (".png",), left_out=left_out)
+    line = left_out.summary()
+    assert line == ("left out 1 image-named file(s) of the folder: 1 in hidden files and folders (names starting "
+                    "with '.'), e.g. .h.png")
+    assert list(left_out.to_dict()) == ["hidden"]
+    (data / ".h.png").unlink()
+    assert load_source(data).left_out == {} and LeftOut().summary() == ""
+
+
+@pytest.mark.parametrize("reasons,content,paths", [
+    (["file not found"] * 3, False, True),
+    (["path escapes the image root '/x' (symbolic links followed); use --image-root to allow another folder"],
+     False, True),
+    (["empty file (0 bytes)", "not a readable image (unknown or corrupt format)"], True, False),
+    (["truncated image", "file not found"], True, True),
+    (["cannot be read: Permission denied"], False, False),
+])
+def test_the_rejection_hint_follows_the_reasons(reasons, content, paths):
+    from rca_gpu.data.sources import rejection_hint
+
+    hint = rejection_hint(reasons)
+    assert ("Check that the files are images" in hint) is content
+    assert ("Check the paths" in hint and "--image-root" in hint) is paths
+
+
 def test_a_folder_of_hidden_files_only_says_what_was_left_out(tmp_path):
     _images(tmp_path / "ds" / ".cache", 3)
     with pytest.raises(SourceError, match=r"holds no images .*; the scan left out 3 image-named file\(s\).*hidden"):

@@ -202,3 +202,44 @@ def test_the_study_checks_stage_names_before_reading_the_source(tmp_path):
     done = _cli("study", tmp_path / "missing.csv", "--out", tmp_path / "s", "-f", "pixels", "-k", "ward(k=3)")
     assert done.returncode == 2 and done.stderr.startswith("error: --clusterers takes clusterer names only")
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_study_quiet_prints_only_where_the_results_went(tmp_path):
+    from typer.testing import CliRunner
+
+    from helpers import write_pngs
+    from rca_gpu.cli import app
+
+    images, labels = pattern_images(n_per=6, groups=2, size=16)
+    write_pngs(tmp_path / "imgs", images, labels)
+    paths = sorted((tmp_path / "imgs").rglob("*.png"))
+    pd.DataFrame({"path": [str(p) for p in paths], "root_cause": [p.parent.name for p in paths]}).to_csv(
+        tmp_path / "m.csv", index=False)
+    out = tmp_path / "study"
+    done = CliRunner().invoke(app, ["study", str(tmp_path / "m.csv"), "--out", str(out), "-f", "pixels(image_size=8)",
+                                    "-r", "none", "-k", "kmeans", "--device", "cpu", "--workers", "0", "-q"])
+    assert done.exit_code == 0, done.output
+    assert done.output.splitlines() == [f"results: {(out / 'study.md').resolve()} and study.parquet"]
+    assert len(pd.read_parquet(out / "study.parquet")) == 1
+
+
+def test_a_folder_holding_a_run_and_a_study_is_refused_with_the_files_to_remove(tmp_path):
+    """Older versions could leave a run and a study in one folder: `run --out` and `study --out` each refuse it
+    in one line that names the other command's files to remove, and remove nothing."""
+    import json
+
+    from rca_gpu.runfolder import RUN_FORMAT
+
+    source = tmp_path / "t.csv"
+    source.write_text("path,root_cause\n")
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / "run.json").write_text(json.dumps({"rca_gpu_run": RUN_FORMAT, "run_id": "x"}))
+    (both / "study.parquet").write_bytes(b"PAR1")
+    (both / "study.md").write_text("# study\n")
+    for command, files in (("run", "study.parquet, study.md"), ("study", "run.json")):
+        done = _cli(command, source, "--out", both, "-q")
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+        assert f"from it (or move them to a folder of their own): {files}; or pass another folder" in done.stderr
+    assert sorted(p.name for p in both.iterdir()) == ["run.json", "study.md", "study.parquet"]

@@ -262,13 +262,15 @@ def reason_summary(table: pd.DataFrame, top: int = 3) -> str:
 
 def unreadable_note(table: pd.DataFrame, source: Any, *, what: str = "image") -> str | None:
     """One line when no row of an assignment table could be read (every row ``rejected``), with the most
-    common reasons; None otherwise. ``what`` names the rows ("image", "pool image")."""
+    common reasons and what to check for them (:func:`rca_gpu.data.sources.rejection_hint`); None otherwise.
+    ``what`` names the rows ("image", "pool image")."""
+    from rca_gpu.data.sources import rejection_hint
+
     if not len(table) or not (table["status"] == "rejected").all():
         return None
+    hint = rejection_hint(table["reason"])
     return (f"no {what} of {str(source)!r} could be read: all {len(table)} rows are rejected "
-            f"({reason_summary(table)}); "
-            "each row's reason is in assignments.parquet. Check that the files are images rca-gpu reads "
-            "(PNG, JPEG, ...).")
+            f"({reason_summary(table)}); each row's reason is in assignments.parquet." + (f" {hint}" if hint else ""))
 
 
 def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[int, str],
@@ -301,12 +303,13 @@ def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[
 def assign_source(run_dir, source, out: Path, *, device: str = "auto", batch_size: int | None = None,
                   workers: int | None = None, image_root: str | None = None, model: str | None = None,
                   alpha: float = ALPHA, reporter=None, command: str = "assign",
-                  writes: tuple[str, ...] = (ASSIGNMENTS_FILE, ASSIGN_INFO_FILE)) -> tuple[Any, Any, pd.DataFrame]:
-    """The edited catalogue of ``run_dir``, its reference set, and the assignment table of every row of
-    ``source`` (what ``assign`` and ``select`` share). Before any image is read: ``run_dir`` must be a run
-    folder (not the output of assign/select/export), ``out`` a writable folder that is not a run folder and
-    where none of the files the command ``writes`` is the source manifest, and the run's extractor able to
-    encode new images (see :func:`check_encodable`).
+                  writes: tuple[str, ...] = (ASSIGNMENTS_FILE, ASSIGN_INFO_FILE)) -> tuple[Any, Any, pd.DataFrame, Any]:
+    """The edited catalogue of ``run_dir``, its reference set, the assignment table of every row of
+    ``source``, and the source as read (a :class:`rca_gpu.data.sources.FailureSet`, whose ``describe()`` the
+    output JSON records as run.json does, with what a folder scan left out): what ``assign`` and ``select``
+    share. Before any image is read: ``run_dir`` must be a run folder (not the output of assign/select/export),
+    ``out`` a writable folder that is not a run folder and where none of the files the command ``writes`` is the
+    source manifest, and the run's extractor able to encode new images (see :func:`check_encodable`).
 
     Raises
     ------
@@ -329,7 +332,7 @@ def assign_source(run_dir, source, out: Path, *, device: str = "auto", batch_siz
     failures = load_source(source, image_root=image_root)
     table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
                             model=model, reporter=reporter, alpha=alpha)
-    return catalogue, reference, table
+    return catalogue, reference, table, failures
 
 
 def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | None = None,
@@ -348,14 +351,15 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
     started = time.perf_counter()
     check_alpha(alpha)
     out = Path(out)
-    catalogue, reference, table = assign_source(run_dir, source, out, device=device, batch_size=batch_size, workers=workers,
-                                     image_root=image_root, model=model, alpha=alpha, reporter=reporter)
+    catalogue, reference, table, failures = assign_source(run_dir, source, out, device=device, batch_size=batch_size,
+                                                          workers=workers, image_root=image_root, model=model,
+                                                          alpha=alpha, reporter=reporter)
     counts = {status: int((table["status"] == status).sum()) for status in STATUSES}
     per_cause = table.loc[table["status"] == "assigned", "cause"].value_counts()
     summary = {
         "catalogue_run_id": catalogue.run_id,
         "run_folder": str(catalogue.run.path),
-        "source": str(source),
+        "source": failures.describe(),
         "rows": len(table),
         "counts": counts,
         "per_cause": {str(int(c)): {"name": catalogue.name(int(c)), "images": int(v)} for c, v in per_cause.items()},

@@ -50,11 +50,16 @@ def check_out_dir(out: str | Path, *, option: str = "--out", run_path: str | Pat
         ``out`` is a run folder.
     """
     from rca_gpu.errors import printable
-    from rca_gpu.runfolder import check_out_folder
+    from rca_gpu.runfolder import RUN_COMMAND, check_out_folder, mixed_folder_message
 
     folder = check_out_folder(out, option=option, command=command, example=example)
     same = run_path is not None and folder.exists() and folder.resolve() == Path(run_path).resolve()
     if same or (folder / RUN_FILE).is_file():
+        # a run folder that also holds this command's earlier outputs: say which run files to move away
+        mixed = None if same else mixed_folder_message(folder, option=option, command=command, example=example,
+                                                       others=[(RUN_COMMAND, RUN_FILE)], shown=printable(repr(str(out))))
+        if mixed:
+            raise CatalogueError(mixed)
         what = "the run folder itself" if same else "a run folder (it holds run.json)"
         raise CatalogueError(
             f"The {option} folder {printable(repr(str(out)))} is {what}; its files would mix with the run's. "

@@ -137,7 +137,8 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
 
     Writes ``out/selection.csv`` (a manifest: path, id, cause, cause_name, confidence, distance, rank; paths
     absolute, readable by ``rca-gpu run --image-root``), ``out/selection.parquet`` (the same plus every
-    assignment column), ``out/assignments.parquet`` (the whole pool) and ``out/select.json``.
+    assignment column), ``out/assignments.parquet`` (the whole pool) and ``out/select.json`` (settings, counts,
+    and under ``source`` the pool as run.json describes a source, with what a folder scan left out).
     """
     from rca_gpu import outputs
     from rca_gpu.catalogue.assign import (ASSIGNMENTS_FILE, CATALOGUE_RUN_KEY, assign_source, check_alpha,
@@ -151,7 +152,7 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     if spread not in SPREADS:
         raise CatalogueError(f"The --spread option must be one of {', '.join(SPREADS)}. Got {spread!r} instead.")
     out = Path(out)
-    catalogue, _, table = assign_source(run_dir, pool, out, device=device, batch_size=batch_size, workers=workers,
+    catalogue, _, table, failures = assign_source(run_dir, pool, out, device=device, batch_size=batch_size, workers=workers,
                                         image_root=image_root, model=model, alpha=alpha, reporter=reporter,
                                         command="select", writes=(ASSIGNMENTS_FILE, SELECTION_PARQUET,
                                                                   SELECTION_FILE, SELECT_INFO_FILE))
@@ -166,7 +167,8 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
                           "candidates": int(((table["status"] == "assigned") & (table["cause"] == c)).sum()),
                           "selected": int((chosen["cause"] == c).sum())} for c in sorted(sizes)}
     info = {
-        "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool), "pool_rows": len(table), "budget": budget,
+        "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool), "pool_rows": len(table),
+        "source": failures.describe(), "budget": budget,
         "spread": spread, "floor": floor_used(budget, floor, len(sizes), spread), "alpha": alpha, "selected": len(chosen),
         "candidates": int((table["status"] == "assigned").sum()), "per_cause": per_cause,
         "notes": [note for note in (unreadable_note(table, pool, what="pool image"),

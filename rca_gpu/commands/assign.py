@@ -8,6 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from rca_gpu.commands.options import QuietOpt
+from rca_gpu.progress import reporter_for
+
 
 class Device(str, Enum):
     auto = "auto"
@@ -27,21 +30,9 @@ RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests
                                                  "this folder (default: the manifest's folder).")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test, for runs whose features "
                                                  "come from it (default: the run's --model).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, tables or info lines: only the result lines.")]
 AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Open-set strictness: share of the run's own "
                                                    "reference images allowed beyond the radius, in [0, 0.5); larger = more "
                                                    "'unknown' (default 0.01).")]
-
-
-def reporter_for(quiet: bool):
-    import logging
-
-    from rca_gpu.progress import Reporter, setup_logging
-
-    setup_logging(False)
-    if quiet:
-        logging.getLogger("rca_gpu").setLevel(logging.WARNING)
-    return Reporter(enabled=not quiet)
 
 
 def assign_command(

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from rca_gpu.commands.assign import BatchOpt, DeviceOpt, Device, QuietOpt, WorkersOpt, reporter_for
-from rca_gpu.progress import WIDE_TERMINAL
+from rca_gpu.commands.assign import BatchOpt, DeviceOpt, Device, WorkersOpt
+from rca_gpu.commands.options import QuietOpt
+from rca_gpu.progress import WIDE_TERMINAL, reporter_for
 
 
 class Basis(str, Enum):

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from rca_gpu.commands.options import QuietOpt
 from rca_gpu.datasets import DATASETS
 
 app = typer.Typer(
@@ -21,13 +22,20 @@ DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)
 
 
 @app.command("list")
-def list_command() -> None:
-    """Show each benchmark with its root causes, default share of failures and parameter ranges."""
+def list_command(quiet: QuietOpt = False) -> None:
+    """Show each benchmark with its root causes, default share of failures and parameter ranges.
+
+    With --quiet, one line per benchmark instead of the table: its name and root causes.
+    """
     from rich.console import Console
     from rich.table import Table
 
     from rca_gpu.datasets import list_datasets
 
+    if quiet:
+        for info in list_datasets():
+            typer.echo(f"{info.name}: {', '.join(cause.name for cause in info.causes)}")
+        return
     table = Table(title="rca-gpu benchmarks (default share of the failures per root cause)")
     table.add_column("dataset", no_wrap=True)
     table.add_column("cause", no_wrap=True)
@@ -69,14 +77,14 @@ def make_command(
         bool,
         typer.Option("--include-passing", help="Also write passing inputs to passing/ and passing.parquet."),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Generate a benchmark: PNGs, manifest.parquet with root causes, the DUT and dataset.json."""
     from rich.console import Console
     from rich.table import Table
 
     from rca_gpu.datasets import make_dataset
-    from rca_gpu.progress import Reporter
+    from rca_gpu.progress import reporter_for
     from rca_gpu.runfolder import check_out_folder
 
     check_out_folder(out)  # before a DUT is trained
@@ -87,11 +95,16 @@ def make_command(
         seed=seed,
         proportions=_parse_proportions(proportions),
         include_passing=include_passing,
-        reporter=Reporter(enabled=not quiet),
+        reporter=reporter_for(quiet),
     )
     summary = json.loads((manifest.parent / "dataset.json").read_text())
     console = Console()
-    console.print(f"Wrote {summary['n_failures']} failures: {manifest}", markup=False)  # paths are data
+    # paths are data (no markup), kept on one line so that they can be copied
+    console.print(f"Wrote {summary['n_failures']} failures: {manifest}", markup=False, soft_wrap=True)
+    if include_passing:
+        console.print(f"Passing inputs: {manifest.parent / 'passing.parquet'}", markup=False, soft_wrap=True)
+    if quiet:
+        return
     console.print(
         f"DUT: {summary['dut']['architecture']} (weights {manifest.parent / 'dut_state.pt'}, TorchScript "
         f"{manifest.parent / 'dut.pt'}), clean accuracy {summary['dut']['clean_accuracy']:.2%}", markup=False
@@ -112,8 +125,6 @@ def make_command(
             "-" if rate is None else f"{rate:.1%}",
         )
     console.print(table)
-    if include_passing:
-        console.print(f"Passing inputs: {manifest.parent / 'passing.parquet'}", markup=False)
 
 
 def _parse_proportions(text: str | None) -> dict[str, float] | None:

@@ -27,6 +27,8 @@ from typing import Annotated, Any
 
 import typer
 
+from rca_gpu.commands.options import QuietOpt
+
 #: Distributions whose versions the report lists (normalised names, prefixes).
 _LISTED = ("torch", "torchvision", "cupy", "cuml", "cuvs", "libcuvs", "libcuml", "rmm", "faiss", "onnx2torch",
            "umap-learn", "fast-hdbscan", "scikit-learn")
@@ -269,9 +271,22 @@ def gather(require_gpu: bool = False) -> Report:
     return report
 
 
-def render(report: Report) -> str:
-    """The report as plain text lines (what the command prints)."""
-    f = report.facts
+def render(report: Report, *, quiet: bool = False) -> str:
+    """The report as plain text lines (what the command prints); with ``quiet`` only the warnings, the
+    problems and the verdict (``consistent`` or ``inconsistent: N problem(s)``)."""
+    lines = [] if quiet else _fact_lines(report.facts)
+    for warning in report.warnings:
+        lines.append(f"warning: {warning}")
+    if report.problems:
+        lines.extend(f"problem: {problem}" for problem in report.problems)
+        lines.append(f"inconsistent: {len(report.problems)} problem(s)")
+    else:
+        lines.append("consistent")
+    return "\n".join(lines)
+
+
+def _fact_lines(f: dict[str, Any]) -> list[str]:
+    """What the report found, one line per fact: versions, device decision, GPU, libraries, stage backends."""
     lines = [f"rca-gpu {f.get('rca_gpu')} on Python {f.get('python')} ({f.get('platform')})"]
     device = f.get("device") or {}
     lines.append(f"device (auto): {device.get('torch_device', '?')}; {device.get('reason', '')}")
@@ -294,28 +309,23 @@ def render(report: Report) -> str:
     lines.append("stage backends (default settings):")
     for stage, backend in f.get("stages", {}).items():
         lines.append(f"  {stage:<16} {backend}")
-    for warning in report.warnings:
-        lines.append(f"warning: {warning}")
-    if report.problems:
-        lines.extend(f"problem: {problem}" for problem in report.problems)
-        lines.append(f"inconsistent: {len(report.problems)} problem(s)")
-    else:
-        lines.append("consistent")
-    return "\n".join(lines)
+    return lines
 
 
 def doctor_command(
     require_gpu: Annotated[bool, typer.Option("--require-gpu", help="Also fail without a CUDA GPU and cuML "
                            "(for GPU machines and images).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Check the installation: device decision, CUDA/driver, GPU libraries, stage backends, known mismatches.
 
-    Exit status 0 when consistent, 1 with the reasons when not.
+    Exit status 0 when consistent, 1 with the reasons when not. With --quiet only the warnings, the problems
+    and the verdict are printed (--json still prints the whole report).
     """
     import logging
 
     logging.getLogger("rca_gpu").setLevel(logging.ERROR)  # the report says it all, once
     report = gather(require_gpu=require_gpu)
-    typer.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else render(report))
+    typer.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else render(report, quiet=quiet))
     raise typer.Exit(1 if report.problems else 0)

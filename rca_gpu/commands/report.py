@@ -24,14 +24,10 @@ def report_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the report's path.")] = False,
 ) -> None:
     """Write RUN_DIR/report.html: clusters with medoids, explanations, the map, ground truth (works offline)."""
-    from rca_gpu.progress import setup_logging
+    from rca_gpu.progress import reporter_for
     from rca_gpu.report.build import build_report
 
-    setup_logging(False)
-    if quiet:
-        import logging
-
-        logging.getLogger("rca_gpu").setLevel(logging.WARNING)
+    reporter_for(quiet)  # the log lines: warnings only with --quiet
     result = build_report(run_dir, map_points=map_points)
     typer.echo(f"report: {result.path}")
 

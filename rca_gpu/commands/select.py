@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from rca_gpu.commands.assign import (AlphaOpt, BatchOpt, Device, DeviceOpt, ModelOpt, QuietOpt, RootOpt,
-                                     RunDirArg, WorkersOpt, reporter_for)
+from rca_gpu.commands.assign import (AlphaOpt, BatchOpt, Device, DeviceOpt, ModelOpt, RootOpt, RunDirArg,
+                                     WorkersOpt)
+from rca_gpu.commands.options import QuietOpt
+from rca_gpu.progress import reporter_for
 
 
 class Spread(str, Enum):

@@ -7,6 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from rca_gpu.commands.options import QuietOpt
+from rca_gpu.progress import reporter_for
+
 
 def _split(values: list[str] | None) -> list[str] | None:
     """Accept repeated options and comma-separated lists (commas inside parentheses stay)."""
@@ -36,13 +39,13 @@ def study_command(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: QuietOpt = False,
     top: Annotated[int, typer.Option("--top", help="Rows of the ranking to print.")] = 15,
 ) -> None:
     """Run every FEATURES x REDUCERS x CLUSTERERS pipeline on SOURCE; write study.parquet and study.md."""
     from rich.console import Console
 
-    from rca_gpu.cli import _setup, build_spec
+    from rca_gpu.cli import build_spec
     from rca_gpu.data.sources import load_source
     from rca_gpu.study import check_study_source, make_plan, run_study, to_rich
 
@@ -52,15 +55,17 @@ def study_command(
     check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
     check_inputs_kept(out, {"SOURCE": source, "--model": model}, files=STUDY_OUTPUTS, folders=STUDY_OUTPUT_FOLDERS)
     make_plan(_split(features), _split(reducers), _split(clusterers), False)  # names checked before any image is read
-    reporter = _setup(quiet, False)
+    reporter = reporter_for(quiet)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
                       precision=precision, model=model)
     failures = load_source(source, image_root=base.image_root, skip=[out])  # never the study's own outputs
     check_study_source(failures)
     plan = make_plan(_split(features), _split(reducers), _split(clusterers), bool(base.model or failures.dut))
-    typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "
-               f"{len(plan.reducers)} reducers x {len(plan.clusterers)} clusterers)")
+    if not quiet:
+        typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "
+                   f"{len(plan.reducers)} reducers x {len(plan.clusterers)} clusterers)")
     table = run_study(base, failures, out, plan, reporter=reporter)
-    console = Console()
-    console.print(to_rich(table, source=str(source), top=top, width=console.width))
+    if not quiet:
+        console = Console()
+        console.print(to_rich(table, source=str(source), top=top, width=console.width))
     typer.echo(f"results: {(out / 'study.md').resolve()} and study.parquet")

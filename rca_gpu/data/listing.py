@@ -35,6 +35,8 @@ class LeftOut:
         self.examples: dict[str, list[str]] = {}
 
     def add_file(self, rule: str, name: str, count: int = 1) -> None:
+        if count <= 0:  # a left-out folder without image-named files leaves nothing out: nothing to say
+            return
         self.files[rule] = self.files.get(rule, 0) + count
         shown = self.examples.setdefault(rule, [])
         if len(shown) < self.SHOWN:
@@ -48,16 +50,21 @@ class LeftOut:
         return sum(self.files.values())
 
     def to_dict(self) -> dict[str, dict[str, object]]:
-        """For run.json: rule -> {"files": image-named files left out, "rule": what it is, "examples": [...]}."""
-        return {rule: {"files": self.files[rule], "rule": self.RULES[rule], "examples": self.examples[rule]}
-                for rule in self.files}
+        """For run.json: rule -> {"files": image-named files left out, "rule": what it is, "examples": [...]},
+        for the rules that left out at least one file."""
+        return {rule: {"files": n, "rule": self.RULES[rule], "examples": self.examples.get(rule, [])}
+                for rule, n in self.files.items() if n > 0}
 
     def summary(self) -> str:
-        """"left out 12 image file(s): 10 in rca-gpu output folders (ds/run/ ...), 2 hidden (...)", "" if none."""
-        if not self.files:
+        """"left out 12 image-named file(s) of the folder: 10 in rca-gpu output folders (...), e.g. run/; 2 in
+        hidden files and folders (...), e.g. .x.png", "" if none. Only rules with a file left out are named, each
+        with up to three examples."""
+        parts = []
+        for rule, info in self.to_dict().items():
+            examples = info["examples"][:3]
+            parts.append(f"{info['files']} in {self.RULES[rule]}" + (f", e.g. {', '.join(examples)}" if examples else ""))
+        if not parts:
             return ""
-        parts = [f"{n} in {self.RULES[rule]}, e.g. {', '.join(self.examples[rule][:3])}"
-                 for rule, n in self.files.items()]
         return f"left out {self.total} image-named file(s) of the folder: " + "; ".join(parts)
 
 

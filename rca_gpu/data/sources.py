@@ -202,6 +202,35 @@ def summarize_reasons(reasons: "Iterable[str]", top: int = 3) -> tuple[str, int]
     return " | ".join(parts), len(counts)
 
 
+#: Starts of the reasons that say a file is there but holds no image rca-gpu reads (rca_gpu.data.loading,
+#: :func:`classify_entry`, :func:`_manifest_entry`) ...
+CONTENT_REASONS = ("empty file", "not a readable image", "image too large", "truncated image", "unreadable image",
+                   "corrupt image", "not an image file extension", "a folder named like an image", "a named pipe",
+                   "a socket", "a device file", "not a regular file")
+#: ... and of those that say the path names no file that may be read.
+PATH_REASONS = ("file not found", "path escapes the image root", "empty path in manifest", "the path is not text",
+                "the path contains a NUL character", "the path cannot be resolved", "broken symbolic link",
+                "symbolic link loop")
+CONTENT_HINT = "Check that the files are images rca-gpu reads (PNG, JPEG, ...)."
+PATH_HINT = ("Check the paths: each must name an existing file (in a manifest, relative paths are read from its "
+             "folder, and files must lie inside --image-root, by default the manifest's folder).")
+
+
+def rejection_hint(reasons: "Iterable[str]") -> str:
+    """What to check for rows rejected with ``reasons``: :data:`CONTENT_HINT` when some reason says a file is no
+    readable image (:data:`CONTENT_REASONS`), :data:`PATH_HINT` when some says its path names no usable file
+    (:data:`PATH_REASONS`: missing, outside the image root, ...), both when both; "" for other reasons (e.g.
+    ``cannot be read: Permission denied``, a feature row with NaN)."""
+    found = {"content": False, "path": False}
+    for reason in reasons:
+        text = str(reason)
+        found["content"] = found["content"] or text.startswith(CONTENT_REASONS)
+        found["path"] = found["path"] or text.startswith(PATH_REASONS)
+        if all(found.values()):
+            break
+    return " ".join(hint for hint, seen in ((CONTENT_HINT, found["content"]), (PATH_HINT, found["path"])) if seen)
+
+
 def classify_entry(path: str | os.PathLike) -> str | None:
     """Why a folder entry named like an image cannot be read as one, or None for a regular file.
 
