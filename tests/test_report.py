@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from helpers import add_bad_files, pattern_images, write_pngs
 from rca_gpu.data.properties import PROPERTY_COLUMNS, image_properties
-from rca_gpu.report.explain import Condition, Rule, explain_clusters, top_explanations
+from rca_gpu.report.explain import Condition, Rule, explain_clusters, is_identifier, top_explanations
 
 runner = CliRunner()
 
@@ -109,6 +109,34 @@ def test_no_rule_below_the_precision_floor():
     assert all(text.startswith("no rule reaches the precision floor") for text in texts)
     with pytest.raises(ValueError, match="precision_floor"):
         explain_clusters(table, precision_floor=1.5)
+
+
+def test_identifiers_are_not_read_as_quantities_but_few_valued_ones_as_categories():
+    # cluster 1 is exactly the rows with source_index >= 500 and scene_id = 7: a range of an identifier
+    # names no property of the images and is never used; an identifier with a few values is a category
+    rng = np.random.default_rng(2)
+    n = 600
+    source_index = rng.permutation(n * 2)[:n]
+    cluster = (source_index >= 500).astype(int)
+    scene_id = np.where(cluster == 1, 7, rng.choice([1, 2, 3], n))
+    table = pd.DataFrame({"id": range(n), "path": "p", "cluster": cluster, "status": "clustered", "reason": "",
+                          "source_index": source_index, "frameId": source_index * 3, "scene_id": scene_id})
+    explanations = explain_clusters(table)
+    used = " ".join(explanations["rule"])
+    assert "source_index" not in used and "frameId" not in used
+    top = explanations.query("rank == 1").set_index("cluster")
+    assert top.loc[1, "found"] and "scene_id = 7" in top.loc[1, "rule"]
+    # the same column under a name that is not an identifier is a quantity the rules may use
+    renamed = explain_clusters(table.drop(columns=["scene_id", "frameId"]).rename(columns={"source_index": "age"}))
+    assert renamed.query("rank == 1 and cluster == 1")["rule"].str.contains("age >= ").all()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("id", True), ("source_index", True), ("scene-id", True), ("frameId", True), ("UUID", True),
+    ("image.key", True), ("width", False), ("video", False), ("monkey", False), ("paid", False),
+    ("candidate", False), ("rotation_deg", False)])
+def test_identifier_names(name, expected):
+    assert is_identifier(name) is expected
 
 
 def test_rule_text_merges_conditions_on_one_column():

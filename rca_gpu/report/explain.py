@@ -15,13 +15,19 @@ cluster (metadata and image properties together, metadata alone, image propertie
 explained by a metadata column also shows its best rule in terms of the images, where one exists.
 
 Columns never used: the run's own (id, path, cluster, status, reason), ``root_cause`` (the ground truth
-the rules must not lean on), and text columns with a distinct value per row (names) or too many levels.
+the rules must not lean on), text columns with a distinct value per row (names) or too many levels, and
+identifiers read as quantities: a column named like an identifier (``id``, ``index``, ``idx``, ``key``,
+``uuid``, alone or as a suffix such as ``source_index``, ``scene_id``, ``frameId``) whose integers have more
+than :data:`INTEGER_AS_CATEGORY` distinct values. A range of identifiers ("source_index >= 3036") names no
+property of the images; an identifier with a few values is kept as a category ("scene_id = 12": all from one
+scene).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -45,6 +51,9 @@ MAX_LEVELS = 50
 TOP_LEVELS = 20
 #: Integer columns with at most this many distinct values are read as categories ("label = 7").
 INTEGER_AS_CATEGORY = 12
+#: Names (case-insensitive, alone or after ``_``, ``-``, ``.``, a space or a lower-case letter) of identifier
+#: columns: never used as quantities.
+IDENTIFIER_NAMES = ("id", "index", "idx", "key", "uuid")
 #: Rows per class the trees are fitted on (rules are then evaluated on every row).
 FIT_ROWS = 20_000
 
@@ -277,6 +286,15 @@ def describe(row, *, short: bool = False) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def is_identifier(column: str) -> bool:
+    """Whether the column's name marks an identifier (see :data:`IDENTIFIER_NAMES`): ``id``, ``source_index``,
+    ``scene-id``, ``frameId``, ``UUID`` are; ``width``, ``video``, ``monkey`` and ``candidate`` are not."""
+    names = "|".join(IDENTIFIER_NAMES)
+    return bool(re.search(rf"(?:^|[_\-. ])(?:{names})$", column, flags=re.IGNORECASE)
+                or re.search(rf"[a-z](?:{'|'.join(n.capitalize() for n in IDENTIFIER_NAMES)}|ID|IDX|UUID)$",
+                             column))
+
+
 def design_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, list[tuple[str, str, Any]]]:
     """Numeric matrix (n, p) float64 (NaN = missing) of the explanatory columns, and per matrix column its
     origin ``(column, kind, level)``: kind "number" (level None) or "level" (a 0/1 indicator of one level)."""
@@ -295,6 +313,8 @@ def design_matrix(frame: pd.DataFrame) -> tuple[np.ndarray, list[tuple[str, str,
             if finite.size == 0 or np.unique(finite).size < 2:
                 continue
             integral = np.all(finite == np.round(finite))
+            if integral and np.unique(finite).size > INTEGER_AS_CATEGORY and is_identifier(column):
+                continue  # a range of identifiers explains nothing
             if not (integral and np.unique(finite).size <= INTEGER_AS_CATEGORY):
                 numbers[~np.isfinite(numbers)] = np.nan
                 blocks.append(numbers[:, None])
