@@ -134,9 +134,36 @@ def test_identifiers_are_not_read_as_quantities_but_few_valued_ones_as_categorie
 @pytest.mark.parametrize("name, expected", [
     ("id", True), ("source_index", True), ("scene-id", True), ("frameId", True), ("UUID", True),
     ("image.key", True), ("width", False), ("video", False), ("monkey", False), ("paid", False),
-    ("candidate", False), ("rotation_deg", False)])
+    ("candidate", False), ("rotation_deg", False),
+    # random seeds and manifest row numbers are identifiers
+    ("seed", True), ("op_seed", True), ("opSeed", True), ("Random-Seed", True), ("row", True),
+    ("manifest_row", True), ("sourceRow", True), ("ROW", True),
+    # words that only end in those letters are not; frame numbers and timestamps stay quantities
+    ("arrow", False), ("narrow", False), ("eyebrow", False), ("throw", False), ("linseed", False),
+    ("seedling", False), ("rows_cropped", False), ("frame", False), ("frame_number", False),
+    ("timestamp", False), ("time", False), ("frameNo", False)])
 def test_identifier_names(name, expected):
     assert is_identifier(name) is expected
+
+
+def test_seeds_and_row_numbers_explain_nothing_but_a_time_window_does():
+    # cluster 1 is exactly the rows recorded from timestamp 1500 on; op_seed and manifest_row are ordered the
+    # same way (each would separate the cluster as well), yet only the timestamp may be used
+    rng = np.random.default_rng(3)
+    n = 400
+    order = rng.permutation(n)
+    timestamp = 1000.0 + order * 2.5
+    cluster = (timestamp >= 1500).astype(int)
+    table = pd.DataFrame({"id": range(n), "path": "p", "cluster": cluster, "status": "clustered", "reason": "",
+                          "op_seed": 81_000_000 + order * 977, "manifest_row": order, "timestamp": timestamp})
+    explanations = explain_clusters(table)
+    used = " ".join(explanations["rule"])
+    assert "op_seed" not in used and "manifest_row" not in used
+    top = explanations.query("rank == 1").set_index("cluster")
+    assert top.loc[1, "found"] and top.loc[1, "rule"].startswith("timestamp >= ")
+    # without the timestamp nothing else explains the cluster
+    alone = explain_clusters(table.drop(columns=["timestamp"]))
+    assert not alone["found"].any() and "op_seed" not in " ".join(alone["rule"])
 
 
 def test_rule_text_merges_conditions_on_one_column():

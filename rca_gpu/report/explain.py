@@ -17,10 +17,16 @@ explained by a metadata column also shows its best rule in terms of the images, 
 Columns never used: the run's own (id, path, cluster, status, reason), ``root_cause`` (the ground truth
 the rules must not lean on), text columns with a distinct value per row (names) or too many levels, and
 identifiers read as quantities: a column named like an identifier (``id``, ``index``, ``idx``, ``key``,
-``uuid``, alone or as a suffix such as ``source_index``, ``scene_id``, ``frameId``) whose integers have more
-than :data:`INTEGER_AS_CATEGORY` distinct values. A range of identifiers ("source_index >= 3036") names no
-property of the images; an identifier with a few values is kept as a category ("scene_id = 12": all from one
-scene).
+``uuid``, ``seed``, ``row``, alone or as a suffix such as ``source_index``, ``scene_id``, ``frameId``,
+``op_seed``, ``manifest_row``) whose integers have more than :data:`INTEGER_AS_CATEGORY` distinct values. A
+range of identifiers ("source_index >= 3036"), of random seeds ("op_seed < 81408472") or of manifest row
+numbers names no property of the images; an identifier with a few values is kept as a category
+("scene_id = 12": all from one scene).
+
+Frame numbers and timestamps (``frame``, ``frame_number``, ``timestamp``, ``time``) are kept as quantities on
+purpose: they order the images in time, and a time window ("timestamp >= 1.7e9", "frame < 300": the images
+recorded after the lens fogged up) is a real explanation of a failure. Only a name ending in an identifier
+word (``frame_id``, ``frameIndex``) marks such a column as an identifier.
 """
 
 from __future__ import annotations
@@ -52,8 +58,10 @@ TOP_LEVELS = 20
 #: Integer columns with at most this many distinct values are read as categories ("label = 7").
 INTEGER_AS_CATEGORY = 12
 #: Names (case-insensitive, alone or after ``_``, ``-``, ``.``, a space or a lower-case letter) of identifier
-#: columns: never used as quantities.
-IDENTIFIER_NAMES = ("id", "index", "idx", "key", "uuid")
+#: columns: never used as quantities. ``seed`` (a random seed such as ``op_seed``) and ``row`` (a manifest row
+#: number) name no property of the images either; frame numbers and timestamps are not listed (a time window
+#: explains).
+IDENTIFIER_NAMES = ("id", "index", "idx", "key", "uuid", "seed", "row")
 #: Rows per class the trees are fitted on (rules are then evaluated on every row).
 FIT_ROWS = 20_000
 
@@ -288,7 +296,8 @@ def describe(row, *, short: bool = False) -> str:
 
 def is_identifier(column: str) -> bool:
     """Whether the column's name marks an identifier (see :data:`IDENTIFIER_NAMES`): ``id``, ``source_index``,
-    ``scene-id``, ``frameId``, ``UUID`` are; ``width``, ``video``, ``monkey`` and ``candidate`` are not."""
+    ``scene-id``, ``frameId``, ``UUID``, ``op_seed``, ``manifest_row`` are; ``width``, ``video``, ``monkey``,
+    ``candidate``, ``arrow``, ``frame_number`` and ``timestamp`` are not."""
     names = "|".join(IDENTIFIER_NAMES)
     return bool(re.search(rf"(?:^|[_\-. ])(?:{names})$", column, flags=re.IGNORECASE)
                 or re.search(rf"[a-z](?:{'|'.join(n.capitalize() for n in IDENTIFIER_NAMES)}|ID|IDX|UUID)$",
