@@ -456,3 +456,48 @@ def test_export_of_noise_or_rejected_that_the_run_lacks_is_a_note(catalogue_run,
     assert sorted(p.name for p in (tmp_path / "e").iterdir() if p.is_dir()) == ["cluster-0"]
     wrong = runner.invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "f"), "--clusters", "99"])
     assert wrong.exit_code == 2 and "The run has no cluster-99" in wrong.output
+
+
+@pytest.mark.parametrize("share, decimals, text", [
+    (1 / 288, 0, "<1%"), (0.004, 0, "<1%"), (0.0, 0, "0%"), (0.5, 0, "50%"), (0.996, 0, ">99%"), (1.0, 0, "100%"),
+    (0.0004, 1, "<0.1%"), (0.9996, 1, ">99.9%"), (0.123, 1, "12.3%"), (None, 1, "-"), (float("nan"), 1, "-")])
+def test_shares_never_read_zero_for_a_present_value_nor_all_for_less(share, decimals, text):
+    from rca_gpu.report.build import share_text
+
+    assert share_text(share, decimals) == text
+
+
+def test_dominant_values_show_a_rare_value_as_below_one_percent():
+    from rca_gpu.report.build import _dominant_values
+
+    usable = pd.DataFrame({"transform": ["none"] * 287 + ["rotation"]})
+    views = {"transform": ("text", usable["transform"], "")}
+    inside = _dominant_values(usable.index, views)[0]["inside"]
+    assert inside == "none (>99%), rotation (<1%)"
+
+
+def test_map_keeps_integers_exact_and_every_digit_of_a_numbers_integer_part():
+    from rca_gpu.report.build import _number_column
+
+    seeds = _number_column(pd.Series([1788123457, 81408472, 3]))
+    assert seeds == {"kind": "number", "values": [1788123457, 81408472, 3]}
+    assert json.loads(json.dumps(seeds))["values"][0] == 1788123457
+    nullable = _number_column(pd.Series([1788123457, None], dtype="Int64"))
+    assert nullable["values"] == [1788123457, None]
+    huge = _number_column(pd.Series([2**60 + 1, 5]))  # beyond JavaScript's exact integers: text for the tooltip
+    assert huge["text"] == [str(2**60 + 1), "5"]
+    floats = _number_column(pd.Series([0.123456, 1712345678.25, np.nan]))
+    assert floats["values"] == [0.1235, 1712345678.25, None]
+
+
+def test_footer_lists_the_run_files_present(run_dir):
+    from rca_gpu.report.build import build_report
+    from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS
+
+    html = build_report(run_dir).path.read_text()
+    listed = html.split('id="run-files">', 1)[1].split("</span>", 1)[0].split(", ")
+    present = [name for name in RUN_OUTPUTS if (run_dir / name).is_file()]
+    assert listed == present + [f"{name}/" for name in RUN_OUTPUT_FOLDERS if (run_dir / name).is_dir()]
+    assert "report_files/" in listed
+    assert {"run.json", "clusters.parquet", "metrics.json", "report.html"} <= set(listed)
+    assert "causes.toml" not in listed and not (run_dir / "causes.toml").exists()

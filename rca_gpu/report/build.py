@@ -28,7 +28,7 @@ import pandas as pd
 from rca_gpu import outputs
 from rca_gpu.report import explain as _explain
 from rca_gpu.report.thumbnails import THUMB_SIZE, ImageLoader, make_thumbnails
-from rca_gpu.runfolder import RunFolder, open_run
+from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, RunFolder, open_run
 
 log = logging.getLogger("rca_gpu")
 
@@ -200,6 +200,7 @@ def build_report(
         "extra_sections": _sections.available_sections(run),
         "thumbs_dir": f"{FILES_DIR}/thumbs/",
         "thumb_size": thumb_size,
+        "run_files": _run_files(run),
     }
     html = _environment().get_template("report.html").render(**context)
     path = outputs.write_text(run.file(REPORT_FILE), html)
@@ -346,10 +347,24 @@ def _top_values(text: pd.Series, k: int = 3) -> str:
     counts = text.value_counts()
     if counts.empty:
         return "-"
-    parts = [f"{v} ({n / len(text):.0%})" for v, n in counts.head(k).items()]
+    parts = [f"{v} ({share_text(n / len(text), 0)})" for v, n in counts.head(k).items()]
     if len(counts) > k:
         parts.append(f"{len(counts) - k} more")
     return ", ".join(parts)
+
+
+def share_text(share: float | None, decimals: int = 1) -> str:
+    """A share as a percentage with ``decimals`` decimals that never reads 0 % for a present value nor 100 % for
+    one short of all: ``"<1%"``, ``">99%"`` (decimals 0), ``"<0.1%"`` (decimals 1); ``"-"`` for None/NaN."""
+    if share is None or share != share:
+        return "-"
+    text = f"{share:.{decimals}%}"
+    step = 10.0 ** -(decimals + 2)  # the smallest share the format shows, as a fraction
+    if share > 0 and text == f"{0:.{decimals}%}":
+        return f"<{step:.{decimals}%}"
+    if share < 1 and text == f"{1:.{decimals}%}":
+        return f">{1 - step:.{decimals}%}"
+    return text
 
 
 def _spread(values: pd.Series) -> str:
@@ -426,22 +441,55 @@ def _map_data(clusters: pd.DataFrame, embedding: pd.DataFrame, positions: np.nda
             if 1 < len(levels) <= COLOUR_LEVELS:
                 colourable.append(name)
         else:
-            numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-            data["columns"][name] = {"kind": "number", "values": _round_list(numbers, digits=4)}
-            if np.isfinite(numbers).sum() > 1:
+            data["columns"][name] = _number_column(values)
+            if sum(v is not None for v in data["columns"][name]["values"]) > 1:
                 colourable.append(name)
     data["max_levels"] = MAP_LEVELS
     data["column_order"] = list(data["columns"])  # the JSON's keys come sorted
     return data, colourable
 
 
+#: Integers beyond this lose digits as JavaScript numbers; the map also carries them as text.
+_JS_SAFE_INTEGER = 2**53 - 1
+
+
+def _number_column(values: pd.Series) -> dict[str, Any]:
+    """A numeric metadata column for the map: ``values`` (colour scale and tooltip) and, when some integer is
+    beyond JavaScript's exact range, ``text`` (the tooltip's exact digits). Integers stay exact (a seed
+    1788123457 is not shown as 1788000000); other numbers keep 4 significant digits but every digit of their
+    integer part."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    floats = numbers.to_numpy(dtype=float, na_value=np.nan)
+    finite = floats[np.isfinite(floats)]
+    if pd.api.types.is_integer_dtype(numbers.dtype) or (len(finite) and bool(np.all(finite == np.round(finite)))):
+        exact = [None if pd.isna(v) or not math.isfinite(float(v)) else int(v) for v in numbers.tolist()]
+        column: dict[str, Any] = {"kind": "number", "values": exact}
+        if any(v is not None and abs(v) > _JS_SAFE_INTEGER for v in exact):
+            column["values"] = [None if v is None else float(v) for v in exact]
+            column["text"] = [None if v is None else str(v) for v in exact]
+        return column
+    return {"kind": "number", "values": _round_list(floats, digits=4)}
+
+
 def _round_list(values: np.ndarray, digits: int = 4) -> list[float | None]:
-    """Floats with ``digits`` significant digits for compact JSON; NaN/inf -> None."""
+    """Floats with ``digits`` significant digits, but never fewer than their integer part has (12345.678 ->
+    12345.68 with 4), for compact JSON; NaN/inf -> None."""
     values = np.asarray(values, dtype=float)
     out: list[float | None] = []
     for v in values.tolist():
-        out.append(float(f"{v:.{digits}g}") if math.isfinite(v) else None)
+        if not math.isfinite(v):
+            out.append(None)
+            continue
+        whole = int(math.floor(math.log10(abs(v)))) + 1 if v else 0
+        out.append(float(f"{v:.{max(digits, whole + 2)}g}"))
     return out
+
+
+def _run_files(run: RunFolder) -> list[str]:
+    """The run's output files present in its folder (:data:`rca_gpu.runfolder.RUN_OUTPUTS`, this page included)
+    and its output folders present, with a trailing ``/``."""
+    files = [name for name in RUN_OUTPUTS if run.has(name) or name == REPORT_FILE]
+    return files + [f"{name}/" for name in RUN_OUTPUT_FOLDERS if run.file(name).is_dir()]
 
 
 def _write_plotly(files: Path) -> str:
@@ -540,7 +588,7 @@ def _environment():
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters["pct"] = lambda v: "-" if v is None else f"{v:.1%}"
+    environment.filters["pct"] = share_text
     environment.filters["num"] = lambda v, d=2: "-" if v is None or (isinstance(v, float) and v != v) else f"{v:.{d}f}"
     return environment
 
