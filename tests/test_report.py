@@ -501,3 +501,55 @@ def test_footer_lists_the_run_files_present(run_dir):
     assert "report_files/" in listed
     assert {"run.json", "clusters.parquet", "metrics.json", "report.html"} <= set(listed)
     assert "causes.toml" not in listed and not (run_dir / "causes.toml").exists()
+
+
+def test_summary_and_map_show_the_edited_causes_with_names_escaped(catalogue_run, tmp_path):
+    import shutil
+
+    from rca_gpu.catalogue.causes import load_catalogue
+    from rca_gpu.report.build import build_report
+
+    folder = tmp_path / "run"
+    shutil.copytree(catalogue_run, folder)
+    unedited = build_report(folder).path.read_text()
+    assert 'id="summary-causes"' not in unedited and '<option value="cause">' not in unedited
+    catalogue = load_catalogue(folder)
+    first, second = catalogue.split(0, 2)
+    catalogue.rename(first, "<script>alert(1)</script>")
+    merged = catalogue.merge([1, 2])
+    catalogue.rename(merged, "bar & top")
+    catalogue.drop(second)
+    catalogue.save()
+
+    html = build_report(folder).path.read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    causes = html.split('id="summary-causes">', 1)[1].split("</table>", 1)[0]
+    rows = {row.split('id="cause-', 1)[1].split('"', 1)[0]: row for row in causes.split("<tr")[2:]}
+    assert set(rows) == {str(first), str(second), str(merged)}
+    assert "bar &amp; top" in rows[str(merged)] and "merge of 1, 2" in rows[str(merged)]
+    assert 'href="#cluster-1"' in rows[str(merged)] and 'href="#cluster-2"' in rows[str(merged)]
+    assert "not a cause" in rows[str(second)] and "split of 0" in rows[str(second)]
+    assert "not a cause" not in rows[str(first)] and "split of 0" in rows[str(first)]
+    assert list(rows)[-1] == str(second)  # dropped causes last
+    # the run's clusters stay, each with its causes: cluster 0 is in both parts of the split
+    clusters = html.split('id="summary-clusters">', 1)[1].split("</table>", 1)[0]
+    cluster0 = clusters.split('href="#cluster-0"', 1)[1].split("</tr>", 1)[0]
+    assert f'href="#cause-{first}"' in cluster0 and f'href="#cause-{second}"' in cluster0
+    assert "(not a cause)" in cluster0
+    cluster2 = clusters.split('href="#cluster-2"', 1)[1].split("</tr>", 1)[0]
+    assert f'href="#cause-{merged}">bar &amp; top</a>' in cluster2
+    # the map offers colouring by cause; every point carries its cause
+    assert '<option value="cause">cause (edited)</option>' in html
+    data = json.loads(html.split('id="map-data">', 1)[1].split("</script>", 1)[0])
+    levels = data["cause"]["levels"]
+    assert f"{merged}: bar & top" in levels and any(level.endswith("(not a cause)") for level in levels)
+    shown = [data["cause"]["ids"][k] if k >= 0 else -1 for k in data["cause"]["codes"]]
+    members = load_catalogue(folder).members
+    truth = dict(zip(members["id"].astype(str), members["cause"].astype(int)))
+    assert shown == [truth[i] for i in data["id"]] and {first, second, merged} <= set(shown)
+    # a causes.toml of another run is refused, as by every command that reads the catalogue
+    from rca_gpu.catalogue.reference import CatalogueError
+
+    (folder / "causes.toml").write_text('run_id = "another run"\nformat = 1\n', encoding="utf-8")
+    with pytest.raises(CatalogueError, match="causes.toml' belongs to run another run"):
+        build_report(folder)

@@ -8,6 +8,11 @@ the data (file names, metadata, explanations) passes through Jinja's autoescapin
 Sections: a summary with links, the 2-D map, one section per cluster (largest first), the noise, the
 rejected images with their reasons, the ground truth when root causes are known, then the optional
 sections registered in :mod:`rca_gpu.report.sections`.
+
+When the run's catalogue of causes was edited (``causes.toml``, :func:`rca_gpu.catalogue.causes.load_catalogue`)
+the summary shows the causes first (names, merged clusters as one cause, split clusters as their parts, dropped
+causes marked "not a cause"), then the run's clusters, each with its cause; the map offers colouring by cause.
+The run's clusters stay as they are: edits never change the run's outputs.
 """
 
 from __future__ import annotations
@@ -170,7 +175,12 @@ def build_report(
         })
     rejected = clusters[clusters["status"] == "rejected"]
     reasons = rejected["reason"].value_counts().items() if len(rejected) else []
+    catalogue = _catalogue_summary(run, clusters, usable, n_total)
+    for section in cluster_sections:
+        section["causes"] = catalogue["by_cluster"].get(section["label"], []) if catalogue else []
     map_data, colour_columns = _map_data(clusters, embedding, positions, drawn, thumbs, meta_columns)
+    if catalogue:
+        map_data["cause"] = _cause_codes(catalogue, positions[drawn])
     seconds["sections"] = _since(t)
 
     t = time.perf_counter()
@@ -192,6 +202,7 @@ def build_report(
                      "rows": rejected[["id", "path", "reason"]].head(200).to_dict("records"),
                      "gallery": f"{FILES_DIR}/gallery/rejected-p001.html"},
         "truth": truth,
+        "catalogue": catalogue,
         "space_note": space_note,
         "map": {"data": map_data, "drawn": int(len(drawn)), "total": int(len(embedding)),
                 "columns": colour_columns, "plotly": f"{FILES_DIR}/{plotly_file}",
@@ -408,6 +419,61 @@ def _ground_truth(clusters: pd.DataFrame, run: RunFolder) -> dict[str, Any] | No
     return {"causes": causes, "table": table, "per_cluster": per_cluster,
             "per_cause": result.per_cause.to_dict("records"), "summary": result.summary,
             "n_known": len(known), "min_purity": min_purity}
+
+
+# --------------------------------------------------------------------------------------------------
+# The edited catalogue of causes
+# --------------------------------------------------------------------------------------------------
+
+
+def _catalogue_summary(run: RunFolder, clusters: pd.DataFrame, usable: pd.DataFrame,
+                       n_total: int) -> dict[str, Any] | None:
+    """The causes of the run's edited catalogue for the summary and the map, or None when ``causes.toml`` holds
+    no edit. ``rows``: one per cause, active ones largest first, then the dropped; ``by_cluster``: cluster ->
+    the causes its images belong to, most images first; ``cause``: (n,) int64 cause of each row of
+    clusters.parquet (-1: noise, rejected).
+
+    Raises
+    ------
+    rca_gpu.catalogue.reference.CatalogueError
+        causes.toml is unreadable or belongs to another run (as for every command that reads the catalogue).
+    """
+    from rca_gpu.catalogue.causes import CAUSES_FILE, load_catalogue
+
+    if not run.has(CAUSES_FILE):
+        return None
+    catalogue = load_catalogue(run)
+    if not catalogue.history:
+        return None
+    sizes = catalogue.sizes()
+    cause = catalogue.cause_of(clusters["id"].to_numpy())
+    rows = []
+    for cause_id in sorted(catalogue.causes, key=lambda c: (catalogue.causes[c].dropped, -sizes.get(c, 0), c)):
+        item = catalogue.causes[cause_id]
+        rows.append({"id": cause_id, "anchor": f"cause-{cause_id}", "name": item.name, "label": item.label,
+                     "origin": item.origin, "dropped": item.dropped, "size": sizes.get(cause_id, 0),
+                     "share": sizes.get(cause_id, 0) / n_total if n_total else 0.0,
+                     "clusters": [(f"cluster {c}", _anchor(c)) for c in sorted(item.clusters)]})
+    by_id = {row["id"]: row for row in rows}
+    by_cluster: dict[int, list[dict[str, Any]]] = {}
+    labels = usable["cluster"].to_numpy()
+    of_usable = cause[usable.index.to_numpy()]
+    for label in np.unique(labels[labels >= 0]):
+        ids, counts = np.unique(of_usable[labels == label], return_counts=True)
+        order = sorted(((int(c), int(k)) for c, k in zip(ids, counts) if c >= 0), key=lambda ck: (-ck[1], ck[0]))
+        by_cluster[int(label)] = [dict(by_id[c], images=k) for c, k in order if c in by_id]
+    return {"rows": rows, "by_cluster": by_cluster, "cause": cause, "history": list(catalogue.history)}
+
+
+def _cause_codes(catalogue: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """The map's cause column for the clusters.parquet rows ``rows``: ``codes`` index ``levels`` (-1: no cause),
+    ``ids`` and ``dropped`` per level, in the summary's order."""
+    levels = catalogue["rows"]
+    position = {row["id"]: k for k, row in enumerate(levels)}
+    codes = [position.get(int(c), -1) for c in catalogue["cause"][rows]]
+    return {"codes": codes, "ids": [row["id"] for row in levels], "dropped": [row["dropped"] for row in levels],
+            "levels": [(f"{row['id']}: {row['name']}" if row["name"] else row["label"])
+                       + (" (not a cause)" if row["dropped"] else "") for row in levels]}
 
 
 # --------------------------------------------------------------------------------------------------
