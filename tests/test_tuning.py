@@ -14,6 +14,7 @@ from rca_gpu.errors import SpecError
 from rca_gpu.neighbors import exact_distances, knn_graph
 from rca_gpu.spec import make_cluster, make_reduce
 from rca_gpu.tuning import attach_noise, merge_unseparated, select
+from rca_gpu.tuning.graph import isolated_clusters
 from rca_gpu.tuning.extend import draw_sample
 
 CLUSTERERS = ("dbscan", "hdbscan", "kmeans", "ward")
@@ -129,6 +130,36 @@ def test_merge_joins_what_the_graph_does_not_separate_and_keeps_what_it_does():
     assert len(merges) == 1 and merges[0]["rule"] in ("inside", "link")
     kept, none = merge_unseparated(planted, neighbours)
     assert adjusted_rand_score(planted, kept) == 1.0 and none == []
+
+
+@pytest.mark.parametrize("rare_size", [5, 6, 10, 15])
+def test_a_small_isolated_cluster_is_kept_and_a_small_fragment_merges(rare_size):
+    """A cluster smaller than the k = 15 neighbours can keep at most s - 1 of each point's edges inside:
+    kept when isolated (every point's s - 1 nearest neighbours are fellow members), merged when it is a
+    compact slice of a larger group (its border points' nearest neighbours lie in the rest)."""
+    rng = np.random.default_rng(rare_size)
+    big = rng.normal(0.0, 1.0, (200, 16))
+    rare = rng.normal(0.0, 1.0, (rare_size, 16)) * 0.3 + 12.0  # a rare cause far from the rest
+    x = np.concatenate([big, rare]).astype(np.float32)
+    neighbours = knn_graph(x, 16, cpu_device()).numpy()[0][:, 1:]
+    planted = np.r_[np.zeros(200, int), np.ones(rare_size, int)]
+    kept, merges = merge_unseparated(planted, neighbours)
+    assert adjusted_rand_score(planted, kept) == 1.0 and merges == []
+    # the same number of points cut from the big group (its points nearest one corner) merges back
+    corner = np.argsort(np.linalg.norm(big - big[0], axis=1))[:rare_size]
+    fragment = planted.copy()
+    fragment[corner] = 2
+    merged, merges = merge_unseparated(fragment, neighbours)
+    assert adjusted_rand_score(planted, merged) == 1.0 and len(merges) == 1
+
+
+def test_isolated_clusters_need_min_isolated_points_and_all_nearest_neighbours_inside():
+    labels = np.array([0] * 4 + [1] * 5 + [2] * 5)
+    far = [[1, 2, 3, 9]] * 4  # each of cluster 0's three nearest are fellow members
+    inside = [[j for j in range(4, 9) if j != i] for i in range(4, 9)]  # cluster 1: all four inside
+    strayed = [[j for j in range(9, 14) if j != i][:3] + [0] for i in range(9, 14)]  # cluster 2: 4th is out
+    neighbours = np.array([row[:4] + [0, 9] for row in far + inside + strayed])  # k = 6: beyond s - 1 free
+    assert isolated_clusters(labels, neighbours).tolist() == [False, True, False]  # 0 is below MIN_ISOLATED
 
 
 def test_noise_joins_the_cluster_of_most_of_its_neighbours_only():

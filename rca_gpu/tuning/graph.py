@@ -19,6 +19,8 @@ MIN_INSIDE = 0.5
 MAX_LINK = 0.3
 #: A noise point joins a cluster that holds more than this share of its k nearest neighbours.
 NOISE_MAJORITY = 0.5
+#: Smallest cluster that is kept for being isolated (see :func:`isolated_clusters`).
+MIN_ISOLATED = 5
 #: Neighbours per point read from the graph (column 0, the point itself, excluded).
 LINK_NEIGHBOURS = 15
 
@@ -35,6 +37,24 @@ def link_counts(labels: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     keep = (source >= 0) & (target >= 0)
     flat = np.bincount(source[keep] * m + target[keep], minlength=m * m)
     return flat.reshape(m, m).astype(np.float64)
+
+
+def isolated_clusters(labels: np.ndarray, neighbours: np.ndarray, *, min_size: int = MIN_ISOLATED) -> np.ndarray:
+    """(m,) bool: clusters of ``min_size`` <= s <= k points whose every point has only fellow members as its
+    s - 1 nearest neighbours (noise counts as outside): every member is nearer to all the others than to any
+    other point. ``labels`` and ``neighbours`` as in :func:`link_counts`.
+    """
+    m = int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+    if not m:
+        return np.zeros(0, dtype=bool)
+    k = neighbours.shape[1]
+    sizes = np.bincount(labels[labels >= 0], minlength=m)
+    clustered = np.flatnonzero(labels >= 0)
+    own = labels[clustered]
+    counted = np.arange(k)[None, :] < (sizes[own] - 1)[:, None]
+    strays = ((labels[neighbours[clustered]] != own[:, None]) & counted).any(axis=1)
+    spoiled = np.bincount(own[strays], minlength=m) > 0
+    return (sizes >= min_size) & (sizes <= k) & ~spoiled
 
 
 def _compact(labels: np.ndarray) -> np.ndarray:
@@ -59,6 +79,13 @@ def merge_unseparated(labels: np.ndarray, neighbours: np.ndarray, *, min_inside:
     2. otherwise, the pair (a, b) where the larger of share(a -> b) and share(b -> a) is highest merges when
        that share exceeds ``max_link``.
 
+    A cluster of s <= k points can keep at most s - 1 of each point's k edges inside, so by these shares
+    alone every small cluster would merge, however far it lies from the rest. A small cluster that is
+    **isolated** (:func:`isolated_clusters`: each point's s - 1 nearest neighbours are all fellow members,
+    at least :data:`MIN_ISOLATED` points) is therefore read as keeping all its edges inside: it merges with
+    nothing by its own edges. Fragments of a larger group are not isolated (their border points' nearest
+    neighbours lie in the rest of the group) and merge as before.
+
     It stops when neither applies. A rare cause keeps its cluster (its edges stay inside), so does a cause
     that only looks like another one while its edges mostly stay inside it; a cause torn into islands by
     the embedding is put back together, and a set with a single cause can come back as one cluster.
@@ -78,6 +105,9 @@ def merge_unseparated(labels: np.ndarray, neighbours: np.ndarray, *, min_inside:
     merges: list[dict[str, Any]] = []
     while labels.max(initial=-1) >= 1:
         counts = link_counts(labels, neighbours)
+        isolated = isolated_clusters(labels, neighbours)
+        counts[isolated] = 0.0
+        counts[np.flatnonzero(isolated), np.flatnonzero(isolated)] = 1.0  # its edges all inside, none out
         total = counts.sum(axis=1)
         share = counts / np.maximum(total, 1.0)[:, None]
         inside = np.where(total > 0, np.diag(share), 1.0)
