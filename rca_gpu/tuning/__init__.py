@@ -16,8 +16,9 @@ The rules (``select=`` on any clusterer, rca_gpu.tuning.criteria):
   of the best (:func:`choose_base`), then the clusters that the kNN graph of the features does not separate
   merged and noise points placed by their neighbours (:mod:`rca_gpu.tuning.graph`: a cluster keeping fewer
   than half of its members' 15 nearest neighbours inside itself joins the one receiving most of them; two
-  clusters join when more than 30 % of either one's neighbour edges lead into the other; a noise point joins
-  the cluster holding more than half of its neighbours);
+  clusters join when more than 30 % of either one's neighbour edges lead into the other; an isolated cluster
+  of 5 to 15 points, whose members' nearest neighbours are all members, is kept although it cannot hold 15
+  neighbours; a noise point joins the cluster holding more than half of its neighbours);
 - ``finest-peak``: the finest peak of the score over the number of clusters within BAND of the best (the
   former default), no merging;
 - ``max``: the highest score, no merging;
