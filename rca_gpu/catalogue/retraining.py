@@ -91,13 +91,23 @@ def floor_used(budget: int, floor: int | None, causes: int, spread: str = "propo
 
 
 def floor_note(budget: int, floor: int | None, causes: int, spread: str = "proportional") -> str | None:
-    """One line when ``--floor`` x causes exceeds ``--budget`` (so not every cause can get its floor), saying
-    what :func:`quotas` does then; None otherwise."""
-    if spread != "proportional" or floor is None or causes == 0 or floor * causes <= budget:
+    """One line when not every cause can get its share: the floor applied (``--floor``, or the default of
+    :func:`floor_used` when None) x causes exceeds ``--budget``, or, for the ``equal`` spread, ``--budget`` is
+    below the number of causes; it says what :func:`quotas` does then and the fix. None otherwise."""
+    if causes == 0 or spread not in SPREADS:
         return None
+    if spread == "equal":
+        if budget >= causes:
+            return None
+        return (f"--budget {budget} is below the {causes} causes: with --spread equal at least {causes - budget} "
+                f"causes get no image; raise --budget to at least {causes} to give every cause an image.")
+    applied = floor_used(budget, floor, causes, spread)
+    if applied * causes <= budget:
+        return None
+    given = f"--floor {applied}" if floor is not None else f"the default floor {applied}"
     fix = (f"lower --floor to at most {budget // causes} (budget / causes) to give every cause the same floor"
            if budget >= causes else f"raise --budget to at least {causes} to give every cause an image")
-    return (f"--floor {floor} x {causes} causes = {floor * causes} exceeds --budget {budget}: the floor was given "
+    return (f"{given} x {causes} causes = {applied * causes} exceeds --budget {budget}: the floor was given "
             f"to the largest causes first until the budget ran out, so some causes may get no image; {fix}.")
 
 
