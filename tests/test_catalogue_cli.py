@@ -87,12 +87,15 @@ WRITERS = {
     ("below_file", "cannot be created"),
     ("the_run", "is the run folder itself"),
     ("another_run", "is a run folder (it holds run.json)"),
+    ("in_cache", "lies inside cache/, the feature cache of the run folder"),
+    ("in_report_files", "lies inside report_files/, the report's files of the run folder"),
 ])
 def test_an_unusable_out_folder_is_a_one_line_error(command, problem, message, catalogue_run, catalogue_images,
                                                     tmp_path):
     (tmp_path / "afile").write_text("x")
     out = {"file": tmp_path / "afile", "below_file": tmp_path / "afile" / "sub", "the_run": catalogue_run,
-           "another_run": shutil.copytree(catalogue_run, tmp_path / "other")}[problem]
+           "another_run": shutil.copytree(catalogue_run, tmp_path / "other") if problem == "another_run" else None,
+           "in_cache": catalogue_run / "cache" / "exp", "in_report_files": catalogue_run / "report_files" / "sel"}[problem]
     before = sorted(p.name for p in catalogue_run.iterdir())
     done = _cli(*WRITERS[command](catalogue_run, catalogue_images / "new", out))
     assert done.returncode == 2, done.stderr
