@@ -179,6 +179,19 @@ def test_assign_follows_the_edited_catalogue(catalogue_run, catalogue_images, tm
     assert len(dropped) == 1 and "dropped: not a cause" in dropped[0]
     assert len(kept) == 1 and "dropped" not in kept[0] and "bar at the top" in kept[0]
     assert max(map(len, lines)) <= 80
+    # assign.json lists the dropped cause too, with its status, as the table and assignments.parquet do
+    written = json.loads((tmp_path / "out" / "assign.json").read_text())["per_cause"]
+    placed = table[table["status"].isin(["assigned", "not_a_cause"])]
+    assert written == summary["per_cause"]
+    assert {int(c): row["images"] for c, row in written.items()} == placed["cause"].value_counts().to_dict()
+    assert written[str(cluster_of_group[2])]["status"] == "dropped" and written[str(merged)]["status"] == "cause"
+    # select.json too: the dropped cause is listed, never a candidate
+    from rca_gpu.catalogue.retraining import select_from_pool
+
+    _, info = select_from_pool(copy, catalogue_images / "new", tmp_path / "sel", budget=4, device="cpu", workers=0)
+    row = info["per_cause"][str(cluster_of_group[2])]
+    assert row["status"] == "dropped" and row["candidates"] == 0 and row["selected"] == 0 and row["size_in_run"] > 0
+    assert info["per_cause"][str(merged)]["status"] == "cause"
 
 
 def test_assign_refuses_another_extractor(catalogue_run, catalogue_images, tmp_path):

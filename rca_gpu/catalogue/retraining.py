@@ -173,9 +173,12 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     outputs.write_parquet(out / SELECTION_PARQUET, chosen, metadata=metadata)
     manifest = chosen[["path", "id", "cause", "cause_name", "confidence", "distance", "rank"]]
     outputs.write_text(out / SELECTION_FILE, manifest.to_csv(index=False))
-    per_cause = {str(c): {"name": catalogue.name(c), "size_in_run": sizes[c],
+    all_sizes = catalogue.sizes()
+    per_cause = {str(c): {"name": catalogue.name(c), "status": "cause" if c in sizes else "dropped",
+                          "size_in_run": int(all_sizes.get(c, 0)),
                           "candidates": int(((table["status"] == "assigned") & (table["cause"] == c)).sum()),
-                          "selected": int((chosen["cause"] == c).sum())} for c in sorted(sizes)}
+                          "selected": int((chosen["cause"] == c).sum())}
+                 for c in sorted(catalogue.causes)}  # dropped causes too: never candidates, listed as such
     info = {
         "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool), "pool_rows": len(table),
         "source": failures.describe(), "budget": budget,
