@@ -40,6 +40,14 @@ def test_the_run_keeps_a_bounded_reference_set(tmp_path):
     stored = json.loads((tmp_path / "reference.json").read_text())
     assert stored["run_id"] == "r1" and set(stored["clusters"]) == {"0", "1"} and stored["per_cluster_max"] == 20
     assert stored["clusters"]["0"]["reference_images"] == 20 and stored["radius"] > 0 and stored["format"] == 2
+    # every file gets the permissions of any new file (0666 less the umask), safetensors' own 0600 included
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name.startswith("reference")}
+    assert modes == dict.fromkeys(["reference.safetensors", "reference.parquet", "reference.json"], 0o666 & ~umask)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_catalogue_of_duplicates_gets_a_zero_radius_and_a_cluster_of_one_image_no_score(tmp_path):
