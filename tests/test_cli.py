@@ -324,3 +324,19 @@ def test_demo_makes_the_benchmark_again_when_n_or_seed_differ_and_says_why(tmp_p
     assert dataset_differences(out / "data", "mnist-rc", n=250, seed=3) == []
     assert dataset_differences(out / "data", "mnist-rc", n=200, seed=3) == ["n 250 (asked 200)"]
     assert dataset_differences(tmp_path / "none", "mnist-rc") == ["no benchmark"]
+
+
+def test_study_help_and_readme_list_the_default_feature_sets_of_the_code():
+    import re
+    from pathlib import Path
+
+    from rca_gpu.study import default_features
+
+    sets = default_features(has_dut=True)
+    shown = " ".join(runner.invoke(app, ["study", "--help"], env={"COLUMNS": "400"}).output.split())
+    listed = re.search(r"\(default: (.*?) when the DNN under test is known\)", shown).group(1)
+    assert [s for part in listed.split(", and ") for s in part.split(", ")] == list(sets)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("| feature set | family |")[1].split("\n\n")[0]
+    assert re.findall(r"`([^`]+)`", "".join(line.split("|")[1] for line in table.splitlines()[2:])) == list(sets)
+    assert f"{len(sets)} feature sets x 3 reducers x 4 clusterers" in readme
