@@ -79,11 +79,11 @@ def causes_command(
     for note in unchanged:
         console.print(f"nothing to change for {note}", markup=False, highlight=False, soft_wrap=True)
     if changed:
-        target = Path(run_dir) / CAUSES_FILE
+        target = Path(run_dir).resolve() / CAUSES_FILE
         console.print(f"edits written to {target}" if written else f"no edits left; removed {target}",
                       markup=False, highlight=False, soft_wrap=True)
         if (Path(run_dir) / "report.html").is_file():
-            console.print(f"report.html shows them once rewritten: rca-gpu report {run_dir}", markup=False,
+            console.print(f"report.html shows them once rewritten: rca-gpu report {target.parent}", markup=False,
                           highlight=False, soft_wrap=True)
     elif edits:
         console.print("nothing to change; causes.toml was not written", markup=False, highlight=False,
