@@ -294,6 +294,20 @@ def test_export_quiet_prints_only_the_last_line(catalogue_run, tmp_path):
     done = CliRunner().invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "e"), "-q"])
     assert done.exit_code == 0, done.output
     assert done.output.strip().splitlines() == [f"exported 90 files to {(tmp_path / 'e').resolve()}"]
+    # notes stay (docs/report.md): a group asked for that the run has no image of
+    noted = CliRunner().invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "n"), "--clusters",
+                                     "0,rejected", "-q"])
+    assert noted.exit_code == 0, noted.output
+    lines = noted.output.strip().splitlines()
+    assert lines[0] == "note: the run has no rejected images; no rejected/ folder made" and len(lines) == 2
+    assert lines[1].startswith("exported ")
+    # whole-number columns are written as integers (28, not 28.0)
+    import csv
+
+    with open(tmp_path / "n" / "cluster-0" / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(row["img_width"].isdigit() and row["img_height"].isdigit() and row["id"].isdigit()
+                        for row in rows)
 
 
 def test_compare_quiet_prints_only_the_result_line(catalogue_run, tmp_path):
