@@ -299,25 +299,31 @@ def pipelines_command(quiet: QuietOpt = False) -> None:
 @friendly_errors
 def demo_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "runs/demo",
-    n: Annotated[Optional[int], typer.Option("--n", help="Failures in the embedded benchmark.")] = None,
+    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Failures in the embedded benchmark "
+                                             "(default: the dataset's default n).")] = None,
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
     report: ReportOpt = True,
     quiet: QuietOpt = False,
 ) -> None:
-    """Make the embedded mnist-rc benchmark (offline) and run the default pipeline on it."""
+    """Make the embedded mnist-rc benchmark (offline) and run the default pipeline on it.
+
+    The benchmark in OUT/data is reused when it was made with the same --n and --seed; otherwise it is made
+    again (as `rca-gpu datasets make` does), and the line printed says why."""
     from rca_gpu.runfolder import check_out_folder
 
     out = check_out_folder(out)
     reporter = reporter_for(quiet)
-    from rca_gpu.datasets import make_dataset
+    from rca_gpu.datasets import dataset_differences, make_dataset
 
     data_dir = out / "data"
     manifest = data_dir / "manifest.parquet"
-    if not manifest.exists():
-        if not quiet:
-            typer.echo(f"making the mnist-rc benchmark in {printable(data_dir)} ...")
+    differences = dataset_differences(data_dir, "mnist-rc", n=n, seed=seed or 0)
+    if differences:
+        why = "" if differences == ["no benchmark"] else f" again (the earlier one has {', '.join(differences)})"
+        if why or not quiet:  # a changed value is never replaced silently
+            typer.echo(f"making the mnist-rc benchmark{why} in {printable(data_dir.resolve())} ...")
         manifest = make_dataset("mnist-rc", data_dir, n=n, seed=seed or 0, reporter=reporter)
     spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run

@@ -20,14 +20,18 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def _atomic(path: Path, write) -> Path:
+def write_atomic(path: str | Path, write) -> Path:
+    """Write ``path`` atomically with ``write(tmp)``, a function that writes a whole file at the path ``tmp``
+    (a temporary name in the same folder), then rename it to ``path``. The file gets the permissions of any
+    new file (0666 less the umask, e.g. 0644), also when ``write`` makes its own 0600 file as mkstemp and
+    safetensors do. On any error the temporary file is removed and the error raised; ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; final files get the usual permissions
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # after writing: a writer may replace the file with a 0600 one
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -41,7 +45,7 @@ def write_text(path: Path, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
 
-    return _atomic(path, write)
+    return write_atomic(path, write)
 
 
 def _json_safe(value: Any) -> Any:
@@ -85,7 +89,7 @@ def write_parquet(path: Path, frame, *, metadata: Mapping[bytes, bytes] | None =
         metadata = {**(metadata or {}), RUN_ID_KEY: run_id.encode()}
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    return _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def to_arrow(frame):

@@ -251,12 +251,15 @@ def clusters_table(failures: FailureSet, features, labels: np.ndarray) -> pd.Dat
                           "reason": reason})
     parts = [front, table.drop(columns=["id", "path"])]
     if getattr(features, "properties", None) is not None:  # image properties, NaN for rejected rows
-        from rca_gpu.data.properties import PROPERTY_COLUMNS
+        from rca_gpu.data.properties import INTEGER_PROPERTIES, PROPERTY_COLUMNS
 
         values = np.full((n, len(PROPERTY_COLUMNS)), np.nan, dtype=np.float32)
         values[features.positions] = features.properties
         names = [c for c in PROPERTY_COLUMNS if c not in table.columns]  # a manifest's own column wins
-        parts.append(pd.DataFrame(values, columns=list(PROPERTY_COLUMNS))[names])
+        properties = pd.DataFrame(values, columns=list(PROPERTY_COLUMNS))[names]
+        for name in set(INTEGER_PROPERTIES) & set(names):  # 28, not 28.0, also in CSV exports; <NA> if rejected
+            properties[name] = properties[name].round().astype("Int64")
+        parts.append(properties)
     return pd.concat(parts, axis=1)
 
 

@@ -299,6 +299,40 @@ STUDY_OUTPUTS: tuple[str, ...] = (STUDY_FILE, STUDY_MARKDOWN)
 STUDY_OUTPUT_FOLDERS: tuple[str, ...] = (STUDY_PIPELINES, "cache")
 
 
+#: What each internal folder holds, for the message refusing an output folder inside one.
+_INTERNAL_WHAT = {"cache": "feature cache", "report_files": "report's files", STUDY_PIPELINES: "pipelines' runs"}
+
+
+def internal_folder_note(out: str | Path, *, option: str = "--out", example: str = "runs/first") -> str | None:
+    """The refusal of an output folder that is, or lies inside, a folder rca-gpu writes into itself: a run
+    folder's :data:`RUN_OUTPUT_FOLDERS` (cache/, report_files/) or a study's :data:`STUDY_OUTPUT_FOLDERS`
+    (pipelines/, cache/). ``out`` and every ancestor are checked, as written and with links resolved; the
+    folder need not exist. A sub-folder of a run folder with another name (e.g. RUN/assigned) is fine.
+    None when ``out`` is no such folder."""
+    import os
+
+    from rca_gpu.errors import printable
+
+    given = os.path.expanduser(os.fspath(out))
+    for start in dict.fromkeys((Path(os.path.abspath(given)), Path(os.path.realpath(given)))):
+        for inner in (start, *start.parents):
+            owner = inner.parent
+            if owner == inner:
+                break
+            if inner.name in RUN_OUTPUT_FOLDERS and _is_run_json(owner / RUN_FILE):
+                whose = f"the run folder {printable(repr(str(owner)))}"
+            elif inner.name in STUDY_OUTPUT_FOLDERS and _is_study_folder(owner):
+                whose = f"the study {printable(repr(str(owner)))}"
+            else:
+                continue
+            where = "is" if inner == start else "lies inside"
+            besides = " (another sub-folder of the run folder is fine)" if "run folder" in whose else ""
+            return (f"The {option} folder {printable(repr(str(out)))} {where} {inner.name}/, the "
+                    f"{_INTERNAL_WHAT[inner.name]} of {whose}, which rca-gpu writes into itself. Pass a folder "
+                    f"outside it{besides}, e.g. {option} {example}.")
+    return None
+
+
 def check_inputs_kept(out: str | Path, inputs: dict[str, Any], *, files: "list[str] | tuple[str, ...]" = (),
                       folders: "list[str] | tuple[str, ...]" = (), option: str = "--out") -> None:
     """Refuse an output folder where the command would write over, or remove, one of its own inputs.
@@ -353,7 +387,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_out_folder(out: str | Path, *, option: str = "--out", command: str | None = None,
-                     example: str = "runs/first") -> Path:
+                     example: str = "runs/first", internal: bool = False) -> Path:
     """Check that ``out`` can hold a run's outputs, before any work starts; nothing is created or removed.
 
     ``command`` is the command that writes there: one of :data:`OUTPUT_MARKERS` (e.g. ``"rca-gpu assign"``),
@@ -362,13 +396,16 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
     another command is refused, as the files would mix: the outputs of assign, select or export (their
     marker file), a study (:data:`STUDY_FILE` with study.md or pipelines/) for any command but the study, and
     a run folder (run.json written by rca-gpu) for the study. When the folder holds the command's own outputs
-    too, the error names the other command's files to remove first (:func:`mixed_folder_message`).
+    too, the error names the other command's files to remove first (:func:`mixed_folder_message`). A folder
+    inside a run's or a study's internal folders (:func:`internal_folder_note`) is refused too, unless
+    ``internal`` is True: rca-gpu's own writes there (a study's runs under pipelines/) pass it.
 
     Raises
     ------
     RunFolderError
         ``out`` is empty, an existing file, below a file, not writable (permissions, a read-only file
-        system), or the output folder of another command: one line naming the folder, the problem and the fix.
+        system), inside a run's or a study's internal folders, or the output folder of another command: one
+        line naming the folder, the problem and the fix.
     """
     import errno
     import os
@@ -380,6 +417,9 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
         raise RunFolderError(f"The {option} option is empty. Pass the folder for the results, e.g. {option} runs/first.")
     folder = Path(out).expanduser()
     shown = printable(repr(str(out)))
+    inside = None if internal else internal_folder_note(out, option=option, example=example)
+    if inside:
+        raise RunFolderError(inside)
     if folder.exists() and not folder.is_dir():
         raise RunFolderError(
             f"The {option} folder {shown} is an existing file, not a folder. Pass a folder (it is created if needed)."
@@ -509,7 +549,7 @@ def start_run_folder(out: str | Path) -> Path:
     """
     import contextlib
 
-    folder = check_out_folder(out)
+    folder = check_out_folder(out, internal=True)  # a user's --out was checked before; a study writes its runs here
     folder.mkdir(parents=True, exist_ok=True)
     run_file = folder / RUN_FILE
     with contextlib.suppress(FileNotFoundError):

@@ -398,6 +398,12 @@ class RunSpec:
 #: Every --knn-backend value: the one list behind the spec's check, the CLI's choices (rca_gpu.cli.KnnBackend),
 #: the registry's kNN implementations (rca_gpu.registry; checked by tests/test_spec.py) and the README table.
 KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuvs", "cuml")
+
+#: Feature sets of the default study (``rca-gpu study`` without --features): plain data here so that the
+#: study's --help lists them without importing the study. With the DNN under test known, DUT_FEATURES join:
+#: 9 sets x 3 reducers x 4 clusterers = 108 pipelines (the paper studied 99).
+STUDY_FEATURES = ("pixels", "mobilenet_v2", "mobilenet_v2@features.14", "ae")
+STUDY_DUT_FEATURES = ("dut", "dut@features", "lrp", "lrp(rule=zplus)", "gradcam")
 #: kNN backends with no CPU implementation: backend -> (flag of rca_gpu.device.Device that says it works here,
 #: the library it needs).
 GPU_ONLY_KNN_BACKENDS = {"cuvs": ("cuvs", "cuVS"), "cuml": ("cuml_knn", "cuML")}

@@ -24,16 +24,15 @@ from rca_gpu.device import resolve_device
 from rca_gpu.errors import RcaError, SpecError
 from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run
-from rca_gpu.spec import (CLUSTERERS, REDUCERS, PipelineSpec, RunSpec, make_cluster, make_reduce, parse_pipeline,
-                          split_outside_parens)
+from rca_gpu.spec import (CLUSTERERS, REDUCERS, STUDY_DUT_FEATURES, STUDY_FEATURES, PipelineSpec, RunSpec,
+                          make_cluster, make_reduce, parse_pipeline, split_outside_parens)
 
 log = logging.getLogger("rca_gpu")
 
-#: Feature sets of the default study. With the DNN under test known: 9 sets x 3 reducers x 4 clusterers
-#: = 108 pipelines (the paper studied 99). ResNet/VGG backbones join with --features when their weights
-#: are in the torch cache.
-DEFAULT_FEATURES = ("pixels", "mobilenet_v2", "mobilenet_v2@features.14", "ae")
-DUT_FEATURES = ("dut", "dut@features", "lrp", "lrp(rule=zplus)", "gradcam")
+#: Feature sets of the default study (defined in rca_gpu.spec, which the CLI's help reads). ResNet/VGG
+#: backbones join with --features when their weights are in the torch cache.
+DEFAULT_FEATURES = STUDY_FEATURES
+DUT_FEATURES = STUDY_DUT_FEATURES
 METRIC_COLUMNS = (
     "study_score", "weighted_purity", "mean_purity", "coverage", "coverage_injected", "mean_recall", "noise_share",
     "n_clusters",

@@ -40,6 +40,14 @@ def test_the_run_keeps_a_bounded_reference_set(tmp_path):
     stored = json.loads((tmp_path / "reference.json").read_text())
     assert stored["run_id"] == "r1" and set(stored["clusters"]) == {"0", "1"} and stored["per_cluster_max"] == 20
     assert stored["clusters"]["0"]["reference_images"] == 20 and stored["radius"] > 0 and stored["format"] == 2
+    # every file gets the permissions of any new file (0666 less the umask), safetensors' own 0600 included
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name.startswith("reference")}
+    assert modes == dict.fromkeys(["reference.safetensors", "reference.parquet", "reference.json"], 0o666 & ~umask)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_catalogue_of_duplicates_gets_a_zero_radius_and_a_cluster_of_one_image_no_score(tmp_path):
@@ -179,6 +187,19 @@ def test_assign_follows_the_edited_catalogue(catalogue_run, catalogue_images, tm
     assert len(dropped) == 1 and "dropped: not a cause" in dropped[0]
     assert len(kept) == 1 and "dropped" not in kept[0] and "bar at the top" in kept[0]
     assert max(map(len, lines)) <= 80
+    # assign.json lists the dropped cause too, with its status, as the table and assignments.parquet do
+    written = json.loads((tmp_path / "out" / "assign.json").read_text())["per_cause"]
+    placed = table[table["status"].isin(["assigned", "not_a_cause"])]
+    assert written == summary["per_cause"]
+    assert {int(c): row["images"] for c, row in written.items()} == placed["cause"].value_counts().to_dict()
+    assert written[str(cluster_of_group[2])]["status"] == "dropped" and written[str(merged)]["status"] == "cause"
+    # select.json too: the dropped cause is listed, never a candidate
+    from rca_gpu.catalogue.retraining import select_from_pool
+
+    _, info = select_from_pool(copy, catalogue_images / "new", tmp_path / "sel", budget=4, device="cpu", workers=0)
+    row = info["per_cause"][str(cluster_of_group[2])]
+    assert row["status"] == "dropped" and row["candidates"] == 0 and row["selected"] == 0 and row["size_in_run"] > 0
+    assert info["per_cause"][str(merged)]["status"] == "cause"
 
 
 def test_assign_refuses_another_extractor(catalogue_run, catalogue_images, tmp_path):

@@ -111,8 +111,35 @@ def test_bad_edits_are_refused_with_the_fix(run_copy):
         catalogue.merge([1, 1])
     with pytest.raises(CatalogueError, match=r"needs 2 <= parts <= 30"):
         catalogue.split(0, 31)
-    with pytest.raises(CatalogueError, match="name of cause 0 is empty"):
-        catalogue.rename(0, "  ")
+    from rca_gpu.catalogue.causes import parse_edit
+
+    with pytest.raises(CatalogueError, match=r"The --name value '7' must be CAUSE=NAME, e\.g\. --name 7=\"rotated "
+                                             r"left\" \(--name 7= clears the name\)"):
+        parse_edit("--name", "7")
+    assert parse_edit("--name", "7=") == (7, "") and parse_edit("--split", "5") == (5, None)
+
+
+def test_an_empty_name_clears_the_name_and_is_recorded_once(run_copy):
+    catalogue = load_catalogue(run_copy)
+    assert catalogue.rename(0, "  ") is False and catalogue.history == []  # no name yet: nothing to clear
+    catalogue.rename(0, "rotated left")
+    assert catalogue.rename(0, "") is True and catalogue.causes[0].name == ""
+    assert catalogue.history == ["name 0 = 'rotated left'", "clear name 0"]
+    catalogue.save()
+    assert load_catalogue(run_copy).causes[0].label == "cause 0"
+
+
+def test_causes_command_clears_a_name_and_refuses_a_name_without_equals(run_copy):
+    named = _cli("causes", run_copy, "-q", "--name", "1=top bar")
+    assert named.returncode == 0, named.stderr
+    cleared = _cli("causes", run_copy, "-q", "--name", "1=")
+    assert cleared.returncode == 0, cleared.stderr
+    assert "edits written to" in cleared.stdout
+    assert load_catalogue(run_copy).causes[1].name == "" and load_catalogue(run_copy).history[-1] == "clear name 1"
+    again = _cli("causes", run_copy, "-q", "--name", "1=")
+    assert "nothing to change for --name 1=: cause 1 has no name" in again.stdout
+    bare = _cli("causes", run_copy, "--name", "1")
+    assert bare.returncode == 2 and bare.stderr.startswith("error: The --name value '1' must be CAUSE=NAME")
 
 
 def test_causes_command_edits_and_shows_the_catalogue(run_copy):

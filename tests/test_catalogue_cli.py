@@ -87,12 +87,15 @@ WRITERS = {
     ("below_file", "cannot be created"),
     ("the_run", "is the run folder itself"),
     ("another_run", "is a run folder (it holds run.json)"),
+    ("in_cache", "lies inside cache/, the feature cache of the run folder"),
+    ("in_report_files", "lies inside report_files/, the report's files of the run folder"),
 ])
 def test_an_unusable_out_folder_is_a_one_line_error(command, problem, message, catalogue_run, catalogue_images,
                                                     tmp_path):
     (tmp_path / "afile").write_text("x")
     out = {"file": tmp_path / "afile", "below_file": tmp_path / "afile" / "sub", "the_run": catalogue_run,
-           "another_run": shutil.copytree(catalogue_run, tmp_path / "other")}[problem]
+           "another_run": shutil.copytree(catalogue_run, tmp_path / "other") if problem == "another_run" else None,
+           "in_cache": catalogue_run / "cache" / "exp", "in_report_files": catalogue_run / "report_files" / "sel"}[problem]
     before = sorted(p.name for p in catalogue_run.iterdir())
     done = _cli(*WRITERS[command](catalogue_run, catalogue_images / "new", out))
     assert done.returncode == 2, done.stderr
@@ -291,6 +294,20 @@ def test_export_quiet_prints_only_the_last_line(catalogue_run, tmp_path):
     done = CliRunner().invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "e"), "-q"])
     assert done.exit_code == 0, done.output
     assert done.output.strip().splitlines() == [f"exported 90 files to {(tmp_path / 'e').resolve()}"]
+    # notes stay (docs/report.md): a group asked for that the run has no image of
+    noted = CliRunner().invoke(app, ["export", str(catalogue_run), "--to", str(tmp_path / "n"), "--clusters",
+                                     "0,rejected", "-q"])
+    assert noted.exit_code == 0, noted.output
+    lines = noted.output.strip().splitlines()
+    assert lines[0] == "note: the run has no rejected images; no rejected/ folder made" and len(lines) == 2
+    assert lines[1].startswith("exported ")
+    # whole-number columns are written as integers (28, not 28.0)
+    import csv
+
+    with open(tmp_path / "n" / "cluster-0" / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(row["img_width"].isdigit() and row["img_height"].isdigit() and row["id"].isdigit()
+                        for row in rows)
 
 
 def test_compare_quiet_prints_only_the_result_line(catalogue_run, tmp_path):

@@ -212,6 +212,7 @@ def test_compare_command_says_which_basis_it_used(catalogue_run, runs_other_size
     text = narrow.export_text()
     assert max(map(len, text.splitlines())) <= 80 and "\u2026" not in text
     assert "30 (85.7%)" in text and "30 (33.3%)" in text and "grew" in text
+    assert "name (A; new: B)" in text  # says whose name it shows, as the wide table's "name A" / "name B"
     written = open_run(run_b).json("comparison.json")
     assert written["basis"] == "shares" and written["images_a"] == 90 and written["images_b"] == 35
     from rca_gpu.catalogue.report import comparison_section

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import pattern_images, write_pngs
 from rca_gpu.catalogue import CatalogueError
-from rca_gpu.catalogue.retraining import SELECTION_FILE, pick, quotas, select_from_pool
+from rca_gpu.catalogue.retraining import SELECTION_FILE, floor_note, pick, quotas, select_from_pool
 
 
 @pytest.mark.parametrize("budget,spread,floor,expected", [
@@ -29,6 +29,21 @@ def test_quotas(budget, spread, floor, expected):
     got = quotas(budget, sizes, available, spread=spread, floor=floor)
     assert got == expected
     assert sum(got.values()) == min(budget, sum(available.values()))
+
+
+@pytest.mark.parametrize("budget,floor,spread,expected", [
+    (3, None, "proportional", "the default floor 1 x 6 causes = 6 exceeds --budget 3"),  # 3 causes get nothing
+    (3, 10, "proportional", "--floor 10 x 6 causes = 60 exceeds --budget 3"),
+    (3, None, "equal", "--budget 3 is below the 6 causes: with --spread equal at least 3 causes get no image"),
+    (6, None, "proportional", None), (6, 1, "proportional", None), (6, None, "equal", None),
+])
+def test_a_budget_too_small_for_every_cause_gets_a_note_whatever_the_floor(budget, floor, spread, expected):
+    sizes = {c: 10 - c for c in range(6)}
+    starved = [c for c, n in quotas(budget, sizes, dict(sizes), spread=spread, floor=floor).items() if n == 0]
+    note = floor_note(budget, floor, len(sizes), spread)
+    assert (note is None) == (not starved) == (expected is None)
+    if expected:
+        assert note.startswith(expected) and "to at least 6 to give every cause an image" in note
 
 
 def test_quotas_refuse_an_unknown_spread():

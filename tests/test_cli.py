@@ -281,3 +281,62 @@ def test_quiet_listings_print_plain_lines_instead_of_the_table(command, title, l
     assert quiet.exit_code == 0, quiet.output
     assert title not in quiet.output and "┃" not in quiet.output and "│" not in quiet.output
     assert any(printed.startswith(line) for printed in quiet.output.splitlines()), quiet.output
+
+
+def test_demo_makes_the_benchmark_again_when_n_or_seed_differ_and_says_why(tmp_path, monkeypatch):
+    """`demo --n 200` then `demo --n 250` must not reuse the 200-image data silently (nor another --seed)."""
+    import json
+
+    import rca_gpu.datasets
+    import rca_gpu.pipeline
+    from rca_gpu.datasets import DATASETS, dataset_differences
+    from rca_gpu.datasets.proportions import resolve_proportions
+
+    info = DATASETS["mnist-rc"]
+    made = []
+
+    def fake_make(name, out, *, n=None, seed=0, reporter=None, **_):  # writes only what the check reads
+        out.mkdir(parents=True, exist_ok=True)
+        shares = resolve_proportions(info.cause_names, info.default_proportions, None)
+        (out / "dataset.json").write_text(json.dumps({"name": name, "n": n or info.default_n, "seed": seed,
+                                                      "proportions": {c: round(p, 6) for c, p in shares.items()}}))
+        (out / "manifest.parquet").write_bytes(b"")
+        made.append((n, seed))
+        return out / "manifest.parquet"
+
+    class Stop(Exception):
+        pass
+
+    def fake_run(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(rca_gpu.datasets, "make_dataset", fake_make)
+    monkeypatch.setattr(rca_gpu.pipeline, "run", fake_run)
+    out = tmp_path / "demo"
+    for options, expected in ((["--n", "200"], [(200, 0)]), (["--n", "200"], []),
+                              (["--n", "250"], [(250, 0)]), (["--n", "250", "--seed", "3"], [(250, 3)])):
+        made.clear()
+        result = runner.invoke(app, ["demo", "--out", str(out), "-q", *options])
+        assert isinstance(result.exception, Stop), result.output
+        assert made == expected
+        if options == ["--n", "250"]:  # made again, even with -q: the line names the value that changed
+            assert "making the mnist-rc benchmark again (the earlier one has n 200 (asked 250))" in result.output
+    assert dataset_differences(out / "data", "mnist-rc", n=250, seed=3) == []
+    assert dataset_differences(out / "data", "mnist-rc", n=200, seed=3) == ["n 250 (asked 200)"]
+    assert dataset_differences(tmp_path / "none", "mnist-rc") == ["no benchmark"]
+
+
+def test_study_help_and_readme_list_the_default_feature_sets_of_the_code():
+    import re
+    from pathlib import Path
+
+    from rca_gpu.study import default_features
+
+    sets = default_features(has_dut=True)
+    shown = " ".join(runner.invoke(app, ["study", "--help"], env={"COLUMNS": "400"}).output.split())
+    listed = re.search(r"\(default: (.*?) when the DNN under test is known\)", shown).group(1)
+    assert [s for part in listed.split(", and ") for s in part.split(", ")] == list(sets)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split("| feature set | family |")[1].split("\n\n")[0]
+    assert re.findall(r"`([^`]+)`", "".join(line.split("|")[1] for line in table.splitlines()[2:])) == list(sets)
+    assert f"{len(sets)} feature sets x 3 reducers x 4 clusterers" in readme

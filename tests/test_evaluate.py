@@ -432,3 +432,14 @@ def test_cli_quiet_prints_only_where_metrics_are(tmp_path: Path) -> None:
     assert "Per root cause" not in result.output and "study score" not in result.output
     assert result.output.strip().startswith("Metrics written to")
     assert (run_dir / "metrics.json").is_file()
+
+
+def test_cli_prints_absolute_paths_for_a_relative_run_folder(tmp_path: Path, monkeypatch) -> None:
+    """Like every other command: the paths printed can be used from any folder."""
+    run_dir = _write_run(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(_app(), ["evaluate", "run", "--quiet"])
+    assert result.exit_code == 0, result.output
+    absolute = run_dir.resolve()
+    assert " ".join(result.output.split()) == (f"Metrics written to {absolute / 'metrics.json'} and "
+                                               f"{absolute / 'per_cause.csv'}")

@@ -222,3 +222,59 @@ def test_the_files_of_assign_and_select_are_the_ones_they_write():
     assert {retraining.SELECT_INFO_FILE, *MARKED_OUTPUTS[retraining.SELECT_INFO_FILE]} == {
         assign.ASSIGNMENTS_FILE, retraining.SELECTION_FILE, retraining.SELECTION_PARQUET, retraining.SELECT_INFO_FILE}
     assert MARKED_OUTPUTS[EXPORT_FILE] == ()
+
+
+@pytest.mark.parametrize("inside,where", [
+    ("run/cache", "is cache/, the feature cache of the run folder"),
+    ("run/report_files", "is report_files/, the report's files of the run folder"),
+    ("run/report_files/sel", "lies inside report_files/"),
+    ("run/cache/exp/deeper", "lies inside cache/"),
+    ("study/pipelines", "is pipelines/, the pipelines' runs of the study"),
+    ("study/cache/x", "lies inside cache/, the feature cache of the study"),
+    ("study/pipelines/p1/cache", "is cache/, the feature cache of the run folder"),
+])
+def test_an_output_folder_inside_a_run_or_study_internal_folder_is_refused(tmp_path, inside, where):
+    """Every command's output folder (checked by check_out_folder): the folders rca-gpu writes itself."""
+    from rca_gpu.runfolder import check_out_folder
+
+    (tmp_path / "run").mkdir()
+    _finished(tmp_path / "run", new_run_id())
+    study = _study_folder(tmp_path / "study", with_md=True)
+    (study / "pipelines" / "p1").mkdir(parents=True)
+    _finished(study / "pipelines" / "p1", new_run_id())
+    for command in (None, "rca-gpu assign", "rca-gpu select", "rca-gpu export", "rca-gpu study"):
+        with pytest.raises(RunFolderError, match=rf"^The --out folder '.*{inside}' {where}.*Pass a folder outside"):
+            check_out_folder(tmp_path / inside, command=command)
+    check_out_folder(tmp_path / inside, internal=True)  # rca-gpu's own writes (a study's runs) pass
+    check_out_folder(tmp_path / "run" / "assigned", command="rca-gpu assign")  # another sub-folder is fine
+    check_out_folder(tmp_path / "elsewhere" / "cache")  # a folder called cache outside a run is fine
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "run" / "cache", target_is_directory=True)
+    (tmp_path / "run" / "cache").mkdir(exist_ok=True)
+    with pytest.raises(RunFolderError, match="lies inside cache/"):
+        check_out_folder(link / "x")
+
+
+def test_every_command_refuses_an_out_folder_inside_a_run_internal_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from rca_gpu.cli import app
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _finished(run, new_run_id())
+    (tmp_path / "imgs").mkdir()
+    runner = CliRunner()
+    for args in (["run", str(tmp_path / "imgs"), "--out", str(run / "cache")],
+                 ["demo", "--out", str(run / "report_files" / "demo")],
+                 ["datasets", "make", "mnist-rc", "--out", str(run / "cache" / "d")],
+                 ["study", str(tmp_path / "imgs"), "--out", str(run / "cache" / "s")]):  # assign, select,
+        # export: tests/test_catalogue_cli.py (they need a run with a catalogue)
+        result = runner.invoke(app, args)
+        if isinstance(result.exception, RunFolderError):  # `datasets make`: printed by rca_gpu.cli.main
+            output, code = f"error: {result.exception}", 2
+        else:
+            output, code = result.output, result.exit_code
+        assert code == 2, (args, output)
+        assert output.startswith("error: The --") and "which rca-gpu writes into itself" in output
+        assert len(output.strip().splitlines()) == 1

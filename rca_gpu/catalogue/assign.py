@@ -355,14 +355,13 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
                                                           workers=workers, image_root=image_root, model=model,
                                                           alpha=alpha, reporter=reporter)
     counts = {status: int((table["status"] == status).sum()) for status in STATUSES}
-    per_cause = table.loc[table["status"] == "assigned", "cause"].value_counts()
     summary = {
         "catalogue_run_id": catalogue.run_id,
         "run_folder": str(catalogue.run.path),
         "source": failures.describe(),
         "rows": len(table),
         "counts": counts,
-        "per_cause": {str(int(c)): {"name": catalogue.name(int(c)), "images": int(v)} for c, v in per_cause.items()},
+        "per_cause": per_cause_counts(table, catalogue),
         "method": {"k_vote": K_VOTE, "alpha": alpha, "open_set": "nearest reference image within the catalogue's radius",
                    "radius": round(float(table["radius"].dropna().iloc[0]), 6) if table["radius"].notna().any()
                    else None,
@@ -374,6 +373,23 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
     outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata={CATALOGUE_RUN_KEY: catalogue.run_id.encode()})
     outputs.write_json(out / ASSIGN_INFO_FILE, summary)
     return table, summary
+
+
+def per_cause_counts(table: pd.DataFrame, catalogue) -> dict[str, dict[str, Any]]:
+    """Cause id (as text, ascending) -> ``name``, ``status`` (``cause``, or ``dropped`` for a cause dropped from
+    the catalogue, whose images have status not_a_cause in ``table``), ``images`` and ``mean_confidence`` of the
+    images of ``table`` placed in it: every cause that got an image, dropped ones included (assign.json's
+    ``per_cause``, the rows of the terminal table)."""
+    placed = table[table["status"].isin(["assigned", "not_a_cause"])]
+    counts: dict[str, dict[str, Any]] = {}
+    for cause, group in placed.groupby("cause", sort=True):
+        counts[str(int(cause))] = {
+            "name": catalogue.name(int(cause)),
+            "status": "dropped" if (group["status"] == "not_a_cause").all() else "cause",
+            "images": len(group),
+            "mean_confidence": round(float(group["confidence"].mean()), 6),
+        }
+    return counts
 
 
 def check_alpha(alpha: float) -> None:

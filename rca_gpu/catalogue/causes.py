@@ -177,16 +177,15 @@ class Catalogue:
         return self.causes[cause]
 
     def rename(self, cause: int, name: str) -> bool:
-        """Give cause ``cause`` the name ``name`` (stripped; may not be empty). Returns False, recording
-        nothing, when the cause already has that name."""
+        """Give cause ``cause`` the name ``name`` (stripped); an empty name clears it (the cause is shown as
+        "cause <id>" again). Returns False, recording nothing, when the cause already has that name (or, for an
+        empty one, has none)."""
         target = self._get(cause)
         name = name.strip()
-        if not name:
-            raise CatalogueError(f"The name of cause {cause} is empty. Write --name {cause}=\"rotated left\".")
         if target.name == name:
             return False
         target.name = name
-        self.history.append(f"name {cause} = {name!r}")
+        self.history.append(f"name {cause} = {name!r}" if name else f"clear name {cause}")
         return True
 
     def drop(self, cause: int) -> bool:
@@ -498,6 +497,11 @@ def parse_edit(option: str, text: str) -> tuple[int, str | None]:
             f"The {option} value {text!r} must start with a cause id, e.g. {option} 3"
             + ('="rotated left"' if option == "--name" else "") + "."
         ) from None
+    if option == "--name" and not sep:
+        raise CatalogueError(
+            f"The --name value {text!r} must be CAUSE=NAME, e.g. --name {cause}=\"rotated left\" (--name {cause}= "
+            "clears the name)."
+        )
     return cause, (tail if sep else None)
 
 

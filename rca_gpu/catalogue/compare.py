@@ -253,7 +253,7 @@ def compare_runs(run_a, run_b, *, write: bool = True, **options) -> Comparison:
     check_run_dir(run_b, argument="RUN_B")
     cat_a, cat_b = load_catalogue(run_a), load_catalogue(run_b)
     if write:
-        check_out_folder(cat_b.run.path, option="RUN_B")
+        check_out_folder(cat_b.run.path, option="RUN_B", internal=True)  # a run of a study too
     result = compare(cat_a, cat_b, **options)
     if write:
         states = json.dumps(result.info["catalogues"], sort_keys=True).encode()

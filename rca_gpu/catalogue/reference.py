@@ -187,11 +187,8 @@ def write_reference(out: Path, run_id: str, features, ids: np.ndarray, labels: n
     scores = calibrate(stored.astype(np.float32), clusters)  # NaN for a cluster of one image
     table = pd.DataFrame({"id": np.asarray(ids)[rows], "cluster": clusters, "score": scores})
     outputs.write_parquet(out / TABLE_FILE, table, run_id=run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{FEATURES_FILE}.tmp"
-    save_file({"features": np.ascontiguousarray(stored)}, str(tmp),
-              metadata={"run_id": run_id, "format": str(REFERENCE_FORMAT)})
-    tmp.replace(out / FEATURES_FILE)
+    outputs.write_atomic(out / FEATURES_FILE, lambda tmp: save_file(  # safetensors alone makes it 0600
+        {"features": np.ascontiguousarray(stored)}, str(tmp), metadata={"run_id": run_id, "format": str(REFERENCE_FORMAT)}))
     by_cluster = {str(group): {"reference_images": int((clusters == group).sum())} for group in np.unique(clusters)}
     info = {
         "format": REFERENCE_FORMAT,

@@ -91,13 +91,23 @@ def floor_used(budget: int, floor: int | None, causes: int, spread: str = "propo
 
 
 def floor_note(budget: int, floor: int | None, causes: int, spread: str = "proportional") -> str | None:
-    """One line when ``--floor`` x causes exceeds ``--budget`` (so not every cause can get its floor), saying
-    what :func:`quotas` does then; None otherwise."""
-    if spread != "proportional" or floor is None or causes == 0 or floor * causes <= budget:
+    """One line when not every cause can get its share: the floor applied (``--floor``, or the default of
+    :func:`floor_used` when None) x causes exceeds ``--budget``, or, for the ``equal`` spread, ``--budget`` is
+    below the number of causes; it says what :func:`quotas` does then and the fix. None otherwise."""
+    if causes == 0 or spread not in SPREADS:
         return None
+    if spread == "equal":
+        if budget >= causes:
+            return None
+        return (f"--budget {budget} is below the {causes} causes: with --spread equal at least {causes - budget} "
+                f"causes get no image; raise --budget to at least {causes} to give every cause an image.")
+    applied = floor_used(budget, floor, causes, spread)
+    if applied * causes <= budget:
+        return None
+    given = f"--floor {applied}" if floor is not None else f"the default floor {applied}"
     fix = (f"lower --floor to at most {budget // causes} (budget / causes) to give every cause the same floor"
            if budget >= causes else f"raise --budget to at least {causes} to give every cause an image")
-    return (f"--floor {floor} x {causes} causes = {floor * causes} exceeds --budget {budget}: the floor was given "
+    return (f"{given} x {causes} causes = {applied * causes} exceeds --budget {budget}: the floor was given "
             f"to the largest causes first until the budget ran out, so some causes may get no image; {fix}.")
 
 
@@ -163,9 +173,12 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     outputs.write_parquet(out / SELECTION_PARQUET, chosen, metadata=metadata)
     manifest = chosen[["path", "id", "cause", "cause_name", "confidence", "distance", "rank"]]
     outputs.write_text(out / SELECTION_FILE, manifest.to_csv(index=False))
-    per_cause = {str(c): {"name": catalogue.name(c), "size_in_run": sizes[c],
+    all_sizes = catalogue.sizes()
+    per_cause = {str(c): {"name": catalogue.name(c), "status": "cause" if c in sizes else "dropped",
+                          "size_in_run": int(all_sizes.get(c, 0)),
                           "candidates": int(((table["status"] == "assigned") & (table["cause"] == c)).sum()),
-                          "selected": int((chosen["cause"] == c).sum())} for c in sorted(sizes)}
+                          "selected": int((chosen["cause"] == c).sum())}
+                 for c in sorted(catalogue.causes)}  # dropped causes too: never candidates, listed as such
     info = {
         "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool), "pool_rows": len(table),
         "source": failures.describe(), "budget": budget,

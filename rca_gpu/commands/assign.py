@@ -83,8 +83,7 @@ def print_assignment_counts(table, summary, console=None) -> None:
     for column, justify in (("cause", "right"), ("status", "left"), ("name", "left"), ("images", "right"),
                             ("mean confidence", "right")):
         view.add_column(column, justify=justify, min_width=len(column) if justify == "right" else None)  # type: ignore[arg-type]
-    assigned = table[table["status"].isin(["assigned", "not_a_cause"])]
-    for (cause, status, name), group in assigned.groupby(["cause", "status", "cause_name"], sort=True):
-        label = "dropped: not a cause" if status == "not_a_cause" else "cause"
-        view.add_row(str(cause), label, escape(str(name)), str(len(group)), f"{group['confidence'].mean():.2f}")
+    for cause, row in summary["per_cause"].items():  # the rows of assign.json
+        label = "dropped: not a cause" if row["status"] == "dropped" else "cause"
+        view.add_row(cause, label, escape(str(row["name"])), str(row["images"]), f"{row['mean_confidence']:.2f}")
     (console or Console()).print(view)

@@ -14,7 +14,8 @@ def causes_command(
     run_dir: Annotated[Path, typer.Argument(help="Output folder of a finished `rca-gpu run`.", metavar="RUN_DIR",
                                             show_default=False)],
     name: Annotated[Optional[list[str]], typer.Option("--name", metavar="ID=NAME",
-                    help='Name a cause, e.g. --name 3="rotated left" (repeatable).')] = None,
+                    help='Name a cause, e.g. --name 3="rotated left"; --name 3= clears the name '
+                    '(repeatable).')] = None,
     merge: Annotated[Optional[list[str]], typer.Option("--merge", metavar="ID,ID[,...]",
                      help="Merge causes into the one with the smallest id, e.g. --merge 4,7 (repeatable).")] = None,
     split: Annotated[Optional[list[str]], typer.Option("--split", metavar="ID[=PARTS]",
@@ -67,7 +68,8 @@ def causes_command(
             unchanged.append(f"--restore {cause}: cause {cause} is not dropped")
     for cause, text in names:
         if not catalogue.rename(cause, text or ""):
-            unchanged.append(f"--name {cause}: cause {cause} has that name already")
+            unchanged.append(f"--name {cause}: cause {cause} has that name already" if (text or "").strip()
+                             else f"--name {cause}=: cause {cause} has no name")
     changed = (reset and before > 0) or len(catalogue.history) != before
     written = catalogue.save() if changed else []
 
@@ -77,11 +79,11 @@ def causes_command(
     for note in unchanged:
         console.print(f"nothing to change for {note}", markup=False, highlight=False, soft_wrap=True)
     if changed:
-        target = Path(run_dir) / CAUSES_FILE
+        target = Path(run_dir).resolve() / CAUSES_FILE
         console.print(f"edits written to {target}" if written else f"no edits left; removed {target}",
                       markup=False, highlight=False, soft_wrap=True)
         if (Path(run_dir) / "report.html").is_file():
-            console.print(f"report.html shows them once rewritten: rca-gpu report {run_dir}", markup=False,
+            console.print(f"report.html shows them once rewritten: rca-gpu report {target.parent}", markup=False,
                           highlight=False, soft_wrap=True)
     elif edits:
         console.print("nothing to change; causes.toml was not written", markup=False, highlight=False,

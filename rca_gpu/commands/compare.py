@@ -69,9 +69,14 @@ def compare_command(
 
 
 
+#: The name column of the narrow comparison table: run A's name of the cause, run B's for a new cause.
+NARROW_NAME = "name (A; new: B)"
+
+
 def print_comparison(result, console) -> None:
     """The comparison table at the console's width: all columns in wide terminals; below WIDE_TERMINAL,
-    status, the causes, "size (share)" in A and in B, and the cause's name last (B's name for new causes),
+    status, the causes, "size (share)" in A and in B, and the cause's name last, labelled whose it is (A's;
+    B's for new causes),
     wrapped in the width that is left. Column names are never cut."""
     from rich.markup import escape
     from rich.table import Table
@@ -81,7 +86,7 @@ def print_comparison(result, console) -> None:
                        f"{info['mode']}; status by {basis_words(info)})")
     narrow = console.width < WIDE_TERMINAL
     if narrow:
-        columns = ("status", "cause A", "in A", "in B", "cause B", "name")
+        columns = ("status", "cause A", "in A", "in B", "cause B", NARROW_NAME)
     else:
         columns = ("status", "cause A", "name A", "size A", "share A", "size B", "share B", "cause B", "name B",
                    "B causes")

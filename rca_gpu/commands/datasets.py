@@ -97,6 +97,7 @@ def make_command(
         include_passing=include_passing,
         reporter=reporter_for(quiet),
     )
+    manifest = manifest.resolve()  # printed absolute, like every command's outputs
     summary = json.loads((manifest.parent / "dataset.json").read_text())
     console = Console()
     # paths are data (no markup), kept on one line so that they can be copied

@@ -93,7 +93,7 @@ def evaluate_command(
             f"{counts['n_without_root_cause']} without a root cause."
         )
     console.print(
-        f"Metrics written to {Path(run_dir) / METRICS_FILE} and {Path(run_dir) / PER_CAUSE_FILE}",
+        f"Metrics written to {Path(run_dir).resolve() / METRICS_FILE} and {Path(run_dir).resolve() / PER_CAUSE_FILE}",
         markup=False,
         highlight=False,
         soft_wrap=True,  # keep paths on one line so they can be copied

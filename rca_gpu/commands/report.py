@@ -40,8 +40,8 @@ def export_command(
                         "(default: all).")] = None,
     mode: Annotated[ExportMode, typer.Option("--mode", help="link: symbolic links to the images; copy: "
                     "copies.")] = ExportMode.link,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only print the last line (files and "
-                                        "folder).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per group: only notes and the "
+                                        "last line (files and folder).")] = False,
 ) -> None:
     """Export clusters to folders (images + manifest.csv each) for any image viewer or for retraining."""
     from rca_gpu.report.export import export_run, parse_selection

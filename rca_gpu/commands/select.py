@@ -56,10 +56,11 @@ def select_command(
                                     alpha=alpha, reporter=reporter)
     if not quiet:
         view = Table(title=f"Selection from the pool, by cause of run {info['catalogue_run_id'][:8]}")
-        for column in ("cause", "name", "size in run", "candidates", "selected"):
-            view.add_column(column, justify="left" if column == "name" else "right")
+        for column in ("cause", "status", "name", "size in run", "candidates", "selected"):
+            view.add_column(column, justify="left" if column in ("status", "name") else "right")
         for cause, row in info["per_cause"].items():
-            view.add_row(cause, escape(row["name"]), str(row["size_in_run"]), str(row["candidates"]),
+            status = "dropped: not a cause" if row["status"] == "dropped" else "cause"
+            view.add_row(cause, status, escape(row["name"]), str(row["size_in_run"]), str(row["candidates"]),
                          str(row["selected"]))
         Console().print(view)
     for line in info.get("notes", []):

@@ -9,6 +9,7 @@ import typer
 
 from rca_gpu.commands.options import QuietOpt
 from rca_gpu.progress import reporter_for
+from rca_gpu.spec import STUDY_DUT_FEATURES, STUDY_FEATURES
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -27,8 +28,8 @@ def study_command(
     source: Annotated[Path, typer.Argument(help="Folder or manifest with a root_cause column.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder (re-running resumes it).")],
     features: Annotated[Optional[list[str]], typer.Option("--features", "-f", help="Feature specs, e.g. "
-                        "pixels,mobilenet_v2,lrp@conv2 (default: pixels, mobilenet_v2, ae, and dut, lrp, "
-                        "gradcam when the DNN under test is known).")] = None,
+                        f"pixels,mobilenet_v2,lrp@conv2 (default: {', '.join(STUDY_FEATURES)}, and "
+                        f"{', '.join(STUDY_DUT_FEATURES)} when the DNN under test is known).")] = None,
     reducers: Annotated[Optional[list[str]], typer.Option("--reducers", "-r", help="umap,pca,none: names only, "
                         "the study tunes their parameters (default: all).")] = None,
     clusterers: Annotated[Optional[list[str]], typer.Option("--clusterers", "-k", help="dbscan,hdbscan,kmeans,"

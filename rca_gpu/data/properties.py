@@ -45,6 +45,9 @@ PROPERTY_COLUMNS: tuple[str, ...] = (
     "img_dark_fraction",
     "img_bright_fraction",
 )
+#: The properties that are whole numbers (pixels): stored as nullable integers (pandas ``Int64``, missing for
+#: rejected rows), so that tables and CSV files show 28, not 28.0.
+INTEGER_PROPERTIES: tuple[str, ...] = ("img_width", "img_height")
 #: Luma below this (0..255) counts as near-black, above ``255 - DARK_LEVEL`` as near-white.
 DARK_LEVEL = 16
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -22,7 +22,8 @@ from rca_gpu.errors import SpecError
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (_MNIST_RC, _SHAPES_SIM)}
 
-__all__ = ["DATASETS", "NONE", "CauseInfo", "DatasetInfo", "get_dataset", "list_datasets", "make_dataset"]
+__all__ = ["DATASETS", "NONE", "CauseInfo", "DatasetInfo", "dataset_differences", "get_dataset", "list_datasets",
+           "make_dataset"]
 
 
 def list_datasets() -> list[DatasetInfo]:
@@ -79,3 +80,51 @@ def make_dataset(
         include_passing=include_passing,
         reporter=reporter,
     )
+
+
+def dataset_differences(
+    folder: str | Path,
+    name: str,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    proportions: Mapping[str, float] | None = None,
+) -> list[str]:
+    """How the benchmark in ``folder`` differs from what ``make_dataset(name, folder, n=..., seed=...,
+    proportions=...)`` would write, e.g. ``["n 200 (asked 250)"]``; empty when it matches.
+
+    Compares the dataset's name, n (None: the dataset's ``default_n``), seed and resolved proportions with
+    those recorded in ``folder/dataset.json``. A folder without a readable dataset.json (or without
+    manifest.parquet) yields ``["no benchmark"]``, so the caller makes one.
+
+    Raises
+    ------
+    SpecError
+        ``name`` is unknown or ``proportions`` invalid (as :func:`make_dataset`).
+    """
+    import json
+
+    from rca_gpu.datasets.proportions import resolve_proportions
+
+    info = get_dataset(name)
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict) or not (folder / "manifest.parquet").is_file():
+        return ["no benchmark"]
+    wanted = {
+        "name": name,
+        "n": info.default_n if n is None else n,
+        "seed": seed,
+        "proportions": {
+            cause: round(share, 6)
+            for cause, share in resolve_proportions(info.cause_names, info.default_proportions, proportions).items()
+        },
+    }
+    return [
+        f"{key} {recorded.get(key)!r} (asked {value!r})"
+        for key, value in wanted.items()
+        if recorded.get(key) != value
+    ]
