@@ -1,5 +1,5 @@
-"""What the HTML report shows of the catalogue: each cluster's stability and cause name, the edited causes,
-and the comparison with an earlier run.
+"""What the HTML report shows of the catalogue: each cluster's stability and cause name, and the comparison
+with an earlier run (the edited causes themselves are the report summary's causes table, rca_gpu.report.build).
 
 Imported by the report (:data:`rca_gpu.report.sections.PLUGIN_MODULES`), it registers itself through the
 report's extension points; every value taken from data is escaped.
@@ -53,25 +53,6 @@ def cause_facts(run: "RunFolder") -> dict[int, str]:
     return out
 
 
-def causes_section(run: "RunFolder") -> str | None:
-    """The edited catalogue as a table (only when the run has edits)."""
-    from markupsafe import escape
-
-    from rca_gpu.catalogue.causes import load_catalogue
-
-    catalogue = load_catalogue(run)
-    if not catalogue.history:
-        return None
-    rows = "".join(
-        f"<tr><td>{cause.id}</td><td>{escape(cause.name)}</td><td>{catalogue.sizes().get(cause.id, 0)}</td>"
-        f"<td>{'dropped' if cause.dropped else 'cause'}</td><td>{escape(cause.origin)}</td></tr>"
-        for cause in (catalogue.causes[c] for c in sorted(catalogue.causes))
-    )
-    history = "; ".join(escape(line) for line in catalogue.history)
-    return ("<table><thead><tr><th>cause</th><th>name</th><th>images</th><th>status</th><th>origin</th></tr>"
-            f"</thead><tbody>{rows}</tbody></table><p>Edits (causes.toml): {history}</p>")
-
-
 def comparison_section(run: "RunFolder") -> str | None:
     """The comparison with an earlier run (comparison.parquet, written by ``rca-gpu compare A THIS_RUN``),
     marked out of date with the command to run again when either catalogue was edited since
@@ -123,7 +104,6 @@ def register() -> bool:
 
     register_cluster_fact(ClusterFact("stability", "stability", (SUMMARY_FILE,), stability_facts, order=10))
     register_cluster_fact(ClusterFact("cause", "cause", (CAUSES_FILE,), cause_facts, order=20))
-    register_section(ExtraSection("causes", "Causes (edited)", (CAUSES_FILE,), causes_section, order=10))
     register_section(ExtraSection("comparison", "Comparison with an earlier run", (COMPARISON_FILE,),
                                   comparison_section, order=20))
     return True
