@@ -304,7 +304,8 @@ def demo_command(
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
-    report: ReportOpt = True,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/run/report.html (clusters, "
+                                         "map, explanations; opens offline).")] = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Make the embedded mnist-rc benchmark (offline) and run the default pipeline on it.

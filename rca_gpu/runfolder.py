@@ -326,7 +326,8 @@ def internal_folder_note(out: str | Path, *, option: str = "--out", example: str
             else:
                 continue
             where = "is" if inner == start else "lies inside"
-            besides = " (another sub-folder of the run folder is fine)" if "run folder" in whose else ""
+            besides = (f" (another sub-folder of the run folder is fine, e.g. {printable(repr(str(owner / 'assigned')))})"
+                       if "run folder" in whose else "")
             return (f"The {option} folder {printable(repr(str(out)))} {where} {inner.name}/, the "
                     f"{_INTERNAL_WHAT[inner.name]} of {whose}, which rca-gpu writes into itself. Pass a folder "
                     f"outside it{besides}, e.g. {option} {example}.")

@@ -281,7 +281,7 @@ def test_edits_that_change_nothing_are_not_recorded(run_copy):
     history = load_catalogue(run_copy).history
     again = _cli_app("causes", run_copy, "--drop", "0", "--name", "1=top", "--drop", "2")
     assert again.exit_code == 0 and "--drop 0: cause 0 is dropped already" in again.output
-    assert "--name 1: cause 1 has that name already" in again.output and "edits written to" in again.output
+    assert "--name 1=top: cause 1 has that name already" in again.output and "edits written to" in again.output
     assert load_catalogue(run_copy).history == [*history, "drop 2"]
     catalogue = load_catalogue(run_copy)
     assert catalogue.drop(0) is False and catalogue.restore(1) is False and catalogue.history == [*history, "drop 2"]

@@ -136,6 +136,12 @@ def test_report_renderers_escape_names_and_show_the_comparison(catalogue_run, ru
     assert "&lt;script&gt;x" in causes and "<script>x" not in page and "merge of 1, 2" in causes
     facts = report.cause_facts(folder)
     assert facts[0].startswith("cause 0 \u201c<script>") and "merge of 1, 2" in facts[1]  # plain text
+    catalogue = load_catalogue(run_b)
+    parts = catalogue.split(0, 2)
+    catalogue.save()
+    split_facts = report.cause_facts(open_run(run_b))[0]  # a split cluster names every part
+    assert all(f"cause {p}" in split_facts for p in parts) and split_facts.count("split of 0") == 2
+    assert split_facts.count(" images)") == 2
     assert report.stability_facts(open_run(catalogue_run))[0].endswith("(stable, 4 resamples)")
 
 

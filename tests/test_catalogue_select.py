@@ -34,7 +34,7 @@ def test_quotas(budget, spread, floor, expected):
 @pytest.mark.parametrize("budget,floor,spread,expected", [
     (3, None, "proportional", "the default floor 1 x 6 causes = 6 exceeds --budget 3"),  # 3 causes get nothing
     (3, 10, "proportional", "--floor 10 x 6 causes = 60 exceeds --budget 3"),
-    (3, None, "equal", "--budget 3 is below the 6 causes: with --spread equal at least 3 causes get no image"),
+    (3, None, "equal", "--budget 3 is below the 6 causes: with --spread equal 3 causes get no image"),
     (6, None, "proportional", None), (6, 1, "proportional", None), (6, None, "equal", None),
 ])
 def test_a_budget_too_small_for_every_cause_gets_a_note_whatever_the_floor(budget, floor, spread, expected):

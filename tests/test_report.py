@@ -137,7 +137,8 @@ def test_identifiers_are_not_read_as_quantities_but_few_valued_ones_as_categorie
     ("candidate", False), ("rotation_deg", False),
     # random seeds and manifest row numbers are identifiers
     ("seed", True), ("op_seed", True), ("opSeed", True), ("Random-Seed", True), ("row", True),
-    ("manifest_row", True), ("sourceRow", True), ("ROW", True),
+    ("manifest_row", True), ("sourceRow", True), ("ROW", True), ("rowid", True), ("ROWID", True),
+    ("table_rowid", True), ("arrowid", False),
     # words that only end in those letters are not; frame numbers and timestamps stay quantities
     ("arrow", False), ("narrow", False), ("eyebrow", False), ("throw", False), ("linseed", False),
     ("seedling", False), ("rows_cropped", False), ("frame", False), ("frame_number", False),

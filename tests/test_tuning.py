@@ -162,6 +162,24 @@ def test_isolated_clusters_need_min_isolated_points_and_all_nearest_neighbours_i
     assert isolated_clusters(labels, neighbours).tolist() == [False, True, False]  # 0 is below MIN_ISOLATED
 
 
+def test_a_merge_step_that_only_renumbers_keeps_the_clusterers_labels():
+    """K-means' ids follow its centroids, the merge step numbers by first appearance: when it merged nothing
+    and placed no noise, the clusterer's labels stand and the resolved pipeline does not say select=merged."""
+    from rca_gpu.tuning.search import _same_partition
+
+    assert _same_partition(np.array([1, 1, 0, -1]), np.array([0, 0, 1, -1]))
+    assert not _same_partition(np.array([1, 1, 0, 0]), np.array([0, 0, 0, 1]))
+    assert not _same_partition(np.array([1, 1, 0, -1]), np.array([1, 1, 0, 0]))
+    x, planted = planted_features(300, n_clusters=3, dims=32, rare=(), seed=3)
+    seen_renumbering = False
+    for seed in range(4):
+        selection = select(x, None, make_reduce("none"), make_cluster("kmeans"), cpu_device(), seed=seed)
+        assert adjusted_rand_score(planted, selection.labels) >= 0.95 and selection.merges == []
+        assert not selection.relabelled
+        seen_renumbering |= int(selection.labels[0]) != 0  # ids not in first-appearance order were kept
+    assert seen_renumbering
+
+
 def test_noise_joins_the_cluster_of_most_of_its_neighbours_only():
     labels = np.array([0, 0, 0, 1, 1, 1, -1, -1])
     neighbours = np.array([[1, 2], [0, 2], [0, 1], [4, 5], [3, 5], [3, 4], [0, 1], [0, 3]])

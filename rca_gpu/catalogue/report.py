@@ -30,7 +30,8 @@ def stability_facts(run: "RunFolder") -> dict[int, str]:
 
 
 def cause_facts(run: "RunFolder") -> dict[int, str]:
-    """cluster -> the cause most of its images belong to in the edited catalogue, with its name and origin."""
+    """cluster -> the causes its images belong to in the edited catalogue (one, or a split cluster's parts with
+    their image counts, largest first), each with its name and origin."""
     from rca_gpu.catalogue.causes import load_catalogue
 
     catalogue = load_catalogue(run)
@@ -38,18 +39,19 @@ def cause_facts(run: "RunFolder") -> dict[int, str]:
     out = {}
     for cluster, group in members.groupby("cluster"):
         counts = group["cause"].value_counts()
-        cause = int(counts.index[0])
-        if cause < 0:
-            continue
-        item = catalogue.causes[cause]
-        text = f"cause {cause}" + (f" \u201c{item.name}\u201d" if item.name else "")
-        if item.dropped:
-            text += ", dropped (not a cause)"
-        if item.origin != f"cluster {cause}":
-            text += f", {item.origin}"
-        if len(counts) > 1:
-            text += f"; its images are in {len(counts)} causes"
-        out[int(cluster)] = text
+        parts = []
+        for cause, images in counts.items():
+            if int(cause) < 0:
+                continue
+            item = catalogue.causes[int(cause)]
+            text = f"cause {int(cause)}" + (f" \u201c{item.name}\u201d" if item.name else "")
+            if item.dropped:
+                text += ", dropped (not a cause)"
+            if item.origin != f"cluster {int(cause)}":
+                text += f", {item.origin}"
+            parts.append(text + (f" ({int(images)} images)" if len(counts) > 1 else ""))
+        if parts:  # a split cluster: every part, largest first
+            out[int(cluster)] = "; ".join(parts)
     return out
 
 

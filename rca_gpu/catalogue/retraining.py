@@ -99,8 +99,10 @@ def floor_note(budget: int, floor: int | None, causes: int, spread: str = "propo
     if spread == "equal":
         if budget >= causes:
             return None
-        return (f"--budget {budget} is below the {causes} causes: with --spread equal at least {causes - budget} "
-                f"causes get no image; raise --budget to at least {causes} to give every cause an image.")
+        left = causes - budget
+        return (f"--budget {budget} is below the {causes} causes: with --spread equal {left} "
+                f"{'cause gets' if left == 1 else 'causes get'} no image; raise --budget to at least {causes} to "
+                "give every cause an image.")
     applied = floor_used(budget, floor, causes, spread)
     if applied * causes <= budget:
         return None
@@ -108,7 +110,8 @@ def floor_note(budget: int, floor: int | None, causes: int, spread: str = "propo
     fix = (f"lower --floor to at most {budget // causes} (budget / causes) to give every cause the same floor"
            if budget >= causes else f"raise --budget to at least {causes} to give every cause an image")
     return (f"{given} x {causes} causes = {applied * causes} exceeds --budget {budget}: the floor was given "
-            f"to the largest causes first until the budget ran out, so some causes may get no image; {fix}.")
+            f"to the largest causes first until the budget ran out, so the smallest causes can get no image "
+            f"(select.json's per_cause lists what each got); {fix}.")
 
 
 def _largest_remainder(n: int, weights: dict[int, float]) -> dict[int, int]:

@@ -68,7 +68,7 @@ def causes_command(
             unchanged.append(f"--restore {cause}: cause {cause} is not dropped")
     for cause, text in names:
         if not catalogue.rename(cause, text or ""):
-            unchanged.append(f"--name {cause}: cause {cause} has that name already" if (text or "").strip()
+            unchanged.append(f"--name {cause}={text}: cause {cause} has that name already" if (text or "").strip()
                              else f"--name {cause}=: cause {cause} has no name")
     changed = (reset and before > 0) or len(catalogue.history) != before
     written = catalogue.save() if changed else []

@@ -17,7 +17,7 @@ explained by a metadata column also shows its best rule in terms of the images, 
 Columns never used: the run's own (id, path, cluster, status, reason), ``root_cause`` (the ground truth
 the rules must not lean on), text columns with a distinct value per row (names) or too many levels, and
 identifiers read as quantities: a column named like an identifier (``id``, ``index``, ``idx``, ``key``,
-``uuid``, ``seed``, ``row``, alone or as a suffix such as ``source_index``, ``scene_id``, ``frameId``,
+``uuid``, ``seed``, ``row``, ``rowid``, alone or as a suffix such as ``source_index``, ``scene_id``, ``frameId``,
 ``op_seed``, ``manifest_row``) whose integers have more than :data:`INTEGER_AS_CATEGORY` distinct values. A
 range of identifiers ("source_index >= 3036"), of random seeds ("op_seed < 81408472") or of manifest row
 numbers names no property of the images; an identifier with a few values is kept as a category
@@ -61,7 +61,7 @@ INTEGER_AS_CATEGORY = 12
 #: columns: never used as quantities. ``seed`` (a random seed such as ``op_seed``) and ``row`` (a manifest row
 #: number) name no property of the images either; frame numbers and timestamps are not listed (a time window
 #: explains).
-IDENTIFIER_NAMES = ("id", "index", "idx", "key", "uuid", "seed", "row")
+IDENTIFIER_NAMES = ("id", "index", "idx", "key", "uuid", "seed", "row", "rowid")
 #: Rows per class the trees are fitted on (rules are then evaluated on every row).
 FIT_ROWS = 20_000
 

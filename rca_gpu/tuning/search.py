@@ -443,6 +443,10 @@ def select(
                                f"settings; leave {GRANULARITY_PARAMETER[cluster_spec.name]} and select out to get "
                                "one cluster instead")
         log.warning("%s", no_cluster_note)
+    ids = np.unique(raw[raw >= 0])
+    if merge and _same_partition(final, raw) and np.array_equal(ids, np.arange(len(ids))):
+        # only renumbered: the clusterer's own labels (0..m-1) stand
+        final = raw
     relabelled = merge and not np.array_equal(final, raw)
     timings["merge"] += time.perf_counter() - t
 
@@ -517,6 +521,15 @@ def _extend(selection: Selection, features, sample: np.ndarray, search_graph: Kn
 #: K-means / Ward: the clusterer's own partition with the merged number of clusters replaces the merged
 #: partition when the two agree at least this well (adjusted Rand index).
 OWN_PARTITION_AGREEMENT = 0.9
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two (n,) int label arrays (-1 = noise) group the points alike, whatever the cluster ids."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or not np.array_equal(a < 0, b < 0):
+        return False
+    pairs = np.unique(np.stack([a[a >= 0], b[b >= 0]]), axis=1)
+    return pairs.shape[1] == len(np.unique(a[a >= 0])) == len(np.unique(b[b >= 0]))
 
 
 def _own_partition(payloads: list[tuple[int, dict[str, Any], np.ndarray]], r_index: int,
