@@ -400,8 +400,9 @@ class RunSpec:
 KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuvs", "cuml")
 
 #: Feature sets of the default study (``rca-gpu study`` without --features): plain data here so that the
-#: study's --help lists them without importing the study. With the DNN under test known, DUT_FEATURES join:
-#: 9 sets x 3 reducers x 4 clusterers = 108 pipelines (the paper studied 99).
+#: study's --help lists them without importing the study. With the DNN under test known, STUDY_DUT_FEATURES
+#: join: 9 sets x 3 reducers x 4 clusterers = 108 pipelines (the paper studied 99). ResNet/VGG backbones join
+#: with --features when their weights are in the torch cache.
 STUDY_FEATURES = ("pixels", "mobilenet_v2", "mobilenet_v2@features.14", "ae")
 STUDY_DUT_FEATURES = ("dut", "dut@features", "lrp", "lrp(rule=zplus)", "gradcam")
 #: kNN backends with no CPU implementation: backend -> (flag of rca_gpu.device.Device that says it works here,

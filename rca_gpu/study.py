@@ -29,10 +29,6 @@ from rca_gpu.spec import (CLUSTERERS, REDUCERS, STUDY_DUT_FEATURES, STUDY_FEATUR
 
 log = logging.getLogger("rca_gpu")
 
-#: Feature sets of the default study (defined in rca_gpu.spec, which the CLI's help reads). ResNet/VGG
-#: backbones join with --features when their weights are in the torch cache.
-DEFAULT_FEATURES = STUDY_FEATURES
-DUT_FEATURES = STUDY_DUT_FEATURES
 METRIC_COLUMNS = (
     "study_score", "weighted_purity", "mean_purity", "coverage", "coverage_injected", "mean_recall", "noise_share",
     "n_clusters",
@@ -56,7 +52,7 @@ class StudyPlan:
 
 
 def default_features(has_dut: bool) -> tuple[str, ...]:
-    return DEFAULT_FEATURES + (DUT_FEATURES if has_dut else ())
+    return STUDY_FEATURES + (STUDY_DUT_FEATURES if has_dut else ())
 
 
 def make_plan(features: Iterable[str] | None, reducers: Iterable[str] | None, clusterers: Iterable[str] | None,

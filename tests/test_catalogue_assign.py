@@ -180,7 +180,7 @@ def test_assign_follows_the_edited_catalogue(catalogue_run, catalogue_images, tm
     from rca_gpu.commands.assign import print_assignment_counts
 
     console = Console(width=80, record=True)
-    print_assignment_counts(table, summary, console)
+    print_assignment_counts(summary, console)
     lines = console.export_text().splitlines()
     dropped = [line for line in lines if re.match(rf"\W*{cluster_of_group[2]}\W", line)]
     kept = [line for line in lines if re.match(rf"\W*{merged}\W", line)]

@@ -127,6 +127,17 @@ class Catalogue:
         counts = self.members.loc[self.members["cause"] >= 0, "cause"].value_counts()
         return {int(k): int(v) for k, v in counts.items()}
 
+    def causes_by_cluster(self) -> dict[int, list[tuple[int, int]]]:
+        """Cluster of the run -> the causes its images belong to in this catalogue, as (cause, images) pairs,
+        most images first (ties by cause id): one pair for an unedited or merged cluster, a split cluster's
+        parts otherwise. Noise and images of no cause are left out."""
+        placed = self.members[(self.members["cluster"] >= 0) & (self.members["cause"] >= 0)]
+        counts = placed.groupby(["cluster", "cause"]).size()
+        out: dict[int, list[tuple[int, int]]] = {}
+        for (cluster, cause), images in sorted(counts.items(), key=lambda item: (item[0][0], -item[1], item[0][1])):
+            out.setdefault(int(cluster), []).append((int(cause), int(images)))
+        return out
+
     def cause_of(self, ids: Iterable[Any]) -> np.ndarray:
         """(n,) int64 cause of each image id (-1 for noise, rejected, or ids the run does not hold)."""
         lookup = pd.Series(self.members["cause"].to_numpy(), index=pd.Index(self.members["id"]))

@@ -35,23 +35,18 @@ def cause_facts(run: "RunFolder") -> dict[int, str]:
     from rca_gpu.catalogue.causes import load_catalogue
 
     catalogue = load_catalogue(run)
-    members = catalogue.members[catalogue.members["cluster"] >= 0]
     out = {}
-    for cluster, group in members.groupby("cluster"):
-        counts = group["cause"].value_counts()
+    for cluster, causes in catalogue.causes_by_cluster().items():
         parts = []
-        for cause, images in counts.items():
-            if int(cause) < 0:
-                continue
-            item = catalogue.causes[int(cause)]
-            text = f"cause {int(cause)}" + (f" \u201c{item.name}\u201d" if item.name else "")
+        for cause, images in causes:  # a split cluster: every part, largest first
+            item = catalogue.causes[cause]
+            text = f"cause {cause}" + (f" \u201c{item.name}\u201d" if item.name else "")
             if item.dropped:
                 text += ", dropped (not a cause)"
-            if item.origin != f"cluster {int(cause)}":
+            if item.origin != f"cluster {cause}":
                 text += f", {item.origin}"
-            parts.append(text + (f" ({int(images)} images)" if len(counts) > 1 else ""))
-        if parts:  # a split cluster: every part, largest first
-            out[int(cluster)] = "; ".join(parts)
+            parts.append(text + (f" ({images} images)" if len(causes) > 1 else ""))
+        out[cluster] = "; ".join(parts)
     return out
 
 

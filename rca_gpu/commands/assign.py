@@ -63,7 +63,7 @@ def assign_command(
                                 alpha=ALPHA if alpha is None else alpha, reporter=reporter)
     counts = summary["counts"]
     if not quiet and summary.get("note") is None:
-        print_assignment_counts(table, summary)
+        print_assignment_counts(summary)
     if summary.get("note"):
         typer.echo(summary["note"])
     typer.echo(
@@ -72,7 +72,7 @@ def assign_command(
     )
 
 
-def print_assignment_counts(table, summary, console=None) -> None:
+def print_assignment_counts(summary, console=None) -> None:
     """The images per cause, with the status of each cause: ``cause``, or ``dropped: not a cause`` for a cause
     dropped from the catalogue (its images have status not_a_cause)."""
     from rich.console import Console

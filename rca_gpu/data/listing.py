@@ -51,9 +51,9 @@ class LeftOut:
 
     def to_dict(self) -> dict[str, dict[str, object]]:
         """For run.json: rule -> {"files": image-named files left out, "rule": what it is, "examples": [...]},
-        for the rules that left out at least one file."""
-        return {rule: {"files": n, "rule": self.RULES[rule], "examples": self.examples.get(rule, [])}
-                for rule, n in self.files.items() if n > 0}
+        for the rules that left out at least one file (:meth:`add_file` records no other)."""
+        return {rule: {"files": n, "rule": self.RULES[rule], "examples": self.examples[rule]}
+                for rule, n in self.files.items()}
 
     def summary(self) -> str:
         """"left out 12 image-named file(s) of the folder: 10 in rca-gpu output folders (...), e.g. run/; 2 in

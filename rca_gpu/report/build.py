@@ -175,7 +175,7 @@ def build_report(
         })
     rejected = clusters[clusters["status"] == "rejected"]
     reasons = rejected["reason"].value_counts().items() if len(rejected) else []
-    catalogue = _catalogue_summary(run, clusters, usable, n_total)
+    catalogue = _catalogue_summary(run, clusters, n_total)
     for section in cluster_sections:
         section["causes"] = catalogue["by_cluster"].get(section["label"], []) if catalogue else []
     map_data, colour_columns = _map_data(clusters, embedding, positions, drawn, thumbs, meta_columns)
@@ -426,12 +426,11 @@ def _ground_truth(clusters: pd.DataFrame, run: RunFolder) -> dict[str, Any] | No
 # --------------------------------------------------------------------------------------------------
 
 
-def _catalogue_summary(run: RunFolder, clusters: pd.DataFrame, usable: pd.DataFrame,
-                       n_total: int) -> dict[str, Any] | None:
+def _catalogue_summary(run: RunFolder, clusters: pd.DataFrame, n_total: int) -> dict[str, Any] | None:
     """The causes of the run's edited catalogue for the summary and the map, or None when ``causes.toml`` holds
     no edit. ``rows``: one per cause, active ones largest first, then the dropped; ``by_cluster``: cluster ->
-    the causes its images belong to, most images first; ``cause``: (n,) int64 cause of each row of
-    clusters.parquet (-1: noise, rejected).
+    the causes its images belong to, most images first (Catalogue.causes_by_cluster); ``cause``: (n,) int64
+    cause of each row of clusters.parquet (-1: noise, rejected).
 
     Raises
     ------
@@ -455,13 +454,8 @@ def _catalogue_summary(run: RunFolder, clusters: pd.DataFrame, usable: pd.DataFr
                      "share": sizes.get(cause_id, 0) / n_total if n_total else 0.0,
                      "clusters": [(f"cluster {c}", _anchor(c)) for c in sorted(item.clusters)]})
     by_id = {row["id"]: row for row in rows}
-    by_cluster: dict[int, list[dict[str, Any]]] = {}
-    labels = usable["cluster"].to_numpy()
-    of_usable = cause[usable.index.to_numpy()]
-    for label in np.unique(labels[labels >= 0]):
-        ids, counts = np.unique(of_usable[labels == label], return_counts=True)
-        order = sorted(((int(c), int(k)) for c, k in zip(ids, counts) if c >= 0), key=lambda ck: (-ck[1], ck[0]))
-        by_cluster[int(label)] = [dict(by_id[c], images=k) for c, k in order if c in by_id]
+    by_cluster = {cluster: [dict(by_id[c], images=k) for c, k in causes]
+                  for cluster, causes in catalogue.causes_by_cluster().items()}
     return {"rows": rows, "by_cluster": by_cluster, "cause": cause, "history": list(catalogue.history)}
 
 
