@@ -25,10 +25,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import weakref
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +34,8 @@ import torch
 
 from rca_gpu.errors import ModelError
 from rca_gpu.features import layers
-from rca_gpu.features.base import FeatureExtractor
+from rca_gpu.features.base import ExtractionContext, FeatureExtractor
+from rca_gpu.features.modelinfo import ModelInfo, model_info, remember
 
 if TYPE_CHECKING:  # pragma: no cover
     from torchvision.transforms import v2
@@ -71,31 +70,6 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What loading learned about a model that the module itself cannot carry.
-
-    ``layer_types`` maps the layer names of an unflattened torch.export module to their original classes,
-    which its generic submodules have lost (LRP rules are chosen by class).
-    """
-
-    ref: str
-    format: str  # "torchscript" | "export" | "onnx" | "factory"
-    spec: Mapping[str, Any] | None = None
-    layer_types: Mapping[str, type] | None = None
-
-
-_INFO: weakref.WeakKeyDictionary[torch.nn.Module, ModelInfo] = weakref.WeakKeyDictionary()
-
-
-def model_info(model: torch.nn.Module) -> ModelInfo | None:
-    """How ``model`` was loaded by :func:`load_model` (None for a module built some other way)."""
-    try:
-        return _INFO.get(model)
-    except TypeError:  # an unhashable module
-        return None
-
-
 def load_model(ref: str, *, device: torch.device | str) -> torch.nn.Module:
     """Load the DNN under test in eval mode on ``device``. Raises ModelError with the fix on bad input."""
     device = torch.device(device)
@@ -120,8 +94,27 @@ def load_model(ref: str, *, device: torch.device | str) -> torch.nn.Module:
             model, info = _load_onnx(ref, path, device)
         else:
             raise _refusal(path, kind)
-    _INFO[model] = info
-    return model
+    return remember(model, info)
+
+
+def load_dut(context: ExtractionContext) -> torch.nn.Module:
+    """The DNN under test of an extraction (``context.model_ref``), in eval mode on ``context.device``, loaded
+    once per context.
+
+    Raises
+    ------
+    SpecError
+        No model was named (pass --model PATH).
+    ModelError
+        As :func:`load_model`.
+    """
+    if context._dut is None:
+        from rca_gpu.errors import SpecError
+
+        if not context.model_ref:
+            raise SpecError("This extractor needs the DNN under test: pass --model PATH.")
+        context._dut = load_model(context.model_ref, device=context.device)
+    return context._dut
 
 
 def _file_kind(path: Path) -> str:
@@ -564,7 +557,7 @@ class DUTActivationExtractor(FeatureExtractor):
     """
 
     def prepare(self) -> None:
-        self.model = self.context.load_dut()
+        self.model = load_dut(self.context)
         require_hooks(self.model, "dut")
         self.input = resolve_input(self.model, self.context.failures)
         self.image_mode = image_mode(self.input)

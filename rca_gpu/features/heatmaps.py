@@ -33,6 +33,7 @@ from rca_gpu.features.dut import (
     check_input,
     dut_transform,
     image_mode,
+    load_dut,
     model_format,
     model_info,
     require_hooks,
@@ -216,7 +217,7 @@ class _HeatmapExtractor(FeatureExtractor):
     method = ""
 
     def prepare(self) -> None:
-        self.model = self.context.load_dut()
+        self.model = load_dut(self.context)
         require_hooks(self.model, self.spec.name)
         self.input = resolve_input(self.model, self.context.failures)
         self.image_mode = image_mode(self.input)
@@ -368,7 +369,7 @@ class _InputAttributionExtractor(FeatureExtractor):
     method = ""
 
     def prepare(self) -> None:
-        self.model = self.context.load_dut()
+        self.model = load_dut(self.context)
         self.input = resolve_input(self.model, self.context.failures)
         self.image_mode = image_mode(self.input)
         check_input(self.model, self.input["input_shape"], device=self.context.device)
