@@ -1,0 +1,135 @@
+"""Representations that see the cause rather than the content: class-conditional centring and grid pooling.
+
+Features of a pretrained network (or of the DNN under test) describe first what an image shows: its class,
+its angle. Failures of one cause then split by class, and causes that differ only in direction or place merge.
+Two options of every image extractor work against that (docs/whitebox.md, "Representations"):
+
+* ``center=label | prediction | pair``: subtract from each image's features the mean features of the images of
+  the same class (the true ``label``, the DUT's ``prediction``, or the pair of both), so that what is left is
+  how the image differs from its class (the failure's cause) rather than the class itself. Classes with fewer
+  than :data:`MIN_GROUP` images are centred on the mean of all images instead, as a mean of a few images is
+  mostly the images themselves.
+* ``pool=gridN``: average-pool a spatial feature map to an N x N grid instead of one global average, so that
+  where something is (left or right, top or bottom) stays in the features.
+
+Centring runs after extraction, on the matrix of the usable images; the extracted features are cached without
+it (:func:`extraction_spec`), so trying ``center=label`` next to the plain features extracts nothing again.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rca_gpu.errors import SpecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rca_gpu.data.sources import FailureSet
+    from rca_gpu.spec import FeatureSpec
+
+#: ``center`` value -> the source columns whose values make a class.
+CENTER_COLUMNS: dict[str, tuple[str, ...]] = {"label": ("label",), "prediction": ("prediction",),
+                                              "pair": ("label", "prediction")}
+#: Classes with fewer images than this are centred on the mean of all images.
+MIN_GROUP = 10
+_GRID = re.compile(r"^grid([1-9][0-9]?)$")
+
+
+def grid_size(pool: Any) -> int | None:
+    """The side N of a ``pool`` value: ``"gridN"`` or an int N; None for global pooling (``"avg"``, None).
+
+    Raises
+    ------
+    SpecError
+        ``pool`` is neither.
+    """
+    if pool is None or pool == "avg":
+        return None
+    if isinstance(pool, int) and not isinstance(pool, bool) and pool >= 1:
+        return pool
+    match = _GRID.match(str(pool))
+    if match:
+        return int(match.group(1))
+    raise SpecError(f"The 'pool' parameter must be avg or gridN (N >= 1, e.g. grid2). Got {pool!r} instead.")
+
+
+def extraction_spec(spec: FeatureSpec) -> FeatureSpec:
+    """``spec`` without ``center``: what the extractor computes and the cache stores (centring comes after)."""
+    if "center" not in spec.params:
+        return spec
+    from rca_gpu.spec import FeatureSpec
+
+    return FeatureSpec(spec.name, spec.layer, {k: v for k, v in spec.params.items() if k != "center"})
+
+
+def center_of(spec: FeatureSpec) -> str | None:
+    """The ``center`` option of a feature spec; None when absent or ``none``."""
+    value = spec.params.get("center")
+    return None if value in (None, "none") else str(value)
+
+
+def check_center(spec: FeatureSpec, failures: FailureSet) -> None:
+    """Refuse ``center=...`` when the source lacks the columns it needs, before any image is read.
+
+    Raises
+    ------
+    SpecError
+        One line naming the option, the missing column and what to do.
+    """
+    how = center_of(spec)
+    if how is None:
+        return
+    missing = [c for c in CENTER_COLUMNS[how] if c not in failures.table.columns]
+    if missing:
+        raise SpecError(
+            f"{spec.name}(center={how}) centres the features on the mean of each {' and '.join(CENTER_COLUMNS[how])}, "
+            f"but the source has no {' or '.join(repr(c) for c in missing)} column. Add it to the manifest, or "
+            "leave center out."
+        )
+
+
+def class_keys(failures: FailureSet, positions: np.ndarray, how: str) -> np.ndarray:
+    """One class key per usable image (``positions`` of the source): the values of the ``how`` columns as
+    strings, joined by '|' for ``pair``; '' where a value is missing."""
+    frame = failures.table.iloc[np.asarray(positions, dtype=np.int64)][list(CENTER_COLUMNS[how])]
+    keys = frame.astype(str).agg("|".join, axis=1).to_numpy(dtype=object)
+    keys[frame.isna().any(axis=1).to_numpy()] = ""
+    return keys
+
+
+def center_features(matrix: Any, keys: np.ndarray, *, min_group: int = MIN_GROUP) -> tuple[Any, dict[str, Any]]:
+    """Subtract from each row the mean of the rows with the same class key.
+
+    Parameters
+    ----------
+    matrix:
+        (n, d) float torch tensor (any device).
+    keys:
+        (n,) class keys; '' marks an unknown class, centred on the mean of all rows like a small class.
+    min_group:
+        Classes with fewer rows are centred on the mean of all rows.
+
+    Returns
+    -------
+    (centred (n, d) float tensor on the same device, description for run.json: classes centred on their own
+    mean, classes and rows centred on the global mean)
+    """
+    import torch
+
+    names, inverse = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(names))
+    own = (counts >= min_group) & (names != "")
+    index = torch.as_tensor(inverse, device=matrix.device)
+    sums = torch.zeros((len(names), matrix.shape[1]), dtype=matrix.dtype, device=matrix.device)
+    sums.index_add_(0, index, matrix)
+    means = sums / torch.as_tensor(np.maximum(counts, 1), dtype=matrix.dtype, device=matrix.device)[:, None]
+    means[torch.as_tensor(~own, device=matrix.device)] = matrix.mean(dim=0)
+    described = {
+        "classes": int(own.sum()),
+        "small_classes_on_global_mean": int((~own).sum()),
+        "rows_on_global_mean": int(counts[~own].sum()),
+        "min_class_size": min_group,
+    }
+    return matrix - means[index], described
