@@ -198,7 +198,8 @@ def _load_onnx(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.Mod
     """An ONNX file as an eager torch.fx module (onnx2torch); see the module doc for what is and is not run."""
     try:
         import onnx
-        from onnx2torch import convert
+
+        from rca_gpu.features.onnx_import import to_torch
     except ImportError:
         raise ModelError(
             f"{str(path)!r} is an ONNX model; reading it needs onnx and onnx2torch: pip install 'rca-gpu[onnx]'."
@@ -209,7 +210,7 @@ def _load_onnx(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.Mod
         raise ModelError(f"Cannot read the ONNX file {str(path)!r}: {_first_line(exc)}") from None
     _load_onnx_external_data(proto, path)
     try:
-        module = convert(proto)
+        module, _ = to_torch(proto)
     except NotImplementedError as exc:
         raise ModelError(
             f"The ONNX file {str(path)!r} uses an operator onnx2torch cannot convert ({_first_line(exc)}). Export "
@@ -529,19 +530,51 @@ def image_mode(spec: Mapping[str, Any]) -> str:
     return "L" if int(spec["input_shape"][0]) == 1 else "RGB"
 
 
-def require_hooks(model: torch.nn.Module, extractor: str) -> None:
-    """Refuse a TorchScript model for extractors that read inside the network (hooks do not fire there)."""
+def hookable(model: torch.nn.Module, spec: Mapping[str, Any], *, extractor: str) -> torch.nn.Module:
+    """``model`` itself, or for a TorchScript model an eager twin whose layers run forward hooks.
+
+    ``dut``, ``lrp`` and ``gradcam`` read inside the DNN under test with hooks, which TorchScript modules do
+    not run; a TorchScript model is converted through ONNX (:func:`rca_gpu.features.onnx_import.torchscript_to_torch`)
+    with the layer names of the scripted module, for the input ``spec`` (:func:`resolve_input`).
+
+    Raises
+    ------
+    ModelError
+        The conversion is not possible (onnx missing, an operator the exporter or converter lacks), naming the
+        formats that give every layer.
+    """
     info = model_info(model)
-    if isinstance(model, torch.jit.ScriptModule) or (info is not None and info.format == "torchscript"):
+    if not (isinstance(model, torch.jit.ScriptModule) or (info is not None and info.format == "torchscript")):
+        return model
+    try:
+        from rca_gpu.features.onnx_import import TORCHSCRIPT_OPSET, torchscript_to_torch
+
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        converted = torchscript_to_torch(model, spec["input_shape"], device)
+    except ImportError:
         raise ModelError(
-            f"The '{extractor}' extractor reads inside the DNN under test with hooks, which TorchScript models "
-            f"do not run; {EAGER_HINT}."
-        )
+            f"The '{extractor}' extractor reads inside the DNN under test with hooks; a TorchScript model runs none "
+            "and is converted through ONNX, which needs onnx and onnx2torch: pip install 'rca-gpu[onnx]'. Or "
+            f"{EAGER_HINT}."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - exporter and converter raise many types; one ModelError says it
+        raise ModelError(
+            f"The '{extractor}' extractor reads inside the DNN under test with hooks; this TorchScript model runs none "
+            f"and could not be converted to a module that does ({type(exc).__name__}: {_first_line(exc)}). "
+            f"{EAGER_HINT[0].upper()}{EAGER_HINT[1:]}."
+        ) from None
+    ref = info.ref if info is not None else "torchscript module"
+    return remember(converted, ModelInfo(ref, "torchscript", info.spec if info is not None else None,
+                                         conversion=f"TorchScript -> ONNX (opset {TORCHSCRIPT_OPSET}) -> torch"))
 
 
 def model_format(model: torch.nn.Module) -> str:
+    """The format of the file the model came from ("factory", "export", "onnx", "torchscript", or "module"
+    for one built otherwise), with the conversion that made it hookable when there was one."""
     info = model_info(model)
-    return info.format if info is not None else "module"
+    if info is None:
+        return "module"
+    return f"{info.format} (converted: {info.conversion})" if info.conversion else info.format
 
 
 # --------------------------------------------------------------------------------------------------
@@ -558,8 +591,8 @@ class DUTActivationExtractor(FeatureExtractor):
 
     def prepare(self) -> None:
         self.model = load_dut(self.context)
-        require_hooks(self.model, "dut")
         self.input = resolve_input(self.model, self.context.failures)
+        self.model = hookable(self.model, self.input, extractor="dut")
         self.image_mode = image_mode(self.input)
         if self.spec.layer:
             layers.find_layer(self.model, self.spec.layer, extractor="dut")

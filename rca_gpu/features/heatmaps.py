@@ -32,11 +32,11 @@ from rca_gpu.features.dut import (
     EAGER_HINT,
     check_input,
     dut_transform,
+    hookable,
     image_mode,
     load_dut,
     model_format,
     model_info,
-    require_hooks,
     resolve_input,
 )
 
@@ -218,8 +218,8 @@ class _HeatmapExtractor(FeatureExtractor):
 
     def prepare(self) -> None:
         self.model = load_dut(self.context)
-        require_hooks(self.model, self.spec.name)
         self.input = resolve_input(self.model, self.context.failures)
+        self.model = hookable(self.model, self.input, extractor=self.spec.name)
         self.image_mode = image_mode(self.input)
         check_input(self.model, self.input["input_shape"], device=self.context.device)
         self._setup()

@@ -18,18 +18,17 @@ import torch
 class ModelInfo:
     """How a model was loaded, and what its module no longer shows.
 
-    ``format`` is where the module came from: "factory", "export" (an unflattened torch.export archive), "onnx"
-    (converted by onnx2torch), "torchscript" (the scripted module as loaded) or "torchscript-onnx" (a TorchScript
-    file converted to a hookable module through ONNX). ``layer_types`` maps layer names to their original
-    torch.nn classes where the loaded submodules are generic (torch.export) or converted (ONNX); LRP rules are
-    chosen by class. ``source_format`` is the format of the file the user passed, when a conversion changed it.
+    ``format`` is the file the user passed: "factory", "export" (an unflattened torch.export archive), "onnx"
+    (converted by onnx2torch) or "torchscript". ``layer_types`` maps layer names to their original torch.nn
+    classes where the loaded submodules are generic (torch.export); LRP rules are chosen by class.
+    ``conversion`` says how a module that runs no hooks (TorchScript) was made into one that does.
     """
 
     ref: str
     format: str
     spec: Mapping[str, Any] | None = None
     layer_types: Mapping[str, type] | None = None
-    source_format: str | None = None
+    conversion: str | None = None
 
 
 _INFO: weakref.WeakKeyDictionary[torch.nn.Module, ModelInfo] = weakref.WeakKeyDictionary()
