@@ -94,7 +94,7 @@ def class_keys(failures: FailureSet, positions: np.ndarray, how: str) -> np.ndar
     """One class key per usable image (``positions`` of the source): the values of the ``how`` columns as
     strings, joined by '|' for ``pair``; '' where a value is missing."""
     frame = failures.table.iloc[np.asarray(positions, dtype=np.int64)][list(CENTER_COLUMNS[how])]
-    keys = frame.astype(str).agg("|".join, axis=1).to_numpy(dtype=object)
+    keys = np.array(["|".join(map(str, row)) for row in frame.itertuples(index=False)], dtype=object)
     keys[frame.isna().any(axis=1).to_numpy()] = ""
     return keys
 
@@ -133,3 +133,52 @@ def center_features(matrix: Any, keys: np.ndarray, *, min_group: int = MIN_GROUP
         "min_class_size": min_group,
     }
     return matrix - means[index], described
+
+
+#: Why the default pipeline's feature stage is what it is, said in run.json and the report when it ran.
+DEFAULT_REASON = ("the default representation: the best mean study score (ARI x coverage) over the five "
+                  "ground-truth benchmarks, benchmarks/RESULTS.md section 7")
+
+
+def describe(spec: FeatureSpec, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Which representation a run used and why, for run.json (``representation``) and the report.
+
+    Parameters
+    ----------
+    spec:
+        The pipeline's feature stage as given (before layer resolution).
+    info:
+        The extractor's description (``Features.info``), for the resolved layer, pooling and centring.
+
+    Returns
+    -------
+    ``{"features", "layer", "pooling", "centring", "why"}``: pooling ``"global average"``, ``"N x N grid"``
+    or ``"as extracted"``; centring ``"none"`` or ``"on the mean of each <column>"``.
+    """
+    from rca_gpu.spec import DEFAULT_PIPELINE, parse_pipeline
+
+    info = info or {}
+    grid = None
+    try:
+        grid = grid_size(spec.params.get("pool"))
+    except SpecError:  # pragma: no cover - the spec was validated
+        pass
+    if spec.info.has_layers and spec.name not in ("dut", "lrp", "gradcam"):
+        pooling = f"{grid} x {grid} grid" if grid else "global average"
+    else:
+        pooling = f"{grid} x {grid} grid" if grid else "as extracted"
+    how = center_of(spec)
+    default = str(parse_pipeline(DEFAULT_PIPELINE).features)
+    if str(spec) == default:
+        why = DEFAULT_REASON
+    elif spec.name == "precomputed":
+        why = "features brought by the user (--features)"
+    else:
+        why = "named in the pipeline (the default is " + default + ")"
+    return {
+        "features": str(spec),
+        "layer": info.get("layer"),
+        "pooling": pooling,
+        "centring": "none" if how is None else "on the mean of each " + " and ".join(CENTER_COLUMNS[how]),
+        "why": why,
+    }
