@@ -171,7 +171,7 @@ _POOL = Param(int, "at_least_1", high=64)
 #: Representations (rca_gpu.features.represent): a backbone's pooling (global average, or an N x N grid;
 #: the DUT extractors' int ``pool`` also reads ``gridN``) and class-conditional centring, for every extractor.
 POOLS = ("avg",) + tuple(f"grid{side}" for side in range(1, 9))
-CENTERS = ("none", "label", "prediction", "pair")
+CENTERS = ("none", "label", "prediction", "pair", "auto")
 _CENTER = {"center": Param(str, "choice", CENTERS)}
 
 _IMAGE_PARAMS = {

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import pattern_images, run_extractor
+
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.errors import SpecError
 from rca_gpu.features.base import ExtractionContext
@@ -147,3 +147,66 @@ def test_the_study_runs_the_new_options(grouped, tmp_path):
     assert (table["status"] == "ok").all() and len(table) == 2
     assert set(table["features"]) == {"pixels(image_size=8)", "pixels(center=label,image_size=8)"}
     assert len(list((tmp_path / "cache").glob("features-*"))) == 1  # the centred set reuses the plain one
+
+
+def _clusters_holding(labels: np.ndarray, share: float = 0.9) -> int:
+    """The fewest clusters that together hold ``share`` of ``labels`` (noise counts against); 0 if none can."""
+    counts = np.sort(np.bincount(labels[labels >= 0]))[::-1] if (labels >= 0).any() else np.zeros(0, int)
+    return int(np.searchsorted(np.cumsum(counts), share * len(labels)) + 1) if counts.sum() >= share * len(labels) else 0
+
+
+def test_a_cause_spread_over_every_class_stays_whole_once_features_are_centred_on_their_class():
+    """Features that encode the class first (as a pretrained network's do) split a cause that affects every
+    class into one cluster per class; centred on the class mean, the default clustering keeps it whole
+    (at most 2 clusters hold 90 % of it), and the causes confined to one class stay apart."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from rca_gpu.device import resolve_device
+    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.spec import make_cluster, make_reduce
+    from rca_gpu.tuning import select
+
+    rng = np.random.default_rng(0)
+    dims, classes = 24, 8
+    class_offset = rng.normal(size=(classes, dims)) * 8.0  # content: far apart
+    spread_offset, own_offsets = rng.normal(size=dims) * 3.0, rng.normal(size=(3, dims)) * 3.0
+    rows, labels, causes = [], [], []
+    for c in range(classes):
+        for _ in range(40):  # the spread cause, in every class
+            rows.append(class_offset[c] + spread_offset)
+            labels.append(c)
+            causes.append("spread")
+    for j in range(3):  # three causes of one class each, in classes 0, 1, 2
+        for _ in range(60):
+            rows.append(class_offset[j] + own_offsets[j])
+            labels.append(j)
+            causes.append(f"own_{j}")
+    matrix = torch.tensor(np.asarray(rows) + rng.normal(size=(len(rows), dims)) * 0.6, dtype=torch.float32)
+    keys, causes = np.asarray([str(v) for v in labels], dtype=object), np.asarray(causes)
+    device = resolve_device("cpu")
+
+    def default_clusters(x):
+        graph = knn_graph(x, 30, device)
+        return np.asarray(select(x, graph, make_reduce("umap"), make_cluster("dbscan"), device, seed=0).labels)
+
+    plain = default_clusters(matrix)
+    centred = default_clusters(center_features(matrix, keys)[0])
+    spread = causes == "spread"
+    assert _clusters_holding(plain[spread]) >= 4  # split by class
+    assert 1 <= _clusters_holding(centred[spread]) <= 2
+    assert adjusted_rand_score(causes, centred) >= 0.9 > adjusted_rand_score(causes, plain)
+
+
+def test_center_auto_takes_the_label_else_the_prediction_else_nothing():
+    from rca_gpu.features.represent import center_of
+
+    spec = make_features("pixels", center="auto")
+    with_label = from_arrays(np.zeros((2, 8, 8), np.uint8), {"label": [0, 1], "prediction": [1, 0]})
+    with_prediction = from_arrays(np.zeros((2, 8, 8), np.uint8), {"prediction": [1, 0]})
+    bare = from_arrays(np.zeros((2, 8, 8), np.uint8), {"i": [0, 1]})
+    assert center_of(spec, with_label) == "label"
+    assert center_of(spec, with_prediction) == "prediction"
+    assert center_of(spec, bare) is None
+    check_center(spec, bare)  # never refused
+    assert describe(spec, {"center": {"by": "prediction"}})["centring"] == "on the mean of each prediction (center=auto)"
+    assert describe(spec, {})["centring"] == "none (center=auto)"

@@ -295,7 +295,7 @@ def extract_features(
     started = time.perf_counter()
     failures = context.failures
     represent.check_center(spec, failures)
-    centring, spec = represent.center_of(spec), represent.extraction_spec(spec)  # cached without centring
+    centring, spec = represent.center_of(spec, failures), represent.extraction_spec(spec)  # cached without centring
     extractor = create_extractor(spec, context)
     extractor.prepare()
     transform = extractor.transform()

@@ -8,7 +8,8 @@ Two options of every image extractor work against that (docs/whitebox.md, "Repre
   the same class (the true ``label``, the DUT's ``prediction``, or the pair of both), so that what is left is
   how the image differs from its class (the failure's cause) rather than the class itself. Classes with fewer
   than :data:`MIN_GROUP` images are centred on the mean of all images instead, as a mean of a few images is
-  mostly the images themselves.
+  mostly the images themselves. ``center=auto`` centres on ``label`` when the source has that column, else on
+  ``prediction``, else not at all (never refused; run.json says what it did).
 * ``pool=gridN``: average-pool a spatial feature map to an N x N grid instead of one global average, so that
   where something is (left or right, top or bottom) stays in the features.
 
@@ -64,9 +65,16 @@ def extraction_spec(spec: FeatureSpec) -> FeatureSpec:
     return FeatureSpec(spec.name, spec.layer, {k: v for k, v in spec.params.items() if k != "center"})
 
 
-def center_of(spec: FeatureSpec) -> str | None:
-    """The ``center`` option of a feature spec; None when absent or ``none``."""
+def center_of(spec: FeatureSpec, failures: FailureSet | None = None) -> str | None:
+    """The columns a feature spec centres on: ``label``, ``prediction``, ``pair``; None when absent or ``none``.
+
+    ``auto`` resolves against ``failures``: ``label`` when the source has that column, else ``prediction``, else
+    None (and None without ``failures``).
+    """
     value = spec.params.get("center")
+    if value == "auto":
+        columns = () if failures is None else failures.table.columns
+        return next((column for column in ("label", "prediction") if column in columns), None)
     return None if value in (None, "none") else str(value)
 
 
@@ -78,7 +86,7 @@ def check_center(spec: FeatureSpec, failures: FailureSet) -> None:
     SpecError
         One line naming the option, the missing column and what to do.
     """
-    how = center_of(spec)
+    how = center_of(spec, failures)
     if how is None:
         return
     missing = [c for c in CENTER_COLUMNS[how] if c not in failures.table.columns]
@@ -167,7 +175,8 @@ def describe(spec: FeatureSpec, info: dict[str, Any] | None = None) -> dict[str,
         pooling = f"{grid} x {grid} grid" if grid else "global average"
     else:
         pooling = f"{grid} x {grid} grid" if grid else "as extracted"
-    how = center_of(spec)
+    how = (info.get("center") or {}).get("by") or (None if spec.params.get("center") == "auto" else center_of(spec))
+    automatic = " (center=auto)" if spec.params.get("center") == "auto" else ""
     default = str(parse_pipeline(DEFAULT_PIPELINE).features)
     if str(spec) == default:
         why = DEFAULT_REASON
@@ -179,6 +188,7 @@ def describe(spec: FeatureSpec, info: dict[str, Any] | None = None) -> dict[str,
         "features": str(spec),
         "layer": info.get("layer"),
         "pooling": pooling,
-        "centring": "none" if how is None else "on the mean of each " + " and ".join(CENTER_COLUMNS[how]),
+        "centring": ("none" if how is None else "on the mean of each " + " and ".join(CENTER_COLUMNS[how]))
+        + automatic,
         "why": why,
     }
