@@ -155,46 +155,55 @@ def _clusters_holding(labels: np.ndarray, share: float = 0.9) -> int:
     return int(np.searchsorted(np.cumsum(counts), share * len(labels)) + 1) if counts.sum() >= share * len(labels) else 0
 
 
-def test_a_cause_spread_over_every_class_stays_whole_once_features_are_centred_on_their_class():
-    """Features that encode the class first (as a pretrained network's do) split a cause that affects every
-    class into one cluster per class; centred on the class mean, the default clustering keeps it whole
-    (at most 2 clusters hold 90 % of it), and the causes confined to one class stay apart."""
-    from sklearn.metrics import adjusted_rand_score
+def _planted_spread(own: int, seed: int = 0, noise: float = 1.5, own_scale: float = 3.0):
+    """Features that encode the class first (as a pretrained network's do): 8 classes far apart, a cause spread
+    over every class (40 images each), and 3 causes of one class each (``own`` images in classes 0, 1, 2)."""
+    rng = np.random.default_rng(seed)
+    dims, classes = 24, 8
+    class_offset = rng.normal(size=(classes, dims)) * 8.0
+    spread_offset, own_offsets = rng.normal(size=dims) * 3.0, rng.normal(size=(3, dims)) * own_scale
+    rows, labels, causes = [], [], []
+    for c in range(classes):
+        rows += [class_offset[c] + spread_offset] * 40
+        labels += [c] * 40
+        causes += ["spread"] * 40
+    for j in range(3):
+        rows += [class_offset[j] + own_offsets[j]] * own
+        labels += [j] * own
+        causes += [f"own_{j}"] * own
+    matrix = torch.tensor(np.asarray(rows) + rng.normal(size=(len(rows), dims)) * noise, dtype=torch.float32)
+    return matrix, np.asarray([str(v) for v in labels], dtype=object), np.asarray(causes)
 
+
+def _default_clusters(matrix):
     from rca_gpu.device import resolve_device
     from rca_gpu.neighbors import knn_graph
     from rca_gpu.spec import make_cluster, make_reduce
     from rca_gpu.tuning import select
 
-    rng = np.random.default_rng(0)
-    dims, classes = 24, 8
-    class_offset = rng.normal(size=(classes, dims)) * 8.0  # content: far apart
-    spread_offset, own_offsets = rng.normal(size=dims) * 3.0, rng.normal(size=(3, dims)) * 3.0
-    rows, labels, causes = [], [], []
-    for c in range(classes):
-        for _ in range(40):  # the spread cause, in every class
-            rows.append(class_offset[c] + spread_offset)
-            labels.append(c)
-            causes.append("spread")
-    for j in range(3):  # three causes of one class each, in classes 0, 1, 2
-        for _ in range(60):
-            rows.append(class_offset[j] + own_offsets[j])
-            labels.append(j)
-            causes.append(f"own_{j}")
-    matrix = torch.tensor(np.asarray(rows) + rng.normal(size=(len(rows), dims)) * 0.6, dtype=torch.float32)
-    keys, causes = np.asarray([str(v) for v in labels], dtype=object), np.asarray(causes)
     device = resolve_device("cpu")
+    graph = knn_graph(matrix, 30, device)
+    return np.asarray(select(matrix, graph, make_reduce("umap"), make_cluster("dbscan"), device, seed=0).labels)
 
-    def default_clusters(x):
-        graph = knn_graph(x, 30, device)
-        return np.asarray(select(x, graph, make_reduce("umap"), make_cluster("dbscan"), device, seed=0).labels)
 
-    plain = default_clusters(matrix)
-    centred = default_clusters(center_features(matrix, keys)[0])
+def test_a_cause_spread_over_every_class_stays_whole_once_features_are_centred_on_their_class():
+    """The default clustering splits a cause that affects every class into one cluster per class (features that
+    encode the class first); centred on the class mean it keeps it whole (at most 2 clusters hold 90 % of it)
+    while the causes of one class are a small part of their class. When a class's own cause dominates it, the
+    class mean leans towards that cause and the class's images of the spread cause are centred elsewhere than
+    the other classes': the limit docs/whitebox.md states, kept here so that a change to it is seen."""
+    from sklearn.metrics import adjusted_rand_score
+
+    matrix, keys, causes = _planted_spread(own=10)
     spread = causes == "spread"
+    plain = _default_clusters(matrix)
+    centred = _default_clusters(center_features(matrix, keys)[0])
     assert _clusters_holding(plain[spread]) >= 4  # split by class
     assert 1 <= _clusters_holding(centred[spread]) <= 2
-    assert adjusted_rand_score(causes, centred) >= 0.9 > adjusted_rand_score(causes, plain)
+    assert adjusted_rand_score(causes, centred) > adjusted_rand_score(causes, plain) + 0.2
+    matrix, keys, causes = _planted_spread(own=60)  # each own cause 60 % of its class
+    dominated = _default_clusters(center_features(matrix, keys)[0])
+    assert _clusters_holding(dominated[causes == "spread"]) >= 3
 
 
 def test_center_auto_takes_the_label_else_the_prediction_else_nothing():
