@@ -82,7 +82,7 @@ def _register_type_only_versions(proto: Any) -> None:
             continue
         try:
             version = defs.get_schema(node.op_type, max_inclusive_version=opset).since_version
-        except Exception:  # noqa: BLE001 - an unknown operator: onnx2torch names it when it refuses
+        except Exception:  # noqa: BLE001, S112 - an unknown operator: onnx2torch names it when it refuses
             continue
         wanted = OperationDescription("", node.op_type, version)
         if wanted in _CONVERTER_REGISTRY or version not in TYPE_ONLY_UPDATES[node.op_type]:
@@ -106,10 +106,10 @@ def _drop_idle_allowzero(proto: Any) -> None:
     for node in proto.graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] not in constants:
             continue
+        shape = numpy_helper.to_array(constants[node.input[1]]).tolist()
         for attribute in node.attribute:
-            if attribute.name == "allowzero" and attribute.i == 1:
-                if 0 not in numpy_helper.to_array(constants[node.input[1]]).tolist():
-                    attribute.i = 0
+            if attribute.name == "allowzero" and attribute.i == 1 and 0 not in shape:
+                attribute.i = 0
 
 
 def _module_path(node: Any, initializers: set[str]) -> str | None:
