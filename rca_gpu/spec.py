@@ -295,7 +295,7 @@ SELECT_FIX = (" Every rule scores the candidates by silhouette; 'max' takes the 
 # Fewest images each clusterer can work with; the pipeline checks this before running.
 MIN_IMAGES = {"dbscan": 3, "hdbscan": 4, "kmeans": 3, "ward": 3}
 
-DEFAULT_PIPELINE = "mobilenet_v2+umap+dbscan"
+DEFAULT_PIPELINE = "mobilenet_v2(center=auto,pool=grid2)+umap+dbscan"  # benchmarks/RESULTS.md, section 7
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "bf16")
 
