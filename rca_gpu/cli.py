@@ -88,6 +88,14 @@ def friendly_errors(command: Callable) -> Callable:
         except RcaError as exc:
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a full disk or read-only folder outside rca_gpu.outputs: one line as well
+            from rca_gpu.outputs import as_output_error
+
+            refused = as_output_error(exc)
+            if refused is None:
+                raise
+            _err(str(refused))
+            raise typer.Exit(refused.exit_code) from None
         except KeyboardInterrupt:
             _err("interrupted; finished feature shards are kept in the cache and reused on the next run")
             raise typer.Exit(130) from None
@@ -312,9 +320,16 @@ def demo_command(
 
     The benchmark in OUT/data is reused when it was made with the same --n and --seed; otherwise it is made
     again (as `rca-gpu datasets make` does), and the line printed says why."""
+    from rca_gpu.outputs import writing
     from rca_gpu.runfolder import check_out_folder
 
     out = check_out_folder(out)
+    with writing(out, "rca-gpu demo"):  # the benchmark and its run: one demo at a time in OUT
+        _demo(out, n=n, pipeline=pipeline, device=device, seed=seed, report=report, quiet=quiet)
+
+
+def _demo(out: Path, *, n: int | None, pipeline: str | None, device, seed: int | None, report: bool,
+          quiet: bool) -> None:
     reporter = reporter_for(quiet)
     from rca_gpu.datasets import dataset_differences, make_dataset
 
@@ -362,6 +377,14 @@ def main() -> None:
     except RcaError as exc:  # raised outside a wrapped command (e.g. while mounting)
         _err(str(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk or read-only folder in a command without friendly_errors
+        from rca_gpu.outputs import as_output_error
+
+        refused = as_output_error(exc)
+        if refused is None:
+            raise
+        _err(str(refused))
+        sys.exit(refused.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -247,6 +247,7 @@ def study_score(summary: Mapping[str, Any]) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
+@outputs.writes_to("run_dir", "rca-gpu evaluate", create=False)
 def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Evaluation:
     """Evaluate the ``clusters.parquet`` of a run and write ``metrics.json`` and ``per_cause.csv``.
 

@@ -30,7 +30,7 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, new_run_id, start_run_folder
+from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, keep_dut, new_run_id, start_run_folder, writes_run
 from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
                           check_data_limits, check_dut_known, check_memory, check_paths)
 from rca_gpu.tuning import Selection, effective_k, select
@@ -307,6 +307,7 @@ def stability_text(stability: pd.DataFrame, cluster: int) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+@writes_run("out")
 def run(
     spec: RunSpec,
     source: str | Path | FailureSet,
@@ -375,6 +376,7 @@ def run(
                            started_at=started_at, run_id=run_id, graph=graph, report=report)
 
 
+@writes_run("out")
 def run_on_features(
     spec: RunSpec,
     failures: FailureSet,
@@ -463,6 +465,7 @@ def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, r
     })
 
 
+@writes_run("out")
 def cluster_and_write(
     spec: RunSpec,
     failures: FailureSet,
@@ -557,6 +560,7 @@ def cluster_and_write(
         "metrics": metrics,
         "catalogue": catalogue.info,
         "warnings": [w for w in (getattr(selection, "warning", ""),) if w],
+        "dut": keep_dut(out, spec.model or failures.dut) if spec.pipeline.features.info.needs_dut else None,
     }
     outputs.write_json(out / "run.json", run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],

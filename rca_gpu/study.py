@@ -103,6 +103,7 @@ def slug(pipeline: PipelineSpec | str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(pipeline)).strip("_")
 
 
+@outputs.writes_to("out", "rca-gpu study")
 def run_study(
     base: RunSpec,
     source: str | Path | FailureSet,
@@ -162,8 +163,9 @@ def run_study(
 
     table = pd.DataFrame(rows)
     table = rank(table)
-    outputs.write_parquet(out / STUDY_FILE, table)
-    outputs.write_text(out / STUDY_MARKDOWN, to_markdown(table, source=str(failures.source)))
+    with outputs.together():  # study.md never ranks another table than study.parquet's
+        outputs.write_parquet(out / STUDY_FILE, table)
+        outputs.write_text(out / STUDY_MARKDOWN, to_markdown(table, source=str(failures.source)))
     return table
 
 

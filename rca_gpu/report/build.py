@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import json
 import logging
 import math
 import time
@@ -33,6 +32,7 @@ import pandas as pd
 from rca_gpu import outputs
 from rca_gpu.report import explain as _explain
 from rca_gpu.report.thumbnails import THUMB_SIZE, ImageLoader, make_thumbnails
+from rca_gpu.runfiles import json_object
 from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, RunFolder, open_run
 
 log = logging.getLogger("rca_gpu")
@@ -80,6 +80,7 @@ def read_explanations(run: RunFolder) -> pd.DataFrame:
     return write_explanations(run, seed=int(run.info.get("seed", 0) or 0))
 
 
+@outputs.writes_to("run_dir", "rca-gpu report", create=False)
 def build_report(
     run_dir: str | Path | RunFolder,
     *,
@@ -141,7 +142,7 @@ def build_report(
     wanted = set(positions[drawn].tolist())
     for chosen in reps.values():
         wanted.update(chosen["medoids"] + chosen["border"])
-    thumbs = make_thumbnails(files / "thumbs", wanted, clusters["path"].tolist(), run_id=run.run_id,
+    thumbs = make_thumbnails(files / "thumbs", wanted, run.image_files(clusters["path"].tolist()), run_id=run.run_id,
                              size=thumb_size, loader=loader)
     seconds["thumbnails"] = _since(t)
 
@@ -583,11 +584,8 @@ def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str
         raise OSError(f"{folder} is a symbolic link; refusing to write through it.")
     stamp = {"run_id": run.run_id, "thumbnails": sorted(thumbs)[:1] + [len(thumbs)], "page": GALLERY_PAGE}
     index = folder / "index.json"
-    try:
-        if json.loads(index.read_text(encoding="utf-8")) == stamp:
-            return
-    except (OSError, ValueError):
-        pass
+    if json_object(index) == stamp:
+        return
     if folder.exists():
         for old in folder.glob("*.html"):
             old.unlink()
@@ -622,7 +620,7 @@ def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str
                 rejected=anchor == "rejected",
             )
             outputs.write_text(folder / f"{anchor}-p{page + 1:03d}.html", html)
-    index.write_text(json.dumps(stamp), encoding="utf-8")
+    outputs.write_json(index, stamp)
 
 
 def _text_columns(clusters: pd.DataFrame) -> pd.DataFrame:
