@@ -332,8 +332,6 @@ def writing(folder: str | Path, command: str, *, lock_file: str | None = None, h
     ------
     FolderBusyError
         Another process holds the lock: one line naming the folder, the holder's pid and command, and the fix.
-    OutputError
-        The holder file cannot be written (e.g. no space left): nothing else was written.
     """
     from filelock import FileLock, Timeout
 
@@ -382,9 +380,10 @@ def writing(folder: str | Path, command: str, *, lock_file: str | None = None, h
     try:
         import datetime as _dt
 
-        write_json(folder / holder_file, {
-            "pid": os.getpid(), "command": _command_line(command), "host": _host(),
-            "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        with contextlib.suppress(OutputError):  # a full disk: the lock holds all the same; the command's own
+            write_json(folder / holder_file, {  # first write then says what is wrong, with its context
+                "pid": os.getpid(), "command": _command_line(command), "host": _host(),
+                "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
         yield folder
     finally:
         with _HELD_GUARD:
