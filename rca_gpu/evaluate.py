@@ -338,8 +338,9 @@ def evaluate_clusters(
     result = Evaluation(result.summary, result.per_cluster, result.per_cause, counts=_jsonable(counts))
 
     per_cause = result.per_cause if run_id is None else result.per_cause.assign(run_id=run_id)
-    outputs.write_text(run_dir / PER_CAUSE_FILE, per_cause.to_csv(index=False))
-    outputs.write_json(run_dir / METRICS_FILE, result.to_dict(), run_id=run_id)
+    with outputs.together():  # metrics.json never sums up another per_cause.csv
+        outputs.write_text(run_dir / PER_CAUSE_FILE, per_cause.to_csv(index=False))
+        outputs.write_json(run_dir / METRICS_FILE, result.to_dict(), run_id=run_id)
     return result
 
 

@@ -517,9 +517,8 @@ def _check_fields(where: str, data: dict[str, Any], fix: str) -> None:
             if kind == "extra_forbidden":
                 return (f"{where}: {label} has an unknown field {key!r} (= {_toml_value(entry[key])}); a cause "
                         f"has only {', '.join(CauseEntry.model_fields)}. {fix}")
-            rule = CauseEntry.model_fields[key]
-            return (f"{where}: {label} has {key} = {_toml_value(entry[key])}; {key} must be {rule.description}, "
-                    f"e.g. {rule.examples[0]}. {fix}")
+            return (f"{where}: {label} has {key} = {_toml_value(entry[key])}; {key} must be "
+                    f"{_rule(CauseEntry.model_fields[key], problem)}. {fix}")
         key = str(loc[0])
         if kind == "extra_forbidden":
             return (f"{where} has an unknown field {key!r} (= {_toml_value(data[key])}); the file holds only "
@@ -527,8 +526,7 @@ def _check_fields(where: str, data: dict[str, Any], fix: str) -> None:
         rule = CausesFile.model_fields.get(key)
         if rule is None or rule.description is None or key not in data:
             return ""
-        return (f"{where} has {key} = {_toml_value(data[key])}; {key} must be {rule.description}, e.g. "
-                f"{rule.examples[0]}. {fix}")
+        return f"{where} has {key} = {_toml_value(data[key])}; {key} must be {_rule(rule, problem)}. {fix}"
 
     validate(data, CausesFile, where, error=CatalogueError, fix=fix, messages=lambda p: word(p) or None)
     seen: set[int] = set()
@@ -536,6 +534,17 @@ def _check_fields(where: str, data: dict[str, Any], fix: str) -> None:
         if entry["id"] in seen:
             raise CatalogueError(f"{where} lists cause {entry['id']} twice; each id may appear once. {fix}")
         seen.add(entry["id"])
+
+
+def _rule(info: Any, problem: dict) -> str:
+    """A field's rule in words: its description and example for a value of the wrong type, pydantic's own
+    words for a value of the right type out of range or too long (e.g. "at most 10000 characters")."""
+    if problem["type"].endswith("_type") or problem["type"] in ("model_type", "list_type", "model_attributes_type"):
+        return f"{info.description}, e.g. {info.examples[0]}"
+    words = str(problem.get("msg", ""))
+    for prefix in ("Value should have ", "String should have ", "List should have ", "Input should be "):
+        words = words.removeprefix(prefix)
+    return f"{info.description} ({words.rstrip('.')})"
 
 
 def _plain_value(value: Any) -> str:

@@ -248,20 +248,20 @@ def _earlier_export(root: Path, run: RunFolder) -> dict:
     """The export.json an earlier ``export`` of the same run left in ``root`` ({} when none), read through its
     schema (:class:`rca_gpu.runfiles.ExportInfo`). An export of another run there, or an export.json that is
     not one rca-gpu wrote, is refused (ExportError): its folders would mix with this run's."""
-    from rca_gpu.runfiles import ExportInfo, json_object
+    from rca_gpu.runfiles import MarkerInfo, json_object, read_json
 
     path = root / EXPORT_FILE
     if not path.is_file():
         return {}
-    data = json_object(path)
-    if data is None or data.get("run_id") != run.run_id or json_object(path, ExportInfo) is None:
-        found = data.get("run_id") if isinstance(data, dict) and isinstance(data.get("run_id"), str) else None
-        raise ExportError(
-            f"The --to folder {str(root)!r} holds an export of {f'run {found[:64]}' if found else 'an unknown run'} "
-            f"({EXPORT_FILE}), not of run {run.run_id}; its folders would mix with this run's. Pass a folder of "
-            "its own, e.g. --to exported/, or remove that folder first."
-        )
-    return data
+    data = json_object(path, MarkerInfo)
+    if data is not None and data.get("run_id") == run.run_id:  # this run's: every field must hold
+        return read_json(path, error=ExportError, fix="Remove that folder, or pass another --to folder.")
+    found = data.get("run_id") if data is not None else None
+    raise ExportError(
+        f"The --to folder {str(root)!r} holds an export of {f'run {found}' if found else 'an unknown run'} "
+        f"({EXPORT_FILE}), not of run {run.run_id}; its folders would mix with this run's. Pass a folder of "
+        "its own, e.g. --to exported/, or remove that folder first."
+    )
 
 
 def _unique(name: str, used: set[str]) -> str:
