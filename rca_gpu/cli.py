@@ -331,10 +331,11 @@ def demo_command(
 def _demo(out: Path, *, n: int | None, pipeline: str | None, device, seed: int | None, report: bool,
           quiet: bool) -> None:
     reporter = reporter_for(quiet)
+    from rca_gpu.runfiles import DATASET_MANIFEST, DEMO_DATA, DEMO_RUN
     from rca_gpu.datasets import dataset_differences, make_dataset
 
-    data_dir = out / "data"
-    manifest = data_dir / "manifest.parquet"
+    data_dir = out / DEMO_DATA
+    manifest = data_dir / DATASET_MANIFEST
     differences = dataset_differences(data_dir, "mnist-rc", n=n, seed=seed or 0)
     if differences:
         why = "" if differences == ["no benchmark"] else f" again (the earlier one has {', '.join(differences)})"
@@ -344,7 +345,7 @@ def _demo(out: Path, *, n: int | None, pipeline: str | None, device, seed: int |
     spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
-    result = run(spec, manifest, out / "run", reporter=reporter, report=report)
+    result = run(spec, manifest, out / DEMO_RUN, reporter=reporter, report=report)
     _echo_result(result, show_clusters=not quiet, images="failing images")
 
 

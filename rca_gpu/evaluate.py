@@ -23,6 +23,7 @@ from sklearn.metrics.cluster import contingency_matrix
 
 from rca_gpu import outputs
 from rca_gpu.errors import SourceError, SpecError, TooFewImagesError
+from rca_gpu.runfiles import CLUSTERS_FILE, METRICS_FILE, PER_CAUSE_FILE
 
 NOISE = -1
 #: Root-cause label of failures without an injected cause (the benchmarks' convention).
@@ -31,9 +32,6 @@ NO_CAUSE = "none"
 COUNT_PREFIX = "n_"
 #: A pipeline may return up to this many clusters per root cause before :func:`study_score` penalises it.
 CLUSTERS_PER_CAUSE_ALLOWED = 3.0
-CLUSTERS_FILE = "clusters.parquet"
-METRICS_FILE = "metrics.json"
-PER_CAUSE_FILE = "per_cause.csv"
 
 PER_CAUSE_COLUMNS = ("root_cause", "n_images", "recall", "n_clusters_dominated", "best_purity", "share_noise")
 

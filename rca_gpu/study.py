@@ -26,6 +26,7 @@ from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run
 from rca_gpu.spec import (CLUSTERERS, REDUCERS, STUDY_DUT_FEATURES, STUDY_FEATURES, PipelineSpec, RunSpec,
                           make_cluster, make_reduce, parse_pipeline, split_outside_parens)
+from rca_gpu.runfiles import CACHE_DIR
 
 log = logging.getLogger("rca_gpu")
 
@@ -119,7 +120,7 @@ def run_study(
     out = Path(out)
     failures = source if isinstance(source, FailureSet) else load_source(source, image_root=base.image_root)
     device = resolve_device(base.device)
-    cache = out / "cache"
+    cache = out / CACHE_DIR
     rows: list[dict[str, Any]] = []
     pipelines = plan.pipelines()
     by_features: dict[str, list[PipelineSpec]] = {}

@@ -63,3 +63,41 @@ def test_every_output_file_goes_through_write_atomic():
             elif _writes_a_final_name(node) and owner not in ("outputs",):
                 found.append(f"{relative}:{node.lineno} {ast.unparse(node)[:80]}")
     assert found == [], "write through rca_gpu.outputs.write_atomic:\n" + "\n".join(found)
+
+
+def _output_names() -> set[str]:
+    from rca_gpu import runfiles
+
+    names = set()
+    for key, value in vars(runfiles).items():
+        if key.isupper() and isinstance(value, str) and "." in value or key.endswith(("_DIR", "_IMAGES")) and \
+                isinstance(value, str):
+            names.add(value)
+    return names - {"", "."}
+
+
+def test_output_file_names_are_named_in_rca_gpu_runfiles_only():
+    """One module names every output file of every command: elsewhere the names are imported, never written
+    as a constant or joined to a path as a literal (messages and docstrings may quote them)."""
+    names = _output_names()
+    assert {"run.json", "clusters.parquet", "assign.json", "export.json", "study.parquet", "dataset.json",
+            "report_files", "cache"} <= names
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = str(path.relative_to(PACKAGE))
+        if relative == "runfiles.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            literal = None
+            if isinstance(node, ast.Assign) and node in tree.body and isinstance(node.value, ast.Constant):
+                literal = node.value.value
+            elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.right, ast.Constant):
+                literal = node.right.value
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("file", "has", "table", "json") and node.args and \
+                    isinstance(node.args[0], ast.Constant):
+                literal = node.args[0].value
+            if isinstance(literal, str) and literal in names:
+                found.append(f"{relative}:{node.lineno} {literal!r}")
+    assert found == [], "import these names from rca_gpu.runfiles:\n" + "\n".join(found)

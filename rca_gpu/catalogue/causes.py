@@ -29,7 +29,7 @@ import pandas as pd
 
 from rca_gpu.catalogue.reference import CatalogueError
 from rca_gpu.describe import common_values
-from rca_gpu.runfiles import CAUSES_FILE, MEMBERS_FILE
+from rca_gpu.runfiles import CAUSES_FILE, MEMBERS_FILE, SUMMARY_FILE
 
 CATALOGUE_FORMAT = 1
 #: A split searches the number of parts in 2 .. MAX_SPLIT_PARTS by silhouette unless it is given.
@@ -148,9 +148,9 @@ class Catalogue:
 
     def stability(self) -> dict[int, float]:
         """Stability of causes that are one unedited cluster of the run (others: no value)."""
-        if not self.run.has("cluster_summary.parquet"):
+        if not self.run.has(SUMMARY_FILE):
             return {}
-        summary = self.run.table("cluster_summary.parquet")
+        summary = self.run.table(SUMMARY_FILE)
         by_cluster = dict(zip(summary["cluster"].astype(int), summary["stability"].astype(float)))
         out = {}
         for cause_id, cause in self.causes.items():

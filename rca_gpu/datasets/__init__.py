@@ -105,12 +105,12 @@ def dataset_differences(
         ``name`` is unknown or ``proportions`` invalid (as :func:`make_dataset`).
     """
     from rca_gpu.datasets.proportions import resolve_proportions
-    from rca_gpu.runfiles import json_object
+    from rca_gpu.runfiles import DATASET_INFO, DATASET_MANIFEST, json_object
 
     info = get_dataset(name)
     folder = Path(folder)
-    recorded = json_object(folder / "dataset.json")  # within the limits of every output file, else None
-    if not isinstance(recorded, dict) or not (folder / "manifest.parquet").is_file():
+    recorded = json_object(folder / DATASET_INFO)  # within the limits of every output file, else None
+    if not isinstance(recorded, dict) or not (folder / DATASET_MANIFEST).is_file():
         return ["no benchmark"]
     wanted = {
         "name": name,

@@ -18,10 +18,10 @@ import pandas as pd
 
 from rca_gpu.errors import SpecError
 from rca_gpu.outputs import write_atomic
-from rca_gpu.runfiles import BOOKKEEPING
+from rca_gpu.runfiles import BOOKKEEPING, DATASET_DUT, DATASET_DUT_STATE, DATASET_INFO, DATASET_OUTPUTS
 
 #: Files and folders a generator owns inside its output folder; only these are replaced on a rerun.
-OWNED = ("images", "passing", "manifest.parquet", "passing.parquet", "dut_state.pt", "dut.pt", "dataset.json")
+OWNED = DATASET_OUTPUTS
 DUT_KEY = b"rca_gpu.dut"
 DATASET_KEY = b"rca_gpu.dataset"
 
@@ -38,7 +38,7 @@ def prepare_out(out: str | Path) -> Path:
             f"The output {str(out)!r} is a file. Pass a folder (new, empty, or an earlier benchmark)."
         )
     if out.is_dir() and any(p.name not in BOOKKEEPING for p in out.iterdir()):  # the lock is not content
-        if not (out / "dataset.json").is_file():
+        if not (out / DATASET_INFO).is_file():
             raise SpecError(
                 f"The output folder {str(out)!r} is not empty and holds no earlier benchmark "
                 "(no dataset.json). Choose a new or empty folder."
@@ -69,12 +69,12 @@ def write_dut(out: Path, model, *, classes: list[str], input_shape: tuple[int, i
     """``dut_state.pt`` (a state_dict that loads with weights_only=True) and ``dut.pt`` (TorchScript)."""
     import torch
 
-    write_atomic(out / "dut_state.pt", lambda tmp: torch.save(model.state_dict(), tmp))
+    write_atomic(out / DATASET_DUT_STATE, lambda tmp: torch.save(model.state_dict(), tmp))
     info = {"input_shape": list(input_shape), "classes": list(classes), "value_range": [0, 1]}
     with warnings.catch_warnings():
         # TorchScript is deprecated upstream, but it is still the one format every consumer loads without
         # the model's code; the warning says nothing the user can act on here.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(model)
-        write_atomic(out / "dut.pt", lambda tmp: torch.jit.save(scripted, tmp,
+        write_atomic(out / DATASET_DUT, lambda tmp: torch.jit.save(scripted, tmp,
                                                                 _extra_files={"rca_gpu.json": json.dumps(info)}))

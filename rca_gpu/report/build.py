@@ -32,14 +32,12 @@ import pandas as pd
 from rca_gpu import outputs
 from rca_gpu.report import explain as _explain
 from rca_gpu.report.thumbnails import THUMB_SIZE, ImageLoader, make_thumbnails
-from rca_gpu.runfiles import json_object
+from rca_gpu.runfiles import EXPLANATIONS_FILE, METRICS_FILE, REPORT_FILE, REPORT_FILES_DIR, json_object
 from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, RunFolder, open_run
 
 log = logging.getLogger("rca_gpu")
 
-REPORT_FILE = "report.html"
-FILES_DIR = "report_files"
-EXPLANATIONS_FILE = "explanations.parquet"
+FILES_DIR = REPORT_FILES_DIR
 #: Points drawn on the map at most; above this a per-cluster sample is drawn and the page says so.
 MAP_POINTS = 20_000
 MAP_MIN_PER_CLUSTER = 50
@@ -403,8 +401,8 @@ def _ground_truth(clusters: pd.DataFrame, run: RunFolder) -> dict[str, Any] | No
     from rca_gpu.evaluate import COUNT_PREFIX, evaluate
 
     min_purity = 0.5
-    if run.has("metrics.json"):
-        summary = run.json("metrics.json").get("summary", run.json("metrics.json"))
+    if run.has(METRICS_FILE):
+        summary = run.json(METRICS_FILE).get("summary", run.json(METRICS_FILE))
         min_purity = float(summary.get("min_purity", 0.5) or 0.5) if isinstance(summary, dict) else 0.5
     result = evaluate(known["cluster"].to_numpy(), known["root_cause"].astype(str).to_numpy(), min_purity=min_purity)
     causes = [c[len(COUNT_PREFIX):] for c in result.per_cluster.columns if c.startswith(COUNT_PREFIX)]
