@@ -89,11 +89,12 @@ def as_output_error(exc: BaseException) -> OutputError | None:
     gives one line, not a traceback."""
     if isinstance(exc, OutputError):
         return exc
-    if not isinstance(exc, OSError) or getattr(exc, "errno", None) not in _REFUSED:
+    if not isinstance(exc, OSError) or exc.errno is None or exc.errno not in _REFUSED:
         return None
+    number = exc.errno
     name = exc.filename if isinstance(exc.filename, (str, bytes, os.PathLike)) else None
     target = Path(os.fsdecode(name)) if name is not None else Path("the output")
-    return refusal(target, _REFUSED[exc.errno])
+    return refusal(target, _REFUSED[number])
 
 
 def write_atomic(path: str | Path, write: Callable[[str], Any]) -> Path:
@@ -383,7 +384,7 @@ def writing(folder: str | Path, command: str, *, lock_file: str | None = None, h
         with contextlib.suppress(OutputError):  # a full disk: the lock holds all the same; the command's own
             write_json(folder / holder_file, {  # first write then says what is wrong, with its context
                 "pid": os.getpid(), "command": _command_line(command), "host": _host(),
-                "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+                "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
         yield folder
     finally:
         with _HELD_GUARD:

@@ -270,7 +270,7 @@ def read_json(path: str | Path, model: type[BaseModel] | None = None, *, error: 
 
 
 def read_toml(path: str | Path, model: type[BaseModel] | None = None, *, error: type[RcaError] = RunFileError,
-              fix: str = RUN_FIX, messages: Callable[[dict], str | None] | None = None) -> dict[str, Any]:
+              fix: str = RUN_FIX, messages: Callable[[Any], str | None] | None = None) -> dict[str, Any]:
     """Read the TOML file ``path`` within the limits (size, nesting depth, string lengths) and check it against
     ``model``. ``messages(error)`` may word a pydantic error itself (None: the generic wording).
 
@@ -297,7 +297,7 @@ def read_toml(path: str | Path, model: type[BaseModel] | None = None, *, error: 
 
 
 def validate(data: Any, model: type[BaseModel], where: str, *, error: type[RcaError] = RunFileError,
-             fix: str = RUN_FIX, messages: Callable[[dict], str | None] | None = None) -> BaseModel:
+             fix: str = RUN_FIX, messages: Callable[[Any], str | None] | None = None) -> BaseModel:
     """``data`` checked against ``model``; the first problem raised as one line: "<where> has <field> = <value>:
     <rule>. <fix>" (or the wording ``messages`` gives it)."""
     try:
@@ -738,9 +738,9 @@ def check_table(name: str, table, where: str, *, run_id: str | None = None,
             low = pc.min(values).as_py()
             if low is not None and low < rule.low:
                 raise RunFileError(f"{where} has {column} = {_describe_value(low)}; it must be >= {rule.low:g}. {fix}")
-        if rule.kind == "float" and len(values) and pa.types.is_floating(values.type):
-            if pc.any(pc.is_inf(values)).as_py():
-                raise RunFileError(f"{where} has an infinite value in the column {column!r}. {fix}")
+        if (rule.kind == "float" and len(values) and pa.types.is_floating(values.type)
+                and pc.any(pc.is_inf(values)).as_py()):
+            raise RunFileError(f"{where} has an infinite value in the column {column!r}. {fix}")
     if schema.unique_id and "id" in names:
         ids = table.column("id")
         if ids.null_count:
@@ -781,7 +781,7 @@ def check_reference_tensors(path: str | Path, *, rows: int, dims: int | None, dt
         with safe_open(str(path), framework="numpy") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {}
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 part = handle.get_slice(key)
                 tensors[key] = (str(part.get_dtype()), tuple(int(s) for s in part.get_shape()))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:

@@ -25,12 +25,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rca_gpu.runfiles import (CLUSTERS_FILE, DUT_EXTERNAL_DATA_FILE, EMBEDDING_FILE,
-                              MARKED_OUTPUTS, OUTPUT_MARKERS, PREVIOUS_DIR, RUN_FILE, RUN_FIX, RUN_FORMAT,
-                              RUN_ID_KEY, RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, STUDY_FILE, STUDY_MARKDOWN,
-                              STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, STUDY_PIPELINES, MarkerInfo, RunFileError,
-                              RunFolderError, RunHeader, RunInfo, check_table, file_label, json_object, read_json,
-                              sha256_of, validate)
+from rca_gpu.runfiles import (
+    CLUSTERS_FILE,
+    DUT_EXTERNAL_DATA_FILE,
+    EMBEDDING_FILE,
+    MARKED_OUTPUTS,
+    OUTPUT_MARKERS,
+    PREVIOUS_DIR,
+    RUN_FILE,
+    RUN_FIX,
+    RUN_FORMAT,
+    RUN_ID_KEY,
+    RUN_OUTPUT_FOLDERS,
+    RUN_OUTPUTS,
+    STUDY_FILE,
+    STUDY_MARKDOWN,
+    STUDY_OUTPUT_FOLDERS,
+    STUDY_OUTPUTS,
+    STUDY_PIPELINES,
+    MarkerInfo,
+    RunFileError,
+    RunFolderError,
+    RunHeader,
+    RunInfo,
+    check_table,
+    file_label,
+    json_object,
+    read_json,
+    sha256_of,
+    validate,
+)
 
 __all__ = ["MARKED_OUTPUTS", "OUTPUT_MARKERS", "RUN_FILE", "RUN_FORMAT", "RUN_ID_KEY", "RUN_OUTPUTS",
            "RUN_OUTPUT_FOLDERS", "STUDY_FILE", "STUDY_MARKDOWN", "STUDY_OUTPUTS", "STUDY_OUTPUT_FOLDERS",
@@ -56,7 +80,7 @@ class RunFolder:
 
     path: Path
     info: dict[str, Any]
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def run_id(self) -> str:
@@ -182,7 +206,7 @@ class RunFolder:
             return str(recorded)
         return str(Path(given).resolve() if kind == "folder" else Path(given).resolve().parent)
 
-    def image_files(self, paths: Sequence[Any]) -> "CheckedPaths":
+    def image_files(self, paths: Sequence[Any]) -> CheckedPaths:
         """The image files of ``paths`` (e.g. clusters.parquet's ``path`` column) that may be read, linked or
         copied: those that pass the run's path rule again now
         (:func:`rca_gpu.data.sources.path_refusal` under :attr:`image_root`: inside the root with links
@@ -487,8 +511,8 @@ def internal_folder_note(out: str | Path, *, option: str = "--out", example: str
     return None
 
 
-def check_inputs_kept(out: str | Path, inputs: dict[str, Any], *, files: "list[str] | tuple[str, ...]" = (),
-                      folders: "list[str] | tuple[str, ...]" = (), option: str = "--out") -> None:
+def check_inputs_kept(out: str | Path, inputs: dict[str, Any], *, files: list[str] | tuple[str, ...] = (),
+                      folders: list[str] | tuple[str, ...] = (), option: str = "--out") -> None:
     """Refuse an output folder where the command would write over, or remove, one of its own inputs.
 
     ``inputs`` maps the argument (e.g. ``"SOURCE"``, ``"--features"``) to the path the user passed (None:
@@ -648,7 +672,7 @@ def _written_names(folder: Path, command: str) -> list[str]:
     return [name for name in names if name != "cache"]
 
 
-def mixed_folder_message(folder: Path, *, option: str, command: str | None, others: "list[tuple[str, str]]",
+def mixed_folder_message(folder: Path, *, option: str, command: str | None, others: list[tuple[str, str]],
                          example: str, shown: str) -> str | None:
     """The refusal of an output folder that holds the outputs of ``command`` (None: a run) and also those of
     ``others`` ((command, marker file) pairs), as folders written by older rca-gpu versions can: one line naming
@@ -898,8 +922,8 @@ def keep_dut(out: str | Path, model_ref: str | None) -> dict[str, Any] | None:
         digest = _copy(weights_path, folder / DUT_WEIGHTS_FILE)
         return {"form": "architecture", "architecture": architecture, "file": DUT_WEIGHTS_FILE, "sha256": digest,
                 "bytes": weights_path.stat().st_size}
-    digest = sha256_of(weights_path) if weights_path is not None and weights_path.is_file() else None
-    return {"form": "code", "sha256": digest}
+    weights_digest = sha256_of(weights_path) if weights_path is not None and weights_path.is_file() else None
+    return {"form": "code", "sha256": weights_digest}
 
 
 def _copy(source: Path, target: Path) -> str:

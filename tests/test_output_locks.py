@@ -56,9 +56,9 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     try:
         with pytest.raises(FolderBusyError, match=rf"^The output folder '.*out' is being written by another rca-gpu "
                                                   rf"process \(pid {holder.pid}, `rca-gpu run imgs --out x`, since "
-                                                  r"[0-9T:+-]+\); .* Wait for it to finish"):
-            with writing(folder, "rca-gpu export"):
-                pass
+                                                  r"[0-9T:+-]+\); .* Wait for it to finish"), \
+                writing(folder, "rca-gpu export"):
+            pass
     finally:
         release.touch()
         holder.wait(timeout=60)
@@ -81,9 +81,8 @@ def test_a_killed_writer_leaves_no_stale_lock(tmp_path):
 def test_locks_are_reentrant_in_one_process_and_leave_no_trace(tmp_path):
     folder = tmp_path / "out"
     (folder / "keep").mkdir(parents=True)
-    with writing(folder, "rca-gpu run"):
-        with writing(folder, "rca-gpu report"):  # run -> report in one process
-            (folder / "result.txt").write_text("x")
+    with writing(folder, "rca-gpu run"), writing(folder, "rca-gpu report"):  # run -> report in one process
+        (folder / "result.txt").write_text("x")
     assert sorted(p.name for p in folder.iterdir()) == ["keep", "result.txt"]
     fresh = tmp_path / "a" / "b"
     with writing(fresh, "rca-gpu run"):
@@ -187,9 +186,9 @@ def test_a_run_waits_for_no_catalogue_edit_to_replace_the_catalogue(catalogue_ru
     assert holder.stdout.readline().strip() == "held"
     try:
         started = time.monotonic()
-        with pytest.raises(FolderBusyError, match=rf"catalogue of the run folder .* \(pid {holder.pid}, `rca-gpu run"):
-            with causes.catalogue_lock(run):
-                pass
+        with pytest.raises(FolderBusyError, match=rf"catalogue of the run folder .* \(pid {holder.pid}, `rca-gpu run"), \
+                causes.catalogue_lock(run):
+            pass
         assert time.monotonic() - started >= 0.45  # an edit waits a moment before refusing
     finally:
         release.touch()

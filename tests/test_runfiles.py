@@ -8,13 +8,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import one_line_error, succeeded
 from typer.testing import CliRunner
 
-from helpers import one_line_error, succeeded
 from rca_gpu.cli import app
 
 runner = CliRunner()
