@@ -546,3 +546,68 @@ def test_a_manifest_dut_is_recorded_as_a_data_record():
                 {"form": "file", "file": "dut_model.pt", "sha256": "zz"}):
         with pytest.raises(ValidationError, match="dut|file|architecture|module|sha256|Extra|pattern|literal"):
             DutRecord.model_validate(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every field of every schema, every column of every table
+# --------------------------------------------------------------------------------------------------
+
+
+def _models():
+    from rca_gpu import runfiles
+
+    return sorted({*runfiles.SCHEMAS.values(), runfiles.CausesFile, runfiles.CauseEntry, runfiles.DutRecord,
+                   runfiles.RecordedSpec, runfiles.FeaturesRecord, runfiles.Counts, runfiles.SourceRecord,
+                   runfiles.ReferenceHeader}, key=lambda m: m.__name__)
+
+
+def _wrong_value(annotation) -> object:
+    """A value no field of this annotation accepts: text for numbers, booleans and objects; a number for text."""
+    text = str(annotation)
+    if "str" in text and not any(t in text for t in ("int", "float", "bool", "dict", "list", "Model", "tuple")):
+        return 12345
+    return {"nested": ["not", {"the": "right type"}]} if "str" in text and "dict" not in text else "not this"
+
+
+@pytest.mark.parametrize("model", _models(), ids=lambda m: m.__name__)
+def test_each_field_of_each_schema_refuses_a_value_of_another_type(model):
+    """For every field of every file's schema: a value of another type is refused for that very field (what a
+    hand edit or another tool's output gives); the one-line wording is checked by the command cases above."""
+    from pydantic import ValidationError
+
+    for name, info in model.model_fields.items():
+        data = {key: value.default for key, value in model.model_fields.items()
+                if not value.is_required() and value.default is not None}
+        data[name] = _wrong_value(info.annotation)
+        with pytest.raises(ValidationError) as caught:
+            model.model_validate(data)
+        assert any(error["loc"][:1] == (name,) for error in caught.value.errors()), (name, caught.value)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("rca_gpu.runfiles", fromlist=["TABLES"]).TABLES))
+def test_each_column_of_each_table_refuses_another_type(name):
+    """For every column rule of every Parquet file: a column of another Arrow type, or missing when required,
+    is refused naming the file and the column."""
+    from rca_gpu.runfiles import TABLES, RunFileError, check_table
+
+    schema = TABLES[name]
+    good = {"int": pa.array([1, 2], pa.int64()), "float": pa.array([0.5, 1.5]), "bool": pa.array([True, False]),
+            "text": pa.array(["a", "b"]), "id": pa.array([1, 2], pa.int64())}
+    columns = {}
+    for column, rule in schema.columns.items():
+        array = good[rule.kind]
+        if rule.choices:
+            array = pa.array([rule.choices[0]] * 2)
+        if rule.low is not None and rule.kind == "int":
+            array = pa.array([int(max(rule.low, 1))] * 2, pa.int64()) if column != "id" else array
+        columns[column] = array
+    check_table(name, pa.table(columns), name)  # the table as written passes
+    wrong = {"int": pa.array(["1", "2"]), "float": pa.array(["x", "y"]), "bool": pa.array(["yes", "no"]),
+             "text": pa.array([[1], [2]]), "id": pa.array([[1], [2]])}
+    for column, rule in schema.columns.items():
+        tampered = dict(columns, **{column: wrong[rule.kind]})
+        with pytest.raises(RunFileError, match=rf"{name} has the column {column!r} of type"):
+            check_table(name, pa.table(tampered), name)
+        if rule.required:
+            with pytest.raises(RunFileError, match=rf"{name} has no column {column!r}"):
+                check_table(name, pa.table({k: v for k, v in columns.items() if k != column}), name)
