@@ -206,7 +206,7 @@ def write_parquet(path: Path, frame, *, metadata: Mapping[bytes, bytes] | None =
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rca_gpu.runfolder import RUN_ID_KEY
+    from rca_gpu.runfiles import RUN_ID_KEY
 
     table = frame if isinstance(frame, pa.Table) else to_arrow(frame)
     if run_id is not None:

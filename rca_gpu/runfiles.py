@@ -837,3 +837,48 @@ def sha256_of(path: str | Path, *, chunk: int = 1 << 20) -> str:
             digest.update(block)
     return digest.hexdigest()
 
+
+# --------------------------------------------------------------------------------------------------
+# Which folders are rca-gpu's output folders (the folder scan leaves them out)
+# --------------------------------------------------------------------------------------------------
+
+#: The command that writes run.json (``command=None`` in :func:`rca_gpu.runfolder.check_out_folder`).
+RUN_COMMAND = "rca-gpu run"
+#: The command that writes :data:`STUDY_FILE`; pass it as ``command`` to :func:`rca_gpu.runfolder.check_out_folder`.
+STUDY_COMMAND = "rca-gpu study"
+
+
+def _json_object(path: str | Path) -> dict | None:
+    """The JSON object in ``path`` (a marker file: run.json, assign.json, ...), read within the limits of
+    :mod:`rca_gpu.runfiles` and checked against :class:`rca_gpu.runfiles.MarkerInfo`; None when it is missing,
+    too large, unreadable, not JSON, too deeply nested, another type, or breaks that schema."""
+    return json_object(path, MarkerInfo)
+
+
+def _is_run_json(path: str | Path) -> bool:
+    """Whether ``path`` is a run.json written by rca-gpu (a JSON object with ``"rca_gpu_run"``)."""
+    data = _json_object(path)
+    return data is not None and "rca_gpu_run" in data
+
+
+def _is_study_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a study: :data:`STUDY_FILE` with :data:`STUDY_MARKDOWN` or :data:`STUDY_PIPELINES`."""
+    return os.path.isfile(os.path.join(folder, STUDY_FILE)) and (
+        os.path.isfile(os.path.join(folder, STUDY_MARKDOWN)) or os.path.isdir(os.path.join(folder, STUDY_PIPELINES)))
+
+
+def output_folder_kind(folder: str | Path) -> str | None:
+    """What wrote ``folder`` when it is an rca-gpu output folder, e.g. ``"rca-gpu run (run.json)"``; None for
+    any other folder. A folder counts when it holds a run.json written by rca-gpu (a JSON object with
+    ``"rca_gpu_run"``), a study (:func:`_is_study_folder`), or one of :data:`OUTPUT_MARKERS` (a JSON object). A
+    user's own file of the same name with other content does not count. Used by the folder scan, which leaves
+    these folders out: their thumbnails and exported copies are not failure images."""
+    folder = os.fspath(folder)
+    if _is_study_folder(folder):
+        return f"{STUDY_COMMAND} ({STUDY_FILE})"
+    if _is_run_json(os.path.join(folder, RUN_FILE)):
+        return f"rca-gpu run ({RUN_FILE})"
+    for marker, (command, _) in OUTPUT_MARKERS.items():
+        if _json_object(os.path.join(folder, marker)) is not None:
+            return f"{command} ({marker})"
+    return None

@@ -32,25 +32,29 @@ from rca_gpu.runfiles import (
     MARKED_OUTPUTS,
     OUTPUT_MARKERS,
     PREVIOUS_DIR,
+    RUN_COMMAND,
     RUN_FILE,
     RUN_FIX,
     RUN_FORMAT,
     RUN_ID_KEY,
     RUN_OUTPUT_FOLDERS,
     RUN_OUTPUTS,
+    STUDY_COMMAND,
     STUDY_FILE,
     STUDY_MARKDOWN,
     STUDY_OUTPUT_FOLDERS,
     STUDY_OUTPUTS,
     STUDY_PIPELINES,
-    MarkerInfo,
     RunFileError,
     RunFolderError,
     RunHeader,
     RunInfo,
+    _is_run_json,
+    _is_study_folder,
+    _json_object,
     check_table,
     file_label,
-    json_object,
+    output_folder_kind,
     read_json,
     sha256_of,
     validate,
@@ -58,7 +62,8 @@ from rca_gpu.runfiles import (
 
 __all__ = ["MARKED_OUTPUTS", "OUTPUT_MARKERS", "RUN_FILE", "RUN_FORMAT", "RUN_ID_KEY", "RUN_OUTPUTS",
            "RUN_OUTPUT_FOLDERS", "STUDY_FILE", "STUDY_MARKDOWN", "STUDY_OUTPUTS", "STUDY_OUTPUT_FOLDERS",
-           "STUDY_PIPELINES", "RunFileError", "RunFolder", "RunFolderError", "open_run"]
+           "STUDY_PIPELINES", "RUN_COMMAND", "STUDY_COMMAND", "RunFileError", "RunFolder", "RunFolderError",
+           "open_run", "output_folder_kind"]
 
 
 def new_run_id() -> str:
@@ -336,52 +341,6 @@ def _dut_file_part(model: str) -> str | None:
     if ":" in head and sep:
         return os.path.expanduser(weights)
     return None if ":" in head else os.path.expanduser(text)
-
-
-#: The command that writes run.json (``command=None`` in :func:`check_out_folder`).
-RUN_COMMAND = "rca-gpu run"
-#: The command that writes :data:`STUDY_FILE`; pass it as ``command`` to :func:`check_out_folder`.
-STUDY_COMMAND = "rca-gpu study"
-
-
-def _json_object(path: str | Path) -> dict | None:
-    """The JSON object in ``path`` (a marker file: run.json, assign.json, ...), read within the limits of
-    :mod:`rca_gpu.runfiles` and checked against :class:`rca_gpu.runfiles.MarkerInfo`; None when it is missing,
-    too large, unreadable, not JSON, too deeply nested, another type, or breaks that schema."""
-    return json_object(path, MarkerInfo)
-
-
-def _is_run_json(path: str | Path) -> bool:
-    """Whether ``path`` is a run.json written by rca-gpu (a JSON object with ``"rca_gpu_run"``)."""
-    data = _json_object(path)
-    return data is not None and "rca_gpu_run" in data
-
-
-def _is_study_folder(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a study: :data:`STUDY_FILE` with :data:`STUDY_MARKDOWN` or :data:`STUDY_PIPELINES`."""
-    import os
-
-    return os.path.isfile(os.path.join(folder, STUDY_FILE)) and (
-        os.path.isfile(os.path.join(folder, STUDY_MARKDOWN)) or os.path.isdir(os.path.join(folder, STUDY_PIPELINES)))
-
-
-def output_folder_kind(folder: str | Path) -> str | None:
-    """What wrote ``folder`` when it is an rca-gpu output folder, e.g. ``"rca-gpu run (run.json)"``; None for
-    any other folder. A folder counts when it holds a run.json written by rca-gpu (a JSON object with
-    ``"rca_gpu_run"``), a study (:func:`_is_study_folder`), or one of :data:`OUTPUT_MARKERS` (a JSON object). A
-    user's own file of the same name with other content does not count. Used by the folder scan, which leaves
-    these folders out: their thumbnails and exported copies are not failure images."""
-    import os
-
-    folder = os.fspath(folder)
-    if _is_study_folder(folder):
-        return f"{STUDY_COMMAND} ({STUDY_FILE})"
-    if _is_run_json(os.path.join(folder, RUN_FILE)):
-        return f"rca-gpu run ({RUN_FILE})"
-    for marker, (command, _) in OUTPUT_MARKERS.items():
-        if _json_object(os.path.join(folder, marker)) is not None:
-            return f"{command} ({marker})"
-    return None
 
 
 def not_a_run_note(path: str | Path, argument: str = "RUN_DIR") -> str | None:
@@ -806,6 +765,8 @@ class _RunSession:
 
 #: Runs being written by this process: real path of the folder -> session.
 _SESSIONS: dict[str, _RunSession] = {}
+#: Seconds a run waits for a catalogue read or save of its folder (they take milliseconds) before refusing.
+CATALOGUE_WAIT = 10.0
 
 
 @contextlib.contextmanager
@@ -834,7 +795,7 @@ def writing_run(out: str | Path, command: str = RUN_COMMAND) -> Iterator[Path]:
         yield folder
         return
     with writing(folder, command), writing(folder, command, lock_file=CATALOGUE_LOCK_FILE,
-                                           holder_file=CATALOGUE_LOCK_HOLDER_FILE, wait=10.0,
+                                           holder_file=CATALOGUE_LOCK_HOLDER_FILE, wait=CATALOGUE_WAIT,
                                            what="catalogue of the run folder"):
         session = _SESSIONS[key] = _RunSession(folder)
         try:

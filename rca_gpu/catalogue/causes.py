@@ -30,6 +30,7 @@ import pandas as pd
 from rca_gpu.catalogue.reference import CatalogueError
 from rca_gpu.describe import common_values
 from rca_gpu.runfiles import CAUSES_FILE, MEMBERS_FILE, SUMMARY_FILE
+from rca_gpu.runfolder import CATALOGUE_WAIT
 
 CATALOGUE_FORMAT = 1
 #: A split searches the number of parts in 2 .. MAX_SPLIT_PARTS by silhouette unless it is given.
@@ -377,7 +378,7 @@ class Catalogue:
 
 
 #: Seconds a catalogue read or save waits for another process's read or save (they take milliseconds).
-LOCK_WAIT = 10.0
+LOCK_WAIT = CATALOGUE_WAIT
 
 
 def catalogue_lock(run_path: str | Path):

@@ -209,7 +209,7 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
     """Link or copy the images of one group into ``folder`` (made empty) and write its manifest.csv. Only the
     files the run's path rule allows (:meth:`RunFolder.image_files`) are linked or copied; the others are
     listed with an empty ``path`` and the reason in ``not_exported``."""
-    files_ok = run.image_files(members["path"].astype(str).tolist())
+    files_ok = run.image_files(members["path"].tolist())  # a missing path: "no image file"
     files: list[str] = []
     refused: list[str] = []
     used: set[str] = set()
