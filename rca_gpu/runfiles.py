@@ -336,23 +336,25 @@ class _Closed(BaseModel):
 
 
 class RecordedSpec(_Open):
-    """run.json ``spec``: the options the run was given. ``model`` is a record of what was passed, never
-    loaded again (see :class:`DutRecord`)."""
+    """run.json ``spec``: the options the run was given, by type. Their rules (ranges, choices) live in
+    :mod:`rca_gpu.spec` alone: a reader that uses them builds a RunSpec from them, which applies those rules
+    (:func:`rca_gpu.catalogue.assign.run_spec_of` names run.json when they fail). ``model`` is a record of what
+    was passed, never loaded again (see :class:`DutRecord`)."""
 
     pipeline: Annotated[str, Field(min_length=1, max_length=4096)]
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
-    workers: Annotated[int, Field(ge=0, le=64)] = 2
-    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Annotated[str, Field(max_length=64)] = "auto"
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # numpy and umap-learn take 32-bit seeds
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    workers: Annotated[int, Field(ge=0)] = 2
+    precision: Annotated[str, Field(max_length=64)] = "fp32"
     model: _TEXT | None = None
     knn_backend: Annotated[str, Field(max_length=64)] = "auto"
-    knn_k: Annotated[int, Field(ge=2, le=1000)] = 30
+    knn_k: Annotated[int, Field(ge=1)] = 30
     image_root: _TEXT | None = None
     cache_features: bool = True
     plot_embedding: bool = True
-    stability: Annotated[int, Field(ge=0, le=1000)] | None = None
-    sample_size: Annotated[int, Field(ge=1, le=10_000_000)] = 5000
+    stability: Annotated[int, Field(ge=0)] | None = None
+    sample_size: Annotated[int, Field(ge=1)] = 5000
 
 
 class SourceRecord(_Open):
