@@ -302,7 +302,7 @@ def test_dut_extractor_unknown_layer_lists_real_ones(dut_module, weights):
 
 def test_dut_extractor_reads_torchscript_through_its_hookable_twin(net, tmp_path, weights, dut_module):
     path = tmp_path / "net.pt"
-    _script(net, path)
+    _script(net, path, extra={"rca_gpu.json": json.dumps({"input_shape": [1, 28, 28]})})
     context = ExtractionContext(digits_source(6), torch.device("cpu"), model_ref=str(path))
     extractor, features = run_extractor(DUTActivationExtractor, make_features("dut", "conv2"), context)
     assert extractor.describe()["model_format"].startswith("torchscript (converted: TorchScript -> ONNX")

@@ -182,12 +182,15 @@ def test_lrp_extractor_chooses_a_layer_hudd_style_and_reports_every_candidate(we
 
 
 def test_lrp_on_torchscript_matches_the_eager_model(dut_module, tmp_path, weights):
+    import json
     import warnings
+
+    SPEC = json.dumps({"input_shape": [1, 28, 28]})  # noqa: N806 - the archive's input description
 
     path = tmp_path / "net.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(dut_module.build().eval()).save(str(path))
+        torch.jit.script(dut_module.build().eval()).save(str(path), _extra_files={"rca_gpu.json": SPEC})
     _, got = run_extractor(LRPExtractor, make_features("lrp", "conv2"),
                            ExtractionContext(digits_source(4), torch.device("cpu"), model_ref=str(path)))
     eager = ExtractionContext(digits_source(4), torch.device("cpu"), model_ref=f"rca_test_heatmap_dut:build={weights}")

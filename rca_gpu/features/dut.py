@@ -592,6 +592,7 @@ class DUTActivationExtractor(FeatureExtractor):
     def prepare(self) -> None:
         self.model = load_dut(self.context)
         self.input = resolve_input(self.model, self.context.failures)
+        check_input(self.model, self.input["input_shape"], device=self.context.device)  # before any conversion
         self.model = hookable(self.model, self.input, extractor="dut")
         self.image_mode = image_mode(self.input)
         if self.spec.layer:

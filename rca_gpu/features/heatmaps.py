@@ -219,9 +219,9 @@ class _HeatmapExtractor(FeatureExtractor):
     def prepare(self) -> None:
         self.model = load_dut(self.context)
         self.input = resolve_input(self.model, self.context.failures)
+        check_input(self.model, self.input["input_shape"], device=self.context.device)  # before any conversion
         self.model = hookable(self.model, self.input, extractor=self.spec.name)
         self.image_mode = image_mode(self.input)
-        check_input(self.model, self.input["input_shape"], device=self.context.device)
         self._setup()
         self.layer_choice: dict[str, Any] | None = None
         if self.spec.layer:
