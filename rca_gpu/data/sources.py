@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from rca_gpu.data.listing import classify_entry
 from rca_gpu.errors import SourceError, escape_surrogates, printable
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".pbm", ".pnm")
@@ -229,42 +230,6 @@ def rejection_hint(reasons: "Iterable[str]") -> str:
         if all(found.values()):
             break
     return " ".join(hint for hint, seen in ((CONTENT_HINT, found["content"]), (PATH_HINT, found["path"])) if seen)
-
-
-def classify_entry(path: str | os.PathLike) -> str | None:
-    """Why a folder entry named like an image cannot be read as one, or None for a regular file.
-
-    Checks the entry itself (os.lstat) and what a symbolic link points to (os.stat), without opening it:
-    broken links, link loops, folders, named pipes (FIFOs), sockets and device files each get a reason, so
-    that they appear as rejected rows instead of vanishing from the listing or blocking a reader.
-    """
-    import errno
-    import stat
-
-    try:
-        own = os.lstat(path)
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror or exc}"
-    try:
-        target = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "symbolic link loop"
-        if stat.S_ISLNK(own.st_mode) and exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            return "broken symbolic link (its target does not exist)"
-        return f"cannot be read: {exc.strerror or exc}"
-    mode = target.st_mode
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a folder named like an image, not a file"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO), not a file"
-    if stat.S_ISSOCK(mode):
-        return "a socket, not a file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device file, not a file"
-    return "not a regular file"
 
 
 def _from_folder(folder: Path, skip: "list[str | os.PathLike] | tuple" = ()) -> FailureSet:
