@@ -120,6 +120,9 @@ RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
                       "explanations; opens offline).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
+MemoryOpt = Annotated[Optional[str], typer.Option("--max-image-memory", metavar="SIZE", help="Memory that "
+                     "decoding images may use at once, e.g. 4GiB (default: a quarter of the machine's). Larger "
+                     "images are decoded reduced (JPEG) or rejected with the reason.")]
 
 
 def build_spec(pipeline: str | None, config: Path | None, **options: Any):
@@ -130,11 +133,22 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
     weights = values.pop("weights", None)
     data = load_config(config) if config else {}
+    _sizes_in_bytes(values, data)
     if weights is not None:
         data.setdefault("features", {})["weights"] = weights
     return build_run_spec(data, pipeline=pipeline, **values)
 
 
+
+
+def _sizes_in_bytes(*sources: dict[str, Any]) -> None:
+    """``max_image_memory`` given as text (``--max-image-memory 4GiB``, ``max_image_memory = "4GiB"`` in a
+    config) becomes bytes, in place; SpecError when it is no size."""
+    from rca_gpu.data.decoding import parse_size
+
+    for values in sources:
+        if isinstance(values.get("max_image_memory"), str):
+            values["max_image_memory"] = parse_size(values["max_image_memory"])
 
 
 def print_clusters(clusters, console=None, explanations=None, stability=None) -> None:
@@ -203,6 +217,7 @@ def run_command(
     sample_size: Annotated[Optional[int], typer.Option("--sample-size", help="Above this many usable images, "
                            "hyper-parameters are chosen on a seeded sample of this size and extended to the "
                            "rest (default 5000).")] = None,
+    max_image_memory: MemoryOpt = None,
     report: ReportOpt = True,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -223,6 +238,7 @@ def run_command(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
         cache_features=cache, plot_embedding=plot_umap, stability=stability, sample_size=sample_size,
+        max_image_memory=max_image_memory,
     )
     result = run_inputs(spec, source, out, features=features, metadata=metadata, dask=dask, reporter=reporter,
                         report=report)
@@ -304,6 +320,7 @@ def demo_command(
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
+    max_image_memory: MemoryOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/run/report.html (clusters, "
                                          "map, explanations; opens offline).")] = True,
     quiet: QuietOpt = False,
@@ -315,6 +332,7 @@ def demo_command(
     from rca_gpu.runfolder import check_out_folder
 
     out = check_out_folder(out)
+    spec = build_spec(pipeline, None, device=device, seed=seed, max_image_memory=max_image_memory)
     reporter = reporter_for(quiet)
     from rca_gpu.datasets import dataset_differences, make_dataset
 
@@ -326,7 +344,6 @@ def demo_command(
         if why or not quiet:  # a changed value is never replaced silently
             typer.echo(f"making the mnist-rc benchmark{why} in {printable(data_dir.resolve())} ...")
         manifest = make_dataset("mnist-rc", data_dir, n=n, seed=seed or 0, reporter=reporter)
-    spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
     result = run(spec, manifest, out / "run", reporter=reporter, report=report)

@@ -223,7 +223,8 @@ def extract_features_dask(
 
     settings = {"precision": context.precision, "seed": context.seed, "batch_size": context.batch_size,
                 "model_ref": context.model_ref, "cuda": context.device.type == "cuda",
-                "source": failures.source, "kind": failures.kind, "root": failures.root}
+                "source": failures.source, "kind": failures.kind, "root": failures.root,
+                "max_image_memory": context.max_image_memory}
     futures = [
         client.submit(encode_shard, spec, settings, _rows(failures, shard), _images(failures, shard), shard,
                       _file_paths(failures, shard), pure=False, key=f"rca-gpu-features-{i}-{os.urandom(4).hex()}")
@@ -272,8 +273,10 @@ def extract_features_dask(
     else:
         result = rows.result()
     positions, matrix, properties = result
+    from rca_gpu.data.decoding import image_budget
+
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
-            "cache": str(store.folder) if store else None,
+            "cache": str(store.folder) if store else None, "max_image_memory": image_budget(context.max_image_memory),
             "dask": {"scheduler": client.scheduler.address, "workers": workers, "shards": len(shards),
                      "shard_rows": size}}
     if matrix is None:
@@ -324,7 +327,8 @@ def encode_shard(spec: "FeatureSpec", settings: dict[str, Any], table: "pd.DataF
     device = torch.device("cuda" if settings["cuda"] and torch.cuda.is_available() else "cpu")
     context = ExtractionContext(failures=shard, device=device, precision=settings["precision"],
                                 seed=settings["seed"], batch_size=settings["batch_size"], workers=0,
-                                model_ref=settings["model_ref"])
+                                model_ref=settings["model_ref"],
+                                max_image_memory=settings.get("max_image_memory"))
     features = extract_features(spec, context, cache_dir=None)
     matrix = np.asarray(as_numpy(features.matrix), dtype=np.float32)
     return (positions[features.positions], matrix, {int(positions[p]): r for p, r in features.rejected.items()},

@@ -273,9 +273,9 @@ DECODE_CASES = [
      lambda: Image.fromarray(np.where(DIGIT_ON, 1.0, np.nan).astype(np.float32)),
      lambda a: np.array_equal(a, BINARY)),
     ("1-bit PNG", "b.png", lambda: Image.fromarray(DIGIT_ON), lambda a: np.array_equal(a, BINARY)),
-    ("palette PNG with a transparent colour: composited on white", "pt.png",
+    ("palette PNG with a transparent colour: light content composited on black", "pt.png",
      lambda: Image.fromarray(_digit()).convert("P"),  # a grey palette; colour 0 (the black ground) transparent
-     lambda a: np.array_equal(a, np.where(_digit() == 0, 255, _digit()))),
+     lambda a: np.array_equal(a, _digit())),
     ("grey + alpha, half transparent black: mid grey", "la.png",
      lambda: Image.merge("LA", [Image.fromarray(np.zeros((16, 16), np.uint8)),
                                 Image.fromarray(np.full((16, 16), 128, np.uint8))]),
@@ -1042,3 +1042,356 @@ def test_a_model_file_that_cannot_be_loaded_safely_is_one_line(small_data, tmp_p
     result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", "dut+pca+kmeans", "--model",
                                  str(path), *QUICK])
     one_line_error(result, fragment)
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 11: memory bombs. A small file declaring a huge picture is decoded within the memory budget:
+# reduced where the format allows, else rejected with the reason, before its pixels are decoded.
+# --------------------------------------------------------------------------------------------------
+
+MiB = 2**20
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _zeros_deflated(size: int, row: int) -> bytes:
+    """zlib stream of ``size`` zero bytes, compressed row by row (no buffer of ``size`` bytes)."""
+    packer, out, left = zlib.compressobj(9), [], size
+    block = b"\x00" * max(1, min(row, 1 << 20))
+    while left > 0:
+        take = min(left, len(block))
+        out.append(packer.compress(block[:take]))
+        left -= take
+    out.append(packer.flush())
+    return b"".join(out)
+
+
+def _png_declaring(path: Path, width: int, height: int, *, real: bool = False, colour: bool = False) -> None:
+    """An 8-bit grey (or RGB) PNG of width x height: every pixel black when ``real`` (a valid file of a few KiB
+    per megapixel), else the header alone."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2 if colour else 0, 0, 0, 0)
+    row = width * (3 if colour else 1) + 1
+    data = _zeros_deflated(row * height, row) if real else zlib.compress(b"\x00")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data)
+                     + _png_chunk(b"IEND", b""))
+
+
+def _tiff_declaring(path: Path, width: int, height: int, *, real: bool = False) -> None:
+    """An 8-bit grey TIFF of one deflate strip: all black when ``real``, else a strip of one byte."""
+    data = _zeros_deflated(width * height, width) if real else zlib.compress(b"\x00")
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 8), (262, 3, 1), (273, 4, 0),
+               (277, 3, 1), (278, 4, height), (279, 4, len(data))]
+    ifd_size = 2 + 12 * len(entries) + 4
+    offset = 8 + ifd_size
+    body = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = offset if tag == 273 else value
+        body += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3
+                                                      else struct.pack("<I", value))
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + body + b"\x00\x00\x00\x00" + data)
+
+
+def _webp_declaring(path: Path, width: int, height: int) -> None:
+    """A lossless WebP of one colour whose header says width x height: 38 bytes that decode to the whole
+    picture (the colour needs no bits per pixel), as the WebP bomb of 12,000 x 12,000 px does."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(buffer, "WEBP", lossless=True)
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"VP8L") + 8
+    bits = struct.unpack("<I", data[at + 1:at + 5])[0]
+    data[at + 1:at + 5] = struct.pack("<I", (width - 1) | ((height - 1) << 14) | (bits & ~((1 << 28) - 1)))
+    path.write_bytes(bytes(data))
+
+
+def _gif_declaring(path: Path, width: int, height: int) -> None:
+    """A GIF whose screen and first frame are width x height, with one byte of pixel data."""
+    screen = struct.pack("<HHBBB", width, height, 0xF0, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, width, height, 0) + b"\x02\x02\x44\x01\x00"
+    path.write_bytes(b"GIF89a" + screen + frame + b"\x3b")
+
+
+def _jpeg_declaring(path: Path, width: int, height: int) -> None:
+    """An 8 x 8 JPEG whose frame header (SOF0) says width x height."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"\xff\xc0")
+    data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+
+
+def _bmp_declaring(path: Path, width: int, height: int) -> None:
+    """A 24-bit BMP whose header says width x height, with 16 bytes of pixels."""
+    pixels = b"\x00" * 16
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    path.write_bytes(b"BM" + struct.pack("<IHHI", 14 + 40 + len(pixels), 0, 0, 54) + info + pixels)
+
+
+def _pnm_declaring(path: Path, width: int, height: int) -> None:
+    """A binary PGM (grey, .pgm) or PPM (RGB, other names) whose header says width x height, with 16 bytes of
+    pixels."""
+    magic = "P5" if path.suffix == ".pgm" else "P6"
+    path.write_bytes(f"{magic}\n{width} {height}\n255\n".encode() + b"\x00" * 16)
+
+
+def _jpeg_real(path: Path, width: int, height: int) -> None:
+    Image.new("L", (width, height), 90).save(path, "JPEG", quality=50)
+
+
+# (case, file name, maker, declared width, height): every file under 2 KiB, each decoded frame alone over
+# 256 MiB (a smaller one is decoded and reduced, see REDUCED)
+BOMBS = [
+    ("PNG 15000 x 15000 RGB", "bomb.png", lambda p, w, h: _png_declaring(p, w, h, colour=True), 15000, 15000),
+    ("PNG 19000 x 19000 grey", "grey.png", _png_declaring, 19000, 19000),
+    ("PNG 100000 x 3000 (a strip)", "strip.png", _png_declaring, 100000, 3000),
+    ("PNG 3000 x 100000 (a column)", "column.png", _png_declaring, 3000, 100000),
+    ("WebP 12000 x 12000 (38 bytes, decodes whole)", "bomb.webp", _webp_declaring, 12000, 12000),
+    ("WebP 16383 x 16383 (the largest WebP)", "largest.webp", _webp_declaring, 16383, 16383),
+    ("TIFF 15000 x 15000", "bomb.tif", _tiff_declaring, 15000, 15000),
+    ("TIFF 19000 x 19000 under the pixel cap", "wide.tiff", _tiff_declaring, 19000, 19000),
+    ("GIF 15000 x 15000", "bomb.gif", _gif_declaring, 15000, 15000),
+    ("GIF 65535 x 5000 (the widest GIF)", "widest.gif", _gif_declaring, 65535, 5000),
+    ("BMP 15000 x 15000", "bomb.bmp", _bmp_declaring, 15000, 15000),
+    ("BMP 15000 x -15000 (top-down)", "topdown.bmp", _bmp_declaring, 15000, -15000),
+    ("PPM 15000 x 15000 RGB", "bomb.ppm", _pnm_declaring, 15000, 15000),
+    ("PGM 19999 x 19999 grey", "bomb.pgm", _pnm_declaring, 19999, 19999),
+]
+BOMB_BUDGET = 256 * MiB
+
+
+@pytest.mark.parametrize("case, name, make, width, height", BOMBS, ids=[b[0] for b in BOMBS])
+def test_a_small_file_declaring_a_huge_picture_is_refused_before_decoding(tmp_path, case, name, make, width,
+                                                                          height):
+    from rca_gpu.data.decoding import TOO_LARGE, decode_image_noted
+
+    path = tmp_path / name
+    make(path, width, height)
+    assert path.stat().st_size < 2048
+    with pytest.raises(ValueError, match=f"^{TOO_LARGE}: {width} x {abs(height)} px .* the budget is 256 MiB "
+                                         r"per image \(--max-image-memory\)$"):
+        decode_image_noted(str(path), "RGB", BOMB_BUDGET)
+
+
+def test_a_jpeg_declaring_a_huge_picture_is_decoded_at_most_at_one_eighth(tmp_path):
+    """JPEG's decoder scales by 1/8 at most: 19999 x 19999 px cost 2500 x 2500 px, too much for 64 MiB."""
+    from rca_gpu.data.decoding import TOO_LARGE, decode_image_noted
+
+    _jpeg_declaring(tmp_path / "bomb.jpg", 19999, 19999)
+    with pytest.raises(ValueError, match=f"^{TOO_LARGE}: 19999 x 19999 px L needs about .* the budget is 64 MiB"):
+        decode_image_noted(str(tmp_path / "bomb.jpg"), "RGB", 64 * MiB)
+
+
+# (case, file maker, budget, expected note) for pictures decoded reduced instead of rejected
+REDUCED = [
+    ("JPEG 4000 x 4000 at 1/4 by its decoder (draft)", "big.jpg", lambda p: _jpeg_real(p, 4000, 4000),
+     "1/4 of each side", (1000, 1000)),
+    ("JPEG 3000 x 2000 at 1/2", "wide.jpg", lambda p: _jpeg_real(p, 3000, 2000), "1/2 of each side", (1500, 1000)),
+    ("PNG 3000 x 3000 reduced after decoding", "big.png", lambda p: _png_declaring(p, 3000, 3000, real=True),
+     "1/2 of each side", (1500, 1500)),
+    ("TIFF 3000 x 3000 reduced after decoding", "big.tif", lambda p: _tiff_declaring(p, 3000, 3000, real=True),
+     "1/3 of each side", (1000, 1000)),
+]
+
+
+@pytest.mark.parametrize("case, name, make, fragment, size", REDUCED, ids=[r[0] for r in REDUCED])
+def test_a_large_picture_is_decoded_reduced_when_the_format_allows(tmp_path, case, name, make, fragment, size):
+    from rca_gpu.data.decoding import REDUCED_NOTE, decode_image_noted
+
+    make(tmp_path / name)
+    image, note = decode_image_noted(str(tmp_path / name), "RGB", 64 * MiB)
+    assert note == f"{REDUCED_NOTE} ({fragment})" and image.size == size and image.mode == "RGB"
+    full, note = decode_image_noted(str(tmp_path / name), "RGB", None)  # no budget: the whole picture
+    assert note is None and full.size[0] > size[0]
+
+
+SIZES = [("4GiB", 4 * 2**30), ("512MiB", 512 * MiB), ("1.5G", 1_500_000_000), ("2000000000", 2_000_000_000),
+         (" 64 mib ", 64 * MiB), ("1TB", 10**12), ("100M", 10**8)]
+
+
+@pytest.mark.parametrize("text, size", SIZES, ids=[s[0].strip() for s in SIZES])
+def test_memory_sizes_are_read_with_their_unit(text, size):
+    from rca_gpu.data.decoding import parse_size
+
+    assert parse_size(text) == size
+
+
+BAD_SIZES = ["abc", "0", "-1GiB", "10MiB", "63MiB", "4 GB B", "1e9", "nan", "inf", "", "4XB", "0x100000000",
+             "99999999999999999999999GiB"]
+
+
+@pytest.mark.parametrize("text", BAD_SIZES, ids=[t or "<empty>" for t in BAD_SIZES])
+def test_a_bad_max_image_memory_is_one_line_before_work(small_data, tmp_path, text):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", PIXELS, "--max-image-memory",
+                                 text, *QUICK])
+    one_line_error(result, "The --max-image-memory option must be a size such as 4GiB", "at least 64 MiB")
+    _no_work_done(out)
+
+
+CONFIG_SIZES = [('max_image_memory = "4GiB"', None), ("max_image_memory = 1073741824", None),
+                ('max_image_memory = "lots"', "must be a size such as 4GiB"),
+                ("max_image_memory = 5", "'max_image_memory' option must be an int in [67108864"),
+                ("max_image_memory = true", "'max_image_memory' option must be an int"),
+                ("max_image_memory = 1.5e9", None)]
+
+
+@pytest.mark.parametrize("text, fragment", CONFIG_SIZES, ids=[c[0] for c in CONFIG_SIZES])
+def test_max_image_memory_in_a_config_file(small_data, tmp_path, text, fragment):
+    config = tmp_path / "run.toml"
+    config.write_text(text + "\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "--config", str(config), "-p", PIXELS,
+                                 *QUICK])
+    if fragment is not None:
+        one_line_error(result, fragment)
+        _no_work_done(out)
+        return
+    succeeded(result)
+    info = json.loads((out / "run.json").read_text())
+    assert info["spec"]["max_image_memory"] == int(float(text.split("=")[1].strip().strip('"').replace("GiB", "")
+                                                         or 0) * (2**30 if "GiB" in text else 1))
+    assert info["features"]["max_image_memory"] == info["spec"]["max_image_memory"]
+
+
+def _bomb_folder(folder: Path, good: int = 8) -> dict[str, str]:
+    """``good`` small images plus a bomb of each format, real large pictures that decode reduced: name -> the
+    expected start of its reason or note ("" for a plain image)."""
+    from rca_gpu.data.decoding import REDUCED_NOTE, TOO_LARGE
+
+    _good_images(folder, good)
+    expected = {f"good_{i:03d}.png": "" for i in range(good)}
+    for _, name, make, width, height in [b for b in BOMBS if b[1].startswith("bomb.")]:
+        make(folder / name, width, height)
+        expected[name] = TOO_LARGE
+    _png_declaring(folder / "real_bomb.png", 12000, 12000, real=True)  # 144 Mpx of black in 140 KiB
+    expected["real_bomb.png"] = REDUCED_NOTE
+    _jpeg_real(folder / "large.jpg", 6000, 6000)
+    expected["large.jpg"] = REDUCED_NOTE
+    return expected
+
+
+def test_every_bomb_of_a_folder_is_a_row_with_its_reason(tmp_path):
+    folder = tmp_path / "images"
+    expected = _bomb_folder(folder)
+    out = tmp_path / "out"
+    succeeded(runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", PIXELS, "--max-image-memory",
+                                  "256MiB", *QUICK]))
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(clusters) == len(expected)
+    for path, status, reason in zip(clusters["path"], clusters["status"], clusters["reason"]):
+        fragment = expected[Path(path).name]
+        assert reason.startswith(fragment) if fragment else reason == "", (path, reason)
+        assert (status == "rejected") == fragment.startswith("image too large"), (path, status)
+
+
+PEAK_RUN = textwrap.dedent("""
+    import json, resource, subprocess, sys
+    done = subprocess.run([sys.executable, "-m", "rca_gpu.cli", *sys.argv[1:]], capture_output=True, text=True)
+    print(json.dumps({"rc": done.returncode, "err": done.stderr[-2000:],
+                      "maxrss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024}))
+""")
+
+
+def _peak_rss(tmp_path: Path, folder: Path, out: Path, *extra: str) -> int:
+    """Peak resident memory (bytes) of ``rca-gpu run FOLDER`` in a process of its own."""
+    script = tmp_path / "peak.py"
+    script.write_text(PEAK_RUN)
+    done = subprocess.run([sys.executable, str(script), "run", str(folder), "--out", str(out), "-p", PIXELS,
+                           "--device", "cpu", "--workers", "0", "--quiet", "--no-report", *extra],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                              [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])})
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0, result["err"]
+    return result["maxrss"]
+
+
+def test_the_peak_memory_of_a_run_on_bombs_stays_within_the_budget(tmp_path):
+    """A folder of bombs (one would take 2.2 GiB to decode, another 144 Mpx of black) costs the run at most the
+    budget over the same run on its good images alone."""
+    plain, bombs = tmp_path / "plain", tmp_path / "bombs"
+    _good_images(plain, 8)
+    _bomb_folder(bombs)
+    baseline = _peak_rss(tmp_path, plain, tmp_path / "out_plain")
+    peak = _peak_rss(tmp_path, bombs, tmp_path / "out_bombs", "--max-image-memory", "256MiB")
+    assert peak - baseline <= 256 * MiB, f"{(peak - baseline) / MiB:.0f} MiB over the baseline"
+    clusters = pd.read_parquet(tmp_path / "out_bombs" / "clusters.parquet")
+    assert (clusters["reason"].str.startswith("decoded reduced")).sum() == 2
+
+
+MEASURE = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    from rca_gpu.data.decoding import _has_alpha, decode_cost, decode_image_noted
+    from rca_gpu.data.properties import image_properties
+    from rca_gpu.features.backbones import image_transform
+    from PIL import Image
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+
+    transform = image_transform(224)
+    Image.new("RGB", (8, 8)).save(sys.argv[2] + ".warm.png")  # every library loaded before the children fork
+    transform(decode_image_noted(sys.argv[2] + ".warm.png", sys.argv[1])[0])
+    image_properties(Image.new("RGB", (8, 8)))
+    for path in sys.argv[2:]:
+        pid = os.fork()
+        if pid == 0:  # a child per file: its own peak, nothing left over from the one before
+            with Image.open(path) as image:
+                estimate = decode_cost(*image.size, image.mode, image.format, sys.argv[1], alpha=_has_alpha(image))
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # resets the peak (VmHWM) to what is resident now
+            before = status("VmRSS")
+            picture, _ = decode_image_noted(path, sys.argv[1])
+            image_properties(picture)
+            transform(picture)
+            print(json.dumps({"path": path, "peak": status("VmHWM") - before, "estimate": estimate}), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+""")
+
+# (file name, how to make a 3000 x 3000 picture of that format and mode)
+MEASURED = [
+    ("grey.png", lambda p, a: Image.fromarray(a).save(p)),
+    ("rgb.png", lambda p, a: Image.fromarray(np.dstack([a, a // 2, a])).save(p)),
+    ("rgba.png", lambda p, a: Image.fromarray(np.dstack([a, a, a, a])).save(p)),
+    ("rgb.webp", lambda p, a: Image.fromarray(np.dstack([a, a // 2, a])).save(p, lossless=True)),
+    ("rgba.webp", lambda p, a: Image.fromarray(np.dstack([a, a, a, a])).save(p, lossless=True)),
+    ("rgb.tif", lambda p, a: Image.fromarray(np.dstack([a, a // 2, a])).save(p, compression="tiff_deflate")),
+    ("int32.tif", lambda p, a: Image.fromarray(a.astype(np.int32) * 1000).save(p, compression="tiff_deflate")),
+    ("grey16.png", lambda p, a: Image.fromarray(a.astype(np.uint16) * 257).save(p)),
+    ("palette.gif", lambda p, a: Image.fromarray(a).convert("P").save(p)),
+    ("rgb.jpg", lambda p, a: Image.fromarray(np.dstack([a, a // 2, a])).save(p)),
+    ("rgb.bmp", lambda p, a: Image.fromarray(np.dstack([a, a // 2, a])).save(p)),
+    ("grey.pgm", lambda p, a: Image.fromarray(a).save(p)),
+]
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs /proc/self/clear_refs (Linux)")
+@pytest.mark.parametrize("target", ["RGB", "L"])
+def test_the_decode_estimate_bounds_the_measured_peak_of_each_format(tmp_path, target):
+    """rca_gpu.data.decoding.decode_cost, the rule of the budget, is an upper bound of the memory that decoding,
+    the image properties and an extractor's transform take, for each format and mode."""
+    picture = np.zeros((3000, 3000), np.uint8)
+    picture[::7] = 200
+    paths = []
+    for name, make in MEASURED:
+        make(tmp_path / name, picture)
+        paths.append(str(tmp_path / name))
+    script = tmp_path / "measure.py"
+    script.write_text(MEASURE)
+    done = subprocess.run([sys.executable, str(script), target, *paths], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1",  # no thread pool for the forked children
+                               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                              os.environ.get("PYTHONPATH", "")])})
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(rows) == len(MEASURED), done.stderr[-3000:]
+    over = [(Path(r["path"]).name, r["peak"] // MiB, r["estimate"] // MiB) for r in rows if r["peak"] > r["estimate"]]
+    assert not over, f"measured peak over the estimate (file, MiB, MiB): {over}"

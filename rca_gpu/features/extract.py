@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from rca_gpu.data.decoding import image_budget
 from rca_gpu.data.loading import make_loader
 from rca_gpu.device import as_numpy, to_kind
 from rca_gpu.features import create_extractor
@@ -327,7 +328,7 @@ def extract_features(
         loader = make_loader(
             failures, todo, transform, extractor.image_mode,
             batch_size=context.batch_size, workers=context.workers, pin_memory=device.type == "cuda",
-            properties=True,
+            properties=True, max_image_memory=context.max_image_memory,
         )
         progress = reporter.task(f"features {spec}", total=len(todo)) if reporter else contextlib.nullcontext(None)
         with progress as advance:
@@ -364,7 +365,8 @@ def extract_features(
             pending.flush(store, dims)
 
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
-            "cache": str(store.folder) if store else None}
+            "cache": str(store.folder) if store else None,
+            "max_image_memory": image_budget(context.max_image_memory)}
     positions, matrix, properties = rows.result()
     if matrix is None:
         # no usable image: the caller reports it, with every row's reason (see rca_gpu.pipeline.run)
