@@ -1395,3 +1395,168 @@ def test_the_decode_estimate_bounds_the_measured_peak_of_each_format(tmp_path, t
     assert len(rows) == len(MEASURED), done.stderr[-3000:]
     over = [(Path(r["path"]).name, r["peak"] // MiB, r["estimate"] // MiB) for r in rows if r["peak"] > r["estimate"]]
     assert not over, f"measured peak over the estimate (file, MiB, MiB): {over}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 12: two decoding kinds. A 16-bit, 32-bit or float twin of an 8-bit picture decodes to that picture;
+# light content on transparency stays visible.
+# --------------------------------------------------------------------------------------------------
+
+
+def _grey_levels(size: int = 16, seed: int = 0) -> np.ndarray:
+    """An 8-bit picture using the whole range with many grey levels (0 and 255 included)."""
+    picture = np.random.default_rng(seed).integers(0, 256, size=(size, size)).astype(np.uint8)
+    picture[0, 0], picture[0, 1] = 0, 255
+    return picture
+
+
+def _dark_levels(size: int = 16, seed: int = 1) -> np.ndarray:
+    """A dark 8-bit picture (values 3..60): a stretch of its range would brighten it."""
+    return np.random.default_rng(seed).integers(3, 61, size=(size, size)).astype(np.uint8)
+
+
+def _tiff_of(path: Path, values: np.ndarray, sample_format: int) -> None:
+    """An uncompressed grey TIFF of ``values`` (any integer or float dtype) with the SampleFormat tag
+    (1 unsigned, 2 signed, 3 float): what other tools write, e.g. for unsigned 32-bit samples."""
+    height, width = values.shape
+    data = values.astype(values.dtype.newbyteorder("<")).tobytes()
+    entries = [(256, 4, width), (257, 4, height), (258, 3, values.dtype.itemsize * 8), (259, 3, 1), (262, 3, 1),
+               (273, 4, 0), (277, 3, 1), (278, 4, height), (279, 4, len(data)), (339, 3, sample_format)]
+    offset = 8 + 2 + 12 * len(entries) + 4
+    body = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = offset if tag == 273 else value
+        body += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3
+                                                      else struct.pack("<I", value))
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + body + b"\x00\x00\x00\x00" + data)
+
+
+def _full_scale(picture: np.ndarray, top: int) -> np.ndarray:
+    return np.round(picture.astype(np.float64) * top / 255)
+
+
+# (twin kind, file name, writer of the twin of an 8-bit picture v)
+TWINS = [
+    ("16-bit PNG (v * 257)", "t16.png", lambda p, v: Image.fromarray(v.astype(np.uint16) * 257).save(p)),
+    ("16-bit big-endian TIFF (I;16B)", "t16b.tif", lambda p, v: _i16b(v.astype(np.uint16) * 257).save(p)),
+    ("16-bit TIFF written by another tool", "t16u.tif", lambda p, v: _tiff_of(p, v.astype(np.uint16) * 257, 1)),
+    ("32-bit signed TIFF, full scale (I)", "t32.tif",
+     lambda p, v: Image.fromarray(_full_scale(v, 2**31 - 1).astype(np.int32)).save(p)),
+    ("32-bit signed TIFF by another tool", "t32s.tif", lambda p, v: _tiff_of(p, _full_scale(v, 2**31 - 1)
+                                                                            .astype(np.int32), 2)),
+    ("32-bit unsigned TIFF, full scale (I;32)", "t32u.tif", lambda p, v: _tiff_of(p, _full_scale(v, 2**32 - 1)
+                                                                                  .astype(np.uint32), 1)),
+    ("32-bit integer TIFF holding 8-bit values", "t32small.tif", lambda p, v: Image.fromarray(v.astype(np.int32))
+     .save(p)),
+    ("float TIFF in [0, 1] (F)", "tf01.tif", lambda p, v: Image.fromarray((v / 255).astype(np.float32)).save(p)),
+    ("float TIFF in [0, 255]", "tf255.tif", lambda p, v: Image.fromarray(v.astype(np.float32)).save(p)),
+]
+
+
+@pytest.mark.parametrize("picture", [_grey_levels, _dark_levels], ids=["full range", "dark"])
+@pytest.mark.parametrize("kind, name, write", TWINS, ids=[t[0] for t in TWINS])
+def test_a_wide_twin_decodes_to_its_8bit_picture(tmp_path, kind, name, write, picture):
+    values = picture()
+    Image.fromarray(values).save(tmp_path / "eight.png")
+    write(tmp_path / name, values)
+    assert np.array_equal(_decode(tmp_path / name), _decode(tmp_path / "eight.png")), kind
+
+
+def _run_labels(folder: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, features) of a pixels run over ``folder`` (the images sorted by name)."""
+    succeeded(runner.invoke(app, ["run", str(folder), "--out", str(out), "-p", PIXELS, *QUICK]))
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    import pyarrow.parquet as pq
+
+    shard = sorted((out / "cache").rglob("part-*.parquet"))
+    features = np.concatenate([np.stack(pq.read_table(s, columns=["feature"]).column("feature").to_pylist())
+                               for s in shard])
+    return clusters["cluster"].to_numpy(), features
+
+
+def test_wide_twins_cluster_like_their_8bit_pictures(tmp_path):
+    """The same pictures as 8-bit PNGs, 16-bit PNGs, 32-bit TIFFs (signed and unsigned) and float TIFFs: the
+    same features and the same clusters."""
+    rng = np.random.default_rng(3)
+    pictures = []
+    for i in range(12):
+        picture = rng.integers(0, 50, size=(16, 16)).astype(np.uint8)
+        picture[(slice(0, 8) if i % 2 else slice(8, 16)), :] = 180 + i
+        pictures.append(picture)
+    results = {}
+    for kind, write in [("eight", lambda p, v: Image.fromarray(v).save(p))] + [(t[1], t[2]) for t in TWINS]:
+        folder = tmp_path / kind.replace(".", "_")
+        folder.mkdir()
+        suffix = ".png" if kind == "eight" else Path(kind).suffix
+        for i, picture in enumerate(pictures):
+            write(folder / f"img_{i:02d}{suffix}", picture)
+        results[kind] = _run_labels(folder, tmp_path / f"out_{folder.name}")
+    labels, features = results.pop("eight")
+    assert len(set(labels.tolist())) == 2
+    for kind, (twin_labels, twin_features) in results.items():
+        assert np.array_equal(twin_labels, labels) and np.array_equal(twin_features, features), kind
+
+
+def _on_transparency(colour: int, shape: str = "digit", mode: str = "RGBA", seed: int | None = None) -> Image.Image:
+    """A stroke of grey level ``colour`` (a digit, or a bar at the top / bottom) on a transparent ground; with a
+    ``seed``, the levels vary by up to 25 below ``colour``."""
+    alpha = _digit() if shape == "digit" else np.zeros((16, 16), np.uint8)
+    if shape == "top":
+        alpha[2:7, :] = 255
+    elif shape == "bottom":
+        alpha[9:14, :] = 255
+    grey = np.full((16, 16), colour, np.uint8)
+    if seed is not None:
+        grey = grey - np.random.default_rng(seed).integers(0, 26, size=(16, 16)).astype(np.uint8)
+    if mode == "LA":
+        return Image.merge("LA", [Image.fromarray(grey), Image.fromarray(alpha)])
+    return Image.fromarray(np.dstack([grey, grey, grey, alpha]))
+
+
+# (case, image maker, check on the decoded 8-bit grey array)
+TRANSPARENCY = [
+    ("white digit on transparency (RGBA): on black, visible", lambda: _on_transparency(255),
+     lambda a: np.array_equal(a, _digit())),
+    ("white digit on transparency (LA)", lambda: _on_transparency(255, mode="LA"),
+     lambda a: np.array_equal(a, _digit())),
+    ("light grey digit on transparency: on black", lambda: _on_transparency(200),
+     lambda a: a.max() >= 195 and a.min() == 0),
+    ("black digit on transparency: on white, visible", lambda: _on_transparency(0),
+     lambda a: np.array_equal(a, 255 - _digit())),
+    ("dark grey digit on transparency: on white", lambda: _on_transparency(60),
+     lambda a: a.min() <= 65 and a.max() == 255),
+    ("white bar on transparency: on black", lambda: _on_transparency(255, "top"),
+     lambda a: (a[2:7] == 255).all() and (a[9:] == 0).all()),
+    ("white palette digit with a transparent colour: on black",
+     lambda: Image.fromarray(np.where(_digit() > 0, 255, 0).astype(np.uint8)).convert("P"),
+     lambda a: np.array_equal(a, np.where(_digit() > 0, 255, 0))),
+    ("half-transparent white: light content, on black", lambda: Image.fromarray(
+        np.dstack([np.full((16, 16), 255, np.uint8)] * 3 + [np.full((16, 16), 128, np.uint8)])),
+     lambda a: (np.abs(a.astype(int) - 128) <= 1).all()),
+    ("fully transparent: white", lambda: Image.fromarray(np.zeros((16, 16, 4), np.uint8)),
+     lambda a: (a == 255).all()),
+]
+
+
+@pytest.mark.parametrize("case, make, check", TRANSPARENCY, ids=[t[0] for t in TRANSPARENCY])
+def test_content_on_transparency_stays_visible(tmp_path, case, make, check):
+    image = make()
+    kwargs = {"transparency": 0} if image.mode == "P" else {}
+    path = _write(tmp_path, "t.png", image, **kwargs)
+    decoded = _decode(path)
+    assert check(decoded), decoded
+
+
+def test_light_content_on_transparency_is_clustered_by_its_shape(tmp_path):
+    """White bars at the top or the bottom of transparent images: two clusters, as the pictures show (on a
+    white background every image was blank and the clusters meant nothing)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        _on_transparency(255, "top" if i % 2 else "bottom", seed=i).save(folder / f"bar_{i:02d}.png")
+    labels, features = _run_labels(folder, tmp_path / "out")
+    assert features.std(axis=0).max() > 0.05  # not blank pictures
+    truth = np.arange(12) % 2
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, labels) == 1.0

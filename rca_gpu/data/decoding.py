@@ -231,7 +231,7 @@ def plan_decode(image: "Image.Image", target: str, budget: int | None) -> Plan:
     else:
         decoded = width * height * stored_bytes(image.mode) * DECODER_COPIES.get(fmt, 1)
         # modes Image.reduce cannot average (palette indices, 1-bit, 16-bit) become a reducible mode first
-        widened = 0 if image.mode not in ("1", "P", "PA") and not image.mode.startswith("I;16") else 4
+        widened = {"1": 4, "P": 4, "PA": 4, "I": 12}.get(image.mode, 4 if image.mode.startswith("I;16") else 0)
         for factor in (2, 3, 4, 6, 8, 12, 16, 24, 32):
             w, h = math.ceil(width / factor), math.ceil(height / factor)
             cost = decoded + width * height * widened + decode_cost(w, h, "RGBA" if widened else image.mode, "",
@@ -293,8 +293,12 @@ def decode_image_noted(path: str, mode: str, budget: int | None = None):
                     image.draft("L" if mode == "L" else "RGB",
                                 (math.ceil(width / plan.draft), math.ceil(height / plan.draft)))
                 image.load()  # decode now: truncated data fails here, not later
-                picture = _reduced(image, plan.reduce) if plan.reduce > 1 else image
-                converted = to_8bit(_oriented(picture), mode)
+                unsigned = _unsigned_32(image)
+                if plan.reduce > 1:
+                    picture, unsigned = _reduced(image, plan.reduce, unsigned), False
+                else:
+                    picture = image
+                converted = to_8bit(_oriented(picture), mode, unsigned=unsigned)
         for warning in caught:  # library warnings go to the log, not onto the terminal
             log.debug("%s: %s", path, warning.message)
         notes = [n for n in (f"first of {frames} frames used" if frames > 1 else None, plan.note) if n]
@@ -317,9 +321,28 @@ def decode_image_noted(path: str, mode: str, budget: int | None = None):
         raise ValueError(f"corrupt image: {type(exc).__name__}: {exc}") from None
 
 
-def _reduced(image: "Image.Image", factor: int) -> "Image.Image":
-    """``image`` reduced by ``factor`` (box filter); palette, 1-bit and 16-bit images are widened first."""
-    if image.mode in ("P", "PA"):
+def _unsigned_32(image: "Image.Image") -> bool:
+    """Whether ``image`` is a TIFF of unsigned 32-bit samples (SampleFormat 1, the TIFF default), which Pillow
+    reads into its signed mode "I" (2**32 - 1 reads as -1)."""
+    tags = getattr(image, "tag_v2", None)
+    if image.mode != "I" or tags is None:
+        return False
+
+    def first(value: object) -> object:
+        return value[0] if isinstance(value, tuple) and value else value
+
+    return first(tags.get(258)) == 32 and first(tags.get(339, 1)) == 1
+
+
+def _reduced(image: "Image.Image", factor: int, unsigned: bool = False) -> "Image.Image":
+    """``image`` reduced by ``factor`` (box filter); palette, 1-bit and 16-bit images are widened first, and
+    unsigned 32-bit ones become floats in [0, 1] (see :func:`wide_to_uint8`)."""
+    from PIL import Image
+
+    if unsigned:
+        values = np.asarray(image).view(np.uint32)
+        image = Image.fromarray((values / np.float64(2**32 - 1)).astype(np.float32), mode="F")
+    elif image.mode in ("P", "PA"):
         image = image.convert("RGBA" if _has_alpha(image) else "RGB")
     elif image.mode == "1":
         image = image.convert("L")
@@ -341,7 +364,7 @@ def _oriented(image: "Image.Image") -> "Image.Image":
         return image
 
 
-def to_8bit(image: "Image.Image", mode: str) -> "Image.Image":
+def to_8bit(image: "Image.Image", mode: str, *, unsigned: bool = False) -> "Image.Image":
     """Any Pillow image as an 8-bit image of ``mode`` ("RGB" or "L"), keeping what the pixels mean.
 
     * 16-bit and 32-bit integer and float images (:data:`WIDE_MODES`) become 8-bit grey by
@@ -357,6 +380,9 @@ def to_8bit(image: "Image.Image", mode: str) -> "Image.Image":
         A loaded PIL image of any mode.
     mode:
         "RGB" or "L" (or any mode Pillow converts 8-bit RGB into).
+    unsigned:
+        The samples of a mode "I" image are unsigned 32-bit (Pillow reads them as signed; see
+        :func:`_unsigned_32`).
 
     Returns
     -------
@@ -366,7 +392,8 @@ def to_8bit(image: "Image.Image", mode: str) -> "Image.Image":
     from PIL import Image
 
     if image.mode in WIDE_MODES or image.mode.startswith("I;"):
-        image = Image.fromarray(wide_to_uint8(np.asarray(image)), mode="L")
+        values = np.asarray(image)
+        image = Image.fromarray(wide_to_uint8(values.view(np.uint32) if unsigned else values), mode="L")
     elif _has_alpha(image):
         rgba = image if image.mode == "RGBA" else image.convert("RGBA")
         alpha = rgba.getchannel("A")
