@@ -209,8 +209,8 @@ def extract_features_dask(
     store = None
     done = np.empty(0, dtype=np.int64)
     if cache_dir is not None:
-        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{cache_key(spec, extractor, context)}",
-                            skip=failures.rejected)
+        key = cache_key(spec, extractor, context)
+        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}", skip=failures.rejected, key=key)
         done, cached_rejected = store.index()
         rejected.update(cached_rejected)
     usable = failures.usable_positions

@@ -1560,3 +1560,198 @@ def test_light_content_on_transparency_is_clustered_by_its_shape(tmp_path):
     from sklearn.metrics import adjusted_rand_score
 
     assert adjusted_rand_score(truth, labels) == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 13: the feature cache holds what the files hold. Keyed on the bytes of every image and on the
+# extractor; a shard carries its key and is refused when it differs.
+# --------------------------------------------------------------------------------------------------
+
+
+def _bars_bmp(folder: Path, n: int = 12) -> list[Path]:
+    """n 16 x 16 BMPs (every file the same size), a bright bar at the top (odd i) or the bottom (even i)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(n):
+        image = rng.integers(0, 40, size=(16, 16)).astype(np.uint8)
+        image[(slice(0, 8) if i % 2 else slice(8, 16)), :] = 220
+        paths.append(folder / f"img_{i:02d}.bmp")
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def _replace_keeping_name_size_time(path: Path, content: bytes) -> None:
+    """Write ``content`` (of the file's own size) into ``path`` and give it back its modification time."""
+    st = path.stat()
+    assert len(content) == st.st_size
+    path.write_bytes(content)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _run_info(source: Path, out: Path, *extra: str, pipeline: str = PIXELS) -> tuple[pd.DataFrame, dict]:
+    """(clusters.parquet, run.json) of a run; run.json's "output" holds what the command printed."""
+    result = succeeded(runner.invoke(app, ["run", str(source), "--out", str(out), "-p", pipeline, *QUICK, *extra]))
+    info = json.loads((out / "run.json").read_text())
+    info["output"] = result.output
+    return pd.read_parquet(out / "clusters.parquet"), info
+
+
+def _same_clusters(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    from sklearn.metrics import adjusted_rand_score
+
+    return (a["status"].tolist() == b["status"].tolist() and a["reason"].tolist() == b["reason"].tolist()
+            and adjusted_rand_score(a["cluster"], b["cluster"]) == 1.0)
+
+
+REPLACEMENTS = [
+    ("every image swapped with its neighbour", lambda paths: [(p, paths[i ^ 1]) for i, p in enumerate(paths)]),
+    ("one image replaced by one of the other group", lambda paths: [(paths[0], paths[1])]),
+    ("two images exchanged", lambda paths: [(paths[2], paths[5]), (paths[5], paths[2])]),
+]
+
+
+@pytest.mark.parametrize("source_kind", ["folder", "manifest"])
+@pytest.mark.parametrize("case, pairs", REPLACEMENTS, ids=[r[0] for r in REPLACEMENTS])
+def test_images_replaced_with_the_same_name_size_and_time_are_extracted_again(tmp_path, case, pairs, source_kind):
+    paths = _bars_bmp(tmp_path / "images")
+    source = tmp_path / "images"
+    if source_kind == "manifest":
+        source = tmp_path / "images" / "manifest.csv"
+        pd.DataFrame({"path": [p.name for p in paths]}).to_csv(source, index=False)
+    out = tmp_path / "out"
+    _, first = _run_info(source, out)
+    assert first["features"]["from_cache"] == 0
+    contents = {p: p.read_bytes() for p in paths}
+    changed = pairs(paths)
+    for target, donor in changed:
+        _replace_keeping_name_size_time(target, contents[donor])
+    clusters, info = _run_info(source, out)
+    assert info["features"]["from_cache"] == 0  # the content changed: nothing is reused
+    fresh, _ = _run_info(source, tmp_path / "fresh")
+    assert _same_clusters(clusters, fresh)
+
+
+def test_touched_and_copied_images_keep_their_cached_features(tmp_path):
+    """The key is the content: a new modification time, or the same images copied elsewhere, reuse the cache."""
+    paths = _bars_bmp(tmp_path / "images")
+    out = tmp_path / "out"
+    _run_info(tmp_path / "images", out)
+    for path in paths:
+        os.utime(path, ns=(0, 10**18))
+    _, info = _run_info(tmp_path / "images", out)
+    assert info["features"]["from_cache"] == len(paths)
+
+
+SWAPS = [
+    ("a shard of a run on other images", "other images"),
+    ("a shard without a key (an older rca-gpu)", "no key"),
+    ("a shard whose key was edited", "edited key"),
+    ("a shard of another extractor setting", "other extractor"),
+]
+
+
+@pytest.mark.parametrize("case, kind", SWAPS, ids=[s[0] for s in SWAPS])
+def test_a_shard_swapped_in_from_elsewhere_is_refused(tmp_path, case, kind):
+    import pyarrow.parquet as pq
+
+    mine = _bars_bmp(tmp_path / "mine")
+    others = tmp_path / "others"
+    _good_images(others, 12)
+    out, other_out = tmp_path / "out", tmp_path / "other_out"
+    _run_info(tmp_path / "mine", out)
+    pipeline = "pixels(image_size=4)+pca(n_components=2)+kmeans(k=2)" if kind == "other extractor" else PIXELS
+    _run_info(others if kind != "other extractor" else tmp_path / "mine", other_out, pipeline=pipeline)
+    shard = next(out.glob("cache/*/part-*.parquet"))
+    foreign = next(other_out.glob("cache/*/part-*.parquet"))
+    table = pq.read_table(foreign)
+    if kind == "no key":
+        table = table.replace_schema_metadata({})
+    elif kind == "edited key":
+        table = table.replace_schema_metadata({b"rca_gpu.cache_key": b"0" * 20})
+    pq.write_table(table, shard)  # the run's own shard, swapped for the foreign one under the same name
+    clusters, info = _run_info(tmp_path / "mine", out)
+    assert info["features"]["from_cache"] == 0
+    assert "refusing cache shard" in info["output"] and "its rows are extracted again" in info["output"]
+    fresh, _ = _run_info(tmp_path / "mine", tmp_path / "fresh")
+    assert _same_clusters(clusters, fresh)
+    assert all(pq.read_schema(s).metadata[b"rca_gpu.cache_key"] for s in out.glob("cache/*/part-*.parquet"))
+
+
+DUT_MODULE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    SCALE = 1.0
+
+    def build():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 2))
+        model[0].register_forward_hook(lambda m, i, o: o * SCALE)
+        model.input_shape = (1, 8, 8)
+        model.classes = ["a", "b"]
+        return model
+""")
+
+
+@pytest.mark.parametrize("change", ["weights", "factory module"])
+def test_a_dut_changed_with_the_same_name_size_and_time_is_extracted_again(tmp_path, monkeypatch, change):
+    import torch
+
+    from helpers import import_source
+
+    module = import_source(tmp_path, monkeypatch, "rca_cache_dut", DUT_MODULE)
+    torch.manual_seed(0)
+    torch.save(module.build().state_dict(), tmp_path / "w.pt")
+    torch.manual_seed(1)
+    (tmp_path / "other").mkdir()
+    torch.save(module.build().state_dict(), tmp_path / "other" / "w.pt")  # the same archive names: the same size
+    _bars_bmp(tmp_path / "images")
+    args = ["--model", f"rca_cache_dut:build={tmp_path / 'w.pt'}"]
+    pipeline = "dut+pca(n_components=2)+kmeans(k=2)"
+    out = tmp_path / "out"
+    _run_info(tmp_path / "images", out, *args, pipeline=pipeline)
+    _, again = _run_info(tmp_path / "images", out, *args, pipeline=pipeline)
+    assert again["features"]["from_cache"] == 12
+    if change == "weights":
+        _replace_keeping_name_size_time(tmp_path / "w.pt", (tmp_path / "other" / "w.pt").read_bytes())
+    else:
+        source = tmp_path / "rca_cache_dut.py"
+        _replace_keeping_name_size_time(source, source.read_bytes().replace(b"SCALE = 1.0", b"SCALE = 2.0"))
+        monkeypatch.delitem(sys.modules, "rca_cache_dut")
+    _, info = _run_info(tmp_path / "images", out, *args, pipeline=pipeline)
+    assert info["features"]["from_cache"] == 0
+
+
+def test_rows_decided_by_the_memory_budget_are_decoded_again_under_another_budget(tmp_path):
+    folder = tmp_path / "images"
+    _good_images(folder, 8)
+    _jpeg_real(folder / "large.jpg", 4000, 4000)
+    out = tmp_path / "out"
+    clusters, _ = _run_info(folder, out, "--max-image-memory", "64MiB")
+    assert clusters.set_index(clusters["path"].map(lambda p: Path(p).name)).loc["large.jpg", "reason"].startswith(
+        "decoded reduced to fit the memory budget (1/4 of each side)")
+    clusters, info = _run_info(folder, out, "--max-image-memory", "1GiB")
+    assert info["features"]["from_cache"] == 8  # the good images; the JPEG is decoded again, whole
+    assert clusters.set_index(clusters["path"].map(lambda p: Path(p).name)).loc["large.jpg", "reason"] == ""
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ("fifo", "not a regular file"), ("folder", "not a regular file"), ("missing", "unreadable: No such file"),
+    ("file", None)])
+def test_the_content_digest_never_blocks_and_names_what_it_cannot_read(tmp_path, entry, expected):
+    from rca_gpu.data.sources import file_digest
+
+    path = tmp_path / "x.png"
+    if entry == "fifo":
+        os.mkfifo(path)
+    elif entry == "folder":
+        path.mkdir()
+    elif entry == "file":
+        path.write_bytes(b"\x00" * 3_000_000)  # read in blocks of 1 MiB
+    digest = file_digest(path)
+    if expected is None:
+        import hashlib
+
+        assert digest == hashlib.blake2b(b"\x00" * 3_000_000, digest_size=16).hexdigest()
+    else:
+        assert digest.startswith(expected)

@@ -68,6 +68,7 @@ class FailureSet:
     root: str | None = None
     file_paths: list[str] | None = None
     left_out: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -101,28 +102,66 @@ class FailureSet:
         return np.flatnonzero(mask)
 
     def fingerprint(self) -> str:
-        """Hex digest of (path, size, mtime_ns) of every row: what a features cache depends on.
+        """Digest of what the rows hold: the bytes of every usable row's file, in row order, and the reason of
+        each row rejected up front; for an array source, the arrays' bytes, shape and dtype.
 
-        Streamed into the hash in chunks of rows, so a million rows cost no list of a million tuples.
+        What the feature cache and the autoencoder's training depend on: an image replaced by another of the
+        same name, size and modification time changes it, a renamed or touched file does not. Each file is read
+        in blocks (:func:`file_digest`), never whole; the result is kept for the life of the object.
         """
+        if self._fingerprint is None:
+            self._fingerprint = self._content_digest()
+        return self._fingerprint
+
+    def _content_digest(self) -> str:
         import hashlib
 
+        digest = hashlib.blake2b(digest_size=20)
         if self.images is not None:
-            digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
-            return f"arrays:{len(self)}:{digest}"
-        digest = hashlib.sha256()
+            images = np.ascontiguousarray(self.images)
+            digest.update(f"{images.shape}:{images.dtype.str}\n".encode())
+            digest.update(memoryview(images).cast("B"))
+            return f"arrays:{len(self)}:{digest.hexdigest()}"
         paths = self.file_paths if self.file_paths is not None else self.table["path"]
         chunk = 1 << 16
         for start in range(0, len(paths), chunk):
             part = paths[start:start + chunk] if isinstance(paths, list) else paths.iloc[start:start + chunk].tolist()
-            for path in part:
-                try:
-                    st = os.stat(path)
-                    size, mtime = st.st_size, st.st_mtime_ns
-                except (OSError, TypeError, ValueError):
-                    size = mtime = -1
-                digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
-        return f"files:{len(self)}:{digest.hexdigest()}"
+            for position, path in enumerate(part, start):
+                reason = self.rejected.get(position)
+                held = f"rejected: {reason}" if reason is not None else file_digest(path)
+                digest.update(f"{position}\0{held}\n".encode("utf-8", "surrogateescape"))
+        return f"content:{len(self)}:{digest.hexdigest()}"
+
+
+#: Bytes read at once by :func:`file_digest`.
+DIGEST_BLOCK = 1 << 20
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Hex blake2b digest (16 bytes) of a regular file's bytes, read in blocks of :data:`DIGEST_BLOCK`; for
+    anything else a description instead of a digest (``"not a regular file"``, ``"unreadable: <why>"``).
+
+    The file is opened without blocking and checked to be a regular file before a byte is read, so a named
+    pipe put in an image's place never blocks the caller.
+    """
+    import hashlib
+    import stat
+
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, TypeError, ValueError) as exc:
+        return f"unreadable: {getattr(exc, 'strerror', None) or exc}"
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return "not a regular file"
+        digest = hashlib.blake2b(digest_size=16)
+        while block := os.read(handle, DIGEST_BLOCK):
+            digest.update(block)
+        return digest.hexdigest()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(handle)
 
 
 def load_source(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,

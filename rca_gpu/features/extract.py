@@ -25,8 +25,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from rca_gpu.data.decoding import image_budget
+from rca_gpu.data.decoding import DECODE_VERSION, depends_on_budget, image_budget
 from rca_gpu.data.loading import make_loader
+from rca_gpu.data.sources import file_digest
 from rca_gpu.device import as_numpy, to_kind
 from rca_gpu.features import create_extractor
 from rca_gpu.features.base import ExtractionContext
@@ -38,7 +39,11 @@ log = logging.getLogger("rca_gpu")
 #: that an interrupted extraction loses at most one shard's work (a minute, or 1,000 images).
 SHARD_ROWS = 1000
 SHARD_SECONDS = 60.0
-CACHE_FORMAT = 3  # 2: shards carry a "note" column, non-finite rows rejected; 3: shards carry "properties"
+#: 2: shards carry a "note" column, non-finite rows rejected; 3: shards carry "properties"; 4: shards carry
+#: their key (KEY_METADATA), rows decided by the memory budget are not reused.
+CACHE_FORMAT = 4
+#: Parquet schema metadata key of a shard holding the cache key it was written for.
+KEY_METADATA = b"rca_gpu.cache_key"
 
 
 @dataclass
@@ -62,27 +67,70 @@ class Features:
 
 
 def cache_key(spec: FeatureSpec, extractor, context: ExtractionContext) -> str:
-    """Hash of everything that determines the features."""
-    model_stamp = None
-    if context.model_ref:
-        path = Path(context.model_ref.rpartition("=")[2] or context.model_ref)
-        model_stamp = [context.model_ref, *(list(_stat(path)) if path.is_file() else [])]
+    """Hash (20 hex digits) of everything that determines the features of a source's rows.
+
+    * the inputs: the bytes of every image (:meth:`rca_gpu.data.sources.FailureSet.fingerprint`, blake2b);
+    * the extractor: its spec (name, layer, parameters), code version and own token, the bytes of a weights
+      file it names, its preprocessing (the transform's description and the decoding rules' version,
+      :data:`rca_gpu.data.decoding.DECODE_VERSION`), the image mode, the precision and the seed;
+    * the DNN under test: the bytes of the model file, or of the weights and of the factory's module
+      (:func:`model_identity`);
+    * the shard layout (:data:`CACHE_FORMAT`).
+
+    Every shard carries the key in its Parquet metadata (:data:`KEY_METADATA`) and is refused when it differs.
+    """
     payload = {
         "format": CACHE_FORMAT,
+        "decoding": DECODE_VERSION,
         "spec": str(spec),
         "version": extractor.version,
         "token": extractor.cache_token(),
+        "weights": _named_file_digest(spec.params.get("weights")),
+        "preprocessing": preprocessing_identity(extractor.transform()),
+        "image_mode": extractor.image_mode,
         "precision": context.precision,
-        "model": model_stamp,
+        "model": model_identity(context.model_ref),
         "seed": context.seed,
         "files": context.failures.fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
+def _named_file_digest(value: Any) -> str | None:
+    """The content digest of the file ``value`` names, or None when it names none (e.g. "IMAGENET1K_V1")."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path = Path(value).expanduser()
+    return file_digest(path) if path.is_file() else None
+
+
+def model_identity(model_ref: str | None) -> list[str | None] | None:
+    """What identifies the DNN under test ``model_ref`` (a model file, or ``package.module:factory`` with an
+    optional ``=weights``): [the reference, the digest of the file's bytes, the digest of the factory module's
+    source file]. The module is looked up among the imported ones (the extractor has loaded the model)."""
+    if not model_ref:
+        return None
+    import sys
+
+    if Path(model_ref).expanduser().is_file():
+        factory, weights = "", model_ref
+    else:  # package.module:factory[=weights]; module names hold no "="
+        factory, _, weights = model_ref.partition("=")
+    module = sys.modules.get(factory.partition(":")[0]) if factory else None
+    source = getattr(module, "__file__", None)
+    return [model_ref, _named_file_digest(weights), file_digest(source) if source else None]
+
+
+def preprocessing_identity(transform: Any) -> str:
+    """The description of an extractor's per-image transform (its repr, and the attributes of a plain object,
+    memory addresses left out), so that a change of sizes or normalisation changes the cache key."""
+    import re
+
+    described = repr(transform)
+    attributes = getattr(transform, "__dict__", None)
+    if attributes:
+        described += repr(sorted((k, repr(v)) for k, v in attributes.items()))
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", described)
 
 
 class _ShardStore:
@@ -95,16 +143,24 @@ class _ShardStore:
     ``skip``: positions this run rejects before any image is read (from the source: a path outside the image
     root, a missing file...). Their cached rows are ignored, features and reasons alike, so a run that reuses
     the cache accounts for every row as a fresh run would, whatever an earlier run with other settings cached.
+    Rows that the memory budget decided (rejected as too large, or decoded reduced) are not reused either:
+    another run may have another budget.
+
+    ``key``: the :func:`cache_key` of the run. Shards are written with it in their Parquet metadata
+    (:data:`KEY_METADATA`); a shard that carries another key or none (copied from another cache, or written
+    by an older rca-gpu) is refused and removed, with a warning, and its rows are extracted again.
     """
 
-    def __init__(self, folder: Path, skip: "Iterable[int]" = ()) -> None:
+    def __init__(self, folder: Path, skip: "Iterable[int]" = (), key: str | None = None) -> None:
         self.folder = folder
         self.skip = np.fromiter(skip, dtype=np.int64)
+        self.key = key
         folder.mkdir(parents=True, exist_ok=True)
         for leftover in folder.glob("part-*.tmp"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        self.count = len(list(folder.glob("part-*.parquet")))
+        numbers = [int(p.stem[5:]) for p in folder.glob("part-*.parquet") if p.stem[5:].isdigit()]
+        self.count = max(numbers, default=-1) + 1  # after the last: a removed shard leaves a gap, never a clash
 
     def _scan(self) -> tuple[list[tuple[Path, np.ndarray, np.ndarray, int, bool]], dict[int, str], dict[int, str]]:
         """([(shard, positions, good-row mask, dims, has properties)] of the readable shards, {position: reason},
@@ -120,20 +176,26 @@ class _ShardStore:
                 columns = ["position", "reason"] + (["note"] if "note" in schema.names else [])
                 table = pq.read_table(shard, columns=columns, memory_map=True)
                 dims = int(schema.field("feature").type.list_size)
-            except Exception:  # an unreadable shard is recomputed, not trusted
+            except Exception:  # noqa: BLE001 - an unreadable shard is recomputed, not trusted
                 log.warning("ignoring unreadable cache shard %s", shard)
                 continue
+            if not self._belongs(shard, schema):
+                continue
             positions = table.column("position").to_numpy()
-            reasons = table.column("reason")
-            good = reasons.is_null().to_numpy()
-            for position, reason in zip(positions[~good].tolist(), reasons.drop_null().to_pylist()):
-                rejected[position] = reason
+            reasons = table.column("reason").to_pylist()
+            shard_notes = table.column("note").to_pylist() if "note" in table.column_names else [None] * len(reasons)
+            good = np.array([r is None for r in reasons], dtype=bool)
+            budget = np.array([depends_on_budget(r) or depends_on_budget(n) for r, n in zip(reasons, shard_notes)],
+                              dtype=bool)
+            for position, reason, decided in zip(positions.tolist(), reasons, budget.tolist()):
+                if reason is not None and not decided:
+                    rejected[position] = reason
+            good &= ~budget  # the memory budget decided these rows: decoded again under this run's budget
             if len(self.skip):
                 good = good & ~np.isin(positions, self.skip)  # rejected up front by this run: not from cache
-            if "note" in table.column_names:
-                for position, note in zip(positions.tolist(), table.column("note").to_pylist()):
-                    if note:
-                        notes[position] = note
+            for position, note, decided in zip(positions.tolist(), shard_notes, budget.tolist()):
+                if note and not decided:
+                    notes[position] = note
             readable.append((shard, positions, good, dims, "properties" in schema.names))
         for position in self.skip.tolist():
             rejected.pop(position, None)
@@ -147,6 +209,21 @@ class _ShardStore:
                     log.warning("ignoring cache shard %s: %d features per row, not %d", shard, dims, common)
             readable = [r for r in readable if not r[2].any() or r[3] == common]
         return readable, rejected, notes
+
+    def _belongs(self, shard: Path, schema) -> bool:
+        """Whether ``shard`` was written for this store's key; a shard of another key is removed, with a warning."""
+        if self.key is None:
+            return True
+        found = (schema.metadata or {}).get(KEY_METADATA)
+        if found == self.key.encode():
+            return True
+        why = "no cache key (written by an older rca-gpu)" if found is None else (
+            f"the cache key {found.decode('ascii', 'replace')[:20]!r}, not {self.key!r} (other images or another "
+            "extractor)")
+        log.warning("refusing cache shard %s: it carries %s; its rows are extracted again", shard, why)
+        with contextlib.suppress(OSError):
+            shard.unlink()
+        return False
 
     def index(self) -> tuple[np.ndarray, dict[int, str]]:
         """(positions with cached features, ascending; {position: reason} of cached rejections), without
@@ -227,6 +304,8 @@ class _ShardStore:
             columns["properties"] = pa.FixedSizeListArray.from_arrays(pa.array(table_values.reshape(-1)), width,
                                                                       mask=mask)
         table = pa.table(columns)
+        if self.key is not None:
+            table = table.replace_schema_metadata({KEY_METADATA: self.key.encode()})
         target = self.folder / f"part-{self.count:06d}.parquet"
         tmp = target.with_suffix(".tmp")
         pq.write_table(table, tmp)
@@ -302,7 +381,7 @@ def extract_features(
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
-        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}", skip=failures.rejected)
+        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}", skip=failures.rejected, key=key)
         done_positions, done_matrix, cached_rejected, notes, done_properties = store.load()
         rejected.update(cached_rejected)
     usable = failures.usable_positions
