@@ -1755,3 +1755,47 @@ def test_the_content_digest_never_blocks_and_names_what_it_cannot_read(tmp_path,
         assert digest == hashlib.blake2b(b"\x00" * 3_000_000, digest_size=16).hexdigest()
     else:
         assert digest.startswith(expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 14: --dask addresses, checked before any connection (services that are no scheduler:
+# tests/test_distributed.py).
+# --------------------------------------------------------------------------------------------------
+
+# (--dask value, what the error says)
+DASK_ADDRESSES = [
+    ("localhost:8786", "it has no scheme; write tcp://localhost:8786"),
+    ("127.0.0.1:8786", "it has no scheme; write tcp://127.0.0.1:8786"),
+    ("", "it is empty"),
+    ("tcp://", "it names no host"),
+    ("tcp://:8786", "it names no host"),
+    ("tcp://host:0", "the port 0 is not in 1..65535"),
+    ("tcp://host:65536", "the port is not a number in 1..65535"),
+    ("tcp://host:99999999999", "the port is not a number in 1..65535"),
+    ("tcp://host:abc", "the port is not a number in 1..65535"),
+    ("tcp://host:-1", "the port is not a number in 1..65535"),
+    ("tcp://host:", "the port after ':' is missing"),
+    ("http://host:8787", "http:// is a web address"),
+    ("https://host", "https:// is a web address"),
+    ("ftp://host:21", "the scheme 'ftp' is not one of them"),
+    ("tcp://host:8786/status", "a path, query or fragment has no place in it"),
+    ("tcp://host:8786?x=1", "a path, query or fragment has no place in it"),
+    ("tcp://user:secret@host:8786", "a user name has no place in it"),
+    ("tcp://host name:8786", "it holds spaces or control characters"),
+    (" tcp://host:8786", "it holds spaces or control characters"),
+    ("local ", "it holds spaces or control characters"),
+    ("tcp://ho\x00st:8786", "it holds spaces or control characters"),
+    ("tcp://[::1:8786", "the host in brackets is not an IPv6 address"),
+    ("tcp://[not-ipv6]:8786", "the host in brackets is not an IPv6 address"),
+    ("tcp://-host:8786", "the host '-host' is not a host name"),
+    ("tcp://hö st:1", "it holds spaces or control characters"),
+    ("inproc://", "inproc:// names no scheduler"),
+]
+
+
+@pytest.mark.parametrize("address, fragment", DASK_ADDRESSES, ids=[repr(a) for a, _ in DASK_ADDRESSES])
+def test_a_malformed_dask_address_is_one_line_before_work(small_data, tmp_path, address, fragment):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", PIXELS, "--dask", address, *QUICK])
+    one_line_error(result, "The --dask option must be 'local' or a scheduler address SCHEME://HOST:PORT", fragment)
+    _no_work_done(out)
