@@ -463,6 +463,9 @@ def extract_features_dask(
     for position in positions.tolist():
         rejected.pop(position, None)
     info["dims"] = int(matrix.shape[1])
+    from rca_gpu.features.extract import normalise_scale
+
+    matrix = normalise_scale(matrix, info)
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
     return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache, usable_notes,
                     properties)
@@ -504,7 +507,7 @@ def encode_shard(spec: "FeatureSpec", settings: dict[str, Any], table: "pd.DataF
                                 seed=settings["seed"], batch_size=settings["batch_size"], workers=0,
                                 model_ref=settings["model_ref"],
                                 max_image_memory=settings.get("max_image_memory"))
-    features = extract_features(spec, context, cache_dir=None)
+    features = extract_features(spec, context, cache_dir=None, normalise=False)  # the client scales every row
     matrix = np.asarray(as_numpy(features.matrix), dtype=np.float32)
     return (positions[features.positions], matrix, {int(positions[p]): r for p, r in features.rejected.items()},
             {int(positions[p]): n for p, n in (features.notes or {}).items()}, features.properties)

@@ -1799,3 +1799,107 @@ def test_a_malformed_dask_address_is_one_line_before_work(small_data, tmp_path, 
     result = runner.invoke(app, ["run", str(small_data), "--out", str(out), "-p", PIXELS, "--dask", address, *QUICK])
     one_line_error(result, "The --dask option must be 'local' or a scheduler address SCHEME://HOST:PORT", fragment)
     _no_work_done(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 15: magnitudes. Features of any finite magnitude cluster as their copy at unit scale: they enter
+# the engine multiplied by an exact power of two (run.json features.scale_exponent).
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def blob_features():
+    """Four planted blobs, 30 rows each, 8 features of magnitude about 5 (float64)."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(n_samples=120, centers=4, n_features=8, cluster_std=0.4, center_box=(-10, 10),
+                      random_state=4)
+    return x, y
+
+
+# (case, factor, dtype of the stored copy): denormal float32 starts below 1.2e-38
+MAGNITUDES = [
+    ("x 1e30, float32", 1e30, np.float32),
+    ("x 1e-41, float32 (denormal)", 1e-41, np.float32),
+    ("x 2**100, float32 (exactly the same numbers)", 2.0**100, np.float32),
+    ("x 1e20, float32", 1e20, np.float32),
+    ("x 1e-20, float32", 1e-20, np.float32),
+    ("x 1e300, float64 (beyond float32)", 1e300, np.float64),
+    ("x 1e-300, float64 (below float32)", 1e-300, np.float64),
+    ("x 1e-41, float64", 1e-41, np.float64),
+    ("x 1e15, int64", 1e15, np.int64),
+]
+
+
+def _features_run(tmp_path: Path, x: np.ndarray, kind: str, name: str) -> tuple[np.ndarray, dict]:
+    """(labels by row, run.json) of ``rca-gpu run --features`` on ``x`` saved as ``kind`` (npy or parquet)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"{name}.{kind}"
+    if kind == "npy":
+        np.save(path, x)
+    else:
+        pq.write_table(pa.table({"feature": pa.array(list(x), pa.list_(pa.from_numpy_dtype(x.dtype)))}), path)
+    out = tmp_path / f"out_{name}_{kind}"
+    result = runner.invoke(app, ["run", "--features", str(path), "--out", str(out), "--device", "cpu", "--quiet",
+                                 "--no-report"])
+    succeeded(result)
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    return clusters["cluster"].to_numpy(), json.loads((out / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def unit_scale_labels(blob_features, tmp_path_factory):
+    x, _ = blob_features
+    folder = tmp_path_factory.mktemp("magnitudes")
+    return {kind: _features_run(folder, x.astype(np.float32), kind, "plain") for kind in ("npy", "parquet")}
+
+
+def _scaled(x: np.ndarray, factor: float, dtype) -> np.ndarray:
+    return np.round(x * factor).astype(dtype) if dtype is np.int64 else (x * factor).astype(dtype)
+
+
+@pytest.mark.parametrize("kind", ["npy", "parquet"])
+@pytest.mark.parametrize("case, factor, dtype", MAGNITUDES, ids=[m[0] for m in MAGNITUDES])
+def test_features_of_any_magnitude_cluster_as_at_unit_scale(blob_features, unit_scale_labels, tmp_path, kind, case,
+                                                             factor, dtype):
+    from sklearn.metrics import adjusted_rand_score
+
+    x, truth = blob_features
+    reference, reference_info = unit_scale_labels[kind]
+    assert adjusted_rand_score(truth, reference) == 1.0  # the four blobs, at unit scale
+    labels, info = _features_run(tmp_path, _scaled(x, factor, dtype), kind, "scaled")
+    assert info["counts"]["rejected"] == 0
+    assert adjusted_rand_score(reference, labels) == 1.0 and np.array_equal(reference == -1, labels == -1)
+    if factor == 2.0**100:  # a power of two: the engine sees the very same numbers
+        assert info["features"]["scale_exponent"] == reference_info["features"]["scale_exponent"] - 100
+        assert np.array_equal(labels, reference)
+
+
+@pytest.mark.parametrize("case, factor, dtype", MAGNITUDES, ids=[m[0] for m in MAGNITUDES])
+def test_the_estimator_clusters_any_magnitude_as_at_unit_scale(blob_features, case, factor, dtype):
+    from sklearn.metrics import adjusted_rand_score
+
+    from rca_gpu import FailureClusterer
+
+    x, truth = blob_features
+    reference = FailureClusterer(device="cpu", random_state=0).fit(x.astype(np.float32)).labels_
+    assert adjusted_rand_score(truth, reference) == 1.0
+    scaled = _scaled(x, factor, dtype)
+    labels = FailureClusterer(device="cpu", random_state=0).fit(scaled.astype(np.float64) if dtype is np.int64
+                                                                else scaled).labels_
+    assert adjusted_rand_score(reference, labels) == 1.0 and np.array_equal(reference == -1, labels == -1)
+
+
+def test_unit_vectors_are_left_exactly_as_they_are():
+    """The default backbones' features are L2-normalised: scaling leaves them bit for bit (no cluster moves)."""
+    import torch
+
+    from rca_gpu.features.extract import normalise_scale, row_norms, scale_exponent
+
+    x = torch.nn.functional.normalize(torch.randn(500, 1280, generator=torch.Generator().manual_seed(0)), dim=1)
+    info: dict = {}
+    assert torch.equal(normalise_scale(x.clone(), info), x) and info["scale_exponent"] == 0
+    assert scale_exponent(row_norms(np.full((3, 4), 1e-41, np.float32))) == 135  # norms 2e-41 = 2**-135.2
+    assert scale_exponent(np.array([0.0, np.nan, np.inf])) == 0  # no usable row: nothing to scale by

@@ -79,7 +79,9 @@ def test_every_layout_reads_the_same_features(blobs, tmp_path):
     for name, path in files.items():
         metadata = tmp_path / "meta.csv" if name == "npy" else None
         failures, features = load_features(path, metadata=metadata)
-        np.testing.assert_array_equal(features.matrix.numpy(), x, err_msg=name)
+        # brought to unit scale by an exact power of two: undone, the very same numbers
+        assert features.info["scale_exponent"] == -4  # the blobs' rows have norms of about 16
+        np.testing.assert_array_equal(np.ldexp(features.matrix.numpy(), 4), x, err_msg=name)
         assert features.matrix.dtype.is_floating_point and features.matrix.numpy().dtype == np.float32
         assert failures.table["id"].tolist() == [f"img-{i}" for i in range(len(x))], name
         assert failures.table["root_cause"].tolist() == [f"cause{v}" for v in y], name
@@ -96,7 +98,8 @@ def test_bad_rows_are_rejected_with_their_reason(tmp_path):
     failures, features = load_features(path)
     assert len(failures) == 8
     assert features.positions.tolist() == [0, 5, 7]
-    np.testing.assert_array_equal(features.matrix.numpy(), np.array([rows[0], rows[5], rows[7]], np.float32))
+    unscaled = np.ldexp(features.matrix.numpy(), -features.info["scale_exponent"])
+    np.testing.assert_array_equal(unscaled, np.array([rows[0], rows[5], rows[7]], np.float32))
     nonfinite = "features not finite (NaN or inf) from the features file bad.parquet"
     assert features.rejected == {
         1: REASON_NULL,

@@ -324,6 +324,70 @@ def nonfinite_rows(matrix: Any) -> np.ndarray:
     return as_numpy((~torch.isfinite(matrix)).any(dim=1)).astype(bool)
 
 
+def row_norms(block: np.ndarray) -> np.ndarray:
+    """(n,) float64 Euclidean norms of the rows of a (n, d) real array, without overflow or underflow at any
+    finite magnitude (each row is divided by its largest absolute value first, as LAPACK's xNRM2 does).
+    Computed on about a million values at a time."""
+    block = np.asarray(block)
+    out = np.zeros(len(block), dtype=np.float64)
+    step = max(1, (1 << 20) // max(1, block.shape[1] if block.ndim == 2 else 1))
+    for start in range(0, len(block), step):
+        values = np.abs(block[start:start + step].astype(np.float64))
+        if not values.size:
+            continue
+        largest = values.max(axis=1)
+        safe = np.where(largest > 0, largest, 1.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            out[start:start + step] = largest * np.sqrt(((values / safe[:, None]) ** 2).sum(axis=1))
+    return out
+
+
+def scale_exponent(norms: np.ndarray) -> int:
+    """The exponent e that brings the median norm of the finite non-zero rows into [2**-0.5, 2**0.5) when the
+    features are multiplied by 2**e; 0 when there is no such row.
+
+    Multiplying by a power of two is exact in floating point (no mantissa bit changes, for every value whose
+    result stays a normal number), so features of any finite magnitude enter the engine at the scale of unit
+    vectors, their rescaled copies (by a power of two) as the very same numbers, and features whose rows are
+    unit vectors (the default backbones' L2-normalised features) are left exactly as they are (e = 0).
+    """
+    import math
+
+    norms = np.asarray(norms, dtype=np.float64)
+    usable = norms[np.isfinite(norms) & (norms > 0)]
+    if not len(usable):
+        return 0
+    return -int(round(math.log2(float(np.median(usable)))))
+
+
+def scale_by_power_of_two(matrix: Any, exponent: int) -> Any:
+    """``matrix`` (a float NumPy array or torch tensor) multiplied by 2**exponent, exactly: NumPy through
+    ``np.ldexp``; torch in place, in steps of at most 2**100 so that no factor overflows float32."""
+    if not exponent:
+        return matrix
+    if isinstance(matrix, np.ndarray):
+        return np.ldexp(matrix, np.int32(exponent)).astype(matrix.dtype, copy=False)
+    left = int(exponent)
+    while left:
+        step = max(-100, min(100, left))
+        matrix.mul_(2.0 ** step)
+        left -= step
+    return matrix
+
+
+def normalise_scale(matrix: Any, info: dict[str, Any]) -> Any:
+    """Bring features of any finite magnitude to the scale of unit vectors by the exact power of two of
+    :func:`scale_exponent` (features at 1e30 or 1e-41 used to give one cluster or crash UMAP); the exponent is
+    recorded in ``info["scale_exponent"]`` (run.json's features block). Where the features enter the engine:
+    extracted, read from a features file, or given to the estimator."""
+    if matrix is None or not len(matrix):
+        info["scale_exponent"] = 0
+        return matrix
+    exponent = scale_exponent(row_norms(matrix if isinstance(matrix, np.ndarray) else as_numpy(matrix)))
+    info["scale_exponent"] = exponent
+    return scale_by_power_of_two(matrix, exponent)
+
+
 def drop_nonfinite_rows(matrix: Any, positions: np.ndarray, rejected: dict[int, str], *,
                         source: str) -> tuple[Any, np.ndarray]:
     """Remove the feature rows that hold NaN or +-inf, recording each as rejected with the reason.
@@ -366,8 +430,12 @@ def extract_features(
     context: ExtractionContext,
     *,
     cache_dir: Path | None = None,
+    normalise: bool = True,
 ) -> Features:
-    """Run the extractor over every usable image of ``context.failures``."""
+    """Run the extractor over every usable image of ``context.failures``.
+
+    With ``normalise`` (the default), the features are brought to the scale of unit vectors by an exact power
+    of two (:func:`normalise_scale`); Dask workers leave that to the client, which sees every row."""
     import torch
 
     started = time.perf_counter()
@@ -454,6 +522,8 @@ def extract_features(
         return Features(empty, np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started,
                         from_cache, notes)
     info["dims"] = int(matrix.shape[1])
+    if normalise:
+        matrix = normalise_scale(matrix, info)
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
     return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache,
                     usable_notes, properties)

@@ -24,8 +24,13 @@ when its vector is missing (null), has another length than the most common one, 
 missing value. A file that cannot be read as features at all (no feature column, two list columns, a
 non-numeric or 3-D array, no rows) raises :class:`~rca_gpu.errors.SourceError` naming the rule and the fix.
 
+Magnitudes: float32 values are read as float32, wider ones as float64, and every batch is multiplied by an
+exact power of two before it becomes float32, so that features of any finite magnitude (1e30, 1e-41, 1e300)
+enter the engine at the scale of unit vectors, as their rescaled copies do (``scale_exponent`` in run.json;
+:func:`rca_gpu.features.extract.scale_exponent`).
+
 Memory: the file is read in record batches (row blocks for .npy) into one preallocated float32 matrix, so
-the peak is the (n, d) matrix plus one batch of about 64 MB, whatever n is.
+the peak is the (n, d) matrix, a float64 norm per row, and one batch of about 64 MB (128 MB for float64).
 """
 
 from __future__ import annotations
@@ -147,12 +152,26 @@ def load_features(
 
 
 def features_from_array(x: np.ndarray, *, device: "Device | None" = None) -> "Features":
-    """Features over an in-memory (n, d) array whose rows are all usable (the estimator validates them)."""
-    from rca_gpu.features.extract import Features
+    """Features over an in-memory (n, d) array whose rows are all usable (the estimator validates them),
+    brought to the scale of unit vectors by an exact power of two before they become float32
+    (:func:`rca_gpu.features.extract.scale_exponent`), so that any finite magnitude clusters alike.
 
-    matrix = np.ascontiguousarray(x, dtype=np.float32)
+    Raises
+    ------
+    ValueError
+        A row's values lie beyond float32's range next to the others' (more than about 1e38 times apart).
+    """
+    from rca_gpu.features.extract import Features, row_norms, scale_exponent
+
+    x = np.asarray(x)
+    exponent = scale_exponent(row_norms(x))
+    wide = x.astype(np.float32 if x.dtype == np.float32 else np.float64, copy=False)
+    matrix = np.ascontiguousarray(np.ldexp(wide, np.int32(exponent)), dtype=np.float32)
+    if not np.isfinite(matrix).all():
+        raise ValueError("X holds rows whose values lie beyond float32's range next to the other rows' (more than "
+                         "about 1e38 times apart); such features cannot be clustered together.")
     info = {"name": "precomputed", "format": "array", "dims": int(matrix.shape[1]), "rows": len(matrix),
-            "from_cache": 0, "cache": None}
+            "from_cache": 0, "cache": None, "scale_exponent": exponent}
     return Features(_to_device(matrix, device), np.arange(len(matrix), dtype=np.int64), {}, info)
 
 
@@ -168,25 +187,48 @@ def _to_device(matrix: np.ndarray, device: "Device | None"):
 
 
 class _Rows:
-    """Good rows packed into a preallocated (n, d) float32 matrix; rejected rows recorded with a reason."""
+    """Good rows packed into a preallocated (n, d) float32 matrix; rejected rows recorded with a reason.
+
+    Values of any finite magnitude are kept: each block is multiplied by the power of two that brings its rows
+    to unit scale before it becomes float32 (in float64, exact), and :meth:`result` brings every block to the
+    exponent of all rows (:func:`rca_gpu.features.extract.scale_exponent`), exactly again. So a float64 file at
+    1e300 or 1e-300, or a float32 file at 1e-41, is clustered as its copy at unit scale."""
 
     def __init__(self, n: int, d: int, source: Path) -> None:
         self.nonfinite = nonfinite_reason(source)
+        self.source = Path(source).name
         self.matrix = np.empty((n, d), dtype=np.float32)
         self.positions = np.empty(n, dtype=np.int64)
+        self.norms = np.empty(n, dtype=np.float64)
+        self.blocks: list[tuple[int, int, int]] = []  # (first row, end row, exponent) of the stored blocks
         self.count = 0
         self.rejected: dict[int, str] = {}
+        self.exponent = 0
 
     def add(self, start: int, block: np.ndarray, rows: np.ndarray | None = None) -> None:
-        """Add ``block`` (k, d): the vectors of input rows ``rows`` (default start..start+k-1)."""
+        """Add ``block`` (k, d) of any real dtype: the vectors of input rows ``rows`` (default start..start+k-1)."""
+        from rca_gpu.features.extract import row_norms, scale_exponent
+
         rows = np.arange(start, start + len(block)) if rows is None else rows
         finite = np.isfinite(block).all(axis=1)
         for position in rows[~finite]:
             self.rejected[int(position)] = self.nonfinite
-        good = block[finite]
-        self.matrix[self.count:self.count + len(good)] = good
-        self.positions[self.count:self.count + len(good)] = rows[finite]
-        self.count += len(good)
+        good, rows = block[finite], rows[finite]
+        norms = row_norms(good)
+        exponent = scale_exponent(norms)
+        scaled = np.ldexp(good.astype(np.float64 if good.dtype != np.float32 else np.float32, copy=False),
+                          np.int32(exponent)).astype(np.float32, copy=False)
+        fits = np.isfinite(scaled).all(axis=1)  # a row far beyond the others of its block: float32 cannot hold both
+        for position in rows[~fits]:
+            self.rejected[int(position)] = (f"feature values beyond float32's range next to the other rows (row norm "
+                                            f"{norms[np.flatnonzero(rows == position)[0]]:.3g}) in {self.source}")
+        scaled, rows, norms = scaled[fits], rows[fits], norms[fits]
+        end = self.count + len(scaled)
+        self.matrix[self.count:end] = scaled
+        self.positions[self.count:end] = rows
+        self.norms[self.count:end] = norms
+        self.blocks.append((self.count, end, exponent))
+        self.count = end
 
     def reject(self, rows: np.ndarray, reason: str | list[str]) -> None:
         reasons = [reason] * len(rows) if isinstance(reason, str) else reason
@@ -194,6 +236,13 @@ class _Rows:
             self.rejected[int(position)] = why
 
     def result(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """(matrix at unit scale, positions, rejected); ``self.exponent`` says by which power of two."""
+        from rca_gpu.features.extract import scale_exponent
+
+        self.exponent = scale_exponent(self.norms[: self.count])
+        for first, end, exponent in self.blocks:
+            if exponent != self.exponent:
+                np.ldexp(self.matrix[first:end], np.int32(self.exponent - exponent), out=self.matrix[first:end])
         # rows were added in input order, so positions are sorted; the view keeps rejected rows' space only
         return self.matrix[: self.count], self.positions[: self.count], dict(sorted(self.rejected.items()))
 
@@ -283,14 +332,17 @@ def _read_parquet(path: Path):
     if d < 1:
         raise SourceError(f"The feature vectors of {str(path)!r} are empty (0 values). Store at least one value per row.")
     rows = _Rows(n, d, path)
+    # float32 stays float32; wider numbers are read as float64, so that no magnitude is lost before scaling
+    value_types = [schema.field(c).type for c in columns] if kind == "columns" else [schema.field(columns[0]).type.value_type]
+    wide = pa.float32() if all(t in (pa.float32(), pa.float16()) for t in value_types) else pa.float64()
     start = 0
     for batch in parquet.iter_batches(batch_size=_rows_per_batch(d), columns=columns):
         size = batch.num_rows
         if kind == "columns":
             block = np.column_stack([
-                pc.cast(batch.column(i), pa.float32(), safe=False).to_numpy(zero_copy_only=False)
+                pc.cast(batch.column(i), wide, safe=False).to_numpy(zero_copy_only=False)
                 for i in range(d)
-            ]).astype(np.float32, copy=False)
+            ])
             rows.add(start, block)
         else:
             array = batch.column(0)
@@ -303,11 +355,11 @@ def _read_parquet(path: Path):
             rows.reject(start + odd, [f"feature vector has {int(lengths[i])} values; the others have {d}" for i in odd])
             if len(local):
                 values = array.take(pa.array(local)).flatten()
-                block = pc.cast(values, pa.float32(), safe=False).to_numpy(zero_copy_only=False).reshape(-1, d)
+                block = pc.cast(values, wide, safe=False).to_numpy(zero_copy_only=False).reshape(-1, d)
                 rows.add(start, block, start + local)
         start += size
     matrix, positions, rejected = rows.result()
-    return table, matrix, positions, rejected, layout
+    return table, matrix, positions, rejected, {**layout, "scale_exponent": rows.exponent}
 
 
 def _common_length(parquet, column: str) -> int:
@@ -355,10 +407,13 @@ def _read_npy(path: Path):
     rows = _Rows(n, d, path)
     step = _rows_per_batch(d)
     for start in range(0, n, step):
-        rows.add(start, np.asarray(array[start:start + step], dtype=np.float32))
+        block = np.asarray(array[start:start + step])  # float32 stays float32, wider numbers become float64
+        rows.add(start, block.astype(np.float32 if block.dtype.kind == "f" and block.dtype.itemsize <= 4
+                                     else np.float64, copy=False))
     del array
     matrix, positions, rejected = rows.result()
-    return pd.DataFrame(index=range(n)), matrix, positions, rejected, {"format": "npy"}
+    return pd.DataFrame(index=range(n)), matrix, positions, rejected, {"format": "npy",
+                                                                      "scale_exponent": rows.exponent}
 
 
 # --------------------------------------------------------------------------------------------------
