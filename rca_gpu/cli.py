@@ -88,11 +88,23 @@ def friendly_errors(command: Callable) -> Callable:
         except RcaError as exc:
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except UnicodeError as exc:  # a path (or value) whose bytes are not UTF-8 reached a place that needs text
+            _err(_not_utf8(exc))
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _err("interrupted; finished feature shards are kept in the cache and reused on the next run")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _not_utf8(exc: UnicodeError) -> str:
+    """The one line for a value whose bytes are not UTF-8 where rca-gpu needs UTF-8 text."""
+    value = getattr(exc, "object", b"")
+    shown = printable(value if isinstance(value, str) else bytes(value).decode("utf-8", "backslashreplace"))
+    return (f"The value {shown[:200]!r} holds bytes that are not UTF-8 ({getattr(exc, 'reason', exc)}), and this "
+            "command writes it where only UTF-8 text fits. Rename the file or folder with UTF-8 characters, or pass "
+            "another path; nothing more was written.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -224,9 +236,11 @@ def run_command(
 ) -> None:
     """Cluster the failing images in SOURCE (or the features in --features FILE); write clusters.parquet,
     embedding.parquet, run.json to OUT."""
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.runfolder import check_run_out_folder
 
     # before the spec, the source or any model is read
+    check_output_path(out, "--out")
     check_run_out_folder(out, {"SOURCE": source, "--features": features, "--metadata": metadata,
                                "--config": config, "--weights": weights})
     reporter = reporter_for(quiet, verbose)
@@ -329,8 +343,10 @@ def demo_command(
 
     The benchmark in OUT/data is reused when it was made with the same --n and --seed; otherwise it is made
     again (as `rca-gpu datasets make` does), and the line printed says why."""
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.runfolder import check_out_folder
 
+    check_output_path(out, "--out")
     out = check_out_folder(out)
     spec = build_spec(pipeline, None, device=device, seed=seed, max_image_memory=max_image_memory)
     reporter = reporter_for(quiet)

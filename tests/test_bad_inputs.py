@@ -221,6 +221,10 @@ def test_folder_rows_in_equal_rows_out(odd_folder_run):
 def test_non_utf8_names_are_written_escaped_and_printed(odd_folder_run):
     clusters, output, _ = odd_folder_run
     assert any(p.endswith("caf\\xe9.png") for p in clusters["path"])
+    # beside the text, the exact bytes (rca_gpu.data.paths): they name the file again; null for UTF-8 names
+    named = {Path(p).name: raw for p, raw in zip(clusters["path"], clusters["path_bytes"])}
+    assert named["caf\\xe9.png"].endswith(b"caf\xe9.png") and os.path.isfile(os.fsdecode(named["caf\\xe9.png"]))
+    assert named["UPPER.PNG"] is None
     assert "sub\\xff" in set(clusters["folder"])
     assert "sub\\xff" in output  # the summary table shows the folder column literally
 
@@ -1903,3 +1907,173 @@ def test_unit_vectors_are_left_exactly_as_they_are():
     assert torch.equal(normalise_scale(x.clone(), info), x) and info["scale_exponent"] == 0
     assert scale_exponent(row_norms(np.full((3, 4), 1e-41, np.float32))) == 135  # norms 2e-41 = 2**-135.2
     assert scale_exponent(np.array([0.0, np.nan, np.inf])) == 0  # no usable row: nothing to scale by
+
+
+# --------------------------------------------------------------------------------------------------
+# Family 16: paths whose bytes are not UTF-8, in every argument. Inputs work end to end; output folders are
+# refused in one line. Such a path is written as text with \xNN escapes, beside its exact bytes (Parquet:
+# path_bytes, JSON: <key>_base64; rca_gpu.data.paths).
+# --------------------------------------------------------------------------------------------------
+
+LATIN1 = os.fsdecode(b"caf\xe9")  # a folder name in Latin-1: the byte 0xe9 is not UTF-8
+
+FACTORY = textwrap.dedent("""
+    from torch import nn
+
+    def build():
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4), nn.ReLU(), nn.Linear(4, 2))
+        model.input_shape = (1, 8, 8)
+        model.classes = ["a", "b"]
+        return model
+""")
+
+
+@pytest.fixture(scope="module")
+def latin1_folder(tmp_path_factory) -> Path:
+    """A folder named with a Latin-1 byte holding images (images/), manifests, a config, features, metadata,
+    the weights of a DNN under test (and its factory module beside the folder)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    root = tmp_path_factory.mktemp("latin1")
+    folder = root / LATIN1
+    _good_images(folder / "images", 12, size=8)
+    names = [f"images/good_{i:03d}.png" for i in range(12)]
+    pd.DataFrame({"path": names, "root_cause": ["top" if i % 2 else "bottom" for i in range(12)]}).to_csv(
+        folder / "manifest.csv", index=False)
+    with open(folder / "manifest.parquet", "wb") as handle:  # pyarrow takes UTF-8 paths only; Python any
+        pq.write_table(pa.table({"path": names}), handle)
+    with open(folder / "bytes_paths.parquet", "wb") as handle:  # paths as bytes, one of them not UTF-8
+        import shutil
+
+        shutil.copy(folder / "images" / "good_000.png", os.path.join(os.fsencode(folder), b"b\xe9.png"))
+        pq.write_table(pa.table({"path": pa.array([b"b\xe9.png"] + [n.encode() for n in names[1:]])}), handle)
+    (folder / "run.toml").write_text("seed = 3\n")
+    features = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    features[::2] += 5
+    np.save(folder / "features.npy", features)
+    with open(folder / "features.parquet", "wb") as handle:
+        pq.write_table(pa.table({"feature": pa.array(list(features), pa.list_(pa.float32())), "path": names}), handle)
+    pd.DataFrame({"path": names}).to_csv(folder / "metadata.csv", index=False)
+    (root / "rca_latin1_dut.py").write_text(FACTORY)
+    sys.path.insert(0, str(root))
+    import rca_latin1_dut
+
+    torch.save(rca_latin1_dut.build().state_dict(), folder / "weights.pt")
+    torch.jit.save(torch.jit.script(rca_latin1_dut.build()), str(root / "scripted.pt"))
+    os.replace(root / "scripted.pt", folder / "scripted.pt")
+    yield folder
+    sys.path.remove(str(root))
+
+
+FEATURES = "pca(n_components=2)+kmeans(k=2)"
+# (case, arguments after `rca-gpu run`, given as a path inside the folder named in Latin-1; {f} = the folder)
+LATIN1_INPUTS = [
+    ("SOURCE: a folder named in Latin-1", ["{f}/images"]),
+    ("SOURCE: a CSV manifest in it", ["{f}/manifest.csv"]),
+    ("SOURCE: a Parquet manifest in it", ["{f}/manifest.parquet"]),
+    ("SOURCE: a Parquet manifest of byte paths, one not UTF-8", ["{f}/bytes_paths.parquet"]),
+    ("--config in it", ["{f}/images", "--config", "{f}/run.toml"]),
+    ("--image-root: it", ["{f}/manifest.csv", "--image-root", "{f}"]),
+    ("--model factory=weights in it", ["{f}/images", "--model", "rca_latin1_dut:build={f}/weights.pt", "-p",
+                                       "dut+pca(n_components=2)+kmeans(k=2)"]),
+    ("--features .npy in it", ["--features", "{f}/features.npy", "-p", FEATURES]),
+    ("--features .parquet in it (image paths in it)", ["--features", "{f}/features.parquet", "-p", FEATURES]),
+    ("--metadata in it (image paths in it)", ["--features", "{f}/features.npy", "--metadata", "{f}/metadata.csv",
+                                              "-p", FEATURES]),
+]
+
+
+@pytest.mark.parametrize("case, arguments", LATIN1_INPUTS, ids=[c[0] for c in LATIN1_INPUTS])
+def test_an_input_path_that_is_not_utf8_works_end_to_end(latin1_folder, tmp_path, case, arguments):
+    import base64
+
+    args = [a.replace("{f}", str(latin1_folder)) for a in arguments]
+    if "-p" not in args:
+        args += ["-p", PIXELS]
+    out = tmp_path / "out"
+    succeeded(runner.invoke(app, ["run", *args, "--out", str(out), "--device", "cpu", "--workers", "0", "--quiet"]))
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    assert len(clusters) == 12 and (clusters["status"] != "rejected").all(), clusters["reason"].tolist()
+    assert (out / "report.html").is_file()
+    info = json.loads((out / "run.json").read_text(encoding="utf-8"))  # valid UTF-8, no lone surrogate
+    given = args[0] if not args[0].startswith("--") else args[1]
+    assert info["source"]["given"] == given.replace(LATIN1, "caf\\xe9")
+    assert os.fsdecode(base64.b64decode(info["source"]["given_base64"])) == given
+    if "path_bytes" in clusters.columns:  # the images' paths hold the Latin-1 folder: their exact bytes beside
+        for text, raw in zip(clusters["path"], clusters["path_bytes"]):
+            assert "caf\\xe9" in text and os.path.isfile(os.fsdecode(raw))
+    else:
+        assert clusters["path"].isna().all()  # features without image paths
+
+
+def test_a_torchscript_model_named_in_latin1_loads(latin1_folder):
+    from rca_gpu.features.dut import load_model
+
+    model = load_model(str(latin1_folder / "scripted.pt"), device=__import__("torch").device("cpu"))
+    assert model(__import__("torch").zeros(1, 1, 8, 8)).shape == (1, 2)
+
+
+def test_a_weights_file_named_in_latin1_loads(latin1_folder, tmp_path):
+    """--weights of a backbone: the state_dict file is opened by Python, whatever its name."""
+    import torch
+    import torchvision
+
+    path = latin1_folder / "mobilenet.pt"
+    torch.save(torchvision.models.mobilenet_v2(weights=None).state_dict(), path)
+    from rca_gpu.features.backbones import build_backbone
+
+    assert build_backbone("mobilenet_v2", str(path)) is not None
+
+
+# (case, the command line; {f} = the folder named in Latin-1, {run} = a finished run, {out} = a fresh folder)
+LATIN1_OUTPUTS = [
+    ("run --out", ["run", "{f}/images", "--out", "{f}/out", "-p", PIXELS, "--device", "cpu"], "--out"),
+    ("run --features --out", ["run", "--features", "{f}/features.npy", "--out", "{f}/out", "-p", FEATURES], "--out"),
+    ("demo --out", ["demo", "--out", "{f}/demo"], "--out"),
+    ("study --out", ["study", "{f}/manifest.csv", "--out", "{f}/study", "-f", "pixels"], "--out"),
+    ("datasets make --out", ["datasets", "make", "mnist-rc", "--out", "{f}/data"], "--out"),
+    ("export --to", ["export", "{run}", "--to", "{f}/export"], "--to"),
+    ("assign --out", ["assign", "{run}", "{f}/images", "--out", "{f}/assigned"], "--out"),
+    ("select --out", ["select", "{run}", "{f}/images", "--budget", "2", "--out", "{f}/selected"], "--out"),
+]
+
+
+@pytest.fixture(scope="module")
+def utf8_run(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("utf8run") / "images"
+    _good_images(data, 12, size=8)
+    out = data.parent / "run"
+    succeeded(runner.invoke(app, ["run", str(data), "--out", str(out), "-p", PIXELS, *QUICK]))
+    return out
+
+
+@pytest.mark.parametrize("case, command, option", LATIN1_OUTPUTS, ids=[c[0] for c in LATIN1_OUTPUTS])
+def test_an_output_folder_that_is_not_utf8_is_refused_before_work(latin1_folder, utf8_run, case, command, option):
+    args = [a.replace("{f}", str(latin1_folder)).replace("{run}", str(utf8_run)) for a in command]
+    before = sorted(os.listdir(os.fsencode(latin1_folder)))
+    result = runner.invoke(app, [*args, "--quiet"])
+    from rca_gpu.errors import SpecError
+
+    if isinstance(result.exception, SpecError):  # `datasets make`: its error is printed by rca_gpu.cli.main
+        result = type("Printed", (), {"exit_code": 2, "output": f"error: {result.exception}", "exception": None})()
+    one_line_error(result, f"The {option} folder", "caf\\xe9", "has a path whose bytes are not UTF-8",
+                   "Pass an output folder whose path is UTF-8")
+    assert sorted(os.listdir(os.fsencode(latin1_folder))) == before  # nothing made
+
+
+@pytest.mark.parametrize("command", [["report", "{r}"], ["evaluate", "{r}"], ["export", "{r}", "--to", "{o}"],
+                                     ["causes", "{r}", "--name", "0=top"], ["compare", "{r}", "{r}"],
+                                     ["assign", "{r}", "{i}", "--out", "{o}"]],
+                         ids=["report", "evaluate", "export", "causes", "compare", "assign"])
+def test_a_run_folder_renamed_in_latin1_is_one_line(utf8_run, tmp_path, command):
+    """A run folder renamed afterwards with a byte that is not UTF-8: refused in one line, nothing written."""
+    import shutil
+
+    renamed = tmp_path / os.fsdecode(b"r\xe9n")
+    shutil.copytree(utf8_run, renamed)
+    args = [a.replace("{r}", str(renamed)).replace("{o}", str(tmp_path / "o"))
+            .replace("{i}", str(utf8_run.parent / "images")) for a in command]
+    one_line_error(runner.invoke(app, args))
+    assert not (tmp_path / "o").exists()

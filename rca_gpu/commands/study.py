@@ -56,6 +56,9 @@ def study_command(
     from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
                                    check_out_folder)
 
+    from rca_gpu.data.paths import check_output_path
+
+    check_output_path(out, "--out")
     check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
     check_inputs_kept(out, {"SOURCE": source, "--model": model}, files=STUDY_OUTPUTS, folders=STUDY_OUTPUT_FOLDERS)
     make_plan(_split(features), _split(reducers), _split(clusterers), False)  # names checked before any image is read

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.data.listing import classify_entry
+from rca_gpu.data.paths import BYTES_SUFFIX, bytes_column, is_utf8, path_or_file
 from rca_gpu.errors import SourceError, escape_surrogates, printable
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".pbm", ".pnm")
@@ -23,7 +24,7 @@ MANIFEST_EXTENSIONS = (".csv", ".parquet")
 #: Columns rca_gpu writes itself. A metadata column of a manifest (or of array metadata) with one of these
 #: names keeps its values under the name prefixed with "input_", the prefix repeated until the name is free;
 #: the same rule settles two columns of one name. The manifest's own 'path' and 'id' columns are read.
-RESERVED_COLUMNS = ("id", "path", "input_path", "folder", "cluster", "status", "reason")
+RESERVED_COLUMNS = ("id", "path", "path_bytes", "input_path", "folder", "cluster", "status", "reason")
 #: Parquet schema metadata key naming the DNN under test, relative to the manifest's folder.
 DUT_METADATA_KEY = b"rca_gpu.dut"
 #: Architectures a manifest may name for its DNN under test (``NAME=weights.pt``): id -> the rca_gpu factory
@@ -54,6 +55,8 @@ class FailureSet:
     file_paths:
         The paths to open, where they differ from the table's ``path`` column: a file name whose bytes are
         not UTF-8 is shown in the table with ``\\xNN`` escapes (every output is UTF-8) and opened from here.
+    source:
+        What was given, as UTF-8 text (``\\xNN`` for bytes that are not UTF-8; :mod:`rca_gpu.data.paths`).
     left_out:
         For folder sources: the image-named files the scan left out, by rule (hidden names, rca-gpu output
         folders; :meth:`rca_gpu.data.listing.LeftOut.to_dict`). Recorded in run.json.
@@ -68,6 +71,7 @@ class FailureSet:
     root: str | None = None
     file_paths: list[str] | None = None
     left_out: dict[str, Any] = field(default_factory=dict)
+    source_path: str | None = None  # what was given, as the file system names it (``source`` is its text)
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -88,7 +92,10 @@ class FailureSet:
 
     def describe(self) -> dict[str, Any]:
         """run.json's ``"source"``: what was given, its kind, its rows and what the folder scan left out."""
-        info: dict[str, Any] = {"given": str(self.source), "kind": self.kind, "rows": len(self)}
+        from rca_gpu.data.paths import json_fields
+
+        given = self.source_path if self.source_path is not None else str(self.source)
+        info: dict[str, Any] = {**json_fields("given", given), "kind": self.kind, "rows": len(self)}
         if self.kind == "folder":
             info["left_out"] = self.left_out
         return info
@@ -290,14 +297,21 @@ def _from_folder(folder: Path, skip: "list[str | os.PathLike] | tuple" = ()) -> 
         )
     root = folder.resolve()
     ids = np.arange(len(relative), dtype=np.int64)
+    if not isinstance(relative, list) and not is_utf8(str(root)):  # a folder whose own name is not UTF-8
+        relative = relative.to_pylist()
     if isinstance(relative, list):  # a name that is not UTF-8: shown escaped, opened by its real name
         real = [f"{root}/{r}" for r in relative]
         shown = [escape_surrogates(p) for p in real]
         parents = [escape_surrogates(r.rsplit("/", 1)[0]) if "/" in r else "." for r in relative]
         rejected = {i: special[r] for i, r in enumerate(relative) if r in special}
-        table = pd.DataFrame({"id": ids, "path": shown, "folder": parents})
+        columns = {"id": ids, "path": shown}
+        raw = bytes_column(real)
+        if raw is not None:  # the exact bytes of paths that are not UTF-8 (rca_gpu.data.paths)
+            columns["path" + BYTES_SUFFIX] = raw
+        table = pd.DataFrame({**columns, "folder": parents})
         return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
-                          root=str(root), file_paths=real if shown != real else None, left_out=left_out.to_dict())
+                          root=str(root), file_paths=real if shown != real else None, left_out=left_out.to_dict(),
+                          source_path=str(folder))
     columns = folder_columns(root, relative)  # as listed: a link keeps its own name
     rejected = dict(zip(positions_of(relative, special), special.values()))
     table = pd.DataFrame({"id": ids, "path": columns["path"].to_pandas(), "folder": columns["folder"].to_pandas()})
@@ -310,7 +324,8 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            arrow = pq.ParquetFile(path).read()  # not read_table: its dataset layer refuses repeated names
+            with path_or_file(path) as source:  # a name that is not UTF-8: through a Python file object
+                arrow = pq.ParquetFile(source).read()  # not read_table: its dataset layer refuses repeated names
             names = arrow.column_names
             if len(set(names)) == len(names):
                 return arrow.to_pandas(), dict(arrow.schema.metadata or {})
@@ -404,10 +419,13 @@ def _from_manifest(path: Path, image_root: str | os.PathLike | None) -> FailureS
     ids = _ids(columns[id_position] if id_position is not None else None, len(frame), path)
     meta = [(names[i], columns[i]) for i in range(len(columns)) if i not in (path_position, id_position)]
     shown = [escape_surrogates(p) for p in resolved]
-    front = {"id": ids, "path": shown, "input_path": [_as_text(r) for r in raw_paths]}
+    front = {"id": ids, "path": shown, "input_path": [escape_surrogates(_as_text(r)) for r in raw_paths]}
+    raw = bytes_column(resolved)
+    if raw is not None:  # the exact bytes of paths that are not UTF-8 (rca_gpu.data.paths)
+        front["path" + BYTES_SUFFIX] = raw
     table = _assemble(front, meta)
-    return FailureSet(table=table, source=str(path), kind="manifest", rejected=rejected, dut=dut, root=str(root),
-                      file_paths=resolved if shown != resolved else None)
+    return FailureSet(table=table, source=escape_surrogates(str(path)), kind="manifest", rejected=rejected, dut=dut,
+                      root=str(root), file_paths=resolved if shown != resolved else None, source_path=str(path))
 
 
 def _as_text(raw: Any) -> str:

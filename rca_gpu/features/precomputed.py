@@ -45,8 +45,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from rca_gpu.data.paths import bytes_column, path_or_file
 from rca_gpu.data.sources import RESERVED_COLUMNS, FailureSet
-from rca_gpu.errors import SourceError, SpecError
+from rca_gpu.errors import SourceError, SpecError, escape_surrogates
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -138,14 +139,17 @@ def load_features(
     if metadata is not None:
         table, base = _attach_metadata(table, Path(metadata).expanduser(), path), Path(metadata).expanduser().parent
     table = _finish_table(table, base.resolve(), Path(image_root).expanduser().resolve() if image_root else None)
-    failures = FailureSet(table=table, source=str(path), kind="features", rejected=dict(rejected),
+    failures = FailureSet(table=table, source=escape_surrogates(str(path)), source_path=str(path), kind="features",
+                          rejected=dict(rejected),
                           root=str(Path(image_root).expanduser().resolve()) if image_root else str(base.resolve()))
     if not len(positions):
         first = next(iter(rejected.values()), "unknown")
         from rca_gpu.errors import TooFewImagesError
 
         raise TooFewImagesError(f"None of the {len(table)} feature rows is usable (e.g. {first}).")
-    info = {"name": "precomputed", "file": str(path), **layout, "dims": int(matrix.shape[1]),
+    from rca_gpu.data.paths import json_fields
+
+    info = {"name": "precomputed", **json_fields("file", str(path)), **layout, "dims": int(matrix.shape[1]),
             "rows": len(table), "rejected": len(rejected), "from_cache": 0, "cache": None}
     return failures, Features(_to_device(matrix, device), positions, dict(rejected), info,
                               time.perf_counter() - started, 0)
@@ -304,12 +308,17 @@ def _feature_layout(schema: "pa.Schema", path: Path) -> tuple[str, list[str]]:
 
 
 def _read_parquet(path: Path):
+    with path_or_file(path) as source:  # a name that is not UTF-8: read through a Python file object
+        return _read_parquet_from(path, source)
+
+
+def _read_parquet_from(path: Path, source):
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path, memory_map=True)
+        parquet = pq.ParquetFile(source, memory_map=isinstance(source, str))
         schema = parquet.schema_arrow
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise SourceError(f"Cannot read the features file {str(path)!r} as Parquet: {exc}") from None
@@ -430,7 +439,8 @@ def _attach_metadata(table: pd.DataFrame, metadata: Path, features_path: Path) -
         )
     try:
         if metadata.suffix.lower() == ".parquet":
-            frame = pd.read_parquet(metadata)
+            with path_or_file(metadata) as source:
+                frame = pd.read_parquet(source)
         else:  # cells as written, as for a CSV manifest
             from rca_gpu.data.sources import read_csv_cells
 
@@ -476,10 +486,15 @@ def _finish_table(table: pd.DataFrame, base: Path, image_root: Path | None) -> p
         ids = np.arange(n, dtype=np.int64)
     front = {"id": ids}
     if "path" in table.columns:
-        front["path"], front["input_path"] = _resolve_paths(table["path"], base, image_root or base)
+        resolved, given = _resolve_paths(table["path"], base, image_root or base)
+        front["path"] = [None if p is None else escape_surrogates(p) for p in resolved]
+        raw = bytes_column(resolved)
+        if raw is not None:  # the exact bytes of paths that are not UTF-8 (rca_gpu.data.paths)
+            front["path_bytes"] = raw
+        front["input_path"] = [None if p is None else escape_surrogates(p) for p in given]
     else:
         front["path"] = pd.Series([None] * n, dtype="object")
-    meta = table.drop(columns=["id", "path", "input_path"], errors="ignore").reset_index(drop=True)
+    meta = table.drop(columns=["id", "path", "path_bytes", "input_path"], errors="ignore").reset_index(drop=True)
     meta = meta.rename(columns={c: f"input_{c}" for c in meta.columns if c in RESERVED_COLUMNS})
     return pd.concat([pd.DataFrame(front), meta], axis=1)
 
