@@ -2,14 +2,15 @@
 
 Memory budget
 -------------
-A file's header says how large its picture is; a 5 KiB WebP or a 200 KiB TIFF may declare 12,000 x 12,000
+A file's header says how large its picture is; a 38-byte WebP or a 200 KiB TIFF may declare 12,000 x 12,000
 pixels. Before any pixel is decoded, :func:`decode_cost` estimates the bytes that decoding and converting the
 first frame will hold at once, from the header alone::
 
     pixels x bytes per pixel (of the decoded frame, the decoder's copies, the conversions) + overhead
 
-(:func:`decode_cost`; only the first frame is decoded, so a file's other frames cost nothing). When the estimate exceeds the budget of one image (:func:`image_budget`: ``--max-image-memory``,
-by default :data:`DEFAULT_MEMORY_SHARE` of the machine's memory, shared by the processes that decode at once):
+(:func:`decode_cost`; only the first frame is decoded, so a file's other frames cost nothing). When the
+estimate exceeds the budget of one image (:func:`image_budget`: ``--max-image-memory``, by default
+:data:`DEFAULT_MEMORY_SHARE` of the machine's memory, shared by the processes that decode at once):
 
 1. a JPEG is decoded at 1/2, 1/4 or 1/8 scale by its decoder (Pillow's draft mode), the largest that fits;
 2. another format is decoded whole and at once reduced by the smallest integer factor (``Image.reduce``, a
@@ -56,9 +57,19 @@ MIN_IMAGE_MEMORY = 64 * 2**20
 TOO_LARGE = "image too large to decode within the memory budget"
 REDUCED_NOTE = "decoded reduced to fit the memory budget"
 #: Bytes Pillow stores per pixel, by mode (multi-band modes hold 4 bytes a pixel; anything else: 4).
-STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I;16S": 2, "I;16BS": 2}
-#: Copies of the decoded frame a format's decoder holds (measured with Pillow 13): libwebp's canvas, the frame's
-#: bytes and their reader beside Pillow's image; libtiff's strip, which may be the whole image.
+STORED_BYTES = {
+    "1": 1,
+    "L": 1,
+    "P": 1,
+    "I;16": 2,
+    "I;16L": 2,
+    "I;16B": 2,
+    "I;16N": 2,
+    "I;16S": 2,
+    "I;16BS": 2,
+}
+#: Copies of the decoded frame a format's decoder holds (measured with Pillow 13): libwebp's canvas, the
+#: frame's #: bytes and their reader beside Pillow's image; libtiff's strip, which may be the whole image.
 DECODER_COPIES = {"WEBP": 4, "TIFF": 2}
 #: Bytes per pixel of the 8-bit picture that an extractor's transform holds at once (torchvision's ToImage
 #: makes an array through a bytes object; its Resize of a one-channel picture works in float32).
@@ -68,13 +79,27 @@ TRANSFORM_BYTES = 6
 OVERHEAD = 32 * 2**20
 #: Pillow modes whose samples are wider than 8 bits: converted by their value range (see :func:`to_8bit`).
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I;32", "I;32B", "I", "F")
-#: Backgrounds that transparent pixels are composited onto: light content goes on black, dark content on white.
+#: Backgrounds that transparent pixels are composited onto: light content goes on black, dark on white.
 DARK, LIGHT = (0, 0, 0), (255, 255, 255)
 #: Version of the decoding rules, part of the feature cache's key: bump it when a picture decodes differently.
 DECODE_VERSION = 2
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,8 +108,8 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 
 
 
 def parse_size(value: object, *, name: str = "--max-image-memory") -> int:
-    """Bytes from ``4GiB``, ``512MiB``, ``1.5G``, ``2000000`` (units: B, KB/MB/GB/TB = powers of 1000, KiB/MiB/
-    GiB/TiB = powers of 1024, K/M/G/T as KB/MB/GB/TB; any case) or an int of bytes.
+    """Bytes from ``4GiB``, ``512MiB``, ``1.5G``, ``2000000`` (units: B, KB/MB/GB/TB = powers of 1000,
+    KiB/MiB/GiB/TiB = powers of 1024, K/M/G/T as KB/MB/GB/TB; any case) or an int of bytes.
 
     Raises
     ------
@@ -97,9 +122,11 @@ def parse_size(value: object, *, name: str = "--max-image-memory") -> int:
     from rca_gpu.errors import SpecError, printable
 
     def fail() -> SpecError:
-        return SpecError(f"The {name} option must be a size such as 4GiB or 512MiB (bytes, KB, MB, GB, KiB, MiB, "
-                         f"GiB), at least {MIN_IMAGE_MEMORY // 2**20} MiB. Got {printable(repr(value))} instead. "
-                         f"Fix {name} or the config key 'max_image_memory'.")
+        return SpecError(
+            f"The {name} option must be a size such as 4GiB or 512MiB (bytes, KB, MB, GB, KiB, MiB, "
+            f"GiB), at least {MIN_IMAGE_MEMORY // 2**20} MiB. Got {printable(repr(value))} instead. "
+            f"Fix {name} or the config key 'max_image_memory'."
+        )
 
     if isinstance(value, bool):
         raise fail()
@@ -121,7 +148,7 @@ def parse_size(value: object, *, name: str = "--max-image-memory") -> int:
 
 
 def machine_memory() -> int:
-    """Bytes of memory this process may use: the physical memory, or the cgroup (container) limit when lower."""
+    """Bytes of memory this process may use: the physical memory, or the cgroup limit when lower."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
@@ -142,7 +169,7 @@ def image_budget(max_image_memory: int | None, workers: int = 0) -> int:
 
 
 def depends_on_budget(reason_or_note: str | None) -> bool:
-    """Whether a row's reason or note says the memory budget decided it (rejected as too large, or reduced)."""
+    """Whether a row's reason or note says the memory budget decided it (too large, or reduced)."""
     return bool(reason_or_note) and (reason_or_note.startswith(TOO_LARGE) or REDUCED_NOTE in reason_or_note)
 
 
@@ -160,7 +187,9 @@ def conversion_bytes(mode: str, target: str, *, alpha: bool) -> int:
     """Bytes per pixel that :func:`to_8bit` holds besides the decoded frame while converting a frame of
     ``mode`` into ``target`` ("RGB" or "L"), its result included."""
     out = 4 if target != "L" else 1
-    if mode in WIDE_MODES or mode.startswith("I;"):  # an array copy (through bytes), the uint8 result, its image
+    if mode in WIDE_MODES or mode.startswith(
+        "I;"
+    ):  # an array copy (through bytes), the uint8 result, its image
         return 2 * stored_bytes(mode) + 2 + (out if target != "L" else 0)
     if alpha:  # RGBA, its alpha band, a grey copy and a mask for the mean, the composed picture
         return (0 if mode == "RGBA" else 4) + 3 + 4 + (1 if target == "L" else 0)
@@ -169,8 +198,9 @@ def conversion_bytes(mode: str, target: str, *, alpha: bool) -> int:
     return out + (4 if mode not in ("L", "RGB") else 0)  # 1-bit, palette, CMYK, YCbCr... go through RGB
 
 
-def decode_cost(width: int, height: int, mode: str, image_format: str | None, target: str = "RGB", *,
-                alpha: bool = False) -> int:
+def decode_cost(
+    width: int, height: int, mode: str, image_format: str | None, target: str = "RGB", *, alpha: bool = False
+) -> int:
     """Estimated peak bytes of decoding one frame of ``width`` x ``height`` px stored as ``mode`` by the
     decoder of ``image_format`` (Pillow's name: PNG, JPEG, WEBP, TIFF, GIF, BMP, PPM...), converting it to
     8-bit ``target`` and handing it to the extractor's transform.
@@ -183,8 +213,9 @@ def decode_cost(width: int, height: int, mode: str, image_format: str | None, ta
     stored = stored_bytes(mode)
     copies = DECODER_COPIES.get((image_format or "").upper(), 1)
     out = 4 if target != "L" else 1
-    per_pixel = stored * (copies - 1) + max(stored + conversion_bytes(mode, target, alpha=alpha),
-                                            out + TRANSFORM_BYTES)
+    per_pixel = stored * (copies - 1) + max(
+        stored + conversion_bytes(mode, target, alpha=alpha), out + TRANSFORM_BYTES
+    )
     return pixels * per_pixel + OVERHEAD
 
 
@@ -231,15 +262,21 @@ def plan_decode(image: "Image.Image", target: str, budget: int | None) -> Plan:
     else:
         decoded = width * height * stored_bytes(image.mode) * DECODER_COPIES.get(fmt, 1)
         # modes Image.reduce cannot average (palette indices, 1-bit, 16-bit) become a reducible mode first
-        widened = {"1": 4, "P": 4, "PA": 4, "I": 12}.get(image.mode, 4 if image.mode.startswith("I;16") else 0)
+        widened = {"1": 4, "P": 4, "PA": 4, "I": 12}.get(
+            image.mode, 4 if image.mode.startswith("I;16") else 0
+        )
         for factor in (2, 3, 4, 6, 8, 12, 16, 24, 32):
             w, h = math.ceil(width / factor), math.ceil(height / factor)
-            cost = decoded + width * height * widened + decode_cost(w, h, "RGBA" if widened else image.mode, "",
-                                                                    target, alpha=alpha)
+            cost = (
+                decoded
+                + width * height * widened
+                + decode_cost(w, h, "RGBA" if widened else image.mode, "", target, alpha=alpha)
+            )
             if cost <= budget:
                 return Plan(reduce=factor, cost=cost)
     raise ValueError(
-        f"{TOO_LARGE}: {width} x {height} px {image.mode} needs about {_mib(full)}; the budget is {_mib(budget)} "
+        f"{TOO_LARGE}: {width} x {height} px {image.mode} needs about {_mib(full)}; "
+        f"the budget is {_mib(budget)} "
         "per image (--max-image-memory)"
     )
 
@@ -290,8 +327,10 @@ def decode_image_noted(path: str, mode: str, budget: int | None = None):
                 plan = plan_decode(image, mode, budget)
                 if plan.draft > 1:
                     width, height = image.size
-                    image.draft("L" if mode == "L" else "RGB",
-                                (math.ceil(width / plan.draft), math.ceil(height / plan.draft)))
+                    image.draft(
+                        "L" if mode == "L" else "RGB",
+                        (math.ceil(width / plan.draft), math.ceil(height / plan.draft)),
+                    )
                 image.load()  # decode now: truncated data fails here, not later
                 unsigned = _unsigned_32(image)
                 if plan.reduce > 1:
@@ -310,8 +349,9 @@ def decode_image_noted(path: str, mode: str, budget: int | None = None):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(f"image too large (over {MAX_IMAGE_PIXELS} pixels)") from None
     except MemoryError:
-        raise ValueError("image too large: out of memory while decoding it; lower --workers or the images' "
-                         "size") from None
+        raise ValueError(
+            "image too large: out of memory while decoding it; lower --workers or the images' size"
+        ) from None
     except OSError as exc:
         text = str(exc).lower()
         if "truncated" in text:
@@ -434,15 +474,19 @@ def wide_to_uint8(values: np.ndarray) -> np.ndarray:
     * floats: values within [0, 1] as [0, 1], within [0, 255] as 8-bit data, else stretched from the
       smallest to the largest finite value; NaN becomes the low end, +inf the high end.
 
-    Converted in strips of :data:`STRIP_PIXELS` pixels: the peak besides ``values`` and the result is one strip.
+    Converted in strips of :data:`STRIP_PIXELS` pixels: the peak besides ``values`` and the result is one
+    strip.
     """
     integer = np.issubdtype(values.dtype, np.integer)
     if integer:
         if not values.size:
             return np.zeros(values.shape, dtype=np.uint8)
         low, high = int(values.min()), int(values.max())
-        top = 2**32 - 1 if values.dtype.itemsize >= 4 and not np.issubdtype(values.dtype, np.signedinteger) \
+        top = (
+            2**32 - 1
+            if values.dtype.itemsize >= 4 and not np.issubdtype(values.dtype, np.signedinteger)
             else 2**31 - 1
+        )
         for full in (255, 65535, top):
             if low >= 0 and high <= full:
                 low, high = 0, full
@@ -461,13 +505,13 @@ def wide_to_uint8(values: np.ndarray) -> np.ndarray:
     rows = max(1, STRIP_PIXELS // max(1, values.shape[1] if values.ndim > 1 else 1))
     factor = 255.0 / (float(high) - float(low))
     for start in range(0, values.shape[0], rows):
-        strip = values[start:start + rows].astype(np.float64)
+        strip = values[start : start + rows].astype(np.float64)
         if not integer:
             strip[np.isnan(strip)] = low
         np.clip(strip, low, high, out=strip)
         strip -= low
         strip *= factor
-        out[start:start + rows] = np.rint(strip)
+        out[start : start + rows] = np.rint(strip)
     return out
 
 
@@ -476,7 +520,7 @@ def _finite_range(values: np.ndarray) -> tuple[float | None, float | None]:
     low, high = math.inf, -math.inf
     rows = max(1, STRIP_PIXELS // max(1, values.shape[1] if values.ndim > 1 else 1))
     for start in range(0, values.shape[0], rows):
-        strip = values[start:start + rows]
+        strip = values[start : start + rows]
         finite = strip[np.isfinite(strip)]
         if finite.size:
             low, high = min(low, float(finite.min())), max(high, float(finite.max()))

@@ -79,9 +79,9 @@ def real_path(text: str, raw: bytes | str | None = None) -> str:
 
 
 def check_output_path(path: str | os.PathLike | None, option: str) -> None:
-    """Refuse, before any work, an output folder whose path is not UTF-8: the files a command writes there name
-    it in UTF-8 text (run.json, report.html, manifests) and are read back by tools (pyarrow) that take UTF-8
-    paths only. Inputs (sources, manifests, features, configs, models) may have any name.
+    """Refuse, before any work, an output folder whose path is not UTF-8: the files a command writes there
+    name it in UTF-8 text (run.json, report.html, manifests) and are read back by tools (pyarrow) that take
+    UTF-8 paths only. Inputs (sources, manifests, features, configs, models) may have any name.
 
     Raises
     ------
@@ -93,16 +93,18 @@ def check_output_path(path: str | os.PathLike | None, option: str) -> None:
     if path is None or is_utf8(path):
         return
     raise SpecError(
-        f"The {option} folder '{shown_path(path)}' has a path whose bytes are not UTF-8; the files rca-gpu writes "
-        "there name it in UTF-8 text and are read back by tools that take UTF-8 paths only. Pass an output folder "
+        f"The {option} folder '{shown_path(path)}' has a path whose bytes are not UTF-8; the files rca-gpu "
+        "writes there name it in UTF-8 text and are read back by tools that take UTF-8 paths only. Pass an "
+        "output folder "
         "whose path is UTF-8 (images, manifests and other inputs may have any name)."
     )
 
 
 class path_or_file:
-    """What to hand a library that takes UTF-8 paths only (pyarrow, torch's C++ loaders, onnx): the path itself
-    when it is UTF-8 (the library may then memory-map it), else a Python file object opened for reading
-    (Python opens any name). A context manager: ``with path_or_file(path) as source: pq.ParquetFile(source)``."""
+    """What to hand a library that takes UTF-8 paths only (pyarrow, torch's C++ loaders, onnx): the path
+    itself when it is UTF-8 (the library may then memory-map it), else a Python file object opened for
+    reading (Python opens any name). A context manager:
+    ``with path_or_file(path) as source: pq.ParquetFile(source)``."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = path
@@ -120,8 +122,12 @@ class path_or_file:
 
 
 def real_paths(table, column: str = "path") -> list[str | None]:
-    """The files to open of a table read from a run folder (clusters.parquet): ``column``, or the exact bytes of
-    ``<column>_bytes`` where the path is not UTF-8."""
+    """The files to open of a table read from a run folder (clusters.parquet): ``column``, or the exact
+    bytes of ``<column>_bytes`` where the path is not UTF-8."""
     texts = table[column].tolist()
-    raws = table[column + BYTES_SUFFIX].tolist() if column + BYTES_SUFFIX in table.columns else [None] * len(texts)
+    raws = (
+        table[column + BYTES_SUFFIX].tolist()
+        if column + BYTES_SUFFIX in table.columns
+        else [None] * len(texts)
+    )
     return [text if raw is None or text is None else real_path(text, raw) for text, raw in zip(texts, raws)]
