@@ -1825,13 +1825,15 @@ def blob_features():
 MAGNITUDES = [
     ("x 1e30, float32", 1e30, np.float32),
     ("x 1e-41, float32 (denormal)", 1e-41, np.float32),
-    ("x 2**100, float32 (exactly the same numbers)", 2.0**100, np.float32),
+    ("x 2**100, float32 (brought back exactly)", 2.0**100, np.float32),
     ("x 1e20, float32", 1e20, np.float32),
     ("x 1e-20, float32", 1e-20, np.float32),
     ("x 1e300, float64 (beyond float32)", 1e300, np.float64),
     ("x 1e-300, float64 (below float32)", 1e-300, np.float64),
     ("x 1e-41, float64", 1e-41, np.float64),
     ("x 1e15, int64", 1e15, np.int64),
+    ("x 1e6, float32 (within the band: left as it is)", 1e6, np.float32),
+    ("x 1e-8, float32 (within the band)", 1e-8, np.float32),
 ]
 
 
@@ -1876,9 +1878,11 @@ def test_features_of_any_magnitude_cluster_as_at_unit_scale(blob_features, unit_
     labels, info = _features_run(tmp_path, _scaled(x, factor, dtype), kind, "scaled")
     assert info["counts"]["rejected"] == 0
     assert adjusted_rand_score(reference, labels) == 1.0 and np.array_equal(reference == -1, labels == -1)
-    if factor == 2.0**100:  # a power of two: the engine sees the very same numbers
-        assert info["features"]["scale_exponent"] == reference_info["features"]["scale_exponent"] - 100
-        assert np.array_equal(labels, reference)
+    assert reference_info["features"]["scale_exponent"] == 0  # row norms about 16: left as they are
+    if factor == 2.0**100:  # brought back exactly: the engine sees x / 16, a power of two from the reference
+        assert info["features"]["scale_exponent"] == -104
+    elif abs(np.log2(factor * 16)) <= 30:
+        assert info["features"]["scale_exponent"] == 0
 
 
 @pytest.mark.parametrize("case, factor, dtype", MAGNITUDES, ids=[m[0] for m in MAGNITUDES])
@@ -1897,7 +1901,8 @@ def test_the_estimator_clusters_any_magnitude_as_at_unit_scale(blob_features, ca
 
 
 def test_unit_vectors_are_left_exactly_as_they_are():
-    """The default backbones' features are L2-normalised: scaling leaves them bit for bit (no cluster moves)."""
+    """Unit vectors (the default backbones' features) and features of ordinary magnitude are left bit for
+    bit (no cluster moves); only magnitudes beyond 2**+-30 are brought to unit scale."""
     import torch
 
     from rca_gpu.features.extract import normalise_scale, row_norms, scale_exponent
@@ -1907,6 +1912,8 @@ def test_unit_vectors_are_left_exactly_as_they_are():
     assert torch.equal(normalise_scale(x.clone(), info), x) and info["scale_exponent"] == 0
     assert scale_exponent(row_norms(np.full((3, 4), 1e-41, np.float32))) == 135  # norms 2e-41 = 2**-135.2
     assert scale_exponent(np.array([0.0, np.nan, np.inf])) == 0  # no usable row: nothing to scale by
+    assert scale_exponent(np.full(5, 2.0**30)) == 0 and scale_exponent(np.full(5, 2.0**31)) == -31
+    assert scale_exponent(np.full(5, 1e-9)) == 0 and scale_exponent(np.full(5, 1e-10)) == 33
 
 
 # --------------------------------------------------------------------------------------------------
@@ -2077,3 +2084,38 @@ def test_a_run_folder_renamed_in_latin1_is_one_line(utf8_run, tmp_path, command)
             .replace("{i}", str(utf8_run.parent / "images")) for a in command]
     one_line_error(runner.invoke(app, args))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kind", ["npy", "parquet"])
+def test_rows_beyond_float32_next_to_the_others_are_rejected_with_their_reason(blob_features, tmp_path, kind):
+    """A float64 file whose first rows lie at 1e300 and the rest at unit scale: float32 cannot hold both, so
+    the far rows are rejected with the reason, the others clustered: 3 far rows in one batch, or 40 far rows
+    making a batch of their own, scaled on their own and refused when brought to the common exponent)."""
+    import rca_gpu.features.precomputed as precomputed
+
+    x, _ = blob_features
+    for rows_per_batch, far in ((None, 3), (40, 40)):
+        mixed = x.astype(np.float64)
+        mixed[:far] *= 1e300
+        if rows_per_batch:
+            precomputed_batch = precomputed._rows_per_batch
+            precomputed._rows_per_batch = lambda d: rows_per_batch
+        try:
+            name = f"mixed{rows_per_batch}"
+            path = tmp_path / f"{name}.{kind}"
+            if kind == "npy":
+                np.save(path, mixed)
+            else:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.write_table(pa.table({"feature": pa.array(list(mixed), pa.list_(pa.float64()))}), path)
+            failures, features = precomputed.load_features(path)
+        finally:
+            if rows_per_batch:
+                precomputed._rows_per_batch = precomputed_batch
+        assert features.positions.tolist() == list(range(far, 120))
+        assert set(features.rejected) == set(range(far))
+        assert all(r.startswith("feature values beyond float32's range next to the other rows")
+                   for r in features.rejected.values())
+        assert np.isfinite(features.matrix.numpy()).all()

@@ -342,14 +342,21 @@ def row_norms(block: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Features whose median row norm lies within 2**-SCALE_BAND .. 2**SCALE_BAND (about 1e-9 .. 1e9) are not
+#: rescaled: their squared distances (1e-18 .. 1e18) stay far inside float32's normal range (1e-38 .. 3e38).
+SCALE_BAND = 30
+
+
 def scale_exponent(norms: np.ndarray) -> int:
     """The exponent e that brings the median norm of the finite non-zero rows into [2**-0.5, 2**0.5) when the
-    features are multiplied by 2**e; 0 when there is no such row.
+    features are multiplied by 2**e, for features whose median row norm lies outside 2**-SCALE_BAND ..
+    2**SCALE_BAND; 0 for the others, and when there is no such row.
 
     Multiplying by a power of two is exact in floating point (no mantissa bit changes, for every value whose
-    result stays a normal number), so features of any finite magnitude enter the engine at the scale of unit
-    vectors, their rescaled copies (by a power of two) as the very same numbers, and features whose rows are
-    unit vectors (the default backbones' L2-normalised features) are left exactly as they are (e = 0).
+    result stays a normal number), so features of extreme magnitude (1e30, 1e-41, 1e300) enter the engine at
+    the scale of unit vectors, as their unit-scale copies do. Features of ordinary magnitude (unit vectors,
+    raw pixels, DUT activations, centred features) are left exactly as they are: their squared distances are
+    far from float32's limits, and the engine's own steps are scale-invariant there.
     """
     import math
 
@@ -357,7 +364,8 @@ def scale_exponent(norms: np.ndarray) -> int:
     usable = norms[np.isfinite(norms) & (norms > 0)]
     if not len(usable):
         return 0
-    return -int(round(math.log2(float(np.median(usable)))))
+    scale = math.log2(float(np.median(usable)))
+    return 0 if abs(scale) <= SCALE_BAND else -int(round(scale))
 
 
 def scale_by_power_of_two(matrix: Any, exponent: int) -> Any:
@@ -376,10 +384,11 @@ def scale_by_power_of_two(matrix: Any, exponent: int) -> Any:
 
 
 def normalise_scale(matrix: Any, info: dict[str, Any]) -> Any:
-    """Bring features of any finite magnitude to the scale of unit vectors by the exact power of two of
-    :func:`scale_exponent` (features at 1e30 or 1e-41 used to give one cluster or crash UMAP); the exponent is
-    recorded in ``info["scale_exponent"]`` (run.json's features block). Where the features enter the engine:
-    extracted, read from a features file, or given to the estimator."""
+    """Bring features of extreme magnitude to the scale of unit vectors by the exact power of two of
+    :func:`scale_exponent` (features at 1e30 or 1e-41 used to give one cluster or crash UMAP; features of
+    ordinary magnitude are left as they are); the exponent is recorded in ``info["scale_exponent"]`` (run.json's
+    features block). Where the features enter the engine: extracted, read from a features file, or given to
+    the estimator."""
     if matrix is None or not len(matrix):
         info["scale_exponent"] = 0
         return matrix

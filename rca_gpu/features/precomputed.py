@@ -24,10 +24,11 @@ when its vector is missing (null), has another length than the most common one, 
 missing value. A file that cannot be read as features at all (no feature column, two list columns, a
 non-numeric or 3-D array, no rows) raises :class:`~rca_gpu.errors.SourceError` naming the rule and the fix.
 
-Magnitudes: float32 values are read as float32, wider ones as float64, and every batch is multiplied by an
-exact power of two before it becomes float32, so that features of any finite magnitude (1e30, 1e-41, 1e300)
-enter the engine at the scale of unit vectors, as their rescaled copies do (``scale_exponent`` in run.json;
-:func:`rca_gpu.features.extract.scale_exponent`).
+Magnitudes: float32 values are read as float32, wider ones as float64, and a batch of extreme magnitude is
+multiplied by an exact power of two before it becomes float32, so that features of any finite magnitude
+(1e30, 1e-41, 1e300) enter the engine at the scale of unit vectors, as their unit-scale copies do
+(``scale_exponent`` in run.json; :func:`rca_gpu.features.extract.scale_exponent`: ordinary magnitudes are
+left as they are).
 
 Memory: the file is read in record batches (row blocks for .npy) into one preallocated float32 matrix, so
 the peak is the (n, d) matrix, a float64 norm per row, and one batch of about 64 MB (128 MB for float64).
@@ -193,10 +194,10 @@ def _to_device(matrix: np.ndarray, device: "Device | None"):
 class _Rows:
     """Good rows packed into a preallocated (n, d) float32 matrix; rejected rows recorded with a reason.
 
-    Values of any finite magnitude are kept: each block is multiplied by the power of two that brings its rows
-    to unit scale before it becomes float32 (in float64, exact), and :meth:`result` brings every block to the
-    exponent of all rows (:func:`rca_gpu.features.extract.scale_exponent`), exactly again. So a float64 file at
-    1e300 or 1e-300, or a float32 file at 1e-41, is clustered as its copy at unit scale."""
+    Values of any finite magnitude are kept: a block of extreme magnitude is multiplied by the power of two
+    that brings its rows to unit scale before it becomes float32 (in float64, exact), and :meth:`result` brings
+    every block to the exponent of all rows (:func:`rca_gpu.features.extract.scale_exponent`), exactly again.
+    So a float64 file at 1e300 or 1e-300, or a float32 file at 1e-41, is clustered as its copy at unit scale."""
 
     def __init__(self, n: int, d: int, source: Path) -> None:
         self.nonfinite = nonfinite_reason(source)
@@ -220,12 +221,12 @@ class _Rows:
         good, rows = block[finite], rows[finite]
         norms = row_norms(good)
         exponent = scale_exponent(norms)
-        scaled = np.ldexp(good.astype(np.float64 if good.dtype != np.float32 else np.float32, copy=False),
-                          np.int32(exponent)).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # a value float32 cannot hold becomes inf: its row is refused below
+            scaled = np.ldexp(good.astype(np.float64 if good.dtype != np.float32 else np.float32, copy=False),
+                              np.int32(exponent)).astype(np.float32, copy=False)
         fits = np.isfinite(scaled).all(axis=1)  # a row far beyond the others of its block: float32 cannot hold both
-        for position in rows[~fits]:
-            self.rejected[int(position)] = (f"feature values beyond float32's range next to the other rows (row norm "
-                                            f"{norms[np.flatnonzero(rows == position)[0]]:.3g}) in {self.source}")
+        for position, norm in zip(rows[~fits], norms[~fits]):
+            self.rejected[int(position)] = self._beyond(norm)
         scaled, rows, norms = scaled[fits], rows[fits], norms[fits]
         end = self.count + len(scaled)
         self.matrix[self.count:end] = scaled
@@ -244,11 +245,25 @@ class _Rows:
         from rca_gpu.features.extract import scale_exponent
 
         self.exponent = scale_exponent(self.norms[: self.count])
+        keep = None
         for first, end, exponent in self.blocks:
             if exponent != self.exponent:
-                np.ldexp(self.matrix[first:end], np.int32(self.exponent - exponent), out=self.matrix[first:end])
+                with np.errstate(over="ignore"):
+                    np.ldexp(self.matrix[first:end], np.int32(self.exponent - exponent), out=self.matrix[first:end])
+                fits = np.isfinite(self.matrix[first:end]).all(axis=1)
+                if not fits.all():  # a block far beyond the others: float32 cannot hold both
+                    keep = np.ones(self.count, dtype=bool) if keep is None else keep
+                    keep[first:end] &= fits
+                    for position, norm in zip(self.positions[first:end][~fits], self.norms[first:end][~fits]):
+                        self.rejected[int(position)] = self._beyond(norm)
         # rows were added in input order, so positions are sorted; the view keeps rejected rows' space only
-        return self.matrix[: self.count], self.positions[: self.count], dict(sorted(self.rejected.items()))
+        matrix, positions = self.matrix[: self.count], self.positions[: self.count]
+        if keep is not None:
+            matrix, positions = matrix[keep], positions[keep]
+        return matrix, positions, dict(sorted(self.rejected.items()))
+
+    def _beyond(self, norm: float) -> str:
+        return f"feature values beyond float32's range next to the other rows (row norm {norm:.3g}) in {self.source}"
 
 
 def _rows_per_batch(d: int) -> int:
