@@ -96,11 +96,23 @@ def friendly_errors(command: Callable) -> Callable:
                 raise
             _err(str(refused))
             raise typer.Exit(refused.exit_code) from None
+        except UnicodeError as exc:  # a path (or value) whose bytes are not UTF-8 reached a place that needs text
+            _err(_not_utf8(exc))
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _err("interrupted; finished feature shards are kept in the cache and reused on the next run")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _not_utf8(exc: UnicodeError) -> str:
+    """The one line for a value whose bytes are not UTF-8 where rca-gpu needs UTF-8 text."""
+    value = getattr(exc, "object", b"")
+    shown = printable(value if isinstance(value, str) else bytes(value).decode("utf-8", "backslashreplace"))
+    return (f"The value {shown[:200]!r} holds bytes that are not UTF-8 ({getattr(exc, 'reason', exc)}), and this "
+            "command writes it where only UTF-8 text fits. Rename the file or folder with UTF-8 characters, or pass "
+            "another path; nothing more was written.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,6 +140,9 @@ RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
                       "explanations; opens offline).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
+MemoryOpt = Annotated[Optional[str], typer.Option("--max-image-memory", metavar="SIZE", help="Memory that "
+                     "decoding images may use at once, e.g. 4GiB (default: a quarter of the machine's). Larger "
+                     "images are decoded reduced (JPEG) or rejected with the reason.")]
 
 
 def build_spec(pipeline: str | None, config: Path | None, **options: Any):
@@ -138,11 +153,22 @@ def build_spec(pipeline: str | None, config: Path | None, **options: Any):
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
     weights = values.pop("weights", None)
     data = load_config(config) if config else {}
+    _sizes_in_bytes(values, data)
     if weights is not None:
         data.setdefault("features", {})["weights"] = weights
     return build_run_spec(data, pipeline=pipeline, **values)
 
 
+
+
+def _sizes_in_bytes(*sources: dict[str, Any]) -> None:
+    """``max_image_memory`` given as text (``--max-image-memory 4GiB``, ``max_image_memory = "4GiB"`` in a
+    config) becomes bytes, in place; SpecError when it is no size."""
+    from rca_gpu.data.decoding import parse_size
+
+    for values in sources:
+        if isinstance(values.get("max_image_memory"), str):
+            values["max_image_memory"] = parse_size(values["max_image_memory"])
 
 
 def print_clusters(clusters, console=None, explanations=None, stability=None) -> None:
@@ -211,15 +237,18 @@ def run_command(
     sample_size: Annotated[Optional[int], typer.Option("--sample-size", help="Above this many usable images, "
                            "hyper-parameters are chosen on a seeded sample of this size and extended to the "
                            "rest (default 5000).")] = None,
+    max_image_memory: MemoryOpt = None,
     report: ReportOpt = True,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Cluster the failing images in SOURCE (or the features in --features FILE); write clusters.parquet,
     embedding.parquet, run.json to OUT."""
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.runfolder import check_run_out_folder
 
     # before the spec, the source or any model is read
+    check_output_path(out, "--out")
     check_run_out_folder(out, {"SOURCE": source, "--features": features, "--metadata": metadata,
                                "--config": config, "--weights": weights})
     reporter = reporter_for(quiet, verbose)
@@ -231,6 +260,7 @@ def run_command(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
         cache_features=cache, plot_embedding=plot_umap, stability=stability, sample_size=sample_size,
+        max_image_memory=max_image_memory,
     )
     result = run_inputs(spec, source, out, features=features, metadata=metadata, dask=dask, reporter=reporter,
                         report=report)
@@ -312,6 +342,7 @@ def demo_command(
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
+    max_image_memory: MemoryOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/run/report.html (clusters, "
                                          "map, explanations; opens offline).")] = True,
     quiet: QuietOpt = False,
@@ -320,16 +351,18 @@ def demo_command(
 
     The benchmark in OUT/data is reused when it was made with the same --n and --seed; otherwise it is made
     again (as `rca-gpu datasets make` does), and the line printed says why."""
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.outputs import writing
     from rca_gpu.runfolder import check_out_folder
 
+    check_output_path(out, "--out")
     out = check_out_folder(out)
+    spec = build_spec(pipeline, None, device=device, seed=seed, max_image_memory=max_image_memory)
     with writing(out, "rca-gpu demo"):  # the benchmark and its run: one demo at a time in OUT
-        _demo(out, n=n, pipeline=pipeline, device=device, seed=seed, report=report, quiet=quiet)
+        _demo(out, spec, n=n, seed=seed, report=report, quiet=quiet)
 
 
-def _demo(out: Path, *, n: int | None, pipeline: str | None, device, seed: int | None, report: bool,
-          quiet: bool) -> None:
+def _demo(out: Path, spec, *, n: int | None, seed: int | None, report: bool, quiet: bool) -> None:
     reporter = reporter_for(quiet)
     from rca_gpu.runfiles import DATASET_MANIFEST, DEMO_DATA, DEMO_RUN
     from rca_gpu.datasets import dataset_differences, make_dataset
@@ -342,7 +375,6 @@ def _demo(out: Path, *, n: int | None, pipeline: str | None, device, seed: int |
         if why or not quiet:  # a changed value is never replaced silently
             typer.echo(f"making the mnist-rc benchmark{why} in {printable(data_dir.resolve())} ...")
         manifest = make_dataset("mnist-rc", data_dir, n=n, seed=seed or 0, reporter=reporter)
-    spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
     result = run(spec, manifest, out / DEMO_RUN, reporter=reporter, report=report)

@@ -56,6 +56,9 @@ def assign_command(
     """
     from rca_gpu.runfiles import ASSIGNMENTS_FILE
     from rca_gpu.catalogue.assign import assign_run
+    from rca_gpu.data.paths import check_output_path
+
+    check_output_path(out, "--out")
     from rca_gpu.catalogue.reference import ALPHA
 
     reporter = reporter_for(quiet)

@@ -40,6 +40,9 @@ def study_command(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16")] = None,
+    max_image_memory: Annotated[Optional[str], typer.Option("--max-image-memory", metavar="SIZE",
+                                help="Memory that decoding images may use at once, e.g. 4GiB (default: a "
+                                "quarter of the machine's).")] = None,
     quiet: QuietOpt = False,
     top: Annotated[int, typer.Option("--top", help="Rows of the ranking to print.")] = 15,
 ) -> None:
@@ -53,12 +56,15 @@ def study_command(
     from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
                                    check_out_folder)
 
+    from rca_gpu.data.paths import check_output_path
+
+    check_output_path(out, "--out")
     check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
     check_inputs_kept(out, {"SOURCE": source, "--model": model}, files=STUDY_OUTPUTS, folders=STUDY_OUTPUT_FOLDERS)
     make_plan(_split(features), _split(reducers), _split(clusterers), False)  # names checked before any image is read
     reporter = reporter_for(quiet)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
-                      precision=precision, model=model)
+                      precision=precision, model=model, max_image_memory=max_image_memory)
     failures = load_source(source, image_root=base.image_root, skip=[out])  # never the study's own outputs
     check_study_source(failures)
     plan = make_plan(_split(features), _split(reducers), _split(clusterers), bool(base.model or failures.dut))

@@ -42,6 +42,7 @@ class ExtractionContext:
     model_ref: str | None = None  # the DNN under test, as given to --model
     work_dir: Path | None = None  # where an extractor may save what it trains (autoencoder), reused on re-runs
     reporter: "Reporter | None" = None
+    max_image_memory: int | None = None  # bytes image decoding may use at once (rca_gpu.data.decoding)
     _dut: Any = field(default=None, repr=False)  # the DNN under test, once loaded (rca_gpu.features.dut.load_dut)
 
     def batches(
@@ -72,6 +73,7 @@ class ExtractionContext:
             seed=self.seed,
             reporter=self.reporter,
             description=description,
+            max_image_memory=self.max_image_memory,
         )
 
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rca_gpu.data.paths import path_or_file
 from rca_gpu.errors import ModelError
 from rca_gpu.features import layers
 from rca_gpu.features.base import ExtractionContext, FeatureExtractor
@@ -163,7 +164,8 @@ def _load_torchscript(ref: str, path: Path, device: torch.device) -> tuple[torch
     try:
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; it is still a supported input
             warnings.simplefilter("ignore", FutureWarning)
-            model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            with path_or_file(path) as source:  # a name that is not UTF-8: through a Python file object
+                model = torch.jit.load(source, map_location=device, _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - the loader raises many types; all become one ModelError
         raise ModelError(f"Cannot load the TorchScript file {str(path)!r}: {_first_line(exc)}") from None
     spec = _parse_spec_file(extra[SPEC_FILE], path)
@@ -175,7 +177,8 @@ def _load_export(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.M
 
     extra = {SPEC_FILE: ""}
     try:
-        program = torch.export.load(str(path), extra_files=extra)
+        with path_or_file(path) as source:
+            program = torch.export.load(source, extra_files=extra)
         program = move_to_device_pass(program, device)
         module = torch.export.unflatten(program)
     except Exception as exc:  # noqa: BLE001 - as above, for torch.export's deserialiser
@@ -205,7 +208,8 @@ def _load_onnx(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.Mod
             f"{str(path)!r} is an ONNX model; reading it needs onnx and onnx2torch: pip install 'rca-gpu[onnx]'."
         ) from None
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        with path_or_file(path) as source:
+            proto = onnx.load(source, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - a corrupt protobuf raises several types
         raise ModelError(f"Cannot read the ONNX file {str(path)!r}: {_first_line(exc)}") from None
     _load_onnx_external_data(proto, path)
