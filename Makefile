@@ -55,13 +55,15 @@ test: weights browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Re-resolve the lock files from pyproject.toml, keeping every pin that still fits (UPGRADE=1: newest
-# versions). Needs only the package registry; uv is installed into the venv at a fixed version.
+# versions), never a pre-release (a beta numba once paired with a numpy it cannot compile against; the
+# slow test of tests/test_locks.py installs each GPU lock's CPU part and compiles). Needs only the package
+# registry; uv is installed into the venv at a fixed version.
 # One line per lock file: $(call lock,FLAVOUR,EXTRAS,ARCH,PYTHON,MORE uv ARGUMENTS) -> locks/FLAVOUR-ARCH.txt,
 # EXTRAS joined by '+' (e.g. gpu-cu12+test); installed by `make venv FLAVOUR=...` on a machine of that ARCH.
 define lock
 	@echo "lock: locks/$(1)-$(3).txt (extras: $(2); CPython $(4))"
 	@$(UV) pip compile --quiet pyproject.toml locks/build.in $(foreach e,$(subst +, ,$(2)),--extra $(e)) \
-	  --generate-hashes --python-version $(4) --python-platform $(3)-manylinux_2_28 \
+	  --generate-hashes --python-version $(4) --python-platform $(3)-manylinux_2_28 --prerelease disallow \
 	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) $(5) --output-file locks/$(1)-$(3).txt
 endef
 
