@@ -1,9 +1,10 @@
 """numba's on-disk cache for every jitted function of the libraries rca_gpu calls, so no process compiles twice.
 
-umap-learn, pynndescent and fast_hdbscan mark only some of their numba functions ``cache=True``; the others
-(parallel loops, functions handed a distance function, pynndescent's NN-descent that fast_hdbscan runs on
-data of more than 30 dimensions) were compiled again in every new process: a first UMAP or HDBSCAN fit cost
-tens of seconds to minutes more than the second (benchmarks/compile_stall.py, benchmarks/RESULTS.md).
+umap-learn marks one of its numba functions ``cache=True``, pynndescent and fast_hdbscan most but not all;
+the others were compiled again in every new process: a first UMAP fit cost tens of seconds more than the
+second (benchmarks/compile_stall.py, benchmarks/RESULTS.md). (fast_hdbscan's path for data of more than 30
+dimensions, pynndescent's NN-descent, cannot be cached at all; rca_gpu.cluster runs scikit-learn's HDBSCAN
+there.)
 
 :func:`load` imports such a library and switches numba's cache on for each of its module-level dispatchers
 that has none, through numba's own switch (``Dispatcher.enable_caching()``), before they compile. numba keys
@@ -27,15 +28,14 @@ from types import ModuleType
 
 #: The packages whose jitted functions rca_gpu's stages call.
 PACKAGES = ("umap", "pynndescent", "fast_hdbscan")
-#: Modules a library imports only inside a fit, loaded with it so that their functions are cached too.
-LAZY = {"fast_hdbscan": ("fast_hdbscan.nndescent",)}
 #: The dispatchers this module switched the cache on for.
 _enabled: weakref.WeakSet = weakref.WeakSet()
 _listening = False
 
 
 def load(name: str) -> ModuleType:
-    """Import ``name`` (one of :data:`PACKAGES` or a module of one) with numba's disk cache on for its functions.
+    """Import ``name`` (one of :data:`PACKAGES` or a module of one) with numba's disk cache on for the functions
+    of the loaded modules of :data:`PACKAGES`.
 
     Returns the module, as ``import name`` would. Cheap after the first call (one scan of the loaded
     modules of :data:`PACKAGES`).
@@ -45,11 +45,6 @@ def load(name: str) -> ModuleType:
     ImportError : the library is not installed (as ``import name``).
     """
     module = importlib.import_module(name)
-    for extra in LAZY.get(name.split(".")[0], ()):
-        try:
-            importlib.import_module(extra)
-        except ImportError:  # its optional dependency is missing: the library says so when it needs it
-            pass
     if os.environ.get("RCA_GPU_JIT_CACHE", "1") != "0":
         enable_loaded()
     return module

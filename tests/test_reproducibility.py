@@ -152,8 +152,8 @@ def test_cached_library_functions_compile_once_per_target(tmp_path):
 
 
 def test_off_switch_leaves_the_libraries_as_they_are():
-    code = ("import rca_gpu\nfrom rca_gpu import jit_cache\njit_cache.load('fast_hdbscan')\n"
-            "from pynndescent.pynndescent_ import nn_descent\nprint(nn_descent.stats.cache_path is None)")
+    code = ("import rca_gpu\nfrom rca_gpu import jit_cache\njit_cache.load('umap')\n"
+            "from umap.umap_ import smooth_knn_dist\nprint(smooth_knn_dist.stats.cache_path is None)")
     on = _python(code)  # the session's numba cache: importing pynndescent compiles no more than in other tests
     off = _python(code, RCA_GPU_JIT_CACHE="0")
     assert (on.stdout.split()[-1:], off.stdout.split()[-1:]) == (["False"], ["True"]), on.stderr + off.stderr
