@@ -11,6 +11,10 @@ Public API (heavy libraries are imported only when a function runs)::
 
 from __future__ import annotations
 
+from rca_gpu import cpu_target as _cpu_target
+
+_cpu_target.apply()  # before numba compiles anything: the same clusters on any x86-64 CPU
+
 from rca_gpu.errors import RcaError, SpecError, SourceError, UnsupportedOnGPU
 from rca_gpu.spec import PipelineSpec, RunSpec, build_run_spec, parse_pipeline
 

@@ -15,13 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu import limits, registry
+from rca_gpu import jit_cache, limits, registry
 from rca_gpu.device import Device, as_numpy, to_kind
 from rca_gpu.errors import UnsupportedOnGPU
 from rca_gpu.registry import Adapter
 
 #: Above this many points, exact Ward (quadratic memory) is replaced by Ward restricted to the kNN graph.
 WARD_EXACT_MAX = 20_000
+#: Above this many dimensions fast_hdbscan builds its tree from pynndescent's approximate kNN graph
+#: (fast_hdbscan/hdbscan.py), unseeded, so two fits of one data set could differ, and compiled again in every
+#: process (numba cannot cache functions handed a distance function); scikit-learn's exact HDBSCAN runs there
+#: instead, as good and faster (benchmarks/hdbscan_backends.py, benchmarks/RESULTS.md).
+FAST_HDBSCAN_MAX_DIMS = 30
 #: Ward never runs on more points than this; the search runs it on its sample (rca_gpu.tuning), and raising
 #: the sample size above this is refused with a message.
 WARD_MAX_POINTS = 50_000
@@ -60,15 +65,18 @@ class CumlDBSCAN(_Base):
 
 
 class FastHDBSCAN(_Base):
-    """fast_hdbscan: parallel Boruvka on a KD-tree (numba)."""
+    """fast_hdbscan: parallel Boruvka on a KD-tree (numba); scikit-learn's above FAST_HDBSCAN_MAX_DIMS."""
 
     def fit_predict(self, x):
-        import fast_hdbscan
-
         size = self.params["min_cluster_size"]
         min_samples = limits.hdbscan_library_min_samples(self.params.get("min_samples"), size)
-        model = fast_hdbscan.HDBSCAN(min_cluster_size=size, min_samples=min_samples)
-        return model.fit_predict(np.asarray(x, dtype=np.float64))
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[1] > FAST_HDBSCAN_MAX_DIMS:
+            from sklearn.cluster import HDBSCAN  # counts the point itself, as rca_gpu does; at most n
+
+            return HDBSCAN(min_cluster_size=size, min_samples=min(min_samples + 1, len(x)), copy=True).fit_predict(x)
+        fast_hdbscan = jit_cache.load("fast_hdbscan")  # compiled once per machine, not per process
+        return fast_hdbscan.HDBSCAN(min_cluster_size=size, min_samples=min_samples).fit_predict(x)
 
 
 class CumlHDBSCAN(_Base):

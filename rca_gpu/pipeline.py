@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from rca_gpu import outputs
+from rca_gpu import cpu_target, outputs
 from rca_gpu.catalogue.run_hook import keep_for_catalogue
 from rca_gpu.data.sources import FailureSet, load_source
 from rca_gpu.describe import common_values
@@ -464,6 +464,7 @@ def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, r
         "spec": spec.to_dict(),
         "counts": {"input_rows": n, "usable": 0 if features is None else features.n, "rejected": len(rejected)},
         "versions": library_versions(),
+        "cpu_target": cpu_target.describe(),
         "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
     })
 
@@ -554,6 +555,7 @@ def cluster_and_write(
         "representation": describe_representation(spec.pipeline.features, features.info),
         "knn": graph.describe() if graph is not None else selection.knn,
         "threads": thread_counts(),
+        "cpu_target": cpu_target.describe(),  # numba's code-generation target and the BLAS kernels
         "reduce": selection.reduce_info,
         "tuning": {**selection.to_dict(), "seconds": selection.seconds},
         "plot_embedding": plot_source,

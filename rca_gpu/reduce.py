@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu import limits, registry
+from rca_gpu import jit_cache, limits, registry
 from rca_gpu.device import Device, to_kind
 from rca_gpu.neighbors import KnnGraph
 from rca_gpu.registry import Adapter
@@ -63,7 +63,7 @@ class UmapLearn(Adapter):
         self.n_neighbors, self.n_components, self.min_dist, self.seed = n_neighbors, n_components, min_dist, seed
 
     def fit_transform(self, x, knn=None):
-        import umap
+        umap = jit_cache.load("umap")  # compiled once per machine, not per process
 
         n = x.shape[0]
         n_neighbors = max(2, min(self.n_neighbors, n - 1))

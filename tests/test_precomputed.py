@@ -195,6 +195,7 @@ def _values(column: pd.Series) -> list:
 # --- the command line -----------------------------------------------------------------------------------
 
 
+@pytest.mark.quality
 def test_run_with_features_writes_the_usual_outputs(blobs, tmp_path):
     x, y = blobs
     x = x.copy()

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from rca_gpu import jit_cache
 from rca_gpu.device import Device
 from rca_gpu.neighbors import nearest_rows
 
@@ -51,6 +52,7 @@ def umap_place(sample_embedding: np.ndarray, indices: np.ndarray, distances: np.
     sample point takes its position), then ``epochs`` epochs of ``optimize_layout_euclidean`` with the sample
     fixed (0: none).
     """
+    jit_cache.load("umap")  # compiled once per machine, not per process
     from umap.umap_ import compute_membership_strengths, smooth_knn_dist
 
     k = min(n_neighbors, indices.shape[1])
