@@ -308,13 +308,13 @@ def test_export_refuses_bad_requests_with_one_line_errors(run_dir, tmp_path):
 
 
 def test_optional_sections_render_only_when_their_files_exist(run_dir):
-    from markupsafe import escape
-
     from rca_gpu.report import sections
     from rca_gpu.report.build import build_report
 
-    section = sections.ExtraSection(key="extra-test", title="Extra", files=("extra_test.json",),
-                                    render=lambda run: f"<p>{escape(run.json('extra_test.json')['text'])}</p>")
+    section = sections.ExtraSection(
+        key="extra-test", title="Extra", files=("extra_test.json",),
+        render=lambda run: sections.Content((sections.Paragraph(run.json("extra_test.json")["text"]),),
+                                            sections.Table(("a",), (("<u>cell</u>",),))))
     fact = sections.ClusterFact(key="fact-test", label="Fact", files=("extra_test.json",),
                                 compute=lambda run: {0: "<b>zero</b>"})
     sections.register_section(section)
@@ -327,8 +327,14 @@ def test_optional_sections_render_only_when_their_files_exist(run_dir):
         outputs.write_json(run_dir / "extra_test.json", {"text": "<i>hello</i>"}, run_id=open_run(run_dir).run_id)
         html = build_report(run_dir).path.read_text()
         assert 'id="extra-test"' in html and "&lt;i&gt;hello&lt;/i&gt;" in html and "Fact: &lt;b&gt;zero" in html
+        assert "&lt;u&gt;cell&lt;/u&gt;" in html and "<u>" not in html
+        # a section that returns HTML text is refused: the page escapes values itself
+        sections.register_section(sections.ExtraSection(key="extra-test", title="Extra", files=("extra_test.json",),
+                                                        render=lambda run: "<p>raw</p>"))
+        with pytest.raises(TypeError, match="returned str; a section returns"):
+            build_report(run_dir)
     finally:
-        sections.EXTRA_SECTIONS.remove(section)
+        sections.EXTRA_SECTIONS[:] = [s for s in sections.EXTRA_SECTIONS if s.key != "extra-test"]
         sections.CLUSTER_FACTS.remove(fact)
         (run_dir / "extra_test.json").unlink(missing_ok=True)
 
@@ -554,3 +560,42 @@ def test_summary_and_map_show_the_edited_causes_with_names_escaped(catalogue_run
     (folder / "causes.toml").write_text('run_id = "another run"\nformat = 1\n', encoding="utf-8")
     with pytest.raises(CatalogueError, match="causes.toml' belongs to run another run"):
         build_report(folder)
+
+
+def test_the_catalogue_never_imports_the_report():
+    """report/ reads the catalogue (rca_gpu.report.catalogue_sections); catalogue/ imports nothing of report/,
+    also not inside functions, so the two folders form no import cycle."""
+    import ast
+
+    import rca_gpu
+
+    root = Path(rca_gpu.__file__).parent / "catalogue"
+    found = []
+    for module in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{module.name}: {n}" for n in names if n == "rca_gpu.report" or n.startswith("rca_gpu.report.")]
+    assert len(list(root.glob("*.py"))) > 5 and found == []
+
+
+def test_a_comparison_file_carrying_markup_is_shown_as_text(catalogue_run, tmp_path):
+    """comparison.parquet is data: markup in any of its columns (numbers included) reaches the page as text."""
+    import shutil
+
+    from rca_gpu import outputs
+    from rca_gpu.report.build import build_report
+    from rca_gpu.runfolder import open_run
+
+    folder = shutil.copytree(catalogue_run, tmp_path / "run")
+    run_id = open_run(folder).run_id
+    hostile = "<img src=x onerror=alert(7)>"
+    outputs.write_parquet(folder / "comparison.parquet", pd.DataFrame({
+        "run_a": [hostile], "status": [hostile], "cause_a": [hostile], "name_a": [hostile], "size_a": [hostile],
+        "share_a": [hostile], "size_b": [hostile], "share_b": [hostile], "cause_b": [hostile], "name_b": [hostile],
+    }), run_id=run_id)
+    outputs.write_json(folder / "comparison.json", {"run_a_folder": hostile, "mode": hostile, "basis": "shares",
+                                                    "images_a": hostile, "images_b": hostile}, run_id=run_id)
+    html = build_report(folder).path.read_text(encoding="utf-8")
+    section = html.split('id="comparison"', 1)[1].split("</section>", 1)[0]
+    assert hostile not in html and section.count("&lt;img src=x onerror=alert(7)&gt;") >= 10

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,30 @@ REPRESENTATIVES = 8
 BORDER_CASES = 4
 #: Images per gallery page (the "open all images" link of a cluster).
 GALLERY_PAGE = 500
+#: Version of the gallery pages; pages of another version are written again.
+GALLERY_FORMAT = 2
 #: Columns of clusters.parquet that are not metadata.
 OWN_COLUMNS = ("id", "path", "cluster", "status", "reason", "input_path")
 #: A text column with more levels than this is shown on hover but not offered for colouring.
 COLOUR_LEVELS = 50
 MAP_LEVELS = 30  # levels shown in the legend; the rest are drawn as "other"
+
+
+def content_security_policy(nonce: str | None) -> str:
+    """The Content-Security-Policy of a page (a ``<meta http-equiv>`` tag): scripts only with the page's own
+    ``nonce`` (none at all when None), images only from ``file:`` (the thumbnails and originals beside the page)
+    and ``data:``/``blob:`` URLs the page's own script makes, inline styles (plotly sets them), and nothing else:
+    no network origin, no plug-ins, no forms, no ``<base>``. An escaping slip that lets markup from a data value
+    into the page can then neither run a script (an injected ``<script>`` has no nonce; inline event handlers such
+    as ``onerror=`` are refused) nor fetch anything. ``'unsafe-eval'`` is granted to the page's own scripts
+    because plotly's WebGL renderer (regl) compiles its drawing code with ``new Function``; it lets no markup
+    run: only code that already runs can call it."""
+    script = f"'nonce-{nonce}' 'unsafe-eval'" if nonce else "'none'"
+    return ("default-src 'none'; "
+            f"script-src {script}; "
+            "style-src 'unsafe-inline'; img-src file: data: blob:; "
+            "connect-src 'none'; font-src 'none'; object-src 'none'; media-src 'none'; frame-src 'none'; "
+            "worker-src 'none'; base-uri 'none'; form-action 'none'")
 
 
 @dataclass
@@ -117,6 +137,7 @@ def build_report(
     """
     if map_points < 1 or thumb_size < 1:
         raise ValueError(f"map_points and thumb_size must be >= 1; got {map_points} and {thumb_size}.")
+    from rca_gpu.report import catalogue_sections as _catalogue
     from rca_gpu.report import sections as _sections
 
     seconds: dict[str, float] = {}
@@ -146,7 +167,6 @@ def build_report(
     seconds["thumbnails"] = _since(t)
 
     t = time.perf_counter()
-    _sections.load_plugins()
     meta_columns = [c for c in clusters.columns if c not in OWN_COLUMNS]
     truth = _ground_truth(clusters, run)
     facts = _sections.cluster_facts(run)
@@ -175,12 +195,12 @@ def build_report(
         })
     rejected = clusters[clusters["status"] == "rejected"]
     reasons = rejected["reason"].value_counts().items() if len(rejected) else []
-    catalogue = _catalogue_summary(run, clusters, n_total)
+    catalogue = _catalogue.catalogue_summary(run, clusters, n_total)
     for section in cluster_sections:
         section["causes"] = catalogue["by_cluster"].get(section["label"], []) if catalogue else []
     map_data, colour_columns = _map_data(clusters, embedding, positions, drawn, thumbs, meta_columns)
     if catalogue:
-        map_data["cause"] = _cause_codes(catalogue, positions[drawn])
+        map_data["cause"] = _catalogue.cause_codes(catalogue, positions[drawn])
     seconds["sections"] = _since(t)
 
     t = time.perf_counter()
@@ -190,7 +210,10 @@ def build_report(
 
     t = time.perf_counter()
     counts = run.info.get("counts", {})
+    nonce = secrets.token_urlsafe(18)
     context = {
+        "csp": content_security_policy(nonce),
+        "nonce": nonce,
         "run": run.info,
         "run_id": run.run_id,
         "made_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -422,55 +445,6 @@ def _ground_truth(clusters: pd.DataFrame, run: RunFolder) -> dict[str, Any] | No
 
 
 # --------------------------------------------------------------------------------------------------
-# The edited catalogue of causes
-# --------------------------------------------------------------------------------------------------
-
-
-def _catalogue_summary(run: RunFolder, clusters: pd.DataFrame, n_total: int) -> dict[str, Any] | None:
-    """The causes of the run's edited catalogue for the summary and the map, or None when ``causes.toml`` holds
-    no edit. ``rows``: one per cause, active ones largest first, then the dropped; ``by_cluster``: cluster ->
-    the causes its images belong to, most images first (Catalogue.causes_by_cluster); ``cause``: (n,) int64
-    cause of each row of clusters.parquet (-1: noise, rejected).
-
-    Raises
-    ------
-    rca_gpu.catalogue.reference.CatalogueError
-        causes.toml is unreadable or belongs to another run (as for every command that reads the catalogue).
-    """
-    from rca_gpu.catalogue.causes import CAUSES_FILE, load_catalogue
-
-    if not run.has(CAUSES_FILE):
-        return None
-    catalogue = load_catalogue(run)
-    if not catalogue.history:
-        return None
-    sizes = catalogue.sizes()
-    cause = catalogue.cause_of(clusters["id"].to_numpy())
-    rows = []
-    for cause_id in sorted(catalogue.causes, key=lambda c: (catalogue.causes[c].dropped, -sizes.get(c, 0), c)):
-        item = catalogue.causes[cause_id]
-        rows.append({"id": cause_id, "anchor": f"cause-{cause_id}", "name": item.name, "label": item.label,
-                     "origin": item.origin, "dropped": item.dropped, "size": sizes.get(cause_id, 0),
-                     "share": sizes.get(cause_id, 0) / n_total if n_total else 0.0,
-                     "clusters": [(f"cluster {c}", _anchor(c)) for c in sorted(item.clusters)]})
-    by_id = {row["id"]: row for row in rows}
-    by_cluster = {cluster: [dict(by_id[c], images=k) for c, k in causes]
-                  for cluster, causes in catalogue.causes_by_cluster().items()}
-    return {"rows": rows, "by_cluster": by_cluster, "cause": cause, "history": list(catalogue.history)}
-
-
-def _cause_codes(catalogue: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
-    """The map's cause column for the clusters.parquet rows ``rows``: ``codes`` index ``levels`` (-1: no cause),
-    ``ids`` and ``dropped`` per level, in the summary's order."""
-    levels = catalogue["rows"]
-    position = {row["id"]: k for k, row in enumerate(levels)}
-    codes = [position.get(int(c), -1) for c in catalogue["cause"][rows]]
-    return {"codes": codes, "ids": [row["id"] for row in levels], "dropped": [row["dropped"] for row in levels],
-            "levels": [(f"{row['id']}: {row['name']}" if row["name"] else row["label"])
-                       + (" (not a cause)" if row["dropped"] else "") for row in levels]}
-
-
-# --------------------------------------------------------------------------------------------------
 # The map
 # --------------------------------------------------------------------------------------------------
 
@@ -581,7 +555,8 @@ def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str
 
     if folder.is_symlink():
         raise OSError(f"{folder} is a symbolic link; refusing to write through it.")
-    stamp = {"run_id": run.run_id, "thumbnails": sorted(thumbs)[:1] + [len(thumbs)], "page": GALLERY_PAGE}
+    stamp = {"run_id": run.run_id, "thumbnails": sorted(thumbs)[:1] + [len(thumbs)], "page": GALLERY_PAGE,
+             "format": GALLERY_FORMAT}
     index = folder / "index.json"
     try:
         if json.loads(index.read_text(encoding="utf-8")) == stamp:
@@ -616,7 +591,7 @@ def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str
                 items.append({"id": ids[k], "path": path, "reason": reasons[k],
                               "src": url or (f"../thumbs/{thumb}" if thumb else None)})
             html = template.render(
-                title=title, run_id=run.run_id, items=items, page=page + 1, pages=pages, total=len(members),
+                csp=content_security_policy(None), title=title, run_id=run.run_id, items=items, page=page + 1, pages=pages, total=len(members),
                 prev=f"{anchor}-p{page:03d}.html" if page > 0 else None,
                 next=f"{anchor}-p{page + 2:03d}.html" if page + 1 < pages else None,
                 rejected=anchor == "rejected",
