@@ -290,7 +290,8 @@ def is_finished(path: str | Path) -> bool:
 RUN_OUTPUTS: tuple[str, ...] = (RUN_FILE, "clusters.parquet", "embedding.parquet", "explanations.parquet",
                                 "metrics.json", "per_cause.csv", "report.html", "cluster_summary.parquet",
                                 "reference.safetensors", "reference.parquet", "reference.json", "causes.toml",
-                                "causes.parquet", "comparison.parquet", "comparison.json")
+                                "causes.parquet", "comparison.parquet", "comparison.json", "heatmaps.safetensors",
+                                "clusters.csv", "verify.json")
 #: Sub-folders of a run folder that rca-gpu writes into: the report's files (thumbnails are replaced) and the
 #: feature cache (shards are added and removed). Not removed by a new run.
 RUN_OUTPUT_FOLDERS: tuple[str, ...] = ("report_files", "cache")

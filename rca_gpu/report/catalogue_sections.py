@@ -109,6 +109,36 @@ def comparison_section(run: "RunFolder") -> Content | None:
     return Content(tuple(paragraphs), Table(head, tuple(rows)))
 
 
+def verified_causes(run: "RunFolder") -> dict[str, Any] | None:
+    """What ``rca-gpu verify`` found (verify.json), for the summary: ``by_cause`` cause -> {``text`` ("lift 3.2
+    [2.1, 4.8]"), ``verdict``, ``images``, ``failures``}, the pool's ``images``, ``failure_rate``, the
+    ``interval`` used, and ``stale`` (a sentence) when the catalogue was edited after the verification; None
+    when the run was not verified. Values are read as data: a field of the wrong type shows as "-"."""
+    from rca_gpu.catalogue.verify import VERIFY_FILE
+
+    if not run.has(VERIFY_FILE):
+        return None
+    info = run.json(VERIFY_FILE)
+    rows = info.get("per_cause") if isinstance(info.get("per_cause"), dict) else {}
+    by_cause: dict[int, dict[str, Any]] = {}
+    for key, row in rows.items():
+        if not isinstance(row, dict) or not str(key).lstrip("-").isdigit():
+            continue
+        lift, low, high = (_number(row.get(k)) for k in ("lift", "low", "high"))
+        text = "-" if lift is None else f"lift {lift:.2f}" + (f" [{low:.2f}, {high:.2f}]"
+                                                                if low is not None and high is not None else "")
+        by_cause[int(key)] = {"text": text, "verdict": str(row.get("verdict", "")), "images": row.get("images"),
+                              "failures": row.get("failures"), "lift": lift, "low": low, "high": high}
+    stale = None
+    recorded = info.get("catalogue") if isinstance(info.get("catalogue"), dict) else {}
+    if recorded.get("digest") != load_catalogue(run).state()["digest"]:
+        stale = (f"The catalogue was edited after the verification: run `rca-gpu verify {run.path} POOL` again to "
+                 "verify the causes as they are now.")
+    return {"by_cause": by_cause, "images": info.get("images"), "failure_rate": _number(info.get("failure_rate")),
+            "interval": str(info.get("interval", "")), "pool": str((info.get("pool") or {}).get("given", ""))
+            if isinstance(info.get("pool"), dict) else "", "stale": stale}
+
+
 def _number(value: Any) -> float | None:
     """``value`` as a float when it is a real number (not text, not a bool), else None."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
