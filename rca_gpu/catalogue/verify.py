@@ -17,7 +17,8 @@ each slice on held-out data):
 Interval: the Katz log interval of the risk ratio RR = (a / n) / (c / m) of the cause's images against the rest
 of the pool (c failures among m) at 95 % (Katz, Baptista, Azen & Pike, "Obtaining confidence intervals for the
 risk ratio in cohort studies", Biometrics 34(3):469-474, 1978): exp(log RR +- 1.96 sqrt(1/a - 1/n + 1/c - 1/m)),
-with 0.5 added to each of the four cells when one is 0 (Haldane's correction). With f = n / (n + m) fixed, the
+computed by ``scipy.stats.contingency.relative_risk``; when the cause or the rest of the pool has no failure
+(a or c is 0) the log is undefined and 0.5 is added to each of the four cells first (Haldane's correction). With f = n / (n + m) fixed, the
 lift is RR / (f RR + 1 - f), an increasing function of RR equal to 1 exactly when RR is, so the RR interval maps
 to the lift's interval by the same function (and contains 1 exactly when the RR interval does).
 
@@ -43,8 +44,8 @@ VERIFY_FILE = "verify.json"
 #: Two-sided level of the intervals and its normal quantile.
 LEVEL = 0.95
 _Z = 1.959963984540054
-INTERVAL = ("Katz log interval of the risk ratio (cause vs rest of the pool), 95 %, mapped to the lift; 0.5 "
-            "added to each cell when one is 0 (Katz, Baptista, Azen & Pike, Biometrics 34:469-474, 1978)")
+INTERVAL = ("95 % Katz log interval of the risk ratio of the cause's images against the rest of the pool, mapped "
+            "to the lift (Katz, Baptista, Azen & Pike, Biometrics 34:469-474, 1978)")
 #: Columns the pool must have.
 POOL_COLUMNS = ("label", "prediction")
 
@@ -80,19 +81,22 @@ def failure_lift(failed: np.ndarray, group: np.ndarray) -> dict[str, Any]:
     out["lift"] = (a / n) / total_rate
     if m == 0:
         return {**out, "verdict": "not shown (the whole pool is this cause)"}
-    cells = [a, n - a, c, m - c]
-    if min(cells) == 0:  # Haldane's correction
-        a_, b_, c_, d_ = (x + 0.5 for x in cells)
-    else:
-        a_, b_, c_, d_ = (float(x) for x in cells)
-    rr = (a_ / (a_ + b_)) / (c_ / (c_ + d_))
-    se = math.sqrt(1 / a_ - 1 / (a_ + b_) + 1 / c_ - 1 / (c_ + d_))
+    if a > 0 and c > 0:  # scipy's risk ratio and its Katz interval
+        from scipy.stats.contingency import relative_risk
+
+        interval = relative_risk(a, n, c, m).confidence_interval(LEVEL)
+        rr_low, rr_high = float(interval.low), float(interval.high)
+    else:  # a zero cell: Haldane's correction, 0.5 added to each of the four cells
+        a_, b_, c_, d_ = a + 0.5, n - a + 0.5, c + 0.5, m - c + 0.5
+        rr = (a_ / (a_ + b_)) / (c_ / (c_ + d_))
+        se = math.sqrt(1 / a_ - 1 / (a_ + b_) + 1 / c_ - 1 / (c_ + d_))
+        rr_low, rr_high = rr * math.exp(-_Z * se), rr * math.exp(_Z * se)
     f = n / (n + m)
 
     def to_lift(r: float) -> float:
         return r / (f * r + 1 - f)
 
-    out["low"], out["high"] = to_lift(rr * math.exp(-_Z * se)), to_lift(rr * math.exp(_Z * se))
+    out["low"], out["high"] = to_lift(rr_low), to_lift(rr_high)
     if out["low"] > 1:
         verdict = "real failure mode"
     elif out["high"] < 1:
