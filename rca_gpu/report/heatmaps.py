@@ -18,7 +18,8 @@ Maps larger than :data:`MAX_SIDE` per side are average-pooled to it. The file's 
 clusters, not of images. Maps with no spatial layout (LRP at a linear layer) are not kept; the report says why.
 
 The report draws each map over its image (the image in grey, positive values in red, negative in blue, opacity
-by magnitude) into ``report_files/heatmaps/`` as PNG files, and the mean map alone.
+by magnitude) into ``report_files/heatmaps/`` as PNG files, and the mean map alone, scaled to its own largest
+absolute value (signed maps partly cancel in the mean).
 """
 
 from __future__ import annotations
@@ -173,7 +174,9 @@ def heatmap_views(run, clusters: pd.DataFrame, reps, folder: Path, *, thumb_size
         views.per_position[int(position)] = name
     for cluster, heat in zip(stored["clusters"], stored["means"]):
         name = f"mean-{int(cluster)}.png"
-        _overlay(None, heat.astype(np.float32)).save(folder / name)
+        heat = heat.astype(np.float32)
+        scale = float(np.abs(heat).max()) if heat.size else 0.0
+        _overlay(None, heat / scale if scale > 0 else heat).save(folder / name)  # drawn at full strength
         views.mean[int(cluster)] = name
     return views
 
