@@ -78,8 +78,9 @@ class Suggestion:
 
 
 def suggest_merges(catalogue: "Catalogue", *, explanations: pd.DataFrame | None = None,
-                   reference=None) -> list[Suggestion]:
-    """Every pair of active causes of ``catalogue`` with confidence >= :data:`POSSIBLE`, most confident first.
+                   reference=None, floor: float = POSSIBLE) -> list[Suggestion]:
+    """Every pair of active causes of ``catalogue`` with confidence >= ``floor`` (:data:`POSSIBLE`), most
+    confident first.
 
     Parameters
     ----------
@@ -113,7 +114,7 @@ def suggest_merges(catalogue: "Catalogue", *, explanations: pd.DataFrame | None 
             if not weights:
                 continue
             confidence = sum(weights[key] * evidence[key] for key in weights) / sum(weights.values())
-            if confidence < POSSIBLE:
+            if confidence < floor:
                 continue
             why = _words(a, b, evidence, shared.get((i, j), []), _at(shares, i, j))
             out.append(Suggestion(a, b, evidence["metadata"], evidence["rules"], evidence["links"],
@@ -252,7 +253,7 @@ def _neighbours(features: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
 def _words(a: int, b: int, evidence: dict[str, float | None], shared: list[str], share: float | None) -> str:
     parts = []
     if evidence["metadata"] is not None:
-        alike = f" ({', '.join(shared)})" if shared else ""
+        alike = f" ({', '.join(shared)})" if shared and evidence["metadata"] >= 0.2 else ""
         parts.append(f"metadata alike {evidence['metadata']:.2f}{alike}")
     if evidence["rules"] is not None:
         parts.append(f"their rules match {evidence['rules']:.0%} of each other's images")
