@@ -3,7 +3,8 @@ CSV importer.
 
 ``RUN_DIR/clusters.csv`` (written with every report, so it follows the edits of the catalogue once the report is
 made again): one row per input row, ``path`` (absolute), ``id``, ``cluster`` (-1 noise and rejected), ``status``,
-``cause`` and ``cause_name`` (the edited catalogue's; -1 and "" without a cause), then ``label``, ``label_name``,
+``cause`` and ``cause_name`` (the edited catalogue's cause and the name the engineer gave it; -1 and "" without
+a cause, "" while unnamed), then ``label``, ``label_name``,
 ``prediction``, ``prediction_name``, ``confidence`` and ``root_cause`` when the run has them.
 
 ``rca-gpu export RUN --to DIR --format fiftyone`` writes FiftyOne's CSVDataset layout: ``DIR/data/`` (the images,
@@ -51,7 +52,8 @@ def flat_table(run: "RunFolder", clusters: pd.DataFrame | None = None) -> pd.Dat
     clusters = run.clusters() if clusters is None else clusters
     catalogue = load_catalogue(run)
     cause = catalogue.cause_of(clusters["id"].to_numpy())
-    names = np.array([catalogue.name(int(c)) if c >= 0 else "" for c in cause], dtype=object)
+    names = np.array([catalogue.causes[int(c)].name if int(c) in catalogue.causes else "" for c in cause],
+                     dtype=object)
     out = pd.DataFrame({
         "path": clusters["path"].astype(object).where(clusters["path"].notna(), "").astype(str).to_numpy(),
         "id": clusters["id"].to_numpy(),
