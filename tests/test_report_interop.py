@@ -8,9 +8,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
 from helpers import pattern_images, write_pngs
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

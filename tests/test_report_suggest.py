@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import shlex
 
-import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -30,6 +29,7 @@ def test_causes_suggest_prints_the_evidence_and_the_merge_command(catalogue_run,
     site, joined by kNN links) with the command that merges them; running it leaves one cause per group. On the
     catalogue's own run, 3 groups in 3 clusters, nothing is suggested."""
     from helpers import pattern_images, write_pngs
+
     from rca_gpu.catalogue import load_catalogue
     from rca_gpu.cli import app
     from rca_gpu.pipeline import run

@@ -8,10 +8,10 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import pattern_images, write_pngs
 from typer.testing import CliRunner
 
-from helpers import pattern_images, write_pngs
-from rca_gpu.catalogue.verify import failure_lift, failed_rows
+from rca_gpu.catalogue.verify import failed_rows, failure_lift
 
 runner = CliRunner()
 

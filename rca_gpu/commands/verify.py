@@ -4,11 +4,20 @@ images the DNN was run on, against the pool's."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from rca_gpu.commands.assign import AlphaOpt, BatchOpt, Device, DeviceOpt, ModelOpt, RootOpt, RunDirArg, WorkersOpt
+from rca_gpu.commands.assign import (
+    AlphaOpt,
+    BatchOpt,
+    Device,
+    DeviceOpt,
+    ModelOpt,
+    RootOpt,
+    RunDirArg,
+    WorkersOpt,
+)
 from rca_gpu.commands.options import QuietOpt
 from rca_gpu.progress import reporter_for
 

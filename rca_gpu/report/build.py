@@ -203,7 +203,7 @@ def build_report(
         "run": run.info,
         "run_id": run.run_id,
         "run_path": str(run.path),
-        "made_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "made_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "counts": run.info.get("counts", {}),
         "n_total": n_total,
         "clusters": cluster_sections,
@@ -217,7 +217,7 @@ def build_report(
         "suggestions": suggestions,
         "space_note": space_note,
         "heat_note": heat.note if heat else "",
-        "map": {"data": map_data, "drawn": int(len(drawn)), "total": int(len(embedding)),
+        "map": {"data": map_data, "drawn": len(drawn), "total": len(embedding),
                 "columns": colour_columns, "plotly": f"{FILES_DIR}/{plotly_file}",
                 "source": run.info.get("plot_embedding", "")},
         "tiles": tiles.data,
@@ -234,7 +234,7 @@ def build_report(
     seconds["render"] = _since(t)
     size = path.stat().st_size + sum(p.stat().st_size for p in files.rglob("*") if p.is_file())
     log.debug("report: %s (%d thumbnails, %d map points)", path, len(thumbs), len(drawn))
-    return ReportResult(path, seconds, len(thumbs), int(len(drawn)), size)
+    return ReportResult(path, seconds, len(thumbs), len(drawn), size)
 
 
 # --------------------------------------------------------------------------------------------------

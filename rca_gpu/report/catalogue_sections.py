@@ -34,7 +34,7 @@ def anchor(label: int) -> str:
     return f"cluster-{label}" if label >= 0 else "noise"
 
 
-def stability_facts(run: "RunFolder") -> dict[int, str]:
+def stability_facts(run: RunFolder) -> dict[int, str]:
     """cluster -> "0.93 (stable)" / "0.41 (unstable: below 0.6)": mean best-match Jaccard over resamples."""
     summary = run.table(SUMMARY_FILE)
     out = {}
@@ -46,7 +46,7 @@ def stability_facts(run: "RunFolder") -> dict[int, str]:
     return out
 
 
-def cause_facts(run: "RunFolder") -> dict[int, str]:
+def cause_facts(run: RunFolder) -> dict[int, str]:
     """cluster -> the causes its images belong to in the edited catalogue (one, or a split cluster's parts with
     their image counts, largest first), each with its name and origin."""
     catalogue = load_catalogue(run)
@@ -65,7 +65,7 @@ def cause_facts(run: "RunFolder") -> dict[int, str]:
     return out
 
 
-def comparison_section(run: "RunFolder") -> Content | None:
+def comparison_section(run: RunFolder) -> Content | None:
     """The comparison with an earlier run (comparison.parquet, written by ``rca-gpu compare A THIS_RUN``),
     marked out of date with the command to run again when either catalogue was edited since
     (:func:`rca_gpu.catalogue.compare.stale_note`). Every value is read as data: numbers that are not numbers
@@ -109,7 +109,7 @@ def comparison_section(run: "RunFolder") -> Content | None:
     return Content(tuple(paragraphs), Table(head, tuple(rows)))
 
 
-def verified_causes(run: "RunFolder") -> dict[str, Any] | None:
+def verified_causes(run: RunFolder) -> dict[str, Any] | None:
     """What ``rca-gpu verify`` found (verify.json), for the summary: ``by_cause`` cause -> {``text`` ("lift 3.2
     [2.1, 4.8]"), ``verdict``, ``images``, ``failures``}, the pool's ``images``, ``failure_rate``, the
     ``interval`` used, and ``stale`` (a sentence) when the catalogue was edited after the verification; None
@@ -152,7 +152,7 @@ def _number(value: Any) -> float | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def catalogue_summary(run: "RunFolder", clusters: pd.DataFrame, n_total: int) -> dict[str, Any] | None:
+def catalogue_summary(run: RunFolder, clusters: pd.DataFrame, n_total: int) -> dict[str, Any] | None:
     """The causes of the run's edited catalogue for the summary and the map, or None when ``causes.toml`` holds
     no edit. ``rows``: one per cause, active ones largest first, then the dropped; ``by_cluster``: cluster ->
     the causes its images belong to, most images first (Catalogue.causes_by_cluster); ``cause``: (n,) int64

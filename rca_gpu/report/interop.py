@@ -45,7 +45,7 @@ FIFTYONE_LABELS = "labels.csv"
 FIFTYONE_DATA = "data"
 
 
-def flat_table(run: "RunFolder", clusters: pd.DataFrame | None = None) -> pd.DataFrame:
+def flat_table(run: RunFolder, clusters: pd.DataFrame | None = None) -> pd.DataFrame:
     """The rows of clusters.csv (see the module docstring) for an opened run."""
     from rca_gpu.catalogue.causes import load_catalogue
 
@@ -68,12 +68,12 @@ def flat_table(run: "RunFolder", clusters: pd.DataFrame | None = None) -> pd.Dat
     return out
 
 
-def write_clusters_csv(run: "RunFolder", clusters: pd.DataFrame | None = None) -> Path:
+def write_clusters_csv(run: RunFolder, clusters: pd.DataFrame | None = None) -> Path:
     """Write ``RUN_DIR/clusters.csv`` (atomically) and return its path."""
     return outputs.write_text(run.file(CLUSTERS_CSV), flat_table(run, clusters).to_csv(index=False))
 
 
-def export_fiftyone(run: "RunFolder", target: Path, members: pd.DataFrame, *, mode: str) -> tuple[int, int]:
+def export_fiftyone(run: RunFolder, target: Path, members: pd.DataFrame, *, mode: str) -> tuple[int, int]:
     """Write FiftyOne's CSVDataset layout of the rows ``members`` (of clusters.parquet) into ``target`` (a new or
     empty folder, checked by the caller): ``data/`` with the images and ``labels.csv``. Returns (files made,
     rows left out because their file is missing or was rejected: FiftyOne's importer refuses a row without a

@@ -16,8 +16,9 @@ report's own sections (stability, causes, the comparison with an earlier run) ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from rca_gpu.runfolder import RunFolder
@@ -64,7 +65,7 @@ class ExtraSection:
     key: str
     title: str
     files: tuple[str, ...]
-    render: Callable[["RunFolder"], "Content | None"]
+    render: Callable[[RunFolder], Content | None]
     order: int = 100
 
 
@@ -76,7 +77,7 @@ class ClusterFact:
     key: str
     label: str
     files: tuple[str, ...]
-    compute: Callable[["RunFolder"], "dict[int, str]"]
+    compute: Callable[[RunFolder], dict[int, str]]
     order: int = 100
 
 
@@ -94,7 +95,7 @@ def register_cluster_fact(fact: ClusterFact) -> None:
     CLUSTER_FACTS[:] = [f for f in CLUSTER_FACTS if f.key != fact.key] + [fact]
 
 
-def available_sections(run: "RunFolder") -> list[tuple[ExtraSection, Content]]:
+def available_sections(run: RunFolder) -> list[tuple[ExtraSection, Content]]:
     """(section, content) for the registered sections whose files exist and that render something.
 
     Raises
@@ -116,7 +117,7 @@ def available_sections(run: "RunFolder") -> list[tuple[ExtraSection, Content]]:
     return out
 
 
-def cluster_facts(run: "RunFolder") -> list[tuple[ClusterFact, dict[int, str]]]:
+def cluster_facts(run: RunFolder) -> list[tuple[ClusterFact, dict[int, str]]]:
     """(fact, {cluster: text}) for the registered facts whose files exist."""
     return [(fact, fact.compute(run)) for fact in sorted(CLUSTER_FACTS, key=lambda f: (f.order, f.key))
             if all(run.has(name) for name in fact.files)]

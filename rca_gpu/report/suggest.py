@@ -77,7 +77,7 @@ class Suggestion:
                 "links_share": _round(self.links_share), "why": self.why}
 
 
-def suggest_merges(catalogue: "Catalogue", *, explanations: pd.DataFrame | None = None,
+def suggest_merges(catalogue: Catalogue, *, explanations: pd.DataFrame | None = None,
                    reference=None, floor: float = POSSIBLE) -> list[Suggestion]:
     """Every pair of active causes of ``catalogue`` with confidence >= ``floor`` (:data:`POSSIBLE`), most
     confident first.
