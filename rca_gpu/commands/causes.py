@@ -98,6 +98,7 @@ def causes_command(
 def print_suggestions(catalogue, console, *, quiet: bool = False) -> None:
     """The merge suggestions of a catalogue (rca_gpu.report.suggest): a table of the pairs with their evidence
     (unless ``quiet``), then the exact ``rca-gpu causes RUN --merge ...`` command for the likely ones."""
+    from rich.markup import escape
     from rich.table import Table
 
     from rca_gpu.report.suggest import LIKELY, POSSIBLE, merge_command, merge_groups, suggest_merges
@@ -111,7 +112,7 @@ def print_suggestions(catalogue, console, *, quiet: bool = False) -> None:
         for s in suggestions:
             cells = [f"{s.a} + {s.b}", f"{s.confidence:.2f} {s.level}"]
             cells += ["-" if v is None else f"{v:.2f}" for v in (s.metadata, s.rules, s.links)]
-            table.add_row(*cells, s.why.split(": ", 1)[1])
+            table.add_row(*cells, escape(s.why.split(": ", 1)[1]))  # column names are data, not markup
         console.print(table)
     command = merge_command(catalogue.run.path, merge_groups(suggestions, at=LIKELY))
     if command is None:

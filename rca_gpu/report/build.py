@@ -183,7 +183,6 @@ def build_report(
         map_data["cause"] = _catalogue.cause_codes(catalogue, rows)
     map_data["explanation"] = _map.explanation_codes(explanations, usable, rows)
     map_data["caption"] = [caption(clusters.iloc[p], tiles.captions) for p in rows] if tiles.captions else None
-    map_data["file"] = [file_url(clusters.at[int(p), "path"]) for p in rows]
     suggestions = _suggestions(run)
     seconds["sections"] = _since(t)
 
