@@ -90,29 +90,32 @@ def _dominant(run_dir) -> pd.Series:
 @pytest.mark.slow
 def test_accepted_suggestions_bring_the_demo_to_its_causes_without_mixing_two(demo_run, tmp_path):
     """The suggestions, accepted, leave at most 1.2 x the 7 injected causes, and merge no two clusters whose
-    dominant causes differ; every pair of clusters of different causes stays 0.05 below the confidence of a
-    suggestion, every pair of one cause that is suggested 0.05 above it."""
+    dominant causes differ. With margin: every pair of clusters of different causes stays 0.05 below the
+    confidence of a suggestion, and the suggestions 0.05 above it alone still leave at most 1.2 x 7 causes."""
     import shutil
 
     from rca_gpu.catalogue import load_catalogue
     from rca_gpu.cli import app
-    from rca_gpu.report.suggest import LIKELY, suggest_merges
+    from rca_gpu.report.suggest import LIKELY, merge_groups, suggest_merges
 
     folder = shutil.copytree(demo_run, tmp_path / "run")
     dominant = _dominant(folder)
+    injected = 7  # mnist-rc's injected causes ("none" is no injected cause)
     pairs = suggest_merges(load_catalogue(folder), floor=0.0)
+    print("clusters", len(dominant), dict(dominant), "\n" + "\n".join(
+        f"{s.a}+{s.b} {dominant[s.a]}/{dominant[s.b]} {s.confidence:.3f} (metadata {s.metadata:.2f}, rules "
+        f"{s.rules:.2f}, links {s.links:.2f})" for s in pairs if s.confidence >= 0.2))
     for s in pairs:
         if dominant[s.a] != dominant[s.b]:
             assert s.confidence < LIKELY - 0.05, s
-        elif s.confidence >= LIKELY:
-            assert s.confidence >= LIKELY + 0.05, s
+    strict = merge_groups(pairs, at=LIKELY + 0.05)
+    assert len(dominant) - sum(len(g) - 1 for g in strict) <= 1.2 * injected, strict
     result = runner.invoke(app, ["causes", str(folder), "--suggest", "-q"])
     assert result.exit_code == 0, result.output
     command = re.search(r"to merge the likely ones \(confidence >= [0-9.]+\): (.*)", result.output).group(1)
     accepted = runner.invoke(app, shlex.split(command)[1:])
     assert accepted.exit_code == 0, accepted.output
     catalogue = load_catalogue(folder)
-    injected = 7  # mnist-rc's injected causes ("none" is no injected cause)
     assert len(catalogue.active) <= 1.2 * injected, (len(catalogue.active), command)
     for cause in catalogue.active:
         assert len({dominant[c] for c in catalogue.causes[cause].clusters}) == 1, (cause, command)
