@@ -30,7 +30,8 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, new_run_id, start_run_folder
+from rca_gpu.runfiles import CACHE_DIR, CLUSTERS_FILE, EMBEDDING_FILE, EXPLANATIONS_FILE, RUN_FILE
+from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, keep_dut, new_run_id, start_run_folder, writes_run
 from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
                           check_data_limits, check_dut_known, check_memory, check_paths)
 from rca_gpu.tuning import Selection, effective_k, select
@@ -307,6 +308,7 @@ def stability_text(stability: pd.DataFrame, cluster: int) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+@writes_run("out")
 def run(
     spec: RunSpec,
     source: str | Path | FailureSet,
@@ -349,7 +351,7 @@ def run(
         start_run_folder(out)
         write_failed_run(spec, failures, None, out, run_id, exc, started_at)
         raise TooFewImagesError(f"{exc}{rejection_summary(failures.rejected)} Every row's reason is in "
-                                f"{out / 'clusters.parquet'}.") from None
+                                f"{out / CLUSTERS_FILE}.") from None
     check_dut_known(spec, failures.dut)
     check_memory(spec, len(failures))
     device = resolve_device(spec.device)
@@ -358,13 +360,13 @@ def run(
 
     try:
         t = time.perf_counter()
-        cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
+        cache = Path(cache_dir) if cache_dir else (out / CACHE_DIR if spec.cache_features else None)
         features = (extract or compute_features)(spec.pipeline.features, failures, spec, device, cache, reporter)
         timer.add("features", t)
     except TooFewImagesError as exc:
         write_failed_run(spec, failures, None, out, run_id, exc, started_at)
         raise TooFewImagesError(f"{exc}{rejection_summary(failures.rejected)} Every row's reason is in "
-                                f"{out / 'clusters.parquet'}.") from None
+                                f"{out / CLUSTERS_FILE}.") from None
     graph = None
     if knn is not None and 2 <= features.n <= spec.sample_size:  # above it the search needs no full graph
         t = time.perf_counter()
@@ -375,6 +377,7 @@ def run(
                            started_at=started_at, run_id=run_id, graph=graph, report=report)
 
 
+@writes_run("out")
 def run_on_features(
     spec: RunSpec,
     failures: FailureSet,
@@ -412,7 +415,7 @@ def run_on_features(
         write_failed_run(spec, failures, features, out, run_id, exc, started_at)
         rejected = {**failures.rejected, **getattr(features, "rejected", {})}
         raise TooFewImagesError(f"{exc}{rejection_summary(rejected)} Every row's reason is in "
-                                f"{out / 'clusters.parquet'}.") from None
+                                f"{out / CLUSTERS_FILE}.") from None
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
                                started_at=started_at, run_id=run_id)
     if report:
@@ -447,9 +450,9 @@ def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, r
     table = failures.table
     front = pd.DataFrame({"id": table["id"], "path": table["path"], "cluster": np.full(n, -1, dtype=np.int64),
                           "status": np.full(n, "rejected", dtype=object), "reason": reason})
-    outputs.write_parquet(out / "clusters.parquet", pd.concat([front, table.drop(columns=["id", "path"])], axis=1),
+    outputs.write_parquet(out / CLUSTERS_FILE, pd.concat([front, table.drop(columns=["id", "path"])], axis=1),
                           run_id=run_id)
-    outputs.write_json(out / "run.json", {
+    outputs.write_json(out / RUN_FILE, {
         "rca_gpu_run": RUN_FORMAT,
         "run_id": run_id,
         "status": "failed",
@@ -463,6 +466,7 @@ def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, r
     })
 
 
+@writes_run("out")
 def cluster_and_write(
     spec: RunSpec,
     failures: FailureSet,
@@ -507,8 +511,8 @@ def cluster_and_write(
 
     t = time.perf_counter()
     clusters = clusters_table(failures, features, labels)
-    outputs.write_parquet(out / "clusters.parquet", clusters, run_id=run_id)
-    outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen),
+    outputs.write_parquet(out / CLUSTERS_FILE, clusters, run_id=run_id)
+    outputs.write_parquet(out / EMBEDDING_FILE, embedding_table(failures, features, labels, plot, chosen),
                           run_id=run_id)
     from rca_gpu.report.heatmaps import keep_heatmaps
 
@@ -525,7 +529,7 @@ def cluster_and_write(
     from rca_gpu.report.explain import explain_clusters
 
     explanations = explain_clusters(clusters, seed=spec.seed)
-    outputs.write_parquet(out / "explanations.parquet", explanations, run_id=run_id)
+    outputs.write_parquet(out / EXPLANATIONS_FILE, explanations, run_id=run_id)
     timer.add("explain", t)
 
     resolved = resolved_pipeline(spec.pipeline, features.info, selection)
@@ -560,8 +564,9 @@ def cluster_and_write(
         "metrics": metrics,
         "catalogue": catalogue.info,
         "warnings": [w for w in (getattr(selection, "warning", ""),) if w],
+        "dut": keep_dut(out, spec.model or failures.dut) if spec.pipeline.features.info.needs_dut else None,
     }
-    outputs.write_json(out / "run.json", run_info)
+    outputs.write_json(out / RUN_FILE, run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
              counts["rejected"], out)
     return RunResult(out, clusters, run_info, metrics, per_cause, explanations, stability=catalogue.summary)

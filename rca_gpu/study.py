@@ -26,6 +26,7 @@ from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run
 from rca_gpu.spec import (CLUSTERERS, REDUCERS, STUDY_DUT_FEATURES, STUDY_FEATURES, PipelineSpec, RunSpec,
                           make_cluster, make_reduce, parse_pipeline, split_outside_parens)
+from rca_gpu.runfiles import CACHE_DIR
 
 log = logging.getLogger("rca_gpu")
 
@@ -103,6 +104,7 @@ def slug(pipeline: PipelineSpec | str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(pipeline)).strip("_")
 
 
+@outputs.writes_to("out", "rca-gpu study")
 def run_study(
     base: RunSpec,
     source: str | Path | FailureSet,
@@ -118,7 +120,7 @@ def run_study(
     out = Path(out)
     failures = source if isinstance(source, FailureSet) else load_source(source, image_root=base.image_root)
     device = resolve_device(base.device)
-    cache = out / "cache"
+    cache = out / CACHE_DIR
     rows: list[dict[str, Any]] = []
     pipelines = plan.pipelines()
     by_features: dict[str, list[PipelineSpec]] = {}
@@ -162,8 +164,9 @@ def run_study(
 
     table = pd.DataFrame(rows)
     table = rank(table)
-    outputs.write_parquet(out / STUDY_FILE, table)
-    outputs.write_text(out / STUDY_MARKDOWN, to_markdown(table, source=str(failures.source)))
+    with outputs.together():  # study.md never ranks another table than study.parquet's
+        outputs.write_parquet(out / STUDY_FILE, table)
+        outputs.write_text(out / STUDY_MARKDOWN, to_markdown(table, source=str(failures.source)))
     return table
 
 

@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.reference import ALPHA, CatalogueError
+from rca_gpu.runfiles import VERIFY_FILE
 
-VERIFY_FILE = "verify.json"
 #: Two-sided level of the intervals and its normal quantile.
 LEVEL = 0.95
 _Z = 1.959963984540054

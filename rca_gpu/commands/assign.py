@@ -54,6 +54,7 @@ def assign_command(
     feature space (vote of the 10 nearest; 'unknown' beyond the radius calibrated on them). Writes one row per input row
     to OUT/assignments.parquet (status assigned | unknown | not_a_cause | rejected, with the reason).
     """
+    from rca_gpu.runfiles import ASSIGNMENTS_FILE
     from rca_gpu.catalogue.assign import assign_run
     from rca_gpu.catalogue.reference import ALPHA
 
@@ -68,7 +69,7 @@ def assign_command(
         typer.echo(summary["note"])
     typer.echo(
         f"{counts['assigned']} assigned, {counts['unknown']} unknown, {counts['not_a_cause']} not a cause, "
-        f"{counts['rejected']} rejected of {summary['rows']} images; results: {(Path(out) / 'assignments.parquet').resolve()}"
+        f"{counts['rejected']} rejected of {summary['rows']} images; results: {(Path(out) / ASSIGNMENTS_FILE).resolve()}"
     )
 
 

@@ -52,13 +52,12 @@ from rca_gpu.report.representatives import (
     section_order,
 )
 from rca_gpu.report.thumbnails import THUMB_SIZE, ImageLoader, make_thumbnails
+from rca_gpu.runfiles import EXPLANATIONS_FILE, METRICS_FILE, REPORT_FILE, REPORT_FILES_DIR
 from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, RunFolder, open_run
 
 log = logging.getLogger("rca_gpu")
 
-REPORT_FILE = "report.html"
-FILES_DIR = "report_files"
-EXPLANATIONS_FILE = "explanations.parquet"
+FILES_DIR = REPORT_FILES_DIR
 #: Points drawn on the map at most; above this a per-cluster sample is drawn and the page says so.
 MAP_POINTS = 20_000
 #: Columns of clusters.parquet that are not metadata.
@@ -92,6 +91,7 @@ def read_explanations(run: RunFolder) -> pd.DataFrame:
     return write_explanations(run, seed=int(run.info.get("seed", 0) or 0))
 
 
+@outputs.writes_to("run_dir", "rca-gpu report", create=False)
 def build_report(
     run_dir: str | Path | RunFolder,
     *,
@@ -160,8 +160,8 @@ def build_report(
     wanted = set(positions[drawn].tolist())
     for chosen in reps.values():
         wanted.update(chosen.medoids + chosen.border)
-    thumbs = make_thumbnails(files / "thumbs", wanted, clusters["path"].tolist(), run_id=run.run_id,
-                             size=thumb_size, loader=loader)
+    thumbs = make_thumbnails(files / "thumbs", wanted, run.image_files(clusters["path"].tolist()),
+                             run_id=run.run_id, size=thumb_size, loader=loader)
     heat = _heatmaps.heatmap_views(run, clusters, reps, files / "heatmaps", thumb_size=thumb_size, loader=loader)
     seconds["thumbnails"] = _since(t)
 
@@ -370,8 +370,8 @@ def _ground_truth(clusters: pd.DataFrame, run: RunFolder) -> dict[str, Any] | No
     from rca_gpu.evaluate import COUNT_PREFIX, evaluate
 
     min_purity = 0.5
-    if run.has("metrics.json"):
-        summary = run.json("metrics.json").get("summary", run.json("metrics.json"))
+    if run.has(METRICS_FILE):
+        summary = run.json(METRICS_FILE).get("summary", run.json(METRICS_FILE))
         min_purity = float(summary.get("min_purity", 0.5) or 0.5) if isinstance(summary, dict) else 0.5
     result = evaluate(known["cluster"].to_numpy(), known["root_cause"].astype(str).to_numpy(), min_purity=min_purity)
     causes = [c[len(COUNT_PREFIX):] for c in result.per_cluster.columns if c.startswith(COUNT_PREFIX)]

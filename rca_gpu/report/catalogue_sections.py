@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.causes import CAUSES_FILE, load_catalogue
-from rca_gpu.catalogue.compare import COMPARISON_FILE, stale_note
+from rca_gpu.catalogue.compare import COMPARISON_FILE, COMPARISON_INFO_FILE, stale_note
 from rca_gpu.catalogue.stability import SUMMARY_FILE, UNSTABLE_BELOW
 from rca_gpu.report.sections import (
     ClusterFact,
@@ -71,7 +71,7 @@ def comparison_section(run: RunFolder) -> Content | None:
     (:func:`rca_gpu.catalogue.compare.stale_note`). Every value is read as data: numbers that are not numbers
     are shown as the text they hold."""
     table = run.table(COMPARISON_FILE)
-    info = run.json("comparison.json") if run.has("comparison.json") else {}
+    info = run.json(COMPARISON_INFO_FILE) if run.has(COMPARISON_INFO_FILE) else {}
     if table.empty:
         return None
     shares = "share_a" in table.columns  # comparisons written before shares were recorded have counts only

@@ -16,6 +16,7 @@ import pandas as pd
 from rca_gpu import outputs
 from rca_gpu.report.page import content_security_policy, environment, file_url
 from rca_gpu.report.representatives import anchor, caption, caption_columns
+from rca_gpu.runfiles import json_object
 
 #: Images per gallery page (the "open all images" link of a cluster).
 GALLERY_PAGE = 500
@@ -42,11 +43,8 @@ def write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str]
     stamp = {"run_id": run_id, "thumbnails": sorted(thumbs)[:1] + [len(thumbs)], "page": GALLERY_PAGE,
              "format": GALLERY_FORMAT, "orders": digest}
     index = folder / "index.json"
-    try:
-        if json.loads(index.read_text(encoding="utf-8")) == stamp:
-            return
-    except (OSError, ValueError):
-        pass
+    if json_object(index) == stamp:
+        return
     if folder.exists():
         for old in folder.glob("*.html"):
             old.unlink()
@@ -73,4 +71,4 @@ def write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str]
                 next=f"{name}-p{page + 2:03d}.html" if page + 1 < pages else None,
             )
             outputs.write_text(folder / f"{name}-p{page + 1:03d}.html", html)
-    index.write_text(json.dumps(stamp), encoding="utf-8")
+    outputs.write_json(index, stamp)

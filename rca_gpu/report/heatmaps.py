@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rca_gpu.runfiles import HEATMAPS_FILE
+
 log = logging.getLogger("rca_gpu")
 
-HEATMAPS_FILE = "heatmaps.safetensors"
 HEATMAPS_FORMAT = 1
 #: Largest side of a kept map, in map cells.
 MAX_SIDE = 64
@@ -164,11 +165,12 @@ def heatmap_views(run, clusters: pd.DataFrame, reps, folder: Path, *, thumb_size
                                "predicted class, summed over channels and scaled per image; red counts for the "
                                "prediction, blue against it. The cluster's mean heatmap averages every member's."))
     wanted = {p for label, chosen in reps.items() if label >= 0 for p in chosen.medoids + chosen.border}
+    files = run.image_files(clusters["path"].tolist())  # the run's path rule: only files it allows are read
     for image_id, heat in zip(stored["ids"], stored["maps"]):
         position = position_of.get(str(image_id))
         if position is None or int(position) not in wanted:
             continue
-        image = _image(clusters, int(position), loader)
+        image = _image(files, int(position), loader)
         name = f"{int(position):07d}.png"
         _overlay(image, heat.astype(np.float32)).save(folder / name)
         views.per_position[int(position)] = name
@@ -204,7 +206,9 @@ def _read(run, error) -> dict[str, Any]:
             "method": metadata.get("method", "heatmap"), "layer": metadata.get("layer", "?")}
 
 
-def _image(clusters: pd.DataFrame, position: int, loader):
+def _image(files, position: int, loader):
+    """The image under a heatmap: from ``loader`` (in-memory runs), else the file the run's path rule allows
+    (``files``: :meth:`RunFolder.image_files`), else None (the map is drawn on grey)."""
     from rca_gpu.report.thumbnails import open_image
 
     if loader is not None:
@@ -214,7 +218,7 @@ def _image(clusters: pd.DataFrame, position: int, loader):
 
             image = Image.fromarray(image)
         return image
-    return open_image(str(clusters.at[position, "path"]), OVERLAY_SIZE)
+    return open_image(files[position], OVERLAY_SIZE) if files[position] else None
 
 
 def _overlay(image, heat: np.ndarray):

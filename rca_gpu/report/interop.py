@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu import outputs
+from rca_gpu.runfiles import CLUSTERS_CSV
 
 if TYPE_CHECKING:  # pragma: no cover
     from rca_gpu.runfolder import RunFolder
 
-CLUSTERS_CSV = "clusters.csv"
 #: Columns of clusters.parquet copied into clusters.csv when the run has them (after path .. cause_name).
 OUTCOME_COPY = ("label", "label_name", "prediction", "prediction_name", "confidence", "root_cause")
 FIFTYONE_LABELS = "labels.csv"
@@ -96,18 +96,19 @@ def export_fiftyone(run: RunFolder, target: Path, members: pd.DataFrame, *, mode
     flat = flat_table(run, run.clusters()).set_index("id", drop=False).loc[members["id"].to_numpy()]
     used: set[str] = set()
     names, kept = [], []
+    files = run.image_files(members["path"].tolist())  # the run's path rule: only files it allows are copied
     for k, row in enumerate(members.itertuples(index=False)):
-        source = Path(str(row.path))
-        if row.status == "rejected" or not source.is_absolute() or not source.is_file():
+        source = files[k]
+        if row.status == "rejected" or not source:
             continue
-        name = _unique(safe_name(row.id, str(row.path)), used)
+        name = _unique(safe_name(row.id, source), used)
         destination = data / name
         if destination.resolve().parent != data.resolve():
             raise ExportError(f"Refusing to write {destination}: it resolves outside {data}.")
         if mode == "link":
             os.symlink(source, destination)
         else:
-            shutil.copyfile(source, destination)
+            outputs.write_atomic(destination, lambda tmp, source=source: shutil.copyfile(source, tmp))
         names.append(name)
         kept.append(k)
     chosen = members.iloc[kept].reset_index(drop=True)
