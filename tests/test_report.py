@@ -627,48 +627,29 @@ def test_the_catalogue_never_imports_the_report():
 
 
 def test_a_comparison_file_carrying_markup_is_shown_as_text(catalogue_run, tmp_path):
-    """comparison.parquet is data: markup in any of its columns (numbers included) reaches the page as text."""
+    """comparison.parquet and comparison.json are data: markup in every text they hold (run id, names, the
+    folder of run A, how causes spread) reaches the page as text; numbers that are not numbers are refused by the
+    file's schema before the page is made."""
     import shutil
 
     from rca_gpu import outputs
     from rca_gpu.report.build import build_report
+    from rca_gpu.runfiles import RunFileError
     from rca_gpu.runfolder import open_run
 
     folder = shutil.copytree(catalogue_run, tmp_path / "run")
     run_id = open_run(folder).run_id
     hostile = "<img src=x onerror=alert(7)>"
-    outputs.write_parquet(folder / "comparison.parquet", pd.DataFrame({
-        "run_a": [hostile], "status": [hostile], "cause_a": [hostile], "name_a": [hostile], "size_a": [hostile],
-        "share_a": [hostile], "size_b": [hostile], "share_b": [hostile], "cause_b": [hostile], "name_b": [hostile],
-    }), run_id=run_id)
-    outputs.write_json(folder / "comparison.json", {"run_a_folder": hostile, "mode": hostile, "basis": "shares",
-                                                    "images_a": hostile, "images_b": hostile}, run_id=run_id)
+    frame = pd.DataFrame({
+        "run_a": [hostile], "status": ["new"], "cause_a": [-1], "name_a": [hostile], "size_a": [0],
+        "share_a": [0.0], "size_b": [3], "share_b": [0.1], "ratio": [float("nan")], "cause_b": [0],
+        "name_b": [hostile], "b_causes": [hostile], "a_causes": [hostile]})
+    outputs.write_parquet(folder / "comparison.parquet", frame, run_id=run_id)
+    outputs.write_json(folder / "comparison.json", {"run_a": run_id, "run_b": run_id, "run_a_folder": hostile,
+                                                    "mode": "images", "basis": "shares"}, run_id=run_id)
     html = build_report(folder).path.read_text(encoding="utf-8")
     section = html.split('id="comparison"', 1)[1].split("</section>", 1)[0]
-    assert hostile not in html and section.count("&lt;img src=x onerror=alert(7)&gt;") >= 10
-
-
-def test_a_cluster_without_a_rule_says_why_in_words():
-    """The two ways a cluster ends without a rule read as what they are: rules that match its images but as many
-    others (too imprecise), and a precise rule that covers a handful of its images (too narrow), never a
-    "best 1.00" next to "no rule reaches precision 0.8"."""
-    from rca_gpu.report.explain import describe
-
-    imprecise = pd.Series({"found": False, "rule": "rotation_deg is set", "precision": 0.49, "recall": 0.81,
-                           "n_matched": 270, "n_cluster": 164})
-    assert describe(imprecise, elsewhere="72 in cluster 6, 20 noise") == (
-        "no rule reaches precision 0.8: the best, rotation_deg is set, matches 133 of the 164 images but also 137 "
-        "others: 72 in cluster 6, 20 noise (precision 0.49)")
-    narrow = pd.Series({"found": False, "rule": "label = 3 and angle >= 80", "precision": 1.0, "recall": 2 / 153,
-                        "n_matched": 2, "n_cluster": 153})
-    assert describe(narrow, short=True) == (
-        "no rule covers 10% of the cluster at precision 0.8: the best covers 2 of the 153 images (recall 0.01)")
-    # a cluster that only a narrow rule describes precisely is shown with its widest candidate instead
-    rng = np.random.default_rng(5)
-    n = 400
-    cluster = rng.integers(0, 2, n)
-    marker = np.where((cluster == 1) & (np.arange(n) < 12), "rare", "common")  # 1.00 precise, 3% of the cluster
-    table = pd.DataFrame({"id": range(n), "path": "p", "cluster": cluster, "status": "clustered", "reason": "",
-                          "tag": marker, "noise_column": rng.random(n)})
-    top = explain_clusters(table).query("rank == 1").set_index("cluster")
-    assert not top.loc[1, "found"] and top.loc[1, "recall"] >= 0.1
+    assert hostile not in html and section.count("&lt;img src=x onerror=alert(7)&gt;") >= 4
+    outputs.write_parquet(folder / "comparison.parquet", frame.assign(size_a=[hostile]), run_id=run_id)
+    with pytest.raises(RunFileError, match="comparison.parquet .* the column 'size_a' .* must hold integers"):
+        build_report(folder)

@@ -121,8 +121,10 @@ def test_verify_finds_the_planted_causes_and_not_the_chance_cluster(planted, tmp
                                  "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert "3 of 4 causes are real failure modes on 490 pool images" in result.output
-    info = json.loads((run_dir / "verify.json").read_text())
-    assert info["run_id"] == json.loads((run_dir / "run.json").read_text())["run_id"]
+    from rca_gpu.runfolder import open_run
+
+    info = open_run(run_dir).json("verify.json")  # the run's id and verify.json's schema checked
+    assert info == json.loads((run_dir / "verify.json").read_text())
     assert info["failure_rate"] == pytest.approx(113 / 490, abs=1e-6) and "Katz" in info["interval"]
     for group in (0, 1, 2):
         row = info["per_cause"][str(_cause_of_group(run_dir, group))]
