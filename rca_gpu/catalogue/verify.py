@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.reference import ALPHA, CatalogueError
+from rca_gpu.outputs import writes_to
 from rca_gpu.runfiles import VERIFY_FILE
 
 #: Two-sided level of the intervals and its normal quantile.
@@ -116,11 +117,13 @@ def failed_rows(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return failed, known
 
 
+@writes_to("run_dir", "rca-gpu verify", create=False)
 def verify_run(run_dir, pool, *, device: str = "auto", batch_size: int | None = None, workers: int | None = None,
                image_root: str | None = None, model: str | None = None, alpha: float = ALPHA,
                reporter=None) -> dict[str, Any]:
     """``rca-gpu verify``: assign the pool to the run's causes and measure each cause's lift; write
-    ``RUN/verify.json`` and return its content.
+    ``RUN/verify.json`` and return its content. Holds the run folder's lock while it works (as ``compare``
+    does), so two writers of one run folder never mix.
 
     Parameters
     ----------
