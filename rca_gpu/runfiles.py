@@ -96,6 +96,8 @@ SELECTION_PARQUET = "selection.parquet"
 SELECT_INFO_FILE = "select.json"
 EXPORT_FILE = "export.json"
 EXPORT_MANIFEST = "manifest.csv"  # one in each exported group folder
+FIFTYONE_LABELS = "labels.csv"  # export --format fiftyone: FiftyOne's CSVDataset labels and media folder
+FIFTYONE_DATA = "data"
 
 #: File that marks the output folder of a command -> (the command, the JSON key naming the run it read).
 OUTPUT_MARKERS = {

@@ -41,6 +41,7 @@ def verify_command(
     report shows it once written again (rca-gpu report RUN_DIR)."""
     from rca_gpu.catalogue.reference import ALPHA
     from rca_gpu.catalogue.verify import VERIFY_FILE, verify_run
+    from rca_gpu.runfiles import REPORT_FILE
 
     reporter = reporter_for(quiet)
     summary = verify_run(run_dir, pool, device=device.value, batch_size=batch_size, workers=workers,
@@ -53,7 +54,7 @@ def verify_command(
     folder = Path(summary["run_folder"])
     typer.echo(f"{real} of {active} causes are real failure modes on {summary['images']} pool images (failure rate "
                f"{summary['failure_rate']:.1%}); results: {folder / VERIFY_FILE}")
-    if (folder / "report.html").is_file():
+    if (folder / REPORT_FILE).is_file():
         typer.echo(f"report.html shows them once rewritten: rca-gpu report {folder}")
 
 

@@ -244,10 +244,7 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
         destination = folder / file_name
         if destination.resolve().parent != folder:  # belt and braces: the name cannot leave the folder
             raise ExportError(f"Refusing to write {destination}: it resolves outside {folder}.")
-        if mode == "link":
-            os.symlink(source, destination)
-        else:
-            outputs.write_atomic(destination, lambda tmp, source=source: shutil.copyfile(source, tmp))
+        place(source, destination, mode)
         files.append(file_name)
         refused.append("")
         result.files += 1
@@ -262,6 +259,16 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
     })
     manifest = pd.concat([manifest, members[meta].reset_index(drop=True)], axis=1)
     outputs.write_text(folder / MANIFEST, manifest.to_csv(index=False))
+
+
+def place(source: str, destination: Path, mode: str) -> None:
+    """Put the image file ``source`` at ``destination``: a symbolic link (``mode`` "link") or a copy written
+    atomically. The caller has checked ``source`` against the run's path rule and ``destination`` to stay in its
+    folder."""
+    if mode == "link":
+        os.symlink(source, destination)
+    else:
+        outputs.write_atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def _export_fiftyone(run: RunFolder, root: Path, members: pd.DataFrame, mode: str,

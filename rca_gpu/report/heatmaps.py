@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rca_gpu.runfiles import HEATMAPS_FILE
+from rca_gpu.runfiles import EMBEDDING_FILE, HEATMAPS_FILE
 
 log = logging.getLogger("rca_gpu")
 
@@ -68,7 +68,7 @@ def keep_heatmaps(out: Path, run_id: str, features) -> dict[str, Any] | None:
 
     from rca_gpu.report.representatives import clustering_space, representatives
 
-    embedding = pq.read_table(Path(out) / "embedding.parquet").to_pandas()
+    embedding = pq.read_table(Path(out) / EMBEDDING_FILE).to_pandas()
     labels = embedding["cluster"].to_numpy()
     space, _ = clustering_space(embedding)
     reps = representatives(labels, space, np.arange(len(labels)), np.random.default_rng(0))
@@ -172,15 +172,21 @@ def heatmap_views(run, clusters: pd.DataFrame, reps, folder: Path, *, thumb_size
             continue
         image = _image(files, int(position), loader)
         name = f"{int(position):07d}.png"
-        _overlay(image, heat.astype(np.float32)).save(folder / name)
+        _save_png(_overlay(image, heat.astype(np.float32)), folder / name)
         views.per_position[int(position)] = name
     for cluster, heat in zip(stored["clusters"], stored["means"]):
         name = f"mean-{int(cluster)}.png"
         heat = heat.astype(np.float32)
         scale = float(np.abs(heat).max()) if heat.size else 0.0
-        _overlay(None, heat / scale if scale > 0 else heat).save(folder / name)  # drawn at full strength
+        _save_png(_overlay(None, heat / scale if scale > 0 else heat), folder / name)  # at full strength
         views.mean[int(cluster)] = name
     return views
+
+
+def _save_png(image, path: Path) -> None:
+    from rca_gpu import outputs
+
+    outputs.write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _read(run, error) -> dict[str, Any]:

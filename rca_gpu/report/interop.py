@@ -26,7 +26,6 @@ links or copies, named as by the folder export) and ``DIR/labels.csv`` with ``fi
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,15 +33,13 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu import outputs
-from rca_gpu.runfiles import CLUSTERS_CSV
+from rca_gpu.runfiles import CLUSTERS_CSV, FIFTYONE_DATA, FIFTYONE_LABELS
 
 if TYPE_CHECKING:  # pragma: no cover
     from rca_gpu.runfolder import RunFolder
 
 #: Columns of clusters.parquet copied into clusters.csv when the run has them (after path .. cause_name).
 OUTCOME_COPY = ("label", "label_name", "prediction", "prediction_name", "confidence", "root_cause")
-FIFTYONE_LABELS = "labels.csv"
-FIFTYONE_DATA = "data"
 
 
 def flat_table(run: RunFolder, clusters: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -84,7 +81,7 @@ def export_fiftyone(run: RunFolder, target: Path, members: pd.DataFrame, *, mode
     rca_gpu.report.export.ExportError
         ``target`` holds data/ or labels.csv already.
     """
-    from rca_gpu.report.export import ExportError, _unique, safe_name
+    from rca_gpu.report.export import ExportError, _unique, place, safe_name
 
     data = target / FIFTYONE_DATA
     if os.path.lexists(data) or os.path.lexists(target / FIFTYONE_LABELS):
@@ -105,10 +102,7 @@ def export_fiftyone(run: RunFolder, target: Path, members: pd.DataFrame, *, mode
         destination = data / name
         if destination.resolve().parent != data.resolve():
             raise ExportError(f"Refusing to write {destination}: it resolves outside {data}.")
-        if mode == "link":
-            os.symlink(source, destination)
-        else:
-            outputs.write_atomic(destination, lambda tmp, source=source: shutil.copyfile(source, tmp))
+        place(source, destination, mode)
         names.append(name)
         kept.append(k)
     chosen = members.iloc[kept].reset_index(drop=True)

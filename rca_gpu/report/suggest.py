@@ -40,6 +40,7 @@ import pandas as pd
 
 from rca_gpu.report import columns as _columns
 from rca_gpu.report import explain as _explain
+from rca_gpu.runfiles import EXPLANATIONS_FILE
 
 if TYPE_CHECKING:  # pragma: no cover
     from rca_gpu.catalogue.causes import Catalogue
@@ -100,8 +101,8 @@ def suggest_merges(catalogue: Catalogue, *, explanations: pd.DataFrame | None = 
     active = [c for c in catalogue.active if (cause == c).any()]
     if len(active) < 2:
         return []
-    if explanations is None and run.has("explanations.parquet"):
-        explanations = run.table("explanations.parquet")
+    if explanations is None and run.has(EXPLANATIONS_FILE):
+        explanations = run.table(EXPLANATIONS_FILE)
     metadata, shared = _metadata_evidence(usable, cause, active)
     rules = _rule_evidence(usable, cause, active, catalogue, explanations)
     links, shares = _link_evidence(catalogue, active, reference)
