@@ -108,7 +108,7 @@ def friendly_errors(command: Callable) -> Callable:
 # --------------------------------------------------------------------------------------------------
 
 PipelineOpt = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
-                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2+umap+dbscan.")]
+                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2(center=auto,pool=grid2)+umap+dbscan.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML run configuration; "
                       "command-line options override it.")]
 DeviceOpt = Annotated[Optional[DeviceChoice], typer.Option("--device", help="auto: GPU when CUDA and the GPU "

@@ -28,6 +28,7 @@ from rca_gpu.describe import common_values
 from rca_gpu.device import Device, as_numpy, resolve_device
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
+from rca_gpu.features.represent import describe as describe_representation
 from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
 from rca_gpu.runfiles import CACHE_DIR, CLUSTERS_FILE, EMBEDDING_FILE, EXPLANATIONS_FILE, RUN_FILE
@@ -552,6 +553,7 @@ def cluster_and_write(
         "seed": spec.seed,
         "device": device.to_dict(),
         "features": features.info,
+        "representation": describe_representation(spec.pipeline.features, features.info),
         "knn": graph.describe() if graph is not None else selection.knn,
         "threads": thread_counts(),
         "reduce": selection.reduce_info,

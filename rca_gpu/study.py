@@ -37,6 +37,11 @@ METRIC_COLUMNS = (
 )
 
 
+#: How the ranking's score is computed, said under every ranking (rca_gpu.evaluate.study_score).
+SCORE_TEXT = ("Score = ARI (noise as a label of its own) x coverage of the injected causes: over-splitting and "
+              "mixing cost alike (docs/metrics.md).")
+
+
 @dataclass(frozen=True)
 class StudyPlan:
     features: tuple[str, ...]
@@ -235,8 +240,7 @@ def to_markdown(table: pd.DataFrame, *, source: str = "", top: int | None = None
         return "\n".join(lines + ["No pipelines ran.", ""])
     ok = table[table["status"] == "ok"]
     lines.append(
-        f"{len(ok)} of {len(table)} pipelines ran. Score = weighted purity x coverage x (1 - noise share) x "
-        "min(1, 3 x causes / clusters) (docs/metrics.md)."
+        f"{len(ok)} of {len(table)} pipelines ran. {SCORE_TEXT}"
     )
     lines.append("")
     header = ["rank", "pipeline", "score", "purity (w)", "coverage", "cov. injected", "clusters", "noise", "ARI",
@@ -354,8 +358,7 @@ def to_rich(table: pd.DataFrame, *, source: str = "", top: int | None = None, wi
         out.add_row(str(values["rank"]), _stages(pipeline, pipe_width),
                     *[_fmt(values[column], 0 if column == "n_clusters" else 3) for _, column in metrics],
                     _stages(setting, chosen_width))
-    note = Text(f"{len(ok)} of {len(table)} pipelines ran. Score = weighted purity x coverage x (1 - noise share) "
-                "x min(1, 3 x causes / clusters) (docs/metrics.md)." + ("" if wide else
+    note = Text(f"{len(ok)} of {len(table)} pipelines ran. {SCORE_TEXT}" + ("" if wide else
                 " Every column: study.md."))
     return Group(title, note, out)
 

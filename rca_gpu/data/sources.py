@@ -30,6 +30,7 @@ DUT_METADATA_KEY = b"rca_gpu.dut"
 KNOWN_ARCHITECTURES = {
     "mnist_cnn": "rca_gpu.datasets.models:mnist_cnn",
     "shapes_cnn": "rca_gpu.datasets.models:shapes_cnn",
+    "digit_recognizer_cnn": "rca_gpu.datasets.models:digit_recognizer_cnn",
 }
 #: File name endings of a model file a manifest may name (TorchScript, torch.export, ONNX).
 MODEL_FILE_EXTENSIONS = (".pt", ".pth", ".pt2", ".onnx")

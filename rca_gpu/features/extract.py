@@ -294,8 +294,12 @@ def extract_features(
     """Run the extractor over every usable image of ``context.failures``."""
     import torch
 
+    from rca_gpu.features import represent
+
     started = time.perf_counter()
     failures = context.failures
+    represent.check_center(spec, failures)
+    centring, spec = represent.center_of(spec, failures), represent.extraction_spec(spec)  # cached without centring
     extractor = create_extractor(spec, context)
     extractor.prepare()
     transform = extractor.transform()
@@ -377,6 +381,10 @@ def extract_features(
         return Features(empty, np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started,
                         from_cache, notes)
     info["dims"] = int(matrix.shape[1])
+    if centring:
+        keys = represent.class_keys(failures, positions, centring)
+        matrix, described = represent.center_features(matrix, keys)
+        info["center"] = {"by": centring, **described}
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
     return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache,
                     usable_notes, properties)
