@@ -87,6 +87,8 @@ def _select_a_cluster(page) -> None:
         page.mouse.move(x, y, steps=8)
     page.mouse.up()
     page.wait_for_selector("#selection:not([hidden])")
+    page.mouse.move(2, 2)  # away from the points: no tooltip over the picture
+    page.wait_for_selector("#map-tip", state="hidden")
     page.evaluate("window.scrollTo(0, 0)")
 
 
