@@ -388,7 +388,7 @@ def _mount_subcommands() -> None:
     from rca_gpu.commands.evaluate import evaluate_command
     from rca_gpu.commands.report import export_command, report_command
     from rca_gpu.commands.study import study_command
-    from rca_gpu.commands import assign, causes, compare, select
+    from rca_gpu.commands import assign, causes, compare, select, verify
 
     app.add_typer(datasets_app, name="datasets")
     app.command("evaluate")(friendly_errors(evaluate_command))
@@ -397,7 +397,8 @@ def _mount_subcommands() -> None:
     app.command("report")(friendly_errors(report_command))
     app.command("export")(friendly_errors(export_command))
     for name, command in (("causes", causes.causes_command), ("assign", assign.assign_command),
-                          ("compare", compare.compare_command), ("select", select.select_command)):
+                          ("compare", compare.compare_command), ("select", select.select_command),
+                          ("verify", verify.verify_command)):
         app.command(name)(friendly_errors(command))
 
 

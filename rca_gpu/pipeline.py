@@ -517,6 +517,9 @@ def cluster_and_write(
     outputs.write_parquet(out / CLUSTERS_FILE, clusters, run_id=run_id)
     outputs.write_parquet(out / EMBEDDING_FILE, embedding_table(failures, features, labels, plot, chosen),
                           run_id=run_id)
+    from rca_gpu.report.heatmaps import keep_heatmaps
+
+    keep_heatmaps(out, run_id, features)  # heatmap runs: what the report shows of the DNN's heatmaps
     metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
         from rca_gpu.evaluate import evaluate_clusters

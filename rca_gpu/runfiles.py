@@ -56,6 +56,9 @@ CAUSES_FILE = "causes.toml"
 MEMBERS_FILE = "causes.parquet"
 COMPARISON_FILE = "comparison.parquet"
 COMPARISON_INFO_FILE = "comparison.json"
+HEATMAPS_FILE = "heatmaps.safetensors"  # runs whose features are heatmaps of the DNN (rca_gpu.report.heatmaps)
+CLUSTERS_CSV = "clusters.csv"  # written with the report (rca_gpu.report.interop)
+VERIFY_FILE = "verify.json"  # rca-gpu verify (rca_gpu.catalogue.verify)
 #: The copy of the DNN under test a run keeps (by the form of --model: TorchScript/.pt2, ONNX with its
 #: external weights in one file beside it, or the weights of a known architecture).
 DUT_MODEL_FILES = ("dut_model.pt", "dut_model.pt2", "dut_model.onnx")
@@ -72,7 +75,8 @@ CACHE_DIR = "cache"
 RUN_OUTPUTS: tuple[str, ...] = (RUN_FILE, CLUSTERS_FILE, EMBEDDING_FILE, EXPLANATIONS_FILE, METRICS_FILE,
                                 PER_CAUSE_FILE, REPORT_FILE, SUMMARY_FILE, REFERENCE_FEATURES_FILE,
                                 REFERENCE_TABLE_FILE, REFERENCE_INFO_FILE, CAUSES_FILE, MEMBERS_FILE,
-                                COMPARISON_FILE, COMPARISON_INFO_FILE, *DUT_FILES)
+                                COMPARISON_FILE, COMPARISON_INFO_FILE, *DUT_FILES, HEATMAPS_FILE, CLUSTERS_CSV,
+                                VERIFY_FILE)
 #: Sub-folders of a run folder that rca-gpu writes into: the report's files (thumbnails are replaced) and the
 #: feature cache (shards are added and removed). Not removed by a new run.
 RUN_OUTPUT_FOLDERS: tuple[str, ...] = (REPORT_FILES_DIR, CACHE_DIR)
@@ -92,6 +96,8 @@ SELECTION_PARQUET = "selection.parquet"
 SELECT_INFO_FILE = "select.json"
 EXPORT_FILE = "export.json"
 EXPORT_MANIFEST = "manifest.csv"  # one in each exported group folder
+FIFTYONE_LABELS = "labels.csv"  # export --format fiftyone: FiftyOne's CSVDataset labels and media folder
+FIFTYONE_DATA = "data"
 
 #: File that marks the output folder of a command -> (the command, the JSON key naming the run it read).
 OUTPUT_MARKERS = {
@@ -474,6 +480,32 @@ class ComparisonInfo(_Open):
     catalogues: dict[Literal["a", "b"], CatalogueState] | None = None
 
 
+class VerifiedCause(_Open):
+    """One cause of verify.json: its pool images, failures and lift with the interval."""
+
+    name: _NAME = ""
+    status: Literal["cause", "dropped"] = "cause"
+    images: _COUNT = 0
+    failures: _COUNT = 0
+    failure_rate: float | None = None
+    lift: float | None = None
+    low: float | None = None
+    high: float | None = None
+    verdict: _NAME = ""
+
+
+class VerifyInfo(_Open):
+    """verify.json: each cause's failure rate on a pool against the pool's (rca-gpu verify)."""
+
+    run_id: _RUN_ID
+    images: _COUNT = 0
+    failures: _COUNT = 0
+    failure_rate: float | None = None
+    per_cause: dict[Annotated[str, Field(max_length=20, pattern=r"^[0-9]{1,18}$")], VerifiedCause] = {}
+    interval: _TEXT = ""
+    catalogue: CatalogueState | None = None
+
+
 class CauseEntry(_Closed):
     """One ``[[cause]]`` of causes.toml."""
 
@@ -539,6 +571,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     REFERENCE_INFO_FILE: ReferenceInfo,
     METRICS_FILE: MetricsInfo,
     COMPARISON_INFO_FILE: ComparisonInfo,
+    VERIFY_FILE: VerifyInfo,
     ASSIGN_INFO_FILE: MarkerInfo,
     SELECT_INFO_FILE: MarkerInfo,
     EXPORT_FILE: ExportInfo,

@@ -119,7 +119,7 @@ def test_report_renderers_escape_names_and_show_the_comparison(catalogue_run, ru
     import importlib
     import shutil
 
-    report = importlib.import_module("rca_gpu.catalogue.report")
+    report = importlib.import_module("rca_gpu.report.catalogue_sections")
     run_b = shutil.copytree(runs_b["images"], tmp_path / "b")
     compare_runs(catalogue_run, run_b, by="images")
     catalogue = load_catalogue(run_b)
@@ -127,7 +127,7 @@ def test_report_renderers_escape_names_and_show_the_comparison(catalogue_run, ru
     catalogue.merge([1, 2])
     catalogue.save()
     folder = open_run(run_b)
-    html = report.comparison_section(folder)
+    html = report.comparison_section(folder).text()
     assert "vanished" in html and "new" in html and open_run(catalogue_run).run_id in html
     from rca_gpu.report.build import build_report
 
@@ -225,9 +225,9 @@ def test_compare_command_says_which_basis_it_used(catalogue_run, runs_other_size
     assert "name (A; new: B)" in text  # says whose name it shows, as the wide table's "name A" / "name B"
     written = open_run(run_b).json("comparison.json")
     assert written["basis"] == "shares" and written["images_a"] == 90 and written["images_b"] == 35
-    from rca_gpu.catalogue.report import comparison_section
+    from rca_gpu.report.catalogue_sections import comparison_section
 
-    html = comparison_section(open_run(run_b))
+    html = comparison_section(open_run(run_b)).text()
     assert "shares of each run&#39;s images" in html or "shares of each run's images" in html
     assert "30 (85.7%)" in html
 
@@ -240,14 +240,14 @@ def test_a_comparison_made_before_later_edits_is_marked_out_of_date(catalogue_ru
 
     from rca_gpu.catalogue.compare import stale_note
 
-    report = importlib.import_module("rca_gpu.catalogue.report")
+    report = importlib.import_module("rca_gpu.report.catalogue_sections")
     run_a = shutil.copytree(catalogue_run, tmp_path / "a")
     run_b = shutil.copytree(runs_b["images"], tmp_path / "b")
     result = compare_runs(run_a, run_b, by="images")
     recorded = result.info["catalogues"]
     assert recorded["a"]["edits"] == recorded["b"]["edits"] == 0
     assert stale_note(open_run(run_b)) is None
-    assert "Out of date" not in report.comparison_section(open_run(run_b))
+    assert "Out of date" not in report.comparison_section(open_run(run_b)).text()
 
     catalogue = load_catalogue(run_b)  # B edited after the comparison
     catalogue.merge([0, 1])
@@ -256,7 +256,7 @@ def test_a_comparison_made_before_later_edits_is_marked_out_of_date(catalogue_ru
     note = stale_note(open_run(run_b))
     assert "run B (this run)" in note and "run A" not in note
     assert f"rca-gpu compare {run_a.resolve()} {run_b.resolve()}" in note
-    html = report.comparison_section(open_run(run_b))
+    html = report.comparison_section(open_run(run_b)).text()
     assert "Out of date" in html and "rca-gpu compare" in html
 
     compare_runs(run_a, run_b, by="images")  # compared again: current

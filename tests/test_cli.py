@@ -144,7 +144,7 @@ def test_cluster_table_keeps_each_explanation_whole_in_a_narrow_terminal():
         assert max(len(line) for line in text.splitlines()) <= width
         assert "precision" in text and "recall" in text
         assert "…" not in text  # nothing cut
-        assert text.count("precision") == 3  # one explanation per cluster, each whole
+        assert text.count("(precision ") == 3  # one explanation per cluster, each whole
         for column in shown:
             assert column in text, (width, column)
         for column in hidden:

@@ -105,8 +105,13 @@ def test_no_rule_below_the_precision_floor():
                           "reason": "", "noise_column": rng.random(300)})
     explanations = explain_clusters(table, precision_floor=0.95)
     assert len(explanations) == 2 and not explanations["found"].any()
-    texts = top_explanations(explanations).values()
-    assert all(text.startswith("no rule reaches the precision floor") for text in texts)
+    assert (explanations["recall"] >= 0.1).all()  # the candidate shown covers a tenth of its cluster at least
+    texts = top_explanations(explanations, floor=0.95)
+    for row in explanations.itertuples():
+        hits = round(row.recall * row.n_cluster)
+        assert texts[row.cluster].startswith(
+            f"no rule reaches precision 0.95: the best, {row.rule}, matches {hits} of the {row.n_cluster} images but "
+            f"also {row.n_matched - hits} others (precision {row.precision:.2f})")
     with pytest.raises(ValueError, match="precision_floor"):
         explain_clusters(table, precision_floor=1.5)
 
@@ -236,20 +241,63 @@ def test_terminal_summary_shows_each_clusters_top_explanation(run_dir):
 
 
 def test_medoids_are_closest_to_the_centre_and_border_cases_near_another_cluster():
-    from rca_gpu.report.build import _representatives
+    from rca_gpu.report.representatives import representatives
 
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, (40, 2))
     b = rng.normal(0, 1, (40, 2)) + [10, 0]
-    space = np.vstack([a, b])
-    labels = np.repeat([0, 1], 40)
-    reps = _representatives(labels, space, np.arange(80) + 100, rng)
+    c = rng.normal(0, 1, (40, 2)) + [0, 30]
+    space = np.vstack([a, b, c])
+    labels = np.repeat([0, 1, 2], 40)
+    reps = representatives(labels, space, np.arange(120) + 100, rng)
     centre = a.mean(axis=0)
     nearest = np.argsort(np.linalg.norm(a - centre, axis=1))[:8] + 100
-    assert reps[0]["medoids"] == nearest.tolist()
-    ratio = np.linalg.norm(a - centre, axis=1) / np.linalg.norm(a - b.mean(axis=0), axis=1)
-    assert sorted(reps[0]["border"]) == sorted((np.argsort(-ratio)[:4] + 100).tolist())
-    assert (space[np.array(reps[0]["border"]) - 100, 0] > centre[0]).all()  # leaning towards cluster 1
+    assert reps[0].medoids == nearest.tolist()
+    others = np.minimum(np.linalg.norm(a - b.mean(axis=0), axis=1), np.linalg.norm(a - c.mean(axis=0), axis=1))
+    ratio = np.linalg.norm(a - centre, axis=1) / others
+    assert sorted(reps[0].border) == sorted((np.argsort(-ratio)[:4] + 100).tolist())
+    assert (space[np.array(reps[0].border) - 100, 0] > centre[0]).all()  # leaning towards cluster 1
+    assert reps[0].borders == [1, 1, 1, 1]  # each border case names the cluster it borders
+    # the gallery: every member, nearest to the medoid (the first of the medoids) first
+    medoid = space[reps[0].medoids[0] - 100]
+    assert reps[0].order == (np.argsort(np.linalg.norm(a - medoid, axis=1), kind="stable") + 100).tolist()
+
+
+def test_captions_say_label_prediction_and_confidence():
+    from rca_gpu.report.representatives import caption, caption_columns
+
+    named = caption_columns(["id", "label", "label_name", "prediction", "prediction_name", "confidence"])
+    row = pd.Series({"label": 7, "label_name": "seven", "prediction": 1, "prediction_name": "one",
+                     "confidence": 0.931})
+    assert caption(row, named) == "seven -> one (0.93)"
+    plain = caption_columns(["label", "prediction"])
+    assert caption(pd.Series({"label": 7.0, "prediction": 1.0}), plain) == "7 -> 1"
+    assert caption_columns(["label", "camera"]) is None and caption(row, None) == ""
+
+
+def test_dominant_values_are_ranked_by_difference_without_identifiers_or_constants():
+    from rca_gpu.report.columns import dominant_values
+
+    rng = np.random.default_rng(0)
+    n = 600
+    cluster = rng.integers(0, 3, n)
+    usable = pd.DataFrame({
+        "id": np.arange(n), "path": "p", "cluster": cluster, "status": "clustered", "reason": "",
+        "source_index": rng.permutation(n),  # an identifier: never listed
+        "site": "lab",  # constant: never listed
+        "camera": np.where(cluster == 0, "C", rng.choice(["A", "B"], n)),  # cluster 0: all C
+        "angle": np.where(cluster == 0, rng.uniform(60, 90, n), rng.uniform(0, 90, n)),  # cluster 0: leans high
+        "label": rng.integers(0, 10, n), "label_name": None,
+    })
+    usable["label_name"] = usable["label"].map(lambda v: f"digit {v}")  # the same grouping as label: once
+    rows = dominant_values(usable, cluster, [0, 1, 2], [c for c in usable.columns if c not in ("id", "path")])
+    columns = [r["column"] for r in rows[0]]
+    assert columns[:2] == ["camera", "angle"]
+    assert "source_index" not in columns and "site" not in columns and "cluster" not in columns
+    assert not {"label", "label_name"} <= set(columns)
+    assert [float(r["difference"]) for r in rows[0]] == sorted((float(r["difference"]) for r in rows[0]),
+                                                               reverse=True)
+    assert rows[0][0]["inside"] == "C (100%)" and rows[0][0]["difference"] == "1.00"
 
 
 def test_export_links_and_copies_one_folder_per_cluster(run_dir, tmp_path):
@@ -308,13 +356,13 @@ def test_export_refuses_bad_requests_with_one_line_errors(run_dir, tmp_path):
 
 
 def test_optional_sections_render_only_when_their_files_exist(run_dir):
-    from markupsafe import escape
-
     from rca_gpu.report import sections
     from rca_gpu.report.build import build_report
 
-    section = sections.ExtraSection(key="extra-test", title="Extra", files=("extra_test.json",),
-                                    render=lambda run: f"<p>{escape(run.json('extra_test.json')['text'])}</p>")
+    section = sections.ExtraSection(
+        key="extra-test", title="Extra", files=("extra_test.json",),
+        render=lambda run: sections.Content((sections.Paragraph(run.json("extra_test.json")["text"]),),
+                                            sections.Table(("a",), (("<u>cell</u>",),))))
     fact = sections.ClusterFact(key="fact-test", label="Fact", files=("extra_test.json",),
                                 compute=lambda run: {0: "<b>zero</b>"})
     sections.register_section(section)
@@ -327,8 +375,14 @@ def test_optional_sections_render_only_when_their_files_exist(run_dir):
         outputs.write_json(run_dir / "extra_test.json", {"text": "<i>hello</i>"}, run_id=open_run(run_dir).run_id)
         html = build_report(run_dir).path.read_text()
         assert 'id="extra-test"' in html and "&lt;i&gt;hello&lt;/i&gt;" in html and "Fact: &lt;b&gt;zero" in html
+        assert "&lt;u&gt;cell&lt;/u&gt;" in html and "<u>" not in html
+        # a section that returns HTML text is refused: the page escapes values itself
+        sections.register_section(sections.ExtraSection(key="extra-test", title="Extra", files=("extra_test.json",),
+                                                        render=lambda run: "<p>raw</p>"))
+        with pytest.raises(TypeError, match="returned str; a section returns"):
+            build_report(run_dir)
     finally:
-        sections.EXTRA_SECTIONS.remove(section)
+        sections.EXTRA_SECTIONS[:] = [s for s in sections.EXTRA_SECTIONS if s.key != "extra-test"]
         sections.CLUSTER_FACTS.remove(fact)
         (run_dir / "extra_test.json").unlink(missing_ok=True)
 
@@ -407,13 +461,13 @@ def test_run_command_writes_the_report_unless_told_not_to(tmp_path):
 
 
 def test_representatives_use_the_clustering_space_when_stored_else_the_map():
-    from rca_gpu.report.build import _clustering_space
+    from rca_gpu.report.representatives import clustering_space
 
     stored = pd.DataFrame({"id": [0, 1], "cluster": [0, 0], "x": [1.0, 2.0], "y": [3.0, 4.0],
                            "e0": [5.0, 6.0], "e1": [7.0, 8.0], "e10": [0.0, 0.0]})
-    space, note = _clustering_space(stored, {})
+    space, note = clustering_space(stored)
     assert space.shape == (2, 3) and space[0].tolist() == [5.0, 7.0, 0.0] and "(3 dimensions)" in note
-    space, note = _clustering_space(stored[["id", "cluster", "x", "y"]], {})
+    space, note = clustering_space(stored[["id", "cluster", "x", "y"]])
     assert space.tolist() == [[1.0, 3.0], [2.0, 4.0]] and "more than 64 dimensions" in note
 
 
@@ -463,22 +517,21 @@ def test_export_of_noise_or_rejected_that_the_run_lacks_is_a_note(catalogue_run,
     (1 / 288, 0, "<1%"), (0.004, 0, "<1%"), (0.0, 0, "0%"), (0.5, 0, "50%"), (0.996, 0, ">99%"), (1.0, 0, "100%"),
     (0.0004, 1, "<0.1%"), (0.9996, 1, ">99.9%"), (0.123, 1, "12.3%"), (None, 1, "-"), (float("nan"), 1, "-")])
 def test_shares_never_read_zero_for_a_present_value_nor_all_for_less(share, decimals, text):
-    from rca_gpu.report.build import share_text
+    from rca_gpu.report.columns import share_text
 
     assert share_text(share, decimals) == text
 
 
 def test_dominant_values_show_a_rare_value_as_below_one_percent():
-    from rca_gpu.report.build import _dominant_values
+    from rca_gpu.report.columns import profiles, summary
 
     usable = pd.DataFrame({"transform": ["none"] * 287 + ["rotation"]})
-    views = {"transform": ("text", usable["transform"], "")}
-    inside = _dominant_values(usable.index, views)[0]["inside"]
-    assert inside == "none (>99%), rotation (<1%)"
+    profile = profiles(usable)[0]
+    assert summary(profile, np.ones(len(usable), dtype=bool)) == "none (>99%), rotation (<1%)"
 
 
 def test_map_keeps_integers_exact_and_every_digit_of_a_numbers_integer_part():
-    from rca_gpu.report.build import _number_column
+    from rca_gpu.report.mapdata import number_column as _number_column
 
     seeds = _number_column(pd.Series([1788123457, 81408472, 3]))
     assert seeds == {"kind": "number", "values": [1788123457, 81408472, 3]}
@@ -553,4 +606,50 @@ def test_summary_and_map_show_the_edited_causes_with_names_escaped(catalogue_run
 
     (folder / "causes.toml").write_text('run_id = "another run"\nformat = 1\n', encoding="utf-8")
     with pytest.raises(CatalogueError, match="causes.toml' belongs to run another run"):
+        build_report(folder)
+
+
+def test_the_catalogue_never_imports_the_report():
+    """report/ reads the catalogue (rca_gpu.report.catalogue_sections); catalogue/ imports nothing of report/,
+    also not inside functions, so the two folders form no import cycle."""
+    import ast
+
+    import rca_gpu
+
+    root = Path(rca_gpu.__file__).parent / "catalogue"
+    found = []
+    for module in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{module.name}: {n}" for n in names if n == "rca_gpu.report" or n.startswith("rca_gpu.report.")]
+    assert len(list(root.glob("*.py"))) > 5 and found == []
+
+
+def test_a_comparison_file_carrying_markup_is_shown_as_text(catalogue_run, tmp_path):
+    """comparison.parquet and comparison.json are data: markup in every text they hold (run id, names, the
+    folder of run A, how causes spread) reaches the page as text; numbers that are not numbers are refused by the
+    file's schema before the page is made."""
+    import shutil
+
+    from rca_gpu import outputs
+    from rca_gpu.report.build import build_report
+    from rca_gpu.runfiles import RunFileError
+    from rca_gpu.runfolder import open_run
+
+    folder = shutil.copytree(catalogue_run, tmp_path / "run")
+    run_id = open_run(folder).run_id
+    hostile = "<img src=x onerror=alert(7)>"
+    frame = pd.DataFrame({
+        "run_a": [hostile], "status": ["new"], "cause_a": [-1], "name_a": [hostile], "size_a": [0],
+        "share_a": [0.0], "size_b": [3], "share_b": [0.1], "ratio": [float("nan")], "cause_b": [0],
+        "name_b": [hostile], "b_causes": [hostile], "a_causes": [hostile]})
+    outputs.write_parquet(folder / "comparison.parquet", frame, run_id=run_id)
+    outputs.write_json(folder / "comparison.json", {"run_a": run_id, "run_b": run_id, "run_a_folder": hostile,
+                                                    "mode": "images", "basis": "shares"}, run_id=run_id)
+    html = build_report(folder).path.read_text(encoding="utf-8")
+    section = html.split('id="comparison"', 1)[1].split("</section>", 1)[0]
+    assert hostile not in html and section.count("&lt;img src=x onerror=alert(7)&gt;") >= 4
+    outputs.write_parquet(folder / "comparison.parquet", frame.assign(size_a=[hostile]), run_id=run_id)
+    with pytest.raises(RunFileError, match="comparison.parquet .* the column 'size_a' .* must hold integers"):
         build_report(folder)

@@ -29,6 +29,9 @@ def causes_command(
                                         "causes.parquet) before applying the options given with it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table: only where the edits went, and "
                                         "edits that changed nothing.")] = False,
+    suggest: Annotated[bool, typer.Option("--suggest", help="List pairs of causes that may be one (evidence: "
+                                          "metadata, rules, kNN links; a confidence) and print the --merge command "
+                                          "that accepts the likely ones; after the edits given with it.")] = False,
 ) -> None:
     """Show the causes of a run with stable ids; edits go to RUN_DIR/causes.toml, never into the run's outputs.
 
@@ -89,6 +92,37 @@ def causes_command(
     elif edits:
         console.print("nothing to change; causes.toml was not written", markup=False, highlight=False,
                       soft_wrap=True)
+    if suggest:
+        print_suggestions(catalogue, console, quiet=quiet)
+
+
+def print_suggestions(catalogue, console, *, quiet: bool = False) -> None:
+    """The merge suggestions of a catalogue (rca_gpu.report.suggest): a table of the pairs with their evidence
+    (unless ``quiet``), then the exact ``rca-gpu causes RUN --merge ...`` command for the likely ones."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from rca_gpu.report.suggest import LIKELY, POSSIBLE, merge_command, merge_groups, suggest_merges
+
+    suggestions = suggest_merges(catalogue)
+    if not quiet and suggestions:
+        table = Table(title="Maybe the same cause")
+        for column in ("causes", "confidence", "metadata", "rules", "links"):
+            table.add_column(column, justify="left" if column == "causes" else "right", no_wrap=True)
+        table.add_column("evidence", overflow="fold", ratio=1)
+        for s in suggestions:
+            cells = [f"{s.a} + {s.b}", f"{s.confidence:.2f} {s.level}"]
+            cells += ["-" if v is None else f"{v:.2f}" for v in (s.metadata, s.rules, s.links)]
+            table.add_row(*cells, escape(s.why.split(": ", 1)[1]))  # column names are data, not markup
+        console.print(table)
+    command = merge_command(catalogue.run.path, merge_groups(suggestions, at=LIKELY))
+    if command is None:
+        console.print(f"no pair of causes reaches confidence {LIKELY:g}: no merge to suggest"
+                      + (f" ({len(suggestions)} possible above {POSSIBLE:g})" if suggestions else ""),
+                      markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"to merge the likely ones (confidence >= {LIKELY:g}): {command}", markup=False,
+                      highlight=False, soft_wrap=True)
 
 _NUMERIC = ("cause", "size", "stability")
 

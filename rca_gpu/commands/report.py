@@ -17,6 +17,11 @@ class ExportMode(str, Enum):
     copy = "copy"
 
 
+class ExportFormat(str, Enum):
+    folders = "folders"
+    fiftyone = "fiftyone"
+
+
 def report_command(
     run_dir: RunDirArg,
     map_points: Annotated[int, typer.Option("--map-points", min=1, help="Most points drawn on the map; "
@@ -42,14 +47,20 @@ def export_command(
                     "copies.")] = ExportMode.link,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per group: only notes and the "
                                         "last line (files and folder).")] = False,
+    layout: Annotated[ExportFormat, typer.Option("--format", help="folders: a folder per cluster with "
+                      "manifest.csv; fiftyone: data/ and labels.csv, FiftyOne's CSVDataset layout (see "
+                      "docs/report.md for the FiftyOne call).")] = ExportFormat.folders,
+    ids: Annotated[Optional[Path], typer.Option("--ids", help="Only the images whose id a CSV file lists in its "
+                   "'id' column, e.g. the selection.csv the report's map downloads.")] = None,
 ) -> None:
-    """Export clusters to folders (images + manifest.csv each) for any image viewer or for retraining."""
+    """Export clusters to folders (images + manifest.csv each) for any image viewer or for retraining, or in
+    FiftyOne's CSVDataset layout."""
     from rca_gpu.data.paths import check_output_path
     from rca_gpu.report.export import export_run, parse_selection
 
     check_output_path(to, "--to")
-
-    result = export_run(run_dir, to, clusters=parse_selection(clusters), mode=mode.value)
+    result = export_run(run_dir, to, clusters=parse_selection(clusters), mode=mode.value, layout=layout.value,
+                        ids=ids)
     for name, n in ({} if quiet else result.groups).items():
         typer.echo(f"{name}: {n} images")
     for name in result.empty:

@@ -336,7 +336,7 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
             frame = arrow.rename_columns([str(i) for i in range(len(names))]).to_pandas()
             frame.columns = names
             return frame, dict(arrow.schema.metadata or {})
-        return read_csv_cells(path, keep_text=("path",)), {}
+        return read_csv_cells(path, keep_text=("path", *PATH_ALIASES)), {}
     except SourceError:
         raise
     except Exception as exc:  # pyarrow / pandas raise many types for a broken file
@@ -391,13 +391,32 @@ def _typed_column(column: pd.Series) -> pd.Series:
     return column.astype(np.float64)
 
 
+#: Other names of the image path column, read as ``path`` by manifests and ``--features``/``--metadata`` files
+#: without a ``path`` column: ``filepath`` is FiftyOne's name for it (its CSV export writes it).
+PATH_ALIASES = ("filepath",)
+
+
+def with_path_column(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its first column named in :data:`PATH_ALIASES` renamed ``path`` when it has no ``path``
+    column; unchanged otherwise (a table with both keeps ``filepath`` as metadata)."""
+    names = [str(c) for c in frame.columns]
+    alias = next((a for a in PATH_ALIASES if a in names), None)
+    if "path" in names or alias is None:
+        return frame
+    renamed = list(frame.columns)
+    renamed[names.index(alias)] = "path"
+    return frame.set_axis(renamed, axis=1)
+
+
 def _from_manifest(path: Path, image_root: str | os.PathLike | None) -> FailureSet:
     frame, metadata = _read_manifest(path)
+    frame = with_path_column(frame)
     names = [str(c) for c in frame.columns]
     if "path" not in names:
         raise SourceError(
             f"The manifest {str(path)!r} has no 'path' column (columns: {', '.join(names) or 'none'}). "
-            "Add a 'path' column with one image path per row, relative to the manifest's folder or absolute."
+            "Add a 'path' column (or 'filepath') with one image path per row, relative to the manifest's folder "
+            "or absolute."
         )
     if frame.empty:
         raise SourceError(f"The manifest {str(path)!r} has no rows. Add one row per failing image.")

@@ -441,3 +441,38 @@ class IntegratedGradientsExtractor(_InputAttributionExtractor):
 
     def cache_token(self) -> str:
         return f"steps={self.steps}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The features as maps again (for the report's heatmaps)
+# --------------------------------------------------------------------------------------------------
+
+#: Extractors whose features are heatmaps of the DUT, flattened (optionally pooled) by ``layers.pool_flatten``.
+HEATMAP_EXTRACTORS = ("lrp", "gradcam", "gradxinput", "ig")
+
+
+def feature_maps(matrix, info: dict[str, Any]):
+    """The features of a heatmap extractor as the maps they flatten: (n, C, h, w) float32 numpy, or None when
+    the extractor is not a heatmap one or its maps have no spatial layout (LRP at a linear layer).
+
+    ``info`` is the extractor's :meth:`describe` (run.json ``features``): the map is ``map_shape`` (layer
+    heatmaps) or ``input_shape`` (input attributions), average-pooled to ``pool`` x ``pool`` when ``pool`` is set,
+    exactly as :func:`rca_gpu.features.layers.pool_flatten` laid it out.
+    """
+    import numpy as np
+
+    from rca_gpu.device import as_numpy
+
+    if info.get("name") not in HEATMAP_EXTRACTORS:
+        return None
+    shape = info.get("map_shape") or info.get("input_shape")
+    if not shape or len(shape) != 3:
+        return None
+    channels, height, width = (int(v) for v in shape)
+    pool = info.get("pool")
+    if pool:
+        height = width = int(pool)
+    values = np.asarray(as_numpy(matrix), dtype=np.float32)
+    if values.ndim != 2 or values.shape[1] != channels * height * width:
+        return None
+    return values.reshape(len(values), channels, height, width)

@@ -459,7 +459,7 @@ def _attach_metadata(table: pd.DataFrame, metadata: Path, features_path: Path) -
         else:  # cells as written, as for a CSV manifest
             from rca_gpu.data.sources import read_csv_cells
 
-            frame = read_csv_cells(metadata, keep_text=("path",))
+            frame = read_csv_cells(metadata, keep_text=("path", "filepath"))
     except Exception as exc:  # pandas / pyarrow raise many types for a broken file
         raise SourceError(f"Cannot read the metadata file {str(metadata)!r}: {exc}") from None
     if len(frame) != len(table):
@@ -489,7 +489,11 @@ def _attach_metadata(table: pd.DataFrame, metadata: Path, features_path: Path) -
 
 
 def _finish_table(table: pd.DataFrame, base: Path, image_root: Path | None) -> pd.DataFrame:
-    """``id``, ``path`` first (paths kept only inside the image root), then the metadata."""
+    """``id``, ``path`` first (paths kept only inside the image root), then the metadata; a ``filepath`` column
+    is read as ``path`` when there is none (FiftyOne's name, :func:`rca_gpu.data.sources.with_path_column`)."""
+    from rca_gpu.data.sources import with_path_column
+
+    table = with_path_column(table)
     n = len(table)
     if "id" in table.columns:
         from rca_gpu.data.sources import check_ids

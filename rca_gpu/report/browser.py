@@ -32,15 +32,20 @@ def find_chromium() -> str | None:
 
 @dataclass
 class PageLog:
-    """What a page did while open: console errors, uncaught exceptions, requested URLs, dialogs."""
+    """What a page did while open: console errors, uncaught exceptions, requested URLs, requests the page's
+    Content-Security-Policy blocked before they left the browser, dialogs."""
 
     console_errors: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
     load_seconds: float = 0.0
 
     def outside_file_urls(self) -> list[str]:
-        return [url for url in self.requests if not url.startswith("file://")]
+        """URLs the page fetched that are not ``file://`` (``blob:`` URLs the page made itself, and requests its
+        CSP blocked, never left the browser and are not listed)."""
+        return [url for url in self.requests
+                if not url.startswith(("file://", "blob:")) and url not in self.blocked]
 
 
 @contextlib.contextmanager
@@ -68,6 +73,7 @@ def open_report(path: str | Path, *, width: int = 1280, height: int = 900,
             page.on("console", lambda m: log.console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: log.console_errors.append(f"uncaught: {e}"))
             page.on("request", lambda r: log.requests.append(r.url))
+            page.on("requestfailed", lambda r: log.blocked.append(r.url) if r.failure == "csp" else None)
 
             def dialog(d) -> None:
                 log.dialogs.append(d.message)

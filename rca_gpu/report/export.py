@@ -36,11 +36,14 @@ from typing import Iterable
 import pandas as pd
 
 from rca_gpu import outputs
+from rca_gpu.data.paths import real_paths
 from rca_gpu.errors import RcaError
 from rca_gpu.runfiles import EXPORT_FILE, EXPORT_MANIFEST
 from rca_gpu.runfolder import RunFolder, open_run
 
 MODES = ("link", "copy")
+#: Layouts of an export: a folder per group (with manifest.csv), or FiftyOne's CSVDataset (data/, labels.csv).
+FORMATS = ("folders", "fiftyone")
 MANIFEST = EXPORT_MANIFEST
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")  # "_" too, so runs collapse into one "_"
 MAX_NAME = 120
@@ -114,8 +117,11 @@ def export_run(
     *,
     clusters: Iterable[str] | None = None,
     mode: str = "link",
+    layout: str = "folders",
+    ids: str | Path | None = None,
 ) -> ExportResult:
-    """Write one folder per cluster (noise and rejected too) with images and a manifest.
+    """Write one folder per cluster (noise and rejected too) with images and a manifest, or FiftyOne's
+    CSVDataset layout of them (:mod:`rca_gpu.report.interop`).
 
     Parameters
     ----------
@@ -127,6 +133,11 @@ def export_run(
         Folder names to export (see :func:`parse_selection`); None exports every group.
     mode:
         ``"link"``: symbolic links to the original files (instant, no space); ``"copy"``: copies.
+    layout:
+        ``"folders"`` (a folder per group) or ``"fiftyone"`` (``data/`` and ``labels.csv`` in ``target``).
+    ids:
+        A CSV file with an ``id`` column (e.g. the selection.csv the report's map downloads): only those images
+        are exported.
 
     Returns
     -------
@@ -136,7 +147,8 @@ def export_run(
     Raises
     ------
     ExportError
-        Unknown mode, a selected cluster the run does not have, or a group folder that already exists.
+        Unknown mode or format, a selected cluster the run does not have, an ``ids`` file that cannot be read or
+        names ids the run does not hold, or a group folder (data/, labels.csv) that already exists.
     rca_gpu.runfolder.RunFolderError
         The run folder is not a finished run; ``target`` is a file, below a file, or not writable.
     rca_gpu.catalogue.CatalogueError
@@ -146,11 +158,15 @@ def export_run(
 
     if mode not in MODES:
         raise ExportError(f"The --mode option must be one of {', '.join(MODES)}; got {mode!r}.")
+    if layout not in FORMATS:
+        raise ExportError(f"The --format option must be one of {', '.join(FORMATS)}; got {layout!r}.")
     if not isinstance(run_dir, RunFolder):
         check_run_dir(run_dir)
     run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
     check_out_dir(target, option="--to", run_path=run.path, example="exported/", command="rca-gpu export")  # before any file is made
     table = run.clusters()
+    if ids is not None:
+        table = table[table["id"].astype(str).isin(read_ids(ids, table))]
     names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy())]
     table = table.assign(_group=names)
     present = list(dict.fromkeys(sorted(set(names), key=_group_order)))
@@ -167,6 +183,11 @@ def export_run(
     root = Path(target).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     root = root.resolve()
+    if earlier.get("format") == "fiftyone" or (earlier and layout == "fiftyone"):
+        raise ExportError(f"The export folder {str(root)!r} holds an earlier export ({EXPORT_FILE}); a FiftyOne "
+                          "export and a folder export need a folder each: pass a new --to folder.")
+    if layout == "fiftyone":
+        return _export_fiftyone(run, root, table[table["_group"].isin(selected)], mode, empty)
     clashes = [name for name in selected if os.path.lexists(root / name)]
     if clashes:
         raise ExportError(
@@ -209,7 +230,7 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
     """Link or copy the images of one group into ``folder`` (made empty) and write its manifest.csv. Only the
     files the run's path rule allows (:meth:`RunFolder.image_files`) are linked or copied; the others are
     listed with an empty ``path`` and the reason in ``not_exported``."""
-    files_ok = run.image_files(members["path"].tolist())  # a missing path: "no image file"
+    files_ok = run.image_files(real_paths(members))  # a missing path: "no image file"
     files: list[str] = []
     refused: list[str] = []
     used: set[str] = set()
@@ -224,10 +245,7 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
         destination = folder / file_name
         if destination.resolve().parent != folder:  # belt and braces: the name cannot leave the folder
             raise ExportError(f"Refusing to write {destination}: it resolves outside {folder}.")
-        if mode == "link":
-            os.symlink(source, destination)
-        else:
-            outputs.write_atomic(destination, lambda tmp, source=source: shutil.copyfile(source, tmp))
+        place(source, destination, mode)
         files.append(file_name)
         refused.append("")
         result.files += 1
@@ -242,6 +260,63 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
     })
     manifest = pd.concat([manifest, members[meta].reset_index(drop=True)], axis=1)
     outputs.write_text(folder / MANIFEST, manifest.to_csv(index=False))
+
+
+def place(source: str, destination: Path, mode: str) -> None:
+    """Put the image file ``source`` at ``destination``: a symbolic link (``mode`` "link") or a copy written
+    atomically. The caller has checked ``source`` against the run's path rule and ``destination`` to stay in its
+    folder."""
+    if mode == "link":
+        os.symlink(source, destination)
+    else:
+        outputs.write_atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def _export_fiftyone(run: RunFolder, root: Path, members: pd.DataFrame, mode: str,
+                     empty: list[str]) -> ExportResult:
+    """The FiftyOne layout of ``members`` in ``root`` (a folder without an earlier export); export.json records
+    ``format`` fiftyone and no group folders."""
+    from rca_gpu.report.interop import FIFTYONE_LABELS, export_fiftyone
+
+    try:
+        made, left_out = export_fiftyone(run, root, members, mode=mode)
+    except BaseException as exc:
+        reason = outputs.refused_reason(exc, root) if isinstance(exc, (OSError, shutil.Error)) else None
+        if reason is not None:
+            raise outputs.refusal(root, reason) from None
+        raise
+    result = ExportResult(root, groups={FIFTYONE_LABELS: made}, files=made, missing=left_out, empty=empty)
+    outputs.write_json(root / EXPORT_FILE, {
+        "run_dir": str(run.path), "format": "fiftyone", "mode": mode, "groups": {}, "group_modes": {},
+        "files": made, "missing": left_out,
+    }, run_id=run.run_id)
+    return result
+
+
+def read_ids(path: str | Path, table: pd.DataFrame) -> set[str]:
+    """The image ids listed in the ``id`` column of the CSV file ``path`` (as text), all of which the run holds.
+
+    Raises
+    ------
+    ExportError
+        The file cannot be read, has no ``id`` column, or names ids that are not in the run.
+    """
+    from rca_gpu.data.sources import read_csv_cells
+
+    try:
+        frame = read_csv_cells(path, keep_text=("id",))
+    except Exception as exc:  # pandas raises several types for a broken file
+        raise ExportError(f"Cannot read the --ids file {str(path)!r}: {exc}. Pass a CSV file with an 'id' column "
+                          "(e.g. the selection.csv of the report's map).") from None
+    if "id" not in frame.columns:
+        raise ExportError(f"The --ids file {str(path)!r} has no 'id' column (columns: "
+                          f"{', '.join(map(str, frame.columns)) or 'none'}). Pass a CSV file with an 'id' column.")
+    wanted = set(frame["id"].dropna().astype(str))
+    unknown = sorted(wanted - set(table["id"].astype(str)))
+    if unknown:
+        raise ExportError(f"The --ids file {str(path)!r} names {len(unknown)} id(s) the run does not hold, e.g. "
+                          f"{unknown[0]!r}. Pass ids of this run's clusters.parquet.")
+    return wanted
 
 
 def _earlier_export(root: Path, run: RunFolder) -> dict:

@@ -1,43 +1,71 @@
 """Extension points of the report: optional sections and per-cluster facts from other run-folder files.
 
-A module that writes its own files into a run folder (stability, comparison with another run...) registers
-here what the report should show; the report renders an entry only when every file it names exists in the
-run folder, so a run without those files gets a report without them::
+A section or a fact names the run-folder files it reads; the report renders it only when every one of them
+exists, so a run without those files gets a report without them::
 
-    from rca_gpu.report.sections import ExtraSection, register_section
+    from rca_gpu.report.sections import Content, ExtraSection, register_section
 
-    register_section(ExtraSection(key="stability", title="Stability", files=("stability.parquet",),
-                                  render=lambda run: "<p>...</p>"))
+    register_section(ExtraSection(key="drift", title="Drift", files=("drift.json",),
+                                  render=lambda run: Content(paragraphs=(Paragraph(run.json("drift.json")["text"]),))))
 
-``render`` returns HTML that is inserted as is: escape every value taken from data (``markupsafe.escape``).
-Registration happens at import; the report imports :data:`PLUGIN_MODULES` (missing ones are skipped), so a
-registering module needs only its name added there.
+A section returns :class:`Content` (paragraphs and a table of plain values), never HTML: the page's template
+writes every value with Jinja's autoescaping, so a value read from a file is text whatever it holds. The
+report's own sections (stability, causes, the comparison with an earlier run) are registered by
+:mod:`rca_gpu.report.catalogue_sections`, which the report imports; nothing here imports the catalogue.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from rca_gpu.runfolder import RunFolder
 
-log = logging.getLogger("rca_gpu")
 
-#: Modules imported before a report is built, so their sections register themselves.
-PLUGIN_MODULES: list[str] = ["rca_gpu.catalogue.report"]
+@dataclass(frozen=True)
+class Paragraph:
+    """One paragraph of plain text; ``lead`` is shown in bold before it, ``kind`` is a CSS class (``note``,
+    ``note stale``) chosen by the code, never by data."""
+
+    text: str
+    lead: str = ""
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of plain values: ``head`` (column titles) and ``rows`` (one tuple of values per row, each shown
+    as text)."""
+
+    head: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True)
+class Content:
+    """What a section shows: paragraphs, then an optional table. Every value is escaped by the page."""
+
+    paragraphs: tuple[Paragraph, ...] = ()
+    table: Table | None = None
+
+    def text(self) -> str:
+        """Everything the section says, as plain text (paragraphs, then the table's rows tab-separated)."""
+        lines = [f"{p.lead} {p.text}".strip() for p in self.paragraphs]
+        if self.table is not None:
+            lines += ["\t".join(map(str, self.table.head))] + ["\t".join(map(str, row)) for row in self.table.rows]
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
 class ExtraSection:
-    """A section after the clusters. ``render(run) -> str`` (safe HTML) or None to skip it."""
+    """A section after the clusters. ``render(run) -> Content`` or None to skip it."""
 
     key: str
     title: str
     files: tuple[str, ...]
-    render: Callable[["RunFolder"], "str | None"]
+    render: Callable[[RunFolder], Content | None]
     order: int = 100
 
 
@@ -49,7 +77,7 @@ class ClusterFact:
     key: str
     label: str
     files: tuple[str, ...]
-    compute: Callable[["RunFolder"], "dict[int, str]"]
+    compute: Callable[[RunFolder], dict[int, str]]
     order: int = 100
 
 
@@ -67,28 +95,29 @@ def register_cluster_fact(fact: ClusterFact) -> None:
     CLUSTER_FACTS[:] = [f for f in CLUSTER_FACTS if f.key != fact.key] + [fact]
 
 
-def load_plugins() -> None:
-    for name in PLUGIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name):
-                raise  # the module exists but one of its own imports failed
-            log.debug("report plugin %s not installed", name)
+def available_sections(run: RunFolder) -> list[tuple[ExtraSection, Content]]:
+    """(section, content) for the registered sections whose files exist and that render something.
 
-
-def available_sections(run: "RunFolder") -> list[tuple[ExtraSection, str]]:
-    """(section, html) for the registered sections whose files exist and that render something."""
+    Raises
+    ------
+    TypeError
+        A section returned something other than :class:`Content` (HTML text is refused: the page escapes
+        values itself).
+    """
     out = []
     for section in sorted(EXTRA_SECTIONS, key=lambda s: (s.order, s.key)):
         if all(run.has(name) for name in section.files):
-            html = section.render(run)
-            if html:
-                out.append((section, html))
+            content = section.render(run)
+            if content is None:
+                continue
+            if not isinstance(content, Content):
+                raise TypeError(f"The report section {section.key!r} returned {type(content).__name__}; a section "
+                                "returns rca_gpu.report.sections.Content (plain values), never HTML.")
+            out.append((section, content))
     return out
 
 
-def cluster_facts(run: "RunFolder") -> list[tuple[ClusterFact, dict[int, str]]]:
+def cluster_facts(run: RunFolder) -> list[tuple[ClusterFact, dict[int, str]]]:
     """(fact, {cluster: text}) for the registered facts whose files exist."""
     return [(fact, fact.compute(run)) for fact in sorted(CLUSTER_FACTS, key=lambda f: (f.order, f.key))
             if all(run.has(name) for name in fact.files)]
