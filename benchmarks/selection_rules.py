@@ -47,8 +47,8 @@ PLANTED = {
 def search(x: np.ndarray, clusterer: str, seed: int):
     """(trials, [(reducer params, raw labels)], feature neighbours) of one full-grid search."""
     import rca_gpu.tuning.search as search_module
-    from rca_gpu.device import resolve_device
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.engine.knn import knn_graph
     from rca_gpu.spec import make_cluster, make_reduce
 
     captured: dict = {}

@@ -96,7 +96,7 @@ def run_features(
 ) -> "RunResult":
     """Run the pipeline of ``spec`` (feature stage ``precomputed``) on the features in ``features``
     (.parquet / .npy, see :mod:`rca_gpu.features.precomputed`), writing the usual outputs to ``out``."""
-    from rca_gpu.device import resolve_device
+    from rca_gpu.engine.device import resolve_device
     from rca_gpu.features.precomputed import load_features
     from rca_gpu.pipeline import Timer, run_on_features
 

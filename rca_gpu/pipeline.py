@@ -25,10 +25,10 @@ from rca_gpu import outputs
 from rca_gpu.catalogue.run_hook import keep_for_catalogue
 from rca_gpu.data.sources import FailureSet, load_source
 from rca_gpu.describe import common_values
-from rca_gpu.device import Device, as_numpy, resolve_device
+from rca_gpu.engine.device import Device, as_numpy, resolve_device
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.base import ExtractionContext
-from rca_gpu.neighbors import KnnGraph, knn_graph
+from rca_gpu.engine.knn import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, new_run_id, start_run_folder
 from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,

@@ -20,7 +20,7 @@ import pandas as pd
 
 from rca_gpu import outputs
 from rca_gpu.data.sources import FailureSet, load_source
-from rca_gpu.device import resolve_device
+from rca_gpu.engine.device import resolve_device
 from rca_gpu.errors import RcaError, SpecError
 from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run

@@ -13,11 +13,11 @@ from rca_gpu.catalogue.stability import (
     MAX_RESAMPLES, MIN_RESAMPLES, SUMMARY_FILE, best_match_jaccard, clusterboot, default_resamples,
     run_stability, subset_graph,
 )
-from rca_gpu.cluster import cluster
-from rca_gpu.device import cpu_device
+from rca_gpu.engine.cluster.ward import cluster
+from rca_gpu.engine.device import cpu_device
 from rca_gpu.errors import SpecError
-from rca_gpu.neighbors import knn_graph
-from rca_gpu.reduce import reduce
+from rca_gpu.engine.knn import knn_graph
+from rca_gpu.engine.reduce.umap import reduce
 from rca_gpu.runfolder import open_run
 from rca_gpu.spec import build_run_spec
 
@@ -181,7 +181,7 @@ def test_resamples_go_through_the_merge_step_the_run_used(monkeypatch):
     """The clusterer cuts planted group 0 into arbitrary halves in every resample; the run's merge step joined
     them (the kNN graph does not separate halves of one group). Resamples merged the same way find the run's
     cluster again (stable); resamples left unmerged do not (unstable)."""
-    import rca_gpu.cluster
+    import rca_gpu.engine.cluster.ward
 
     x, planted = planted_blobs(n_per=60, centers=3, dim=6, spread=1.0, seed=2)
     row_of = {row.tobytes(): i for i, row in enumerate(np.asarray(x, dtype=np.float32))}
@@ -192,7 +192,7 @@ def test_resamples_go_through_the_merge_step_the_run_used(monkeypatch):
         labels[(planted[index] == 0) & (index % 2 == 0)] = 3
         return labels
 
-    monkeypatch.setattr(rca_gpu.cluster, "cluster", halves)
+    monkeypatch.setattr(rca_gpu.engine.cluster.ward, "cluster", halves)
     common = dict(reduce_name="none", reduce_params={}, cluster_name="kmeans", cluster_params={"k": 4},
                   chosen_embedding=x, device=DEVICE, resamples=4)
     graph = knn_graph(x, 30, DEVICE)

@@ -183,7 +183,7 @@ def _knn_choices() -> list[str]:
 def test_every_knn_backend_in_the_help_is_accepted_registered_and_documented():
     from pathlib import Path
 
-    from rca_gpu.registry import IMPLEMENTATIONS
+    from rca_gpu.engine.dispatch import IMPLEMENTATIONS
     from rca_gpu.spec import KNN_BACKENDS, build_run_spec
 
     choices = _knn_choices()

@@ -7,9 +7,9 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import planted_blobs
-from rca_gpu.cluster import cluster
-from rca_gpu.device import cpu_device
-from rca_gpu.neighbors import knn_graph
+from rca_gpu.engine.cluster.ward import cluster
+from rca_gpu.engine.device import cpu_device
+from rca_gpu.engine.knn import knn_graph
 from rca_gpu.spec import make_cluster, make_reduce
 from rca_gpu.tuning import BAND, NOISE_CAP, select, validity
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from rca_gpu.device import cpu_device
+from rca_gpu.engine.device import cpu_device
 from rca_gpu.errors import TooFewImagesError
-from rca_gpu.neighbors import choose_backend, knn_graph
+from rca_gpu.engine.knn import choose_backend, knn_graph
 
 EXACT = ["torch", "faiss", "kdtree"]
 
@@ -49,7 +49,7 @@ def test_backend_matches_exact_neighbours(points, truth, backend):
 
 
 def test_torch_backend_in_small_blocks_is_exact(points, truth):
-    from rca_gpu.neighbors import TorchExact
+    from rca_gpu.engine.knn import TorchExact
     import torch
 
     indices, _ = TorchExact(block_elements=1500 * 7).search(torch.from_numpy(points), 20)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from rca_gpu.cluster import SklearnWard, cut_merges
+from rca_gpu.engine.cluster.ward import SklearnWard, cut_merges
 from rca_gpu.datasets.planted import planted_features
-from rca_gpu.device import cpu_device
+from rca_gpu.engine.device import cpu_device
 from rca_gpu.errors import SpecError
-from rca_gpu.neighbors import exact_distances, knn_graph
+from rca_gpu.engine.knn import exact_distances, knn_graph
 from rca_gpu.spec import make_cluster, make_reduce
 from rca_gpu.tuning import attach_noise, merge_unseparated, select
 from rca_gpu.tuning.graph import isolated_clusters

@@ -200,9 +200,9 @@ def subset_graph(graph, subset: np.ndarray, k: int, x_subset, device):
 
     Each row keeps its neighbours that lie in the subset (renumbered, in order). Rows left with fewer than
     ``k`` of them are searched again exactly among the subset rows (``x_subset``). Returns a
-    :class:`rca_gpu.neighbors.KnnGraph` with host arrays, point itself first.
+    :class:`rca_gpu.engine.knn.KnnGraph` with host arrays, point itself first.
     """
-    from rca_gpu.neighbors import KnnGraph, knn_graph
+    from rca_gpu.engine.knn import KnnGraph, knn_graph
 
     indices, distances = graph.numpy()
     n_full = indices.shape[0]
@@ -228,7 +228,7 @@ def _exact_rows(x, rows: np.ndarray, k: int, torch_device: str) -> tuple[np.ndar
     """Exact k nearest rows of ``x`` (torch tensor or array) for the rows ``rows``, self first."""
     import torch
 
-    from rca_gpu.device import as_numpy, as_torch
+    from rca_gpu.engine.device import as_numpy, as_torch
 
     points = as_torch(x, torch_device).float()
     index = as_torch(rows, torch_device).long()
@@ -250,8 +250,8 @@ def eps_quantile(points, eps: float, min_samples: int, device, rows: np.ndarray 
     if rows is None or len(rows) >= n:
         kth = _kth_distance(points, min_samples, device)
     else:
-        from rca_gpu.device import as_numpy
-        from rca_gpu.neighbors import nearest_rows
+        from rca_gpu.engine.device import as_numpy
+        from rca_gpu.engine.knn import nearest_rows
 
         k = min(min_samples + 1, n)
         host = np.ascontiguousarray(np.asarray(as_numpy(points), dtype=np.float32))
@@ -266,7 +266,7 @@ def eps_quantile(points, eps: float, min_samples: int, device, rows: np.ndarray 
 
 
 def _kth_distance(points, min_samples: int, device) -> np.ndarray:
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.knn import knn_graph
 
     n = int(points.shape[0])
     k = min(min_samples + 1, n)
@@ -315,7 +315,7 @@ def run_stability(
     features:
         (n, d) float features the run clustered (torch tensor on the run's device, or an array).
     graph:
-        The run's feature kNN graph (:class:`rca_gpu.neighbors.KnnGraph`, n rows, self first), or None (runs
+        The run's feature kNN graph (:class:`rca_gpu.engine.knn.KnnGraph`, n rows, self first), or None (runs
         above the search's sample size keep no graph of all images): a graph of the stability sample is built.
     labels:
         (n,) int64 final labels of the run (-1 noise), aligned with ``features``.
@@ -335,9 +335,9 @@ def run_stability(
     -------
     Stability, with ``info`` holding B, the fraction, the sample size, the seed and the seconds spent.
     """
-    from rca_gpu.cluster import cluster as run_clusterer
-    from rca_gpu.device import as_torch
-    from rca_gpu.reduce import reduce as run_reducer
+    from rca_gpu.engine.cluster.ward import cluster as run_clusterer
+    from rca_gpu.engine.device import as_torch
+    from rca_gpu.engine.reduce.umap import reduce as run_reducer
 
     started = time.perf_counter()
     labels = np.asarray(labels, dtype=np.int64)
@@ -349,7 +349,7 @@ def run_stability(
     torch_device = getattr(device, "torch_device", "cpu")
     rows_of = sample  # resample rows -> rows of ``features`` and ``graph``
     if graph is None:  # above the run's sample size no graph of all images exists: one of the stability sample
-        from rca_gpu.neighbors import knn_graph
+        from rca_gpu.engine.knn import knn_graph
         from rca_gpu.tuning.graph import LINK_NEIGHBOURS
 
         features = as_torch(features, torch_device)[as_torch(sample, torch_device).long()]

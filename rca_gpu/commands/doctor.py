@@ -178,11 +178,11 @@ def gather(require_gpu: bool = False) -> Report:
     import torch
 
     import rca_gpu
-    from rca_gpu import registry
-    from rca_gpu.device import probe_knn_backends, resolve_device
+    from rca_gpu.engine import dispatch as registry
+    from rca_gpu.engine.device import probe_knn_backends, resolve_device
     from rca_gpu.errors import RcaError
     from rca_gpu.fatbin import describe
-    from rca_gpu.neighbors import choose_backend
+    from rca_gpu.engine.knn import choose_backend
 
     report = Report()
     facts = report.facts

@@ -2,10 +2,10 @@
 
 Stage code asks ``build("cluster", "dbscan", device, eps=0.5)`` and gets an adapter; it never asks which
 device it runs on. An adapter converts nothing itself: it declares the array kind it consumes
-(``Implementation.arrays``) and the stage hands it data through :func:`rca_gpu.device.to_kind`.
+(``Implementation.arrays``) and the stage hands it data through :func:`rca_gpu.engine.device.to_kind`.
 
 Fallback policy: a GPU adapter that cannot honour a setting raises UnsupportedOnGPU in its ``__init__`` or,
-for limits that depend on the data's shape, in ``check_limits`` (:mod:`rca_gpu.limits`).
+for limits that depend on the data's shape, in ``check_limits`` (:mod:`rca_gpu.engine.limits`).
 Under ``--device auto`` the registry then falls back to the CPU twin and logs why; under ``--device gpu``
 it raises.
 """
@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from rca_gpu.device import Device
+from rca_gpu.engine.device import Device
 from rca_gpu.errors import SpecError, UnsupportedOnGPU
 from rca_gpu.features import load_target
 
@@ -57,30 +57,30 @@ class Implementation:
 _I = Implementation
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
     # exact and approximate nearest neighbours
-    _I("knn", "faiss", "gpu", "rca_gpu.neighbors:FaissGpuExact", "torch", "faiss_gpu", "faiss-gpu"),
-    _I("knn", "cuvs", "gpu", "rca_gpu.neighbors:CuvsExact", "cupy", "cuvs", "cuvs"),
-    _I("knn", "torch", "gpu", "rca_gpu.neighbors:TorchExact", "torch", "cuda", "torch"),
-    _I("knn", "cuml", "gpu", "rca_gpu.neighbors:CumlExact", "cupy", "cuml_knn", "cuml"),
-    _I("knn", "torch", "cpu", "rca_gpu.neighbors:TorchExact", "torch", "", "torch"),
-    _I("knn", "faiss", "cpu", "rca_gpu.neighbors:FaissExact", "numpy", "faiss", "faiss-cpu"),
-    _I("knn", "faiss-hnsw", "cpu", "rca_gpu.neighbors:FaissHNSW", "numpy", "faiss", "faiss-cpu"),
-    _I("knn", "kdtree", "cpu", "rca_gpu.neighbors:SklearnKDTree", "numpy", "", "scikit-learn"),
+    _I("knn", "faiss", "gpu", "rca_gpu.engine.knn:FaissGpuExact", "torch", "faiss_gpu", "faiss-gpu"),
+    _I("knn", "cuvs", "gpu", "rca_gpu.engine.knn:CuvsExact", "cupy", "cuvs", "cuvs"),
+    _I("knn", "torch", "gpu", "rca_gpu.engine.knn:TorchExact", "torch", "cuda", "torch"),
+    _I("knn", "cuml", "gpu", "rca_gpu.engine.knn:CumlExact", "cupy", "cuml_knn", "cuml"),
+    _I("knn", "torch", "cpu", "rca_gpu.engine.knn:TorchExact", "torch", "", "torch"),
+    _I("knn", "faiss", "cpu", "rca_gpu.engine.knn:FaissExact", "numpy", "faiss", "faiss-cpu"),
+    _I("knn", "faiss-hnsw", "cpu", "rca_gpu.engine.knn:FaissHNSW", "numpy", "faiss", "faiss-cpu"),
+    _I("knn", "kdtree", "cpu", "rca_gpu.engine.knn:SklearnKDTree", "numpy", "", "scikit-learn"),
     # reduction
-    _I("reduce", "umap", "gpu", "rca_gpu.reduce:CumlUMAP", "cupy", "cuml", "cuml"),
-    _I("reduce", "umap", "cpu", "rca_gpu.reduce:UmapLearn", "numpy", "", "umap-learn"),
-    _I("reduce", "pca", "gpu", "rca_gpu.reduce:TorchPCA", "torch", "cuda", "torch"),
-    _I("reduce", "pca", "cpu", "rca_gpu.reduce:SklearnPCA", "numpy", "", "scikit-learn"),
-    _I("reduce", "none", "gpu", "rca_gpu.reduce:Identity", "torch", "cuda", "-"),
-    _I("reduce", "none", "cpu", "rca_gpu.reduce:Identity", "numpy", "", "-"),
+    _I("reduce", "umap", "gpu", "rca_gpu.engine.reduce.umap:CumlUMAP", "cupy", "cuml", "cuml"),
+    _I("reduce", "umap", "cpu", "rca_gpu.engine.reduce.umap:UmapLearn", "numpy", "", "umap-learn"),
+    _I("reduce", "pca", "gpu", "rca_gpu.engine.reduce.umap:TorchPCA", "torch", "cuda", "torch"),
+    _I("reduce", "pca", "cpu", "rca_gpu.engine.reduce.umap:SklearnPCA", "numpy", "", "scikit-learn"),
+    _I("reduce", "none", "gpu", "rca_gpu.engine.reduce.umap:Identity", "torch", "cuda", "-"),
+    _I("reduce", "none", "cpu", "rca_gpu.engine.reduce.umap:Identity", "numpy", "", "-"),
     # clustering
-    _I("cluster", "dbscan", "gpu", "rca_gpu.cluster:CumlDBSCAN", "cupy", "cuml", "cuml"),
-    _I("cluster", "dbscan", "cpu", "rca_gpu.cluster:SklearnDBSCAN", "numpy", "", "scikit-learn"),
-    _I("cluster", "hdbscan", "gpu", "rca_gpu.cluster:CumlHDBSCAN", "cupy", "cuml", "cuml"),
-    _I("cluster", "hdbscan", "cpu", "rca_gpu.cluster:FastHDBSCAN", "numpy", "", "fast_hdbscan"),
-    _I("cluster", "kmeans", "gpu", "rca_gpu.cluster:CumlKMeans", "cupy", "cuml", "cuml"),
-    _I("cluster", "kmeans", "cpu", "rca_gpu.cluster:SklearnKMeans", "numpy", "", "scikit-learn"),
-    _I("cluster", "ward", "gpu", "rca_gpu.cluster:CumlWard", "cupy", "cuml", "cuml"),
-    _I("cluster", "ward", "cpu", "rca_gpu.cluster:SklearnWard", "numpy", "", "scikit-learn"),
+    _I("cluster", "dbscan", "gpu", "rca_gpu.engine.cluster.ward:CumlDBSCAN", "cupy", "cuml", "cuml"),
+    _I("cluster", "dbscan", "cpu", "rca_gpu.engine.cluster.ward:SklearnDBSCAN", "numpy", "", "scikit-learn"),
+    _I("cluster", "hdbscan", "gpu", "rca_gpu.engine.cluster.ward:CumlHDBSCAN", "cupy", "cuml", "cuml"),
+    _I("cluster", "hdbscan", "cpu", "rca_gpu.engine.cluster.ward:FastHDBSCAN", "numpy", "", "fast_hdbscan"),
+    _I("cluster", "kmeans", "gpu", "rca_gpu.engine.cluster.ward:CumlKMeans", "cupy", "cuml", "cuml"),
+    _I("cluster", "kmeans", "cpu", "rca_gpu.engine.cluster.ward:SklearnKMeans", "numpy", "", "scikit-learn"),
+    _I("cluster", "ward", "gpu", "rca_gpu.engine.cluster.ward:CumlWard", "cupy", "cuml", "cuml"),
+    _I("cluster", "ward", "cpu", "rca_gpu.engine.cluster.ward:SklearnWard", "numpy", "", "scikit-learn"),
 )
 
 
@@ -96,7 +96,7 @@ class Adapter:
         per point a kNN adapter will be asked for.
 
         Called by :func:`build` before any work, so that ``--device auto`` can still fall back to the CPU
-        (GPU adapters override it; see :mod:`rca_gpu.limits`).
+        (GPU adapters override it; see :mod:`rca_gpu.engine.limits`).
         """
 
     def describe(self) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def planned_backend(stage: str, algorithm: str, device: Device) -> tuple[str, st
     """
     for impl in implementations(stage, algorithm):
         if impl.backend == "gpu" and device.on_gpu and impl.available(device):
-            if impl.target == "rca_gpu.cluster:CumlWard":
+            if impl.target == "rca_gpu.engine.cluster.ward:CumlWard":
                 continue  # cuML implements single linkage only: Ward always runs on the CPU
             return impl.backend, impl.library
     cpu = next((i for i in implementations(stage, algorithm) if i.backend == "cpu"), None)

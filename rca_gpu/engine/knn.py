@@ -1,11 +1,11 @@
 """k-nearest-neighbour graphs, computed once per feature set and reused downstream.
 
-Backends (see :data:`rca_gpu.registry.IMPLEMENTATIONS`): exact FAISS (CPU or GPU), exact cuVS brute force
+Backends (see :data:`rca_gpu.engine.dispatch.IMPLEMENTATIONS`): exact FAISS (CPU or GPU), exact cuVS brute force
 (GPU), exact torch matmul + top-k in blocks (CPU or CUDA), approximate FAISS HNSW (CPU, for very large sets),
 exact cuML, and a scikit-learn KD-tree. ``backend="auto"`` picks by device and size, following
 benchmarks/knn_backends.py (benchmarks/RESULTS.md): on the CPU exact FAISS while n^2 d stays within
 CPU_EXACT_BUDGET, HNSW beyond, and torch when FAISS is not installed; on the GPU cuVS, else FAISS-GPU, each
-only when its test search passed on this GPU (:func:`rca_gpu.device.probe_knn_backends`), else torch.
+only when its test search passed on this GPU (:func:`rca_gpu.engine.device.probe_knn_backends`), else torch.
 
 Every graph lists each point as its own first neighbour at distance 0 (what UMAP's ``precomputed_knn``
 expects), then its k - 1 nearest other points, by Euclidean distance.
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu import limits, registry
-from rca_gpu.device import Device, as_numpy, as_torch, kind_of, to_kind
+from rca_gpu.engine import dispatch as registry, limits
+from rca_gpu.engine.device import Device, as_numpy, as_torch, kind_of, to_kind
 from rca_gpu.errors import TooFewImagesError
-from rca_gpu.registry import Adapter
+from rca_gpu.engine.dispatch import Adapter
 
 #: Exact search on the CPU costs n * n * d; above this (50,000 points at d = 1280, where FAISS HNSW caught up
 #: with exact FAISS in benchmarks/knn_backends.py) the approximate HNSW graph is used.
@@ -299,7 +299,7 @@ class FaissGpuExact(Adapter):
     """Exact L2 search with FAISS-GPU (GpuIndexFlatL2) on torch CUDA tensors, which FAISS reads in place.
 
     Used only when the device probe's tiny search passed on this GPU (a FAISS build without machine code for
-    the GPU aborts the process). k is limited to :data:`rca_gpu.limits.FAISS_GPU_MAX_K`.
+    the GPU aborts the process). k is limited to :data:`rca_gpu.engine.limits.FAISS_GPU_MAX_K`.
     """
 
     def check_limits(self, *, n_samples: int, n_features: int, k: int | None = None) -> None:

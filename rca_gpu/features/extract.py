@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from rca_gpu.data.loading import make_loader
-from rca_gpu.device import as_numpy, to_kind
+from rca_gpu.engine.device import as_numpy, to_kind
 from rca_gpu.features import create_extractor
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.spec import FeatureSpec

@@ -396,7 +396,7 @@ class RunSpec:
 
 
 #: Every --knn-backend value: the one list behind the spec's check, the CLI's choices (rca_gpu.cli.KnnBackend),
-#: the registry's kNN implementations (rca_gpu.registry; checked by tests/test_spec.py) and the README table.
+#: the registry's kNN implementations (rca_gpu.engine.dispatch; checked by tests/test_spec.py) and the README table.
 KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuvs", "cuml")
 
 #: Feature sets of the default study (``rca-gpu study`` without --features): plain data here so that the
@@ -405,7 +405,7 @@ KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuvs", "cuml"
 #: with --features when their weights are in the torch cache.
 STUDY_FEATURES = ("pixels", "mobilenet_v2", "mobilenet_v2@features.14", "ae")
 STUDY_DUT_FEATURES = ("dut", "dut@features", "lrp", "lrp(rule=zplus)", "gradcam")
-#: kNN backends with no CPU implementation: backend -> (flag of rca_gpu.device.Device that says it works here,
+#: kNN backends with no CPU implementation: backend -> (flag of rca_gpu.engine.device.Device that says it works here,
 #: the library it needs).
 GPU_ONLY_KNN_BACKENDS = {"cuvs": ("cuvs", "cuVS"), "cuml": ("cuml_knn", "cuML")}
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunSpec))
@@ -668,7 +668,7 @@ def check_data_limits(pipeline: PipelineSpec, n: int, *, dims: int | None = None
 
 def check_backends(spec: RunSpec, device: Any) -> None:
     """Refuse a --knn-backend the resolved device cannot run, before any work (``device``: a resolved
-    :class:`rca_gpu.device.Device`, read through its ``on_gpu`` flag and the flag each GPU-only backend names
+    :class:`rca_gpu.engine.device.Device`, read through its ``on_gpu`` flag and the flag each GPU-only backend names
     in :data:`GPU_ONLY_KNN_BACKENDS`).
 
     Raises

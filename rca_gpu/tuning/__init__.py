@@ -51,7 +51,7 @@ features the extension took 9 s at 10,000 images and 68 s at 160,000 (exponent 0
 took about 2 minutes at 160,000 on 2 shared cores.
 
 Reproducibility: every random draw takes the run's seed; kNN distances are exact and independent of the thread
-count (:func:`rca_gpu.neighbors.exact_distances`), which made ``OMP_NUM_THREADS`` change the choice before.
+count (:func:`rca_gpu.engine.knn.exact_distances`), which made ``OMP_NUM_THREADS`` change the choice before.
 umap-learn runs single-threaded when seeded: one fit on the 5,000-image sample took 17.1 s seeded and 14.2 s
 unseeded on 2 cores, and only the seeded fits were identical twice.
 """

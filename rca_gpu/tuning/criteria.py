@@ -56,7 +56,7 @@ def validity(points: Any, labels: np.ndarray, *, seed: int = 0) -> tuple[float, 
     """
     from sklearn.metrics import silhouette_score
 
-    from rca_gpu.device import as_numpy, kind_of, to_kind
+    from rca_gpu.engine.device import as_numpy, kind_of, to_kind
 
     n = len(labels)
     clustered = np.flatnonzero(labels >= 0)

@@ -2,7 +2,7 @@
 
 Every step costs O(rest x sample) or less, so the work after the search grows linearly with n:
 
-- neighbours: each other image's nearest sample images in the features (:func:`rca_gpu.neighbors.nearest_rows`);
+- neighbours: each other image's nearest sample images in the features (:func:`rca_gpu.engine.knn.nearest_rows`);
 - UMAP: each other image is placed as umap-learn's ``transform`` places new points (fuzzy membership
   strengths to its sample neighbours, weighted mean of their positions, then ``REFINE_EPOCHS`` epochs of
   the layout optimisation with the sample fixed); PCA and "none" are fitted on all images directly
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu.device import Device
-from rca_gpu.neighbors import nearest_rows
+from rca_gpu.engine.device import Device
+from rca_gpu.engine.knn import nearest_rows
 
 #: Epochs of layout optimisation for the placed images (0: the weighted mean only). umap-learn's
 #: ``transform`` runs 30 above 10,000 images; placed images move in a fixed sample embedding, so few suffice.

@@ -10,12 +10,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rca_gpu import registry
-from rca_gpu.cluster import WARD_MAX_POINTS, cluster as run_clusterer
-from rca_gpu.device import Device, as_numpy, kind_of, to_kind
+from rca_gpu.engine import dispatch as registry
+from rca_gpu.engine.cluster.ward import WARD_MAX_POINTS, cluster as run_clusterer
+from rca_gpu.engine.device import Device, as_numpy, kind_of, to_kind
 from rca_gpu.errors import SpecError
-from rca_gpu.neighbors import KnnGraph, knn_graph, nearest_rows
-from rca_gpu.reduce import reduce as run_reducer
+from rca_gpu.engine.knn import KnnGraph, knn_graph, nearest_rows
+from rca_gpu.engine.reduce.umap import reduce as run_reducer
 from rca_gpu.spec import SELECT_FIX, SELECT_RULES_OF, ClusterSpec, ReduceSpec
 from rca_gpu.tuning import criteria, extend, graph as graph_rules
 from rca_gpu.tuning.criteria import DEFAULT_CRITERION, Trial, choose, choose_base, choose_max, validity
@@ -337,7 +337,7 @@ def select(
     Raises
     ------
     SpecError
-        An unknown ``select`` rule, or Ward asked to run on more than ``rca_gpu.cluster.WARD_MAX_POINTS``
+        An unknown ``select`` rule, or Ward asked to run on more than ``rca_gpu.engine.cluster.ward.WARD_MAX_POINTS``
         images (raise ``sample_size`` no higher than that).
     """
     rule = criterion_of(cluster_spec, criterion)

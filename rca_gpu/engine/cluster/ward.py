@@ -6,7 +6,7 @@ selection criteria, evaluation and outputs need them there.
 ``min_samples`` means the same on both devices and for both density clusterers, as in scikit-learn: it
 counts the point itself (docs/gpu.md, "min_samples"). scikit-learn's and cuML's DBSCAN count it the same
 way; fast_hdbscan and cuML HDBSCAN count only the other points and are handed
-:func:`rca_gpu.limits.hdbscan_library_min_samples`.
+:func:`rca_gpu.engine.limits.hdbscan_library_min_samples`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu import limits, registry
-from rca_gpu.device import Device, as_numpy, to_kind
+from rca_gpu.engine import dispatch as registry, limits
+from rca_gpu.engine.device import Device, as_numpy, to_kind
 from rca_gpu.errors import UnsupportedOnGPU
-from rca_gpu.registry import Adapter
+from rca_gpu.engine.dispatch import Adapter
 
 #: Above this many points, exact Ward (quadratic memory) is replaced by Ward restricted to the kNN graph.
 WARD_EXACT_MAX = 20_000

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu import limits, registry
-from rca_gpu.device import Device, to_kind
-from rca_gpu.neighbors import KnnGraph
-from rca_gpu.registry import Adapter
+from rca_gpu.engine import dispatch as registry, limits
+from rca_gpu.engine.device import Device, to_kind
+from rca_gpu.engine.knn import KnnGraph
+from rca_gpu.engine.dispatch import Adapter
 
 
 def reduce(
@@ -92,7 +92,7 @@ class CumlUMAP(Adapter):
 
     Output size and initialisation follow the CPU twin (:class:`UmapLearn`) for tiny sets: at most n - 2
     components, spectral initialisation only above n_components + 2 images, random below; cuML's spectral
-    initialisation asserts n_samples > n_components mid-fit (:func:`rca_gpu.limits.check_umap_init`).
+    initialisation asserts n_samples > n_components mid-fit (:func:`rca_gpu.engine.limits.check_umap_init`).
     """
 
     uses_knn = True

@@ -1,0 +1,1 @@
+"""The engine: everything that runs on arrays, one home per algorithm."""
