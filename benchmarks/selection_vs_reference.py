@@ -108,7 +108,7 @@ def benchmark_features(name: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     from rca_gpu.data.sources import load_source
     from rca_gpu.datasets import make_dataset
     from rca_gpu.engine.device import as_numpy, resolve_device
-    from rca_gpu.pipeline import compute_features
+    from rca_gpu.features.compute import compute_features
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import DEFAULT_PIPELINE, build_run_spec
 

@@ -271,27 +271,30 @@ def pipelines_command(quiet: QuietOpt = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from rca_gpu.spec import CLUSTERERS, EXTRACTORS, REDUCERS
+    from rca_gpu.engine import registry
+    from rca_gpu.spec import extractors
 
+    reducers, clusterers = registry.reducers(), registry.clusterers()
     if quiet:
-        for stage, choices in (("features", EXTRACTORS), ("reduce", REDUCERS), ("cluster", CLUSTERERS)):
+        for stage, choices in (("features", extractors()), ("reduce", reducers), ("cluster", clusterers)):
             typer.echo(f"{stage}: {', '.join(choices)}")
         return
 
     def names(params) -> str:  # a parameter with a fixed set of values lists them: "select (merged, ...)"
         return ", ".join(f"{key} ({', '.join(p.choices)})" if p.rule == "choice" else key for key, p in params.items())
 
-    table = Table(title=escape("Pipeline stages: FEATURES[@LAYER]+REDUCER+CLUSTERER"))
+    table = Table(title=escape("Pipeline stages: FEATURES[@LAYER]+REDUCER+CLUSTERER"),
+                  caption="Parameters left out are chosen automatically.")
     for column in ("stage", "name", "parameters", "about"):
         table.add_column(column)
-    for name, info in EXTRACTORS.items():
+    for name, info in extractors().items():
         about = info.summary + (" (needs --model)" if info.needs_dut else "")
         table.add_row("features", escape(name + ("[@layer]" if info.has_layers else "")), names(info.params),
                       escape(about))
-    for name, params in REDUCERS.items():
-        table.add_row("reduce", name, names(params), "open parameters are tuned automatically")
-    for name, params in CLUSTERERS.items():
-        table.add_row("cluster", name, names(params), "open parameters are tuned automatically")
+    for name, reducer in reducers.items():
+        table.add_row("reduce", name, names(reducer.params), escape(reducer.summary))
+    for name, clusterer in clusterers.items():
+        table.add_row("cluster", name, names(clusterer.all_params), escape(clusterer.summary))
     Console().print(table)
 
 

@@ -408,7 +408,8 @@ def run_dask(spec: "RunSpec", source: Any, out: str | Path, *, address: str, rep
              ) -> "RunResult":
     """:func:`rca_gpu.pipeline.run` (same checks, same outputs) with extraction on the Dask workers at
     ``address`` and, when they have GPUs with cuML, the kNN graph there too."""
-    from rca_gpu.pipeline import extraction_context, run
+    from rca_gpu.features.compute import extraction_context
+    from rca_gpu.pipeline import run
     from rca_gpu.tuning import effective_k
 
     check_splittable(spec.pipeline.features)

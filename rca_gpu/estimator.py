@@ -92,12 +92,11 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         from rca_gpu.engine.device import as_numpy, resolve_device
         from rca_gpu.features.precomputed import features_from_array
         from rca_gpu.pipeline import feature_graph, order_labels, resolved_pipeline
-        from rca_gpu.spec import MIN_IMAGES
         from rca_gpu.tuning import select
 
         spec = self._run_spec()
         X = validate_data(self, X, dtype=[np.float32, np.float64],
-                          ensure_min_samples=MIN_IMAGES[spec.pipeline.cluster.name])
+                          ensure_min_samples=spec.pipeline.cluster.card.min_images)
         device = resolve_device(spec.device)
         features = features_from_array(X, device=device)
         graph = feature_graph(features, spec, spec.pipeline.reduce, device)

@@ -183,12 +183,12 @@ def _knn_choices() -> list[str]:
 def test_every_knn_backend_in_the_help_is_accepted_registered_and_documented():
     from pathlib import Path
 
-    from rca_gpu.engine.dispatch import IMPLEMENTATIONS
+    from rca_gpu.engine.registry import implementations
     from rca_gpu.spec import KNN_BACKENDS, build_run_spec
 
     choices = _knn_choices()
     assert choices == list(KNN_BACKENDS) and "cuvs" in choices
-    assert {i.algorithm for i in IMPLEMENTATIONS if i.stage == "knn"} == set(choices) - {"auto"}
+    assert {i.algorithm for i in implementations() if i.stage == "knn"} == set(choices) - {"auto"}
     for backend in choices:
         assert build_run_spec({}, pipeline="pixels+pca+kmeans", knn_backend=backend).knn_backend == backend
     readme = Path(__file__).resolve().parents[1] / "README.md"

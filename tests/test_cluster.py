@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import planted_blobs
-from rca_gpu.engine.cluster.ward import cluster
+from rca_gpu.engine.registry import cluster
 from rca_gpu.engine.device import cpu_device
 from rca_gpu.engine.knn import knn_graph
 from rca_gpu.spec import make_cluster, make_reduce

@@ -59,7 +59,8 @@ def test_dask_writes_the_cache_a_single_process_resumes_from(folder, cluster, tm
     from rca_gpu.distributed import extract_features_dask
     from rca_gpu.engine.device import cpu_device
     from rca_gpu.features.extract import _ShardStore
-    from rca_gpu.pipeline import extraction_context, run
+    from rca_gpu.features.compute import extraction_context
+    from rca_gpu.pipeline import run
     from rca_gpu.data.sources import load_source
 
     root, bad = folder

@@ -20,7 +20,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import planted_blobs
-from rca_gpu.engine import dispatch as registry
+from rca_gpu.engine import registry
 from rca_gpu.engine.device import Device, as_cupy, as_numpy, as_torch, cpu_device
 
 pytestmark = pytest.mark.gpu
@@ -109,7 +109,7 @@ def test_torch_knn_blocks_follow_free_memory(gpu):
 def test_torch_pca_on_cuda_matches_sklearn_and_keeps_the_rng(gpu):
     import torch
 
-    from rca_gpu.engine.reduce.umap import reduce
+    from rca_gpu.engine.registry import reduce
 
     x, _ = planted_blobs(n_per=200, centers=4, dim=32)
     cuda_state, cpu_state = torch.cuda.get_rng_state(), torch.random.get_rng_state()
@@ -179,7 +179,7 @@ def test_auto_knn_uses_the_probed_library(gpu):
     ],
 )
 def test_cuml_clusterers_agree_with_cpu(rapids, algorithm, params):
-    from rca_gpu.engine.cluster.ward import cluster
+    from rca_gpu.engine.registry import cluster
 
     x, planted = planted_blobs(n_per=100, centers=4, dim=8, spread=0.4, seed=3)
     data = {"n_samples": len(x), "n_features": x.shape[1]}
@@ -210,9 +210,9 @@ def test_dbscan_core_points_identical_and_min_samples_counts_the_point(rapids):
 
 
 def test_cuml_umap_with_shared_graph_agrees_with_cpu(rapids):
-    from rca_gpu.engine.cluster.ward import cluster
+    from rca_gpu.engine.registry import cluster
     from rca_gpu.engine.knn import knn_graph
-    from rca_gpu.engine.reduce.umap import reduce
+    from rca_gpu.engine.registry import reduce
 
     x, planted = planted_blobs(n_per=150, centers=4, dim=32, spread=0.5, seed=4)
     params = {"n_neighbors": 15, "n_components": 2, "min_dist": 0.0}
@@ -228,7 +228,7 @@ def test_cuml_umap_with_shared_graph_agrees_with_cpu(rapids):
 
 def test_cuml_umap_on_fewer_images_than_components(rapids):
     """Spectral initialisation needs n > n_components in cuML: tiny sets get the CPU twin's choices."""
-    from rca_gpu.engine.reduce.umap import reduce
+    from rca_gpu.engine.registry import reduce
 
     x, _ = planted_blobs(n_per=3, centers=3, dim=16)
     on_gpu, info = reduce(as_torch(x, "cuda"), "umap", {"n_components": 10, "n_neighbors": 5}, rapids)

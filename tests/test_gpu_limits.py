@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import planted_blobs
-from rca_gpu.engine import dispatch as registry, limits
+from rca_gpu.engine import limits, registry
 from rca_gpu.engine.device import Device
 from rca_gpu.errors import SpecError, UnsupportedOnGPU
 
@@ -56,7 +56,7 @@ def test_hdbscan_adapter_close_to_scikit_learn():
     """scikit-learn's HDBSCAN counts the point itself too; its cluster selection differs in details."""
     from sklearn.cluster import HDBSCAN
 
-    from rca_gpu.engine.cluster.ward import cluster
+    from rca_gpu.engine.registry import cluster
     from rca_gpu.engine.device import cpu_device
 
     x, _ = planted_blobs(n_per=40, centers=4, dim=4, spread=1.2, seed=1)
@@ -72,7 +72,7 @@ def test_hdbscan_adapter_close_to_scikit_learn():
 def test_dbscan_min_samples_counts_the_point():
     from scipy.spatial.distance import cdist
 
-    from rca_gpu.engine.cluster.ward import SklearnDBSCAN
+    from rca_gpu.engine.cluster.dbscan import SklearnDBSCAN
 
     x, _ = planted_blobs(n_per=50, centers=3, dim=3, spread=0.8, seed=2)
     eps, min_samples = 0.9, 6
@@ -180,7 +180,7 @@ def test_probe_scripts_are_valid_python():
 def test_torch_pca_leaves_the_random_stream_alone():
     import torch
 
-    from rca_gpu.engine.reduce.umap import TorchPCA
+    from rca_gpu.engine.reduce.pca import TorchPCA
 
     x = torch.from_numpy(planted_blobs(n_per=50, centers=3, dim=20)[0])
     torch.manual_seed(123)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from rca_gpu.engine import dispatch as registry
+from rca_gpu.engine import registry
 from rca_gpu.engine.device import Device, as_numpy, as_torch, kind_of, resolve_device, to_kind
 from rca_gpu.errors import DeviceError, UnsupportedOnGPU
 

@@ -15,7 +15,7 @@ from rca_gpu.engine.knn import exact_distances, knn_graph
 from rca_gpu.spec import make_cluster, make_reduce
 from rca_gpu.tuning import attach_noise, merge_unseparated, select
 from rca_gpu.tuning.graph import isolated_clusters
-from rca_gpu.tuning.extend import draw_sample
+from rca_gpu.engine.sample import draw_sample
 
 CLUSTERERS = ("dbscan", "hdbscan", "kmeans", "ward")
 
@@ -165,7 +165,7 @@ def test_isolated_clusters_need_min_isolated_points_and_all_nearest_neighbours_i
 def test_a_merge_step_that_only_renumbers_keeps_the_clusterers_labels():
     """K-means' ids follow its centroids, the merge step numbers by first appearance: when it merged nothing
     and placed no noise, the clusterer's labels stand and the resolved pipeline does not say select=merged."""
-    from rca_gpu.tuning.search import _same_partition
+    from rca_gpu.tuning.refine import same_partition as _same_partition
 
     assert _same_partition(np.array([1, 1, 0, -1]), np.array([0, 0, 1, -1]))
     assert not _same_partition(np.array([1, 1, 0, 0]), np.array([0, 0, 0, 1]))
@@ -237,9 +237,9 @@ def test_the_former_rules_stay_available_by_name(rule):
 
 
 def test_ward_is_refused_above_its_size_limit(monkeypatch):
-    import rca_gpu.tuning.search as search
+    import rca_gpu.engine.cluster.ward as ward
 
-    monkeypatch.setattr(search, "WARD_MAX_POINTS", 300)
+    monkeypatch.setattr(ward, "WARD_MAX_POINTS", 300)
     x, _ = planted_features(400, n_clusters=4, dims=16, rare=(), seed=1)
     with pytest.raises(SpecError, match="Ward clustering needs memory and time quadratic.*--sample-size"):
         select(x, None, make_reduce("none"), make_cluster("ward"), cpu_device(), sample_size=1000)
@@ -310,21 +310,23 @@ def test_fifty_identical_images_are_one_cluster_through_a_run(tmp_path, clustere
 
 @pytest.mark.parametrize("clusterer", CLUSTERERS)
 def test_select_silhouette_is_refused_with_the_valid_rules(clusterer):
-    from rca_gpu.spec import SELECT_RULES_OF, parse_pipeline
+    from rca_gpu.engine.registry import cluster_card
+    from rca_gpu.spec import parse_pipeline
 
-    allowed = ", ".join(repr(r) for r in SELECT_RULES_OF[clusterer])
+    allowed = ", ".join(repr(r) for r in cluster_card(clusterer).select_rules)
     with pytest.raises(SpecError, match=f"'select' parameter of clusterer '{clusterer}' must be one of {allowed}. "
                                         "Got 'silhouette' instead.*'max' takes the highest score"):
         parse_pipeline(f"pixels+pca+{clusterer}(select=silhouette)")
 
 
 def test_knee_is_a_ward_rule_only_and_criterion_of_refuses_what_the_spec_refuses():
-    from rca_gpu.spec import SELECT_RULES_OF, parse_pipeline
+    from rca_gpu.engine.registry import cluster_card
+    from rca_gpu.spec import parse_pipeline
     from rca_gpu.tuning import criterion_of
 
-    assert SELECT_RULES_OF["ward"] == SELECT_RULES_OF["kmeans"] + ("knee",)
+    assert cluster_card("ward").select_rules == cluster_card("kmeans").select_rules + ("knee",)
     for clusterer in CLUSTERERS:
-        for rule in SELECT_RULES_OF[clusterer]:
+        for rule in cluster_card(clusterer).select_rules:
             spec = parse_pipeline(f"pixels+pca+{clusterer}(select={rule})").cluster
             assert criterion_of(spec) == rule
     with pytest.raises(SpecError, match="'select' parameter of clusterer 'kmeans' must be one of .*Got 'knee'"):

@@ -219,7 +219,7 @@ def encode(run, failures, *, device: str = "auto", batch_size: int | None = None
     """Features of ``failures`` by the run's extractor: (Features, Device). Raises CatalogueError for runs
     whose extractor cannot be re-created for other images (see :func:`check_encodable`)."""
     from rca_gpu.engine.device import resolve_device
-    from rca_gpu.pipeline import compute_features
+    from rca_gpu.features.compute import compute_features
 
     check_encodable(run)
     spec = run_spec_of(run, device=device, batch_size=batch_size, workers=workers, model=model)

@@ -13,14 +13,13 @@ the neighbours outside the subset removed; only rows left with too few neighbour
 the seed. Above :data:`MAX_IMAGES` images the resamples are drawn from a seeded uniform sample of that size,
 so the cost stays bounded on large runs.
 
-Parameters carried over unchanged: UMAP / PCA settings, K-means and Ward ``k``, HDBSCAN sizes. DBSCAN's
-``eps`` is a distance whose meaning depends on the density of the points, and a subset is less dense, so it
-is carried over as a quantile: the share of the run's points whose ``min_samples``-th neighbour lies within
-``eps`` in the clustering space is kept, and each resample's ``eps`` is that quantile of its own
-``min_samples``-th neighbour distances.
+How the run's setting carries over to a resample is each algorithm card's ``transfer``
+(:mod:`rca_gpu.engine.cards`): UMAP / PCA settings, K-means and Ward ``k`` and HDBSCAN sizes unchanged;
+DBSCAN's ``eps``, a distance whose meaning depends on the density of the points, as a quantile of each
+resample's own neighbour distances (:mod:`rca_gpu.engine.cluster.dbscan`).
 
-The number of resamples defaults to the number of fits of the expensive stage during the run's search (UMAP
-fits when the reducer is UMAP, clusterer fits otherwise), within [MIN_RESAMPLES, MAX_RESAMPLES]: one
+The number of resamples defaults to the number of fits of the expensive stage during the run's search (the
+reducer's fits when it is not cheap, as UMAP, clusterer fits otherwise), within [MIN_RESAMPLES, MAX_RESAMPLES]: one
 resample costs one such fit on 80 % of the images, so scoring stability costs at most about the run's
 reduce + cluster time again. The count depends only on the spec, not on the machine, so runs reproduce.
 """
@@ -180,10 +179,12 @@ def default_resamples(reduce_name: str, trials: list[Any] | None) -> int:
 
     One resample refits the reducer and the clusterer once; the run fitted the reducer once per distinct
     reducer setting and the clusterer once per trial. B is the count of the stage that dominates the cost
-    (UMAP fits for UMAP, clusterer fits otherwise), clipped to [MIN_RESAMPLES, MAX_RESAMPLES].
+    (the reducer's fits when it is not cheap, as UMAP; clusterer fits otherwise), clipped to [MIN_RESAMPLES, MAX_RESAMPLES].
     """
+    from rca_gpu.engine.registry import reducer_card
+
     trials = list(trials or [])
-    if reduce_name == "umap":
+    if not reducer_card(reduce_name).cheap:
         fits = len({repr(sorted(dict(getattr(t, "reduce", {}) or {}).items())) for t in trials})
     else:
         fits = len(trials)
@@ -239,56 +240,6 @@ def _exact_rows(x, rows: np.ndarray, k: int, torch_device: str) -> tuple[np.ndar
     return as_numpy(idx).astype(np.int64), as_numpy(values).astype(np.float32)
 
 
-def eps_quantile(points, eps: float, min_samples: int, device, rows: np.ndarray | None = None) -> float:
-    """Share of ``points`` (n, d) whose ``min_samples``-th neighbour (self excluded) lies within ``eps``.
-
-    With ``rows`` (int64 positions) only those points are looked at, each against all n points: an unbiased
-    estimate of the share that costs O(len(rows)) queries instead of a kNN graph of all n points (a run of
-    1,000,000 images spent minutes on that graph).
-    """
-    n = int(points.shape[0])
-    if rows is None or len(rows) >= n:
-        kth = _kth_distance(points, min_samples, device)
-    else:
-        from rca_gpu.engine.device import as_numpy
-        from rca_gpu.engine.knn import nearest_rows
-
-        k = min(min_samples + 1, n)
-        host = np.ascontiguousarray(np.asarray(as_numpy(points), dtype=np.float32))
-        if host.shape[1] <= 16:  # low-dimensional embeddings: a KD-tree, as _kth_distance uses
-            from sklearn.neighbors import KDTree
-
-            distances, _ = KDTree(host).query(host[rows], k=k)
-        else:
-            _, distances = nearest_rows(points, host[rows], k, device)
-        kth = np.asarray(distances)[:, k - 1]
-    return float(np.mean(kth <= eps)) if kth.size else 1.0
-
-
-def _kth_distance(points, min_samples: int, device) -> np.ndarray:
-    from rca_gpu.engine.knn import knn_graph
-
-    n = int(points.shape[0])
-    k = min(min_samples + 1, n)
-    backend = "kdtree" if int(points.shape[1]) <= 16 else "auto"
-    _, distances = knn_graph(points, k, device, backend).numpy()
-    return distances[:, k - 1]
-
-
-def transfer_params(cluster_name: str, params: dict[str, Any], embedding, device,
-                    eps_share: float | None) -> dict[str, Any]:
-    """The clusterer parameters for one resample: the run's, with DBSCAN's eps carried as a quantile."""
-    clean = {k: v for k, v in params.items() if k in ("eps", "min_samples", "min_cluster_size", "k")}
-    if cluster_name == "dbscan" and eps_share is not None:
-        min_samples = int(clean.get("min_samples", 5))
-        kth = _kth_distance(embedding, min_samples, device)
-        eps = float(np.quantile(kth, min(1.0, max(0.0, eps_share))))
-        clean["eps"] = eps if eps > 0 else float(clean["eps"])
-    if cluster_name in ("kmeans", "ward") and "k" in clean:
-        clean["k"] = int(clean["k"])
-    return clean
-
-
 def run_stability(
     features,
     graph,
@@ -335,11 +286,11 @@ def run_stability(
     -------
     Stability, with ``info`` holding B, the fraction, the sample size, the seed and the seconds spent.
     """
-    from rca_gpu.engine.cluster.ward import cluster as run_clusterer
+    from rca_gpu.engine import registry
     from rca_gpu.engine.device import as_torch
-    from rca_gpu.engine.reduce.umap import reduce as run_reducer
 
     started = time.perf_counter()
+    reducer, clusterer = registry.reducer_card(reduce_name), registry.cluster_card(cluster_name)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     b = default_resamples(reduce_name, trials) if resamples is None else int(resamples)
@@ -357,24 +308,18 @@ def run_stability(
                      LINK_NEIGHBOURS) + 1
         graph = knn_graph(features, min(wanted, len(sample)), device)
         rows_of = np.arange(len(sample))
-    eps_share = None
-    if cluster_name == "dbscan" and "eps" in cluster_params:
-        eps, min_samples = float(cluster_params["eps"]), int(cluster_params.get("min_samples", 5))
-        if reduce_name == "none" and graph.k > min_samples:  # the clustering space is the feature space
-            kth = graph.numpy()[1][:, min_samples]
-            eps_share = float(np.mean(kth <= eps))
-        else:
-            estimate_on = sample if n > max_images else None  # large runs: the share estimated on the sample
-            eps_share = eps_quantile(chosen_embedding, eps, min_samples, device, rows=estimate_on)
-    graph_k = int(reduce_params.get("n_neighbors", 15)) if reduce_name == "umap" else 0
+    state = clusterer.resample_state(cluster_params, chosen_embedding, device,
+                                     feature_graph=graph if reducer.identity else None,
+                                     rows=sample if n > max_images else None)  # large runs: estimated on the sample
+    graph_k = reducer.graph_k(reduce_params)
 
     def recluster(rows: np.ndarray) -> np.ndarray:
         chosen_rows = rows_of[rows]
         x = as_torch(features, torch_device)[as_torch(chosen_rows, torch_device).long()]
         knn = subset_graph(graph, chosen_rows, max(2, graph_k), x, device) if graph_k else None
-        embedding, _ = run_reducer(x, reduce_name, dict(reduce_params), device, knn=knn, seed=seed)
-        params = transfer_params(cluster_name, cluster_params, embedding, device, eps_share)
-        labels_of_resample = run_clusterer(embedding, cluster_name, params, device, seed=seed)
+        embedding, _ = reducer.reduce(x, dict(reduce_params), device, knn=knn, seed=seed)
+        params = clusterer.transfer(cluster_params, embedding, device, state)
+        labels_of_resample = clusterer.cluster(embedding, params, device, seed=seed)
         if merge_step:  # the run's labels went through the merge and noise steps: so do the resample's
             from rca_gpu.tuning.graph import LINK_NEIGHBOURS, attach_noise, merge_unseparated
 
@@ -395,7 +340,7 @@ def run_stability(
         "images": int(len(sample)),
         "seed": seed,
         "unstable_below": UNSTABLE_BELOW,
-        "dbscan_eps_quantile": None if eps_share is None else round(eps_share, 6),
+        "dbscan_eps_quantile": round(state, 6) if isinstance(state, float) else None,
         "n_unstable": int(result.table["unstable"].sum()),
         "seconds": round(time.perf_counter() - started, 3),
     }

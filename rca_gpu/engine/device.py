@@ -361,3 +361,22 @@ def as_torch(x: Any, torch_device: str = "cpu"):
 
 def as_cupy(x: Any):
     return to_kind(x, "cupy")
+
+
+def take_rows(x: Any, index: Any, torch_device: str | None = None) -> Any:
+    """Rows ``index`` (int64 NumPy positions) of ``x``, in x's own array kind and on its own device.
+
+    ``torch_device`` is where a torch ``x`` lives ("cpu" | "cuda"; read from ``x`` when None).
+    """
+    kind = kind_of(x)
+    if kind == "numpy":
+        return x[index]
+    where = torch_device or ("cuda" if "cuda" in str(getattr(x, "device", "cpu")) else "cpu")
+    return x[to_kind(index, kind, torch_device=where)]
+
+
+def rows_on_host(x: Any, index: Any) -> Any:
+    """Rows ``index`` of ``x`` as a float32 NumPy array (only those rows leave the device)."""
+    import numpy as np
+
+    return np.asarray(as_numpy(take_rows(x, index)), dtype=np.float32)

@@ -1,6 +1,6 @@
 """k-nearest-neighbour graphs, computed once per feature set and reused downstream.
 
-Backends (see :data:`rca_gpu.engine.dispatch.IMPLEMENTATIONS`): exact FAISS (CPU or GPU), exact cuVS brute force
+Backends (:data:`KNN_IMPLEMENTATIONS`, one row per backend and device): exact FAISS (CPU or GPU), exact cuVS brute force
 (GPU), exact torch matmul + top-k in blocks (CPU or CUDA), approximate FAISS HNSW (CPU, for very large sets),
 exact cuML, and a scikit-learn KD-tree. ``backend="auto"`` picks by device and size, following
 benchmarks/knn_backends.py (benchmarks/RESULTS.md): on the CPU exact FAISS while n^2 d stays within
@@ -19,10 +19,30 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu.engine import dispatch as registry, limits
-from rca_gpu.engine.device import Device, as_numpy, as_torch, kind_of, to_kind
+from rca_gpu.engine import limits
+from rca_gpu.engine.device import Device, as_numpy, as_torch, to_kind
+from rca_gpu.engine.dispatch import Adapter, Implementation, build
 from rca_gpu.errors import TooFewImagesError
-from rca_gpu.engine.dispatch import Adapter
+
+_I = Implementation
+#: Every kNN backend on each device, with the adapter class by import path (what rca_gpu.engine.dispatch picks
+#: from). The cards of the reducers and clusterers add their own rows (rca_gpu.engine.registry).
+KNN_IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    _I("knn", "faiss", "gpu", "rca_gpu.engine.knn:FaissGpuExact", "torch", "faiss_gpu", "faiss-gpu"),
+    _I("knn", "cuvs", "gpu", "rca_gpu.engine.knn:CuvsExact", "cupy", "cuvs", "cuvs"),
+    _I("knn", "torch", "gpu", "rca_gpu.engine.knn:TorchExact", "torch", "cuda", "torch"),
+    _I("knn", "cuml", "gpu", "rca_gpu.engine.knn:CumlExact", "cupy", "cuml_knn", "cuml"),
+    _I("knn", "torch", "cpu", "rca_gpu.engine.knn:TorchExact", "torch", "", "torch"),
+    _I("knn", "faiss", "cpu", "rca_gpu.engine.knn:FaissExact", "numpy", "faiss", "faiss-cpu"),
+    _I("knn", "faiss-hnsw", "cpu", "rca_gpu.engine.knn:FaissHNSW", "numpy", "faiss", "faiss-cpu"),
+    _I("knn", "kdtree", "cpu", "rca_gpu.engine.knn:SklearnKDTree", "numpy", "", "scikit-learn"),
+)
+#: Every --knn-backend value, in the order the help lists them: "auto" (:func:`choose_backend`), then the
+#: backends of KNN_IMPLEMENTATIONS (checked by tests/test_cli.py).
+KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuvs", "cuml")
+#: kNN backends with no CPU implementation: backend -> (flag of rca_gpu.engine.device.Device that says it
+#: works here, the library it needs).
+GPU_ONLY_KNN_BACKENDS = {"cuvs": ("cuvs", "cuVS"), "cuml": ("cuml_knn", "cuML")}
 
 #: Exact search on the CPU costs n * n * d; above this (50,000 points at d = 1280, where FAISS HNSW caught up
 #: with exact FAISS in benchmarks/knn_backends.py) the approximate HNSW graph is used.
@@ -71,6 +91,14 @@ def choose_backend(n: int, dim: int, device: Device) -> str:
     return "faiss" if n * n * dim <= CPU_EXACT_BUDGET else "faiss-hnsw"
 
 
+def backend_implementations(name: str) -> list[Implementation]:
+    """The rows of KNN_IMPLEMENTATIONS for backend ``name`` (KeyError when there are none)."""
+    found = [i for i in KNN_IMPLEMENTATIONS if i.algorithm == name]
+    if not found:
+        raise KeyError(f"no implementation registered for knn {name!r}")
+    return found
+
+
 def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph:
     """The k-nearest-neighbour graph of the rows of ``x`` (self included as neighbour 0)."""
     n, dim = int(x.shape[0]), int(x.shape[1])
@@ -78,7 +106,7 @@ def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph
         raise TooFewImagesError(f"A neighbour graph needs at least 2 images; {n} usable image(s) remain.")
     k = min(k, n)
     name = choose_backend(n, dim, device) if backend == "auto" else backend
-    adapter = registry.build("knn", name, device, data={"n_samples": n, "n_features": dim, "k": k})
+    adapter = build(backend_implementations(name), device, data={"n_samples": n, "n_features": dim, "k": k})
     started = time.perf_counter()
     data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
     indices, distances = adapter.search(data, k)

@@ -1,24 +1,29 @@
-"""Clustering: DBSCAN, HDBSCAN, K-means and Ward, each with a CPU and a GPU adapter.
+"""Ward: hierarchical clustering with Ward linkage, its card and its CPU implementation (SciPy / scikit-learn).
 
-Adapters return labels with -1 for noise. Labels always come back to the host: they are small, and the
-selection criteria, evaluation and outputs need them there.
+cuML's agglomerative clustering implements single linkage only, so the GPU twin refuses every setting and
+Ward runs on the CPU (with the reason logged; ``--device gpu`` stops with it).
 
-``min_samples`` means the same on both devices and for both density clusterers, as in scikit-learn: it
-counts the point itself (docs/gpu.md, "min_samples"). scikit-learn's and cuML's DBSCAN count it the same
-way; fast_hdbscan and cuML HDBSCAN count only the other points and are handed
-:func:`rca_gpu.engine.limits.hdbscan_library_min_samples`.
+- candidates: k as for K-means (:func:`rca_gpu.engine.cluster.kmeans.k_candidates`), all cut from one merge
+  tree per embedding; ``select=knee`` cuts it again at the knee of the within-cluster distance;
+- at most WARD_MAX_POINTS images: the search runs it on its sample, and a larger sample is refused;
+- extension to new points: the nearest centroid of the sample's clusters;
+- transfer to a resample: k is carried over unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from rca_gpu.engine import dispatch as registry, limits
-from rca_gpu.engine.device import Device, as_numpy, to_kind
-from rca_gpu.errors import UnsupportedOnGPU
+from rca_gpu.engine.cards import SELECT_RULES, ClusterCard, Twin
+from rca_gpu.engine.cluster.kmeans import k_candidates
+from rca_gpu.engine.device import Device, to_kind
 from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.knn import KnnGraph
+from rca_gpu.engine.params import Param
+from rca_gpu.errors import SpecError, UnsupportedOnGPU
 
 #: Above this many points, exact Ward (quadratic memory) is replaced by Ward restricted to the kNN graph.
 WARD_EXACT_MAX = 20_000
@@ -27,87 +32,47 @@ WARD_EXACT_MAX = 20_000
 WARD_MAX_POINTS = 50_000
 
 
-def cluster(x: Any, algorithm: str, params: dict[str, Any], device: Device, *, seed: int = 0) -> np.ndarray:
-    """Labels (int64 numpy, -1 = noise) for the rows of ``x``."""
-    adapter = registry.build("cluster", algorithm, device, seed=seed,
-                             data={"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, **params)
-    data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
-    return np.asarray(as_numpy(adapter.fit_predict(data)), dtype=np.int64)
+class WardCard(ClusterCard):
+    name = "ward"
+    summary = "agglomerative clustering with Ward linkage, k clusters cut from one merge tree; no noise"
+    params = {"k": Param(int, "at_least_2")}
+    limits = {"k": lambda n: n - 1}
+    min_images = 3
+    granularity = "k"
+    counts_clusters = True
+    select_rules = SELECT_RULES + ("knee",)
+    cpu = Twin("SklearnWard", "numpy", "scikit-learn")
+    gpu = (Twin("CumlWard", "cupy", "cuml", requires="cuml", always_refuses=True),)
+
+    def check_points(self, n: int) -> None:
+        if n > WARD_MAX_POINTS:
+            raise SpecError(
+                f"Ward clustering needs memory and time quadratic in the images it clusters; the search would "
+                f"run it on {n} images, more than {WARD_MAX_POINTS}. Set --sample-size (the config key "
+                f"sample_size) to at most {WARD_MAX_POINTS}, or use kmeans."
+            )
+
+    def candidates(self, fixed: Mapping[str, Any], embedding_graph: Callable[[int], KnnGraph], n: int, *,
+                   distinct: int | None = None) -> list[dict[str, Any]]:
+        return k_candidates(fixed, n, distinct)
+
+    def label_candidates(self, embedding: Any, candidates: list[dict[str, Any]], device: Device, *,
+                         seed: int = 0) -> tuple[list[tuple[dict[str, Any], np.ndarray]], Any]:
+        """One merge tree for the embedding, cut at every candidate's k; the tree is the state that
+        :meth:`relabel` (``select=knee``) cuts again without rebuilding it."""
+        tree = self.build(device, {"n_samples": int(embedding.shape[0]), "n_features": int(embedding.shape[1])},
+                          seed=seed, k=2)
+        tree.fit_tree(to_kind(embedding, tree.implementation.arrays))
+        return [(params, tree.labels_for(params["k"])) for params in candidates], tree
+
+    def relabel(self, state: Any, embedding: Any, params: Mapping[str, Any], device: Device, *,
+                seed: int = 0) -> np.ndarray:
+        if state is None:
+            return super().relabel(state, embedding, params, device, seed=seed)
+        return state.labels_for(int(params["k"]))
 
 
-class _Base(Adapter):
-    def __init__(self, *, seed: int = 0, **params: Any) -> None:
-        self.seed = seed
-        self.params = params
-
-
-class SklearnDBSCAN(_Base):
-    def fit_predict(self, x):
-        from sklearn.cluster import DBSCAN
-
-        return DBSCAN(eps=self.params["eps"], min_samples=self.params.get("min_samples", 5)).fit_predict(x)
-
-
-class CumlDBSCAN(_Base):
-    """cuML DBSCAN; its ``min_samples`` counts the point itself, like scikit-learn's (python/cuml/cuml/cluster/
-    dbscan.pyx; core points: vertex degree >= min_samples, cpp/src/dbscan/corepoints/compute.cuh)."""
-
-    def fit_predict(self, x):
-        from cuml.cluster import DBSCAN
-
-        model = DBSCAN(eps=self.params["eps"], min_samples=self.params.get("min_samples", 5), output_type="cupy")
-        return model.fit_predict(x.astype("float32", copy=False))
-
-
-class FastHDBSCAN(_Base):
-    """fast_hdbscan: parallel Boruvka on a KD-tree (numba)."""
-
-    def fit_predict(self, x):
-        import fast_hdbscan
-
-        size = self.params["min_cluster_size"]
-        min_samples = limits.hdbscan_library_min_samples(self.params.get("min_samples"), size)
-        model = fast_hdbscan.HDBSCAN(min_cluster_size=size, min_samples=min_samples)
-        return model.fit_predict(np.asarray(x, dtype=np.float64))
-
-
-class CumlHDBSCAN(_Base):
-    """cuML HDBSCAN, handed the same neighbour count as fast_hdbscan (see the module doc)."""
-
-    def __init__(self, *, seed: int = 0, **params: Any) -> None:
-        super().__init__(seed=seed, **params)
-        self.library_min_samples = limits.hdbscan_library_min_samples(
-            params.get("min_samples"), params["min_cluster_size"]
-        )
-        limits.check_cuml_hdbscan(self.library_min_samples)
-
-    def fit_predict(self, x):
-        from cuml.cluster.hdbscan import HDBSCAN
-
-        model = HDBSCAN(
-            min_cluster_size=self.params["min_cluster_size"],
-            min_samples=self.library_min_samples,
-            output_type="cupy",
-        )
-        return model.fit_predict(x.astype("float32", copy=False))
-
-
-class SklearnKMeans(_Base):
-    def fit_predict(self, x):
-        from sklearn.cluster import KMeans
-
-        return KMeans(n_clusters=self.params["k"], n_init=4, random_state=self.seed).fit_predict(x)
-
-
-class CumlKMeans(_Base):
-    def fit_predict(self, x):
-        from cuml.cluster import KMeans
-
-        model = KMeans(n_clusters=self.params["k"], n_init=4, random_state=self.seed, output_type="cupy")
-        return model.fit_predict(x.astype("float32", copy=False))
-
-
-class SklearnWard(_Base):
+class SklearnWard(Adapter):
     """Agglomerative clustering with Ward linkage.
 
     The merge tree is built once and cut at any number of clusters, so a search over k costs one tree:
@@ -116,8 +81,9 @@ class SklearnWard(_Base):
     """
 
     def __init__(self, *, seed: int = 0, **params: Any) -> None:
-        super().__init__(seed=seed, **params)
-        self._tree = None
+        self.seed = seed
+        self.params = params
+        self._tree: tuple | None = None
 
     def fit_tree(self, x) -> "SklearnWard":
         x = np.asarray(x, dtype=np.float64)
@@ -167,8 +133,11 @@ def cut_merges(children: np.ndarray, n: int, k: int) -> np.ndarray:
     return labels.astype(np.int64).ravel()
 
 
-class CumlWard(_Base):
+class CumlWard(Adapter):
     """cuML's agglomerative clustering implements single linkage only."""
 
     def __init__(self, *, seed: int = 0, **params: Any) -> None:
         raise UnsupportedOnGPU("cuML agglomerative clustering supports single linkage only, not Ward")
+
+
+CARD = WardCard()

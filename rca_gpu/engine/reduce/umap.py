@@ -1,57 +1,118 @@
-"""Dimensionality reduction: UMAP, PCA, or none, each with a CPU and a GPU adapter.
+"""UMAP: its card, its CPU implementation (umap-learn) and GPU twin (cuML), and the placement of new points.
 
-UMAP reuses the feature set's kNN graph (``precomputed_knn``) instead of searching neighbours again.
+Both implementations reuse the feature set's kNN graph (``precomputed_knn``) instead of searching neighbours
+again.
+
+- candidates: each combination of UMAP_GRID (n_neighbors x n_components x min_dist) for what the pipeline
+  leaves open (a clusterer card may ask for another grid: DBSCAN searches two settings);
+- extension to new points (:func:`umap_place`): each new point is placed as umap-learn's ``transform`` places
+  new points (fuzzy membership strengths to its sample neighbours, weighted mean of their positions, then
+  ``REFINE_EPOCHS`` epochs of the layout optimisation with the sample fixed);
+- transfer to a resample: the setting is carried over unchanged, fitted on the resample's part of the kNN
+  graph.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from rca_gpu.engine import dispatch as registry, limits
-from rca_gpu.engine.device import Device, to_kind
-from rca_gpu.engine.knn import KnnGraph
+from rca_gpu.engine import limits
+from rca_gpu.engine.cards import ReducerCard, Twin
 from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.params import Param
+
+#: UMAP settings tried when the pipeline leaves them open.
+UMAP_GRID = {"n_neighbors": (15, 30), "n_components": (2, 10), "min_dist": (0.0, 0.1)}
+#: Epochs of layout optimisation for placed points (0: the weighted mean only). umap-learn's ``transform``
+#: runs 30 above 10,000 images; placed images move in a fixed sample embedding, so few suffice.
+REFINE_EPOCHS = 0
+#: Points placed per block (bounds the memory of the bipartite graph).
+BLOCK = 100_000
 
 
-def reduce(
-    x: Any,
-    algorithm: str,
-    params: dict[str, Any],
-    device: Device,
-    *,
-    knn: KnnGraph | None = None,
-    seed: int = 0,
-) -> tuple[Any, dict[str, Any]]:
-    """Embed the rows of ``x``. Returns (embedding in the adapter's array kind, description for run.json)."""
-    adapter = registry.build("reduce", algorithm, device, seed=seed,
-                             data={"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, **params)
-    kind = adapter.implementation.arrays
-    started = time.perf_counter()
-    data = to_kind(x, kind, torch_device=device.torch_device)
-    graph = None
-    if knn is not None and getattr(adapter, "uses_knn", False):
-        graph = (
-            to_kind(knn.indices, kind, torch_device=device.torch_device),
-            to_kind(knn.distances, kind, torch_device=device.torch_device),
-        )
-    embedding = adapter.fit_transform(data, knn=graph)
-    info = {**adapter.describe(), "params": dict(params), "seconds": round(time.perf_counter() - started, 3),
-            "dims": int(embedding.shape[1]), "used_precomputed_knn": graph is not None}
-    return embedding, info
+class UMAPCard(ReducerCard):
+    name = "umap"
+    summary = "UMAP (uniform manifold approximation), fed the shared kNN graph"
+    params = {
+        "n_components": Param(int, "at_least_1", high=100),
+        "n_neighbors": Param(int, "at_least_2", high=1000),
+        "min_dist": Param(float, "fraction"),  # umap-learn needs min_dist <= spread (1.0)
+    }
+    limits = {"n_neighbors": lambda n: n - 1, "n_components": lambda n: n - 2}
+    grid = UMAP_GRID
+    cpu = Twin("UmapLearn", "numpy", "umap-learn")
+    gpu = (Twin("CumlUMAP", "cupy", "cuml", requires="cuml"),)
+
+    def fit_to(self, params: dict[str, Any], n: int) -> dict[str, Any]:
+        params["n_neighbors"] = max(2, min(params["n_neighbors"], n - 1))
+        params["n_components"] = max(1, min(params["n_components"], n - 2))
+        return params
+
+    def search_graph_k(self, fixed: Mapping[str, Any]) -> int:
+        return max(max(self.grid["n_neighbors"]), int(fixed.get("n_neighbors", 0)))
+
+    def graph_k(self, params: Mapping[str, Any]) -> int:
+        return int(params.get("n_neighbors", 15))
+
+    def place(self, sample_points: np.ndarray, indices: np.ndarray, distances: np.ndarray,
+              params: Mapping[str, Any], seed: int) -> np.ndarray:
+        return umap_place(sample_points, indices, distances, n_neighbors=int(params.get("n_neighbors", 15)),
+                          min_dist=float(params.get("min_dist", 0.1)), seed=seed)
 
 
-class Identity(Adapter):
-    """No reduction: clustering sees the features themselves."""
+def umap_place(sample_embedding: np.ndarray, indices: np.ndarray, distances: np.ndarray, *, n_neighbors: int,
+               min_dist: float, seed: int, epochs: int = REFINE_EPOCHS) -> np.ndarray:
+    """Positions (m, c) float32 of new points in a fitted UMAP embedding of the sample.
 
-    def __init__(self, *, seed: int = 0) -> None:
-        self.seed = seed
+    ``indices``/``distances`` (m, >= n_neighbors): each new point's nearest sample points in the features.
+    Follows umap-learn's ``UMAP.transform`` (umap/umap_.py): membership strengths by ``smooth_knn_dist`` with
+    local connectivity 0, the strength-weighted mean of the neighbours' positions (a point identical to a
+    sample point takes its position), then ``epochs`` epochs of ``optimize_layout_euclidean`` with the sample
+    fixed (0: none).
+    """
+    from umap.umap_ import compute_membership_strengths, smooth_knn_dist
 
-    def fit_transform(self, x, knn=None):
-        return x
+    k = min(n_neighbors, indices.shape[1])
+    indices = np.ascontiguousarray(indices[:, :k], dtype=np.int64)
+    distances = np.ascontiguousarray(distances[:, :k], dtype=np.float32)
+    out = np.empty((len(indices), sample_embedding.shape[1]), dtype=np.float32)
+    for start in range(0, len(indices), BLOCK):
+        idx, dist = indices[start:start + BLOCK], distances[start:start + BLOCK]
+        sigmas, rhos = smooth_knn_dist(dist, float(k), local_connectivity=0.0)
+        _, _, vals, _ = compute_membership_strengths(idx.astype(np.int32), dist, sigmas, rhos, bipartite=True)
+        weights = vals.reshape(idx.shape).astype(np.float64)
+        total = weights.sum(axis=1, keepdims=True)
+        weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / k)
+        placed = np.einsum("ij,ijc->ic", weights, sample_embedding[idx].astype(np.float64)).astype(np.float32)
+        same = dist[:, 0] == 0.0  # identical to a sample point: exactly its position
+        placed[same] = sample_embedding[idx[same, 0]]
+        if epochs > 0:
+            placed = _refine(placed, sample_embedding, idx, vals, epochs, min_dist, seed)
+        out[start:start + len(idx)] = placed
+    return out
+
+
+def _refine(placed, sample_embedding, idx, vals, epochs, min_dist, seed):
+    import scipy.sparse
+    from umap.layouts import optimize_layout_euclidean
+    from umap.umap_ import find_ab_params, make_epochs_per_sample
+
+    m, k = idx.shape
+    graph = scipy.sparse.coo_matrix((vals, (np.repeat(np.arange(m), k), idx.ravel())),
+                                    shape=(m, len(sample_embedding)))
+    graph.data[graph.data < graph.data.max() / float(epochs)] = 0.0
+    graph.eliminate_zeros()
+    a, b = find_ab_params(1.0, min_dist)
+    rng_state = np.random.RandomState(seed).randint(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3)
+    return optimize_layout_euclidean(
+        placed, sample_embedding.astype(np.float32, copy=True), graph.row, graph.col, epochs, graph.shape[1],
+        make_epochs_per_sample(graph.data, epochs), a, b, rng_state.astype(np.int64), 1.0, 0.25, 5.0,
+        parallel=False, move_other=False,
+    )
 
 
 class UmapLearn(Adapter):
@@ -130,40 +191,4 @@ class CumlUMAP(Adapter):
         return model.fit_transform(x.astype("float32", copy=False))
 
 
-class SklearnPCA(Adapter):
-    """scikit-learn PCA (randomised SVD for large inputs)."""
-
-    def __init__(self, *, n_components: int = 50, seed: int = 0) -> None:
-        self.n_components, self.seed = n_components, seed
-
-    def fit_transform(self, x, knn=None):
-        from sklearn.decomposition import PCA
-
-        k = min(self.n_components, x.shape[0], x.shape[1])
-        return PCA(n_components=k, random_state=self.seed).fit_transform(np.asarray(x, dtype=np.float32))
-
-
-class TorchPCA(Adapter):
-    """PCA by SVD of the centred data in torch, on the GPU (used when cuML is absent, and by default).
-
-    ``torch.pca_lowrank`` draws its random projection from torch's global generator of the data's device;
-    it runs inside ``torch.random.fork_rng`` so that seeding it leaves the caller's CPU and CUDA random
-    streams as they were.
-    """
-
-    def __init__(self, *, n_components: int = 50, seed: int = 0) -> None:
-        self.n_components, self.seed = n_components, seed
-
-    def fit_transform(self, x, knn=None):
-        import torch
-
-        x = x.float()
-        centred = x - x.mean(dim=0, keepdim=True)
-        k = min(self.n_components, x.shape[0], x.shape[1])
-        # manual_seed seeds every CUDA device, so every one of them is forked and restored
-        devices = list(range(torch.cuda.device_count())) if x.is_cuda else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
-            _, _, v = torch.pca_lowrank(centred, q=min(k + 10, min(x.shape)), center=False, niter=4)
-        return centred @ v[:, :k]
-
+CARD = UMAPCard()
