@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from typer.core import TyperGroup
 
-from rca_gpu.commands.options import QuietOpt
+from rca_gpu.commands.options import QuietOpt, build_spec
 from rca_gpu.errors import RcaError, printable
 from rca_gpu.progress import WIDE_TERMINAL, reporter_for
 from rca_gpu.spec import KNN_BACKENDS
@@ -120,21 +120,6 @@ RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
                       "explanations; opens offline).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
-
-
-def build_spec(pipeline: str | None, config: Path | None, **options: Any):
-    """RunSpec from an optional TOML file plus command-line overrides (None = not given)."""
-    from rca_gpu.spec import build_run_spec, load_config
-
-    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
-    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
-    weights = values.pop("weights", None)
-    data = load_config(config) if config else {}
-    if weights is not None:
-        data.setdefault("features", {})["weights"] = weights
-    return build_run_spec(data, pipeline=pipeline, **values)
-
-
 
 
 def print_clusters(clusters, console=None, explanations=None, stability=None) -> None:

@@ -46,7 +46,7 @@ def study_command(
     """Run every FEATURES x REDUCERS x CLUSTERERS pipeline on SOURCE; write study.parquet and study.md."""
     from rich.console import Console
 
-    from rca_gpu.cli import build_spec
+    from rca_gpu.commands.options import build_spec
     from rca_gpu.data.sources import load_source
     from rca_gpu.study import check_study_source, make_plan, run_study, to_rich
 
