@@ -78,6 +78,23 @@ def _err(message: str) -> None:
     typer.echo(f"error: {printable(message)}", err=True)
 
 
+@app.callback()
+def plugins_option(
+    plugin: Annotated[Optional[list[str]], typer.Option(
+        "--plugin", metavar="MODULE", help="Import MODULE first and register the extractors, reducers and "
+        "clusterers it defines (docs/plugins.md); repeatable. Installed plug-ins need no option.")] = None,
+) -> None:
+    """Options before the command: plug-ins to load."""
+    from rca_gpu.plugins import load_plugin
+
+    for module in plugin or ():
+        try:
+            load_plugin(module)
+        except RcaError as exc:
+            _err(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+
+
 def friendly_errors(command: Callable) -> Callable:
     """Turn RcaError into one line on stderr and exit code 2, without a traceback."""
 
