@@ -124,7 +124,7 @@ def main() -> None:
     import pandas as pd
 
     from rca_gpu.datasets.planted import planted_features
-    from rca_gpu.evaluate import evaluate
+    from rca_gpu.metrics import evaluate
     from selection_vs_reference import benchmark_features
 
     rows = []

@@ -89,7 +89,7 @@ def rca_gpu_default(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
 
 
 def score(labels: np.ndarray, causes: np.ndarray) -> dict:
-    from rca_gpu.evaluate import evaluate
+    from rca_gpu.metrics import evaluate
 
     result = evaluate(labels, causes)
     summary = result.summary

@@ -484,7 +484,7 @@ def cluster_and_write(
                           run_id=run_id)
     metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
-        from rca_gpu.evaluate import evaluate_clusters
+        from rca_gpu.metrics import evaluate_clusters
 
         evaluation = evaluate_clusters(clusters, out, run_id=run_id)
         metrics, per_cause = evaluation.summary, evaluation.per_cause

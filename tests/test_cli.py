@@ -330,7 +330,7 @@ def test_study_help_and_readme_list_the_default_feature_sets_of_the_code():
     import re
     from pathlib import Path
 
-    from rca_gpu.study import default_features
+    from rca_gpu.studies import default_features
 
     sets = default_features(has_dut=True)
     shown = " ".join(runner.invoke(app, ["study", "--help"], env={"COLUMNS": "400"}).output.split())

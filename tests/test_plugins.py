@@ -69,7 +69,7 @@ def test_a_clusterer_in_one_file_runs_through_run_stability_and_the_report(toy_c
 def test_a_clusterer_in_one_file_runs_in_the_study_and_extends_from_a_sample(toy_clusterer, tmp_path):
     from rca_gpu import FailureClusterer
     from rca_gpu.data.sources import from_arrays
-    from rca_gpu.study import make_plan, run_study
+    from rca_gpu.studies import make_plan, run_study
 
     images, labels = pattern_images(n_per=15, groups=3)
     failures = from_arrays(images, {"root_cause": [f"cause_{g}" for g in labels]})

@@ -48,7 +48,7 @@ def study_command(
 
     from rca_gpu.commands.options import build_spec
     from rca_gpu.data.sources import load_source
-    from rca_gpu.study import check_study_source, make_plan, run_study, to_rich
+    from rca_gpu.studies import check_study_source, make_plan, run_study, to_rich
 
     from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
                                    check_out_folder)
