@@ -101,6 +101,31 @@ def make_plan(features: Iterable[str] | None, reducers: Iterable[str] | None, cl
     return StudyPlan(features, reducers, clusterers)
 
 
+def prepare_study(source: str | Path, out: str | Path, features: Iterable[str] | None,
+                  reducers: Iterable[str] | None, clusterers: Iterable[str] | None,
+                  base: RunSpec) -> tuple[RunSpec, FailureSet, StudyPlan]:
+    """(run options, failures, plan) of a study, every check made before any image is read: the output folder
+    (a study's, never its own inputs), the names of the plan, then the source's root causes.
+
+    Raises
+    ------
+    SpecError
+        An unusable output folder, an unknown name, a reducer or clusterer given with parameters, or a source
+        without a ``root_cause`` column.
+    """
+    from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
+                                   check_out_folder)
+
+    features, reducers, clusterers = (None if v is None else list(v) for v in (features, reducers, clusterers))
+    check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
+    check_inputs_kept(out, {"SOURCE": source, "--model": base.model}, files=STUDY_OUTPUTS,
+                      folders=STUDY_OUTPUT_FOLDERS)
+    make_plan(features, reducers, clusterers, False)  # names checked before any image is read
+    failures = load_source(source, image_root=base.image_root, skip=[out])  # never the study's own outputs
+    check_study_source(failures)
+    return base, failures, make_plan(features, reducers, clusterers, bool(base.model or failures.dut))
+
+
 def slug(pipeline: PipelineSpec | str) -> str:
     """A folder name for a pipeline: letters, digits, '.', '_', '-' only."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(pipeline)).strip("_")

@@ -15,13 +15,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars,
 
 
 def build_spec(pipeline: str | None, config: Path | None, **options: Any):
-    """RunSpec from an optional TOML file plus command-line overrides (None = not given)."""
-    from rca_gpu.spec import build_run_spec, load_config
+    """RunSpec from an optional TOML file plus command-line overrides (None = not given; choices as Enums)."""
+    from rca_gpu.api import run_spec
 
     values = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
-    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
-    weights = values.pop("weights", None)
-    data = load_config(config) if config else {}
-    if weights is not None:
-        data.setdefault("features", {})["weights"] = weights
-    return build_run_spec(data, pipeline=pipeline, **values)
+    return run_spec(pipeline, config, **values)

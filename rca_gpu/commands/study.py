@@ -47,21 +47,12 @@ def study_command(
     from rich.console import Console
 
     from rca_gpu.commands.options import build_spec
-    from rca_gpu.data.sources import load_source
-    from rca_gpu.studies import check_study_source, make_plan, run_study, to_rich
+    from rca_gpu.studies import prepare_study, run_study, to_rich
 
-    from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
-                                   check_out_folder)
-
-    check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
-    check_inputs_kept(out, {"SOURCE": source, "--model": model}, files=STUDY_OUTPUTS, folders=STUDY_OUTPUT_FOLDERS)
-    make_plan(_split(features), _split(reducers), _split(clusterers), False)  # names checked before any image is read
     reporter = reporter_for(quiet)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
                       precision=precision, model=model)
-    failures = load_source(source, image_root=base.image_root, skip=[out])  # never the study's own outputs
-    check_study_source(failures)
-    plan = make_plan(_split(features), _split(reducers), _split(clusterers), bool(base.model or failures.dut))
+    base, failures, plan = prepare_study(source, out, _split(features), _split(reducers), _split(clusterers), base)
     if not quiet:
         typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "
                    f"{len(plan.reducers)} reducers x {len(plan.clusterers)} clusterers)")
