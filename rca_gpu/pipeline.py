@@ -89,7 +89,7 @@ def warnings_to_log():
 
 def thread_counts() -> dict[str, Any]:
     """Threads the numeric libraries use (run.json): results of the same spec on the same data are identical
-    across thread counts on the CPU, and this records what ran (README, "Reproducibility")."""
+    across thread counts on the CPU, and this records what ran (docs/pipelines.md, "Reproducibility")."""
     import os
 
     import torch
