@@ -65,6 +65,7 @@ def run(source: PathLike | None = None, out: PathLike | None = None, *, pipeline
 
     if out is None:
         raise _missing("run", "out", "the run folder to write, e.g. out='runs/first'")
+    out = Path(out)
     check_run_out_folder(out, {"SOURCE": source, "--features": features, "--metadata": metadata,
                                "--config": config, "--weights": weights})
     if spec is None:
@@ -127,9 +128,9 @@ def study(source: PathLike, out: PathLike, *, features: Iterable[str] | None = N
     from rca_gpu.progress import reporter_for
     from rca_gpu.studies import prepare_study, run_study
 
-    base, failures, plan = prepare_study(source, out, features, reducers, clusterers, run_spec(None, None,
-                                                                                             **options))
-    return run_study(base, failures, out, plan, reporter=reporter_for(not progress))
+    base, failures, plan = prepare_study(Path(source), Path(out), features, reducers, clusterers,
+                                         run_spec(None, None, **options))
+    return run_study(base, failures, Path(out), plan, reporter=reporter_for(not progress))
 
 
 def assign(run_dir: PathLike, source: PathLike, out: PathLike, *, progress: bool = False,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -20,11 +21,12 @@ from rca_gpu.errors import RcaError, printable
 from rca_gpu.progress import WIDE_TERMINAL, reporter_for
 from rca_gpu.spec import KNN_BACKENDS
 
+
 class _OneLineErrors(TyperGroup):
     """The top-level command group: usage errors (a bad option value, an unknown option) print one line
     ``error: ...`` and exit 2, like every other input error, instead of a boxed usage message."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -71,7 +73,7 @@ class Precision(str, Enum):
 
 
 #: --knn-backend choices: made from the spec's list, so the help, the check and the registry agree.
-KnnBackend = Enum("KnnBackend", {name.replace("-", "_"): name for name in KNN_BACKENDS}, type=str)
+KnnBackend = Enum("KnnBackend", {name.replace("-", "_"): name for name in KNN_BACKENDS}, type=str)  # type: ignore[misc]
 
 
 def _err(message: str) -> None:
@@ -80,7 +82,7 @@ def _err(message: str) -> None:
 
 @app.callback()
 def plugins_option(
-    plugin: Annotated[Optional[list[str]], typer.Option(
+    plugin: Annotated[list[str] | None, typer.Option(
         "--plugin", metavar="MODULE", help="Import MODULE first and register the extractors, reducers and "
         "clusterers it defines (docs/plugins.md); repeatable. Installed plug-ins need no option.")] = None,
 ) -> None:
@@ -116,23 +118,23 @@ def friendly_errors(command: Callable) -> Callable:
 # Shared options
 # --------------------------------------------------------------------------------------------------
 
-PipelineOpt = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
+PipelineOpt = Annotated[str | None, typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
                         "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2+umap+dbscan.")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML run configuration; "
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML run configuration; "
                       "command-line options override it.")]
-DeviceOpt = Annotated[Optional[DeviceChoice], typer.Option("--device", help="auto: GPU when CUDA and the GPU "
+DeviceOpt = Annotated[DeviceChoice | None, typer.Option("--device", help="auto: GPU when CUDA and the GPU "
                       "libraries import; gpu: fail without them; cpu.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for UMAP, K-means and sampling.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch during extraction.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes for decoding.")]
-PrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast "
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for UMAP, K-means and sampling.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch during extraction.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes for decoding.")]
+PrecisionOpt = Annotated[Precision | None, typer.Option("--precision", help="fp32, or bf16 autocast "
                          "for extraction.")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test: TorchScript .pt, "
+ModelOpt = Annotated[str | None, typer.Option("--model", help="The DNN under test: TorchScript .pt, "
                      "torch.export .pt2, ONNX .onnx, or package.module:factory=weights.pt.")]
-WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Backbone weights: a state_dict file, "
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Backbone weights: a state_dict file, "
                        "a torchvision weights name (IMAGENET1K_V1), or none.")]
-KnnOpt = Annotated[Optional[KnnBackend], typer.Option("--knn-backend", help="Neighbour search backend.")]
-RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests: image paths must resolve "
+KnnOpt = Annotated[KnnBackend | None, typer.Option("--knn-backend", help="Neighbour search backend.")]
+RootOpt = Annotated[Path | None, typer.Option("--image-root", help="Manifests: image paths must resolve "
                     "inside this folder (default: the manifest's folder).")]
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
                       "explanations; opens offline).")]
@@ -175,7 +177,7 @@ def print_clusters(clusters, console=None, explanations=None, stability=None) ->
 def run_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (an earlier run in it is replaced; "
                                      "the feature cache under OUT/cache is kept).")],
-    source: Annotated[Optional[Path], typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
+    source: Annotated[Path | None, typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
                                                      "with a 'path' column (or --features instead).")] = None,
     pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
@@ -188,21 +190,21 @@ def run_command(
     weights: WeightsOpt = None,
     knn_backend: KnnOpt = None,
     image_root: RootOpt = None,
-    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep extracted features as "
+    cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Keep extracted features as "
                      "Parquet shards under OUT/cache and reuse them.")] = None,
-    plot_umap: Annotated[Optional[bool], typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
+    plot_umap: Annotated[bool | None, typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
                          "embedding.parquet when the chosen embedding is not 2-D (else PCA).")] = None,
-    stability: Annotated[Optional[int], typer.Option("--stability", "--stability-resamples",
+    stability: Annotated[int | None, typer.Option("--stability", "--stability-resamples",
                          help="Resamples for each cluster's stability (subsample Jaccard); 0 = off. "
                          "Default: about the run's clustering time again.")] = None,
-    features: Annotated[Optional[Path], typer.Option("--features", help="Your own features instead of SOURCE: "
+    features: Annotated[Path | None, typer.Option("--features", help="Your own features instead of SOURCE: "
                         ".parquet (id, optional path and metadata columns, one list column or f0..fN) or 2-D .npy; "
                         "the pipeline then has no feature stage (default umap+dbscan).")] = None,
-    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="With --features: .csv/.parquet with one "
+    metadata: Annotated[Path | None, typer.Option("--metadata", help="With --features: .csv/.parquet with one "
                         "row per feature row, same order (id, path, root_cause, ...).")] = None,
-    dask: Annotated[Optional[str], typer.Option("--dask", help="local, or a scheduler address tcp://HOST:8786: "
+    dask: Annotated[str | None, typer.Option("--dask", help="local, or a scheduler address tcp://HOST:8786: "
                     "extraction on Dask workers (kNN graph too on dask-cuda workers).")] = None,
-    sample_size: Annotated[Optional[int], typer.Option("--sample-size", help="Above this many usable images, "
+    sample_size: Annotated[int | None, typer.Option("--sample-size", help="Above this many usable images, "
                            "hyper-parameters are chosen on a seeded sample of this size and extended to the "
                            "rest (default 5000).")] = None,
     report: ReportOpt = True,
@@ -304,7 +306,7 @@ def pipelines_command(quiet: QuietOpt = False) -> None:
 @friendly_errors
 def demo_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "runs/demo",
-    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Failures in the embedded benchmark "
+    n: Annotated[int | None, typer.Option("--n", min=1, help="Failures in the embedded benchmark "
                                              "(default: the dataset's default n).")] = None,
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
@@ -319,11 +321,11 @@ def demo_command(
     again (as `rca-gpu datasets make` does), and the line printed says why."""
     from rca_gpu.runfolder import check_out_folder
 
-    out = check_out_folder(out)
+    folder = check_out_folder(out)
     reporter = reporter_for(quiet)
     from rca_gpu.datasets import dataset_differences, make_dataset
 
-    data_dir = out / "data"
+    data_dir = folder / "data"
     manifest = data_dir / "manifest.parquet"
     differences = dataset_differences(data_dir, "mnist-rc", n=n, seed=seed or 0)
     if differences:
@@ -334,18 +336,18 @@ def demo_command(
     spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
-    result = run(spec, manifest, out / "run", reporter=reporter, report=report)
+    result = run(spec, manifest, folder / "run", reporter=reporter, report=report)
     _echo_result(result, show_clusters=not quiet, images="failing images")
 
 
 def _mount_subcommands() -> None:
     """Command groups living in their own modules (each imports its heavy libraries lazily)."""
+    from rca_gpu.commands import assign, causes, compare, select
     from rca_gpu.commands.datasets import app as datasets_app
     from rca_gpu.commands.doctor import doctor_command
     from rca_gpu.commands.evaluate import evaluate_command
     from rca_gpu.commands.report import export_command, report_command
     from rca_gpu.commands.study import study_command
-    from rca_gpu.commands import assign, causes, compare, select
 
     app.add_typer(datasets_app, name="datasets")
     app.command("evaluate")(friendly_errors(evaluate_command))

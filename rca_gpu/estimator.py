@@ -82,7 +82,7 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         self.knn_backend = knn_backend
         self.sample_size = sample_size
 
-    def fit(self, X: Any, y: Any = None) -> "FailureClusterer":
+    def fit(self, X: Any, y: Any = None) -> FailureClusterer:
         """Choose the reducer and clusterer settings on ``X`` (n_samples, n_features) and label every row.
 
         ``y`` is ignored (present for API consistency). Returns ``self``.

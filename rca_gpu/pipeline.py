@@ -13,10 +13,11 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,8 +33,18 @@ from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.compute import compute_features
 from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, new_run_id, start_run_folder
-from rca_gpu.spec import (ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
-                          check_data_limits, check_dut_known, check_memory, check_paths)
+from rca_gpu.spec import (
+    ClusterSpec,
+    FeatureSpec,
+    PipelineSpec,
+    ReduceSpec,
+    RunSpec,
+    check_backends,
+    check_data_limits,
+    check_dut_known,
+    check_memory,
+    check_paths,
+)
 from rca_gpu.tuning import Selection, cached_reduce, effective_k, place_all, select
 
 log = logging.getLogger("rca_gpu")
@@ -170,7 +181,7 @@ def order_labels(labels: np.ndarray) -> np.ndarray:
     if clustered.size == 0:
         return out
     ids, first, counts = np.unique(clustered, return_index=True, return_counts=True)
-    ranking = sorted(zip(-counts, first, ids))
+    ranking = sorted(zip(-counts, first, ids, strict=True))
     mapping = {old: new for new, (_, _, old) in enumerate(ranking)}
     mask = labels >= 0
     out[mask] = np.vectorize(mapping.get)(labels[mask])
@@ -245,7 +256,7 @@ def cluster_summary(clusters: pd.DataFrame, explanations: pd.DataFrame | None = 
     tops = top_explanations(explanations, short=True)
     rows = []
     for label, group in clusters[clusters["status"] != "rejected"].groupby("cluster", sort=True):
-        row = {"cluster": int(label), "size": len(group)}
+        row: dict[str, Any] = {"cluster": int(label), "size": len(group)}
         if stability is not None:
             row["stability"] = stability_text(stability, int(label))
         if explanations is not None:
@@ -295,7 +306,7 @@ def run(
     """
     reporter = reporter or Reporter(enabled=False)
     timer = Timer()
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     out = check_run_out_folder(out, {} if isinstance(source, FailureSet) else {"SOURCE": source})
     check_paths(spec)
 
@@ -349,7 +360,7 @@ def run_on_features(
     with every row's reason beside a failed run.json, and TooFewImagesError is raised.
     """
     timer = timer or Timer()
-    started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = started_at or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     run_id = run_id or new_run_id()
     out = Path(out)
     with too_few_images_fail_the_run(spec, failures, out, run_id, started_at, features):
@@ -439,7 +450,7 @@ def cluster_and_write(
     spec: RunSpec,
     failures: FailureSet,
     features,
-    graph: KnnGraph,
+    graph: KnnGraph | None,
     device: Device,
     out: Path,
     *,
@@ -454,11 +465,12 @@ def cluster_and_write(
     reporter = reporter or Reporter(enabled=False)
     run_id = run_id or new_run_id()
     start_run_folder(out)  # an earlier run's files go before this one writes any
-    started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = started_at or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     out = Path(out)
     t = time.perf_counter()
     reduce_cache = {} if reduce_cache is None else reduce_cache  # the plot may reuse an embedding of the search
-    with reporter.task(f"reduce + cluster {spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}", total=None) as advance, \
+    stages = f"{spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}"
+    with reporter.task(f"reduce + cluster {stages}", total=None) as advance, \
             warnings_to_log():
         selection = select(features.matrix, graph, spec.pipeline.reduce, spec.pipeline.cluster, device,
                            seed=spec.seed, progress=advance, reduce_cache=reduce_cache,

@@ -12,9 +12,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -25,8 +26,17 @@ from rca_gpu.engine.device import resolve_device
 from rca_gpu.errors import RcaError, SpecError, TooFewImagesError
 from rca_gpu.progress import Reporter
 from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run
-from rca_gpu.spec import (STUDY_DUT_FEATURES, STUDY_FEATURES, PipelineSpec, RunSpec, check_data_limits,
-                          make_cluster, make_reduce, parse_pipeline, split_outside_parens)
+from rca_gpu.spec import (
+    STUDY_DUT_FEATURES,
+    STUDY_FEATURES,
+    PipelineSpec,
+    RunSpec,
+    check_data_limits,
+    make_cluster,
+    make_reduce,
+    parse_pipeline,
+    split_outside_parens,
+)
 from rca_gpu.spec.grammar import parse_feature_stage
 
 log = logging.getLogger("rca_gpu")
@@ -113,8 +123,13 @@ def prepare_study(source: str | Path, out: str | Path, features: Iterable[str] |
         An unusable output folder, an unknown name, a reducer or clusterer given with parameters, or a source
         without a ``root_cause`` column.
     """
-    from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
-                                   check_out_folder)
+    from rca_gpu.runfolder import (
+        STUDY_COMMAND,
+        STUDY_OUTPUT_FOLDERS,
+        STUDY_OUTPUTS,
+        check_inputs_kept,
+        check_out_folder,
+    )
 
     features, reducers, clusterers = (None if v is None else list(v) for v in (features, reducers, clusterers))
     check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
@@ -373,7 +388,7 @@ def to_rich(table: pd.DataFrame, *, source: str = "", top: int | None = None, wi
     for header, _ in metrics:
         out.add_column(header, justify="right", no_wrap=True)
     out.add_column("chosen", overflow="fold", width=chosen_width)
-    for row, pipeline, setting in zip(rows, pipelines, chosen):
+    for row, pipeline, setting in zip(rows, pipelines, chosen, strict=True):
         values = row._asdict()
         if values["status"] != "ok":
             out.add_row(str(values["rank"]), _stages(pipeline, pipe_width), *["-"] * len(metrics),

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import pattern_images, write_pngs
 
 import rca_gpu
-from helpers import pattern_images, write_pngs
 from rca_gpu.engine.conformance import valid_value
 from rca_gpu.errors import SpecError
 from rca_gpu.spec import RUN_OPTIONS, RUN_PARAMS

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
 import toy_cards
+
 from rca_gpu.engine import registry
 from rca_gpu.engine.conformance import checks_for
 

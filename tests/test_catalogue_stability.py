@@ -7,17 +7,22 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import planted_blobs
+
 from rca_gpu.catalogue.stability import (
-    MAX_RESAMPLES, MIN_RESAMPLES, SUMMARY_FILE, best_match_jaccard, clusterboot, default_resamples,
-    run_stability, subset_graph,
+    MAX_RESAMPLES,
+    MIN_RESAMPLES,
+    SUMMARY_FILE,
+    best_match_jaccard,
+    clusterboot,
+    default_resamples,
+    run_stability,
+    subset_graph,
 )
-from rca_gpu.engine.registry import cluster
 from rca_gpu.engine.device import cpu_device
-from rca_gpu.errors import SpecError
 from rca_gpu.engine.knn import knn_graph
-from rca_gpu.engine.registry import reduce
+from rca_gpu.engine.registry import cluster, reduce
+from rca_gpu.errors import SpecError
 from rca_gpu.runfolder import open_run
 from rca_gpu.spec import build_run_spec
 
@@ -226,7 +231,8 @@ def test_a_run_above_the_sample_size_scores_stability(tmp_path):
 def test_eps_share_estimated_on_sample_rows_matches_the_full_share(dims):
     """Large runs estimate DBSCAN's eps share on the stability sample's rows (each against all points)
     instead of building the kNN graph of every point: the estimate is close to the full share."""
-    from rca_gpu.engine.cluster.dbscan import eps_quantile, kth_distance as _kth_distance
+    from rca_gpu.engine.cluster.dbscan import eps_quantile
+    from rca_gpu.engine.cluster.dbscan import kth_distance as _kth_distance
 
     rng = np.random.default_rng(3)
     points = np.concatenate([rng.normal(0, 1, (3000, dims)), rng.normal(6, 0.3, (3000, dims))]).astype(np.float32)

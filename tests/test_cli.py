@@ -7,9 +7,9 @@ import sys
 
 import pandas as pd
 import pytest
+from helpers import one_line_error, pattern_images, write_pngs
 from typer.testing import CliRunner
 
-from helpers import one_line_error, pattern_images, write_pngs
 from rca_gpu.cli import app
 
 runner = CliRunner()

@@ -17,9 +17,9 @@ import os
 
 import numpy as np
 import pytest
+from conftest import planted_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import planted_blobs
 from rca_gpu.engine import registry
 from rca_gpu.engine.device import Device, as_cupy, as_numpy, as_torch, cpu_device
 
@@ -56,7 +56,7 @@ def rapids(gpu) -> Device:
 
 
 def _recall(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b, strict=True)]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,9 +210,8 @@ def test_dbscan_core_points_identical_and_min_samples_counts_the_point(rapids):
 
 
 def test_cuml_umap_with_shared_graph_agrees_with_cpu(rapids):
-    from rca_gpu.engine.registry import cluster
     from rca_gpu.engine.knn import knn_graph
-    from rca_gpu.engine.registry import reduce
+    from rca_gpu.engine.registry import cluster, reduce
 
     x, planted = planted_blobs(n_per=150, centers=4, dim=32, spread=0.5, seed=4)
     params = {"n_neighbors": 15, "n_components": 2, "min_dist": 0.0}

@@ -7,9 +7,9 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import planted_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import planted_blobs
 from rca_gpu.engine import limits, registry
 from rca_gpu.engine.device import Device
 from rca_gpu.errors import SpecError, UnsupportedOnGPU
@@ -56,8 +56,8 @@ def test_hdbscan_adapter_close_to_scikit_learn():
     """scikit-learn's HDBSCAN counts the point itself too; its cluster selection differs in details."""
     from sklearn.cluster import HDBSCAN
 
-    from rca_gpu.engine.registry import cluster
     from rca_gpu.engine.device import cpu_device
+    from rca_gpu.engine.registry import cluster
 
     x, _ = planted_blobs(n_per=40, centers=4, dim=4, spread=1.2, seed=1)
     noise = np.random.default_rng(1).uniform(x.min(0), x.max(0), size=(30, 4)).astype(np.float32)

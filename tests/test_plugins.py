@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import pattern_images, write_pngs
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
-from helpers import pattern_images, write_pngs
 from rca_gpu.cli import app
 from rca_gpu.engine import registry
 from rca_gpu.errors import SpecError
@@ -126,7 +126,8 @@ def test_no_file_names_code_to_load():
 
 def test_plugin_option_errors_are_one_line():
     result = runner.invoke(app, ["--plugin", "no_such_module_here", "pipelines", "-q"])
-    assert result.exit_code == 2 and "error: The --plugin module 'no_such_module_here' cannot be imported" in result.output
+    assert result.exit_code == 2
+    assert "error: The --plugin module 'no_such_module_here' cannot be imported" in result.output
     result = runner.invoke(app, ["--plugin", "helpers", "pipelines", "-q"])
     assert result.exit_code == 2 and "defines no card" in result.output
 

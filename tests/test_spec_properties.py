@@ -13,8 +13,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from rca_gpu.errors import SpecError  # noqa: E402
 from rca_gpu.engine import registry  # noqa: E402
+from rca_gpu.errors import SpecError  # noqa: E402
 from rca_gpu.spec import (  # noqa: E402
     EXTRACTORS,
     RUN_OPTIONS,

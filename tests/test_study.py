@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from helpers import pattern_images
+
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.errors import SpecError
 from rca_gpu.spec import build_run_spec
@@ -205,9 +205,9 @@ def test_the_study_checks_stage_names_before_reading_the_source(tmp_path):
 
 
 def test_study_quiet_prints_only_where_the_results_went(tmp_path):
+    from helpers import write_pngs
     from typer.testing import CliRunner
 
-    from helpers import write_pngs
     from rca_gpu.cli import app
 
     images, labels = pattern_images(n_per=6, groups=2, size=16)

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from rca_gpu.engine.cluster.ward import SklearnWard, cut_merges
 from rca_gpu.datasets.planted import planted_features
+from rca_gpu.engine.cluster.ward import SklearnWard, cut_merges
 from rca_gpu.engine.device import cpu_device
-from rca_gpu.errors import SpecError
 from rca_gpu.engine.knn import exact_distances, knn_graph
+from rca_gpu.engine.sample import draw_sample
+from rca_gpu.errors import SpecError
 from rca_gpu.spec import make_cluster, make_reduce
 from rca_gpu.tuning import attach_noise, merge_unseparated, select
 from rca_gpu.tuning.graph import isolated_clusters
-from rca_gpu.engine.sample import draw_sample
 
 CLUSTERERS = ("dbscan", "hdbscan", "kmeans", "ward")
 
@@ -105,7 +105,7 @@ def test_exact_duplicates_land_together():
     x = np.concatenate([x, x[copies]])
     selection = _default(x)
     labels = selection.labels
-    for original, copy_row in zip(copies, range(900, len(x))):
+    for original, copy_row in zip(copies, range(900, len(x)), strict=True):
         assert labels[copy_row] == labels[original]
 
 
@@ -294,6 +294,7 @@ def _sorted_distances(x, indices):
 @pytest.mark.parametrize("clusterer", CLUSTERERS)
 def test_fifty_identical_images_are_one_cluster_through_a_run(tmp_path, clusterer):
     from helpers import pattern_images, write_pngs
+
     from rca_gpu.pipeline import run
     from rca_gpu.spec import build_run_spec
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from rca_gpu.engine.cards import ClusterCard, Twin
-from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.dispatch import ClusterAdapter
 from rca_gpu.engine.params import Param
 
 
@@ -35,7 +35,7 @@ class KCentersCard(ClusterCard):
         return [{"k": k} for k in range(2, max(3, top + 1)) if k < n]
 
 
-class FarthestFirst(Adapter):
+class FarthestFirst(ClusterAdapter):
     """Labels (n,) int64 of the nearest of k centres chosen farthest-first from a seeded first centre."""
 
     def __init__(self, *, k: int, seed: int = 0) -> None:

@@ -27,12 +27,12 @@ reduce + cluster time again. The count depends only on the spec, not on the mach
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
-
 
 #: Share of the images in each resample (Hennig's subsetting scheme).
 FRACTION = 0.8
@@ -179,7 +179,8 @@ def default_resamples(reduce_name: str, trials: list[Any] | None) -> int:
 
     One resample refits the reducer and the clusterer once; the run fitted the reducer once per distinct
     reducer setting and the clusterer once per trial. B is the count of the stage that dominates the cost
-    (the reducer's fits when it is not cheap, as UMAP; clusterer fits otherwise), clipped to [MIN_RESAMPLES, MAX_RESAMPLES].
+    (the reducer's fits when it is not cheap, as UMAP; clusterer fits otherwise), clipped to
+    [MIN_RESAMPLES, MAX_RESAMPLES].
     """
     from rca_gpu.engine.registry import reducer_card
 

@@ -54,7 +54,7 @@ def installed_distributions() -> dict[str, str]:
     """{normalised name: version} of every installed distribution."""
     found = {}
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.name
         if name:
             found[_normalise(name)] = dist.version
     return found
@@ -303,7 +303,8 @@ def _fact_lines(f: dict[str, Any]) -> list[str]:
                      f"(CUDA {f.get('driver_cuda')})")
     else:
         lines.append("GPU: none visible to torch")
-    lines.append(f"torch {f.get('torch')}, built for {'CUDA ' + f['torch_cuda'] if f.get('torch_cuda') else 'CPU only'}")
+    build = "CUDA " + f["torch_cuda"] if f.get("torch_cuda") else "CPU only"
+    lines.append(f"torch {f.get('torch')}, built for {build}")
     lines.append("GPU libraries: " + ", ".join(f"{m} {v}" for m, v in f.get("imports", {}).items()))
     if f.get("cuda_majors"):
         lines.append("CUDA major by library: " + ", ".join(f"{n} {m}" for n, m in f["cuda_majors"].items()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,7 +36,7 @@ def export_command(
     run_dir: RunDirArg,
     to: Annotated[Path, typer.Option("--to", help="Export folder: one sub-folder per cluster, plus noise and "
                   "rejected, each with a manifest.csv.", show_default=False)],
-    clusters: Annotated[Optional[str], typer.Option("--clusters", help="Which ones, e.g. 3,5,noise,rejected "
+    clusters: Annotated[str | None, typer.Option("--clusters", help="Which ones, e.g. 3,5,noise,rejected "
                         "(default: all).")] = None,
     mode: Annotated[ExportMode, typer.Option("--mode", help="link: symbolic links to the images; copy: "
                     "copies.")] = ExportMode.link,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,19 +27,19 @@ def _split(values: list[str] | None) -> list[str] | None:
 def study_command(
     source: Annotated[Path, typer.Argument(help="Folder or manifest with a root_cause column.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder (re-running resumes it).")],
-    features: Annotated[Optional[list[str]], typer.Option("--features", "-f", help="Feature specs, e.g. "
+    features: Annotated[list[str] | None, typer.Option("--features", "-f", help="Feature specs, e.g. "
                         f"pixels,mobilenet_v2,lrp@conv2 (default: {', '.join(STUDY_FEATURES)}, and "
                         f"{', '.join(STUDY_DUT_FEATURES)} when the DNN under test is known).")] = None,
-    reducers: Annotated[Optional[list[str]], typer.Option("--reducers", "-r", help="umap,pca,none: names only, "
+    reducers: Annotated[list[str] | None, typer.Option("--reducers", "-r", help="umap,pca,none: names only, "
                         "the study tunes their parameters (default: all).")] = None,
-    clusterers: Annotated[Optional[list[str]], typer.Option("--clusterers", "-k", help="dbscan,hdbscan,kmeans,"
+    clusterers: Annotated[list[str] | None, typer.Option("--clusterers", "-k", help="dbscan,hdbscan,kmeans,"
                           "ward: names only, the study tunes their parameters (default: all).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="The DNN under test (else the manifest's).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | gpu")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="The DNN under test (else the manifest's).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | gpu")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 | bf16")] = None,
     quiet: QuietOpt = False,
     top: Annotated[int, typer.Option("--top", help="Rows of the ranking to print.")] = 15,
 ) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -118,7 +118,7 @@ class ReducerCard(Card):
         axes = {key: (fixed[key],) if key in fixed else tuple(values) for key, values in grid.items()}
         out: list[dict[str, Any]] = []
         for combo in itertools.product(*axes.values()):
-            params = {**dict(zip(axes, combo)), **{k: v for k, v in fixed.items() if k not in axes}}
+            params = {**dict(zip(axes, combo, strict=True)), **{k: v for k, v in fixed.items() if k not in axes}}
             params = self.fit_to(params, int(features.shape[0]))
             if params not in out:
                 out.append(params)
@@ -150,8 +150,8 @@ class ReducerCard(Card):
                seed: int = 0) -> tuple[Any, dict[str, Any]]:
         """Embed the rows of ``x`` (n, d). Returns (embedding in the adapter's array kind, description for
         run.json). The adapter reuses ``knn`` (the features' kNN graph) when it reads one (``uses_knn``)."""
-        adapter = self.build(device, {"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, seed=seed,
-                             **params)
+        adapter = cast(dispatch.ReduceAdapter, self.build(
+            device, {"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, seed=seed, **params))
         kind = adapter.implementation.arrays
         started = time.perf_counter()
         data = to_kind(x, kind, torch_device=device.torch_device)
@@ -221,8 +221,8 @@ class ClusterCard(Card):
     def cluster(self, x: Any, params: Mapping[str, Any], device: Device, *, seed: int = 0) -> np.ndarray:
         """Labels (int64 NumPy, -1 = noise) for the rows of ``x`` (n, c)."""
         run = {k: v for k, v in params.items() if k != "select"}
-        adapter = self.build(device, {"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, seed=seed,
-                             **run)
+        adapter = cast(dispatch.ClusterAdapter, self.build(
+            device, {"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, seed=seed, **run))
         data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
         return np.asarray(as_numpy(adapter.fit_predict(data)), dtype=np.int64)
 

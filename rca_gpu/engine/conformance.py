@@ -43,11 +43,11 @@ def valid_value(param: Param, high: int | None = None) -> Any:
         return "x"
     low, inclusive, top = param.bounds()
     if param.kind is int:
-        value = int(low if low is not None else 0) + (0 if inclusive else 1)
-        value = max(value, 2) if top is None or top >= 2 else value
-        return min(value, high) if high is not None else value
-    value = 0.5 if top is None or top >= 0.5 else float(top)
-    return value if low is None or value > low else float(low) + 0.5
+        whole = int(low if low is not None else 0) + (0 if inclusive else 1)
+        whole = max(whole, 2) if top is None or top >= 2 else whole
+        return min(whole, high) if high is not None else whole
+    number = 0.5 if top is None or top >= 0.5 else float(top)
+    return number if low is None or number > low else float(low) + 0.5
 
 
 def graph_source(points: np.ndarray) -> Callable[[int], Any]:

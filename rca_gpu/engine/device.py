@@ -88,8 +88,8 @@ def _cuml_importable() -> tuple[bool, str]:
     if importlib.util.find_spec("cuml") is None or importlib.util.find_spec("cupy") is None:
         return False, "cuML/CuPy are not installed"
     try:
-        import cupy  # noqa: F401
         import cuml  # noqa: F401
+        import cupy  # noqa: F401
     except Exception as exc:  # a broken CUDA install raises many kinds of errors
         return False, f"cuML failed to import ({type(exc).__name__}: {exc})"
     return True, ""
@@ -285,7 +285,7 @@ def resolve_device(requested: str = "auto") -> Device:
             "run on the GPU in torch"
         )
     device = Device(requested, "cuda", cuml_ok, faiss_ok, reason, name, cuvs_ok, cuml_knn_ok and cuml_ok,
-                    capability, tuple(notes))
+                    (int(capability[0]), int(capability[1])), tuple(notes))
     log.info("device: gpu (%s)", reason)
     return device
 

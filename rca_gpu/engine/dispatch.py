@@ -86,6 +86,30 @@ class Adapter:
         return {"algorithm": impl.algorithm, "backend": impl.backend, "library": impl.library}
 
 
+class KnnAdapter(Adapter):
+    """A neighbour search: ``search(x, k)`` -> (indices (n, k), distances (n, k)), each point first."""
+
+    def search(self, x: Any, k: int) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+
+class ReduceAdapter(Adapter):
+    """A reducer: ``fit_transform(x, knn)`` -> (n, c) embedding; ``uses_knn``: it reads the shared kNN graph
+    (``knn`` = (indices, distances) in its array kind)."""
+
+    uses_knn: bool = False
+
+    def fit_transform(self, x: Any, knn: tuple[Any, Any] | None = None) -> Any:
+        raise NotImplementedError
+
+
+class ClusterAdapter(Adapter):
+    """A clusterer: ``fit_predict(x)`` -> (n,) labels, -1 = noise."""
+
+    def fit_predict(self, x: Any) -> Any:
+        raise NotImplementedError
+
+
 def load_target(target: str) -> Any:
     """Import ``package.module:Name`` and return the object."""
     module_name, _, attr = target.partition(":")

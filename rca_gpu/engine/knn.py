@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from rca_gpu.engine import limits
 from rca_gpu.engine.device import Device, as_numpy, as_torch, to_kind
-from rca_gpu.engine.dispatch import Adapter, Implementation, build
+from rca_gpu.engine.dispatch import Implementation, KnnAdapter, build
 from rca_gpu.errors import TooFewImagesError
 
 _I = Implementation
@@ -69,7 +69,7 @@ class KnnGraph:
             self._numpy = (as_numpy(self.indices).astype(np.int64), as_numpy(self.distances).astype(np.float32))
         return self._numpy
 
-    def first(self, k: int) -> "KnnGraph":
+    def first(self, k: int) -> KnnGraph:
         """The graph restricted to each point's k nearest (including itself)."""
         if k > self.k:
             raise ValueError(f"the graph has {self.k} neighbours per point, {k} were asked for")
@@ -106,7 +106,8 @@ def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph
         raise TooFewImagesError(f"A neighbour graph needs at least 2 images; {n} usable image(s) remain.")
     k = min(k, n)
     name = choose_backend(n, dim, device) if backend == "auto" else backend
-    adapter = build(backend_implementations(name), device, data={"n_samples": n, "n_features": dim, "k": k})
+    adapter = cast(KnnAdapter, build(backend_implementations(name), device,
+                                     data={"n_samples": n, "n_features": dim, "k": k}))
     started = time.perf_counter()
     data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
     indices, distances = adapter.search(data, k)
@@ -250,7 +251,7 @@ def torch_block_rows(n: int, device, *, block_elements: int = 1 << 26) -> int:
     return max(1, min(n, budget // max(n, 1)))
 
 
-class TorchExact(Adapter):
+class TorchExact(KnnAdapter):
     """Exact Euclidean kNN by blocked matrix products and top-k, on CPU or CUDA tensors.
 
     Blocks of query rows are sized by :func:`torch_block_rows` (by free memory on a GPU).
@@ -279,7 +280,7 @@ class TorchExact(Adapter):
         return indices, distances
 
 
-class FaissExact(Adapter):
+class FaissExact(KnnAdapter):
     """Exact L2 search with FAISS on the CPU (IndexFlatL2)."""
 
     def search(self, x, k: int):
@@ -292,7 +293,7 @@ class FaissExact(Adapter):
         return _self_first_numpy(idx.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32))
 
 
-class FaissHNSW(Adapter):
+class FaissHNSW(KnnAdapter):
     """Approximate search with a FAISS HNSW graph (for sets too large for exact search on the CPU)."""
 
     def __init__(self, *, m: int = 32, ef_construction: int = 200, ef_search: int = 128) -> None:
@@ -311,7 +312,7 @@ class FaissHNSW(Adapter):
         return _self_first_numpy(idx.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32))
 
 
-class SklearnKDTree(Adapter):
+class SklearnKDTree(KnnAdapter):
     """Exact search with scikit-learn's KD-tree: fastest on the CPU for low-dimensional embeddings."""
 
     def search(self, x, k: int):
@@ -323,7 +324,7 @@ class SklearnKDTree(Adapter):
         return _self_first_numpy(indices.astype(np.int64), distances.astype(np.float32))
 
 
-class FaissGpuExact(Adapter):
+class FaissGpuExact(KnnAdapter):
     """Exact L2 search with FAISS-GPU (GpuIndexFlatL2) on torch CUDA tensors, which FAISS reads in place.
 
     Used only when the device probe's tiny search passed on this GPU (a FAISS build without machine code for
@@ -346,7 +347,7 @@ class FaissGpuExact(Adapter):
         return _self_first_torch(idx.long(), d2.clamp_min(0).sqrt())
 
 
-class CuvsExact(Adapter):
+class CuvsExact(KnnAdapter):
     """Exact brute-force search with RAPIDS cuVS (the library cuML's own neighbour searches use) on CuPy
     arrays. Used only when the device probe's tiny search passed on this GPU."""
 
@@ -364,7 +365,7 @@ class CuvsExact(Adapter):
         return _self_first_torch(indices, distances)
 
 
-class CumlExact(Adapter):
+class CumlExact(KnnAdapter):
     """Exact brute-force search with cuML on CuPy arrays."""
 
     def search(self, x, k: int):

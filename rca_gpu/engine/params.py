@@ -14,7 +14,7 @@ from typing import Any
 
 from rca_gpu.errors import SpecError
 
-_LOWER = {  # rule -> (lowest value, inclusive)
+_LOWER: dict[str, tuple[float, bool]] = {  # rule -> (lowest value, inclusive)
     "positive": (0, False),
     "non_negative": (0, True),
     "at_least_1": (1, True),
@@ -42,6 +42,7 @@ class Param:
 
     def bounds(self) -> tuple[float | None, bool, float | None]:
         """(lowest, lowest is inclusive, highest inclusive) for numbers; None where unbounded."""
+        low: float | None
         low, inclusive = _LOWER.get(self.rule, (None, True))
         if self.low is not None:
             low, inclusive = self.low, True

@@ -13,13 +13,13 @@ from typing import Any
 
 from rca_gpu.engine.knn import GPU_ONLY_KNN_BACKENDS, KNN_BACKENDS
 from rca_gpu.engine.params import show_value
-from rca_gpu.errors import SpecError, TooFewImagesError
+from rca_gpu.errors import RcaError, SpecError, TooFewImagesError
 from rca_gpu.spec.config import RunSpec
 from rca_gpu.spec.grammar import PipelineSpec
 
 
 def check_data_limits(pipeline: PipelineSpec, n: int, *, dims: int | None = None, images: str = "input images",
-                      error: type[SpecError] | None = None) -> None:
+                      error: type[RcaError] | None = None) -> None:
     """Check the values the pipeline fixes against the number of images ``n`` (and the feature dimension).
 
     Called twice by a run: with the input rows before any image is read, and with the usable images after

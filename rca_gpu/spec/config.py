@@ -7,6 +7,7 @@ Every option's rule is a :class:`~rca_gpu.engine.params.Param` in RUN_PARAMS, ch
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,8 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.pipeline, PipelineSpec):
-            raise SpecError(f"RunSpec needs a PipelineSpec (parse_pipeline(text)). Got {show_value(self.pipeline)} instead.")
+            raise SpecError(f"RunSpec needs a PipelineSpec (parse_pipeline(text)). Got {show_value(self.pipeline)} "
+                            "instead.")
         for name, param in RUN_PARAMS.items():
             value = getattr(self, name)
             if value is None and name in OPTIONAL_RUN_OPTIONS:
@@ -57,7 +59,7 @@ class RunSpec:
         out["pipeline"] = str(self.pipeline)
         return out
 
-    def replace(self, **changes: Any) -> "RunSpec":
+    def replace(self, **changes: Any) -> RunSpec:
         return dataclasses.replace(self, **changes)
 
 
@@ -91,7 +93,7 @@ OPTIONAL_RUN_OPTIONS = ("model", "image_root", "stability")
 FLAGS = {"cache_features": "cache/--no-cache", "plot_embedding": "plot-umap/--no-plot-umap"}
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a TOML run configuration (UTF-8) into a dict of RunSpec fields and stage tables.
 
     Layout::
@@ -164,7 +166,8 @@ def build_run_spec(config: Mapping[str, Any] | None = None, **overrides: Any) ->
     unknown = [str(k) for k in config if k not in RUN_OPTIONS]
     if unknown:
         raise SpecError(
-            f"Unknown config key(s) {', '.join(sorted(show_value(k) for k in unknown))}. Allowed: {', '.join(RUN_OPTIONS)}, "
+            f"Unknown config key(s) {', '.join(sorted(show_value(k) for k in unknown))}. "
+            f"Allowed: {', '.join(RUN_OPTIONS)}, "
             "and the tables [features], [reduce], [cluster]."
         )
     values = {**config, **{k: v for k, v in overrides.items() if v is not None}}

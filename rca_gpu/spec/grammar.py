@@ -102,7 +102,7 @@ class PipelineSpec:
         return f"{self.features}+{self.reduce}+{self.cluster}"
 
     @classmethod
-    def parse(cls, text: str) -> "PipelineSpec":
+    def parse(cls, text: str) -> PipelineSpec:
         return parse_pipeline(text)
 
 
@@ -117,7 +117,9 @@ def _split_stages(text: str) -> list[str]:
 
 def split_outside_parens(text: str, separator: str) -> list[str]:
     """Split on ``separator`` outside parentheses; parts are stripped."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "(":
             depth += 1
@@ -158,7 +160,8 @@ def _parse_params(raw: str | None, where: str) -> dict[str, Any]:
         key = key.strip()
         if key in params:
             raise SpecError(
-                f"The parameter {key!r} of {where} is given twice ({key}={show_value(params[key])}, {key}={value.strip()}). "
+                f"The parameter {key!r} of {where} is given twice ({key}={show_value(params[key])}, "
+                f"{key}={value.strip()}). "
                 "Keep one."
             )
         params[key] = _parse_value(value)
@@ -283,4 +286,5 @@ def _check_parentheses(text: str) -> None:
 def _format_params(params: Mapping[str, Any]) -> str:
     if not params:
         return ""
-    return "(" + ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(params.items())) + ")"
+    shown = (f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sorted(params.items()))
+    return "(" + ",".join(shown) + ")"

@@ -63,12 +63,31 @@ unseeded on 2 cores, and only the seeded fits were identical twice.
 
 from __future__ import annotations
 
-from rca_gpu.tuning.criteria import (BAND, CRITERIA, DEFAULT_CRITERION, FRAGMENT_PENALTY, MAX_CLUSTERS_SOFT,
-                                     NOISE_CAP, SILHOUETTE_SAMPLE, Trial, choose, choose_base, choose_max, validity)
+from rca_gpu.tuning.criteria import (
+                                     BAND,
+                                     CRITERIA,
+                                     DEFAULT_CRITERION,
+                                     FRAGMENT_PENALTY,
+                                     MAX_CLUSTERS_SOFT,
+                                     NOISE_CAP,
+                                     SILHOUETTE_SAMPLE,
+                                     Trial,
+                                     choose,
+                                     choose_base,
+                                     choose_max,
+                                     validity,
+)
 from rca_gpu.tuning.extend import place_all
 from rca_gpu.tuning.graph import attach_noise, link_counts, merge_unseparated
-from rca_gpu.tuning.search import (SAMPLE_SIZE, Search, cached_reduce, effective_k, embedding_graph_source, search,
-                                   within_cluster_distance)
+from rca_gpu.tuning.search import (
+                                     SAMPLE_SIZE,
+                                     Search,
+                                     cached_reduce,
+                                     effective_k,
+                                     embedding_graph_source,
+                                     search,
+                                     within_cluster_distance,
+)
 from rca_gpu.tuning.select import choose_candidate, criterion_of, select
 from rca_gpu.tuning.selection import Selection
 

@@ -45,7 +45,8 @@ def refine(found: Search, choice: Choice, *, rule: str, merge: bool,
     sets). The clusterer's labels are what an extension to more rows starts from."""
     clusterer = found.clusterer
     raw = unite_duplicates(choice.labels, rows_on_host(found.rows, np.arange(found.n_rows, dtype=np.int64)))
-    final, merges, attached = raw, [], 0
+    merges: list[dict[str, Any]] = []
+    final, attached = raw, 0
     if merge:
         final, merges = graph_rules.merge_unseparated(raw, found.neighbours)
         before = int((final < 0).sum())

@@ -124,7 +124,7 @@ def _knee(found: Search, embedding: int, device: Device, *, seed: int = 0) -> Ch
     on_it = [i for i, c in enumerate(found.candidates) if c.embedding == embedding]
     ks = [found.candidates[i].params[key] for i in on_it]
     curve = [found.within[i] for i in on_it]
-    for i, value in zip(on_it, curve):
+    for i, value in zip(on_it, curve, strict=True):
         found.trials[i].cluster["within_cluster_distance"] = round(value, 6)
     params = {key: knee_k(ks, curve), "select": "knee"}
     chosen = found.embeddings[embedding]

@@ -23,7 +23,7 @@ import numpy as np
 
 from rca_gpu.engine.cards import ClusterCard, Twin, nearest_within
 from rca_gpu.engine.device import Device, as_numpy
-from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.dispatch import ClusterAdapter
 from rca_gpu.engine.knn import KnnGraph, knn_graph, nearest_rows
 from rca_gpu.engine.params import Param
 
@@ -146,7 +146,7 @@ def kth_distance(points: Any, min_samples: int, device: Device) -> np.ndarray:
     return distances[:, k - 1]
 
 
-class SklearnDBSCAN(Adapter):
+class SklearnDBSCAN(ClusterAdapter):
     def __init__(self, *, seed: int = 0, **params: Any) -> None:
         self.seed = seed
         self.params = params

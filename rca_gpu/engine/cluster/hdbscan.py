@@ -22,7 +22,7 @@ import numpy as np
 from rca_gpu.engine import limits
 from rca_gpu.engine.cards import ClusterCard, Twin, nearest_within
 from rca_gpu.engine.device import Device
-from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.dispatch import ClusterAdapter
 from rca_gpu.engine.knn import KnnGraph
 from rca_gpu.engine.params import Param
 
@@ -61,7 +61,7 @@ class HDBSCANCard(ClusterCard):
         return labels, "nearest clustered sample point, within its core distance, else noise"
 
 
-class FastHDBSCAN(Adapter):
+class FastHDBSCAN(ClusterAdapter):
     """fast_hdbscan: parallel Boruvka on a KD-tree (numba)."""
 
     def __init__(self, *, seed: int = 0, **params: Any) -> None:
@@ -77,7 +77,7 @@ class FastHDBSCAN(Adapter):
         return model.fit_predict(np.asarray(x, dtype=np.float64))
 
 
-class CumlHDBSCAN(Adapter):
+class CumlHDBSCAN(ClusterAdapter):
     """cuML HDBSCAN, handed the same neighbour count as fast_hdbscan (see the module doc)."""
 
     def __init__(self, *, seed: int = 0, **params: Any) -> None:

@@ -1,7 +1,7 @@
 """K-means: its card, its CPU implementation (scikit-learn) and GPU twin (cuML).
 
-- candidates: k from 2 to MAX_CLUSTERS (rca_gpu.engine.cards), keeping at least MIN_MEAN_CLUSTER_SIZE images per cluster on average and
-  at most the number of distinct images;
+- candidates: k from 2 to MAX_CLUSTERS (rca_gpu.engine.cards), keeping at least MIN_MEAN_CLUSTER_SIZE images
+  per cluster on average and at most the number of distinct images;
 - extension to new points: the nearest centroid of the sample's clusters (``predict``);
 - transfer to a resample: k is carried over unchanged.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rca_gpu.engine.cards import MAX_CLUSTERS, ClusterCard, Twin
-from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.dispatch import ClusterAdapter
 from rca_gpu.engine.knn import KnnGraph
 from rca_gpu.engine.params import Param
 
@@ -45,7 +45,7 @@ class KMeansCard(ClusterCard):
         return k_candidates(fixed, n, distinct)
 
 
-class SklearnKMeans(Adapter):
+class SklearnKMeans(ClusterAdapter):
     def __init__(self, *, seed: int = 0, **params: Any) -> None:
         self.seed = seed
         self.params = params

@@ -13,14 +13,14 @@ Ward runs on the CPU (with the reason logged; ``--device gpu`` stops with it).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from rca_gpu.engine.cards import SELECT_RULES, ClusterCard, Twin
 from rca_gpu.engine.cluster.kmeans import k_candidates
 from rca_gpu.engine.device import Device, to_kind
-from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.dispatch import ClusterAdapter
 from rca_gpu.engine.knn import KnnGraph
 from rca_gpu.engine.params import Param
 from rca_gpu.errors import SpecError, UnsupportedOnGPU
@@ -60,8 +60,8 @@ class WardCard(ClusterCard):
                          seed: int = 0) -> tuple[list[tuple[dict[str, Any], np.ndarray]], Any]:
         """One merge tree for the embedding, cut at every candidate's k; the tree is the state that
         :meth:`relabel` (``select=knee``) cuts again without rebuilding it."""
-        tree = self.build(device, {"n_samples": int(embedding.shape[0]), "n_features": int(embedding.shape[1])},
-                          seed=seed, k=2)
+        tree = cast(SklearnWard, self.build(
+            device, {"n_samples": int(embedding.shape[0]), "n_features": int(embedding.shape[1])}, seed=seed, k=2))
         tree.fit_tree(to_kind(embedding, tree.implementation.arrays))
         return [(params, tree.labels_for(params["k"])) for params in candidates], tree
 
@@ -72,7 +72,7 @@ class WardCard(ClusterCard):
         return state.labels_for(int(params["k"]))
 
 
-class SklearnWard(Adapter):
+class SklearnWard(ClusterAdapter):
     """Agglomerative clustering with Ward linkage.
 
     The merge tree is built once and cut at any number of clusters, so a search over k costs one tree:
@@ -85,7 +85,7 @@ class SklearnWard(Adapter):
         self.params = params
         self._tree: tuple | None = None
 
-    def fit_tree(self, x) -> "SklearnWard":
+    def fit_tree(self, x) -> SklearnWard:
         x = np.asarray(x, dtype=np.float64)
         if len(x) <= WARD_EXACT_MAX:
             from scipy.cluster.hierarchy import ward
@@ -101,8 +101,9 @@ class SklearnWard(Adapter):
         return self
 
     def labels_for(self, k: int) -> np.ndarray:
-        kind = self._tree[0]
-        if kind == "scipy":
+        if self._tree is None:
+            raise ValueError("labels_for needs a tree: call fit_tree first")
+        if self._tree[0] == "scipy":
             from scipy.cluster.hierarchy import fcluster
 
             return fcluster(self._tree[1], t=k, criterion="maxclust").astype(np.int64) - 1
@@ -133,7 +134,7 @@ def cut_merges(children: np.ndarray, n: int, k: int) -> np.ndarray:
     return labels.astype(np.int64).ravel()
 
 
-class CumlWard(Adapter):
+class CumlWard(ClusterAdapter):
     """cuML's agglomerative clustering implements single linkage only."""
 
     def __init__(self, *, seed: int = 0, **params: Any) -> None:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from rca_gpu.engine.cards import ReducerCard, Twin
-from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.dispatch import ReduceAdapter
 
 
 class NoneCard(ReducerCard):
@@ -19,7 +19,7 @@ class NoneCard(ReducerCard):
     gpu = (Twin("Identity", "torch", "-", requires="cuda"),)
 
 
-class Identity(Adapter):
+class Identity(ReduceAdapter):
     """No reduction: clustering sees the features themselves."""
 
     def __init__(self, *, seed: int = 0) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from rca_gpu.engine.cards import ReducerCard, Twin
 from rca_gpu.engine.device import rows_on_host
-from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.dispatch import ReduceAdapter
 from rca_gpu.engine.params import Param
 from rca_gpu.engine.sample import draw_sample
 
@@ -60,7 +60,7 @@ def pca_components(features: Any, *, seed: int = 0) -> int:
     return int(min(limit, max(2, np.searchsorted(cumulative, PCA_VARIANCE) + 1)))
 
 
-class SklearnPCA(Adapter):
+class SklearnPCA(ReduceAdapter):
     """scikit-learn PCA (randomised SVD for large inputs)."""
 
     def __init__(self, *, n_components: int = 50, seed: int = 0) -> None:
@@ -73,7 +73,7 @@ class SklearnPCA(Adapter):
         return PCA(n_components=k, random_state=self.seed).fit_transform(np.asarray(x, dtype=np.float32))
 
 
-class TorchPCA(Adapter):
+class TorchPCA(ReduceAdapter):
     """PCA by SVD of the centred data in torch, on the GPU (used when cuML is absent, and by default).
 
     ``torch.pca_lowrank`` draws its random projection from torch's global generator of the data's device;

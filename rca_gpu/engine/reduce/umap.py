@@ -22,7 +22,7 @@ import numpy as np
 
 from rca_gpu.engine import limits
 from rca_gpu.engine.cards import ReducerCard, Twin
-from rca_gpu.engine.dispatch import Adapter
+from rca_gpu.engine.dispatch import ReduceAdapter
 from rca_gpu.engine.params import Param
 
 #: UMAP settings tried when the pipeline leaves them open.
@@ -53,7 +53,7 @@ class UMAPCard(ReducerCard):
         return params
 
     def search_graph_k(self, fixed: Mapping[str, Any]) -> int:
-        return max(max(self.grid["n_neighbors"]), int(fixed.get("n_neighbors", 0)))
+        return max(int(max(self.grid["n_neighbors"])), int(fixed.get("n_neighbors", 0)))
 
     def graph_k(self, params: Mapping[str, Any]) -> int:
         return int(params.get("n_neighbors", 15))
@@ -115,7 +115,7 @@ def _refine(placed, sample_embedding, idx, vals, epochs, min_dist, seed):
     )
 
 
-class UmapLearn(Adapter):
+class UmapLearn(ReduceAdapter):
     """umap-learn on the CPU, fed the shared kNN graph."""
 
     uses_knn = True
@@ -148,7 +148,7 @@ class UmapLearn(Adapter):
             return model.fit_transform(np.asarray(x, dtype=np.float32)).astype(np.float32)
 
 
-class CumlUMAP(Adapter):
+class CumlUMAP(ReduceAdapter):
     """cuML UMAP on CuPy arrays, fed the shared kNN graph.
 
     Output size and initialisation follow the CPU twin (:class:`UmapLearn`) for tiny sets: at most n - 2
