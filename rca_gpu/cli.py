@@ -87,9 +87,9 @@ def plugins_option(
         "clusterers it defines (docs/plugins.md); repeatable. Installed plug-ins need no option.")] = None,
 ) -> None:
     """Options before the command: plug-ins to load."""
-    from rca_gpu.plugins import load_plugin
-
     for module in plugin or ():
+        from rca_gpu.plugins import load_plugin
+
         try:
             load_plugin(module)
         except RcaError as exc:
