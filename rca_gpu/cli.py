@@ -107,6 +107,14 @@ def friendly_errors(command: Callable) -> Callable:
         except RcaError as exc:
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a full disk or read-only folder outside rca_gpu.outputs: one line as well
+            from rca_gpu.outputs import as_output_error
+
+            refused = as_output_error(exc)
+            if refused is None:
+                raise
+            _err(str(refused))
+            raise typer.Exit(refused.exit_code) from None
         except KeyboardInterrupt:
             _err("interrupted; finished feature shards are kept in the cache and reused on the next run")
             raise typer.Exit(130) from None
@@ -319,14 +327,22 @@ def demo_command(
 
     The benchmark in OUT/data is reused when it was made with the same --n and --seed; otherwise it is made
     again (as `rca-gpu datasets make` does), and the line printed says why."""
+    from rca_gpu.outputs import writing
     from rca_gpu.runfolder import check_out_folder
 
     folder = check_out_folder(out)
+    with writing(folder, "rca-gpu demo"):  # the benchmark and its run: one demo at a time in OUT
+        _demo(folder, n=n, pipeline=pipeline, device=device, seed=seed, report=report, quiet=quiet)
+
+
+def _demo(out: Path, *, n: int | None, pipeline: str | None, device, seed: int | None, report: bool,
+          quiet: bool) -> None:
     reporter = reporter_for(quiet)
     from rca_gpu.datasets import dataset_differences, make_dataset
+    from rca_gpu.runfiles import DATASET_MANIFEST, DEMO_DATA, DEMO_RUN
 
-    data_dir = folder / "data"
-    manifest = data_dir / "manifest.parquet"
+    data_dir = out / DEMO_DATA
+    manifest = data_dir / DATASET_MANIFEST
     differences = dataset_differences(data_dir, "mnist-rc", n=n, seed=seed or 0)
     if differences:
         why = "" if differences == ["no benchmark"] else f" again (the earlier one has {', '.join(differences)})"
@@ -336,7 +352,7 @@ def demo_command(
     spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
-    result = run(spec, manifest, folder / "run", reporter=reporter, report=report)
+    result = run(spec, manifest, out / DEMO_RUN, reporter=reporter, report=report)
     _echo_result(result, show_clusters=not quiet, images="failing images")
 
 
@@ -369,6 +385,14 @@ def main() -> None:
     except RcaError as exc:  # raised outside a wrapped command (e.g. while mounting)
         _err(str(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk or read-only folder in a command without friendly_errors
+        from rca_gpu.outputs import as_output_error
+
+        refused = as_output_error(exc)
+        if refused is None:
+            raise
+        _err(str(refused))
+        sys.exit(refused.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

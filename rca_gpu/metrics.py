@@ -23,6 +23,7 @@ from sklearn.metrics.cluster import contingency_matrix
 
 from rca_gpu import outputs
 from rca_gpu.errors import SourceError, SpecError, TooFewImagesError
+from rca_gpu.runfiles import CLUSTERS_FILE, METRICS_FILE, PER_CAUSE_FILE
 
 NOISE = -1
 #: Root-cause label of failures without an injected cause (the benchmarks' convention).
@@ -31,9 +32,6 @@ NO_CAUSE = "none"
 COUNT_PREFIX = "n_"
 #: A pipeline may return up to this many clusters per root cause before :func:`study_score` penalises it.
 CLUSTERS_PER_CAUSE_ALLOWED = 3.0
-CLUSTERS_FILE = "clusters.parquet"
-METRICS_FILE = "metrics.json"
-PER_CAUSE_FILE = "per_cause.csv"
 
 PER_CAUSE_COLUMNS = ("root_cause", "n_images", "recall", "n_clusters_dominated", "best_purity", "share_noise")
 
@@ -247,6 +245,7 @@ def study_score(summary: Mapping[str, Any]) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
+@outputs.writes_to("run_dir", "rca-gpu evaluate", create=False)
 def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Evaluation:
     """Evaluate the ``clusters.parquet`` of a run and write ``metrics.json`` and ``per_cause.csv``.
 
@@ -337,8 +336,9 @@ def evaluate_clusters(
     result = Evaluation(result.summary, result.per_cluster, result.per_cause, counts=_jsonable(counts))
 
     per_cause = result.per_cause if run_id is None else result.per_cause.assign(run_id=run_id)
-    outputs.write_text(run_dir / PER_CAUSE_FILE, per_cause.to_csv(index=False))
-    outputs.write_json(run_dir / METRICS_FILE, result.to_dict(), run_id=run_id)
+    with outputs.together():  # metrics.json never sums up another per_cause.csv
+        outputs.write_text(run_dir / PER_CAUSE_FILE, per_cause.to_csv(index=False))
+        outputs.write_json(run_dir / METRICS_FILE, result.to_dict(), run_id=run_id)
     return result
 
 

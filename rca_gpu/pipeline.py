@@ -32,7 +32,8 @@ from rca_gpu.engine.knn import KnnGraph, knn_graph
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.compute import compute_features
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, new_run_id, start_run_folder
+from rca_gpu.runfiles import CACHE_DIR, CLUSTERS_FILE, EMBEDDING_FILE, EXPLANATIONS_FILE, RUN_FILE
+from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, keep_dut, new_run_id, start_run_folder, writes_run
 from rca_gpu.spec import (
     ClusterSpec,
     FeatureSpec,
@@ -279,6 +280,7 @@ def stability_text(stability: pd.DataFrame, cluster: int) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+@writes_run("out")
 def run(
     spec: RunSpec,
     source: str | Path | FailureSet,
@@ -325,7 +327,7 @@ def run(
 
     with too_few_images_fail_the_run(spec, failures, out, run_id, started_at):
         t = time.perf_counter()
-        cache = Path(cache_dir) if cache_dir else (out / "cache" if spec.cache_features else None)
+        cache = Path(cache_dir) if cache_dir else (out / CACHE_DIR if spec.cache_features else None)
         features = (extract or compute_features)(spec.pipeline.features, failures, spec, device, cache, reporter)
         timer.add("features", t)
     graph = None
@@ -338,6 +340,7 @@ def run(
                            started_at=started_at, run_id=run_id, graph=graph, report=report)
 
 
+@writes_run("out")
 def run_on_features(
     spec: RunSpec,
     failures: FailureSet,
@@ -404,7 +407,7 @@ def too_few_images_fail_the_run(spec: RunSpec, failures: FailureSet, out: Path, 
         write_failed_run(spec, failures, features, out, run_id, exc, started_at)
         rejected = {**failures.rejected, **(getattr(features, "rejected", None) or {})}
         raise TooFewImagesError(f"{exc}{rejection_summary(rejected)} Every row's reason is in "
-                                f"{out / 'clusters.parquet'}.") from None
+                                f"{out / CLUSTERS_FILE}.") from None
 
 
 def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, run_id: str, error: Exception,
@@ -420,10 +423,10 @@ def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, r
     table = failures.table
     front = pd.DataFrame({"id": table["id"], "path": table["path"], "cluster": np.full(n, -1, dtype=np.int64),
                           "status": np.full(n, "rejected", dtype=object), "reason": reason})
-    outputs.write_parquet(out / "clusters.parquet", pd.concat([front, table.drop(columns=["id", "path"])], axis=1),
+    outputs.write_parquet(out / CLUSTERS_FILE, pd.concat([front, table.drop(columns=["id", "path"])], axis=1),
                           run_id=run_id)
     counts = {"input_rows": n, "usable": 0 if features is None else features.n, "rejected": len(rejected)}
-    outputs.write_json(out / "run.json", run_record(spec, failures, run_id, started_at, counts, status="failed",
+    outputs.write_json(out / RUN_FILE, run_record(spec, failures, run_id, started_at, counts, status="failed",
                                                     error=str(error)))
 
 
@@ -446,6 +449,7 @@ def run_record(spec: RunSpec, failures: FailureSet, run_id: str, started_at: str
     }
 
 
+@writes_run("out")
 def cluster_and_write(
     spec: RunSpec,
     failures: FailureSet,
@@ -491,8 +495,8 @@ def cluster_and_write(
 
     t = time.perf_counter()
     clusters = clusters_table(failures, features, labels)
-    outputs.write_parquet(out / "clusters.parquet", clusters, run_id=run_id)
-    outputs.write_parquet(out / "embedding.parquet", embedding_table(failures, features, labels, plot, chosen),
+    outputs.write_parquet(out / CLUSTERS_FILE, clusters, run_id=run_id)
+    outputs.write_parquet(out / EMBEDDING_FILE, embedding_table(failures, features, labels, plot, chosen),
                           run_id=run_id)
     metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
@@ -506,7 +510,7 @@ def cluster_and_write(
     from rca_gpu.report.explain import explain_clusters
 
     explanations = explain_clusters(clusters, seed=spec.seed)
-    outputs.write_parquet(out / "explanations.parquet", explanations, run_id=run_id)
+    outputs.write_parquet(out / EXPLANATIONS_FILE, explanations, run_id=run_id)
     timer.add("explain", t)
 
     resolved = resolved_pipeline(spec.pipeline, features.info, selection)
@@ -533,8 +537,9 @@ def cluster_and_write(
         metrics=metrics,
         catalogue=catalogue.info,
         warnings=[w for w in (selection.warning,) if w],
+        dut=keep_dut(out, spec.model or failures.dut) if spec.pipeline.features.info.needs_dut else None,
     )
-    outputs.write_json(out / "run.json", run_info)
+    outputs.write_json(out / RUN_FILE, run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
              counts["rejected"], out)
     return RunResult(out, clusters, run_info, metrics, per_cause, explanations, stability=catalogue.summary)

@@ -25,6 +25,7 @@ from rca_gpu.engine import registry
 from rca_gpu.engine.device import resolve_device
 from rca_gpu.errors import RcaError, SpecError, TooFewImagesError
 from rca_gpu.progress import Reporter
+from rca_gpu.runfiles import CACHE_DIR
 from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run
 from rca_gpu.spec import (
     STUDY_DUT_FEATURES,
@@ -146,6 +147,7 @@ def slug(pipeline: PipelineSpec | str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(pipeline)).strip("_")
 
 
+@outputs.writes_to("out", "rca-gpu study")
 def run_study(
     base: RunSpec,
     source: str | Path | FailureSet,
@@ -163,7 +165,7 @@ def run_study(
     out = Path(out)
     failures = source if isinstance(source, FailureSet) else load_source(source, image_root=base.image_root)
     device = resolve_device(base.device)
-    cache = out / "cache"
+    cache = out / CACHE_DIR
     rows: list[dict[str, Any]] = []
     pipelines = plan.pipelines()
     by_features: dict[str, list[PipelineSpec]] = {}
@@ -208,8 +210,9 @@ def run_study(
 
     table = pd.DataFrame(rows)
     table = rank(table)
-    outputs.write_parquet(out / STUDY_FILE, table)
-    outputs.write_text(out / STUDY_MARKDOWN, to_markdown(table, source=str(failures.source)))
+    with outputs.together():  # study.md never ranks another table than study.parquet's
+        outputs.write_parquet(out / STUDY_FILE, table)
+        outputs.write_text(out / STUDY_MARKDOWN, to_markdown(table, source=str(failures.source)))
     return table
 
 

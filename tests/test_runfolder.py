@@ -13,8 +13,9 @@ from rca_gpu.runfolder import RUN_FORMAT, RunFolderError, new_run_id, open_run
 
 
 def _finished(folder: Path, run_id: str) -> None:
-    outputs.write_parquet(folder / "clusters.parquet", pd.DataFrame({"id": [0, 1], "cluster": [0, -1]}),
-                          run_id=run_id)
+    outputs.write_parquet(folder / "clusters.parquet", pd.DataFrame({
+        "id": [0, 1], "path": ["/a.png", "/b.png"], "cluster": [0, -1], "status": ["clustered", "noise"],
+        "reason": ["", ""]}), run_id=run_id)
     outputs.write_json(folder / "metrics.json", {"summary": {}}, run_id=run_id)
     outputs.write_json(folder / "run.json", {"rca_gpu_run": RUN_FORMAT}, run_id=run_id)
 

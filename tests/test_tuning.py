@@ -373,7 +373,7 @@ def tiny_folders(tmp_path_factory):
 def test_a_tiny_single_cause_set_is_one_cluster(tiny_folders, tmp_path, clusterer, n):
     """UMAP + DBSCAN / HDBSCAN on a handful of images of one cause: one cluster, no noise (DBSCAN's eps comes
     from the set's own distances even below its default min_samples; a search that finds no cluster at all
-    gives one cluster, said in run.json). HDBSCAN needs 4 images (MIN_IMAGES)."""
+    gives one cluster, said in run.json). HDBSCAN needs 4 images (its card's min_images)."""
     from rca_gpu.pipeline import run
     from rca_gpu.spec import build_run_spec
 

@@ -30,10 +30,9 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.reference import ALPHA, K_VOTE, CatalogueError, calibrate, radius
+from rca_gpu.outputs import writes_to
+from rca_gpu.runfiles import ASSIGN_INFO_FILE, ASSIGNMENTS_FILE
 
-
-ASSIGNMENTS_FILE = "assignments.parquet"
-ASSIGN_INFO_FILE = "assign.json"
 #: Parquet schema metadata key naming the run whose catalogue the images were assigned to.
 CATALOGUE_RUN_KEY = b"rca_gpu.catalogue_run_id"
 #: Extractor settings that must match between the run and the new images (keys of run.json "features").
@@ -158,17 +157,39 @@ class Assigner:
 
 
 def run_spec_of(run, *, device: str | None = None, batch_size: int | None = None, workers: int | None = None,
-                image_root: str | None = None, model: str | None = None):
-    """The RunSpec that re-creates the run's extractor (resolved layer), with execution options replaced."""
+                image_root: str | None = None, model: str | None = None, command: str = "assign"):
+    """The RunSpec that re-creates the run's extractor (resolved layer), with execution options replaced.
+
+    Everything comes from run.json's recorded spec and resolved pipeline, read through its schema, except the
+    DNN under test: run.json's ``spec.model`` is a record, never loaded. When the extractor needs the DUT it
+    comes from :meth:`rca_gpu.runfolder.RunFolder.dut_ref`: the copy the run keeps (SHA-256 checked) or a
+    known architecture with its copied weights, or ``model`` (the user's --model for this command, checked
+    against the run's).
+
+    Raises
+    ------
+    rca_gpu.runfiles.RunFileError
+        run.json lacks the spec or the resolved pipeline, or they are not a valid pipeline of this version.
+    rca_gpu.runfolder.RunFolderError
+        The DUT: ``model`` is not the run's, the copy is missing or changed, or the run's DUT was code.
+    """
+    from rca_gpu.errors import SpecError, printable
+    from rca_gpu.runfiles import RUN_FILE, RUN_FIX, RunFileError
     from rca_gpu.spec import RUN_OPTIONS, build_run_spec
 
-    recorded = dict(run.info.get("spec") or {})
+    recorded = dict(run.need("spec")["spec"])
+    pipeline = run.info.get("resolved_pipeline") or recorded.get("pipeline")
     keep = {k: v for k, v in recorded.items()
-            if k in RUN_OPTIONS and v is not None and k not in ("pipeline", "image_root")}
-    overrides = {"device": device, "batch_size": batch_size, "workers": workers, "model": model,
-                 "image_root": image_root, "cache_features": False}
-    return build_run_spec(keep, pipeline=run.info.get("resolved_pipeline") or recorded.get("pipeline"),
-                          **overrides)
+            if k in RUN_OPTIONS and v is not None and k not in ("pipeline", "image_root", "model")}
+    overrides = {"device": device, "batch_size": batch_size, "workers": workers, "image_root": image_root,
+                 "cache_features": False}
+    try:
+        spec = build_run_spec(keep, pipeline=pipeline, **overrides)
+    except SpecError as exc:
+        raise RunFileError(f"{RUN_FILE} in {str(run.path)!r} records a spec this version cannot use "
+                           f"(resolved_pipeline {printable(repr(pipeline))[:120]}): {exc} {RUN_FIX}") from None
+    dut = run.dut_ref(model, command=command) if spec.pipeline.features.info.needs_dut else model
+    return spec.replace(model=dut) if dut else spec
 
 
 def check_extractor(run, info: dict[str, Any]) -> None:
@@ -215,14 +236,14 @@ def check_encodable(run, *, command: str = "assign") -> None:
 
 
 def encode(run, failures, *, device: str = "auto", batch_size: int | None = None, workers: int | None = None,
-           model: str | None = None, reporter=None):
+           model: str | None = None, reporter=None, command: str = "assign"):
     """Features of ``failures`` by the run's extractor: (Features, Device). Raises CatalogueError for runs
     whose extractor cannot be re-created for other images (see :func:`check_encodable`)."""
     from rca_gpu.engine.device import resolve_device
     from rca_gpu.features.compute import compute_features
 
-    check_encodable(run)
-    spec = run_spec_of(run, device=device, batch_size=batch_size, workers=workers, model=model)
+    check_encodable(run, command=command)
+    spec = run_spec_of(run, device=device, batch_size=batch_size, workers=workers, model=model, command=command)
     resolved = resolve_device(spec.device)
     features = compute_features(spec.pipeline.features, failures, spec, resolved, None, reporter)
     if len(features.positions):  # nothing encoded (every image unreadable): no extractor to compare
@@ -232,13 +253,13 @@ def encode(run, failures, *, device: str = "auto", batch_size: int | None = None
 
 def assign_failures(catalogue, reference, failures, *, device: str = "auto", batch_size: int | None = None,
                     workers: int | None = None, model: str | None = None, reporter=None,
-                    alpha: float = ALPHA) -> pd.DataFrame:
+                    alpha: float = ALPHA, command: str = "assign") -> pd.DataFrame:
     """One row per row of ``failures``: ``id``, ``path``, the assignment columns (see
     :meth:`Assigner.assign`), ``cause_name``, ``reason`` (why a row was rejected), then the source's metadata.
     """
     assigner = Assigner.from_catalogue(catalogue, reference, alpha=alpha)
     features, resolved = encode(catalogue.run, failures, device=device, batch_size=batch_size, workers=workers,
-                                model=model, reporter=reporter)
+                                model=model, reporter=reporter, command=command)
     if len(features.positions):
         result = assigner.assign(features.matrix, torch_device=resolved.torch_device)
     else:  # no image could be read: every row is rejected with its reason
@@ -328,13 +349,15 @@ def assign_source(run_dir, source, out: Path, *, device: str = "auto", batch_siz
                   example="selected/" if command == "select" else "assigned/")
     check_inputs_kept(out, {"POOL_SOURCE" if command == "select" else "NEW_SOURCE": source}, files=writes)
     check_encodable(catalogue.run, command=command)
+    run_spec_of(catalogue.run, model=model, command=command)  # the run's spec and DUT, before any image is read
     reference = read_reference(catalogue.run)
     failures = load_source(source, image_root=image_root)
     table = assign_failures(catalogue, reference, failures, device=device, batch_size=batch_size, workers=workers,
-                            model=model, reporter=reporter, alpha=alpha)
+                            model=model, reporter=reporter, alpha=alpha, command=command)
     return catalogue, reference, table, failures
 
 
+@writes_to("out", "rca-gpu assign")
 def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | None = None,
                workers: int | None = None, image_root: str | None = None, model: str | None = None,
                alpha: float = ALPHA, reporter=None) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -370,8 +393,9 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
         "note": unreadable_note(table, source),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata={CATALOGUE_RUN_KEY: catalogue.run_id.encode()})
-    outputs.write_json(out / ASSIGN_INFO_FILE, summary)
+    with outputs.together():  # assign.json never describes an assignments.parquet that was not written
+        outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata={CATALOGUE_RUN_KEY: catalogue.run_id.encode()})
+        outputs.write_json(out / ASSIGN_INFO_FILE, summary)
     return table, summary
 
 

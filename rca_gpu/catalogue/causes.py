@@ -29,9 +29,9 @@ import pandas as pd
 
 from rca_gpu.catalogue.reference import CatalogueError
 from rca_gpu.describe import common_values
+from rca_gpu.runfiles import CAUSES_FILE, MEMBERS_FILE, SUMMARY_FILE
+from rca_gpu.runfolder import CATALOGUE_WAIT
 
-CAUSES_FILE = "causes.toml"
-MEMBERS_FILE = "causes.parquet"
 CATALOGUE_FORMAT = 1
 #: A split searches the number of parts in 2 .. MAX_SPLIT_PARTS by silhouette unless it is given.
 MAX_SPLIT_PARTS = 6
@@ -78,6 +78,8 @@ class Catalogue:
         noise and rejected rows).
     history: the edits made, oldest first, one line each.
     next_id: the smallest id no cause has used yet.
+    files: the state of causes.toml and causes.parquet when read (their SHA-256, None when absent): a save
+        refuses to write over edits another process saved since.
     """
 
     run: Any
@@ -85,6 +87,7 @@ class Catalogue:
     members: pd.DataFrame
     history: list[str] = field(default_factory=list)
     next_id: int = 0
+    files: tuple[str | None, str | None] = (None, None)
 
     # ------------------------------------------------------------------ reading
 
@@ -146,9 +149,9 @@ class Catalogue:
 
     def stability(self) -> dict[int, float]:
         """Stability of causes that are one unedited cluster of the run (others: no value)."""
-        if not self.run.has("cluster_summary.parquet"):
+        if not self.run.has(SUMMARY_FILE):
             return {}
-        summary = self.run.table("cluster_summary.parquet")
+        summary = self.run.table(SUMMARY_FILE)
         by_cluster = dict(zip(summary["cluster"].astype(int), summary["stability"].astype(float)))
         out = {}
         for cause_id, cause in self.causes.items():
@@ -319,39 +322,88 @@ class Catalogue:
     # ------------------------------------------------------------------ writing
 
     def save(self) -> list[Path]:
-        """Write causes.toml (and causes.parquet when images moved between causes) into the run folder.
+        """Write causes.toml (and causes.parquet when images moved between causes) into the run folder, both
+        renamed into place together (:func:`rca_gpu.outputs.together`), under the catalogue's lock.
 
         Without any edit left (after :meth:`reset`) both files are removed. Returns the files written.
+
+        Raises
+        ------
+        CatalogueError
+            Another process (another ``rca-gpu causes``, or a hand edit) changed the files since this
+            catalogue was read: nothing is written, so that neither edit is lost.
+        rca_gpu.outputs.FolderBusyError
+            Another process holds the catalogue's lock for longer than :data:`LOCK_WAIT` seconds.
         """
         import tomli_w
 
         from rca_gpu import outputs
 
         toml_path, parquet_path = self.run.file(CAUSES_FILE), self.run.file(MEMBERS_FILE)
-        if not self.history:
-            for path in (toml_path, parquet_path):
-                path.unlink(missing_ok=True)
-            return []
-        sizes = self.sizes()
-        data = {
-            "run_id": self.run_id,
-            "format": CATALOGUE_FORMAT,
-            "next_id": self.next_id,
-            "history": list(self.history),
-            "cause": [
-                {"id": c.id, "name": c.name, "origin": c.origin, "clusters": list(map(int, c.clusters)),
-                 "dropped": c.dropped, "size": sizes.get(c.id, 0)}
-                for c in (self.causes[i] for i in sorted(self.causes))
-            ],
-        }
-        written = [outputs.write_text(toml_path, _HEADER + tomli_w.dumps(data))]
-        if self.edited:
-            frame = pd.DataFrame({"id": self.members["id"].to_numpy(),
-                                  "cause": self.members["cause"].to_numpy(np.int64)})
-            written.append(outputs.write_parquet(parquet_path, frame, run_id=self.run_id))
-        else:
-            parquet_path.unlink(missing_ok=True)
-        return written
+        with catalogue_lock(self.run.path):
+            if _files_state(self.run) != self.files:
+                raise CatalogueError(
+                    f"The catalogue of the run {self.run_id} ({str(self.run.path)!r}) was changed by another "
+                    "`rca-gpu causes` (or by hand) after this command read it; these edits were not written, so "
+                    "that none is lost. Run the command again: it applies them to the catalogue as it is now."
+                )
+            if not self.history:
+                for path in (toml_path, parquet_path):
+                    path.unlink(missing_ok=True)
+                self.files = _files_state(self.run)
+                return []
+            sizes = self.sizes()
+            data = {
+                "run_id": self.run_id,
+                "format": CATALOGUE_FORMAT,
+                "next_id": self.next_id,
+                "history": list(self.history),
+                "cause": [
+                    {"id": c.id, "name": c.name, "origin": c.origin, "clusters": list(map(int, c.clusters)),
+                     "dropped": c.dropped, "size": sizes.get(c.id, 0)}
+                    for c in (self.causes[i] for i in sorted(self.causes))
+                ],
+            }
+            written = []
+            with outputs.together():  # the members first: a reader never sees causes it cannot place
+                if self.edited:
+                    frame = pd.DataFrame({"id": self.members["id"].to_numpy(),
+                                          "cause": self.members["cause"].to_numpy(np.int64)})
+                    written.append(outputs.write_parquet(parquet_path, frame, run_id=self.run_id))
+                written.insert(0, outputs.write_text(toml_path, _HEADER + tomli_w.dumps(data)))
+            if not self.edited:
+                parquet_path.unlink(missing_ok=True)
+            self.files = _files_state(self.run)
+            return written
+
+
+#: Seconds a catalogue read or save waits for another process's read or save (they take milliseconds).
+LOCK_WAIT = CATALOGUE_WAIT
+
+
+def catalogue_lock(run_path: str | Path):
+    """The lock on a run's catalogue (causes.toml and causes.parquet) for one read or save: waits up to
+    :data:`LOCK_WAIT` seconds, then refuses naming the holder (rca_gpu.outputs.FolderBusyError). A new run
+    into the folder holds it while it runs. A read-only run folder is read without one."""
+    from rca_gpu.outputs import writing
+    from rca_gpu.runfiles import CATALOGUE_LOCK_FILE, CATALOGUE_LOCK_HOLDER_FILE
+
+    return writing(run_path, "rca-gpu causes", lock_file=CATALOGUE_LOCK_FILE,
+                   holder_file=CATALOGUE_LOCK_HOLDER_FILE, wait=LOCK_WAIT, what="catalogue of the run folder",
+                   create=False)
+
+
+def _files_state(run) -> tuple[str | None, str | None]:
+    """SHA-256 of causes.toml and causes.parquet (None for a missing file)."""
+    from rca_gpu.runfiles import sha256_of
+
+    def digest(name: str) -> str | None:
+        try:
+            return sha256_of(run.file(name))
+        except FileNotFoundError:
+            return None
+
+    return digest(CAUSES_FILE), digest(MEMBERS_FILE)
 
 
 def _from_clusters(run) -> Catalogue:
@@ -376,35 +428,46 @@ def load_catalogue(run_folder) -> Catalogue:
     Raises
     ------
     rca_gpu.runfolder.RunFolderError
-        Not a finished run of this version, or files of another run.
+        Not a finished run of this version, files of another run, or a causes.parquet that breaks its schema.
     CatalogueError
-        causes.toml is unreadable, belongs to another run, or disagrees with causes.parquet.
+        causes.toml is unreadable, breaks its schema (:class:`rca_gpu.runfiles.CausesFile`: types, ranges,
+        sizes, nesting), belongs to another run, or disagrees with causes.parquet.
+    rca_gpu.outputs.FolderBusyError
+        Another process holds the catalogue's lock longer than :data:`LOCK_WAIT` seconds (e.g. a new run
+        into the folder).
     """
-    import tomllib
-
     from rca_gpu.runfolder import RunFolder, open_run
 
     run = run_folder if isinstance(run_folder, RunFolder) else open_run(run_folder)
     catalogue = _from_clusters(run)
+    with catalogue_lock(run.path):  # causes.toml and causes.parquet of one save, never half of two
+        catalogue.files = _files_state(run)
+        if catalogue.files == (None, None):
+            return catalogue
+        return _apply_edits(run, catalogue)
+
+
+def _apply_edits(run, catalogue: Catalogue) -> Catalogue:
+    """The catalogue with causes.toml (and causes.parquet) applied, read through their schemas."""
+    from rca_gpu.runfiles import read_toml
+
     toml_path = run.file(CAUSES_FILE)
-    if not toml_path.is_file():
+    if not toml_path.is_file():  # causes.toml marks the edits; a causes.parquet alone is a save cut short
         return catalogue
     where = f"{str(toml_path)!r}"
-    try:
-        data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise CatalogueError(f"Cannot read {where}: {exc}. Fix the file or delete it to start over.") from None
+    fix = "Fix it in the file, or delete causes.toml and causes.parquet to start over."
+    data = read_toml(toml_path, error=CatalogueError, fix=fix)
     if data.get("run_id") != run.run_id:
         raise CatalogueError(
-            f"{where} belongs to run {data.get('run_id')}, but the folder holds run {run.run_id}. "
+            f"{where} belongs to run {_plain_value(data.get('run_id'))}, but the folder holds run {run.run_id}. "
             "Delete it (and causes.parquet) to start over."
         )
     if data.get("format") != CATALOGUE_FORMAT:
         raise CatalogueError(
-            f"{where} was written by another version of rca-gpu (format {data.get('format')!r}, this version "
-            f"reads {CATALOGUE_FORMAT}). Delete it and make the edits again."
+            f"{where} was written by another version of rca-gpu (format {_plain_value(data.get('format'))}, "
+            f"this version reads {CATALOGUE_FORMAT}). Delete it and make the edits again."
         )
-    _check_fields(where, data)
+    _check_fields(where, data, fix)
     run_clusters = {int(c) for c in np.unique(catalogue.members["cluster"]) if c >= 0}
     causes: dict[int, Cause] = {}
     for entry in data.get("cause", []):
@@ -435,67 +498,75 @@ def load_catalogue(run_folder) -> Catalogue:
     return catalogue
 
 
-#: The fields of a [[cause]] entry of causes.toml: field -> (check, rule in words, example).
-CAUSE_FIELDS: dict[str, tuple[Any, str, str]] = {
-    "id": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", "id = 3"),
-    "name": (lambda v: isinstance(v, str), "a string in quotes", 'name = "rotated left"'),
-    "origin": (lambda v: isinstance(v, str), "a string in quotes", 'origin = "cluster 3"'),
-    "clusters": (lambda v: isinstance(v, list) and all(_is_int(c) and c >= 0 for c in v),
-                 "a list of integers >= 0", "clusters = [3]"),
-    "dropped": (lambda v: isinstance(v, bool), "true or false (without quotes)", "dropped = true"),
-    "size": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", "size = 30"),
-}
-#: The top-level fields of causes.toml (run_id and format are checked first, with their own messages).
-TOP_FIELDS: dict[str, tuple[Any, str, str]] = {
-    "next_id": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", "next_id = 5"),
-    "history": (lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v), "a list of strings",
-                'history = ["drop 3"]'),
-    "cause": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
-              "an array of [[cause]] tables", "[[cause]]"),
-}
+def _check_fields(where: str, data: dict[str, Any], fix: str) -> None:
+    """Check causes.toml against its schema (:class:`rca_gpu.runfiles.CausesFile`: types, ranges, string
+    lengths, unknown fields), naming the file, the cause, the field, the value, the rule and the fix in one
+    line (CatalogueError), e.g. a hand edit such as ``dropped = "no"`` or ``name = 42``; then refuse an id
+    listed twice."""
+    from rca_gpu.runfiles import CauseEntry, CausesFile, validate
 
+    def word(problem: dict) -> str:
+        loc, kind = problem["loc"], problem["type"]
+        if loc[0] == "cause" and len(loc) >= 3 and isinstance(loc[1], int):
+            entry, key, number = data["cause"][loc[1]], str(loc[2]), loc[1] + 1
+            valid_id = isinstance(entry.get("id"), int) and not isinstance(entry.get("id"), bool) \
+                and entry["id"] >= 0
+            label = f"cause {entry['id']!r}" if valid_id else f"[[cause]] entry {number}"
+            if kind == "missing":
+                return (f"{where}: [[cause]] entry {number} has no {key}; every cause needs one, e.g. "
+                        f"{CauseEntry.model_fields[key].examples[0]}. {fix}")
+            if kind == "extra_forbidden":
+                return (f"{where}: {label} has an unknown field {key!r} (= {_toml_value(entry[key])}); a cause "
+                        f"has only {', '.join(CauseEntry.model_fields)}. {fix}")
+            return (f"{where}: {label} has {key} = {_toml_value(entry[key])}; {key} must be "
+                    f"{_rule(CauseEntry.model_fields[key], problem)}. {fix}")
+        key = str(loc[0])
+        if kind == "extra_forbidden":
+            return (f"{where} has an unknown field {key!r} (= {_toml_value(data[key])}); the file holds only "
+                    f"{', '.join(CausesFile.model_fields)}. {fix}")
+        rule = CausesFile.model_fields.get(key)
+        if rule is None or rule.description is None or key not in data:
+            return ""
+        return f"{where} has {key} = {_toml_value(data[key])}; {key} must be {_rule(rule, problem)}. {fix}"
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_table(where: str, table: dict[str, Any], fields: dict[str, tuple], allowed: str, fix: str) -> None:
-    """Refuse an unknown key of ``table`` or a value failing its field's check (CatalogueError)."""
-    for key, value in table.items():
-        if key not in fields:
-            raise CatalogueError(f"{where} has an unknown field {key!r} (= {value!r}); {allowed}. {fix}")
-        check, rule, example = fields[key]
-        if not check(value):
-            raise CatalogueError(
-                f"{where} has {key} = {_toml_value(value)}; {key} must be {rule}, e.g. {example}. {fix}")
-
-
-def _check_fields(where: str, data: dict[str, Any]) -> None:
-    """Refuse a causes.toml field of the wrong type or an unknown one (a hand edit such as ``dropped = "no"``
-    or ``name = 42``), naming the file, the cause, the field, the value and the fix (CatalogueError)."""
-    fix = "Fix it in the file, or delete causes.toml and causes.parquet to start over."
-    top = {key: value for key, value in data.items() if key not in ("run_id", "format")}
-    _check_table(where, top, TOP_FIELDS, f"the file holds only run_id, format, {', '.join(TOP_FIELDS)}", fix)
+    validate(data, CausesFile, where, error=CatalogueError, fix=fix, messages=lambda p: word(p) or None)
     seen: set[int] = set()
-    for number, entry in enumerate(data.get("cause", []), start=1):
-        if "id" not in entry:
-            raise CatalogueError(f"{where}: [[cause]] entry {number} has no id; every cause needs one, e.g. "
-                                 f"id = 3. {fix}")
-        label = f"cause {entry['id']!r}" if CAUSE_FIELDS["id"][0](entry["id"]) else f"[[cause]] entry {number}"
-        _check_table(f"{where}: {label}", entry, CAUSE_FIELDS, f"a cause has only {', '.join(CAUSE_FIELDS)}", fix)
+    for entry in data.get("cause", []):
         if entry["id"] in seen:
             raise CatalogueError(f"{where} lists cause {entry['id']} twice; each id may appear once. {fix}")
         seen.add(entry["id"])
 
 
+def _rule(info: Any, problem: dict) -> str:
+    """A field's rule in words: its description and example for a value of the wrong type, pydantic's own
+    words for a value of the right type out of range or too long (e.g. "at most 10000 characters")."""
+    if problem["type"].endswith("_type") or problem["type"] in ("model_type", "list_type", "model_attributes_type"):
+        return f"{info.description}, e.g. {info.examples[0]}"
+    words = str(problem.get("msg", ""))
+    for prefix in ("Value should have ", "String should have ", "List should have ", "Input should be "):
+        words = words.removeprefix(prefix)
+    return f"{info.description} ({words.rstrip('.')})"
+
+
+def _plain_value(value: Any) -> str:
+    """A run id or format as found, for messages: text as it is (one line, at most 64 characters)."""
+    from rca_gpu.errors import printable
+
+    return printable(value)[:64] if isinstance(value, str) else _toml_value(value)[:64]
+
+
 def _toml_value(value: Any) -> str:
-    """A value as written in TOML (``"no"``, ``42``, ``["a", "b"]``, ``true``), for messages."""
+    """A value as written in TOML (``"no"``, ``42``, ``["a", "b"]``, ``true``), for messages (at most about
+    80 characters)."""
     import json
 
+    from rca_gpu.errors import printable
+
     try:
-        return json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return repr(value)
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return printable(text if len(text) <= 80 else text[:77] + "...")
 
 
 def parse_edit(option: str, text: str) -> tuple[int, str | None]:

@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.reference import CatalogueError
+from rca_gpu.outputs import writes_to
+from rca_gpu.runfiles import COMPARISON_FILE, COMPARISON_INFO_FILE
 
 VANISHED_BELOW = 0.1
 SHRANK_BELOW = 0.5
@@ -47,8 +49,6 @@ GREW_ABOVE = 2.0
 NEW_ABOVE = 0.5
 STATUSES = ("persists", "grew", "shrank", "vanished", "new")
 BASES = ("auto", "counts", "shares")
-COMPARISON_FILE = "comparison.parquet"
-COMPARISON_INFO_FILE = "comparison.json"
 MODES = ("auto", "images", "assign")
 #: Parquet schema metadata key of comparison.parquet: the state of both catalogues it was made with (JSON).
 STATES_KEY = b"rca_gpu.catalogue_states"
@@ -129,17 +129,19 @@ def _assign_paths(cat_a, cat_b, rows: pd.DataFrame, **options) -> tuple[np.ndarr
     """(cause in A, unreadable) per row of B to assign. Rows whose file cannot be read now (moved, changed
     since run B) count as none and are flagged; when none can be read, CatalogueError says so (their causes
     would all look new and A's vanished)."""
-    from pathlib import Path
-
     from rca_gpu.catalogue.assign import assign_failures, reason_summary
     from rca_gpu.catalogue.reference import read_reference
     from rca_gpu.data.sources import FailureSet
 
     table = pd.DataFrame({"id": rows["id"].to_numpy(), "path": rows["path"].to_numpy()})
-    rejected = {i: "file not found (it moved since run B)" for i, p in enumerate(table["path"])
-                if not Path(p).is_file()}
+    files = cat_b.run.image_files(table["path"])  # run B's path rule, applied again: never a path it refused
+    rejected = {}
+    for i in range(len(files)):
+        if not files[i]:
+            why = files.reason(i)
+            rejected[i] = "file not found (it moved since run B)" if why == "file not found" else why
     failures = FailureSet(table=table, source=str(cat_b.run.path), kind="manifest", rejected=rejected)
-    result = assign_failures(cat_a, read_reference(cat_a.run), failures, **options)
+    result = assign_failures(cat_a, read_reference(cat_a.run), failures, command="compare", **options)
     if len(result) and (result["status"] == "rejected").all():
         raise CatalogueError(
             f"None of the {len(result)} images of run B ({str(cat_b.run.path)!r}) that must be assigned to the "
@@ -239,6 +241,7 @@ def compare(cat_a, cat_b, *, by: str = "auto", basis: str = "auto", device: str 
     return Comparison(table, info)
 
 
+@writes_to("run_b", "rca-gpu compare", create=False)
 def compare_runs(run_a, run_b, *, write: bool = True, **options) -> Comparison:
     """``rca-gpu compare``: compare two run folders; write comparison.parquet / .json into B's folder
     (checked to be writable before any image is read)."""
@@ -257,9 +260,10 @@ def compare_runs(run_a, run_b, *, write: bool = True, **options) -> Comparison:
     result = compare(cat_a, cat_b, **options)
     if write:
         states = json.dumps(result.info["catalogues"], sort_keys=True).encode()
-        outputs.write_parquet(cat_b.run.file(COMPARISON_FILE), result.table, run_id=cat_b.run_id,
-                              metadata={STATES_KEY: states})
-        outputs.write_json(cat_b.run.file(COMPARISON_INFO_FILE), result.info, run_id=cat_b.run_id)
+        with outputs.together():  # comparison.json never describes another comparison.parquet
+            outputs.write_parquet(cat_b.run.file(COMPARISON_FILE), result.table, run_id=cat_b.run_id,
+                                  metadata={STATES_KEY: states})
+            outputs.write_json(cat_b.run.file(COMPARISON_INFO_FILE), result.info, run_id=cat_b.run_id)
     return result
 
 

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.errors import RcaError
+from rca_gpu.runfiles import REFERENCE_FEATURES_FILE, REFERENCE_INFO_FILE, REFERENCE_TABLE_FILE
 
 #: Reference images kept per cluster (seeded uniform sample of its members when larger).
 PER_CLUSTER = 256
@@ -60,9 +61,9 @@ ALPHA = 0.01
 #: 2: one radius for the catalogue (nearest reference image); 1 had one radius per cluster. Both read the
 #: same way: assignment calibrates again from the stored features.
 REFERENCE_FORMAT = 2
-FEATURES_FILE = "reference.safetensors"
-TABLE_FILE = "reference.parquet"
-INFO_FILE = "reference.json"
+FEATURES_FILE = REFERENCE_FEATURES_FILE
+TABLE_FILE = REFERENCE_TABLE_FILE
+INFO_FILE = REFERENCE_INFO_FILE
 _FLOAT16_MAX = 60000.0
 
 
@@ -215,15 +216,23 @@ def _index(features, rows: np.ndarray):
 
 
 def read_reference(run) -> ReferenceSet:
-    """The reference set of an opened run (:class:`rca_gpu.runfolder.RunFolder`).
+    """The reference set of an opened run (:class:`rca_gpu.runfolder.RunFolder`), each file read through its
+    schema (:mod:`rca_gpu.runfiles`): reference.json (settings), reference.parquet (ids, clusters, scores),
+    and reference.safetensors, whose header must declare one float16 or float32 ``features`` tensor of shape
+    (rows of reference.parquet, the run's feature dimensions) before its data is read; the features must be
+    finite.
 
     Raises
     ------
     CatalogueError
         The run has no reference set (made before runs kept one) or its files belong to another run.
+    rca_gpu.runfiles.RunFileError
+        A file breaks its schema: wrong dtype (e.g. int8) or width, rows that do not match, non-finite values.
     """
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
+
+    from rca_gpu.runfiles import RUN_FIX, RunFileError, check_reference_tensors
 
     missing = [name for name in (FEATURES_FILE, TABLE_FILE, INFO_FILE) if not run.has(name)]
     if missing:
@@ -234,12 +243,15 @@ def read_reference(run) -> ReferenceSet:
     table = run.table(TABLE_FILE)
     info = run.json(INFO_FILE)
     path = run.file(FEATURES_FILE)
+    dims = (run.info.get("features") or {}).get("dims")
+    if dims is not None and info["dims"] != dims:
+        raise RunFileError(f"{INFO_FILE} in {str(run.path)!r} has dims = {info['dims']}, but the run's features "
+                           f"have {dims} dimensions (run.json features.dims). {RUN_FIX}")
     try:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CatalogueError(f"Cannot read {str(path)!r}: {exc}. Run `rca-gpu run` again.") from None
     if metadata.get("run_id") != run.run_id:
@@ -247,12 +259,17 @@ def read_reference(run) -> ReferenceSet:
             f"{FEATURES_FILE} in {str(run.path)!r} belongs to run {metadata.get('run_id')}, but run.json to run "
             f"{run.run_id}: the folder mixes files of different runs. Run `rca-gpu run` again into an empty folder."
         )
-    features = tensors.get("features")
-    if features is None or features.ndim != 2 or len(features) != len(table):
-        raise CatalogueError(
-            f"{FEATURES_FILE} in {str(run.path)!r} does not match {TABLE_FILE} ({len(table)} rows). "
-            "Run `rca-gpu run` again."
-        )
-    return ReferenceSet(table["id"].to_numpy(), table["cluster"].to_numpy(np.int64),
-                        features.astype(np.float32), info)
-
+    check_reference_tensors(path, rows=len(table), dims=info["dims"], dtype=info["dtype"])
+    try:
+        features = load_file(str(path))["features"].astype(np.float32)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CatalogueError(f"Cannot read {str(path)!r}: {exc}. Run `rca-gpu run` again.") from None
+    if not np.isfinite(features).all():
+        raise RunFileError(f"{FEATURES_FILE} in {str(run.path)!r} holds values that are not finite (NaN or "
+                           f"infinite); a run stores finite features only. {RUN_FIX}")
+    clusters = table["cluster"].to_numpy(np.int64)
+    scores = table["score"].to_numpy(np.float64)
+    if np.isinf(scores).any() or (scores[np.isfinite(scores)] < 0).any():
+        raise RunFileError(f"{TABLE_FILE} in {str(run.path)!r} has a negative or infinite score; scores are "
+                           f"distances (NaN where none). {RUN_FIX}")
+    return ReferenceSet(table["id"].to_numpy(), clusters, features, info)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rca_gpu.catalogue.causes import CAUSES_FILE
-from rca_gpu.catalogue.compare import COMPARISON_FILE
+from rca_gpu.catalogue.compare import COMPARISON_FILE, COMPARISON_INFO_FILE
 from rca_gpu.catalogue.stability import SUMMARY_FILE, UNSTABLE_BELOW
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,7 +59,7 @@ def comparison_section(run: "RunFolder") -> str | None:
     from rca_gpu.catalogue.compare import stale_note
 
     table = run.table(COMPARISON_FILE)
-    info = run.json("comparison.json") if run.has("comparison.json") else {}
+    info = run.json(COMPARISON_INFO_FILE) if run.has(COMPARISON_INFO_FILE) else {}
     if table.empty:
         return None
     shares = "share_a" in table.columns  # comparisons written before shares were recorded have counts only

@@ -27,11 +27,10 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.reference import CatalogueError
+from rca_gpu.outputs import writes_to
+from rca_gpu.runfiles import SELECT_INFO_FILE, SELECTION_FILE, SELECTION_PARQUET
 
 SPREADS = ("proportional", "equal")
-SELECTION_FILE = "selection.csv"
-SELECTION_PARQUET = "selection.parquet"
-SELECT_INFO_FILE = "select.json"
 
 
 def quotas(budget: int, sizes: dict[int, int], available: dict[int, int], *, spread: str = "proportional",
@@ -142,6 +141,7 @@ def pick(assignments: pd.DataFrame, sizes: dict[int, int], budget: int, *, sprea
     return pd.concat(parts, ignore_index=True)
 
 
+@writes_to("out", "rca-gpu select")
 def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proportional", floor: int | None = None,
                      device: str = "auto", batch_size: int | None = None, workers: int | None = None,
                      image_root: str | None = None, model: str | None = None, alpha: float | None = None,
@@ -172,10 +172,7 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     sizes = {c: n for c, n in catalogue.sizes().items() if c in catalogue.active}
     chosen = pick(table, sizes, budget, spread=spread, floor=floor)
     metadata = {CATALOGUE_RUN_KEY: catalogue.run_id.encode()}
-    outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata=metadata)
-    outputs.write_parquet(out / SELECTION_PARQUET, chosen, metadata=metadata)
     manifest = chosen[["path", "id", "cause", "cause_name", "confidence", "distance", "rank"]]
-    outputs.write_text(out / SELECTION_FILE, manifest.to_csv(index=False))
     all_sizes = catalogue.sizes()
     per_cause = {str(c): {"name": catalogue.name(c), "status": "cause" if c in sizes else "dropped",
                           "size_in_run": int(all_sizes.get(c, 0)),
@@ -190,5 +187,9 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
         "notes": [note for note in (unreadable_note(table, pool, what="pool image"),
                                     floor_note(budget, floor, len(sizes), spread)) if note],
     }
-    outputs.write_json(out / SELECT_INFO_FILE, info)
+    with outputs.together():  # the four files land together or not at all
+        outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata=metadata)
+        outputs.write_parquet(out / SELECTION_PARQUET, chosen, metadata=metadata)
+        outputs.write_text(out / SELECTION_FILE, manifest.to_csv(index=False))
+        outputs.write_json(out / SELECT_INFO_FILE, info)
     return chosen, info

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rca_gpu.runfiles import SUMMARY_FILE  # noqa: F401 - the stability file (one row per cluster), named there
+
 #: Share of the images in each resample (Hennig's subsetting scheme).
 FRACTION = 0.8
 #: Clusters with a mean best-match Jaccard below this are flagged as unstable (Hennig: <= 0.6 dissolving).
@@ -42,8 +44,6 @@ MIN_RESAMPLES = 2
 MAX_RESAMPLES = 20
 #: Above this many images, resamples are drawn from a seeded uniform sample of this size.
 MAX_IMAGES = 10_000
-#: Stability file written into the run folder (one row per cluster).
-SUMMARY_FILE = "cluster_summary.parquet"
 
 
 @dataclass

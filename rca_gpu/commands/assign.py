@@ -56,6 +56,7 @@ def assign_command(
     """
     from rca_gpu.catalogue.assign import assign_run
     from rca_gpu.catalogue.reference import ALPHA
+    from rca_gpu.runfiles import ASSIGNMENTS_FILE
 
     reporter = reporter_for(quiet)
     table, summary = assign_run(run_dir, source, out, device=device.value, batch_size=batch_size, workers=workers,
@@ -69,7 +70,7 @@ def assign_command(
     typer.echo(
         f"{counts['assigned']} assigned, {counts['unknown']} unknown, {counts['not_a_cause']} not a cause, "
         f"{counts['rejected']} rejected of {summary['rows']} images; "
-        f"results: {(Path(out) / 'assignments.parquet').resolve()}"
+        f"results: {(Path(out) / ASSIGNMENTS_FILE).resolve()}"
     )
 
 

@@ -39,6 +39,7 @@ def causes_command(
 
     from rca_gpu.catalogue.causes import CAUSES_FILE, load_catalogue, parse_edit, parse_ids
     from rca_gpu.catalogue.folders import check_run_dir
+    from rca_gpu.runfiles import REPORT_FILE
 
     check_run_dir(run_dir)
     catalogue = load_catalogue(run_dir)
@@ -82,7 +83,7 @@ def causes_command(
         target = Path(run_dir).resolve() / CAUSES_FILE
         console.print(f"edits written to {target}" if written else f"no edits left; removed {target}",
                       markup=False, highlight=False, soft_wrap=True)
-        if (Path(run_dir) / "report.html").is_file():
+        if (Path(run_dir) / REPORT_FILE).is_file():
             console.print(f"report.html shows them once rewritten: rca-gpu report {target.parent}", markup=False,
                           highlight=False, soft_wrap=True)
     elif edits:

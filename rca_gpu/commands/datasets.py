@@ -85,6 +85,7 @@ def make_command(
 
     from rca_gpu.datasets import make_dataset
     from rca_gpu.progress import reporter_for
+    from rca_gpu.runfiles import DATASET_DUT, DATASET_DUT_STATE, DATASET_INFO, DATASET_PASSING
     from rca_gpu.runfolder import check_out_folder
 
     check_out_folder(out)  # before a DUT is trained
@@ -98,17 +99,17 @@ def make_command(
         reporter=reporter_for(quiet),
     )
     manifest = manifest.resolve()  # printed absolute, like every command's outputs
-    summary = json.loads((manifest.parent / "dataset.json").read_text())
+    summary = json.loads((manifest.parent / DATASET_INFO).read_text())
     console = Console()
     # paths are data (no markup), kept on one line so that they can be copied
     console.print(f"Wrote {summary['n_failures']} failures: {manifest}", markup=False, soft_wrap=True)
     if include_passing:
-        console.print(f"Passing inputs: {manifest.parent / 'passing.parquet'}", markup=False, soft_wrap=True)
+        console.print(f"Passing inputs: {manifest.parent / DATASET_PASSING}", markup=False, soft_wrap=True)
     if quiet:
         return
     console.print(
-        f"DUT: {summary['dut']['architecture']} (weights {manifest.parent / 'dut_state.pt'}, TorchScript "
-        f"{manifest.parent / 'dut.pt'}), clean accuracy {summary['dut']['clean_accuracy']:.2%}", markup=False
+        f"DUT: {summary['dut']['architecture']} (weights {manifest.parent / DATASET_DUT_STATE}, TorchScript "
+        f"{manifest.parent / DATASET_DUT}), clean accuracy {summary['dut']['clean_accuracy']:.2%}", markup=False
     )
     table = Table(title=f"{summary['name']} failures per root cause")
     table.add_column("cause", no_wrap=True)

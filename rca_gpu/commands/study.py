@@ -56,8 +56,9 @@ def study_command(
     if not quiet:
         typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "
                    f"{len(plan.reducers)} reducers x {len(plan.clusterers)} clusterers)")
+    from rca_gpu.runfiles import STUDY_MARKDOWN
     table = run_study(base, failures, out, plan, reporter=reporter)
     if not quiet:
         console = Console()
         console.print(to_rich(table, source=str(source), top=top, width=console.width))
-    typer.echo(f"results: {(out / 'study.md').resolve()} and study.parquet")
+    typer.echo(f"results: {(out / STUDY_MARKDOWN).resolve()} and study.parquet")

@@ -87,7 +87,7 @@ def scan_entries(folder: Path, extensions: Iterable[str], *, skip: Iterable[str 
 
     * hidden entries: files and folders whose name starts with ``.`` (``.DS_Store``, ``.ipynb_checkpoints/``,
       ``.thumbs/``), at any depth below ``folder``;
-    * rca-gpu output folders below ``folder`` (:func:`rca_gpu.runfolder.output_folder_kind`: a run, a study,
+    * rca-gpu output folders below ``folder`` (:func:`rca_gpu.runfiles.output_folder_kind`: a run, a study,
       the output of assign / select / export), and the folders in ``skip`` (the --out folder of the run that
       lists them); when ``folder`` itself is one of them, the sub-folders rca-gpu writes into
       (report_files/, cache/, pipelines/) instead.
@@ -111,7 +111,7 @@ def scan_entries(folder: Path, extensions: Iterable[str], *, skip: Iterable[str 
     special: dict[str, str] = {}
     utf8 = True
 
-    from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, STUDY_OUTPUT_FOLDERS, output_folder_kind
+    from rca_gpu.runfiles import RUN_OUTPUT_FOLDERS, STUDY_OUTPUT_FOLDERS, output_folder_kind
 
     left_out = left_out if left_out is not None else LeftOut()
     skipped = set()

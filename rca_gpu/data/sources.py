@@ -85,8 +85,9 @@ class FailureSet:
         return "root_cause" in self.table.columns and self.table["root_cause"].notna().any()
 
     def describe(self) -> dict[str, Any]:
-        """run.json's ``"source"``: what was given, its kind, its rows and what the folder scan left out."""
-        info: dict[str, Any] = {"given": str(self.source), "kind": self.kind, "rows": len(self)}
+        """run.json's ``"source"``: what was given, its kind, its rows, the image root its paths had to resolve
+        inside (readers of the run apply it again: :func:`path_refusal`) and what the folder scan left out."""
+        info: dict[str, Any] = {"given": str(self.source), "kind": self.kind, "rows": len(self), "root": self.root}
         if self.kind == "folder":
             info["left_out"] = self.left_out
         return info
@@ -442,6 +443,15 @@ def _manifest_entry(raw: Any, base: Path, root: Path) -> tuple[str, str | None]:
     if candidate.suffix.lower() not in IMAGE_EXTENSIONS:
         return str(candidate), f"not an image file extension ({candidate.suffix or 'none'})"
     return str(candidate), None
+
+
+def path_refusal(path: str, root: str | os.PathLike) -> str | None:
+    """Why the image file ``path`` may not be read under the image root ``root``, by the manifest rule of
+    :func:`_manifest_entry` (inside the root with links followed, an existing regular file named like an
+    image), or None when it may. Readers of a finished run's image paths apply it again
+    (:meth:`rca_gpu.runfolder.RunFolder.image_files`)."""
+    root = Path(root)
+    return _manifest_entry(path, root, root)[1]
 
 
 def _assemble(front: dict[str, Any], metadata: list[tuple[Any, Any]]) -> pd.DataFrame:

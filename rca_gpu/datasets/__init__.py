@@ -19,6 +19,7 @@ from rca_gpu.datasets.info import NONE, CauseInfo, DatasetInfo
 from rca_gpu.datasets.mnist_rc import INFO as _MNIST_RC
 from rca_gpu.datasets.shapes_sim import INFO as _SHAPES_SIM
 from rca_gpu.errors import SpecError
+from rca_gpu.outputs import writes_to
 
 DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (_MNIST_RC, _SHAPES_SIM)}
 
@@ -41,6 +42,7 @@ def get_dataset(name: str) -> DatasetInfo:
         ) from None
 
 
+@writes_to("out", "rca-gpu datasets make")
 def make_dataset(
     name: str,
     out: str | Path,
@@ -102,17 +104,13 @@ def dataset_differences(
     SpecError
         ``name`` is unknown or ``proportions`` invalid (as :func:`make_dataset`).
     """
-    import json
-
     from rca_gpu.datasets.proportions import resolve_proportions
+    from rca_gpu.runfiles import DATASET_INFO, DATASET_MANIFEST, json_object
 
     info = get_dataset(name)
     folder = Path(folder)
-    try:
-        recorded = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        recorded = None
-    if not isinstance(recorded, dict) or not (folder / "manifest.parquet").is_file():
+    recorded = json_object(folder / DATASET_INFO)  # within the limits of every output file, else None
+    if not isinstance(recorded, dict) or not (folder / DATASET_MANIFEST).is_file():
         return ["no benchmark"]
     wanted = {
         "name": name,

@@ -26,6 +26,7 @@ from rca_gpu.datasets.proportions import largest_remainder, resolve_proportions
 from rca_gpu.datasets.runtime import deterministic_torch, progress_task
 from rca_gpu.datasets.sampling import CauseSample, Kept, Proposer, sample_cause
 from rca_gpu.errors import SpecError
+from rca_gpu.runfiles import DATASET_INFO, DATASET_MANIFEST, DATASET_PASSING
 
 log = logging.getLogger("rca_gpu")
 
@@ -92,12 +93,12 @@ def build(
         total += len(passing)
     with progress_task(reporter, "writing PNGs", total) as advance:
         writing.write_images(out, failures, fail_images, advance)
-        outputs.write_parquet(out / "manifest.parquet", failures, metadata=metadata)
+        outputs.write_parquet(out / DATASET_MANIFEST, failures, metadata=metadata)
         if include_passing:
             writing.write_images(out, passing, pass_images, advance)
-            outputs.write_parquet(out / "passing.parquet", passing, metadata=metadata)
-    outputs.write_json(out / "dataset.json", summary)
-    return out / "manifest.parquet"
+            outputs.write_parquet(out / DATASET_PASSING, passing, metadata=metadata)
+    outputs.write_json(out / DATASET_INFO, summary)
+    return out / DATASET_MANIFEST
 
 
 def _sample_all(info, prepared, n, seed, shares, include_passing, reporter) -> list[CauseSample]:

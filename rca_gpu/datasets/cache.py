@@ -51,13 +51,10 @@ def store(name: str, key: str, state_dict: dict, meta: Mapping[str, Any]) -> Non
     import torch
 
     weights, meta_path = _paths(name, key)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state_dict, tmp)
-    os.replace(tmp, weights)
-    tmp_meta = meta_path.with_suffix(f".tmp{os.getpid()}")
-    tmp_meta.write_text(json.dumps(dict(meta), indent=2, sort_keys=True))
-    os.replace(tmp_meta, meta_path)
+    from rca_gpu import outputs
+
+    outputs.write_atomic(weights, lambda tmp: torch.save(state_dict, tmp))
+    outputs.write_text(meta_path, json.dumps(dict(meta), indent=2, sort_keys=True))
 
 
 def _paths(name: str, key: str) -> tuple[Path, Path]:

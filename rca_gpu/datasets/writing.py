@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.errors import SpecError
+from rca_gpu.outputs import write_atomic
+from rca_gpu.runfiles import BOOKKEEPING, DATASET_DUT, DATASET_DUT_STATE, DATASET_INFO, DATASET_OUTPUTS
 
 #: Files and folders a generator owns inside its output folder; only these are replaced on a rerun.
-OWNED = ("images", "passing", "manifest.parquet", "passing.parquet", "dut_state.pt", "dut.pt", "dataset.json")
+OWNED = DATASET_OUTPUTS
 DUT_KEY = b"rca_gpu.dut"
 DATASET_KEY = b"rca_gpu.dataset"
 
@@ -35,8 +37,8 @@ def prepare_out(out: str | Path) -> Path:
         raise SpecError(
             f"The output {str(out)!r} is a file. Pass a folder (new, empty, or an earlier benchmark)."
         )
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / "dataset.json").is_file():
+    if out.is_dir() and any(p.name not in BOOKKEEPING for p in out.iterdir()):  # the lock is not content
+        if not (out / DATASET_INFO).is_file():
             raise SpecError(
                 f"The output folder {str(out)!r} is not empty and holds no earlier benchmark "
                 "(no dataset.json). Choose a new or empty folder."
@@ -58,9 +60,8 @@ def write_images(
     from PIL import Image
 
     for relative, pixels in zip(frame["path"], images, strict=True):
-        target = out / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(target, format="PNG", optimize=False, compress_level=6)
+        image = Image.fromarray(pixels)
+        write_atomic(out / relative, lambda tmp: image.save(tmp, format="PNG", optimize=False, compress_level=6))
         advance(1)
 
 
@@ -68,11 +69,12 @@ def write_dut(out: Path, model, *, classes: list[str], input_shape: tuple[int, i
     """``dut_state.pt`` (a state_dict that loads with weights_only=True) and ``dut.pt`` (TorchScript)."""
     import torch
 
-    torch.save(model.state_dict(), out / "dut_state.pt")
+    write_atomic(out / DATASET_DUT_STATE, lambda tmp: torch.save(model.state_dict(), tmp))
     info = {"input_shape": list(input_shape), "classes": list(classes), "value_range": [0, 1]}
     with warnings.catch_warnings():
         # TorchScript is deprecated upstream, but it is still the one format every consumer loads without
         # the model's code; the warning says nothing the user can act on here.
         warnings.simplefilter("ignore", FutureWarning)
         scripted = torch.jit.script(model)
-        torch.jit.save(scripted, str(out / "dut.pt"), _extra_files={"rca_gpu.json": json.dumps(info)})
+        write_atomic(out / DATASET_DUT, lambda tmp: torch.jit.save(scripted, tmp,
+                                                                _extra_files={"rca_gpu.json": json.dumps(info)}))

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -306,17 +305,15 @@ class AutoencoderExtractor(FeatureExtractor):
         """Weights first, then the config: a folder with both files is complete (each written atomically)."""
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        from rca_gpu import outputs
+
         weights, config = self.folder / "model.pt", self.folder / "config.json"
-        tmp = weights.with_suffix(".tmp")
-        torch.save({k: v.detach().cpu() for k, v in self.model.state_dict().items()}, tmp)
-        os.replace(tmp, weights)
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        outputs.write_atomic(weights, lambda tmp: torch.save(state, tmp))  # a temporary name per process
         text = json.dumps(
             {"key": self.key, "config": asdict(self.config), "training": asdict(self.result)}, indent=2
         )
-        tmp = config.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, config)
+        outputs.write_text(config, text)
 
     def _load(self) -> tuple[ConvAutoencoder, TrainResult] | None:
         if (

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from rca_gpu import outputs
 from rca_gpu.data.loading import make_loader
 from rca_gpu.engine.device import as_numpy, to_kind
 from rca_gpu.features import create_extractor
@@ -99,8 +99,14 @@ class _ShardStore:
     def __init__(self, folder: Path, skip: "Iterable[int]" = ()) -> None:
         self.folder = folder
         self.skip = np.fromiter(skip, dtype=np.int64)
-        folder.mkdir(parents=True, exist_ok=True)
-        for leftover in folder.glob("part-*.tmp"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only cache folder: one line, not a traceback
+            reason = outputs.refused_reason(exc, folder.parent if folder.parent.exists() else Path("/"))
+            if reason is None:
+                raise
+            raise outputs.refusal(folder, reason) from None
+        for leftover in [*folder.glob("part-*.tmp"), *folder.glob(".part-*.tmp")]:  # rca_gpu.outputs' names
             with contextlib.suppress(OSError):
                 leftover.unlink()
         self.count = len(list(folder.glob("part-*.parquet")))
@@ -227,9 +233,7 @@ class _ShardStore:
                                                                       mask=mask)
         table = pa.table(columns)
         target = self.folder / f"part-{self.count:06d}.parquet"
-        tmp = target.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
+        outputs.write_atomic(target, lambda tmp: pq.write_table(table, tmp))  # a temporary name per process
         self.count += 1
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import json
 import logging
 import math
 import time
@@ -33,13 +32,12 @@ import pandas as pd
 from rca_gpu import outputs
 from rca_gpu.report import explain as _explain
 from rca_gpu.report.thumbnails import THUMB_SIZE, ImageLoader, make_thumbnails
+from rca_gpu.runfiles import EXPLANATIONS_FILE, METRICS_FILE, REPORT_FILE, REPORT_FILES_DIR, json_object
 from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, RunFolder, open_run
 
 log = logging.getLogger("rca_gpu")
 
-REPORT_FILE = "report.html"
-FILES_DIR = "report_files"
-EXPLANATIONS_FILE = "explanations.parquet"
+FILES_DIR = REPORT_FILES_DIR
 #: Points drawn on the map at most; above this a per-cluster sample is drawn and the page says so.
 MAP_POINTS = 20_000
 MAP_MIN_PER_CLUSTER = 50
@@ -80,6 +78,7 @@ def read_explanations(run: RunFolder) -> pd.DataFrame:
     return write_explanations(run, seed=int(run.info.get("seed", 0) or 0))
 
 
+@outputs.writes_to("run_dir", "rca-gpu report", create=False)
 def build_report(
     run_dir: str | Path | RunFolder,
     *,
@@ -141,7 +140,7 @@ def build_report(
     wanted = set(positions[drawn].tolist())
     for chosen in reps.values():
         wanted.update(chosen["medoids"] + chosen["border"])
-    thumbs = make_thumbnails(files / "thumbs", wanted, clusters["path"].tolist(), run_id=run.run_id,
+    thumbs = make_thumbnails(files / "thumbs", wanted, run.image_files(clusters["path"].tolist()), run_id=run.run_id,
                              size=thumb_size, loader=loader)
     seconds["thumbnails"] = _since(t)
 
@@ -402,8 +401,8 @@ def _ground_truth(clusters: pd.DataFrame, run: RunFolder) -> dict[str, Any] | No
     from rca_gpu.metrics import COUNT_PREFIX, evaluate
 
     min_purity = 0.5
-    if run.has("metrics.json"):
-        summary = run.json("metrics.json").get("summary", run.json("metrics.json"))
+    if run.has(METRICS_FILE):
+        summary = run.json(METRICS_FILE).get("summary", run.json(METRICS_FILE))
         min_purity = float(summary.get("min_purity", 0.5) or 0.5) if isinstance(summary, dict) else 0.5
     result = evaluate(known["cluster"].to_numpy(), known["root_cause"].astype(str).to_numpy(), min_purity=min_purity)
     causes = [c[len(COUNT_PREFIX):] for c in result.per_cluster.columns if c.startswith(COUNT_PREFIX)]
@@ -583,11 +582,8 @@ def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str
         raise OSError(f"{folder} is a symbolic link; refusing to write through it.")
     stamp = {"run_id": run.run_id, "thumbnails": sorted(thumbs)[:1] + [len(thumbs)], "page": GALLERY_PAGE}
     index = folder / "index.json"
-    try:
-        if json.loads(index.read_text(encoding="utf-8")) == stamp:
-            return
-    except (OSError, ValueError):
-        pass
+    if json_object(index) == stamp:
+        return
     if folder.exists():
         for old in folder.glob("*.html"):
             old.unlink()
@@ -622,7 +618,7 @@ def _write_galleries(folder: Path, clusters: pd.DataFrame, thumbs: dict[int, str
                 rejected=anchor == "rejected",
             )
             outputs.write_text(folder / f"{anchor}-p{page + 1:03d}.html", html)
-    index.write_text(json.dumps(stamp), encoding="utf-8")
+    outputs.write_json(index, stamp)
 
 
 def _text_columns(clusters: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,12 @@ metadata of ``clusters.parquet``. File names come from the data, so they are san
 digits, ``.``, ``_`` and ``-`` are kept, the image's id is prepended (names stay unique), and every target is
 checked to resolve inside the folder being written. Nothing is written outside ``--to`` and no existing
 folder is overwritten.
+
+Only the files the run's path rule allows are linked or copied (:meth:`rca_gpu.runfolder.RunFolder.image_files`:
+inside the run's image root, links followed, regular files named like images): a row the run refused because
+its path escapes the root, or a path changed by hand in clusters.parquet, is listed in the manifest with an
+empty ``path`` and the reason in ``not_exported``. An export that fails half-way (a full disk) removes the
+group folders it made and leaves export.json as it was.
 """
 
 from __future__ import annotations
@@ -31,11 +37,11 @@ import pandas as pd
 
 from rca_gpu import outputs
 from rca_gpu.errors import RcaError
+from rca_gpu.runfiles import EXPORT_FILE, EXPORT_MANIFEST
 from rca_gpu.runfolder import RunFolder, open_run
 
 MODES = ("link", "copy")
-MANIFEST = "manifest.csv"
-EXPORT_FILE = "export.json"
+MANIFEST = EXPORT_MANIFEST
 _UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")  # "_" too, so runs collapse into one "_"
 MAX_NAME = 120
 
@@ -49,7 +55,7 @@ class ExportResult:
     folder: Path
     groups: dict[str, int] = field(default_factory=dict)  # folder name -> images listed
     files: int = 0  # links or copies made
-    missing: int = 0  # listed images whose file does not exist (e.g. rejected as "file not found")
+    missing: int = 0  # listed images without a file made: missing, or refused by the run's path rule
     empty: list[str] = field(default_factory=list)  # noise / rejected asked for, but the run has none
 
 
@@ -101,6 +107,7 @@ def parse_selection(text: str | None) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
+@outputs.writes_to("target", "rca-gpu export")
 def export_run(
     run_dir: str | Path | RunFolder,
     target: str | Path,
@@ -168,73 +175,93 @@ def export_run(
         )
     result = ExportResult(root, empty=empty)
     meta = [c for c in table.columns if c not in ("id", "path", "cluster", "status", "reason", "_group")]
-    for name in selected:
-        members = table[table["_group"] == name]
-        folder = root / name
-        folder.mkdir()  # fails if it appeared meanwhile: never write into a folder we did not make
-        files = []
-        used: set[str] = set()
-        for row in members.itertuples(index=False):
-            source = Path(str(row.path))
-            file_name = _unique(safe_name(row.id, str(row.path)), used)
-            destination = folder / file_name
-            if destination.resolve().parent != folder:  # belt and braces: the name cannot leave the folder
-                raise ExportError(f"Refusing to write {destination}: it resolves outside {folder}.")
-            if source.is_absolute() and source.is_file():
-                if mode == "link":
-                    os.symlink(source, destination)
-                else:
-                    shutil.copyfile(source, destination)
-                files.append(file_name)
-                result.files += 1
-            else:
-                files.append("")
-                result.missing += 1
-        manifest = pd.DataFrame({
-            "path": files,
-            "source_path": members["path"].astype(str).to_numpy(),
-            "id": members["id"].to_numpy(),
-            "cluster": members["cluster"].to_numpy(),
-            "status": members["status"].to_numpy(),
-            "reason": members["reason"].to_numpy(),
-        })
-        manifest = pd.concat([manifest, members[meta].reset_index(drop=True)], axis=1)
-        outputs.write_text(folder / MANIFEST, manifest.to_csv(index=False))
-        result.groups[name] = len(members)
-    # export.json lists every group in the folder: those of earlier exports of this run into it too
-    groups = {**(earlier.get("groups") or {}), **result.groups}
-    modes = {**(earlier.get("group_modes") or {name: earlier.get("mode") for name in earlier.get("groups") or {}}),
-             **{name: mode for name in result.groups}}
-    groups = {name: groups[name] for name in sorted(groups, key=_group_order)}
-    outputs.write_json(root / EXPORT_FILE, {
-        "run_dir": str(run.path), "mode": mode if set(modes.values()) == {mode} else "mixed",
-        "groups": groups, "group_modes": {name: modes.get(name) for name in groups},
-        "files": int(earlier.get("files") or 0) + result.files,
-        "missing": int(earlier.get("missing") or 0) + result.missing,
-    }, run_id=run.run_id)
-    return result
+    made: list[Path] = []
+    try:
+        for name in selected:
+            folder = root / name
+            folder.mkdir()  # fails if it appeared meanwhile: never write into a folder we did not make
+            made.append(folder)
+            _export_group(run, table[table["_group"] == name], folder, mode, meta, result)
+            result.groups[name] = int((table["_group"] == name).sum())
+        # export.json lists every group in the folder: those of earlier exports of this run into it too
+        groups = {**(earlier.get("groups") or {}), **result.groups}
+        modes = {**(earlier.get("group_modes") or {name: earlier.get("mode") for name in earlier.get("groups") or {}}),
+                 **{name: mode for name in result.groups}}
+        groups = {name: groups[name] for name in sorted(groups, key=_group_order)}
+        outputs.write_json(root / EXPORT_FILE, {
+            "run_dir": str(run.path), "mode": mode if set(modes.values()) == {mode} else "mixed",
+            "groups": groups, "group_modes": {name: modes.get(name) for name in groups},
+            "files": int(earlier.get("files") or 0) + result.files,
+            "missing": int(earlier.get("missing") or 0) + result.missing,
+        }, run_id=run.run_id)
+        return result
+    except BaseException as exc:
+        for folder in made:  # a half-made export leaves nothing: the folders it made go, export.json stays
+            shutil.rmtree(folder, ignore_errors=True)
+        reason = outputs.refused_reason(exc, root) if isinstance(exc, (OSError, shutil.Error)) else None
+        if reason is not None:
+            raise outputs.refusal(root, reason) from None
+        raise
+
+
+def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str, meta: list[str],
+                  result: ExportResult) -> None:
+    """Link or copy the images of one group into ``folder`` (made empty) and write its manifest.csv. Only the
+    files the run's path rule allows (:meth:`RunFolder.image_files`) are linked or copied; the others are
+    listed with an empty ``path`` and the reason in ``not_exported``."""
+    files_ok = run.image_files(members["path"].tolist())  # a missing path: "no image file"
+    files: list[str] = []
+    refused: list[str] = []
+    used: set[str] = set()
+    for k, row in enumerate(members.itertuples(index=False)):
+        source = files_ok[k]
+        if not source:
+            files.append("")
+            refused.append(files_ok.reason(k))
+            result.missing += 1
+            continue
+        file_name = _unique(safe_name(row.id, source), used)
+        destination = folder / file_name
+        if destination.resolve().parent != folder:  # belt and braces: the name cannot leave the folder
+            raise ExportError(f"Refusing to write {destination}: it resolves outside {folder}.")
+        if mode == "link":
+            os.symlink(source, destination)
+        else:
+            outputs.write_atomic(destination, lambda tmp, source=source: shutil.copyfile(source, tmp))
+        files.append(file_name)
+        refused.append("")
+        result.files += 1
+    manifest = pd.DataFrame({
+        "path": files,
+        "source_path": members["path"].astype(str).to_numpy(),
+        "id": members["id"].to_numpy(),
+        "cluster": members["cluster"].to_numpy(),
+        "status": members["status"].to_numpy(),
+        "reason": members["reason"].to_numpy(),
+        "not_exported": refused,
+    })
+    manifest = pd.concat([manifest, members[meta].reset_index(drop=True)], axis=1)
+    outputs.write_text(folder / MANIFEST, manifest.to_csv(index=False))
 
 
 def _earlier_export(root: Path, run: RunFolder) -> dict:
-    """The export.json an earlier ``export`` of the same run left in ``root`` ({} when none). An export of
-    another run there is refused (ExportError): its folders would mix with this run's."""
-    import json
+    """The export.json an earlier ``export`` of the same run left in ``root`` ({} when none), read through its
+    schema (:class:`rca_gpu.runfiles.ExportInfo`). An export of another run there, or an export.json that is
+    not one rca-gpu wrote, is refused (ExportError): its folders would mix with this run's."""
+    from rca_gpu.runfiles import MarkerInfo, json_object, read_json
 
     path = root / EXPORT_FILE
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        data = None
-    if not isinstance(data, dict) or data.get("run_id") != run.run_id:
-        found = data.get("run_id") if isinstance(data, dict) else None
-        raise ExportError(
-            f"The --to folder {str(root)!r} holds an export of {f'run {found}' if found else 'an unknown run'} "
-            f"({EXPORT_FILE}), not of run {run.run_id}; its folders would mix with this run's. Pass a folder of "
-            "its own, e.g. --to exported/, or remove that folder first."
-        )
-    return data
+    data = json_object(path, MarkerInfo)
+    if data is not None and data.get("run_id") == run.run_id:  # this run's: every field must hold
+        return read_json(path, error=ExportError, fix="Remove that folder, or pass another --to folder.")
+    found = data.get("run_id") if data is not None else None
+    raise ExportError(
+        f"The --to folder {str(root)!r} holds an export of {f'run {found}' if found else 'an unknown run'} "
+        f"({EXPORT_FILE}), not of run {run.run_id}; its folders would mix with this run's. Pass a folder of "
+        "its own, e.g. --to exported/, or remove that folder first."
+    )
 
 
 def _unique(name: str, used: set[str]) -> str:

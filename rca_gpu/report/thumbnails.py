@@ -8,7 +8,6 @@ thumbnail already there and makes only the missing ones.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -17,6 +16,9 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+
+from rca_gpu.outputs import OutputError, write_atomic, write_json
+from rca_gpu.runfiles import json_object
 
 log = logging.getLogger("rca_gpu")
 
@@ -72,15 +74,10 @@ def make_thumbnails(
         raise OSError(f"{folder} is a symbolic link; refusing to write thumbnails through it.")
     index = folder / INDEX_FILE
     stamp = {"run_id": run_id, "size": int(size)}
-    if folder.exists():
-        try:
-            same = json.loads(index.read_text(encoding="utf-8")) == stamp
-        except (OSError, ValueError):
-            same = False
-        if not same:
-            shutil.rmtree(folder)
+    if folder.exists() and json_object(index) != stamp:
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    index.write_text(json.dumps(stamp), encoding="utf-8")
+    write_json(index, stamp)
 
     wanted = sorted({int(p) for p in positions})
     if loader is None:  # rows without a path (features brought without images) have no thumbnail
@@ -130,15 +127,15 @@ def write_thumbnail(image, target: Path, size: int) -> None:
     if image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    tmp = target.with_name(f".{target.name}.tmp")
-    image.save(tmp, format="JPEG", quality=85)
-    os.replace(tmp, target)
+    write_atomic(target, lambda tmp: image.save(tmp, format="JPEG", quality=85))
 
 
 def _quietly(function):
     def wrapper(position: int) -> None:
         try:
             function(position)
+        except OutputError:  # a full disk or a read-only folder stops the report with its one line
+            raise
         except Exception as exc:  # one odd image never stops a report
             log.debug("no thumbnail for row %d: %s", position, exc)
 
