@@ -16,7 +16,7 @@ LOCK_PYTHON := 3.11
 UV_VERSION := 0.13.9
 UV ?= $(BIN)/uv
 
-.PHONY: venv weights browser demo test lock gpu-check clean
+.PHONY: venv weights browser demo test test-fast lock gpu-check clean
 
 # pip reads this machine's pip configuration (a local mirror of the torch wheels, same hashes as on PyPI).
 # -qq: the mirror's configuration warns about every package it does not hold; errors still show.
@@ -40,28 +40,34 @@ weights: venv
 	$(BIN)/python scripts/seed_torch_cache.py
 
 # Debian's Chromium, which the report's browser tests drive through Playwright (no browser is downloaded).
-# Installed as root with apt-get when missing; BROWSER=skip leaves it out (those tests then skip, saying why).
+# A system package: installed here, as root with apt-get, and never by `make test` (without it the browser
+# tests skip, saying why). .ci/run calls it, so that CI runs them.
 browser:
-ifneq ($(BROWSER),skip)
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
-	@command -v chromium >/dev/null 2>&1 || { echo "error: chromium is missing: apt-get install chromium, or make test BROWSER=skip"; exit 2; }
-endif
+	@command -v chromium >/dev/null 2>&1 || { echo "error: chromium is missing: run make browser as root, or apt-get install chromium"; exit 2; }
 
 demo: weights
 	$(BIN)/rca-gpu demo --out $(OUT)
 
-test: weights browser
+# The whole suite (installs nothing outside .venv; the browser tests need `make browser` once).
+test: weights
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The inner loop: the suite without the slow tests and the quality tests (which .ci/run runs on every target).
+test-fast: weights
+	$(BIN)/python -m pytest -m "not slow and not quality" $(PYTEST_ARGS)
+
 # Re-resolve the lock files from pyproject.toml, keeping every pin that still fits (UPGRADE=1: newest
-# versions). Needs only the package registry; uv is installed into the venv at a fixed version.
+# versions), never a pre-release (a beta numba once paired with a numpy it cannot compile against; the
+# slow test of tests/test_locks.py installs each GPU lock's CPU part and compiles). Needs only the package
+# registry; uv is installed into the venv at a fixed version.
 # One line per lock file: $(call lock,FLAVOUR,EXTRAS,ARCH,PYTHON,MORE uv ARGUMENTS) -> locks/FLAVOUR-ARCH.txt,
 # EXTRAS joined by '+' (e.g. gpu-cu12+test); installed by `make venv FLAVOUR=...` on a machine of that ARCH.
 define lock
 	@echo "lock: locks/$(1)-$(3).txt (extras: $(2); CPython $(4))"
 	@$(UV) pip compile --quiet pyproject.toml locks/build.in $(foreach e,$(subst +, ,$(2)),--extra $(e)) \
-	  --generate-hashes --python-version $(4) --python-platform $(3)-manylinux_2_28 \
+	  --generate-hashes --python-version $(4) --python-platform $(3)-manylinux_2_28 --prerelease disallow \
 	  --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) $(5) --output-file locks/$(1)-$(3).txt
 endef
 

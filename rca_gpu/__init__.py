@@ -20,7 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rca_gpu.errors import RcaError, SourceError, SpecError, TooFewImagesError, UnsupportedOnGPU
+from rca_gpu import cpu_target as _cpu_target
+
+_cpu_target.apply()  # before numba compiles anything: the same clusters on any x86-64 CPU
+
+from rca_gpu.errors import RcaError, SourceError, SpecError, TooFewImagesError, UnsupportedOnGPU  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -97,9 +97,20 @@ def run_spec(pipeline: str | None = None, config: PathLike | None = None, *, wei
                         f"{', '.join(o for o in RUN_OPTIONS if o != 'pipeline')}, and weights.")
     options = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in options.items()}
     data = load_config(config) if config else {}
+    _sizes_in_bytes(options, data)
     if weights is not None:
         data.setdefault("features", {})["weights"] = str(weights)
     return build_run_spec(data, pipeline=pipeline, **options)
+
+
+def _sizes_in_bytes(*sources: dict[str, Any]) -> None:
+    """``max_image_memory`` given as text (``--max-image-memory 4GiB``, ``max_image_memory = "4GiB"`` in a
+    config) becomes bytes, in place; SpecError when it is no size."""
+    from rca_gpu.data.decoding import parse_size
+
+    for values in sources:
+        if isinstance(values.get("max_image_memory"), str):
+            values["max_image_memory"] = parse_size(values["max_image_memory"])
 
 
 def evaluate(run_dir: PathLike, *, min_purity: float = 0.5) -> Evaluation:

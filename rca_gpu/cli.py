@@ -115,6 +115,9 @@ def friendly_errors(command: Callable) -> Callable:
                 raise
             _err(str(refused))
             raise typer.Exit(refused.exit_code) from None
+        except UnicodeError as exc:  # a path (or value) whose bytes are not UTF-8 reached a place that needs text
+            _err(_not_utf8(exc))
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _err("interrupted; finished feature shards are kept in the cache and reused on the next run")
             raise typer.Exit(130) from None
@@ -122,12 +125,21 @@ def friendly_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def _not_utf8(exc: UnicodeError) -> str:
+    """The one line for a value whose bytes are not UTF-8 where rca-gpu needs UTF-8 text."""
+    value = getattr(exc, "object", b"")
+    shown = printable(value if isinstance(value, str) else bytes(value).decode("utf-8", "backslashreplace"))
+    return (f"The value {shown[:200]!r} holds bytes that are not UTF-8 ({getattr(exc, 'reason', exc)}), and this "
+            "command writes it where only UTF-8 text fits. Rename the file or folder with UTF-8 characters, or pass "
+            "another path; nothing more was written.")
+
+
 # --------------------------------------------------------------------------------------------------
 # Shared options
 # --------------------------------------------------------------------------------------------------
 
 PipelineOpt = Annotated[str | None, typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
-                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2+umap+dbscan.")]
+                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2(center=auto,pool=grid2)+umap+dbscan.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML run configuration; "
                       "command-line options override it.")]
 DeviceOpt = Annotated[DeviceChoice | None, typer.Option("--device", help="auto: GPU when CUDA and the GPU "
@@ -147,6 +159,9 @@ RootOpt = Annotated[Path | None, typer.Option("--image-root", help="Manifests: i
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
                       "explanations; opens offline).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
+MemoryOpt = Annotated[str | None, typer.Option("--max-image-memory", metavar="SIZE", help="Memory that "
+                     "decoding images may use at once, e.g. 4GiB (default: a quarter of the machine's). Larger "
+                     "images are decoded reduced (JPEG) or rejected with the reason.")]
 
 
 def print_clusters(clusters, console=None, explanations=None, stability=None) -> None:
@@ -215,15 +230,18 @@ def run_command(
     sample_size: Annotated[int | None, typer.Option("--sample-size", help="Above this many usable images, "
                            "hyper-parameters are chosen on a seeded sample of this size and extended to the "
                            "rest (default 5000).")] = None,
+    max_image_memory: MemoryOpt = None,
     report: ReportOpt = True,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Cluster the failing images in SOURCE (or the features in --features FILE); write clusters.parquet,
     embedding.parquet, run.json to OUT."""
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.runfolder import check_run_out_folder
 
     # before the spec, the source or any model is read
+    check_output_path(out, "--out")
     check_run_out_folder(out, {"SOURCE": source, "--features": features, "--metadata": metadata,
                                "--config": config, "--weights": weights})
     reporter = reporter_for(quiet, verbose)
@@ -235,6 +253,7 @@ def run_command(
         pipeline, config, device=device, seed=seed, batch_size=batch_size, workers=workers,
         precision=precision, model=model, weights=weights, knn_backend=knn_backend, image_root=image_root,
         cache_features=cache, plot_embedding=plot_umap, stability=stability, sample_size=sample_size,
+        max_image_memory=max_image_memory,
     )
     result = run_inputs(spec, source, out, features=features, metadata=metadata, dask=dask, reporter=reporter,
                         report=report)
@@ -319,6 +338,7 @@ def demo_command(
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
     seed: SeedOpt = None,
+    max_image_memory: MemoryOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/run/report.html (clusters, "
                                          "map, explanations; opens offline).")] = True,
     quiet: QuietOpt = False,
@@ -327,16 +347,18 @@ def demo_command(
 
     The benchmark in OUT/data is reused when it was made with the same --n and --seed; otherwise it is made
     again (as `rca-gpu datasets make` does), and the line printed says why."""
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.outputs import writing
     from rca_gpu.runfolder import check_out_folder
 
+    check_output_path(out, "--out")
     folder = check_out_folder(out)
+    spec = build_spec(pipeline, None, device=device, seed=seed, max_image_memory=max_image_memory)
     with writing(folder, "rca-gpu demo"):  # the benchmark and its run: one demo at a time in OUT
-        _demo(folder, n=n, pipeline=pipeline, device=device, seed=seed, report=report, quiet=quiet)
+        _demo(folder, spec, n=n, seed=seed, report=report, quiet=quiet)
 
 
-def _demo(out: Path, *, n: int | None, pipeline: str | None, device, seed: int | None, report: bool,
-          quiet: bool) -> None:
+def _demo(out: Path, spec, *, n: int | None, seed: int | None, report: bool, quiet: bool) -> None:
     reporter = reporter_for(quiet)
     from rca_gpu.datasets import dataset_differences, make_dataset
     from rca_gpu.runfiles import DATASET_MANIFEST, DEMO_DATA, DEMO_RUN
@@ -349,7 +371,6 @@ def _demo(out: Path, *, n: int | None, pipeline: str | None, device, seed: int |
         if why or not quiet:  # a changed value is never replaced silently
             typer.echo(f"making the mnist-rc benchmark{why} in {printable(data_dir.resolve())} ...")
         manifest = make_dataset("mnist-rc", data_dir, n=n, seed=seed or 0, reporter=reporter)
-    spec = build_spec(pipeline, None, device=device, seed=seed)
     from rca_gpu.pipeline import run
 
     result = run(spec, manifest, out / DEMO_RUN, reporter=reporter, report=report)

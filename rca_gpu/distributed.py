@@ -56,7 +56,16 @@ log = logging.getLogger("rca_gpu")
 
 #: Shards per worker aimed at, so that a slow worker does not hold up the end of the extraction.
 SHARDS_PER_WORKER = 4
-SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://")
+SCHEMES = ("tcp", "tls", "ucx", "inproc")
+#: The port of a scheduler address that names none (Dask's own default).
+DEFAULT_PORT = 8786
+#: Seconds to open a connection to a scheduler, and to wait for its handshake (:func:`probe_scheduler`), and
+#: for ``distributed`` to connect after that: a wrong address is answered within 30 s.
+CONNECT_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 5.0
+CLIENT_TIMEOUT = "15s"
+#: The longest handshake a scheduler is expected to send (bytes).
+MAX_HANDSHAKE = 1 << 20
 INSTALL_HINT = "pip install 'rca-gpu[dask]' (CPU workers) or 'rca-gpu[dask-gpu]' (dask-cuda workers)"
 
 
@@ -70,30 +79,193 @@ class DaskError(RcaError, RuntimeError):
 
 
 def check_address(address: str) -> str:
-    """``local`` or a scheduler address (tcp://host:port, tls://, ucx://, inproc://); SpecError otherwise."""
-    if address == "local" or address.startswith(SCHEMES):
-        return address
-    raise SpecError(
-        f"The --dask option must be 'local' or a scheduler address such as tcp://HOST:8786. Got {address!r} "
-        "instead."
-    )
+    """``local``, or a scheduler address checked before any connection, in its plain form.
 
+    A scheduler address is ``SCHEME://HOST[:PORT]`` with SCHEME one of tcp, tls, ucx (HOST a host name, an
+    IPv4 address or a bracketed IPv6 address; PORT in 1..65535, default :data:`DEFAULT_PORT`), or an
+    ``inproc://`` address of a scheduler in this process. No user, path, query or spaces.
 
-@contextlib.contextmanager
-def connect(address: str, *, timeout: str = "20s") -> Iterator["Client"]:
-    """A ``distributed.Client`` for ``address``, closed (with its local cluster) on exit.
-
-    ``local`` starts a cluster on this machine: dask-cuda's LocalCUDACluster (one worker per GPU) when
-    dask-cuda is installed and CUDA is visible, else a LocalCluster of single-threaded worker processes.
+    Returns
+    -------
+    str
+        ``local``, or the address with its scheme in lower case and its port written out
+        (``TCP://Host`` -> ``tcp://Host:8786``).
 
     Raises
     ------
     SpecError
-        The address is neither ``local`` nor a scheduler address.
-    DaskError
-        dask.distributed is missing, or the scheduler does not answer within ``timeout``.
+        "The --dask option must be 'local' or a scheduler address SCHEME://HOST:PORT ...: <what is wrong>.
+        Got '...' instead."
     """
+    import re
+    from urllib.parse import urlsplit
+
+    from rca_gpu.errors import printable
+
+    def fail(why: str) -> SpecError:
+        return SpecError(
+            f"The --dask option must be 'local' or a scheduler address SCHEME://HOST:PORT with SCHEME one of "
+            f"{', '.join(SCHEMES)}, e.g. tcp://scheduler:{DEFAULT_PORT}: {why}. Got {printable(repr(address))} instead."
+        )
+
+    if not isinstance(address, str):
+        raise fail("it is not text")
+    if address == "local":
+        return address
+    if address != address.strip() or any(c.isspace() or not c.isprintable() for c in address):
+        raise fail("it holds spaces or control characters")
+    if "://" not in address:
+        raise fail(f"it has no scheme; write tcp://{address}" if address else "it is empty")
+    scheme = address.split("://", 1)[0].lower()
+    if scheme in ("http", "https", "ws", "wss"):
+        raise fail(f"{scheme}:// is a web address (the dashboard is served on port 8787); the scheduler listens "
+                   f"on tcp://HOST:{DEFAULT_PORT}")
+    if scheme not in SCHEMES:
+        raise fail(f"the scheme {scheme!r} is not one of them")
+    rest = address.split("://", 1)[1]
+    if scheme == "inproc":
+        if not rest:
+            raise fail("inproc:// names no scheduler")
+        return f"inproc://{rest}"
+    try:
+        parts = urlsplit(f"{scheme}://{rest}")
+        port = parts.port
+    except ValueError as exc:  # a port that is no number or out of range, an unclosed bracket
+        if "IPv6" in str(exc) or "IPv4" in str(exc):
+            raise fail("the host in brackets is not an IPv6 address") from None
+        raise fail("the port is not a number in 1..65535") from None
+    if parts.username is not None or parts.password is not None:
+        raise fail("a user name has no place in it")
+    if parts.path or parts.query or parts.fragment or rest.endswith(("?", "#")):
+        raise fail("a path, query or fragment has no place in it")
+    host = parts.hostname or ""
+    if not host:
+        raise fail("it names no host")
+    bracketed = rest.startswith("[")
+    if not bracketed and not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9\-_.]*[A-Za-z0-9])?", host):
+        raise fail(f"the host {host!r} is not a host name or an IPv4 address")
+    if bracketed:
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise fail(f"[{host}] is not an IPv6 address") from None
+    if port is None:
+        if rest.rstrip("]").endswith(":"):
+            raise fail("the port after ':' is missing")
+        port = DEFAULT_PORT
+    if not 1 <= port <= 65535:
+        raise fail(f"the port {port} is not in 1..65535")
+    shown = f"[{host}]" if bracketed else host
+    return f"{scheme}://{shown}:{port}"
+
+
+def probe_scheduler(address: str, *, connect_timeout: float = CONNECT_TIMEOUT,
+                    handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Check, before ``distributed`` connects, that a ``tcp://`` address answers like a Dask scheduler.
+
+    A Dask scheduler sends its handshake as soon as a connection opens: an 8-byte little-endian length, then
+    that many bytes of frames (a count, their lengths, a msgpack message naming ``pickle-protocol``). Another
+    service either sends nothing (an HTTP server, an echo server: ``distributed`` would wait for minutes) or
+    something else (a banner, whose first 8 bytes ``distributed`` would take for a length of exabytes and try
+    to allocate). At most :data:`MAX_HANDSHAKE` bytes are read. Other schemes are left to ``distributed``.
+
+    Raises
+    ------
+    DaskError
+        The host cannot be resolved or reached within ``connect_timeout`` seconds, or the service sends no Dask
+        handshake within ``handshake_timeout`` seconds; one line naming the address and what answered.
+    """
+    import socket
+    import struct
+
+    if not address.startswith("tcp://"):
+        return
     check_address(address)
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    host = host.strip("[]")
+    fix = "Check the address and that the scheduler runs (dask scheduler, or docker compose -f docker/compose.dask.yml up), or use --dask local."
+    try:
+        connection = socket.create_connection((host, int(port)), timeout=connect_timeout)
+    except socket.gaierror as exc:
+        raise DaskError(f"Cannot reach the Dask scheduler at {address}: the host {host!r} is unknown "
+                        f"({exc.strerror or exc}). {fix}") from None
+    except TimeoutError:
+        raise DaskError(f"Cannot reach the Dask scheduler at {address}: no answer within {connect_timeout:g} s. "
+                        f"{fix}") from None
+    except OSError as exc:
+        raise DaskError(f"Cannot reach the Dask scheduler at {address} ({exc.strerror or exc}). {fix}") from None
+    with connection:
+        connection.settimeout(handshake_timeout)
+        try:
+            head = _read_exactly(connection, 8)
+            length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            body = _read_exactly(connection, length) if 16 <= length <= MAX_HANDSHAKE else b""
+        except TimeoutError:
+            raise DaskError(
+                f"The service at {address} is not a Dask scheduler: it sent no Dask handshake within "
+                f"{handshake_timeout:g} s (an HTTP server, such as the dashboard on port 8787, or another service "
+                f"waiting for a request answers like this). Pass the scheduler's address, port {DEFAULT_PORT} by "
+                "default."
+            ) from None
+        except OSError as exc:
+            raise DaskError(f"The service at {address} closed the connection ({exc.strerror or exc}) instead of "
+                            f"sending a Dask handshake: it is not a Dask scheduler. {fix}") from None
+    if not head:
+        raise DaskError(f"The service at {address} closed the connection without a Dask handshake: it is not a Dask "
+                        f"scheduler. {fix}")
+    if not _is_handshake(body, length):
+        from rca_gpu.errors import printable
+
+        raise DaskError(
+            f"The service at {address} is not a Dask scheduler: it answered {printable(repr(head[:8]))[:40]}..., "
+            f"not a Dask handshake. Pass the scheduler's address, port {DEFAULT_PORT} by default."
+        )
+
+
+def _read_exactly(connection, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only when the peer closes the connection."""
+    data = b""
+    while len(data) < size:
+        block = connection.recv(min(size - len(data), 1 << 16))
+        if not block:
+            break
+        data += block
+    return data
+
+
+def _is_handshake(body: bytes, length: int) -> bool:
+    """Whether ``body`` (the ``length`` bytes after the length) holds Dask's frames of a handshake."""
+    import struct
+
+    if len(body) != length or length < 16:
+        return False
+    count = struct.unpack("<Q", body[:8])[0]
+    if not 1 <= count <= 64 or 8 * (count + 1) > length:
+        return False
+    sizes = struct.unpack(f"<{count}Q", body[8:8 * (count + 1)])
+    return 8 * (count + 1) + sum(sizes) == length and b"pickle-protocol" in body
+
+
+@contextlib.contextmanager
+def connect(address: str, *, timeout: str = CLIENT_TIMEOUT) -> Iterator["Client"]:
+    """A ``distributed.Client`` for ``address``, closed (with its local cluster) on exit.
+
+    ``local`` starts a cluster on this machine: dask-cuda's LocalCUDACluster (one worker per GPU) when
+    dask-cuda is installed and CUDA is visible, else a LocalCluster of single-threaded worker processes. A
+    ``tcp://`` address is first checked to answer like a Dask scheduler (:func:`probe_scheduler`, at most
+    CONNECT_TIMEOUT + HANDSHAKE_TIMEOUT seconds), then ``distributed`` connects within ``timeout``.
+
+    Raises
+    ------
+    SpecError
+        The address is neither ``local`` nor a scheduler address (:func:`check_address`).
+    DaskError
+        dask.distributed is missing, the address answers like no Dask scheduler, or the scheduler does not
+        answer within the timeouts.
+    """
+    address = check_address(address)
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -107,13 +279,16 @@ def connect(address: str, *, timeout: str = "20s") -> Iterator["Client"]:
             )
             client = Client(cluster)
         else:
+            probe_scheduler(address)
             client = Client(address, timeout=timeout)
-    except (OSError, TimeoutError) as exc:
+    except DaskError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - distributed raises OSError, TimeoutError, ValueError, ...
         if cluster is not None:
             cluster.close()
         raise DaskError(
-            f"Cannot reach the Dask scheduler at {address} ({exc}). Start one (docker compose -f "
-            "docker/compose.dask.yml up) or use --dask local."
+            f"Cannot reach the Dask scheduler at {address} ({type(exc).__name__}: {exc}). Start one (docker compose "
+            "-f docker/compose.dask.yml up) or use --dask local."
         ) from None
     try:
         log.info("dask: %d worker(s) at %s", len(client.scheduler_info().get("workers", {})),
@@ -209,8 +384,8 @@ def extract_features_dask(
     store = None
     done = np.empty(0, dtype=np.int64)
     if cache_dir is not None:
-        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{cache_key(spec, extractor, context)}",
-                            skip=failures.rejected)
+        key = cache_key(spec, extractor, context)
+        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}", skip=failures.rejected, key=key)
         done, cached_rejected = store.index()
         rejected.update(cached_rejected)
     usable = failures.usable_positions
@@ -223,7 +398,8 @@ def extract_features_dask(
 
     settings = {"precision": context.precision, "seed": context.seed, "batch_size": context.batch_size,
                 "model_ref": context.model_ref, "cuda": context.device.type == "cuda",
-                "source": failures.source, "kind": failures.kind, "root": failures.root}
+                "source": failures.source, "kind": failures.kind, "root": failures.root,
+                "max_image_memory": context.max_image_memory}
     futures = [
         client.submit(encode_shard, spec, settings, _rows(failures, shard), _images(failures, shard), shard,
                       _file_paths(failures, shard), pure=False, key=f"rca-gpu-features-{i}-{os.urandom(4).hex()}")
@@ -272,8 +448,10 @@ def extract_features_dask(
     else:
         result = rows.result()
     positions, matrix, properties = result
+    from rca_gpu.data.decoding import image_budget
+
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
-            "cache": str(store.folder) if store else None,
+            "cache": str(store.folder) if store else None, "max_image_memory": image_budget(context.max_image_memory),
             "dask": {"scheduler": client.scheduler.address, "workers": workers, "shards": len(shards),
                      "shard_rows": size}}
     if matrix is None:
@@ -285,6 +463,9 @@ def extract_features_dask(
     for position in positions.tolist():
         rejected.pop(position, None)
     info["dims"] = int(matrix.shape[1])
+    from rca_gpu.features.extract import normalise_scale
+
+    matrix = normalise_scale(matrix, info)
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
     return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache, usable_notes,
                     properties)
@@ -324,8 +505,9 @@ def encode_shard(spec: "FeatureSpec", settings: dict[str, Any], table: "pd.DataF
     device = torch.device("cuda" if settings["cuda"] and torch.cuda.is_available() else "cpu")
     context = ExtractionContext(failures=shard, device=device, precision=settings["precision"],
                                 seed=settings["seed"], batch_size=settings["batch_size"], workers=0,
-                                model_ref=settings["model_ref"])
-    features = extract_features(spec, context, cache_dir=None)
+                                model_ref=settings["model_ref"],
+                                max_image_memory=settings.get("max_image_memory"))
+    features = extract_features(spec, context, cache_dir=None, normalise=False)  # the client scales every row
     matrix = np.asarray(as_numpy(features.matrix), dtype=np.float32)
     return (positions[features.positions], matrix, {int(positions[p]): r for p, r in features.rejected.items()},
             {int(positions[p]): n for p, n in (features.notes or {}).items()}, features.properties)

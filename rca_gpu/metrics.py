@@ -2,8 +2,8 @@
 
 :func:`evaluate` scores cluster labels (``-1`` = noise) against root-cause labels; :func:`evaluate_run`
 does the same for the ``clusters.parquet`` of a finished run and writes ``metrics.json`` and
-``per_cause.csv`` next to it; :func:`study_score` ranks pipelines by one number that does not reward
-fragmentation or noise. The exact definitions, with their edge-case values, are in ``docs/metrics.md``;
+``per_cause.csv`` next to it; :func:`study_score` ranks pipelines by one number that penalises
+over-splitting, mixing and noise alike (the adjusted Rand index, times the coverage of the causes). The exact definitions, with their edge-case values, are in ``docs/metrics.md``;
 this module and that page must agree.
 """
 
@@ -30,8 +30,6 @@ NOISE = -1
 NO_CAUSE = "none"
 #: Prefix of the per-cluster count columns: ``n_<cause>`` holds how many images of ``<cause>`` a cluster has.
 COUNT_PREFIX = "n_"
-#: A pipeline may return up to this many clusters per root cause before :func:`study_score` penalises it.
-CLUSTERS_PER_CAUSE_ALLOWED = 3.0
 
 PER_CAUSE_COLUMNS = ("root_cause", "n_images", "recall", "n_clusters_dominated", "best_purity", "share_noise")
 
@@ -203,41 +201,43 @@ def evaluate(
 
 
 def study_score(summary: Mapping[str, Any]) -> float:
-    """One number in [0, 1] to rank pipelines, higher is better, that does not reward fragmentation.
+    """One number in [0, 1] to rank pipelines, higher is better, that penalises over-splitting as much as mixing.
 
-    ``score = weighted_purity * coverage * (1 - noise_share) * min(1, 3 * n_causes / n_clusters)``
+    ``score = max(0, ari_with_noise) * coverage_injected`` (``coverage`` where no cause is ``none``)
 
-    Each factor is in [0, 1] and answers one question an engineer asks of a clustering: are the
-    clusters clean (weighted purity), does every cause get a cluster (coverage), how many failures are
-    left unexplained (noise share), and can a person inspect the clusters (up to three clusters per
-    cause are free, beyond that the score falls in proportion). A product, so that no factor can make
-    up for another: dozens of tiny pure clusters with 40 % noise score low even with purity 1.
-    No clusters at all scores 0.
+    The adjusted Rand index with noise as a label of its own compares the partition with the causes pair by
+    pair: splitting one cause into two clusters costs about as much as merging two causes of that size into
+    one, and noise costs as one more cluster that mixes every cause. ARI weighs causes by their size, so a
+    rare cause merged into a large one barely moves it; the coverage factor makes losing any cause cost
+    ``1 / causes`` of the score. The former score (weighted purity x coverage x (1 - noise) x min(1, 3 x causes
+    / clusters)) ranked pipelines with 20 clusters for 7 causes (ARI 0.29) above one with 6 clusters (ARI 0.98),
+    because purity rewards over-splitting. No clusters at all scores 0. Definition and reasons:
+    docs/metrics.md, "study_score".
 
     Parameters
     ----------
     summary:
-        ``Evaluation.summary`` (or the ``summary`` of a ``metrics.json``); needs ``weighted_purity``,
-        ``coverage``, ``noise_share``, ``n_clusters`` and ``n_causes``.
+        ``Evaluation.summary`` (or the ``summary`` of a ``metrics.json``); needs ``ari_with_noise``,
+        ``coverage``, ``n_clusters`` (``coverage_injected`` is used when present and not None).
 
     Raises
     ------
     SpecError
         A key is missing.
     """
-    needed = ("weighted_purity", "coverage", "noise_share", "n_clusters", "n_causes")
+    needed = ("ari_with_noise", "coverage", "n_clusters")
     missing = [key for key in needed if key not in summary]
     if missing:
         raise SpecError(
             f"study_score needs the keys {', '.join(needed)} of an evaluation summary; "
             f"missing: {', '.join(missing)}. Pass Evaluation.summary or the 'summary' of a metrics.json."
         )
-    n_clusters = int(summary["n_clusters"])
-    purity = summary["weighted_purity"]
-    if n_clusters == 0 or purity is None or math.isnan(purity):
+    ari = summary["ari_with_noise"]
+    if int(summary["n_clusters"]) == 0 or ari is None or math.isnan(ari):
         return 0.0
-    fragmentation = min(1.0, CLUSTERS_PER_CAUSE_ALLOWED * int(summary["n_causes"]) / n_clusters)
-    return float(purity) * float(summary["coverage"]) * (1.0 - float(summary["noise_share"])) * fragmentation
+    coverage = summary.get("coverage_injected")
+    coverage = summary["coverage"] if coverage is None else coverage
+    return max(0.0, float(ari)) * float(coverage)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -185,8 +185,10 @@ def _json_safe(value: Any) -> Any:
             pass
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, (str, Path)):  # file-name bytes that are not UTF-8 as \xNN (rca_gpu.data.paths)
+        from rca_gpu.errors import escape_surrogates
+
+        return escape_surrogates(str(value))
     return value
 
 

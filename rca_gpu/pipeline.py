@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rca_gpu import outputs
+from rca_gpu import cpu_target, outputs
 from rca_gpu.catalogue.run_hook import keep_for_catalogue
 from rca_gpu.data.sources import FailureSet, load_source
 from rca_gpu.describe import common_values
@@ -31,6 +31,7 @@ from rca_gpu.engine.device import Device, as_numpy, resolve_device
 from rca_gpu.engine.knn import KnnGraph, knn_graph
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.features.compute import compute_features
+from rca_gpu.features.represent import describe as describe_representation
 from rca_gpu.progress import Reporter
 from rca_gpu.runfiles import CACHE_DIR, CLUSTERS_FILE, EMBEDDING_FILE, EXPLANATIONS_FILE, RUN_FILE
 from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, keep_dut, new_run_id, start_run_folder, writes_run
@@ -445,6 +446,7 @@ def run_record(spec: RunSpec, failures: FailureSet, run_id: str, started_at: str
         **sections,
         "counts": counts,
         "versions": library_versions(),
+        "cpu_target": cpu_target.describe(),
         "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
     }
 
@@ -528,6 +530,7 @@ def cluster_and_write(
         seed=spec.seed,
         device=device.to_dict(),
         features=features.info,
+        representation=describe_representation(spec.pipeline.features, features.info),
         knn=graph.describe() if graph is not None else selection.knn,
         threads=thread_counts(),
         reduce=selection.reduce_info,

@@ -49,6 +49,11 @@ METRIC_COLUMNS = (
 )
 
 
+#: How the ranking's score is computed, said under every ranking (rca_gpu.metrics.study_score).
+SCORE_TEXT = ("Score = ARI (noise as a label of its own) x coverage of the injected causes: over-splitting and "
+              "mixing cost alike (docs/metrics.md).")
+
+
 @dataclass(frozen=True)
 class StudyPlan:
     features: tuple[str, ...]
@@ -132,7 +137,10 @@ def prepare_study(source: str | Path, out: str | Path, features: Iterable[str] |
         check_out_folder,
     )
 
+    from rca_gpu.data.paths import check_output_path
+
     features, reducers, clusterers = (None if v is None else list(v) for v in (features, reducers, clusterers))
+    check_output_path(out, "--out")
     check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
     check_inputs_kept(out, {"SOURCE": source, "--model": base.model}, files=STUDY_OUTPUTS,
                       folders=STUDY_OUTPUT_FOLDERS)
@@ -281,8 +289,7 @@ def to_markdown(table: pd.DataFrame, *, source: str = "", top: int | None = None
         return "\n".join(lines + ["No pipelines ran.", ""])
     ok = table[table["status"] == "ok"]
     lines.append(
-        f"{len(ok)} of {len(table)} pipelines ran. Score = weighted purity x coverage x (1 - noise share) x "
-        "min(1, 3 x causes / clusters) (docs/metrics.md)."
+        f"{len(ok)} of {len(table)} pipelines ran. {SCORE_TEXT}"
     )
     lines.append("")
     header = ["rank", "pipeline", "score", "purity (w)", "coverage", "cov. injected", "clusters", "noise", "ARI",
@@ -400,8 +407,7 @@ def to_rich(table: pd.DataFrame, *, source: str = "", top: int | None = None, wi
         out.add_row(str(values["rank"]), _stages(pipeline, pipe_width),
                     *[_fmt(values[column], 0 if column == "n_clusters" else 3) for _, column in metrics],
                     _stages(setting, chosen_width))
-    note = Text(f"{len(ok)} of {len(table)} pipelines ran. Score = weighted purity x coverage x (1 - noise share) "
-                "x min(1, 3 x causes / clusters) (docs/metrics.md)." + ("" if wide else
+    note = Text(f"{len(ok)} of {len(table)} pipelines ran. {SCORE_TEXT}" + ("" if wide else
                 " Every column: study.md."))
     return Group(title, note, out)
 

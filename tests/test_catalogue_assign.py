@@ -131,6 +131,7 @@ def test_assigner_votes_and_keeps_far_points_unknown():
     assert far_right["status"] == "not_a_cause" and far_right["cause"] == 7
 
 
+@pytest.mark.quality
 def test_assign_puts_new_images_of_known_causes_in_their_cluster_and_the_unseen_cause_in_unknown(
         catalogue_run, catalogue_images, tmp_path):
     new = shutil.copytree(catalogue_images / "new", tmp_path / "new")
@@ -158,6 +159,7 @@ def test_assign_puts_new_images_of_known_causes_in_their_cluster_and_the_unseen_
     assert len(written) == len(table) and (tmp_path / "out" / "assign.json").is_file()
 
 
+@pytest.mark.quality
 def test_assign_follows_the_edited_catalogue(catalogue_run, catalogue_images, tmp_path):
     copy = shutil.copytree(catalogue_run, tmp_path / "run")
     catalogue = load_catalogue(copy)

@@ -27,6 +27,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "rca_gpu.cli", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.quality
 def test_an_unedited_run_has_one_cause_per_cluster(catalogue_run):
     catalogue = load_catalogue(catalogue_run)
     clusters = catalogue.run.clusters()

@@ -57,6 +57,7 @@ def _statuses(result, run_a, run_b) -> dict[str, str]:
     return out
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("kind", ["images", "assign"])
 def test_a_cause_missing_from_b_vanished_and_a_cause_only_in_b_is_new(catalogue_run, runs_b, kind):
     run_b = runs_b[kind]

@@ -63,6 +63,7 @@ def test_pick_takes_the_most_confident_first_and_skips_other_statuses():
     assert chosen["distance"].tolist() == [0.4, 0.5, 1.0] and chosen["rank"].tolist() == [1, 2, 1]
 
 
+@pytest.mark.quality
 def test_select_prefers_failure_like_images_and_covers_every_cause(catalogue_run, tmp_path):
     pool = tmp_path / "pool"
     images, labels = pattern_images(n_per=12, groups=4, size=16, seed=5)

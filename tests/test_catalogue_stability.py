@@ -61,6 +61,7 @@ def _dbscan_setting(points: np.ndarray) -> dict:
     return {"eps": float(np.quantile(distances[:, 10], 0.9)), "min_samples": 10}
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("reducer,params", [("none", {}), ("pca", {"n_components": 4})])
 def test_clean_planted_clusters_are_stable_and_arbitrary_halves_are_not(reducer, params):
     x, planted = planted_blobs(n_per=60, centers=4, dim=8, spread=1.0)
@@ -82,6 +83,7 @@ def test_clean_planted_clusters_are_stable_and_arbitrary_halves_are_not(reducer,
     assert (result.table["size"] == np.bincount(reference)).all()
 
 
+@pytest.mark.quality
 def test_a_half_split_along_a_coordinate_is_unstable_too():
     x, planted = planted_blobs(n_per=60, centers=3, dim=6, spread=1.0, seed=2)
     reference = planted.copy()
@@ -94,6 +96,7 @@ def test_a_half_split_along_a_coordinate_is_unstable_too():
     assert stability[[0, 2]].min() >= 0.9 and stability[[1, 3]].max() < 0.6
 
 
+@pytest.mark.quality
 def test_umap_resamples_reuse_the_run_graph_and_keep_clean_clusters():
     x, planted = planted_blobs(n_per=50, centers=3, dim=8, spread=1.0, seed=1)
     params = {"n_neighbors": 15, "n_components": 2, "min_dist": 0.0}
@@ -132,6 +135,7 @@ def test_default_resamples_follow_the_search():
     assert default_resamples("none", None) == MIN_RESAMPLES
 
 
+@pytest.mark.quality
 def test_a_run_writes_the_stability_summary_and_can_switch_it_off(catalogue_run, catalogue_images, tmp_path):
     folder = open_run(catalogue_run)
     summary = folder.table(SUMMARY_FILE)  # carries the run id
@@ -170,6 +174,7 @@ def test_the_cluster_summary_shows_stability():
     assert summary.loc[-1, "stability"] == ""
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("merge_step", [False, True])
 def test_stability_without_a_graph_of_all_images(merge_step):
     """Runs above the search's sample size keep no kNN graph of all images: stability builds one of its own
@@ -182,6 +187,7 @@ def test_stability_without_a_graph_of_all_images(merge_step):
     assert result.table["stability"].min() >= 0.9
 
 
+@pytest.mark.quality
 def test_resamples_go_through_the_merge_step_the_run_used(monkeypatch):
     """The clusterer cuts planted group 0 into arbitrary halves in every resample; the run's merge step joined
     them (the kNN graph does not separate halves of one group). Resamples merged the same way find the run's
@@ -207,6 +213,7 @@ def test_resamples_go_through_the_merge_step_the_run_used(monkeypatch):
     assert plain[0] < 0.6 and plain[[1, 2]].min() >= 0.9
 
 
+@pytest.mark.quality
 def test_a_run_above_the_sample_size_scores_stability(tmp_path):
     """Above --sample-size the run keeps no graph of all images; the default stability still runs (it used to
     end the run in an AttributeError)."""

@@ -34,6 +34,7 @@ def test_run_writes_outputs_and_prints_where(folder, tmp_path):
         assert (out / name).is_file()
 
 
+@pytest.mark.quality
 def test_run_on_a_manifest_with_root_causes_prints_the_ground_truth_line(folder, tmp_path):
     paths = sorted((folder / "imgs").glob("*.png"))
     manifest = folder / "manifest.csv"  # beside the images: manifest paths may not leave its folder

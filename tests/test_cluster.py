@@ -26,6 +26,7 @@ def blobs():
     return planted_blobs(n_per=60, centers=4, dim=8, spread=0.4, seed=3)
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("algorithm", sorted(FIXED))
 def test_fixed_parameters_recover_planted_clusters(blobs, algorithm):
     x, planted = blobs
@@ -33,6 +34,7 @@ def test_fixed_parameters_recover_planted_clusters(blobs, algorithm):
     assert adjusted_rand_score(planted, labels) >= 0.95
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("algorithm", sorted(FIXED))
 def test_tuned_parameters_recover_planted_clusters(blobs, algorithm):
     x, planted = blobs
@@ -55,6 +57,7 @@ def test_tuned_parameters_recover_planted_clusters(blobs, algorithm):
         assert chosen[0].score >= BAND * best and chosen[0].n_clusters == finest
 
 
+@pytest.mark.quality
 def test_ward_knee_selection_finds_planted_k(blobs):
     x, planted = blobs
     device = cpu_device()

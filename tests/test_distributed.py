@@ -209,3 +209,135 @@ def test_dask_dockerfile_lints_clean():
                             text=True, timeout=60)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
     assert "dask-cuda==" in (REPO / "docker/Dockerfile.dask").read_text()  # pinned, as hadolint asks
+
+
+# --- addresses and services that are no Dask scheduler ----------------------------------------------------
+
+GOOD_ADDRESSES = [
+    ("local", "local"), ("tcp://127.0.0.1:8786", "tcp://127.0.0.1:8786"), ("TCP://Scheduler", "tcp://scheduler:8786"),
+    ("tcp://dask_scheduler:8786", "tcp://dask_scheduler:8786"), ("tcp://[::1]:9000", "tcp://[::1]:9000"),
+    ("tls://sched.example.org:443", "tls://sched.example.org:443"), ("ucx://10.0.0.2:13337", "ucx://10.0.0.2:13337"),
+    ("inproc://10.0.0.2/4242/1", "inproc://10.0.0.2/4242/1"),
+]
+
+
+@pytest.mark.parametrize("address, plain", GOOD_ADDRESSES, ids=[a for a, _ in GOOD_ADDRESSES])
+def test_scheduler_addresses_are_checked_and_written_plainly(address, plain):
+    from rca_gpu.distributed import check_address
+
+    assert check_address(address) == plain
+
+
+def _serve(handler) -> tuple[int, object]:
+    """A TCP server on localhost running ``handler(connection)`` per connection in a thread: (port, server)."""
+    import socketserver
+    import threading
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            try:
+                handler(self.request)
+            except OSError:  # the client hung up: the server's business, not the test's output
+                pass
+
+    class Server(socketserver.ThreadingTCPServer):
+        def handle_error(self, request, client_address):
+            pass
+
+    server = Server(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1], server
+
+
+def _echo(connection) -> None:
+    while data := connection.recv(4096):
+        connection.sendall(data)
+
+
+def _banner(connection) -> None:
+    connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+    connection.recv(4096)
+
+
+def _huge_length(connection) -> None:
+    import struct
+
+    connection.sendall(struct.pack("<Q", 2**62) + b"\x00" * 64)  # "allocate 4 EiB", as a banner would say
+    connection.recv(4096)
+
+
+def _close_at_once(connection) -> None:
+    connection.close()
+
+
+def _http_server() -> tuple[int, object]:
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address):
+            pass
+
+    server = Server(("127.0.0.1", 0), Quiet)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1], server
+
+
+SERVICES = [
+    ("an HTTP server", None, "sent no Dask handshake within 5 s"),
+    ("a raw TCP echo server", _echo, "sent no Dask handshake within 5 s"),
+    ("a service that sends a banner", _banner, "is not a Dask scheduler: it answered b'SSH-2.0"),
+    ("a service whose first bytes say 4 EiB", _huge_length, "is not a Dask scheduler: it answered"),
+    ("a service that closes at once", _close_at_once, "without a Dask handshake"),
+]
+
+
+@pytest.mark.parametrize("case, handler, fragment", SERVICES, ids=[s[0] for s in SERVICES])
+def test_a_service_that_is_no_dask_scheduler_is_one_line_within_30_s(tmp_path, case, handler, fragment):
+    import time
+
+    from typer.testing import CliRunner
+
+    from helpers import one_line_error
+    from rca_gpu.cli import app
+
+    port, server = _http_server() if handler is None else _serve(handler)
+    images, labels = pattern_images(n_per=3, groups=2, seed=1)
+    write_pngs(tmp_path / "imgs", images, labels)
+    started = time.monotonic()
+    try:
+        result = CliRunner().invoke(app, ["run", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "-p",
+                                          PIPELINE, "--device", "cpu", "--dask", f"tcp://127.0.0.1:{port}", "-q"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert time.monotonic() - started < 30
+    one_line_error(result, f"tcp://127.0.0.1:{port}", fragment)
+    assert not (tmp_path / "out" / "clusters.parquet").exists()
+
+
+def test_a_closed_port_and_an_unknown_host_are_one_line():
+    from rca_gpu.distributed import DaskError, probe_scheduler
+
+    with pytest.raises(DaskError, match=r"Cannot reach the Dask scheduler at tcp://127.0.0.1:9 \(.*\)\. Check"):
+        probe_scheduler("tcp://127.0.0.1:9")
+    with pytest.raises(DaskError, match=r"the host 'no-such-scheduler.invalid' is unknown"):
+        probe_scheduler("tcp://no-such-scheduler.invalid:8786")
+
+
+def test_a_real_scheduler_passes_the_probe_and_runs(folder, tmp_path):
+    from rca_gpu.distributed import probe_scheduler, run_dask
+
+    root, _ = folder
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                                  dashboard_address=None) as local:
+        assert local.scheduler_address.startswith("tcp://")
+        probe_scheduler(local.scheduler_address)
+        result = run_dask(_spec(), root, tmp_path / "out", address=local.scheduler_address, report=False)
+    assert result.run_info["features"]["dask"]["workers"] == 1

@@ -300,14 +300,15 @@ def test_dut_extractor_unknown_layer_lists_real_ones(dut_module, weights):
         DUTActivationExtractor(make_features("dut", "conv9"), context).prepare()
 
 
-def test_dut_extractor_refuses_torchscript_and_names_the_eager_form(net, tmp_path):
+def test_dut_extractor_reads_torchscript_through_its_hookable_twin(net, tmp_path, weights, dut_module):
     path = tmp_path / "net.pt"
-    _script(net, path)
-    context = ExtractionContext(digits_source(5), torch.device("cpu"), model_ref=str(path))
-    with pytest.raises(
-        ModelError, match=r"TorchScript models do not run.*package\.module:factory=weights\.pt"
-    ):
-        DUTActivationExtractor(make_features("dut"), context).prepare()
+    _script(net, path, extra={"rca_gpu.json": json.dumps({"input_shape": [1, 28, 28]})})
+    context = ExtractionContext(digits_source(6), torch.device("cpu"), model_ref=str(path))
+    extractor, features = run_extractor(DUTActivationExtractor, make_features("dut", "conv2"), context)
+    assert extractor.describe()["model_format"].startswith("torchscript (converted: TorchScript -> ONNX")
+    eager_context = ExtractionContext(digits_source(6), torch.device("cpu"), model_ref=f"rca_test_dut:build={weights}")
+    _, expected = run_extractor(DUTActivationExtractor, make_features("dut", "conv2"), eager_context)
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_dut_extractor_works_on_an_export_archive(net, tmp_path):

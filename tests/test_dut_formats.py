@@ -1,5 +1,6 @@
-"""DUT formats beyond torch: ONNX files (converted by onnx2torch, hooks work), and TorchScript files with the
-input-attribution extractors that need no hooks (gradient x input, integrated gradients)."""
+"""DUT formats beyond torch: ONNX files (converted by onnx2torch, hooks work, layers named as on the eager model)
+from both of torch's exporters and opsets 17 and 19, TorchScript files (converted through ONNX for the extractors
+that read inside, as they are for the input attributions that need no hooks), and the same features on each."""
 
 from __future__ import annotations
 
@@ -75,17 +76,14 @@ def test_onnx_mnist_dut_gives_the_same_predictions_and_dut_features(mnist_dut):
     torch.testing.assert_close(onnx_features, eager_features, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("extractor, layer, eager_layer", [
-    (LRPExtractor, "features/features/3/Conv", "features.3"),
-    (GradCAMExtractor, "features/features/6/Conv", "features.6"),
-])
-def test_onnx_dut_heatmaps_match_the_eager_model(mnist_dut, extractor, layer, eager_layer):
+@pytest.mark.parametrize("extractor, layer", [(LRPExtractor, "features.3"), (GradCAMExtractor, "features.6")])
+def test_onnx_dut_heatmaps_match_the_eager_model(mnist_dut, extractor, layer):
     failures, _, path = mnist_dut
     name = "lrp" if extractor is LRPExtractor else "gradcam"
-    parse_pipeline(f"{name}@{layer}+umap+dbscan")  # the converted layer names pass the pipeline grammar
+    parse_pipeline(f"{name}@{layer}+umap+dbscan")
     few = _subset(failures, 40)
     _, got = run_extractor(extractor, make_features(name, layer, pool=2), _context(few, str(path)))
-    _, expected = run_extractor(extractor, make_features(name, eager_layer, pool=2), _context(few, failures.dut))
+    _, expected = run_extractor(extractor, make_features(name, layer, pool=2), _context(few, failures.dut))
     assert got.shape == expected.shape and got.abs().sum() > 0
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4)
 
@@ -139,6 +137,87 @@ def test_a_corrupt_onnx_file_is_refused(tmp_path):
     path.write_bytes(b"\x08\x07 this is not a protobuf \xff\xff")
     with pytest.raises(ModelError, match=r"Cannot read the ONNX file|Cannot convert the ONNX file"):
         load_model(str(path), device="cpu")
+
+
+# --------------------------------------------------------------------------------------------------
+# One DUT in every format: the same layers under the same names, the same features
+# --------------------------------------------------------------------------------------------------
+
+
+def _export_dynamo(model: torch.nn.Module, path, opset: int) -> None:
+    """torch.onnx.export as it is called today: the dynamo exporter, a dynamic batch."""
+    import contextlib
+    import io
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.rand(2, *model.input_shape),), str(path), opset_version=opset,
+                          input_names=["images"], dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True)
+
+
+@pytest.fixture(scope="module")
+def every_format(mnist_rc_small, tmp_path_factory):
+    """The mnist-rc DUT as factory + state_dict, TorchScript (the benchmark's dut.pt), and ONNX from today's
+    dynamo exporter at opsets 17 (converted down by the exporter) and 19, and from the TorchScript exporter."""
+    from rca_gpu.data.sources import load_source
+
+    failures = load_source(mnist_rc_small)
+    eager = load_model(failures.dut, device="cpu")
+    folder = tmp_path_factory.mktemp("formats")
+    refs = {"factory": failures.dut, "torchscript": str(mnist_rc_small.parent / "dut.pt")}
+    for opset in (17, 19):
+        _export_dynamo(eager, folder / f"dynamo{opset}.onnx", opset)
+        refs[f"onnx{opset}"] = str(folder / f"dynamo{opset}.onnx")
+    _export_onnx(eager, folder / "legacy.onnx")
+    refs["onnx17-torchscript-exporter"] = str(folder / "legacy.onnx")
+    return _subset(failures, 48), refs
+
+
+@pytest.mark.parametrize("extractor, spec", [
+    (DUTActivationExtractor, make_features("dut")),
+    (DUTActivationExtractor, make_features("dut", "features.6", pool=2)),
+    (LRPExtractor, make_features("lrp")),
+    (GradCAMExtractor, make_features("gradcam")),
+])
+def test_every_format_gives_the_same_layer_and_features(every_format, extractor, spec):
+    """The default layer (dut: the input of the last Linear; lrp, gradcam: HUDD's choice) and the features
+    are those of the eager model in every format, so the clusters are too."""
+    few, refs = every_format
+    expected_extractor, expected = run_extractor(extractor, spec, _context(few, refs["factory"]))
+    assert expected.abs().sum() > 0
+    for name, ref in refs.items():
+        if name == "factory":
+            continue
+        got_extractor, got = run_extractor(extractor, spec, _context(few, ref))
+        assert got_extractor.describe()["layer"] == expected_extractor.describe()["layer"], name
+        assert got_extractor.describe()["model_format"].startswith(name.split("1")[0].replace("onnx", "onnx")), name
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_torchscript_layers_carry_the_eager_names(every_format):
+    from rca_gpu.features.dut import hookable
+    from rca_gpu.features.layers import weighted_layers
+
+    _, refs = every_format
+    eager = load_model(refs["factory"], device="cpu")
+    converted = hookable(load_model(refs["torchscript"], device="cpu"), {"input_shape": [1, 28, 28]}, extractor="dut")
+    assert weighted_layers(converted) == weighted_layers(eager) == [
+        "features.0", "features.3", "features.6", "classifier.1", "classifier.3"]
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(converted(x), eager(x))
+    assert "TorchScript -> ONNX" in model_info(converted).conversion
+
+
+def test_a_torchscript_model_that_cannot_be_converted_names_the_formats_that_can(every_format, monkeypatch):
+    few, refs = every_format
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::weird' to ONNX opset version 17 is not supported.")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    with pytest.raises(ModelError, match=r"'gradcam' extractor reads inside .*could not be converted .*aten::weird"
+                                         r".*package\.module:factory=weights\.pt.*\.pt2.*gradxinput or ig"):
+        GradCAMExtractor(make_features("gradcam"), _context(few, refs["torchscript"])).prepare()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,11 +290,3 @@ def test_integrated_gradients_are_complete(scripted):
     predicted = logits.argmax(1, keepdim=True)
     gap = (logits.gather(1, predicted) - black.gather(1, predicted)).squeeze(1)
     torch.testing.assert_close(features.sum(1), gap, rtol=0.02, atol=0.02)
-
-
-@pytest.mark.parametrize("extractor, name", [(LRPExtractor, "lrp"), (GradCAMExtractor, "gradcam"),
-                                             (DUTActivationExtractor, "dut")])
-def test_hook_based_extractors_still_refuse_torchscript_and_name_the_alternatives(scripted, extractor, name):
-    _, path = scripted
-    with pytest.raises(ModelError, match=r"TorchScript models do not run.*ONNX file\), or use the gradxinput or ig"):
-        extractor(make_features(name), _context(_digits_at_28(4), str(path))).prepare()

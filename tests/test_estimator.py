@@ -40,6 +40,7 @@ def test_default_pipeline_passes_the_clustering_checks(name):
     getattr(estimator_checks, name)("FailureClusterer", estimator)
 
 
+@pytest.mark.quality
 def test_params_clone_and_set_params():
     model = FailureClusterer("pca+kmeans(k=3)", device="cpu", random_state=4, knn_k=12)
     assert model.get_params() == {"pipeline": "pca+kmeans(k=3)", "device": "cpu", "random_state": 4, "knn_k": 12,
@@ -53,6 +54,7 @@ def test_params_clone_and_set_params():
     assert twin.fit(x).n_clusters_ == 2 and twin.embedding_.shape == x.shape
 
 
+@pytest.mark.quality
 def test_fit_results_and_their_reproduction():
     x, y = planted_blobs(n_per=30, centers=4, dim=8)
     model = FailureClusterer("pca+dbscan", device="cpu").fit(x)
@@ -93,6 +95,7 @@ def test_the_estimator_and_the_command_line_agree(tmp_path):
     np.testing.assert_array_equal(clusters["cluster"].to_numpy(), model.labels_)
 
 
+@pytest.mark.quality
 def test_above_the_sample_size_the_choice_is_extended_to_every_row():
     x, y = planted_blobs(n_per=100, centers=4, dim=8, seed=5)
     model = FailureClusterer("pca+kmeans", device="cpu", sample_size=150).fit(x)

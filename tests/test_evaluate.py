@@ -169,7 +169,7 @@ def test_single_cluster() -> None:
     #   expected = 6 * 3 / 6 = 3 = sum -> ARI 0; MI = 0 because the labels carry no information -> NMI 0.
     assert s["ari_with_noise"] == s["ari_without_noise"] == 0.0
     assert s["nmi_with_noise"] == s["nmi_without_noise"] == 0.0
-    assert s["study_score"] == approx(0.75 * 0.5)  # purity * coverage * (1 - 0) * 1
+    assert s["study_score"] == 0.0  # ARI 0
 
 
 def test_single_cause() -> None:
@@ -182,7 +182,7 @@ def test_single_cause() -> None:
     assert pk["recall"] == 0.75 and pk["n_clusters_dominated"] == 2 and pk["share_noise"] == 0.25
     # One cause, several labels: sum C(n_ij,2) = 1 = expected (1 * 6 / 6) -> ARI 0; H(causes) = 0 -> NMI 0.
     assert s["ari_with_noise"] == 0.0 and s["nmi_with_noise"] == 0.0
-    assert s["study_score"] == approx(1.0 * 1.0 * 0.75 * 1.0)
+    assert s["study_score"] == 0.0  # ARI 0: one cause split over several labels
 
 
 def test_single_cluster_single_cause_is_perfect_agreement() -> None:
@@ -255,23 +255,43 @@ def _pure_split(n_causes: int, per_cause: int, clusters_per_cause: int, noise_pe
 
 
 def test_study_score_formula_by_hand() -> None:
-    summary = {"weighted_purity": 0.9, "coverage": 0.8, "noise_share": 0.1, "n_clusters": 12, "n_causes": 2}
-    # 0.9 * 0.8 * (1 - 0.1) * min(1, 3 * 2 / 12) = 0.648 * 0.5 = 0.324
-    assert study_score(summary) == approx(0.324)
-    assert study_score({**summary, "n_clusters": 6}) == approx(0.648)  # 6 <= 3 * 2: no penalty
-    assert study_score({**summary, "n_clusters": 0, "weighted_purity": None}) == 0.0
+    summary = {"ari_with_noise": 0.9, "coverage": 0.75, "coverage_injected": None, "n_clusters": 12}
+    assert study_score(summary) == approx(0.9 * 0.75)
+    assert study_score({**summary, "coverage_injected": 1.0}) == approx(0.9)  # injected causes when known
+    assert study_score({**summary, "ari_with_noise": -0.1}) == 0.0  # worse than chance counts as 0
+    assert study_score({**summary, "n_clusters": 0}) == 0.0
 
 
-def test_study_score_penalises_fragmentation_beyond_three_per_cause() -> None:
-    scores = [_pure_split(2, 24, m)["study_score"] for m in (1, 3, 6, 12)]
-    # All pure, all covered, no noise: 1, 1, then 3 * 2 / 12 = 0.5 and 3 * 2 / 24 = 0.25
-    assert scores == approx([1.0, 1.0, 0.5, 0.25])
+def test_study_score_penalises_fragmentation() -> None:
+    scores = [_pure_split(2, 24, m)["study_score"] for m in (1, 2, 3, 6, 12)]
+    assert scores[0] == approx(1.0)
+    assert all(a > b for a, b in zip(scores, scores[1:]))  # every extra split costs
+    assert scores[2] < 0.6  # three pure clusters per cause are far from one
+
+
+def test_study_score_penalises_over_splitting_about_as_much_as_mixing() -> None:
+    # 4 causes of 60 images. Split: each cause in two pure halves. Merged: two pairs of causes merged.
+    causes = [f"c{k}" for k in range(4) for _ in range(60)]
+    split = evaluate([2 * k + (i % 2) for k in range(4) for i in range(60)], causes).summary
+    merged = evaluate([k // 2 for k in range(4) for _ in range(60)], causes).summary
+    assert split["weighted_purity"] == 1.0 > merged["weighted_purity"] == 0.5
+    assert split["study_score"] == approx(merged["study_score"] * 2, rel=0.35)  # the same order, not 1 vs 0.5
+    assert split["study_score"] < 0.8 and merged["study_score"] < 0.5
 
 
 def test_study_score_penalises_noise() -> None:
     scores = [_pure_split(2, 20, 1, noise)["study_score"] for noise in (0, 2, 8)]
-    assert scores == approx([1.0, 0.9, 0.6])  # 1 - 0/20, 1 - 2/20, 1 - 8/20
+    assert scores[0] == approx(1.0)
     assert scores[0] > scores[1] > scores[2]
+
+
+def test_study_score_penalises_a_lost_rare_cause() -> None:
+    # 3 causes, the third rare (4 of 104 images): merged into the first, ARI barely moves, coverage falls.
+    causes = ["a"] * 50 + ["b"] * 50 + ["rare"] * 4
+    kept = evaluate([0] * 50 + [1] * 50 + [2] * 4, causes).summary
+    lost = evaluate([0] * 50 + [1] * 50 + [0] * 4, causes).summary
+    assert lost["ari_with_noise"] > 0.9
+    assert kept["study_score"] == approx(1.0) and lost["study_score"] < 0.67
 
 
 def test_study_score_prefers_one_cluster_per_cause_to_many_tiny_pure_ones() -> None:
@@ -288,8 +308,8 @@ def test_study_score_prefers_one_cluster_per_cause_to_many_tiny_pure_ones() -> N
 
 
 def test_study_score_needs_its_keys() -> None:
-    with pytest.raises(SpecError, match="missing: coverage, n_causes"):
-        study_score({"weighted_purity": 1.0, "noise_share": 0.0, "n_clusters": 2})
+    with pytest.raises(SpecError, match="missing: coverage, n_clusters"):
+        study_score({"ari_with_noise": 1.0})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ def test_hdbscan_core_distance_counts_the_point(min_samples):
         assert not np.allclose(untranslated, expected)  # the translation is what makes them agree
 
 
+@pytest.mark.quality
 def test_hdbscan_adapter_close_to_scikit_learn():
     """scikit-learn's HDBSCAN counts the point itself too; its cluster selection differs in details."""
     from sklearn.cluster import HDBSCAN

@@ -181,18 +181,22 @@ def test_lrp_extractor_chooses_a_layer_hudd_style_and_reports_every_candidate(we
     assert features.shape[0] == 80
 
 
-def test_lrp_refuses_torchscript_with_the_eager_form(dut_module, tmp_path):
+def test_lrp_on_torchscript_matches_the_eager_model(dut_module, tmp_path, weights):
+    import json
     import warnings
+
+    SPEC = json.dumps({"input_shape": [1, 28, 28]})  # noqa: N806 - the archive's input description
 
     path = tmp_path / "net.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(dut_module.build().eval()).save(str(path))
-    context = ExtractionContext(digits_source(4), torch.device("cpu"), model_ref=str(path))
-    with pytest.raises(
-        ModelError, match=r"'lrp' extractor reads inside .* package\.module:factory=weights\.pt"
-    ):
-        LRPExtractor(make_features("lrp", "conv2"), context).prepare()
+        torch.jit.script(dut_module.build().eval()).save(str(path), _extra_files={"rca_gpu.json": SPEC})
+    _, got = run_extractor(LRPExtractor, make_features("lrp", "conv2"),
+                           ExtractionContext(digits_source(4), torch.device("cpu"), model_ref=str(path)))
+    eager = ExtractionContext(digits_source(4), torch.device("cpu"), model_ref=f"rca_test_heatmap_dut:build={weights}")
+    _, expected = run_extractor(LRPExtractor, make_features("lrp", "conv2"), eager)
+    assert got.abs().sum() > 0
+    torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-5)
 
 
 def test_unknown_layer_lists_the_real_ones(weights):

@@ -30,6 +30,7 @@ def truth(points):
     return NearestNeighbors(n_neighbors=20).fit(points).kneighbors(points)
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("backend", EXACT + ["faiss-hnsw"])
 def test_backend_matches_exact_neighbours(points, truth, backend):
     graph = knn_graph(points, 20, cpu_device(), backend)

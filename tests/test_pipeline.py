@@ -30,6 +30,7 @@ def _spec(pipeline: str, **kw):
     return build_run_spec(pipeline=pipeline, device="cpu", workers=0, **kw)
 
 
+@pytest.mark.quality
 def test_run_accounts_for_every_row_and_finds_the_groups(image_folder, tmp_path):
     folder, labels, bad = image_folder
     result = run(_spec("pixels+pca+kmeans"), folder, tmp_path / "out")
@@ -137,6 +138,7 @@ def test_order_labels_by_size():
     assert order_labels(labels).tolist() == [1, 1, 0, 0, 0, -1, 2]
 
 
+@pytest.mark.quality
 @pytest.mark.slow
 def test_default_pipeline_with_imagenet_mobilenet(image_folder, tmp_path):
     """The paper's best pipeline, on real ImageNet weights (offline, from the torch cache)."""

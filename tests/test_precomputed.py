@@ -79,6 +79,7 @@ def test_every_layout_reads_the_same_features(blobs, tmp_path):
     for name, path in files.items():
         metadata = tmp_path / "meta.csv" if name == "npy" else None
         failures, features = load_features(path, metadata=metadata)
+        assert features.info["scale_exponent"] == 0  # norms of about 16: an ordinary magnitude, left as it is
         np.testing.assert_array_equal(features.matrix.numpy(), x, err_msg=name)
         assert features.matrix.dtype.is_floating_point and features.matrix.numpy().dtype == np.float32
         assert failures.table["id"].tolist() == [f"img-{i}" for i in range(len(x))], name
@@ -96,7 +97,8 @@ def test_bad_rows_are_rejected_with_their_reason(tmp_path):
     failures, features = load_features(path)
     assert len(failures) == 8
     assert features.positions.tolist() == [0, 5, 7]
-    np.testing.assert_array_equal(features.matrix.numpy(), np.array([rows[0], rows[5], rows[7]], np.float32))
+    unscaled = np.ldexp(features.matrix.numpy(), -features.info["scale_exponent"])
+    np.testing.assert_array_equal(unscaled, np.array([rows[0], rows[5], rows[7]], np.float32))
     nonfinite = "features not finite (NaN or inf) from the features file bad.parquet"
     assert features.rejected == {
         1: REASON_NULL,
@@ -193,6 +195,7 @@ def _values(column: pd.Series) -> list:
 # --- the command line -----------------------------------------------------------------------------------
 
 
+@pytest.mark.quality
 def test_run_with_features_writes_the_usual_outputs(blobs, tmp_path):
     x, y = blobs
     x = x.copy()

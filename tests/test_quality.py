@@ -14,6 +14,7 @@ from rca_gpu.spec import DEFAULT_PIPELINE, build_run_spec
 STRONG_CAUSES = ("blur", "noise", "inversion", "occlusion", "low_contrast")
 
 
+@pytest.mark.quality
 @pytest.mark.slow
 def test_default_pipeline_separates_the_strongest_causes(mnist_rc_small, tmp_path):
     spec = build_run_spec(pipeline=DEFAULT_PIPELINE, device="cpu", workers=1, seed=0)

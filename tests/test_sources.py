@@ -101,3 +101,28 @@ def test_arrays_source_checks_input():
         from_arrays(np.zeros((3, 4, 4), dtype=np.uint8), {"label": [1, 2]})
     failures = from_arrays(np.zeros((3, 4, 4), dtype=np.uint8), {"label": [1, 2, 3]})
     assert failures.table["label"].tolist() == [1, 2, 3]
+
+
+def test_the_data_modules_import_in_one_direction():
+    """No import cycle inside rca_gpu.data, also through imports inside functions."""
+    import ast
+    from pathlib import Path
+
+    import rca_gpu.data
+
+    folder = Path(rca_gpu.data.__file__).parent
+    modules = {f"rca_gpu.data.{p.stem}": p for p in folder.glob("*.py") if p.stem != "__init__"}
+    imports = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in modules:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names if alias.name in modules)
+        imports[name] = found - {name}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(m == goal or (m not in seen and reaches(m, goal, seen | {m})) for m in imports[start])
+
+    assert [m for m in modules if reaches(m, m, set())] == []

@@ -19,6 +19,7 @@ def failures():
     return from_arrays(images, {"label": labels, "root_cause": causes})
 
 
+@pytest.mark.quality
 def test_study_runs_matrix_and_resumes(failures, tmp_path):
     plan = make_plan(["pixels", "pixels(image_size=16)"], ["pca", "none"], ["kmeans", "ward"], has_dut=False)
     assert len(plan.pipelines()) == 8

@@ -55,6 +55,9 @@ def assign_command(
     to OUT/assignments.parquet (status assigned | unknown | not_a_cause | rejected, with the reason).
     """
     from rca_gpu.catalogue.assign import assign_run
+    from rca_gpu.data.paths import check_output_path
+
+    check_output_path(out, "--out")
     from rca_gpu.catalogue.reference import ALPHA
     from rca_gpu.runfiles import ASSIGNMENTS_FILE
 

@@ -86,8 +86,10 @@ def make_command(
     from rca_gpu.datasets import make_dataset
     from rca_gpu.progress import reporter_for
     from rca_gpu.runfiles import DATASET_DUT, DATASET_DUT_STATE, DATASET_INFO, DATASET_PASSING
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.runfolder import check_out_folder
 
+    check_output_path(out, "--out")
     check_out_folder(out)  # before a DUT is trained
     manifest = make_dataset(
         name.value,

@@ -44,7 +44,10 @@ def export_command(
                                         "last line (files and folder).")] = False,
 ) -> None:
     """Export clusters to folders (images + manifest.csv each) for any image viewer or for retraining."""
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.report.export import export_run, parse_selection
+
+    check_output_path(to, "--to")
 
     result = export_run(run_dir, to, clusters=parse_selection(clusters), mode=mode.value)
     for name, n in ({} if quiet else result.groups).items():

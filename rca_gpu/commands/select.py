@@ -47,6 +47,9 @@ def select_command(
     from rich.table import Table
 
     from rca_gpu.catalogue.retraining import SELECTION_FILE, select_from_pool
+    from rca_gpu.data.paths import check_output_path
+
+    check_output_path(out, "--out")
 
     reporter = reporter_for(quiet)
     chosen, info = select_from_pool(run_dir, pool, out, budget=budget, spread=spread.value, floor=floor,

@@ -40,6 +40,9 @@ def study_command(
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32 | bf16")] = None,
+    max_image_memory: Annotated[str | None, typer.Option("--max-image-memory", metavar="SIZE",
+                                help="Memory that decoding images may use at once, e.g. 4GiB (default: a "
+                                "quarter of the machine's).")] = None,
     quiet: QuietOpt = False,
     top: Annotated[int, typer.Option("--top", help="Rows of the ranking to print.")] = 15,
 ) -> None:
@@ -51,7 +54,7 @@ def study_command(
 
     reporter = reporter_for(quiet)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
-                      precision=precision, model=model)
+                      precision=precision, model=model, max_image_memory=max_image_memory)
     base, failures, plan = prepare_study(source, out, _split(features), _split(reducers), _split(clusterers), base)
     if not quiet:
         typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "

@@ -76,11 +76,47 @@ def _count_images(folder: str, wanted: tuple[str, ...]) -> int:
     return count
 
 
+def classify_entry(path: str | os.PathLike) -> str | None:
+    """Why a folder entry named like an image cannot be read as one, or None for a regular file.
+
+    Checks the entry itself (os.lstat) and what a symbolic link points to (os.stat), without opening it:
+    broken links, link loops, folders, named pipes (FIFOs), sockets and device files each get a reason, so
+    that they appear as rejected rows instead of vanishing from the listing or blocking a reader.
+    """
+    import errno
+    import stat
+
+    try:
+        own = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    try:
+        target = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if stat.S_ISLNK(own.st_mode) and exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "broken symbolic link (its target does not exist)"
+        return f"cannot be read: {exc.strerror or exc}"
+    mode = target.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder named like an image, not a file"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO), not a file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device file, not a file"
+    return "not a regular file"
+
+
 def scan_entries(folder: Path, extensions: Iterable[str], *, skip: Iterable[str | os.PathLike] = (),
                  left_out: LeftOut | None = None) -> tuple["pa.Array | list[str]", dict[str, str]]:
     """Relative paths (``/``-separated) of the entries under ``folder`` named like an image (extension in
     ``extensions``, lower case with the dot), searched recursively; and {relative path: reason} of those that
-    are not regular files (:func:`rca_gpu.data.sources.classify_entry`: folders, broken links, pipes, ...).
+    are not regular files (:func:`classify_entry`: folders, broken links, pipes, ...).
 
     Like ``Path.rglob("*")``: symbolic links count as entries, linked folders are not descended into. Left
     out, and counted in ``left_out`` (the image-named files each rule leaves out):
@@ -102,8 +138,6 @@ def scan_entries(folder: Path, extensions: Iterable[str], *, skip: Iterable[str 
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-
-    from rca_gpu.data.sources import classify_entry
 
     wanted = tuple(e.lower() for e in extensions)
     chunks: list[pa.Array] = []

@@ -1,16 +1,18 @@
 """Streaming image decoding with torch DataLoader workers and bad-image accounting.
 
-Each item is decoded in a worker; an unreadable, truncated, zero-byte or non-image file becomes a
-``(position, reason)`` record instead of an exception, so one bad file never stops a run.
+Each item is decoded in a worker; an unreadable, truncated, zero-byte, non-image or too large file becomes a
+``(position, reason)`` record instead of an exception, so one bad file never stops a run. How one file is
+decoded, within a memory budget, is :mod:`rca_gpu.data.decoding`.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
+
+from rca_gpu.data.decoding import MAX_IMAGE_PIXELS, decode_image, decode_image_noted, image_budget, to_8bit
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -20,151 +22,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("rca_gpu")
 
-#: Refuse images above this many pixels (decompression bombs), instead of PIL's warning.
-MAX_IMAGE_PIXELS = 20_000 * 20_000
-
-
-#: Pillow modes whose samples are wider than 8 bits: converted by their value range (see :func:`to_8bit`).
-WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16BS", "I;32", "I;32B", "I", "F")
-#: Background that transparent pixels are composited onto (what an image viewer on a light page shows).
-BACKGROUND = (255, 255, 255)
-
-
-def decode_image(path: str, mode: str):
-    """Open and fully decode one image file into a PIL image of ``mode``. Raises ValueError with a reason.
-
-    See :func:`decode_image_noted` for what is done to the pixels; this drops its note.
-    """
-    return decode_image_noted(path, mode)[0]
-
-
-def decode_image_noted(path: str, mode: str):
-    """Open, fully decode and convert one image file: (PIL image of ``mode``, note or None).
-
-    What a viewer shows is what is analysed: the EXIF orientation is applied, transparency is composited
-    onto a white background, and every Pillow mode is brought to 8 bits by :func:`to_8bit` (16-bit, 32-bit
-    integer and float images by their value range, never clipped). A file with several frames (animated
-    GIF/PNG/WebP, multi-page TIFF) is read at its first frame, and the note says so.
-
-    Raises
-    ------
-    ValueError
-        With the reason the file cannot be used (empty, not an image, truncated, too large, unreadable).
-    """
-    import os
-
-    from PIL import Image, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-    try:
-        if os.path.getsize(path) == 0:
-            raise ValueError("empty file (0 bytes)")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                frames = int(getattr(image, "n_frames", 1) or 1)
-                if frames > 1:
-                    image.seek(0)
-                image.load()  # decode now: truncated data fails here, not later
-                converted = to_8bit(_oriented(image), mode)
-        for warning in caught:  # library warnings go to the log, not onto the terminal
-            log.debug("%s: %s", path, warning.message)
-        note = f"first of {frames} frames used" if frames > 1 else None
-        return converted, note
-    except ValueError:
-        raise
-    except UnidentifiedImageError:
-        raise ValueError("not a readable image (unknown or corrupt format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"image too large (over {MAX_IMAGE_PIXELS} pixels)") from None
-    except OSError as exc:
-        text = str(exc).lower()
-        if "truncated" in text:
-            raise ValueError("truncated image") from None
-        raise ValueError(f"unreadable image: {exc}") from None
-    except Exception as exc:  # decoders raise assorted errors on hostile input
-        raise ValueError(f"corrupt image: {type(exc).__name__}: {exc}") from None
-
-
-def _oriented(image):
-    """The image turned as its EXIF orientation tag says (as it is left when the tag is unreadable)."""
-    from PIL import ImageOps
-
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a damaged EXIF block must not cost the image
-        return image
-
-
-def to_8bit(image, mode: str):
-    """Any Pillow image as an 8-bit image of ``mode`` ("RGB" or "L"), keeping what the pixels mean.
-
-    * 16-bit and 32-bit integer and float images (:data:`WIDE_MODES`) are scaled to 0..255 by the range
-      their values use: floats within [0, 1] as [0, 1]; values within [0, 255] as 8-bit data; integers
-      within [0, 65535] as 16-bit data; anything else from its smallest to its largest finite value. Images
-      of one kind thus keep their relative brightness, and none is clipped to white. NaN becomes 0,
-      +inf the top of the range.
-    * Alpha (RGBA, LA, PA, a palette or grey image with a transparent colour) is composited onto
-      :data:`BACKGROUND`; 1-bit, palette, CMYK and YCbCr images go through Pillow's conversions.
-
-    Parameters
-    ----------
-    image:
-        A loaded PIL image of any mode.
-    mode:
-        "RGB" or "L" (or any mode Pillow converts 8-bit RGB into).
-
-    Returns
-    -------
-    PIL.Image.Image
-        8 bits per channel, ``mode``.
-    """
-    from PIL import Image
-
-    if image.mode in WIDE_MODES or image.mode.startswith("I;"):
-        image = Image.fromarray(_wide_to_uint8(np.asarray(image)), mode="L")
-    elif "A" in image.getbands() or "a" in image.getbands() or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-        image = Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode == mode:
-        return image
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    return image.convert(mode)
-
-
-def _wide_to_uint8(values: np.ndarray) -> np.ndarray:
-    """(h, w) samples of any numeric dtype -> uint8 by the value-range rule of :func:`to_8bit`."""
-    data = values.astype(np.float64)
-    finite = np.isfinite(data)
-    if not finite.any():
-        return np.zeros(data.shape, dtype=np.uint8)
-    low, high = float(data[finite].min()), float(data[finite].max())
-    integer = np.issubdtype(values.dtype, np.integer)
-    if not integer and low >= 0 and high <= 1:
-        low, high = 0.0, 1.0
-    elif low >= 0 and high <= 255:
-        low, high = 0.0, 255.0
-    elif integer and low >= 0 and high <= 65535:
-        low, high = 0.0, 65535.0
-    elif high == low:
-        high = low + 1.0
-    data = np.where(np.isnan(data), low, data)
-    scaled = (np.clip(data, low, high) - low) * (255.0 / (high - low))
-    return np.rint(scaled).astype(np.uint8)
+__all__ = ["MAX_IMAGE_PIXELS", "decode_image", "decode_image_noted", "to_8bit", "ImageDataset", "collate",
+           "make_loader", "iterate_batches"]
 
 
 class ImageDataset:
     """Map-style dataset over some rows of a FailureSet: item -> (position, tensor | None, reason, properties).
 
     With ``properties``, each decoded image's interpretable properties (:mod:`rca_gpu.data.properties`,
-    float32 vector) travel with it; otherwise that slot is None.
+    float32 vector) travel with it; otherwise that slot is None. ``budget``: bytes the decoding of one image
+    may use (:func:`rca_gpu.data.decoding.image_budget`); None decodes whatever the header says.
     """
 
     def __init__(self, failures: "FailureSet", positions: np.ndarray, transform: Callable, mode: str,
-                 properties: bool = False) -> None:
+                 properties: bool = False, budget: int | None = None) -> None:
         self.images = failures.images
         self.positions = np.asarray(positions, dtype=np.int64)
         # only these rows' paths, as one Arrow array: no Python string per row, cheap to send to workers
@@ -172,6 +43,7 @@ class ImageDataset:
         self.transform = transform
         self.mode = mode
         self.properties = properties
+        self.budget = budget
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -190,7 +62,7 @@ class ImageDataset:
 
                 image = Image.fromarray(self.images[position]).convert(self.mode)
             else:
-                image, note = decode_image_noted(self._path(item), self.mode)
+                image, note = decode_image_noted(self._path(item), self.mode, self.budget)
             properties = None
             if self.properties:
                 from rca_gpu.data.properties import image_properties
@@ -239,12 +111,17 @@ def make_loader(
     workers: int,
     pin_memory: bool,
     properties: bool = False,
+    max_image_memory: int | None = None,
 ):
-    """A DataLoader over ``positions`` that yields collate() tuples (with image properties if asked)."""
+    """A DataLoader over ``positions`` that yields collate() tuples (with image properties if asked).
+
+    ``max_image_memory``: bytes that decoding may use at once, shared by the worker processes (None: the
+    default share of the machine's memory, :func:`rca_gpu.data.decoding.image_budget`)."""
     from torch.utils.data import DataLoader
 
-    dataset = ImageDataset(failures, positions, transform, mode, properties)
-    workers = min(workers, max(0, len(dataset) // max(batch_size, 1)))  # no idle worker processes
+    workers = min(workers, max(0, len(positions) // max(batch_size, 1)))  # no idle worker processes
+    dataset = ImageDataset(failures, positions, transform, mode, properties,
+                           budget=image_budget(max_image_memory, workers))
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -270,6 +147,7 @@ def iterate_batches(
     seed: int = 0,
     reporter: "Reporter | None" = None,
     description: str = "reading images",
+    max_image_memory: int | None = None,
 ) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
     """(positions, images-on-device) over the usable rows; bad images are skipped silently here."""
     positions = failures.usable_positions
@@ -279,7 +157,7 @@ def iterate_batches(
         positions = positions[:limit]
     loader = make_loader(
         failures, positions, transform, mode, batch_size=batch_size, workers=workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda", max_image_memory=max_image_memory,
     )
     from rca_gpu.progress import Reporter
 

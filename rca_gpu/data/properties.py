@@ -51,10 +51,17 @@ INTEGER_PROPERTIES: tuple[str, ...] = ("img_width", "img_height")
 #: Luma below this (0..255) counts as near-black, above ``255 - DARK_LEVEL`` as near-white.
 DARK_LEVEL = 16
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+#: Pixels per strip of rows, here and in rca_gpu.data.decoding: the memory besides the image is that of one strip
+#: (about 40 bytes a pixel).
+STRIP_PIXELS = 1 << 18
 
 
 def image_properties(image: "Image.Image | np.ndarray") -> np.ndarray:
     """The interpretable properties of one decoded image.
+
+    Computed in strips of rows (:data:`STRIP_PIXELS` pixels, one row of overlap for the Laplacian) whose means
+    and variances are combined exactly (Chan et al. 1979), so the memory besides the image is one strip's,
+    whatever its size; an image of one strip gives what a whole-image computation gives.
 
     Parameters
     ----------
@@ -72,23 +79,38 @@ def image_properties(image: "Image.Image | np.ndarray") -> np.ndarray:
     ValueError
         The array is not uint8 (h, w) / (h, w, c) or has no pixels.
     """
-    pixels = _as_array(image)
-    h, w = pixels.shape[:2]
-    if pixels.ndim == 3:
-        rgb = pixels[..., :3].astype(np.float32)
-        luma = rgb @ _LUMA
-        colourfulness = _colourfulness(rgb)
-    else:
-        luma = pixels.astype(np.float32)
-        colourfulness = 0.0
-    counts = np.bincount(np.clip(luma, 0, 255).astype(np.uint8).ravel(), minlength=256)
+    rows_of = _strips(image)
+    h, w, colour = rows_of.height, rows_of.width, rows_of.colour
+    rows = max(3, STRIP_PIXELS // w)
+    luma_stats, laplacian, rg, yb = _Moments(), _Moments(), _Moments(), _Moments()
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, h, rows):
+        stop = min(h, start + rows)
+        first, last = max(0, start - 1), min(h, stop + 1)  # one row of overlap each side, for the Laplacian
+        strip = rows_of(first, last)
+        luma = _luma(strip)
+        own = luma[start - first: start - first + (stop - start)]
+        luma_stats.add(own)
+        counts += np.bincount(np.clip(own, 0, 255).astype(np.uint8).ravel(), minlength=256)
+        if h >= 3 and w >= 3:  # the interior rows of this strip: rows 1..h-2 of the image
+            top, bottom = max(start, 1), min(stop, h - 1)
+            if bottom > top:
+                centre = luma[top - first - 1: bottom - first + 1]
+                laplacian.add(_laplacian(centre))
+        if colour:
+            rgb = strip[start - first: start - first + (stop - start), :, :3].astype(np.float32)
+            rg.add(rgb[..., 0] - rgb[..., 1])
+            yb.add(0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2])
     share = counts / counts.sum()
     nonzero = share[share > 0]
+    colourfulness = 0.0
+    if colour:
+        colourfulness = float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
     return np.array(
         [
-            luma.mean() / 255.0,
-            luma.std() / 255.0,
-            _laplacian_variance(luma),
+            luma_stats.mean() / 255.0,
+            luma_stats.std() / 255.0,
+            float(laplacian.var()) if laplacian.n else 0.0,
             colourfulness,
             float(-(nonzero * np.log2(nonzero)).sum()),
             float(w),
@@ -101,11 +123,69 @@ def image_properties(image: "Image.Image | np.ndarray") -> np.ndarray:
     )
 
 
-def _as_array(image) -> np.ndarray:
-    if not isinstance(image, np.ndarray):
+class _Moments:
+    """Count, mean and variance of float32 values added block by block, combined exactly in float64 (Chan,
+    Golub & LeVeque 1979); results are float32, and one block gives NumPy's own float32 mean and variance."""
+
+    def __init__(self) -> None:
+        self.n, self._mean, self._m2 = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        count = int(values.size)
+        if not count:
+            return
+        mean, var = float(values.mean()), float(values.var())
+        if not self.n:
+            self.n, self._mean, self._m2 = count, mean, var * count
+            return
+        total = self.n + count
+        delta = mean - self._mean
+        self._m2 += var * count + delta * delta * self.n * count / total
+        self._mean += delta * count / total
+        self.n = total
+
+    def mean(self) -> np.float32:
+        return np.float32(self._mean)
+
+    def var(self) -> np.float32:
+        return np.float32(self._m2 / self.n) if self.n else np.float32(0.0)
+
+    def std(self) -> np.float32:
+        return np.float32(np.sqrt(self._m2 / self.n)) if self.n else np.float32(0.0)
+
+
+def _luma(pixels: np.ndarray) -> np.ndarray:
+    """float32 luma of uint8 rows: grey as it is, RGB by ITU-R BT.601."""
+    if pixels.ndim == 3:
+        return pixels[..., :3].astype(np.float32) @ _LUMA
+    return pixels.astype(np.float32)
+
+
+class _strips:
+    """Rows ``first:last`` of an image as a uint8 array (h, w) or (h, w, 3+): sliced from an array, cropped from
+    a PIL image (so that no array of the whole image is made)."""
+
+    def __init__(self, image) -> None:
+        if isinstance(image, np.ndarray):
+            self.array, self.image = _as_array(image), None
+            self.height, self.width = self.array.shape[:2]
+            self.colour = self.array.ndim == 3
+            return
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB")
-        image = np.asarray(image)
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"image_properties needs an image with pixels; got size {image.size}.")
+        self.array, self.image = None, image
+        self.width, self.height = image.size
+        self.colour = image.mode == "RGB"
+
+    def __call__(self, first: int, last: int) -> np.ndarray:
+        if self.array is not None:
+            return self.array[first:last]
+        return np.asarray(self.image.crop((0, first, self.width, last)))
+
+
+def _as_array(image: np.ndarray) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.size == 0:
         raise ValueError(
             f"image_properties needs a uint8 array shaped (h, w) or (h, w, c) with pixels; got dtype "
@@ -118,16 +198,6 @@ def _as_array(image) -> np.ndarray:
     return image
 
 
-def _laplacian_variance(luma: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian over the interior pixels (0 for images under 3x3)."""
-    if luma.shape[0] < 3 or luma.shape[1] < 3:
-        return 0.0
-    lap = (luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:]) - 4.0 * luma[1:-1, 1:-1]
-    return float(lap.var())
-
-
-def _colourfulness(rgb: np.ndarray) -> float:
-    """Hasler & Süsstrunk's colourfulness metric M (grey level units) of a float RGB array (h, w, 3)."""
-    rg = rgb[..., 0] - rgb[..., 1]
-    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
-    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+def _laplacian(luma: np.ndarray) -> np.ndarray:
+    """The 4-neighbour Laplacian of the interior pixels of ``luma`` (rows and columns 1..-2)."""
+    return (luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:]) - 4.0 * luma[1:-1, 1:-1]

@@ -15,6 +15,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from rca_gpu.data.listing import classify_entry
+from rca_gpu.data.paths import BYTES_SUFFIX, bytes_column, is_utf8, path_or_file
 from rca_gpu.errors import SourceError, escape_surrogates, printable
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm", ".pbm", ".pnm")
@@ -22,7 +24,7 @@ MANIFEST_EXTENSIONS = (".csv", ".parquet")
 #: Columns rca_gpu writes itself. A metadata column of a manifest (or of array metadata) with one of these
 #: names keeps its values under the name prefixed with "input_", the prefix repeated until the name is free;
 #: the same rule settles two columns of one name. The manifest's own 'path' and 'id' columns are read.
-RESERVED_COLUMNS = ("id", "path", "input_path", "folder", "cluster", "status", "reason")
+RESERVED_COLUMNS = ("id", "path", "path_bytes", "input_path", "folder", "cluster", "status", "reason")
 #: Parquet schema metadata key naming the DNN under test, relative to the manifest's folder.
 DUT_METADATA_KEY = b"rca_gpu.dut"
 #: Architectures a manifest may name for its DNN under test (``NAME=weights.pt``): id -> the rca_gpu factory
@@ -30,6 +32,7 @@ DUT_METADATA_KEY = b"rca_gpu.dut"
 KNOWN_ARCHITECTURES = {
     "mnist_cnn": "rca_gpu.datasets.models:mnist_cnn",
     "shapes_cnn": "rca_gpu.datasets.models:shapes_cnn",
+    "digit_recognizer_cnn": "rca_gpu.datasets.models:digit_recognizer_cnn",
 }
 #: File name endings of a model file a manifest may name (TorchScript, torch.export, ONNX).
 MODEL_FILE_EXTENSIONS = (".pt", ".pth", ".pt2", ".onnx")
@@ -53,6 +56,8 @@ class FailureSet:
     file_paths:
         The paths to open, where they differ from the table's ``path`` column: a file name whose bytes are
         not UTF-8 is shown in the table with ``\\xNN`` escapes (every output is UTF-8) and opened from here.
+    source:
+        What was given, as UTF-8 text (``\\xNN`` for bytes that are not UTF-8; :mod:`rca_gpu.data.paths`).
     left_out:
         For folder sources: the image-named files the scan left out, by rule (hidden names, rca-gpu output
         folders; :meth:`rca_gpu.data.listing.LeftOut.to_dict`). Recorded in run.json.
@@ -67,6 +72,8 @@ class FailureSet:
     root: str | None = None
     file_paths: list[str] | None = None
     left_out: dict[str, Any] = field(default_factory=dict)
+    source_path: str | None = None  # what was given, as the file system names it (``source`` is its text)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -87,7 +94,11 @@ class FailureSet:
     def describe(self) -> dict[str, Any]:
         """run.json's ``"source"``: what was given, its kind, its rows, the image root its paths had to resolve
         inside (readers of the run apply it again: :func:`path_refusal`) and what the folder scan left out."""
-        info: dict[str, Any] = {"given": str(self.source), "kind": self.kind, "rows": len(self), "root": self.root}
+        from rca_gpu.data.paths import json_fields
+
+        given = self.source_path if self.source_path is not None else str(self.source)
+        info: dict[str, Any] = {**json_fields("given", given), "kind": self.kind, "rows": len(self),
+                                "root": self.root}
         if self.kind == "folder":
             info["left_out"] = self.left_out
         return info
@@ -101,28 +112,66 @@ class FailureSet:
         return np.flatnonzero(mask)
 
     def fingerprint(self) -> str:
-        """Hex digest of (path, size, mtime_ns) of every row: what a features cache depends on.
+        """Digest of what the rows hold: the bytes of every usable row's file, in row order, and the reason of
+        each row rejected up front; for an array source, the arrays' bytes, shape and dtype.
 
-        Streamed into the hash in chunks of rows, so a million rows cost no list of a million tuples.
+        What the feature cache and the autoencoder's training depend on: an image replaced by another of the
+        same name, size and modification time changes it, a renamed or touched file does not. Each file is read
+        in blocks (:func:`file_digest`), never whole; the result is kept for the life of the object.
         """
+        if self._fingerprint is None:
+            self._fingerprint = self._content_digest()
+        return self._fingerprint
+
+    def _content_digest(self) -> str:
         import hashlib
 
+        digest = hashlib.blake2b(digest_size=20)
         if self.images is not None:
-            digest = hashlib.sha256(np.ascontiguousarray(self.images).tobytes()).hexdigest()
-            return f"arrays:{len(self)}:{digest}"
-        digest = hashlib.sha256()
+            images = np.ascontiguousarray(self.images)
+            digest.update(f"{images.shape}:{images.dtype.str}\n".encode())
+            digest.update(memoryview(images).cast("B"))
+            return f"arrays:{len(self)}:{digest.hexdigest()}"
         paths = self.file_paths if self.file_paths is not None else self.table["path"]
         chunk = 1 << 16
         for start in range(0, len(paths), chunk):
             part = paths[start:start + chunk] if isinstance(paths, list) else paths.iloc[start:start + chunk].tolist()
-            for path in part:
-                try:
-                    st = os.stat(path)
-                    size, mtime = st.st_size, st.st_mtime_ns
-                except (OSError, TypeError, ValueError):
-                    size = mtime = -1
-                digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
-        return f"files:{len(self)}:{digest.hexdigest()}"
+            for position, path in enumerate(part, start):
+                reason = self.rejected.get(position)
+                held = f"rejected: {reason}" if reason is not None else file_digest(path)
+                digest.update(f"{position}\0{held}\n".encode("utf-8", "surrogateescape"))
+        return f"content:{len(self)}:{digest.hexdigest()}"
+
+
+#: Bytes read at once by :func:`file_digest`.
+DIGEST_BLOCK = 1 << 20
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Hex blake2b digest (16 bytes) of a regular file's bytes, read in blocks of :data:`DIGEST_BLOCK`; for
+    anything else a description instead of a digest (``"not a regular file"``, ``"unreadable: <why>"``).
+
+    The file is opened without blocking and checked to be a regular file before a byte is read, so a named
+    pipe put in an image's place never blocks the caller.
+    """
+    import hashlib
+    import stat
+
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, TypeError, ValueError) as exc:
+        return f"unreadable: {getattr(exc, 'strerror', None) or exc}"
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            return "not a regular file"
+        digest = hashlib.blake2b(digest_size=16)
+        while block := os.read(handle, DIGEST_BLOCK):
+            digest.update(block)
+        return digest.hexdigest()
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(handle)
 
 
 def load_source(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
@@ -232,42 +281,6 @@ def rejection_hint(reasons: "Iterable[str]") -> str:
     return " ".join(hint for hint, seen in ((CONTENT_HINT, found["content"]), (PATH_HINT, found["path"])) if seen)
 
 
-def classify_entry(path: str | os.PathLike) -> str | None:
-    """Why a folder entry named like an image cannot be read as one, or None for a regular file.
-
-    Checks the entry itself (os.lstat) and what a symbolic link points to (os.stat), without opening it:
-    broken links, link loops, folders, named pipes (FIFOs), sockets and device files each get a reason, so
-    that they appear as rejected rows instead of vanishing from the listing or blocking a reader.
-    """
-    import errno
-    import stat
-
-    try:
-        own = os.lstat(path)
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror or exc}"
-    try:
-        target = os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "symbolic link loop"
-        if stat.S_ISLNK(own.st_mode) and exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            return "broken symbolic link (its target does not exist)"
-        return f"cannot be read: {exc.strerror or exc}"
-    mode = target.st_mode
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a folder named like an image, not a file"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO), not a file"
-    if stat.S_ISSOCK(mode):
-        return "a socket, not a file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device file, not a file"
-    return "not a regular file"
-
-
 def _from_folder(folder: Path, skip: "list[str | os.PathLike] | tuple" = ()) -> FailureSet:
     import logging
 
@@ -287,14 +300,21 @@ def _from_folder(folder: Path, skip: "list[str | os.PathLike] | tuple" = ()) -> 
         )
     root = folder.resolve()
     ids = np.arange(len(relative), dtype=np.int64)
+    if not isinstance(relative, list) and not is_utf8(str(root)):  # a folder whose own name is not UTF-8
+        relative = relative.to_pylist()
     if isinstance(relative, list):  # a name that is not UTF-8: shown escaped, opened by its real name
         real = [f"{root}/{r}" for r in relative]
         shown = [escape_surrogates(p) for p in real]
         parents = [escape_surrogates(r.rsplit("/", 1)[0]) if "/" in r else "." for r in relative]
         rejected = {i: special[r] for i, r in enumerate(relative) if r in special}
-        table = pd.DataFrame({"id": ids, "path": shown, "folder": parents})
+        columns = {"id": ids, "path": shown}
+        raw = bytes_column(real)
+        if raw is not None:  # the exact bytes of paths that are not UTF-8 (rca_gpu.data.paths)
+            columns["path" + BYTES_SUFFIX] = raw
+        table = pd.DataFrame({**columns, "folder": parents})
         return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
-                          root=str(root), file_paths=real if shown != real else None, left_out=left_out.to_dict())
+                          root=str(root), file_paths=real if shown != real else None, left_out=left_out.to_dict(),
+                          source_path=str(folder))
     columns = folder_columns(root, relative)  # as listed: a link keeps its own name
     rejected = dict(zip(positions_of(relative, special), special.values()))
     table = pd.DataFrame({"id": ids, "path": columns["path"].to_pandas(), "folder": columns["folder"].to_pandas()})
@@ -307,7 +327,8 @@ def _read_manifest(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
 
-            arrow = pq.ParquetFile(path).read()  # not read_table: its dataset layer refuses repeated names
+            with path_or_file(path) as source:  # a name that is not UTF-8: through a Python file object
+                arrow = pq.ParquetFile(source).read()  # not read_table: its dataset layer refuses repeated names
             names = arrow.column_names
             if len(set(names)) == len(names):
                 return arrow.to_pandas(), dict(arrow.schema.metadata or {})
@@ -401,10 +422,13 @@ def _from_manifest(path: Path, image_root: str | os.PathLike | None) -> FailureS
     ids = _ids(columns[id_position] if id_position is not None else None, len(frame), path)
     meta = [(names[i], columns[i]) for i in range(len(columns)) if i not in (path_position, id_position)]
     shown = [escape_surrogates(p) for p in resolved]
-    front = {"id": ids, "path": shown, "input_path": [_as_text(r) for r in raw_paths]}
+    front = {"id": ids, "path": shown, "input_path": [escape_surrogates(_as_text(r)) for r in raw_paths]}
+    raw = bytes_column(resolved)
+    if raw is not None:  # the exact bytes of paths that are not UTF-8 (rca_gpu.data.paths)
+        front["path" + BYTES_SUFFIX] = raw
     table = _assemble(front, meta)
-    return FailureSet(table=table, source=str(path), kind="manifest", rejected=rejected, dut=dut, root=str(root),
-                      file_paths=resolved if shown != resolved else None)
+    return FailureSet(table=table, source=escape_surrogates(str(path)), kind="manifest", rejected=rejected, dut=dut,
+                      root=str(root), file_paths=resolved if shown != resolved else None, source_path=str(path))
 
 
 def _as_text(raw: Any) -> str:

@@ -1,6 +1,7 @@
 """Offline ground-truth failure benchmarks: images a DNN fails on, each with its known root cause.
 
-Two seeded benchmarks, each written as a folder with ``manifest.parquet`` (one row per failing image, its
+Five seeded benchmarks (docs/datasets.md), each written as a folder with ``manifest.parquet`` (one row per
+failing image, its
 ``root_cause`` and every generating parameter), the PNGs, and the DNN under test (``dut_state.pt``, the weights of a
 known architecture of ``rca_gpu.datasets.models``, and ``dut.pt`` as TorchScript)::
 
@@ -15,13 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from rca_gpu.datasets.digits_real import INFO as _DIGITS_REAL
 from rca_gpu.datasets.info import NONE, CauseInfo, DatasetInfo
+from rca_gpu.datasets.mnist_pairs import INFO as _MNIST_PAIRS
 from rca_gpu.datasets.mnist_rc import INFO as _MNIST_RC
+from rca_gpu.datasets.mnist_spread import INFO as _MNIST_SPREAD
 from rca_gpu.datasets.shapes_sim import INFO as _SHAPES_SIM
 from rca_gpu.errors import SpecError
 from rca_gpu.outputs import writes_to
 
-DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (_MNIST_RC, _SHAPES_SIM)}
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info for info in (_MNIST_RC, _SHAPES_SIM, _MNIST_PAIRS, _MNIST_SPREAD, _DIGITS_REAL)
+}
 
 __all__ = ["DATASETS", "NONE", "CauseInfo", "DatasetInfo", "dataset_differences", "get_dataset", "list_datasets",
            "make_dataset"]

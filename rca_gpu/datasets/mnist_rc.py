@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,15 @@ COLUMNS: dict[str, str] = {
 
 def prepare(*, seed: int, reporter=None):
     """Split the digits, get the DUT (cache or training), and return the per-cause proposer."""
+    return prepare_with(TRANSFORMS, seed=seed, reporter=reporter)
+
+
+def prepare_with(transforms, *, seed: int, reporter=None, classes: Mapping[str, Sequence[int]] | None = None):
+    """mnist-rc's digits, split and DUT, with a proposer that applies ``transforms`` (cause -> transform).
+
+    The benchmarks built on the same digits (mnist-pairs, mnist-spread) share this DUT: the same seed gives
+    the same split and the same cached weights. ``classes`` restricts a cause to digits of the given classes.
+    """
     from rca_gpu.datasets.building import Prepared
     from rca_gpu.datasets.models import mnist_cnn
     from rca_gpu.datasets.runtime import predict
@@ -98,7 +107,8 @@ def prepare(*, seed: int, reporter=None):
     )
     correct = test[predict(model, digits[test])[0] == labels[test]]
     extra = {"split": {"train": len(train), "test": len(test), "test_clean_correct": len(correct)}}
-    return Prepared(model=model, dut_meta=meta, propose=_Proposer(digits, labels, test, correct), extra=extra)
+    proposer = _Proposer(digits, labels, test, correct, transforms, classes or {})
+    return Prepared(model=model, dut_meta=meta, propose=proposer, extra=extra)
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,8 +144,10 @@ class _Proposer:
     reused under one cause only after all others were used, and different causes reuse digits freely.
     """
 
-    def __init__(self, digits: np.ndarray, labels: np.ndarray, test: np.ndarray, correct: np.ndarray) -> None:
+    def __init__(self, digits: np.ndarray, labels: np.ndarray, test: np.ndarray, correct: np.ndarray,
+                 transforms: Mapping[str, Callable], classes: Mapping[str, Sequence[int]]) -> None:
         self.digits, self.labels, self.test, self.correct = digits, labels, test, correct
+        self.transforms, self.classes = transforms, classes
         self.queues: dict[str, list[int]] = {}
 
     def __call__(self, cause: str, rng: np.random.Generator, k: int):
@@ -152,7 +164,7 @@ class _Proposer:
             params = [{"source_index": int(i), "inverted": False} for i in order]
             return Candidates(self.digits[order], self.labels[order], params)
         indices = self._next(cause, rng, k)
-        transform = TRANSFORMS[cause]
+        transform = self.transforms[cause]
         images, params = [], []
         for index in indices:
             clean = torch.tensor(self.digits[index], dtype=torch.float32).div(255.0).unsqueeze(0)
@@ -163,8 +175,11 @@ class _Proposer:
 
     def _next(self, cause: str, rng: np.random.Generator, k: int) -> np.ndarray:
         queue = self.queues.setdefault(cause, [])
+        pool = self.correct
+        if cause in self.classes:
+            pool = pool[np.isin(self.labels[pool], list(self.classes[cause]))]
         while len(queue) < k:
-            queue.extend(rng.permutation(self.correct).tolist())
+            queue.extend(rng.permutation(pool).tolist())
         taken, self.queues[cause] = queue[:k], queue[k:]
         return np.asarray(taken, dtype=np.int64)
 

@@ -107,3 +107,35 @@ def shapes_cnn() -> SmallCNN:
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
     )
+
+
+class DigitRecognizerCNN(nn.Module):
+    """The CNN of the PyPI package ``digit-recognizer-py`` (0.1.0, MIT), with its input normalisation inside.
+
+    The package ships the architecture (``digit_recognizer.model.CNN``: three conv/ReLU/max-pool blocks with
+    32/64/128 channels, then 1152 -> 256 -> 10) and weights trained on MNIST
+    (``digit_recognizer/models/handwriting_model.pth``), and normalises with (0.1307, 0.3081) outside the
+    model. The same layers under the same names, so the package's state_dict loads as it is; the reshape the
+    package does functionally is an ``nn.Flatten`` here, so hooks and LRP rules see every layer.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_shape = (1, 28, 28)
+        self.classes = list(MNIST_CLASSES)
+        self.normalize = Normalize((0.1307,), (0.3081,))
+        self.conv_layers = nn.Sequential(
+            nn.Conv2d(1, 32, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(32, 64, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+            nn.Conv2d(64, 128, kernel_size=3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+        )
+        self.flatten = nn.Flatten()
+        self.fc_layers = nn.Sequential(nn.Linear(128 * 3 * 3, 256), nn.ReLU(), nn.Linear(256, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_layers(self.flatten(self.conv_layers(self.normalize(x))))
+
+
+def digit_recognizer_cnn() -> DigitRecognizerCNN:
+    """DUT of ``digits-real``: the published digit CNN of ``digit-recognizer-py`` (weights not loaded here)."""
+    return DigitRecognizerCNN()

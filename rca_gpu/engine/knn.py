@@ -47,6 +47,11 @@ GPU_ONLY_KNN_BACKENDS = {"cuvs": ("cuvs", "cuVS"), "cuml": ("cuml_knn", "cuML")}
 #: Exact search on the CPU costs n * n * d; above this (50,000 points at d = 1280, where FAISS HNSW caught up
 #: with exact FAISS in benchmarks/knn_backends.py) the approximate HNSW graph is used.
 CPU_EXACT_BUDGET = 50_000 * 50_000 * 1280
+#: Neighbours searched beyond k on the host, so that exact distances, not the rounding of the BLAS kernel the
+#: CPU gets (OpenBLAS picks Haswell, Zen or SkylakeX code by CPU), decide which near-tied points are the k
+#: nearest: the kernel swapped k-th neighbours and changed labels between CPUs (benchmarks/RESULTS.md,
+#: "Code-generation target").
+RERANK_MARGIN = 8
 
 
 @dataclass
@@ -110,14 +115,16 @@ def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph
                                      data={"n_samples": n, "n_features": dim, "k": k}))
     started = time.perf_counter()
     data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
-    indices, distances = adapter.search(data, k)
-    if not device.on_gpu:  # host results: the same graph whatever the thread count (see exact_distances)
-        indices, distances = exact_distances(x, as_numpy(indices))
+    fetch = k if device.on_gpu else min(n, k + RERANK_MARGIN)
+    indices, distances = adapter.search(data, fetch)
+    if not device.on_gpu:  # host results: the same graph whatever the thread count or CPU (see exact_distances)
+        indices, distances = (a[:, :k] for a in exact_distances(x, as_numpy(indices)))
     seconds = time.perf_counter() - started
     return KnnGraph(indices, distances, f"{name}-{adapter.implementation.backend}", seconds)
 
 
-def exact_distances(x: Any, indices: np.ndarray, *, keep_first: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def exact_distances(x: Any, indices: np.ndarray, *, keep_first: bool = True,
+                    queries: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Recompute the distances of a kNN result exactly and order each row by (distance, index).
 
     Matrix-product searches (FAISS, torch) compute ``|a|^2 + |b|^2 - 2 a.b`` in float32, whose rounding
@@ -132,20 +139,21 @@ def exact_distances(x: Any, indices: np.ndarray, *, keep_first: bool = True) -> 
     x : (n, d) host array of the points (float32 or float64).
     indices : (n, k) int array of neighbour rows of ``x``; with ``keep_first`` column 0 stays in place (the
         point itself in a self-graph).
+    queries : (n, d) host array whose neighbours in ``x`` the rows of ``indices`` are; default ``x`` itself.
 
     Returns
     -------
     (indices int64 (n, k), distances float32 (n, k)).
     """
-    x = np.asarray(as_numpy(x))
+    x = np.asarray(as_numpy(x)).astype(np.float32, copy=False)
+    queries = x if queries is None else np.asarray(as_numpy(queries)).astype(np.float32, copy=False)
     indices = np.asarray(indices, dtype=np.int64)
     n, k = indices.shape
     distances = np.empty((n, k), dtype=np.float32)
-    x = x.astype(np.float32, copy=False)
     block = max(1, (1 << 22) // max(1, k * x.shape[1]))
     for start in range(0, n, block):
         stop = min(n, start + block)
-        diff = x[indices[start:stop]] - x[start:stop, None, :]
+        diff = x[indices[start:stop]] - queries[start:stop, None, :]
         distances[start:stop] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
     first = 1 if keep_first and k > 0 else 0
     order = np.lexsort((indices[:, first:], distances[:, first:]), axis=1)
@@ -159,9 +167,12 @@ def exact_distances(x: Any, indices: np.ndarray, *, keep_first: bool = True) -> 
 def nearest_rows(base: Any, queries: Any, k: int, device: Device) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of ``base`` for every row of ``queries`` (exact, Euclidean).
 
-    Blocked matrix products and top-k in torch on ``device`` (CPU or CUDA); the nearest distance is then
-    recomputed exactly, so a row identical to a base row is at distance 0. Cost O(len(queries) x len(base)
-    x d): linear in the number of queries for a fixed base (the seeded sample of :mod:`rca_gpu.tuning`).
+    Blocked matrix products and top-k in torch on ``device`` (CPU or CUDA). On the CPU ``RERANK_MARGIN``
+    more than ``k`` are searched and their distances recomputed exactly decide the ``k`` nearest (ties: the
+    lower index), so that the result does not depend on the BLAS kernel's rounding; on a GPU the nearest
+    distance is recomputed exactly. Either way a row identical to a base row is at distance 0. Cost
+    O(len(queries) x len(base) x d): linear in the number of queries for a fixed base (the seeded sample of
+    :mod:`rca_gpu.tuning`).
 
     Returns
     -------
@@ -170,28 +181,28 @@ def nearest_rows(base: Any, queries: Any, k: int, device: Device) -> tuple[np.nd
     import torch
 
     k = min(k, int(base.shape[0]))
+    fetch = k if device.on_gpu else min(k + RERANK_MARGIN, int(base.shape[0]))
     b = as_torch(base, device.torch_device).float()
     q_all = as_torch(queries, device.torch_device)
     m = int(q_all.shape[0])
     base_sq = (b * b).sum(dim=1)
     block = torch_block_rows(int(b.shape[0]), b.device)
-    out_i = np.empty((m, k), dtype=np.int64)
-    out_d = np.empty((m, k), dtype=np.float32)
+    out_i = np.empty((m, fetch), dtype=np.int64)
+    out_d = np.empty((m, fetch), dtype=np.float32)
     for start in range(0, m, block):
         stop = min(m, start + block)
         q = q_all[start:stop].float()
         d2 = (q * q).sum(dim=1)[:, None] + base_sq[None, :] - 2.0 * (q @ b.T)
-        values, idx = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        values, idx = torch.topk(d2, fetch, dim=1, largest=False, sorted=True)
         out_i[start:stop] = as_numpy(idx)
         out_d[start:stop] = as_numpy(values.clamp_min_(0.0).sqrt_())
-    # the nearest distance exactly (float32 differences): an identical row is at distance 0, not at the
-    # rounding error of the matrix product
-    base_host = np.asarray(as_numpy(base), dtype=np.float32)
-    for start in range(0, m, 65_536):
-        stop = min(m, start + 65_536)
-        diff = base_host[out_i[start:stop, 0]] - np.asarray(as_numpy(queries[start:stop]), dtype=np.float32)
-        out_d[start:stop, 0] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    return out_i, out_d
+    # exact distances (float32 differences): an identical row is at distance 0, not at the rounding error of
+    # the matrix product; on the host they also decide the k nearest, the same on every CPU
+    if device.on_gpu:
+        out_d[:, :1] = exact_distances(base, out_i[:, :1], keep_first=False, queries=queries)[1]
+        return out_i, out_d
+    out_i, out_d = exact_distances(base, out_i, keep_first=False, queries=queries)
+    return out_i[:, :k], out_d[:, :k]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Transfer-learning features from torchvision backbones pretrained on ImageNet.
 
 The default layer is the global-pooled penultimate layer (the input of the classifier); any node of the
-model's graph can be chosen instead (``resnet18@layer3``), and 4-D maps are global-average-pooled.
+model's graph can be chosen instead (``resnet18@layer3``), and 4-D maps are global-average-pooled, or with
+``pool=gridN`` average-pooled to an N x N grid (then the default layer is the last feature map, before the
+network pools it away).
 Weights come from torchvision's weights API (``weights=IMAGENET1K_V1``, the default), from a state_dict
 file (``--weights PATH``, loaded with ``weights_only=True``), or ``weights=none`` (random, for tests).
 """
@@ -25,13 +27,14 @@ class Backbone:
     builder: str  # torchvision.models function name
     default_layer: str  # graph node of the global-pooled penultimate features
     dims: int
+    map_layer: str  # the last spatial feature map, the default layer of pool=gridN
 
 
 BACKBONES = {
-    "mobilenet_v2": Backbone("mobilenet_v2", "flatten", 1280),
-    "resnet18": Backbone("resnet18", "flatten", 512),
-    "resnet50": Backbone("resnet50", "flatten", 2048),
-    "vgg16": Backbone("vgg16", "classifier.4", 4096),
+    "mobilenet_v2": Backbone("mobilenet_v2", "flatten", 1280, "features"),
+    "resnet18": Backbone("resnet18", "flatten", 512, "layer4"),
+    "resnet50": Backbone("resnet50", "flatten", 2048, "layer4"),
+    "vgg16": Backbone("vgg16", "classifier.4", 4096, "features"),
 }
 
 
@@ -117,9 +120,12 @@ class BackboneExtractor(FeatureExtractor):
         import torch
         from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
+        from rca_gpu.features.represent import grid_size
+
         backbone = BACKBONES[self.spec.name]
         model = build_backbone(self.spec.name, self.spec.params.get("weights"))
-        self.layer = self.spec.layer or backbone.default_layer
+        self.grid = grid_size(self.spec.params.get("pool"))
+        self.layer = self.spec.layer or (backbone.map_layer if self.grid else backbone.default_layer)
         _, nodes = get_graph_node_names(model)
         inside = [n for n in nodes if n.startswith(self.layer + ".")]
         if self.layer not in nodes and inside:
@@ -131,6 +137,16 @@ class BackboneExtractor(FeatureExtractor):
                 "(all names: torchvision.models.feature_extraction.get_graph_node_names)."
             )
         body = create_feature_extractor(model, return_nodes={self.layer: "features"})
+        if self.grid:
+            side = int(self.spec.params.get("image_size", 224))
+            with torch.no_grad():
+                probe = body(torch.zeros(1, 3, side, side))["features"]
+            if probe.ndim != 4:
+                raise SpecError(
+                    f"{self.spec.name}(pool={self.spec.params['pool']}) pools a spatial feature map to a grid, but "
+                    f"layer {self.layer!r} gives {tuple(probe.shape[1:])} values per image, no map. Choose a "
+                    f"convolutional layer (e.g. {backbone.map_layer}) or leave pool out."
+                )
         device = self.context.device
         self.model = body.to(device).to(memory_format=torch.channels_last).eval()
         self.normalize = bool(self.spec.params.get("normalize", True))
@@ -142,7 +158,9 @@ class BackboneExtractor(FeatureExtractor):
         import torch
 
         out = self.model(images.contiguous(memory_format=torch.channels_last))["features"]
-        if out.ndim == 4:
+        if out.ndim == 4 and self.grid:
+            out = torch.nn.functional.adaptive_avg_pool2d(out, self.grid)
+        elif out.ndim == 4:
             out = out.mean(dim=(2, 3))
         out = out.flatten(1).float()
         if self.normalize:
@@ -155,6 +173,7 @@ class BackboneExtractor(FeatureExtractor):
             "layer": self.layer,
             "weights": self.spec.params.get("weights", "IMAGENET1K_V1"),
             "image_size": int(self.spec.params.get("image_size", 224)),
+            "pool": f"grid{self.grid}" if self.grid else "avg",
             "l2_normalized": self.normalize,
         }
 

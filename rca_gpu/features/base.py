@@ -42,18 +42,8 @@ class ExtractionContext:
     model_ref: str | None = None  # the DNN under test, as given to --model
     work_dir: Path | None = None  # where an extractor may save what it trains (autoencoder), reused on re-runs
     reporter: "Reporter | None" = None
-    _dut: Any = field(default=None, repr=False)
-
-    def load_dut(self) -> "torch.nn.Module":
-        """The DNN under test in eval mode on ``self.device`` (loaded once, safely)."""
-        if self._dut is None:
-            from rca_gpu.errors import SpecError
-            from rca_gpu.features.dut import load_model
-
-            if not self.model_ref:
-                raise SpecError("This extractor needs the DNN under test: pass --model PATH.")
-            self._dut = load_model(self.model_ref, device=self.device)
-        return self._dut
+    max_image_memory: int | None = None  # bytes image decoding may use at once (rca_gpu.data.decoding)
+    _dut: Any = field(default=None, repr=False)  # the DNN under test, once loaded (rca_gpu.features.dut.load_dut)
 
     def batches(
         self,
@@ -83,6 +73,7 @@ class ExtractionContext:
             seed=self.seed,
             reporter=self.reporter,
             description=description,
+            max_image_memory=self.max_image_memory,
         )
 
 

@@ -36,6 +36,7 @@ def extraction_context(failures: FailureSet, spec: RunSpec, device: Device, work
         model_ref=spec.model or failures.dut,
         work_dir=work_dir,
         reporter=reporter,
+        max_image_memory=spec.max_image_memory,
     )
 
 

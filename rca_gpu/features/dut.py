@@ -25,18 +25,18 @@ from __future__ import annotations
 import importlib
 import json
 import re
-import weakref
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rca_gpu.data.paths import path_or_file
 from rca_gpu.errors import ModelError
 from rca_gpu.features import layers
-from rca_gpu.features.base import FeatureExtractor
+from rca_gpu.features.base import ExtractionContext, FeatureExtractor
+from rca_gpu.features.modelinfo import ModelInfo, model_info, remember
 
 if TYPE_CHECKING:  # pragma: no cover
     from torchvision.transforms import v2
@@ -71,31 +71,6 @@ _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What loading learned about a model that the module itself cannot carry.
-
-    ``layer_types`` maps the layer names of an unflattened torch.export module to their original classes,
-    which its generic submodules have lost (LRP rules are chosen by class).
-    """
-
-    ref: str
-    format: str  # "torchscript" | "export" | "onnx" | "factory"
-    spec: Mapping[str, Any] | None = None
-    layer_types: Mapping[str, type] | None = None
-
-
-_INFO: weakref.WeakKeyDictionary[torch.nn.Module, ModelInfo] = weakref.WeakKeyDictionary()
-
-
-def model_info(model: torch.nn.Module) -> ModelInfo | None:
-    """How ``model`` was loaded by :func:`load_model` (None for a module built some other way)."""
-    try:
-        return _INFO.get(model)
-    except TypeError:  # an unhashable module
-        return None
-
-
 def load_model(ref: str, *, device: torch.device | str) -> torch.nn.Module:
     """Load the DNN under test in eval mode on ``device``. Raises ModelError with the fix on bad input."""
     device = torch.device(device)
@@ -120,8 +95,27 @@ def load_model(ref: str, *, device: torch.device | str) -> torch.nn.Module:
             model, info = _load_onnx(ref, path, device)
         else:
             raise _refusal(path, kind)
-    _INFO[model] = info
-    return model
+    return remember(model, info)
+
+
+def load_dut(context: ExtractionContext) -> torch.nn.Module:
+    """The DNN under test of an extraction (``context.model_ref``), in eval mode on ``context.device``, loaded
+    once per context.
+
+    Raises
+    ------
+    SpecError
+        No model was named (pass --model PATH).
+    ModelError
+        As :func:`load_model`.
+    """
+    if context._dut is None:
+        from rca_gpu.errors import SpecError
+
+        if not context.model_ref:
+            raise SpecError("This extractor needs the DNN under test: pass --model PATH.")
+        context._dut = load_model(context.model_ref, device=context.device)
+    return context._dut
 
 
 def _file_kind(path: Path) -> str:
@@ -170,7 +164,8 @@ def _load_torchscript(ref: str, path: Path, device: torch.device) -> tuple[torch
     try:
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; it is still a supported input
             warnings.simplefilter("ignore", FutureWarning)
-            model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            with path_or_file(path) as source:  # a name that is not UTF-8: through a Python file object
+                model = torch.jit.load(source, map_location=device, _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - the loader raises many types; all become one ModelError
         raise ModelError(f"Cannot load the TorchScript file {str(path)!r}: {_first_line(exc)}") from None
     spec = _parse_spec_file(extra[SPEC_FILE], path)
@@ -182,7 +177,8 @@ def _load_export(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.M
 
     extra = {SPEC_FILE: ""}
     try:
-        program = torch.export.load(str(path), extra_files=extra)
+        with path_or_file(path) as source:
+            program = torch.export.load(source, extra_files=extra)
         program = move_to_device_pass(program, device)
         module = torch.export.unflatten(program)
     except Exception as exc:  # noqa: BLE001 - as above, for torch.export's deserialiser
@@ -205,18 +201,20 @@ def _load_onnx(ref: str, path: Path, device: torch.device) -> tuple[torch.nn.Mod
     """An ONNX file as an eager torch.fx module (onnx2torch); see the module doc for what is and is not run."""
     try:
         import onnx
-        from onnx2torch import convert
+
+        from rca_gpu.features.onnx_import import to_torch
     except ImportError:
         raise ModelError(
             f"{str(path)!r} is an ONNX model; reading it needs onnx and onnx2torch: pip install 'rca-gpu[onnx]'."
         ) from None
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        with path_or_file(path) as source:
+            proto = onnx.load(source, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - a corrupt protobuf raises several types
         raise ModelError(f"Cannot read the ONNX file {str(path)!r}: {_first_line(exc)}") from None
     _load_onnx_external_data(proto, path)
     try:
-        module = convert(proto)
+        module, _ = to_torch(proto)
     except NotImplementedError as exc:
         raise ModelError(
             f"The ONNX file {str(path)!r} uses an operator onnx2torch cannot convert ({_first_line(exc)}). Export "
@@ -536,19 +534,51 @@ def image_mode(spec: Mapping[str, Any]) -> str:
     return "L" if int(spec["input_shape"][0]) == 1 else "RGB"
 
 
-def require_hooks(model: torch.nn.Module, extractor: str) -> None:
-    """Refuse a TorchScript model for extractors that read inside the network (hooks do not fire there)."""
+def hookable(model: torch.nn.Module, spec: Mapping[str, Any], *, extractor: str) -> torch.nn.Module:
+    """``model`` itself, or for a TorchScript model an eager twin whose layers run forward hooks.
+
+    ``dut``, ``lrp`` and ``gradcam`` read inside the DNN under test with hooks, which TorchScript modules do
+    not run; a TorchScript model is converted through ONNX (:func:`rca_gpu.features.onnx_import.torchscript_to_torch`)
+    with the layer names of the scripted module, for the input ``spec`` (:func:`resolve_input`).
+
+    Raises
+    ------
+    ModelError
+        The conversion is not possible (onnx missing, an operator the exporter or converter lacks), naming the
+        formats that give every layer.
+    """
     info = model_info(model)
-    if isinstance(model, torch.jit.ScriptModule) or (info is not None and info.format == "torchscript"):
+    if not (isinstance(model, torch.jit.ScriptModule) or (info is not None and info.format == "torchscript")):
+        return model
+    try:
+        from rca_gpu.features.onnx_import import TORCHSCRIPT_OPSET, torchscript_to_torch
+
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        converted = torchscript_to_torch(model, spec["input_shape"], device)
+    except ImportError:
         raise ModelError(
-            f"The '{extractor}' extractor reads inside the DNN under test with hooks, which TorchScript models "
-            f"do not run; {EAGER_HINT}."
-        )
+            f"The '{extractor}' extractor reads inside the DNN under test with hooks; a TorchScript model runs none "
+            "and is converted through ONNX, which needs onnx and onnx2torch: pip install 'rca-gpu[onnx]'. Or "
+            f"{EAGER_HINT}."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - exporter and converter raise many types; one ModelError says it
+        raise ModelError(
+            f"The '{extractor}' extractor reads inside the DNN under test with hooks; this TorchScript model runs none "
+            f"and could not be converted to a module that does ({type(exc).__name__}: {_first_line(exc)}). "
+            f"{EAGER_HINT[0].upper()}{EAGER_HINT[1:]}."
+        ) from None
+    ref = info.ref if info is not None else "torchscript module"
+    return remember(converted, ModelInfo(ref, "torchscript", info.spec if info is not None else None,
+                                         conversion=f"TorchScript -> ONNX (opset {TORCHSCRIPT_OPSET}) -> torch"))
 
 
 def model_format(model: torch.nn.Module) -> str:
+    """The format of the file the model came from ("factory", "export", "onnx", "torchscript", or "module"
+    for one built otherwise), with the conversion that made it hookable when there was one."""
     info = model_info(model)
-    return info.format if info is not None else "module"
+    if info is None:
+        return "module"
+    return f"{info.format} (converted: {info.conversion})" if info.conversion else info.format
 
 
 # --------------------------------------------------------------------------------------------------
@@ -564,9 +594,10 @@ class DUTActivationExtractor(FeatureExtractor):
     """
 
     def prepare(self) -> None:
-        self.model = self.context.load_dut()
-        require_hooks(self.model, "dut")
+        self.model = load_dut(self.context)
         self.input = resolve_input(self.model, self.context.failures)
+        check_input(self.model, self.input["input_shape"], device=self.context.device)  # before any conversion
+        self.model = hookable(self.model, self.input, extractor="dut")
         self.image_mode = image_mode(self.input)
         if self.spec.layer:
             layers.find_layer(self.model, self.spec.layer, extractor="dut")

@@ -25,7 +25,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from rca_gpu import outputs
+from rca_gpu.data.decoding import DECODE_VERSION, depends_on_budget, image_budget
 from rca_gpu.data.loading import make_loader
+from rca_gpu.data.sources import file_digest
 from rca_gpu.engine.device import as_numpy, to_kind
 from rca_gpu.features import create_extractor
 from rca_gpu.features.base import ExtractionContext
@@ -37,7 +39,11 @@ log = logging.getLogger("rca_gpu")
 #: that an interrupted extraction loses at most one shard's work (a minute, or 1,000 images).
 SHARD_ROWS = 1000
 SHARD_SECONDS = 60.0
-CACHE_FORMAT = 3  # 2: shards carry a "note" column, non-finite rows rejected; 3: shards carry "properties"
+#: 2: shards carry a "note" column, non-finite rows rejected; 3: shards carry "properties"; 4: shards carry
+#: their key (KEY_METADATA), rows decided by the memory budget are not reused.
+CACHE_FORMAT = 4
+#: Parquet schema metadata key of a shard holding the cache key it was written for.
+KEY_METADATA = b"rca_gpu.cache_key"
 
 
 @dataclass
@@ -61,27 +67,70 @@ class Features:
 
 
 def cache_key(spec: FeatureSpec, extractor, context: ExtractionContext) -> str:
-    """Hash of everything that determines the features."""
-    model_stamp = None
-    if context.model_ref:
-        path = Path(context.model_ref.rpartition("=")[2] or context.model_ref)
-        model_stamp = [context.model_ref, *(list(_stat(path)) if path.is_file() else [])]
+    """Hash (20 hex digits) of everything that determines the features of a source's rows.
+
+    * the inputs: the bytes of every image (:meth:`rca_gpu.data.sources.FailureSet.fingerprint`, blake2b);
+    * the extractor: its spec (name, layer, parameters), code version and own token, the bytes of a weights
+      file it names, its preprocessing (the transform's description and the decoding rules' version,
+      :data:`rca_gpu.data.decoding.DECODE_VERSION`), the image mode, the precision and the seed;
+    * the DNN under test: the bytes of the model file, or of the weights and of the factory's module
+      (:func:`model_identity`);
+    * the shard layout (:data:`CACHE_FORMAT`).
+
+    Every shard carries the key in its Parquet metadata (:data:`KEY_METADATA`) and is refused when it differs.
+    """
     payload = {
         "format": CACHE_FORMAT,
+        "decoding": DECODE_VERSION,
         "spec": str(spec),
         "version": extractor.version,
         "token": extractor.cache_token(),
+        "weights": _named_file_digest(spec.params.get("weights")),
+        "preprocessing": preprocessing_identity(extractor.transform()),
+        "image_mode": extractor.image_mode,
         "precision": context.precision,
-        "model": model_stamp,
+        "model": model_identity(context.model_ref),
         "seed": context.seed,
         "files": context.failures.fingerprint(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
+def _named_file_digest(value: Any) -> str | None:
+    """The content digest of the file ``value`` names, or None when it names none (e.g. "IMAGENET1K_V1")."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    path = Path(value).expanduser()
+    return file_digest(path) if path.is_file() else None
+
+
+def model_identity(model_ref: str | None) -> list[str | None] | None:
+    """What identifies the DNN under test ``model_ref`` (a model file, or ``package.module:factory`` with an
+    optional ``=weights``): [the reference, the digest of the file's bytes, the digest of the factory module's
+    source file]. The module is looked up among the imported ones (the extractor has loaded the model)."""
+    if not model_ref:
+        return None
+    import sys
+
+    if Path(model_ref).expanduser().is_file():
+        factory, weights = "", model_ref
+    else:  # package.module:factory[=weights]; module names hold no "="
+        factory, _, weights = model_ref.partition("=")
+    module = sys.modules.get(factory.partition(":")[0]) if factory else None
+    source = getattr(module, "__file__", None)
+    return [model_ref, _named_file_digest(weights), file_digest(source) if source else None]
+
+
+def preprocessing_identity(transform: Any) -> str:
+    """The description of an extractor's per-image transform (its repr, and the attributes of a plain object,
+    memory addresses left out), so that a change of sizes or normalisation changes the cache key."""
+    import re
+
+    described = repr(transform)
+    attributes = getattr(transform, "__dict__", None)
+    if attributes:
+        described += repr(sorted((k, repr(v)) for k, v in attributes.items()))
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", described)
 
 
 class _ShardStore:
@@ -94,11 +143,18 @@ class _ShardStore:
     ``skip``: positions this run rejects before any image is read (from the source: a path outside the image
     root, a missing file...). Their cached rows are ignored, features and reasons alike, so a run that reuses
     the cache accounts for every row as a fresh run would, whatever an earlier run with other settings cached.
+    Rows that the memory budget decided (rejected as too large, or decoded reduced) are not reused either:
+    another run may have another budget.
+
+    ``key``: the :func:`cache_key` of the run. Shards are written with it in their Parquet metadata
+    (:data:`KEY_METADATA`); a shard that carries another key or none (copied from another cache, or written
+    by an older rca-gpu) is refused and removed, with a warning, and its rows are extracted again.
     """
 
-    def __init__(self, folder: Path, skip: "Iterable[int]" = ()) -> None:
+    def __init__(self, folder: Path, skip: "Iterable[int]" = (), key: str | None = None) -> None:
         self.folder = folder
         self.skip = np.fromiter(skip, dtype=np.int64)
+        self.key = key
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a read-only cache folder: one line, not a traceback
@@ -109,7 +165,8 @@ class _ShardStore:
         for leftover in [*folder.glob("part-*.tmp"), *folder.glob(".part-*.tmp")]:  # rca_gpu.outputs' names
             with contextlib.suppress(OSError):
                 leftover.unlink()
-        self.count = len(list(folder.glob("part-*.parquet")))
+        numbers = [int(p.stem[5:]) for p in folder.glob("part-*.parquet") if p.stem[5:].isdigit()]
+        self.count = max(numbers, default=-1) + 1  # after the last: a removed shard leaves a gap, never a clash
 
     def _scan(self) -> tuple[list[tuple[Path, np.ndarray, np.ndarray, int, bool]], dict[int, str], dict[int, str]]:
         """([(shard, positions, good-row mask, dims, has properties)] of the readable shards, {position: reason},
@@ -125,20 +182,26 @@ class _ShardStore:
                 columns = ["position", "reason"] + (["note"] if "note" in schema.names else [])
                 table = pq.read_table(shard, columns=columns, memory_map=True)
                 dims = int(schema.field("feature").type.list_size)
-            except Exception:  # an unreadable shard is recomputed, not trusted
+            except Exception:  # noqa: BLE001 - an unreadable shard is recomputed, not trusted
                 log.warning("ignoring unreadable cache shard %s", shard)
                 continue
+            if not self._belongs(shard, schema):
+                continue
             positions = table.column("position").to_numpy()
-            reasons = table.column("reason")
-            good = reasons.is_null().to_numpy()
-            for position, reason in zip(positions[~good].tolist(), reasons.drop_null().to_pylist()):
-                rejected[position] = reason
+            reasons = table.column("reason").to_pylist()
+            shard_notes = table.column("note").to_pylist() if "note" in table.column_names else [None] * len(reasons)
+            good = np.array([r is None for r in reasons], dtype=bool)
+            budget = np.array([depends_on_budget(r) or depends_on_budget(n) for r, n in zip(reasons, shard_notes)],
+                              dtype=bool)
+            for position, reason, decided in zip(positions.tolist(), reasons, budget.tolist()):
+                if reason is not None and not decided:
+                    rejected[position] = reason
+            good &= ~budget  # the memory budget decided these rows: decoded again under this run's budget
             if len(self.skip):
                 good = good & ~np.isin(positions, self.skip)  # rejected up front by this run: not from cache
-            if "note" in table.column_names:
-                for position, note in zip(positions.tolist(), table.column("note").to_pylist()):
-                    if note:
-                        notes[position] = note
+            for position, note, decided in zip(positions.tolist(), shard_notes, budget.tolist()):
+                if note and not decided:
+                    notes[position] = note
             readable.append((shard, positions, good, dims, "properties" in schema.names))
         for position in self.skip.tolist():
             rejected.pop(position, None)
@@ -152,6 +215,21 @@ class _ShardStore:
                     log.warning("ignoring cache shard %s: %d features per row, not %d", shard, dims, common)
             readable = [r for r in readable if not r[2].any() or r[3] == common]
         return readable, rejected, notes
+
+    def _belongs(self, shard: Path, schema) -> bool:
+        """Whether ``shard`` was written for this store's key; a shard of another key is removed, with a warning."""
+        if self.key is None:
+            return True
+        found = (schema.metadata or {}).get(KEY_METADATA)
+        if found == self.key.encode():
+            return True
+        why = "no cache key (written by an older rca-gpu)" if found is None else (
+            f"the cache key {found.decode('ascii', 'replace')[:20]!r}, not {self.key!r} (other images or another "
+            "extractor)")
+        log.warning("refusing cache shard %s: it carries %s; its rows are extracted again", shard, why)
+        with contextlib.suppress(OSError):
+            shard.unlink()
+        return False
 
     def index(self) -> tuple[np.ndarray, dict[int, str]]:
         """(positions with cached features, ascending; {position: reason} of cached rejections), without
@@ -232,6 +310,8 @@ class _ShardStore:
             columns["properties"] = pa.FixedSizeListArray.from_arrays(pa.array(table_values.reshape(-1)), width,
                                                                       mask=mask)
         table = pa.table(columns)
+        if self.key is not None:
+            table = table.replace_schema_metadata({KEY_METADATA: self.key.encode()})
         target = self.folder / f"part-{self.count:06d}.parquet"
         outputs.write_atomic(target, lambda tmp: pq.write_table(table, tmp))  # a temporary name per process
         self.count += 1
@@ -246,6 +326,79 @@ def nonfinite_rows(matrix: Any) -> np.ndarray:
     if matrix.numel() == 0:
         return np.zeros(int(matrix.shape[0]), dtype=bool)
     return as_numpy((~torch.isfinite(matrix)).any(dim=1)).astype(bool)
+
+
+def row_norms(block: np.ndarray) -> np.ndarray:
+    """(n,) float64 Euclidean norms of the rows of a (n, d) real array, without overflow or underflow at any
+    finite magnitude (each row is divided by its largest absolute value first, as LAPACK's xNRM2 does).
+    Computed on about a million values at a time."""
+    block = np.asarray(block)
+    out = np.zeros(len(block), dtype=np.float64)
+    step = max(1, (1 << 20) // max(1, block.shape[1] if block.ndim == 2 else 1))
+    for start in range(0, len(block), step):
+        values = np.abs(block[start:start + step].astype(np.float64))
+        if not values.size:
+            continue
+        largest = values.max(axis=1)
+        safe = np.where(largest > 0, largest, 1.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            out[start:start + step] = largest * np.sqrt(((values / safe[:, None]) ** 2).sum(axis=1))
+    return out
+
+
+#: Features whose median row norm lies within 2**-SCALE_BAND .. 2**SCALE_BAND (about 1e-9 .. 1e9) are not
+#: rescaled: their squared distances (1e-18 .. 1e18) stay far inside float32's normal range (1e-38 .. 3e38).
+SCALE_BAND = 30
+
+
+def scale_exponent(norms: np.ndarray) -> int:
+    """The exponent e that brings the median norm of the finite non-zero rows into [2**-0.5, 2**0.5) when the
+    features are multiplied by 2**e, for features whose median row norm lies outside 2**-SCALE_BAND ..
+    2**SCALE_BAND; 0 for the others, and when there is no such row.
+
+    Multiplying by a power of two is exact in floating point (no mantissa bit changes, for every value whose
+    result stays a normal number), so features of extreme magnitude (1e30, 1e-41, 1e300) enter the engine at
+    the scale of unit vectors, as their unit-scale copies do. Features of ordinary magnitude (unit vectors,
+    raw pixels, DUT activations, centred features) are left exactly as they are: their squared distances are
+    far from float32's limits, and the engine's own steps are scale-invariant there.
+    """
+    import math
+
+    norms = np.asarray(norms, dtype=np.float64)
+    usable = norms[np.isfinite(norms) & (norms > 0)]
+    if not len(usable):
+        return 0
+    scale = math.log2(float(np.median(usable)))
+    return 0 if abs(scale) <= SCALE_BAND else -int(round(scale))
+
+
+def scale_by_power_of_two(matrix: Any, exponent: int) -> Any:
+    """``matrix`` (a float NumPy array or torch tensor) multiplied by 2**exponent, exactly: NumPy through
+    ``np.ldexp``; torch in place, in steps of at most 2**100 so that no factor overflows float32."""
+    if not exponent:
+        return matrix
+    if isinstance(matrix, np.ndarray):
+        return np.ldexp(matrix, np.int32(exponent)).astype(matrix.dtype, copy=False)
+    left = int(exponent)
+    while left:
+        step = max(-100, min(100, left))
+        matrix.mul_(2.0 ** step)
+        left -= step
+    return matrix
+
+
+def normalise_scale(matrix: Any, info: dict[str, Any]) -> Any:
+    """Bring features of extreme magnitude to the scale of unit vectors by the exact power of two of
+    :func:`scale_exponent` (features at 1e30 or 1e-41 used to give one cluster or crash UMAP; features of
+    ordinary magnitude are left as they are); the exponent is recorded in ``info["scale_exponent"]`` (run.json's
+    features block). Where the features enter the engine: extracted, read from a features file, or given to
+    the estimator."""
+    if matrix is None or not len(matrix):
+        info["scale_exponent"] = 0
+        return matrix
+    exponent = scale_exponent(row_norms(matrix if isinstance(matrix, np.ndarray) else as_numpy(matrix)))
+    info["scale_exponent"] = exponent
+    return scale_by_power_of_two(matrix, exponent)
 
 
 def drop_nonfinite_rows(matrix: Any, positions: np.ndarray, rejected: dict[int, str], *,
@@ -290,12 +443,20 @@ def extract_features(
     context: ExtractionContext,
     *,
     cache_dir: Path | None = None,
+    normalise: bool = True,
 ) -> Features:
-    """Run the extractor over every usable image of ``context.failures``."""
+    """Run the extractor over every usable image of ``context.failures``.
+
+    With ``normalise`` (the default), the features are brought to the scale of unit vectors by an exact power
+    of two (:func:`normalise_scale`); Dask workers leave that to the client, which sees every row."""
     import torch
+
+    from rca_gpu.features import represent
 
     started = time.perf_counter()
     failures = context.failures
+    represent.check_center(spec, failures)
+    centring, spec = represent.center_of(spec, failures), represent.extraction_spec(spec)  # cached without centring
     extractor = create_extractor(spec, context)
     extractor.prepare()
     transform = extractor.transform()
@@ -305,7 +466,7 @@ def extract_features(
     store = None
     if cache_dir is not None:
         key = cache_key(spec, extractor, context)
-        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}", skip=failures.rejected)
+        store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}", skip=failures.rejected, key=key)
         done_positions, done_matrix, cached_rejected, notes, done_properties = store.load()
         rejected.update(cached_rejected)
     usable = failures.usable_positions
@@ -331,7 +492,7 @@ def extract_features(
         loader = make_loader(
             failures, todo, transform, extractor.image_mode,
             batch_size=context.batch_size, workers=context.workers, pin_memory=device.type == "cuda",
-            properties=True,
+            properties=True, max_image_memory=context.max_image_memory,
         )
         progress = reporter.task(f"features {spec}", total=len(todo)) if reporter else contextlib.nullcontext(None)
         with progress as advance:
@@ -368,7 +529,8 @@ def extract_features(
             pending.flush(store, dims)
 
     info = {**extractor.describe(), "precision": context.precision, "from_cache": from_cache,
-            "cache": str(store.folder) if store else None}
+            "cache": str(store.folder) if store else None,
+            "max_image_memory": image_budget(context.max_image_memory)}
     positions, matrix, properties = rows.result()
     if matrix is None:
         # no usable image: the caller reports it, with every row's reason (see rca_gpu.pipeline.run)
@@ -377,6 +539,12 @@ def extract_features(
         return Features(empty, np.empty(0, dtype=np.int64), rejected, info, time.perf_counter() - started,
                         from_cache, notes)
     info["dims"] = int(matrix.shape[1])
+    if normalise:
+        matrix = normalise_scale(matrix, info)
+    if centring:
+        keys = represent.class_keys(failures, positions, centring)
+        matrix, described = represent.center_features(matrix, keys)
+        info["center"] = {"by": centring, **described}
     usable_notes = {p: n for p, n in notes.items() if p not in rejected}
     return Features(matrix, positions, rejected, info, time.perf_counter() - started, from_cache,
                     usable_notes, properties)

@@ -32,10 +32,11 @@ from rca_gpu.features.dut import (
     EAGER_HINT,
     check_input,
     dut_transform,
+    hookable,
     image_mode,
+    load_dut,
     model_format,
     model_info,
-    require_hooks,
     resolve_input,
 )
 
@@ -216,11 +217,11 @@ class _HeatmapExtractor(FeatureExtractor):
     method = ""
 
     def prepare(self) -> None:
-        self.model = self.context.load_dut()
-        require_hooks(self.model, self.spec.name)
+        self.model = load_dut(self.context)
         self.input = resolve_input(self.model, self.context.failures)
+        check_input(self.model, self.input["input_shape"], device=self.context.device)  # before any conversion
+        self.model = hookable(self.model, self.input, extractor=self.spec.name)
         self.image_mode = image_mode(self.input)
-        check_input(self.model, self.input["input_shape"], device=self.context.device)
         self._setup()
         self.layer_choice: dict[str, Any] | None = None
         if self.spec.layer:
@@ -368,7 +369,7 @@ class _InputAttributionExtractor(FeatureExtractor):
     method = ""
 
     def prepare(self) -> None:
-        self.model = self.context.load_dut()
+        self.model = load_dut(self.context)
         self.input = resolve_input(self.model, self.context.failures)
         self.image_mode = image_mode(self.input)
         check_input(self.model, self.input["input_shape"], device=self.context.device)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rca_gpu.errors import ModelError, SpecError
+from rca_gpu.features.modelinfo import model_info
 
 #: Layer kinds that carry weights, where HUDD reads heatmaps (activations sit between them).
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
@@ -33,8 +34,6 @@ def layer_types(model: torch.nn.Module) -> dict[str, type]:
     For an unflattened torch.export module the submodules are generic ``InterpreterModule`` objects, so the
     original classes recorded at load time are used instead.
     """
-    from rca_gpu.features.dut import model_info
-
     info = model_info(model)
     if info is not None and info.layer_types is not None:
         return dict(info.layer_types)

@@ -24,8 +24,14 @@ when its vector is missing (null), has another length than the most common one, 
 missing value. A file that cannot be read as features at all (no feature column, two list columns, a
 non-numeric or 3-D array, no rows) raises :class:`~rca_gpu.errors.SourceError` naming the rule and the fix.
 
+Magnitudes: float32 values are read as float32, wider ones as float64, and a batch of extreme magnitude is
+multiplied by an exact power of two before it becomes float32, so that features of any finite magnitude
+(1e30, 1e-41, 1e300) enter the engine at the scale of unit vectors, as their unit-scale copies do
+(``scale_exponent`` in run.json; :func:`rca_gpu.features.extract.scale_exponent`: ordinary magnitudes are
+left as they are).
+
 Memory: the file is read in record batches (row blocks for .npy) into one preallocated float32 matrix, so
-the peak is the (n, d) matrix plus one batch of about 64 MB, whatever n is.
+the peak is the (n, d) matrix, a float64 norm per row, and one batch of about 64 MB (128 MB for float64).
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from rca_gpu.data.paths import bytes_column, path_or_file
 from rca_gpu.data.sources import RESERVED_COLUMNS, FailureSet
-from rca_gpu.errors import SourceError, SpecError
+from rca_gpu.errors import SourceError, SpecError, escape_surrogates
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -133,26 +140,43 @@ def load_features(
     if metadata is not None:
         table, base = _attach_metadata(table, Path(metadata).expanduser(), path), Path(metadata).expanduser().parent
     table = _finish_table(table, base.resolve(), Path(image_root).expanduser().resolve() if image_root else None)
-    failures = FailureSet(table=table, source=str(path), kind="features", rejected=dict(rejected),
+    failures = FailureSet(table=table, source=escape_surrogates(str(path)), source_path=str(path), kind="features",
+                          rejected=dict(rejected),
                           root=str(Path(image_root).expanduser().resolve()) if image_root else str(base.resolve()))
     if not len(positions):
         first = next(iter(rejected.values()), "unknown")
         from rca_gpu.errors import TooFewImagesError
 
         raise TooFewImagesError(f"None of the {len(table)} feature rows is usable (e.g. {first}).")
-    info = {"name": "precomputed", "file": str(path), **layout, "dims": int(matrix.shape[1]),
+    from rca_gpu.data.paths import json_fields
+
+    info = {"name": "precomputed", **json_fields("file", str(path)), **layout, "dims": int(matrix.shape[1]),
             "rows": len(table), "rejected": len(rejected), "from_cache": 0, "cache": None}
     return failures, Features(_to_device(matrix, device), positions, dict(rejected), info,
                               time.perf_counter() - started, 0)
 
 
 def features_from_array(x: np.ndarray, *, device: "Device | None" = None) -> "Features":
-    """Features over an in-memory (n, d) array whose rows are all usable (the estimator validates them)."""
-    from rca_gpu.features.extract import Features
+    """Features over an in-memory (n, d) array whose rows are all usable (the estimator validates them),
+    brought to the scale of unit vectors by an exact power of two before they become float32
+    (:func:`rca_gpu.features.extract.scale_exponent`), so that any finite magnitude clusters alike.
 
-    matrix = np.ascontiguousarray(x, dtype=np.float32)
+    Raises
+    ------
+    ValueError
+        A row's values lie beyond float32's range next to the others' (more than about 1e38 times apart).
+    """
+    from rca_gpu.features.extract import Features, row_norms, scale_exponent
+
+    x = np.asarray(x)
+    exponent = scale_exponent(row_norms(x))
+    wide = x.astype(np.float32 if x.dtype == np.float32 else np.float64, copy=False)
+    matrix = np.ascontiguousarray(np.ldexp(wide, np.int32(exponent)), dtype=np.float32)
+    if not np.isfinite(matrix).all():
+        raise ValueError("X holds rows whose values lie beyond float32's range next to the other rows' (more than "
+                         "about 1e38 times apart); such features cannot be clustered together.")
     info = {"name": "precomputed", "format": "array", "dims": int(matrix.shape[1]), "rows": len(matrix),
-            "from_cache": 0, "cache": None}
+            "from_cache": 0, "cache": None, "scale_exponent": exponent}
     return Features(_to_device(matrix, device), np.arange(len(matrix), dtype=np.int64), {}, info)
 
 
@@ -168,25 +192,48 @@ def _to_device(matrix: np.ndarray, device: "Device | None"):
 
 
 class _Rows:
-    """Good rows packed into a preallocated (n, d) float32 matrix; rejected rows recorded with a reason."""
+    """Good rows packed into a preallocated (n, d) float32 matrix; rejected rows recorded with a reason.
+
+    Values of any finite magnitude are kept: a block of extreme magnitude is multiplied by the power of two
+    that brings its rows to unit scale before it becomes float32 (in float64, exact), and :meth:`result` brings
+    every block to the exponent of all rows (:func:`rca_gpu.features.extract.scale_exponent`), exactly again.
+    So a float64 file at 1e300 or 1e-300, or a float32 file at 1e-41, is clustered as its copy at unit scale."""
 
     def __init__(self, n: int, d: int, source: Path) -> None:
         self.nonfinite = nonfinite_reason(source)
+        self.source = Path(source).name
         self.matrix = np.empty((n, d), dtype=np.float32)
         self.positions = np.empty(n, dtype=np.int64)
+        self.norms = np.empty(n, dtype=np.float64)
+        self.blocks: list[tuple[int, int, int]] = []  # (first row, end row, exponent) of the stored blocks
         self.count = 0
         self.rejected: dict[int, str] = {}
+        self.exponent = 0
 
     def add(self, start: int, block: np.ndarray, rows: np.ndarray | None = None) -> None:
-        """Add ``block`` (k, d): the vectors of input rows ``rows`` (default start..start+k-1)."""
+        """Add ``block`` (k, d) of any real dtype: the vectors of input rows ``rows`` (default start..start+k-1)."""
+        from rca_gpu.features.extract import row_norms, scale_exponent
+
         rows = np.arange(start, start + len(block)) if rows is None else rows
         finite = np.isfinite(block).all(axis=1)
         for position in rows[~finite]:
             self.rejected[int(position)] = self.nonfinite
-        good = block[finite]
-        self.matrix[self.count:self.count + len(good)] = good
-        self.positions[self.count:self.count + len(good)] = rows[finite]
-        self.count += len(good)
+        good, rows = block[finite], rows[finite]
+        norms = row_norms(good)
+        exponent = scale_exponent(norms)
+        with np.errstate(over="ignore"):  # a value float32 cannot hold becomes inf: its row is refused below
+            scaled = np.ldexp(good.astype(np.float64 if good.dtype != np.float32 else np.float32, copy=False),
+                              np.int32(exponent)).astype(np.float32, copy=False)
+        fits = np.isfinite(scaled).all(axis=1)  # a row far beyond the others of its block: float32 cannot hold both
+        for position, norm in zip(rows[~fits], norms[~fits]):
+            self.rejected[int(position)] = self._beyond(norm)
+        scaled, rows, norms = scaled[fits], rows[fits], norms[fits]
+        end = self.count + len(scaled)
+        self.matrix[self.count:end] = scaled
+        self.positions[self.count:end] = rows
+        self.norms[self.count:end] = norms
+        self.blocks.append((self.count, end, exponent))
+        self.count = end
 
     def reject(self, rows: np.ndarray, reason: str | list[str]) -> None:
         reasons = [reason] * len(rows) if isinstance(reason, str) else reason
@@ -194,8 +241,29 @@ class _Rows:
             self.rejected[int(position)] = why
 
     def result(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """(matrix at unit scale, positions, rejected); ``self.exponent`` says by which power of two."""
+        from rca_gpu.features.extract import scale_exponent
+
+        self.exponent = scale_exponent(self.norms[: self.count])
+        keep = None
+        for first, end, exponent in self.blocks:
+            if exponent != self.exponent:
+                with np.errstate(over="ignore"):
+                    np.ldexp(self.matrix[first:end], np.int32(self.exponent - exponent), out=self.matrix[first:end])
+                fits = np.isfinite(self.matrix[first:end]).all(axis=1)
+                if not fits.all():  # a block far beyond the others: float32 cannot hold both
+                    keep = np.ones(self.count, dtype=bool) if keep is None else keep
+                    keep[first:end] &= fits
+                    for position, norm in zip(self.positions[first:end][~fits], self.norms[first:end][~fits]):
+                        self.rejected[int(position)] = self._beyond(norm)
         # rows were added in input order, so positions are sorted; the view keeps rejected rows' space only
-        return self.matrix[: self.count], self.positions[: self.count], dict(sorted(self.rejected.items()))
+        matrix, positions = self.matrix[: self.count], self.positions[: self.count]
+        if keep is not None:
+            matrix, positions = matrix[keep], positions[keep]
+        return matrix, positions, dict(sorted(self.rejected.items()))
+
+    def _beyond(self, norm: float) -> str:
+        return f"feature values beyond float32's range next to the other rows (row norm {norm:.3g}) in {self.source}"
 
 
 def _rows_per_batch(d: int) -> int:
@@ -255,12 +323,17 @@ def _feature_layout(schema: "pa.Schema", path: Path) -> tuple[str, list[str]]:
 
 
 def _read_parquet(path: Path):
+    with path_or_file(path) as source:  # a name that is not UTF-8: read through a Python file object
+        return _read_parquet_from(path, source)
+
+
+def _read_parquet_from(path: Path, source):
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(path, memory_map=True)
+        parquet = pq.ParquetFile(source, memory_map=isinstance(source, str))
         schema = parquet.schema_arrow
     except Exception as exc:  # pyarrow raises several types for a broken file
         raise SourceError(f"Cannot read the features file {str(path)!r} as Parquet: {exc}") from None
@@ -283,14 +356,17 @@ def _read_parquet(path: Path):
     if d < 1:
         raise SourceError(f"The feature vectors of {str(path)!r} are empty (0 values). Store at least one value per row.")
     rows = _Rows(n, d, path)
+    # float32 stays float32; wider numbers are read as float64, so that no magnitude is lost before scaling
+    value_types = [schema.field(c).type for c in columns] if kind == "columns" else [schema.field(columns[0]).type.value_type]
+    wide = pa.float32() if all(t in (pa.float32(), pa.float16()) for t in value_types) else pa.float64()
     start = 0
     for batch in parquet.iter_batches(batch_size=_rows_per_batch(d), columns=columns):
         size = batch.num_rows
         if kind == "columns":
             block = np.column_stack([
-                pc.cast(batch.column(i), pa.float32(), safe=False).to_numpy(zero_copy_only=False)
+                pc.cast(batch.column(i), wide, safe=False).to_numpy(zero_copy_only=False)
                 for i in range(d)
-            ]).astype(np.float32, copy=False)
+            ])
             rows.add(start, block)
         else:
             array = batch.column(0)
@@ -303,11 +379,11 @@ def _read_parquet(path: Path):
             rows.reject(start + odd, [f"feature vector has {int(lengths[i])} values; the others have {d}" for i in odd])
             if len(local):
                 values = array.take(pa.array(local)).flatten()
-                block = pc.cast(values, pa.float32(), safe=False).to_numpy(zero_copy_only=False).reshape(-1, d)
+                block = pc.cast(values, wide, safe=False).to_numpy(zero_copy_only=False).reshape(-1, d)
                 rows.add(start, block, start + local)
         start += size
     matrix, positions, rejected = rows.result()
-    return table, matrix, positions, rejected, layout
+    return table, matrix, positions, rejected, {**layout, "scale_exponent": rows.exponent}
 
 
 def _common_length(parquet, column: str) -> int:
@@ -355,10 +431,13 @@ def _read_npy(path: Path):
     rows = _Rows(n, d, path)
     step = _rows_per_batch(d)
     for start in range(0, n, step):
-        rows.add(start, np.asarray(array[start:start + step], dtype=np.float32))
+        block = np.asarray(array[start:start + step])  # float32 stays float32, wider numbers become float64
+        rows.add(start, block.astype(np.float32 if block.dtype.kind == "f" and block.dtype.itemsize <= 4
+                                     else np.float64, copy=False))
     del array
     matrix, positions, rejected = rows.result()
-    return pd.DataFrame(index=range(n)), matrix, positions, rejected, {"format": "npy"}
+    return pd.DataFrame(index=range(n)), matrix, positions, rejected, {"format": "npy",
+                                                                      "scale_exponent": rows.exponent}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,7 +454,8 @@ def _attach_metadata(table: pd.DataFrame, metadata: Path, features_path: Path) -
         )
     try:
         if metadata.suffix.lower() == ".parquet":
-            frame = pd.read_parquet(metadata)
+            with path_or_file(metadata) as source:
+                frame = pd.read_parquet(source)
         else:  # cells as written, as for a CSV manifest
             from rca_gpu.data.sources import read_csv_cells
 
@@ -421,10 +501,15 @@ def _finish_table(table: pd.DataFrame, base: Path, image_root: Path | None) -> p
         ids = np.arange(n, dtype=np.int64)
     front = {"id": ids}
     if "path" in table.columns:
-        front["path"], front["input_path"] = _resolve_paths(table["path"], base, image_root or base)
+        resolved, given = _resolve_paths(table["path"], base, image_root or base)
+        front["path"] = [None if p is None else escape_surrogates(p) for p in resolved]
+        raw = bytes_column(resolved)
+        if raw is not None:  # the exact bytes of paths that are not UTF-8 (rca_gpu.data.paths)
+            front["path_bytes"] = raw
+        front["input_path"] = [None if p is None else escape_surrogates(p) for p in given]
     else:
         front["path"] = pd.Series([None] * n, dtype="object")
-    meta = table.drop(columns=["id", "path", "input_path"], errors="ignore").reset_index(drop=True)
+    meta = table.drop(columns=["id", "path", "path_bytes", "input_path"], errors="ignore").reset_index(drop=True)
     meta = meta.rename(columns={c: f"input_{c}" for c in meta.columns if c in RESERVED_COLUMNS})
     return pd.concat([pd.DataFrame(front), meta], axis=1)
 

@@ -47,7 +47,7 @@ BORDER_CASES = 4
 #: Images per gallery page (the "open all images" link of a cluster).
 GALLERY_PAGE = 500
 #: Columns of clusters.parquet that are not metadata.
-OWN_COLUMNS = ("id", "path", "cluster", "status", "reason", "input_path")
+OWN_COLUMNS = ("id", "path", "path_bytes", "cluster", "status", "reason", "input_path")
 #: A text column with more levels than this is shown on hover but not offered for colouring.
 COLOUR_LEVELS = 50
 MAP_LEVELS = 30  # levels shown in the legend; the rest are drawn as "other"
@@ -140,7 +140,9 @@ def build_report(
     wanted = set(positions[drawn].tolist())
     for chosen in reps.values():
         wanted.update(chosen["medoids"] + chosen["border"])
-    thumbs = make_thumbnails(files / "thumbs", wanted, run.image_files(clusters["path"].tolist()), run_id=run.run_id,
+    from rca_gpu.data.paths import real_paths
+
+    thumbs = make_thumbnails(files / "thumbs", wanted, run.image_files(real_paths(clusters)), run_id=run.run_id,
                              size=thumb_size, loader=loader)
     seconds["thumbnails"] = _since(t)
 

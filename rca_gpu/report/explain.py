@@ -49,7 +49,7 @@ MAX_RULES = 3
 #: A rule must match at least this share of its cluster to count as an explanation.
 MIN_RECALL = 0.1
 #: Columns rca-gpu writes itself, or the ground truth: never explanatory.
-EXCLUDED_COLUMNS = ("id", "path", "input_path", "cluster", "status", "reason", "root_cause")
+EXCLUDED_COLUMNS = ("id", "path", "path_bytes", "input_path", "cluster", "status", "reason", "root_cause")
 #: Prefix of image-property columns (see rca_gpu.data.properties).
 PROPERTY_PREFIX = "img_"
 #: Text columns with more distinct values than this are not used; the most common levels become 0/1 columns.

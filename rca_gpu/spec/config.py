@@ -18,7 +18,7 @@ from rca_gpu.engine.params import Param, show_value
 from rca_gpu.errors import SpecError
 from rca_gpu.spec.grammar import PipelineSpec, make_cluster, make_features, make_reduce, parse_pipeline
 
-DEFAULT_PIPELINE = "mobilenet_v2+umap+dbscan"
+DEFAULT_PIPELINE = "mobilenet_v2(center=auto,pool=grid2)+umap+dbscan"  # benchmarks/RESULTS.md, section 7
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "bf16")
 
@@ -41,6 +41,7 @@ class RunSpec:
     plot_embedding: bool = True
     stability: int | None = None  # stability resamples: None = automatic (rca_gpu.catalogue.stability), 0 = off
     sample_size: int = 5000  # above this many usable images the search runs on a seeded sample (rca_gpu.tuning)
+    max_image_memory: int | None = None  # bytes image decoding may use at once; None = a share of RAM (data.decoding)
 
     def __post_init__(self) -> None:
         if not isinstance(self.pipeline, PipelineSpec):
@@ -86,9 +87,10 @@ RUN_PARAMS: dict[str, Param] = {
     "plot_embedding": Param(bool),
     "stability": Param(int, "non_negative", high=1000),  # resamples; None = automatic, 0 = off
     "sample_size": Param(int, "at_least_1", low=100, high=10_000_000),
+    "max_image_memory": Param(int, "at_least_1", low=64 * 2**20, high=2**60),  # data.decoding.MIN_IMAGE_MEMORY
 }
 #: Run options that may be left unset (None).
-OPTIONAL_RUN_OPTIONS = ("model", "image_root", "stability")
+OPTIONAL_RUN_OPTIONS = ("model", "image_root", "stability", "max_image_memory")
 #: Command-line flag of a run option, where it differs from the option's name.
 FLAGS = {"cache_features": "cache/--no-cache", "plot_embedding": "plot-umap/--no-plot-umap"}
 

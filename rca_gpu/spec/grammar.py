@@ -192,6 +192,9 @@ def make_features(name: str, layer: str | None = None, /, **params: Any) -> Feat
         )
     if layer and not info.has_layers:
         raise SpecError(f"The '{name}' extractor has no layers to choose; drop '@{layer}'.")
+    pool = params.get("pool")
+    if isinstance(pool, str) and pool.startswith("grid") and getattr(info.params.get("pool"), "kind", None) is int:
+        params["pool"] = int(pool[4:]) if pool[4:].isdigit() else pool  # pool=gridN is pool=N for the DUT's maps
     return FeatureSpec(name, layer, _validate_params(f"extractor '{name}'", params, info.params))
 
 

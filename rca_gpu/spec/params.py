@@ -42,18 +42,25 @@ MAX_PIXEL_SIZE = 512
 #: Image sides the autoencoder can build (rca_gpu.features.autoencoder.plan_geometry keeps exactly these).
 AE_IMAGE_SIZES = (16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128)
 _POOL = Param(int, "at_least_1", high=64)
+#: Representations (rca_gpu.features.represent): a backbone's pooling (global average, or an N x N grid;
+#: the DUT extractors' int ``pool`` also reads ``gridN``) and class-conditional centring, for every extractor.
+POOLS = ("avg",) + tuple(f"grid{side}" for side in range(1, 9))
+CENTERS = ("none", "label", "prediction", "pair", "auto")
+_CENTER = {"center": Param(str, "choice", CENTERS)}
 
 _IMAGE_PARAMS = {
     "image_size": Param(int, low=32, high=MAX_IMAGE_SIZE),
     "weights": Param(str),
     "normalize": Param(bool),
+    "pool": Param(str, "choice", POOLS),
+    **_CENTER,
 }
 
 EXTRACTORS: dict[str, ExtractorInfo] = {
     "pixels": ExtractorInfo(
         "rca_gpu.features.pixels:PixelExtractor",
         "raw pixels, resized and flattened (baseline)",
-        {"image_size": Param(int, "at_least_1", high=MAX_PIXEL_SIZE), "normalize": Param(bool)},
+        {"image_size": Param(int, "at_least_1", high=MAX_PIXEL_SIZE), "normalize": Param(bool), **_CENTER},
     ),
     "mobilenet_v2": ExtractorInfo(
         "rca_gpu.features.backbones:BackboneExtractor",
@@ -83,21 +90,21 @@ EXTRACTORS: dict[str, ExtractorInfo] = {
     "dut": ExtractorInfo(
         "rca_gpu.features.dut:DUTActivationExtractor",
         "activations of the DNN under test at a layer (default: its penultimate layer)",
-        {"pool": _POOL},
+        {"pool": _POOL, **_CENTER},
         needs_dut=True,
         has_layers=True,
     ),
     "lrp": ExtractorInfo(
         "rca_gpu.features.heatmaps:LRPExtractor",
         "LRP relevance heatmaps of the predicted class at a DUT layer (HUDD), via zennit",
-        {"pool": _POOL, "rule": Param(str, "choice", ("epsilon", "zplus", "epsilon_plus"))},
+        {"pool": _POOL, "rule": Param(str, "choice", ("epsilon", "zplus", "epsilon_plus")), **_CENTER},
         needs_dut=True,
         has_layers=True,
     ),
     "gradcam": ExtractorInfo(
         "rca_gpu.features.heatmaps:GradCAMExtractor",
         "Grad-CAM heatmaps of the predicted class at a DUT layer, via captum",
-        {"pool": _POOL},
+        {"pool": _POOL, **_CENTER},
         needs_dut=True,
         has_layers=True,
     ),
@@ -105,20 +112,20 @@ EXTRACTORS: dict[str, ExtractorInfo] = {
     "gradxinput": ExtractorInfo(
         "rca_gpu.features.heatmaps:GradientXInputExtractor",
         "gradient x input of the predicted class, via captum (any DUT format, TorchScript included)",
-        {"pool": Param(int, "at_least_1")},
+        {"pool": Param(int, "at_least_1"), **_CENTER},
         needs_dut=True,
     ),
     "ig": ExtractorInfo(
         "rca_gpu.features.heatmaps:IntegratedGradientsExtractor",
         "integrated gradients of the predicted class, via captum (any DUT format, TorchScript included)",
-        {"pool": Param(int, "at_least_1"), "steps": Param(int, "at_least_1")},
+        {"pool": Param(int, "at_least_1"), "steps": Param(int, "at_least_1"), **_CENTER},
         needs_dut=True,
     ),
     "ae": ExtractorInfo(
         "rca_gpu.features.autoencoder:AutoencoderExtractor",
         "bottleneck of a convolutional autoencoder trained on the source images",
         {"image_size": Param(int, allowed=AE_IMAGE_SIZES), "latent": Param(int, "at_least_1", high=4096),
-         "epochs": Param(int, "at_least_1", high=1000)},
+         "epochs": Param(int, "at_least_1", high=1000), **_CENTER},
     ),
 }
 

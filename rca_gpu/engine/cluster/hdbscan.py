@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rca_gpu import jit_cache
 from rca_gpu.engine import limits
 from rca_gpu.engine.cards import ClusterCard, Twin, nearest_within
 from rca_gpu.engine.device import Device
@@ -27,6 +28,11 @@ from rca_gpu.engine.knn import KnnGraph
 from rca_gpu.engine.params import Param
 
 HDBSCAN_MIN_CLUSTER_SIZES = (5, 10, 15, 25, 40, 60)
+#: Above this many dimensions fast_hdbscan builds its tree from pynndescent's approximate kNN graph
+#: (fast_hdbscan/hdbscan.py), unseeded, so two fits of one data set could differ, and compiled again in every
+#: process (numba cannot cache functions handed a distance function); scikit-learn's exact HDBSCAN runs there
+#: instead, as good and faster (benchmarks/hdbscan_backends.py, benchmarks/RESULTS.md).
+FAST_HDBSCAN_MAX_DIMS = 30
 
 
 class HDBSCANCard(ClusterCard):
@@ -62,19 +68,22 @@ class HDBSCANCard(ClusterCard):
 
 
 class FastHDBSCAN(ClusterAdapter):
-    """fast_hdbscan: parallel Boruvka on a KD-tree (numba)."""
+    """fast_hdbscan: parallel Boruvka on a KD-tree (numba); scikit-learn's above FAST_HDBSCAN_MAX_DIMS."""
 
     def __init__(self, *, seed: int = 0, **params: Any) -> None:
         self.seed = seed
         self.params = params
 
     def fit_predict(self, x):
-        import fast_hdbscan
-
         size = self.params["min_cluster_size"]
         min_samples = limits.hdbscan_library_min_samples(self.params.get("min_samples"), size)
-        model = fast_hdbscan.HDBSCAN(min_cluster_size=size, min_samples=min_samples)
-        return model.fit_predict(np.asarray(x, dtype=np.float64))
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[1] > FAST_HDBSCAN_MAX_DIMS:
+            from sklearn.cluster import HDBSCAN  # counts the point itself, as rca_gpu does; at most n
+
+            return HDBSCAN(min_cluster_size=size, min_samples=min(min_samples + 1, len(x)), copy=True).fit_predict(x)
+        fast_hdbscan = jit_cache.load("fast_hdbscan")  # compiled once per machine, not per process
+        return fast_hdbscan.HDBSCAN(min_cluster_size=size, min_samples=min_samples).fit_predict(x)
 
 
 class CumlHDBSCAN(ClusterAdapter):

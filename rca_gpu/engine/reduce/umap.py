@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rca_gpu import jit_cache
 from rca_gpu.engine import limits
 from rca_gpu.engine.cards import ReducerCard, Twin
 from rca_gpu.engine.dispatch import ReduceAdapter
@@ -74,6 +75,7 @@ def umap_place(sample_embedding: np.ndarray, indices: np.ndarray, distances: np.
     sample point takes its position), then ``epochs`` epochs of ``optimize_layout_euclidean`` with the sample
     fixed (0: none).
     """
+    jit_cache.load("umap")  # compiled once per machine, not per process
     from umap.umap_ import compute_membership_strengths, smooth_knn_dist
 
     k = min(n_neighbors, indices.shape[1])
@@ -124,7 +126,7 @@ class UmapLearn(ReduceAdapter):
         self.n_neighbors, self.n_components, self.min_dist, self.seed = n_neighbors, n_components, min_dist, seed
 
     def fit_transform(self, x, knn=None):
-        import umap
+        umap = jit_cache.load("umap")  # compiled once per machine, not per process
 
         n = x.shape[0]
         n_neighbors = max(2, min(self.n_neighbors, n - 1))
