@@ -152,8 +152,9 @@ def main() -> None:
 
     from rca_gpu.catalogue.reference import ALPHA
     from rca_gpu.data.sources import load_source
-    from rca_gpu.device import resolve_device
-    from rca_gpu.pipeline import cluster_and_write, compute_features, feature_graph, library_versions
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.features.compute import compute_features
+    from rca_gpu.pipeline import cluster_and_write, feature_graph, library_versions
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import build_run_spec
 

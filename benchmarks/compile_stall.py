@@ -4,7 +4,7 @@
 
 For each stage, two fresh processes share one new numba cache folder: the first meets an empty cache (the
 first run on a machine), the second one filled by the first (every later run). Each process calls the stage
-(rca_gpu.reduce.reduce / rca_gpu.cluster.cluster, the functions a run calls) twice on 400 x 32 planted
+(rca_gpu.engine.registry.reduce / cluster, the functions a run calls) twice on 400 x 32 planted
 features (the size in which the stall was reported; ``hdbscan-10d``: their 10-d UMAP-sized slice, the shape
 a UMAP pipeline hands HDBSCAN) and reports the seconds of each call, library imports included, and how many
 functions numba compiled during each (numba's compile events). ``--tree`` runs another checkout of rca_gpu
@@ -30,11 +30,11 @@ def worker(stage: str) -> None:
     import rca_gpu  # noqa: F401  (first, as a program using rca_gpu would)
     from numba.core import event
 
-    from rca_gpu.cluster import cluster
+    from rca_gpu.engine.registry import cluster
     from rca_gpu.datasets.planted import planted_features
-    from rca_gpu.device import cpu_device
-    from rca_gpu.neighbors import knn_graph
-    from rca_gpu.reduce import reduce
+    from rca_gpu.engine.device import cpu_device
+    from rca_gpu.engine.knn import knn_graph
+    from rca_gpu.engine.registry import reduce
 
     device = cpu_device()
     x, _ = planted_features(400, n_clusters=4, dims=32, rare=(), seed=0)

@@ -54,7 +54,7 @@ def worker(cases: list[str], quick: bool) -> None:
     from sklearn.metrics import adjusted_rand_score
 
     from rca_gpu.datasets.planted import planted_features
-    from rca_gpu.device import cpu_device
+    from rca_gpu.engine.device import cpu_device
     from rca_gpu.spec import make_cluster, make_reduce
     from rca_gpu.tuning import select
 
@@ -76,8 +76,8 @@ def worker(cases: list[str], quick: bool) -> None:
             out = {"labels": labels.tolist(), "hash": _hash(labels),
                    "ari_planted": round(float(adjusted_rand_score(planted, labels)), 4)}
         elif case == "umap-fit":
-            from rca_gpu.neighbors import knn_graph
-            from rca_gpu.reduce import reduce
+            from rca_gpu.engine.knn import knn_graph
+            from rca_gpu.engine.registry import reduce
 
             x, _ = planted_features(2000 if quick else 5000, n_clusters=20, dims=1280, seed=4)
             graph = knn_graph(x, 15, device)

@@ -3,7 +3,7 @@
     python benchmarks/hdbscan_backends.py [--sizes 400 2000 5000] [--repeats 3]
 
 Both get rca_gpu's ``min_samples`` convention (the point counts itself; fast_hdbscan is handed one less,
-rca_gpu.limits.hdbscan_library_min_samples). Data: what each pipeline hands HDBSCAN, from planted features
+rca_gpu.engine.limits.hdbscan_library_min_samples). Data: what each pipeline hands HDBSCAN, from planted features
 (rca_gpu.datasets.planted, 1,280-d, 8 groups): their 10-d UMAP embedding, their 32 and 50 principal
 components, the features themselves; a noisy 64-d set; Gaussian blobs in 5-d with 10 % uniform noise; and a
 real set, scikit-learn's digits (1,797 x 64) and their 10-d UMAP embedding. For each set and
@@ -51,7 +51,7 @@ def main() -> None:
 
     import rca_gpu  # noqa: F401  (first: it fixes numba's code-generation target)
     from rca_gpu.datasets.planted import planted_features
-    from rca_gpu.limits import hdbscan_library_min_samples
+    from rca_gpu.engine.limits import hdbscan_library_min_samples
 
     sets = []
     for n in args.sizes:

@@ -27,8 +27,8 @@ def main() -> None:
 
     import torch
 
-    from rca_gpu.device import as_torch, resolve_device
-    from rca_gpu.neighbors import choose_backend, knn_graph
+    from rca_gpu.engine.device import as_torch, resolve_device
+    from rca_gpu.engine.knn import choose_backend, knn_graph
 
     device = resolve_device(args.device)
     if device.on_gpu:  # GPU libraries only once their test search passed on this GPU (resolve_device)

@@ -160,8 +160,8 @@ def main() -> None:
     from rca_gpu.catalogue.causes import load_catalogue
     from rca_gpu.catalogue.reference import radius, read_reference
     from rca_gpu.data.sources import load_source
-    from rca_gpu.device import resolve_device
-    from rca_gpu.pipeline import compute_features
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.features.compute import compute_features
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import build_run_spec
 

@@ -13,7 +13,7 @@ normalisation, then the class-conditional centring (rca_gpu.features.represent.c
 The DUT's representations (``dut``, the input of its last Linear layer) are extracted by their extractor.
 
 Each representation is clustered by rca_gpu.tuning.select on its kNN graph, as `rca-gpu run` does (the labels
-of a run are the selection's labels), and evaluated with rca_gpu.evaluate. Writes OUT/results.parquet (one row
+of a run are the selection's labels), and evaluated with rca_gpu.metrics. Writes OUT/results.parquet (one row
 per benchmark x representation, metrics, target checks, seconds of kNN + search, the chosen setting, two
 unsupervised criteria) and prints the tables of RESULTS.md.
 """
@@ -62,7 +62,7 @@ def backbone_matrices(maps, side, how, failures, positions):
 
 def cluster(matrix, spec, device):
     """The default pipeline's clustering of ``matrix``: kNN graph, then the search with the default rule."""
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.knn import knn_graph
     from rca_gpu.pipeline import effective_k
     from rca_gpu.tuning import select
 
@@ -77,7 +77,7 @@ def silhouette(embedding, labels) -> float | None:
     """Silhouette of the clustered images in the chosen embedding (an unsupervised criterion)."""
     from sklearn.metrics import silhouette_score
 
-    from rca_gpu.device import as_numpy
+    from rca_gpu.engine.device import as_numpy
 
     keep = labels >= 0
     if len(np.unique(labels[keep])) < 2:
@@ -92,7 +92,7 @@ def bound(embedding, causes: np.ndarray, seed: int = 0) -> float:
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
-    from rca_gpu.device import as_numpy
+    from rca_gpu.engine.device import as_numpy
 
     k = len(np.unique(causes))
     found = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(np.asarray(as_numpy(embedding)))
@@ -123,7 +123,7 @@ def mid_jobs(failures, spec, device, cache, reporter):
 def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "last",
                   stages: str | None = None) -> list[dict]:
     from rca_gpu.data.sources import load_source
-    from rca_gpu.device import resolve_device
+    from rca_gpu.engine.device import resolve_device
     from rca_gpu.pipeline import compute_features
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import build_run_spec, make_features
@@ -169,7 +169,7 @@ def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "
 
 
 def _cluster_all(name, jobs, causes, spec, device, done: Path, extract_seconds: float) -> list[dict]:
-    from rca_gpu.evaluate import evaluate
+    from rca_gpu.metrics import evaluate
 
     rows = pd.read_parquet(done).to_dict("records") if done.exists() else []  # a re-run resumes
     for label, make, rows_of in jobs:

@@ -276,8 +276,8 @@ def make_images(n: int, folder: Path, seed: int = 0, size: int = 32) -> None:
 def extraction_child(folder: str, pipeline: str, cache: str, batch_size: int, workers: int) -> None:
     """Child mode: list the folder, extract features with the shard cache, print one JSON line."""
     _report_peak_at_exit()
-    from rca_gpu.device import resolve_device
-    from rca_gpu.pipeline import compute_features
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.features.compute import compute_features
     from rca_gpu.progress import Reporter
     from rca_gpu.data.sources import load_source
     from rca_gpu.spec import build_run_spec

@@ -2,9 +2,9 @@
 
     python benchmarks/selection_rules.py --out runs/selection-rules [--seeds 0 1 2] [--clusterer dbscan]
 
-For each data set and seed the search of :func:`rca_gpu.tuning.select` runs once with the full UMAP grid
-(rca_gpu.tuning.UMAP_GRID: n_neighbors 15/30 x n_components 2/10 x min_dist 0/0.1) and keeps every
-candidate's labels; then each rule picks one, and the ground truth scores the pick:
+For each data set and seed the search of :func:`rca_gpu.tuning.search.search` runs once with the full UMAP
+grid (rca_gpu.engine.reduce.umap.UMAP_GRID: n_neighbors 15/30 x n_components 2/10 x min_dist 0/0.1) and keeps
+every candidate's labels; then each rule picks one, and the ground truth scores the pick:
 
 - ``max``: the highest internal score (silhouette on a sample x (1 - noise share));
 - ``finest-peak``: the finest peak of that score within 70 % of the best (the former default);
@@ -17,7 +17,7 @@ Two rows bound what any rule could pick from the same candidates, judged by the 
 most 2 x causes clusters and at most 10 % noise, the highest weighted purity (``bound: best purity``) and the
 highest ARI (``bound: best ARI``).
 
-``merged`` is also evaluated on the two UMAP settings DBSCAN now searches (UMAP_GRID_DBSCAN) instead of
+``merged`` is also evaluated on the two UMAP settings DBSCAN now searches (its card's UMAP_GRID_DBSCAN) instead of
 all eight (``merged, 2 UMAP fits``): the grid reduction is kept only where the choice stays as good.
 
 Data: planted features (rca_gpu.datasets.planted; 20 clusters with three rare ones, the same with three
@@ -45,42 +45,26 @@ PLANTED = {
 
 
 def search(x: np.ndarray, clusterer: str, seed: int):
-    """(trials, [(reducer params, raw labels)], feature neighbours) of one full-grid search."""
-    import rca_gpu.tuning.search as search_module
-    from rca_gpu.device import resolve_device
-    from rca_gpu.neighbors import knn_graph
+    """(trials, [raw labels of each candidate], feature neighbours) of one full-grid search."""
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.engine.knn import knn_graph
+    from rca_gpu.engine.reduce.umap import UMAP_GRID
     from rca_gpu.spec import make_cluster, make_reduce
+    from rca_gpu.tuning.search import distinct_rows
+    from rca_gpu.tuning.search import search as run_search
 
-    captured: dict = {}
-    labelled: list = []
-    original_labels, original_choose, original_grid = (search_module.label_candidates, search_module.choose_base,
-                                                       search_module.UMAP_GRID_DBSCAN)
-
-    def keep_labels(*args, **kwargs):
-        out, tree = original_labels(*args, **kwargs)
-        labelled.extend(out)
-        return out, tree
-
-    def keep_trials(trials):
-        captured["trials"] = list(trials)
-        return 0
-
-    search_module.label_candidates, search_module.choose_base = keep_labels, keep_trials
-    search_module.UMAP_GRID_DBSCAN = search_module.UMAP_GRID  # the full grid for every clusterer here
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            search_module.select(x, None, make_reduce("umap"), make_cluster(clusterer), resolve_device("cpu"),
-                                 seed=seed, reduce_cache={})
-    finally:
-        search_module.label_candidates, search_module.choose_base = original_labels, original_choose
-        search_module.UMAP_GRID_DBSCAN = original_grid
-    neighbours = knn_graph(x, 31, resolve_device("cpu")).numpy()[0][:, 1:16]
-    return captured["trials"], [labels for _, labels in labelled], neighbours
+    device = resolve_device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = run_search(x, None, make_reduce("umap"), make_cluster(clusterer), device, seed=seed,
+                           reduce_cache={}, grid=UMAP_GRID, distinct=distinct_rows(x, len(x), seed))
+    neighbours = knn_graph(x, 31, device).numpy()[0][:, 1:16]
+    return found.trials, [candidate.labels for candidate in found.candidates], neighbours
 
 
 def picks(trials, labels, neighbours) -> dict[str, np.ndarray]:
-    from rca_gpu.tuning import UMAP_GRID_DBSCAN, attach_noise, choose, choose_base, choose_max, merge_unseparated
+    from rca_gpu.engine.cluster.dbscan import UMAP_GRID_DBSCAN
+    from rca_gpu.tuning import attach_noise, choose, choose_base, choose_max, merge_unseparated
     from rca_gpu.tuning.criteria import NOISE_CAP
 
     def finish(raw):
@@ -124,7 +108,7 @@ def main() -> None:
     import pandas as pd
 
     from rca_gpu.datasets.planted import planted_features
-    from rca_gpu.evaluate import evaluate
+    from rca_gpu.metrics import evaluate
     from selection_vs_reference import benchmark_features
 
     rows = []

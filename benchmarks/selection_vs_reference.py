@@ -69,7 +69,7 @@ def reference(x: np.ndarray, space: str = "embedding") -> np.ndarray:
 
 def rca_gpu_default(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
     """Labels of rca-gpu's default pipeline after extraction, and what the search chose."""
-    from rca_gpu.device import resolve_device
+    from rca_gpu.engine.device import resolve_device
     from rca_gpu.pipeline import feature_graph, plot_embedding
     from rca_gpu.spec import DEFAULT_PIPELINE, build_run_spec
     from rca_gpu.tuning import select
@@ -89,7 +89,7 @@ def rca_gpu_default(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
 
 
 def score(labels: np.ndarray, causes: np.ndarray) -> dict:
-    from rca_gpu.evaluate import evaluate
+    from rca_gpu.metrics import evaluate
 
     result = evaluate(labels, causes)
     summary = result.summary
@@ -107,8 +107,8 @@ def benchmark_features(name: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """MobileNetV2 features and root causes of a ground-truth benchmark (1,500 failures, seed 0)."""
     from rca_gpu.data.sources import load_source
     from rca_gpu.datasets import make_dataset
-    from rca_gpu.device import as_numpy, resolve_device
-    from rca_gpu.pipeline import compute_features
+    from rca_gpu.engine.device import as_numpy, resolve_device
+    from rca_gpu.features.compute import compute_features
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import DEFAULT_PIPELINE, build_run_spec
 
@@ -134,8 +134,8 @@ def umap_seed_cost(planted_features, dims: int) -> dict:
     optimisation single-threaded when given a seed), and whether two fits give the same embedding."""
     import umap
 
-    from rca_gpu.device import resolve_device
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.engine.knn import knn_graph
 
     x, _ = planted_features(5000, dims=dims, seed=1)
     indices, distances = knn_graph(x, 30, resolve_device("cpu")).numpy()
@@ -179,8 +179,8 @@ def main() -> None:
     import umap
 
     from rca_gpu.datasets.planted import planted_features
-    from rca_gpu.device import resolve_device
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.engine.knn import knn_graph
 
     # numba compiles umap-learn and pynndescent on first use: keep that out of the timings
     warm, _ = planted_features(600, dims=32, seed=9)

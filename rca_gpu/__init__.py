@@ -1,50 +1,60 @@
 """rca_gpu: cluster the images on which a DNN fails so that each cluster shows one root cause.
 
-Public API (heavy libraries are imported only when a function runs)::
+The commands of ``rca-gpu`` as functions (docs/api.md); nothing heavy is imported until one runs::
 
-    from rca_gpu import run, parse_pipeline, build_run_spec
-    result = run(build_run_spec(pipeline="mobilenet_v2+umap+dbscan"), "failures/", out="runs/x")
+    import rca_gpu
 
-    from rca_gpu import FailureClusterer          # scikit-learn estimator over features you already have
-    labels = FailureClusterer("umap+dbscan").fit(X).labels_
+    result = rca_gpu.run("failures/", "runs/x")                        # default pipeline, report.html
+    result = rca_gpu.run("failures/", "runs/y", pipeline="pixels+pca+kmeans", device="cpu", seed=1)
+    result = rca_gpu.run(out="runs/f", features="embeddings.parquet")   # your own features
+    rca_gpu.evaluate("runs/y").summary                                  # needs a root_cause column
+    rca_gpu.study("bench/manifest.parquet", "runs/study", reducers=["umap", "pca"])
+    rca_gpu.assign("runs/x", "new_failures/", "runs/x-new")
+    rca_gpu.compare("runs/x", "runs/y")
+    rca_gpu.select("runs/x", "pool/", "retrain/", budget=500)
+
+    labels = rca_gpu.FailureClusterer("umap+dbscan").fit(X).labels_    # scikit-learn estimator
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from rca_gpu import cpu_target as _cpu_target
 
 _cpu_target.apply()  # before numba compiles anything: the same clusters on any x86-64 CPU
 
-from rca_gpu.errors import RcaError, SpecError, SourceError, UnsupportedOnGPU
-from rca_gpu.spec import PipelineSpec, RunSpec, build_run_spec, parse_pipeline
+from rca_gpu.errors import RcaError, SourceError, SpecError, TooFewImagesError, UnsupportedOnGPU  # noqa: E402
 
 __version__ = "0.1.0"
 
+#: Public name -> the module that defines it, imported on first use.
+_LAZY = {
+    "run": "rca_gpu.api", "run_spec": "rca_gpu.api", "evaluate": "rca_gpu.api", "study": "rca_gpu.api",
+    "assign": "rca_gpu.api", "compare": "rca_gpu.api", "select": "rca_gpu.api",
+    "FailureClusterer": "rca_gpu.estimator",
+    "PipelineSpec": "rca_gpu.spec", "RunSpec": "rca_gpu.spec", "build_run_spec": "rca_gpu.spec",
+    "parse_pipeline": "rca_gpu.spec",
+    "load_plugin": "rca_gpu.plugins",
+}
+
 __all__ = [
-    "FailureClusterer",
-    "PipelineSpec",
-    "RcaError",
-    "RunSpec",
-    "SourceError",
-    "SpecError",
-    "UnsupportedOnGPU",
-    "build_run_spec",
-    "parse_pipeline",
-    "run",
-    "__version__",
+    "FailureClusterer", "PipelineSpec", "RcaError", "RunSpec", "SourceError", "SpecError", "TooFewImagesError",
+    "UnsupportedOnGPU", "__version__", "assign", "build_run_spec", "compare", "evaluate", "load_plugin",
+    "parse_pipeline", "run", "run_spec", "select", "study",
 ]
 
 
-def run(spec, source, out):  # noqa: D401 - thin lazy re-export
-    """Run one pipeline on a source and write its outputs to ``out``. See rca_gpu.pipeline.run."""
-    from rca_gpu.pipeline import run as _run
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rca_gpu' has no attribute {name!r}")
+    import importlib
 
-    return _run(spec, source, out)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
 
-def __getattr__(name: str):
-    if name == "FailureClusterer":  # imported on first use: scikit-learn stays out of `rca-gpu --help`
-        from rca_gpu.estimator import FailureClusterer
-
-        return FailureClusterer
-    raise AttributeError(f"module 'rca_gpu' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

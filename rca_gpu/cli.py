@@ -8,23 +8,25 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
 
-from rca_gpu.commands.options import QuietOpt
+from rca_gpu.commands.options import QuietOpt, build_spec
 from rca_gpu.errors import RcaError, printable
 from rca_gpu.progress import WIDE_TERMINAL, reporter_for
 from rca_gpu.spec import KNN_BACKENDS
+
 
 class _OneLineErrors(TyperGroup):
     """The top-level command group: usage errors (a bad option value, an unknown option) print one line
     ``error: ...`` and exit 2, like every other input error, instead of a boxed usage message."""
 
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -71,11 +73,28 @@ class Precision(str, Enum):
 
 
 #: --knn-backend choices: made from the spec's list, so the help, the check and the registry agree.
-KnnBackend = Enum("KnnBackend", {name.replace("-", "_"): name for name in KNN_BACKENDS}, type=str)
+KnnBackend = Enum("KnnBackend", {name.replace("-", "_"): name for name in KNN_BACKENDS}, type=str)  # type: ignore[misc]
 
 
 def _err(message: str) -> None:
     typer.echo(f"error: {printable(message)}", err=True)
+
+
+@app.callback()
+def plugins_option(
+    plugin: Annotated[list[str] | None, typer.Option(
+        "--plugin", metavar="MODULE", help="Import MODULE first and register the extractors, reducers and "
+        "clusterers it defines (docs/plugins.md); repeatable. Installed plug-ins need no option.")] = None,
+) -> None:
+    """Options before the command: plug-ins to load."""
+    for module in plugin or ():
+        from rca_gpu.plugins import load_plugin
+
+        try:
+            load_plugin(module)
+        except RcaError as exc:
+            _err(str(exc))
+            raise typer.Exit(exc.exit_code) from None
 
 
 def friendly_errors(command: Callable) -> Callable:
@@ -119,56 +138,30 @@ def _not_utf8(exc: UnicodeError) -> str:
 # Shared options
 # --------------------------------------------------------------------------------------------------
 
-PipelineOpt = Annotated[Optional[str], typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
+PipelineOpt = Annotated[str | None, typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
                         "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2(center=auto,pool=grid2)+umap+dbscan.")]
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML run configuration; "
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML run configuration; "
                       "command-line options override it.")]
-DeviceOpt = Annotated[Optional[DeviceChoice], typer.Option("--device", help="auto: GPU when CUDA and the GPU "
+DeviceOpt = Annotated[DeviceChoice | None, typer.Option("--device", help="auto: GPU when CUDA and the GPU "
                       "libraries import; gpu: fail without them; cpu.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for UMAP, K-means and sampling.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images per batch during extraction.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="DataLoader worker processes for decoding.")]
-PrecisionOpt = Annotated[Optional[Precision], typer.Option("--precision", help="fp32, or bf16 autocast "
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for UMAP, K-means and sampling.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Images per batch during extraction.")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes for decoding.")]
+PrecisionOpt = Annotated[Precision | None, typer.Option("--precision", help="fp32, or bf16 autocast "
                          "for extraction.")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test: TorchScript .pt, "
+ModelOpt = Annotated[str | None, typer.Option("--model", help="The DNN under test: TorchScript .pt, "
                      "torch.export .pt2, ONNX .onnx, or package.module:factory=weights.pt.")]
-WeightsOpt = Annotated[Optional[str], typer.Option("--weights", help="Backbone weights: a state_dict file, "
+WeightsOpt = Annotated[str | None, typer.Option("--weights", help="Backbone weights: a state_dict file, "
                        "a torchvision weights name (IMAGENET1K_V1), or none.")]
-KnnOpt = Annotated[Optional[KnnBackend], typer.Option("--knn-backend", help="Neighbour search backend.")]
-RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests: image paths must resolve "
+KnnOpt = Annotated[KnnBackend | None, typer.Option("--knn-backend", help="Neighbour search backend.")]
+RootOpt = Annotated[Path | None, typer.Option("--image-root", help="Manifests: image paths must resolve "
                     "inside this folder (default: the manifest's folder).")]
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write OUT/report.html (clusters, map, "
                       "explanations; opens offline).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug log lines.")]
-MemoryOpt = Annotated[Optional[str], typer.Option("--max-image-memory", metavar="SIZE", help="Memory that "
+MemoryOpt = Annotated[str | None, typer.Option("--max-image-memory", metavar="SIZE", help="Memory that "
                      "decoding images may use at once, e.g. 4GiB (default: a quarter of the machine's). Larger "
                      "images are decoded reduced (JPEG) or rejected with the reason.")]
-
-
-def build_spec(pipeline: str | None, config: Path | None, **options: Any):
-    """RunSpec from an optional TOML file plus command-line overrides (None = not given)."""
-    from rca_gpu.spec import build_run_spec, load_config
-
-    values = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items()}
-    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}
-    weights = values.pop("weights", None)
-    data = load_config(config) if config else {}
-    _sizes_in_bytes(values, data)
-    if weights is not None:
-        data.setdefault("features", {})["weights"] = weights
-    return build_run_spec(data, pipeline=pipeline, **values)
-
-
-
-
-def _sizes_in_bytes(*sources: dict[str, Any]) -> None:
-    """``max_image_memory`` given as text (``--max-image-memory 4GiB``, ``max_image_memory = "4GiB"`` in a
-    config) becomes bytes, in place; SpecError when it is no size."""
-    from rca_gpu.data.decoding import parse_size
-
-    for values in sources:
-        if isinstance(values.get("max_image_memory"), str):
-            values["max_image_memory"] = parse_size(values["max_image_memory"])
 
 
 def print_clusters(clusters, console=None, explanations=None, stability=None) -> None:
@@ -207,7 +200,7 @@ def print_clusters(clusters, console=None, explanations=None, stability=None) ->
 def run_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder (an earlier run in it is replaced; "
                                      "the feature cache under OUT/cache is kept).")],
-    source: Annotated[Optional[Path], typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
+    source: Annotated[Path | None, typer.Argument(help="Folder of images (recursive) or manifest .csv/.parquet "
                                                      "with a 'path' column (or --features instead).")] = None,
     pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
@@ -220,21 +213,21 @@ def run_command(
     weights: WeightsOpt = None,
     knn_backend: KnnOpt = None,
     image_root: RootOpt = None,
-    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Keep extracted features as "
+    cache: Annotated[bool | None, typer.Option("--cache/--no-cache", help="Keep extracted features as "
                      "Parquet shards under OUT/cache and reuse them.")] = None,
-    plot_umap: Annotated[Optional[bool], typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
+    plot_umap: Annotated[bool | None, typer.Option("--plot-umap/--no-plot-umap", help="2-D UMAP for "
                          "embedding.parquet when the chosen embedding is not 2-D (else PCA).")] = None,
-    stability: Annotated[Optional[int], typer.Option("--stability", "--stability-resamples",
+    stability: Annotated[int | None, typer.Option("--stability", "--stability-resamples",
                          help="Resamples for each cluster's stability (subsample Jaccard); 0 = off. "
                          "Default: about the run's clustering time again.")] = None,
-    features: Annotated[Optional[Path], typer.Option("--features", help="Your own features instead of SOURCE: "
+    features: Annotated[Path | None, typer.Option("--features", help="Your own features instead of SOURCE: "
                         ".parquet (id, optional path and metadata columns, one list column or f0..fN) or 2-D .npy; "
                         "the pipeline then has no feature stage (default umap+dbscan).")] = None,
-    metadata: Annotated[Optional[Path], typer.Option("--metadata", help="With --features: .csv/.parquet with one "
+    metadata: Annotated[Path | None, typer.Option("--metadata", help="With --features: .csv/.parquet with one "
                         "row per feature row, same order (id, path, root_cause, ...).")] = None,
-    dask: Annotated[Optional[str], typer.Option("--dask", help="local, or a scheduler address tcp://HOST:8786: "
+    dask: Annotated[str | None, typer.Option("--dask", help="local, or a scheduler address tcp://HOST:8786: "
                     "extraction on Dask workers (kNN graph too on dask-cuda workers).")] = None,
-    sample_size: Annotated[Optional[int], typer.Option("--sample-size", help="Above this many usable images, "
+    sample_size: Annotated[int | None, typer.Option("--sample-size", help="Above this many usable images, "
                            "hyper-parameters are chosen on a seeded sample of this size and extended to the "
                            "rest (default 5000).")] = None,
     max_image_memory: MemoryOpt = None,
@@ -309,27 +302,30 @@ def pipelines_command(quiet: QuietOpt = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from rca_gpu.spec import CLUSTERERS, EXTRACTORS, REDUCERS
+    from rca_gpu.engine import registry
+    from rca_gpu.spec import extractors
 
+    reducers, clusterers = registry.reducers(), registry.clusterers()
     if quiet:
-        for stage, choices in (("features", EXTRACTORS), ("reduce", REDUCERS), ("cluster", CLUSTERERS)):
+        for stage, choices in (("features", extractors()), ("reduce", reducers), ("cluster", clusterers)):
             typer.echo(f"{stage}: {', '.join(choices)}")
         return
 
     def names(params) -> str:  # a parameter with a fixed set of values lists them: "select (merged, ...)"
         return ", ".join(f"{key} ({', '.join(p.choices)})" if p.rule == "choice" else key for key, p in params.items())
 
-    table = Table(title=escape("Pipeline stages: FEATURES[@LAYER]+REDUCER+CLUSTERER"))
+    table = Table(title=escape("Pipeline stages: FEATURES[@LAYER]+REDUCER+CLUSTERER"),
+                  caption="Parameters left out are chosen automatically.")
     for column in ("stage", "name", "parameters", "about"):
         table.add_column(column)
-    for name, info in EXTRACTORS.items():
+    for name, info in extractors().items():
         about = info.summary + (" (needs --model)" if info.needs_dut else "")
         table.add_row("features", escape(name + ("[@layer]" if info.has_layers else "")), names(info.params),
                       escape(about))
-    for name, params in REDUCERS.items():
-        table.add_row("reduce", name, names(params), "open parameters are tuned automatically")
-    for name, params in CLUSTERERS.items():
-        table.add_row("cluster", name, names(params), "open parameters are tuned automatically")
+    for name, reducer in reducers.items():
+        table.add_row("reduce", name, names(reducer.params), escape(reducer.summary))
+    for name, clusterer in clusterers.items():
+        table.add_row("cluster", name, names(clusterer.all_params), escape(clusterer.summary))
     Console().print(table)
 
 
@@ -337,7 +333,7 @@ def pipelines_command(quiet: QuietOpt = False) -> None:
 @friendly_errors
 def demo_command(
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "runs/demo",
-    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Failures in the embedded benchmark "
+    n: Annotated[int | None, typer.Option("--n", min=1, help="Failures in the embedded benchmark "
                                              "(default: the dataset's default n).")] = None,
     pipeline: PipelineOpt = None,
     device: DeviceOpt = None,
@@ -356,16 +352,16 @@ def demo_command(
     from rca_gpu.runfolder import check_out_folder
 
     check_output_path(out, "--out")
-    out = check_out_folder(out)
+    folder = check_out_folder(out)
     spec = build_spec(pipeline, None, device=device, seed=seed, max_image_memory=max_image_memory)
-    with writing(out, "rca-gpu demo"):  # the benchmark and its run: one demo at a time in OUT
-        _demo(out, spec, n=n, seed=seed, report=report, quiet=quiet)
+    with writing(folder, "rca-gpu demo"):  # the benchmark and its run: one demo at a time in OUT
+        _demo(folder, spec, n=n, seed=seed, report=report, quiet=quiet)
 
 
 def _demo(out: Path, spec, *, n: int | None, seed: int | None, report: bool, quiet: bool) -> None:
     reporter = reporter_for(quiet)
-    from rca_gpu.runfiles import DATASET_MANIFEST, DEMO_DATA, DEMO_RUN
     from rca_gpu.datasets import dataset_differences, make_dataset
+    from rca_gpu.runfiles import DATASET_MANIFEST, DEMO_DATA, DEMO_RUN
 
     data_dir = out / DEMO_DATA
     manifest = data_dir / DATASET_MANIFEST
@@ -383,12 +379,12 @@ def _demo(out: Path, spec, *, n: int | None, seed: int | None, report: bool, qui
 
 def _mount_subcommands() -> None:
     """Command groups living in their own modules (each imports its heavy libraries lazily)."""
+    from rca_gpu.commands import assign, causes, compare, select, verify
     from rca_gpu.commands.datasets import app as datasets_app
     from rca_gpu.commands.doctor import doctor_command
     from rca_gpu.commands.evaluate import evaluate_command
     from rca_gpu.commands.report import export_command, report_command
     from rca_gpu.commands.study import study_command
-    from rca_gpu.commands import assign, causes, compare, select, verify
 
     app.add_typer(datasets_app, name="datasets")
     app.command("evaluate")(friendly_errors(evaluate_command))

@@ -20,7 +20,7 @@ run.json records it (``cpu_target.set_by == "caller"``).
 
 The kernels of the BLAS libraries (OpenBLAS in NumPy, SciPy and faiss-cpu; MKL in torch) and torch's own
 vector code are chosen at run time too; run.json records them (:func:`describe`). Their choice does not change
-rca_gpu's clusters: the kNN graph's distances are recomputed exactly after the search (rca_gpu.neighbors), and
+rca_gpu's clusters: the kNN graph's distances are recomputed exactly after the search (rca_gpu.engine.knn), and
 the measurements behind this are in benchmarks/RESULTS.md.
 """
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from rca_gpu.data.sources import FailureSet
     from rca_gpu.features.base import ExtractionContext
     from rca_gpu.features.extract import Features
-    from rca_gpu.neighbors import KnnGraph
+    from rca_gpu.engine.knn import KnnGraph
     from rca_gpu.pipeline import RunResult
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import FeatureSpec, RunSpec
@@ -372,7 +372,7 @@ def extract_features_dask(
     import torch
 
     from rca_gpu.features import create_extractor
-    from rca_gpu.device import to_kind
+    from rca_gpu.engine.device import to_kind
     from rca_gpu.features.extract import Features, _Rows, _ShardStore, cache_key, drop_nonfinite_rows
 
     check_splittable(spec)
@@ -495,7 +495,7 @@ def encode_shard(spec: "FeatureSpec", settings: dict[str, Any], table: "pd.DataF
     import torch
 
     from rca_gpu.data.sources import FailureSet
-    from rca_gpu.device import as_numpy
+    from rca_gpu.engine.device import as_numpy
     from rca_gpu.features.base import ExtractionContext
     from rca_gpu.features.extract import extract_features
 
@@ -561,8 +561,8 @@ def knn_graph_dask(matrix: Any, k: int, client: "Client") -> "KnnGraph | None":
     import dask.array as da
     from cuml.dask.neighbors import NearestNeighbors
 
-    from rca_gpu.device import as_numpy
-    from rca_gpu.neighbors import KnnGraph, _self_first_numpy
+    from rca_gpu.engine.device import as_numpy
+    from rca_gpu.engine.knn import KnnGraph, _self_first_numpy
 
     started = time.perf_counter()
     host = np.ascontiguousarray(as_numpy(matrix), dtype=np.float32)
@@ -590,7 +590,8 @@ def run_dask(spec: "RunSpec", source: Any, out: str | Path, *, address: str, rep
              ) -> "RunResult":
     """:func:`rca_gpu.pipeline.run` (same checks, same outputs) with extraction on the Dask workers at
     ``address`` and, when they have GPUs with cuML, the kNN graph there too."""
-    from rca_gpu.pipeline import extraction_context, run
+    from rca_gpu.features.compute import extraction_context
+    from rca_gpu.pipeline import run
     from rca_gpu.tuning import effective_k
 
     check_splittable(spec.pipeline.features)

@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 #: Checks of sklearn.utils.estimator_checks this estimator is known not to pass, and why: none (scikit-learn
 #: 1.9). Passed to ``check_estimator(..., expected_failed_checks=...)`` by the tests. scikit-learn itself skips
 #: ``check_array_api_input`` unless SCIPY_ARRAY_API=1 is set; the estimator takes NumPy-convertible input only
-#: (it moves data to the GPU itself, through rca_gpu.device), so it does not claim array API support.
+#: (it moves data to the GPU itself, through rca_gpu.engine.device), so it does not claim array API support.
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
@@ -39,7 +39,7 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         ``"umap(n_components=10)+hdbscan"``, ``"none+ward"`` (see ``rca-gpu pipelines``). Parameters left out
         are chosen automatically. A feature stage is not allowed: X is the features.
     device : {"auto", "cpu", "gpu"}, default="auto"
-        Where the kNN graph, the reducer and the clusterer run (rca_gpu.device.resolve_device).
+        Where the kNN graph, the reducer and the clusterer run (rca_gpu.engine.device.resolve_device).
     random_state : int, RandomState instance or None, default=0
         Seed of UMAP, K-means and the sampled scores; an int makes ``fit`` reproducible.
     knn_k : int, default=30
@@ -82,22 +82,21 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         self.knn_backend = knn_backend
         self.sample_size = sample_size
 
-    def fit(self, X: Any, y: Any = None) -> "FailureClusterer":
+    def fit(self, X: Any, y: Any = None) -> FailureClusterer:
         """Choose the reducer and clusterer settings on ``X`` (n_samples, n_features) and label every row.
 
         ``y`` is ignored (present for API consistency). Returns ``self``.
         """
         from sklearn.utils.validation import validate_data
 
-        from rca_gpu.device import as_numpy, resolve_device
+        from rca_gpu.engine.device import as_numpy, resolve_device
         from rca_gpu.features.precomputed import features_from_array
         from rca_gpu.pipeline import feature_graph, order_labels, resolved_pipeline
-        from rca_gpu.spec import MIN_IMAGES
         from rca_gpu.tuning import select
 
         spec = self._run_spec()
         X = validate_data(self, X, dtype=[np.float32, np.float64],
-                          ensure_min_samples=MIN_IMAGES[spec.pipeline.cluster.name])
+                          ensure_min_samples=spec.pipeline.cluster.card.min_images)
         device = resolve_device(spec.device)
         features = features_from_array(X, device=device)
         graph = feature_graph(features, spec, spec.pipeline.reduce, device)

@@ -37,16 +37,16 @@ def pipeline_for_features(pipeline: str | None, config: str | os.PathLike | None
 
 
 def run_inputs(
-    spec: "RunSpec",
+    spec: RunSpec,
     source: str | os.PathLike | None,
     out: str | os.PathLike,
     *,
     features: str | os.PathLike | None = None,
     metadata: str | os.PathLike | None = None,
     dask: str | None = None,
-    reporter: "Reporter | None" = None,
+    reporter: Reporter | None = None,
     report: bool = True,
-) -> "RunResult":
+) -> RunResult:
     """Start the run that the inputs ask for (see the module docstring); report.html unless ``report`` is False.
 
     Raises
@@ -78,25 +78,25 @@ def run_inputs(
     if dask is not None:
         from rca_gpu.distributed import run_dask
 
-        return run_dask(spec, source, out, address=dask, reporter=reporter, report=report)
+        return run_dask(spec, Path(source), Path(out), address=dask, reporter=reporter, report=report)
     from rca_gpu.pipeline import run
 
-    return run(spec, source, out, reporter=reporter, report=report)
+    return run(spec, Path(source), Path(out), reporter=reporter, report=report)
 
 
 def run_features(
-    spec: "RunSpec",
+    spec: RunSpec,
     features: str | os.PathLike,
     out: str | os.PathLike,
     *,
     metadata: str | os.PathLike | None = None,
     dask: str | None = None,
-    reporter: "Reporter | None" = None,
+    reporter: Reporter | None = None,
     report: bool = True,
-) -> "RunResult":
+) -> RunResult:
     """Run the pipeline of ``spec`` (feature stage ``precomputed``) on the features in ``features``
     (.parquet / .npy, see :mod:`rca_gpu.features.precomputed`), writing the usual outputs to ``out``."""
-    from rca_gpu.device import resolve_device
+    from rca_gpu.engine.device import resolve_device
     from rca_gpu.features.precomputed import load_features
     from rca_gpu.pipeline import Timer, run_on_features
 
@@ -109,8 +109,8 @@ def run_features(
     from rca_gpu.spec import check_backends, check_paths
 
     timer = Timer()
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    out = check_run_out_folder(out, {"--features": features, "--metadata": metadata})  # before the features are read
+    started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    out = check_run_out_folder(Path(out), {"--features": features, "--metadata": metadata})  # before reading
     check_paths(spec)
     device = resolve_device(spec.device)
     check_backends(spec, device)

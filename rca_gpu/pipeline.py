@@ -13,10 +13,11 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,20 +26,34 @@ from rca_gpu import cpu_target, outputs
 from rca_gpu.catalogue.run_hook import keep_for_catalogue
 from rca_gpu.data.sources import FailureSet, load_source
 from rca_gpu.describe import common_values
-from rca_gpu.device import Device, as_numpy, resolve_device
+from rca_gpu.engine import registry
+from rca_gpu.engine.device import Device, as_numpy, resolve_device
+from rca_gpu.engine.knn import KnnGraph, knn_graph
 from rca_gpu.errors import TooFewImagesError
-from rca_gpu.features.base import ExtractionContext
+from rca_gpu.features.compute import compute_features
 from rca_gpu.features.represent import describe as describe_representation
-from rca_gpu.neighbors import KnnGraph, knn_graph
 from rca_gpu.progress import Reporter
 from rca_gpu.runfiles import CACHE_DIR, CLUSTERS_FILE, EMBEDDING_FILE, EXPLANATIONS_FILE, RUN_FILE
 from rca_gpu.runfolder import RUN_FORMAT, check_run_out_folder, keep_dut, new_run_id, start_run_folder, writes_run
-from rca_gpu.spec import (MIN_IMAGES, ClusterSpec, FeatureSpec, PipelineSpec, ReduceSpec, RunSpec, check_backends,
-                          check_data_limits, check_dut_known, check_memory, check_paths)
-from rca_gpu.tuning import Selection, effective_k, select
+from rca_gpu.spec import (
+    ClusterSpec,
+    FeatureSpec,
+    PipelineSpec,
+    ReduceSpec,
+    RunSpec,
+    check_backends,
+    check_data_limits,
+    check_dut_known,
+    check_memory,
+    check_paths,
+)
+from rca_gpu.tuning import Selection, cached_reduce, effective_k, place_all, select
 
 log = logging.getLogger("rca_gpu")
 
+#: The 2-D map of embedding.parquet when the chosen embedding is not 2-D: this reducer with PLOT_UMAP, or the
+#: first two components of PLOT_FALLBACK when --no-plot-umap.
+PLOT_REDUCER, PLOT_FALLBACK = "umap", "pca"
 PLOT_UMAP = {"n_neighbors": 15, "n_components": 2, "min_dist": 0.1}
 LIBRARIES = (
     "rca-gpu", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "umap-learn", "fast-hdbscan",
@@ -87,7 +102,7 @@ def warnings_to_log():
 
 def thread_counts() -> dict[str, Any]:
     """Threads the numeric libraries use (run.json): results of the same spec on the same data are identical
-    across thread counts on the CPU, and this records what ran (README, "Reproducibility")."""
+    across thread counts on the CPU, and this records what ran (docs/pipelines.md, "Reproducibility")."""
     import os
 
     import torch
@@ -114,41 +129,6 @@ def library_versions() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------
 
 
-def extraction_context(failures: FailureSet, spec: RunSpec, device: Device, work_dir: Path | None,
-                       reporter: Reporter) -> ExtractionContext:
-    import torch
-
-    return ExtractionContext(
-        failures=failures,
-        device=torch.device(device.torch_device),
-        precision=spec.precision,
-        seed=spec.seed,
-        batch_size=spec.batch_size,
-        workers=spec.workers,
-        model_ref=spec.model or failures.dut,
-        work_dir=work_dir,
-        reporter=reporter,
-        max_image_memory=spec.max_image_memory,
-    )
-
-
-def compute_features(feature_spec: FeatureSpec, failures: FailureSet, spec: RunSpec, device: Device,
-                     cache_dir: Path | None, reporter: Reporter):
-    from rca_gpu.features.extract import extract_features
-
-    context = extraction_context(failures, spec, device, cache_dir, reporter)
-    if feature_spec.info.needs_dut and not spec.model and failures.dut:
-        log.info("DNN under test: %s (named by the manifest)", failures.dut)
-    if feature_spec.info.needs_dut and not context.model_ref:
-        from rca_gpu.errors import SpecError
-
-        raise SpecError(
-            f"The '{feature_spec.name}' extractor needs the DNN under test: pass --model PATH (TorchScript .pt, "
-            "torch.export .pt2, or package.module:factory=weights.pt)."
-        )
-    return extract_features(feature_spec, context, cache_dir=cache_dir)
-
-
 def rejection_summary(rejected: dict[int, str], top: int = 2) -> str:
     """" 75 row(s) were rejected: 75 x <reason>. <what to check>" for the ``top`` most common kinds of reason
     of ``rejected`` (row position -> reason), one example value each
@@ -165,15 +145,6 @@ def rejection_summary(rejected: dict[int, str], top: int = 2) -> str:
     return f" {len(rejected)} row(s) were rejected: {shown}{more}." + (f" {hint}" if hint else "")
 
 
-def check_enough(n_usable: int, n_total: int, clusterer: str) -> None:
-    need = MIN_IMAGES[clusterer]
-    if n_usable < need:
-        raise TooFewImagesError(
-            f"The {clusterer} clusterer needs at least {need} usable images; {n_usable} of {n_total} input "
-            "row(s) are usable (the others were rejected, see clusters.parquet). Add more failing images."
-        )
-
-
 def feature_graph(features, spec: RunSpec, reduce_spec: ReduceSpec, device: Device) -> KnnGraph | None:
     """The kNN graph of all usable images, or None above ``spec.sample_size`` images: the search then runs on
     a seeded sample and computes the (much smaller) graph of that sample itself (rca_gpu.tuning)."""
@@ -188,17 +159,17 @@ def plot_embedding(features, chosen: np.ndarray, graph: KnnGraph | None, device:
     """A 2-D embedding for plots: the chosen embedding when it is 2-D, else a 2-D UMAP of the features
     (from the same kNN graph; fitted on the search's sample and extended when the search ran on a sample),
     or the first two principal components when UMAP plots are off."""
-    from rca_gpu.tuning import cached_reduce, place_in_umap
-
     if chosen.shape[1] == 2:
         return chosen, "chosen embedding"
     if use_umap and features.n > 3:
+        plot = registry.reducer_card(PLOT_REDUCER)
         if selection is not None and selection.extension is not None:
-            embedding = place_in_umap(selection, features.matrix, PLOT_UMAP, device, seed, reduce_cache)
+            embedding = place_all(selection, features.matrix, plot, PLOT_UMAP, device, seed, reduce_cache)
             return embedding, "umap 2-D of the features (fitted on the search's sample, others placed)"
-        embedding, _ = cached_reduce(features.matrix, "umap", PLOT_UMAP, device, graph, seed, reduce_cache)
+        embedding, _ = cached_reduce(features.matrix, plot, PLOT_UMAP, device, graph, seed, reduce_cache)
         return np.asarray(as_numpy(embedding), dtype=np.float32), "umap 2-D of the features"
-    embedding, _ = cached_reduce(features.matrix, "pca", {"n_components": 2}, device, graph, seed, reduce_cache)
+    embedding, _ = cached_reduce(features.matrix, registry.reducer_card(PLOT_FALLBACK), {"n_components": 2}, device,
+                                 graph, seed, reduce_cache)
     out = np.asarray(as_numpy(embedding), dtype=np.float32)
     if out.shape[1] < 2:
         out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
@@ -212,7 +183,7 @@ def order_labels(labels: np.ndarray) -> np.ndarray:
     if clustered.size == 0:
         return out
     ids, first, counts = np.unique(clustered, return_index=True, return_counts=True)
-    ranking = sorted(zip(-counts, first, ids))
+    ranking = sorted(zip(-counts, first, ids, strict=True))
     mapping = {old: new for new, (_, _, old) in enumerate(ranking)}
     mask = labels >= 0
     out[mask] = np.vectorize(mapping.get)(labels[mask])
@@ -223,8 +194,8 @@ def resolved_pipeline(spec: PipelineSpec, features_info: dict[str, Any], selecti
     """The pipeline with every automatically chosen value written in: reproduces the clustering. A ``select``
     rule the user wrote is kept as written (it is the rule that ran)."""
     layer = features_info.get("layer") or spec.features.layer
-    cluster_params = {k: v for k, v in selection.cluster_params.items() if k in ("eps", "min_samples",
-                      "min_cluster_size", "k", "select") and v is not None}
+    allowed = spec.cluster.card.all_params
+    cluster_params = {k: v for k, v in selection.cluster_params.items() if k in allowed and v is not None}
     if "select" in spec.cluster.params:
         cluster_params["select"] = spec.cluster.params["select"]
     if getattr(selection, "relabelled", False):  # the merge step changed the labels: it must run again
@@ -287,7 +258,7 @@ def cluster_summary(clusters: pd.DataFrame, explanations: pd.DataFrame | None = 
     tops = top_explanations(explanations, short=True)
     rows = []
     for label, group in clusters[clusters["status"] != "rejected"].groupby("cluster", sort=True):
-        row = {"cluster": int(label), "size": len(group)}
+        row: dict[str, Any] = {"cluster": int(label), "size": len(group)}
         if stability is not None:
             row["stability"] = stability_text(stability, int(label))
         if explanations is not None:
@@ -338,7 +309,7 @@ def run(
     """
     reporter = reporter or Reporter(enabled=False)
     timer = Timer()
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     out = check_run_out_folder(out, {} if isinstance(source, FailureSet) else {"SOURCE": source})
     check_paths(spec)
 
@@ -347,28 +318,19 @@ def run(
                 else load_source(source, image_root=spec.image_root, skip=[out]))  # never its own outputs
     timer.add("load_source", t)
     run_id = new_run_id()
-    try:
+    with too_few_images_fail_the_run(spec, failures, out, run_id, started_at):
         check_data_limits(spec.pipeline, len(failures.usable_positions), images="usable input rows")
-    except TooFewImagesError as exc:
-        start_run_folder(out)
-        write_failed_run(spec, failures, None, out, run_id, exc, started_at)
-        raise TooFewImagesError(f"{exc}{rejection_summary(failures.rejected)} Every row's reason is in "
-                                f"{out / CLUSTERS_FILE}.") from None
     check_dut_known(spec, failures.dut)
     check_memory(spec, len(failures))
     device = resolve_device(spec.device)
     check_backends(spec, device)
     start_run_folder(out)
 
-    try:
+    with too_few_images_fail_the_run(spec, failures, out, run_id, started_at):
         t = time.perf_counter()
         cache = Path(cache_dir) if cache_dir else (out / CACHE_DIR if spec.cache_features else None)
         features = (extract or compute_features)(spec.pipeline.features, failures, spec, device, cache, reporter)
         timer.add("features", t)
-    except TooFewImagesError as exc:
-        write_failed_run(spec, failures, None, out, run_id, exc, started_at)
-        raise TooFewImagesError(f"{exc}{rejection_summary(failures.rejected)} Every row's reason is in "
-                                f"{out / CLUSTERS_FILE}.") from None
     graph = None
     if knn is not None and 2 <= features.n <= spec.sample_size:  # above it the search needs no full graph
         t = time.perf_counter()
@@ -402,22 +364,16 @@ def run_on_features(
     with every row's reason beside a failed run.json, and TooFewImagesError is raised.
     """
     timer = timer or Timer()
-    started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = started_at or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     run_id = run_id or new_run_id()
     out = Path(out)
-    try:
+    with too_few_images_fail_the_run(spec, failures, out, run_id, started_at, features):
         check_data_limits(spec.pipeline, features.n, dims=int(features.info.get("dims") or 0) or None,
                           images="usable images", error=TooFewImagesError)
         if graph is None:
             t = time.perf_counter()
             graph = feature_graph(features, spec, spec.pipeline.reduce, device)
             timer.add("knn", t)
-    except TooFewImagesError as exc:
-        start_run_folder(out)
-        write_failed_run(spec, failures, features, out, run_id, exc, started_at)
-        rejected = {**failures.rejected, **getattr(features, "rejected", {})}
-        raise TooFewImagesError(f"{exc}{rejection_summary(rejected)} Every row's reason is in "
-                                f"{out / CLUSTERS_FILE}.") from None
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
                                started_at=started_at, run_id=run_id)
     if report:
@@ -439,6 +395,22 @@ def write_report(result: RunResult, failures: FailureSet) -> Path | None:
         return None
 
 
+@contextlib.contextmanager
+def too_few_images_fail_the_run(spec: RunSpec, failures: FailureSet, out: Path, run_id: str, started_at: str,
+                                features: Any = None) -> Iterator[None]:
+    """The one failure path of a run: when the body raises TooFewImagesError, ``out`` gets clusters.parquet
+    with every row rejected and its reason, beside a run.json with ``"status": "failed"`` (which readers
+    refuse), and the error is raised again with the most common reasons rows were rejected for."""
+    try:
+        yield
+    except TooFewImagesError as exc:
+        start_run_folder(out)
+        write_failed_run(spec, failures, features, out, run_id, exc, started_at)
+        rejected = {**failures.rejected, **(getattr(features, "rejected", None) or {})}
+        raise TooFewImagesError(f"{exc}{rejection_summary(rejected)} Every row's reason is in "
+                                f"{out / CLUSTERS_FILE}.") from None
+
+
 def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, run_id: str, error: Exception,
                      started_at: str) -> None:
     """clusters.parquet with every row rejected and its reason, and run.json with ``"status": "failed"``."""
@@ -454,19 +426,29 @@ def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, r
                           "status": np.full(n, "rejected", dtype=object), "reason": reason})
     outputs.write_parquet(out / CLUSTERS_FILE, pd.concat([front, table.drop(columns=["id", "path"])], axis=1),
                           run_id=run_id)
-    outputs.write_json(out / RUN_FILE, {
+    counts = {"input_rows": n, "usable": 0 if features is None else features.n, "rejected": len(rejected)}
+    outputs.write_json(out / RUN_FILE, run_record(spec, failures, run_id, started_at, counts, status="failed",
+                                                    error=str(error)))
+
+
+def run_record(spec: RunSpec, failures: FailureSet, run_id: str, started_at: str, counts: dict[str, int], *,
+               status: str, **sections: Any) -> dict[str, Any]:
+    """run.json: what every run records (format, id, status, start, source, spec, counts, versions, platform)
+    and the ``sections`` of a finished run (resolved pipeline, device, tuning, seconds...) or a failed one
+    (error), in that order."""
+    return {
         "rca_gpu_run": RUN_FORMAT,
         "run_id": run_id,
-        "status": "failed",
-        "error": str(error),
+        "status": status,
         "started_at": started_at,
         "source": failures.describe(),
         "spec": spec.to_dict(),
-        "counts": {"input_rows": n, "usable": 0 if features is None else features.n, "rejected": len(rejected)},
+        **sections,
+        "counts": counts,
         "versions": library_versions(),
         "cpu_target": cpu_target.describe(),
         "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
-    })
+    }
 
 
 @writes_run("out")
@@ -474,7 +456,7 @@ def cluster_and_write(
     spec: RunSpec,
     failures: FailureSet,
     features,
-    graph: KnnGraph,
+    graph: KnnGraph | None,
     device: Device,
     out: Path,
     *,
@@ -489,11 +471,12 @@ def cluster_and_write(
     reporter = reporter or Reporter(enabled=False)
     run_id = run_id or new_run_id()
     start_run_folder(out)  # an earlier run's files go before this one writes any
-    started_at = started_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    started_at = started_at or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     out = Path(out)
     t = time.perf_counter()
     reduce_cache = {} if reduce_cache is None else reduce_cache  # the plot may reuse an embedding of the search
-    with reporter.task(f"reduce + cluster {spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}", total=None) as advance, \
+    stages = f"{spec.pipeline.reduce.name}+{spec.pipeline.cluster.name}"
+    with reporter.task(f"reduce + cluster {stages}", total=None) as advance, \
             warnings_to_log():
         selection = select(features.matrix, graph, spec.pipeline.reduce, spec.pipeline.cluster, device,
                            seed=spec.seed, progress=advance, reduce_cache=reduce_cache,
@@ -522,7 +505,7 @@ def cluster_and_write(
     keep_heatmaps(out, run_id, features)  # heatmap runs: what the report shows of the DNN's heatmaps
     metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
-        from rca_gpu.evaluate import evaluate_clusters
+        from rca_gpu.metrics import evaluate_clusters
 
         evaluation = evaluate_clusters(clusters, out, run_id=run_id)
         metrics, per_cause = evaluation.summary, evaluation.per_cause
@@ -544,33 +527,24 @@ def cluster_and_write(
         "noise": int((labels < 0).sum()),
         "clusters": int(len(np.unique(labels[labels >= 0]))),
     }
-    run_info = {
-        "rca_gpu_run": RUN_FORMAT,
-        "run_id": run_id,
-        "status": "finished",
-        "started_at": started_at,
-        "source": failures.describe(),
-        "spec": spec.to_dict(),
-        "resolved_pipeline": str(resolved),
-        "seed": spec.seed,
-        "device": device.to_dict(),
-        "features": features.info,
-        "representation": describe_representation(spec.pipeline.features, features.info),
-        "knn": graph.describe() if graph is not None else selection.knn,
-        "threads": thread_counts(),
-        "cpu_target": cpu_target.describe(),  # numba's code-generation target and the BLAS kernels
-        "reduce": selection.reduce_info,
-        "tuning": {**selection.to_dict(), "seconds": selection.seconds},
-        "plot_embedding": plot_source,
-        "counts": counts,
-        "seconds": {**timer.seconds, "total": round(sum(timer.seconds.values()), 3)},
-        "versions": library_versions(),
-        "platform": {"machine": platform.machine(), "system": platform.system(), "argv": sys.argv[1:]},
-        "metrics": metrics,
-        "catalogue": catalogue.info,
-        "warnings": [w for w in (getattr(selection, "warning", ""),) if w],
-        "dut": keep_dut(out, spec.model or failures.dut) if spec.pipeline.features.info.needs_dut else None,
-    }
+    run_info = run_record(
+        spec, failures, run_id, started_at, counts, status="finished",
+        resolved_pipeline=str(resolved),
+        seed=spec.seed,
+        device=device.to_dict(),
+        features=features.info,
+        representation=describe_representation(spec.pipeline.features, features.info),
+        knn=graph.describe() if graph is not None else selection.knn,
+        threads=thread_counts(),
+        reduce=selection.reduce_info,
+        tuning={**selection.to_dict(), "seconds": selection.seconds},
+        plot_embedding=plot_source,
+        seconds={**timer.seconds, "total": round(sum(timer.seconds.values()), 3)},
+        metrics=metrics,
+        catalogue=catalogue.info,
+        warnings=[w for w in (selection.warning,) if w],
+        dut=keep_dut(out, spec.model or failures.dut) if spec.pipeline.features.info.needs_dut else None,
+    )
     outputs.write_json(out / RUN_FILE, run_info)
     log.info("run complete: %d clusters, %d noise, %d rejected -> %s", counts["clusters"], counts["noise"],
              counts["rejected"], out)

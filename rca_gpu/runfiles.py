@@ -454,7 +454,7 @@ class ReferenceInfo(_Open):
 
 
 class MetricsInfo(_Open):
-    """metrics.json: the ground-truth metrics (rca_gpu.evaluate); ``summary`` is what the report shows."""
+    """metrics.json: the ground-truth metrics (rca_gpu.metrics); ``summary`` is what the report shows."""
 
     run_id: _RUN_ID
     summary: dict[str, Any] | None = None

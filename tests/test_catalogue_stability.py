@@ -7,17 +7,22 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import planted_blobs
+
 from rca_gpu.catalogue.stability import (
-    MAX_RESAMPLES, MIN_RESAMPLES, SUMMARY_FILE, best_match_jaccard, clusterboot, default_resamples,
-    run_stability, subset_graph,
+    MAX_RESAMPLES,
+    MIN_RESAMPLES,
+    SUMMARY_FILE,
+    best_match_jaccard,
+    clusterboot,
+    default_resamples,
+    run_stability,
+    subset_graph,
 )
-from rca_gpu.cluster import cluster
-from rca_gpu.device import cpu_device
+from rca_gpu.engine.device import cpu_device
+from rca_gpu.engine.knn import knn_graph
+from rca_gpu.engine.registry import cluster, reduce
 from rca_gpu.errors import SpecError
-from rca_gpu.neighbors import knn_graph
-from rca_gpu.reduce import reduce
 from rca_gpu.runfolder import open_run
 from rca_gpu.spec import build_run_spec
 
@@ -187,18 +192,18 @@ def test_resamples_go_through_the_merge_step_the_run_used(monkeypatch):
     """The clusterer cuts planted group 0 into arbitrary halves in every resample; the run's merge step joined
     them (the kNN graph does not separate halves of one group). Resamples merged the same way find the run's
     cluster again (stable); resamples left unmerged do not (unstable)."""
-    import rca_gpu.cluster
+    from rca_gpu.engine.cluster.kmeans import KMeansCard
 
     x, planted = planted_blobs(n_per=60, centers=3, dim=6, spread=1.0, seed=2)
     row_of = {row.tobytes(): i for i, row in enumerate(np.asarray(x, dtype=np.float32))}
 
-    def halves(points, name, params, device, seed=0):
+    def halves(card, points, params, device, seed=0):
         index = np.array([row_of[row.tobytes()] for row in np.asarray(points, dtype=np.float32)])
         labels = planted[index].copy()
         labels[(planted[index] == 0) & (index % 2 == 0)] = 3
         return labels
 
-    monkeypatch.setattr(rca_gpu.cluster, "cluster", halves)
+    monkeypatch.setattr(KMeansCard, "cluster", halves)
     common = dict(reduce_name="none", reduce_params={}, cluster_name="kmeans", cluster_params={"k": 4},
                   chosen_embedding=x, device=DEVICE, resamples=4)
     graph = knn_graph(x, 30, DEVICE)
@@ -233,7 +238,8 @@ def test_a_run_above_the_sample_size_scores_stability(tmp_path):
 def test_eps_share_estimated_on_sample_rows_matches_the_full_share(dims):
     """Large runs estimate DBSCAN's eps share on the stability sample's rows (each against all points)
     instead of building the kNN graph of every point: the estimate is close to the full share."""
-    from rca_gpu.catalogue.stability import _kth_distance, eps_quantile
+    from rca_gpu.engine.cluster.dbscan import eps_quantile
+    from rca_gpu.engine.cluster.dbscan import kth_distance as _kth_distance
 
     rng = np.random.default_rng(3)
     points = np.concatenate([rng.normal(0, 1, (3000, dims)), rng.normal(6, 0.3, (3000, dims))]).astype(np.float32)

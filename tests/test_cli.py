@@ -7,9 +7,9 @@ import sys
 
 import pandas as pd
 import pytest
+from helpers import one_line_error, pattern_images, write_pngs
 from typer.testing import CliRunner
 
-from helpers import one_line_error, pattern_images, write_pngs
 from rca_gpu.cli import app
 
 runner = CliRunner()
@@ -184,16 +184,16 @@ def _knn_choices() -> list[str]:
 def test_every_knn_backend_in_the_help_is_accepted_registered_and_documented():
     from pathlib import Path
 
-    from rca_gpu.registry import IMPLEMENTATIONS
+    from rca_gpu.engine.registry import implementations
     from rca_gpu.spec import KNN_BACKENDS, build_run_spec
 
     choices = _knn_choices()
     assert choices == list(KNN_BACKENDS) and "cuvs" in choices
-    assert {i.algorithm for i in IMPLEMENTATIONS if i.stage == "knn"} == set(choices) - {"auto"}
+    assert {i.algorithm for i in implementations() if i.stage == "knn"} == set(choices) - {"auto"}
     for backend in choices:
         assert build_run_spec({}, pipeline="pixels+pca+kmeans", knn_backend=backend).knn_backend == backend
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    row = next(line for line in readme.read_text().splitlines() if line.startswith("| `--knn-backend`"))
+    usage = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
+    row = next(line for line in usage.read_text().splitlines() if line.startswith("| `--knn-backend`"))
     assert all(f"`{backend}`" in row for backend in choices), row
 
 
@@ -327,17 +327,17 @@ def test_demo_makes_the_benchmark_again_when_n_or_seed_differ_and_says_why(tmp_p
     assert dataset_differences(tmp_path / "none", "mnist-rc") == ["no benchmark"]
 
 
-def test_study_help_and_readme_list_the_default_feature_sets_of_the_code():
+def test_study_help_and_docs_list_the_default_feature_sets_of_the_code():
     import re
     from pathlib import Path
 
-    from rca_gpu.study import default_features
+    from rca_gpu.studies import default_features
 
     sets = default_features(has_dut=True)
     shown = " ".join(runner.invoke(app, ["study", "--help"], env={"COLUMNS": "400"}).output.split())
     listed = re.search(r"\(default: (.*?) when the DNN under test is known\)", shown).group(1)
     assert [s for part in listed.split(", and ") for s in part.split(", ")] == list(sets)
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "pipelines.md").read_text()
     table = readme.split("| feature set | family |")[1].split("\n\n")[0]
     assert re.findall(r"`([^`]+)`", "".join(line.split("|")[1] for line in table.splitlines()[2:])) == list(sets)
     assert f"{len(sets)} feature sets x 3 reducers x 4 clusterers" in readme

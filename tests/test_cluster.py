@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import planted_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import planted_blobs
-from rca_gpu.cluster import cluster
-from rca_gpu.device import cpu_device
-from rca_gpu.neighbors import knn_graph
+from rca_gpu.engine.device import cpu_device
+from rca_gpu.engine.knn import knn_graph
+from rca_gpu.engine.registry import cluster
 from rca_gpu.spec import make_cluster, make_reduce
 from rca_gpu.tuning import BAND, NOISE_CAP, select, validity
 

@@ -57,9 +57,10 @@ def test_dask_extraction_gives_the_single_process_clusters(folder, cluster, tmp_
 
 def test_dask_writes_the_cache_a_single_process_resumes_from(folder, cluster, tmp_path):
     from rca_gpu.distributed import extract_features_dask
-    from rca_gpu.device import cpu_device
+    from rca_gpu.engine.device import cpu_device
     from rca_gpu.features.extract import _ShardStore
-    from rca_gpu.pipeline import extraction_context, run
+    from rca_gpu.features.compute import extraction_context
+    from rca_gpu.pipeline import run
     from rca_gpu.data.sources import load_source
 
     root, bad = folder
@@ -180,9 +181,9 @@ def test_knn_graph_on_dask_cuda_workers_matches_the_exact_graph():
     """Needs CUDA, dask-cuda and cuML's Dask estimators (`pip install 'rca-gpu[gpu,dask-gpu]'`)."""
     dask_cuda = pytest.importorskip("dask_cuda")
     pytest.importorskip("cuml.dask.neighbors")
-    from rca_gpu.device import cpu_device
+    from rca_gpu.engine.device import cpu_device
     from rca_gpu.distributed import knn_graph_dask
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.knn import knn_graph
 
     x = np.random.default_rng(0).normal(size=(3000, 32)).astype(np.float32)
     with dask_cuda.LocalCUDACluster(dashboard_address=None) as local, distributed.Client(local) as client:

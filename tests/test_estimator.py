@@ -7,12 +7,12 @@ import inspect
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import planted_blobs
 from sklearn.base import clone
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conftest import planted_blobs
 from rca_gpu import FailureClusterer
 from rca_gpu.errors import SpecError
 from rca_gpu.estimator import EXPECTED_FAILED_CHECKS

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from rca_gpu.commands.evaluate import evaluate_command
 from rca_gpu.errors import RcaError, SourceError, SpecError, TooFewImagesError
-from rca_gpu.evaluate import Evaluation, evaluate, evaluate_run, study_score
+from rca_gpu.metrics import Evaluation, evaluate, evaluate_run, study_score
 from rca_gpu.runfolder import RUN_FORMAT, RUN_ID_KEY, RunFolderError
 
 approx = pytest.approx

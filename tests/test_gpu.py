@@ -17,11 +17,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import planted_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import planted_blobs
-from rca_gpu import registry
-from rca_gpu.device import Device, as_cupy, as_numpy, as_torch, cpu_device
+from rca_gpu.engine import registry
+from rca_gpu.engine.device import Device, as_cupy, as_numpy, as_torch, cpu_device
 
 pytestmark = pytest.mark.gpu
 
@@ -41,7 +41,7 @@ def need(module: str) -> None:
 @pytest.fixture(scope="module")
 def gpu() -> Device:
     """The device of this GPU, strict: nothing falls back to the CPU silently."""
-    from rca_gpu.device import resolve_device
+    from rca_gpu.engine.device import resolve_device
 
     device = resolve_device("auto")
     assert device.on_gpu, f"torch sees CUDA but the device resolved to the CPU: {device.reason}"
@@ -56,7 +56,7 @@ def rapids(gpu) -> Device:
 
 
 def _recall(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b, strict=True)]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_torch_to_cupy_is_zero_copy():
 
 
 def test_torch_knn_on_cuda_matches_cpu(gpu):
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.knn import knn_graph
 
     x, _ = planted_blobs(n_per=300, centers=5, dim=64)
     on_gpu = knn_graph(as_torch(x, "cuda"), 15, gpu, "torch")
@@ -96,7 +96,7 @@ def test_torch_knn_on_cuda_matches_cpu(gpu):
 def test_torch_knn_blocks_follow_free_memory(gpu):
     import torch
 
-    from rca_gpu.neighbors import GPU_BLOCK_MEMORY_SHARE, GPU_BYTES_PER_ENTRY, torch_block_rows
+    from rca_gpu.engine.knn import GPU_BLOCK_MEMORY_SHARE, GPU_BYTES_PER_ENTRY, torch_block_rows
 
     free, _ = torch.cuda.mem_get_info()
     n = 1_000_000
@@ -109,7 +109,7 @@ def test_torch_knn_blocks_follow_free_memory(gpu):
 def test_torch_pca_on_cuda_matches_sklearn_and_keeps_the_rng(gpu):
     import torch
 
-    from rca_gpu.reduce import reduce
+    from rca_gpu.engine.registry import reduce
 
     x, _ = planted_blobs(n_per=200, centers=4, dim=32)
     cuda_state, cpu_state = torch.cuda.get_rng_state(), torch.random.get_rng_state()
@@ -131,8 +131,8 @@ def test_torch_pca_on_cuda_matches_sklearn_and_keeps_the_rng(gpu):
 @pytest.mark.parametrize("backend, module, flag", [("cuvs", "cuvs", "cuvs"), ("faiss", "faiss", "faiss_gpu"),
                                                   ("cuml", "cuml", "cuml_knn")])
 def test_gpu_knn_library_matches_exact_cpu_search(gpu, backend, module, flag):
-    from rca_gpu.device import probe_knn_backends
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.device import probe_knn_backends
+    from rca_gpu.engine.knn import knn_graph
 
     need(module)
     if module == "faiss":
@@ -156,7 +156,7 @@ def test_gpu_knn_library_matches_exact_cpu_search(gpu, backend, module, flag):
 
 
 def test_auto_knn_uses_the_probed_library(gpu):
-    from rca_gpu.neighbors import choose_backend, knn_graph
+    from rca_gpu.engine.knn import choose_backend, knn_graph
 
     x, _ = planted_blobs(n_per=100, centers=3, dim=16)
     expected = "cuvs" if gpu.cuvs else "faiss" if gpu.faiss_gpu else "torch"
@@ -179,7 +179,7 @@ def test_auto_knn_uses_the_probed_library(gpu):
     ],
 )
 def test_cuml_clusterers_agree_with_cpu(rapids, algorithm, params):
-    from rca_gpu.cluster import cluster
+    from rca_gpu.engine.registry import cluster
 
     x, planted = planted_blobs(n_per=100, centers=4, dim=8, spread=0.4, seed=3)
     data = {"n_samples": len(x), "n_features": x.shape[1]}
@@ -210,9 +210,8 @@ def test_dbscan_core_points_identical_and_min_samples_counts_the_point(rapids):
 
 
 def test_cuml_umap_with_shared_graph_agrees_with_cpu(rapids):
-    from rca_gpu.cluster import cluster
-    from rca_gpu.neighbors import knn_graph
-    from rca_gpu.reduce import reduce
+    from rca_gpu.engine.knn import knn_graph
+    from rca_gpu.engine.registry import cluster, reduce
 
     x, planted = planted_blobs(n_per=150, centers=4, dim=32, spread=0.5, seed=4)
     params = {"n_neighbors": 15, "n_components": 2, "min_dist": 0.0}
@@ -228,7 +227,7 @@ def test_cuml_umap_with_shared_graph_agrees_with_cpu(rapids):
 
 def test_cuml_umap_on_fewer_images_than_components(rapids):
     """Spectral initialisation needs n > n_components in cuML: tiny sets get the CPU twin's choices."""
-    from rca_gpu.reduce import reduce
+    from rca_gpu.engine.registry import reduce
 
     x, _ = planted_blobs(n_per=3, centers=3, dim=16)
     on_gpu, info = reduce(as_torch(x, "cuda"), "umap", {"n_components": 10, "n_neighbors": 5}, rapids)

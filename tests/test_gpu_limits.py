@@ -7,11 +7,11 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import planted_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import planted_blobs
-from rca_gpu import limits, registry
-from rca_gpu.device import Device
+from rca_gpu.engine import limits, registry
+from rca_gpu.engine.device import Device
 from rca_gpu.errors import SpecError, UnsupportedOnGPU
 
 
@@ -57,8 +57,8 @@ def test_hdbscan_adapter_close_to_scikit_learn():
     """scikit-learn's HDBSCAN counts the point itself too; its cluster selection differs in details."""
     from sklearn.cluster import HDBSCAN
 
-    from rca_gpu.cluster import cluster
-    from rca_gpu.device import cpu_device
+    from rca_gpu.engine.device import cpu_device
+    from rca_gpu.engine.registry import cluster
 
     x, _ = planted_blobs(n_per=40, centers=4, dim=4, spread=1.2, seed=1)
     noise = np.random.default_rng(1).uniform(x.min(0), x.max(0), size=(30, 4)).astype(np.float32)
@@ -73,7 +73,7 @@ def test_hdbscan_adapter_close_to_scikit_learn():
 def test_dbscan_min_samples_counts_the_point():
     from scipy.spatial.distance import cdist
 
-    from rca_gpu.cluster import SklearnDBSCAN
+    from rca_gpu.engine.cluster.dbscan import SklearnDBSCAN
 
     x, _ = planted_blobs(n_per=50, centers=3, dim=3, spread=0.8, seed=2)
     eps, min_samples = 0.9, 6
@@ -123,7 +123,7 @@ def test_gpu_knn_library_that_failed_its_probe_is_not_used():
 
 
 def test_umap_spectral_limit_and_tiny_sets():
-    from rca_gpu.reduce import CumlUMAP
+    from rca_gpu.engine.reduce.umap import CumlUMAP
 
     with pytest.raises(UnsupportedOnGPU, match="n_samples > n_components"):
         limits.check_umap_init(10, 10, "spectral")
@@ -148,7 +148,7 @@ def test_cuvs_query_limit():
 
 
 def test_probe_survives_a_library_that_aborts(monkeypatch):
-    from rca_gpu import device
+    from rca_gpu.engine import device
 
     monkeypatch.setattr(device, "PROBES", {
         "faiss": ("numpy", "import os\nprint('about to abort', flush=True)\nos.abort()\n"),
@@ -167,7 +167,7 @@ def test_probe_survives_a_library_that_aborts(monkeypatch):
 
 
 def test_probe_scripts_are_valid_python():
-    from rca_gpu.device import PROBES
+    from rca_gpu.engine.device import PROBES
 
     for _, script in PROBES.values():
         compile(script, "<probe>", "exec")
@@ -181,7 +181,7 @@ def test_probe_scripts_are_valid_python():
 def test_torch_pca_leaves_the_random_stream_alone():
     import torch
 
-    from rca_gpu.reduce import TorchPCA
+    from rca_gpu.engine.reduce.pca import TorchPCA
 
     x = torch.from_numpy(planted_blobs(n_per=50, centers=3, dim=20)[0])
     torch.manual_seed(123)
@@ -194,7 +194,7 @@ def test_torch_pca_leaves_the_random_stream_alone():
 
 
 def test_torch_block_rows_on_the_cpu():
-    from rca_gpu.neighbors import torch_block_rows
+    from rca_gpu.engine.knn import torch_block_rows
 
     assert torch_block_rows(1_000_000, "cpu") == 67  # 2^26 distances per block
     assert torch_block_rows(10, "cpu") == 10
@@ -202,9 +202,9 @@ def test_torch_block_rows_on_the_cpu():
 
 
 def test_installs_without_faiss_search_in_torch(monkeypatch):
-    from rca_gpu import device as device_module
-    from rca_gpu.device import cpu_device
-    from rca_gpu.neighbors import choose_backend, knn_graph
+    from rca_gpu.engine import device as device_module
+    from rca_gpu.engine.device import cpu_device
+    from rca_gpu.engine.knn import choose_backend, knn_graph
 
     monkeypatch.setattr(device_module, "faiss_installed", lambda: False)
     cpu = cpu_device()
@@ -217,7 +217,7 @@ def test_installs_without_faiss_search_in_torch(monkeypatch):
 
 
 def test_memory_pool_stays_separate_without_rmm(monkeypatch):
-    from rca_gpu.device import MEMORY_POOL_ENV, share_memory_pool
+    from rca_gpu.engine.device import MEMORY_POOL_ENV, share_memory_pool
 
     monkeypatch.setenv(MEMORY_POOL_ENV, "0")
     share_memory_pool.cache_clear()

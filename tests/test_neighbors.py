@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from rca_gpu.device import cpu_device
+from rca_gpu.engine.device import cpu_device
+from rca_gpu.engine.knn import choose_backend, knn_graph
 from rca_gpu.errors import TooFewImagesError
-from rca_gpu.neighbors import choose_backend, knn_graph
 
 EXACT = ["torch", "faiss", "kdtree"]
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth)]))
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth, strict=True)]))
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,9 @@ def test_backend_matches_exact_neighbours(points, truth, backend):
 
 
 def test_torch_backend_in_small_blocks_is_exact(points, truth):
-    from rca_gpu.neighbors import TorchExact
     import torch
+
+    from rca_gpu.engine.knn import TorchExact
 
     indices, _ = TorchExact(block_elements=1500 * 7).search(torch.from_numpy(points), 20)
     assert _recall(indices.numpy()[:, 1:], truth[1][:, 1:]) >= 0.99

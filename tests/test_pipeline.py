@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import add_bad_files, pattern_images, write_pngs
 from sklearn.metrics import adjusted_rand_score
 
-from helpers import add_bad_files, pattern_images, write_pngs
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.errors import TooFewImagesError
 from rca_gpu.pipeline import order_labels, run
@@ -50,7 +50,8 @@ def test_run_accounts_for_every_row_and_finds_the_groups(image_folder, tmp_path)
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["counts"] == {"input_rows": 103, "usable": 100, "rejected": 3, "clustered": 100, "noise": 0,
                               "clusters": 4}
-    assert info["resolved_pipeline"].startswith("pixels+pca(n_components=") and "kmeans(k=4)" in info["resolved_pipeline"]
+    resolved = info["resolved_pipeline"]
+    assert resolved.startswith("pixels+pca(n_components=") and "kmeans(k=4)" in resolved
     assert {"features", "knn", "reduce_cluster", "write"} <= set(info["seconds"])
     assert {"torch", "numpy", "scikit-learn"} <= set(info["versions"])
     assert info["device"]["torch_device"] == "cpu" and info["seed"] == 0
@@ -108,7 +109,8 @@ def test_only_bad_images_is_a_clear_error(tmp_path):
     (folder / "a.png").write_bytes(b"")
     (folder / "b.png").write_text("nope")
     (folder / "c.png").write_text("nope")
-    with pytest.raises(TooFewImagesError, match="needs at least 3 usable images; there are 0 usable images.*clusters.parquet"):
+    with pytest.raises(TooFewImagesError,
+                       match="needs at least 3 usable images; there are 0 usable images.*clusters.parquet"):
         run(_spec("pixels+none+kmeans"), folder, tmp_path / "out")
     written = pd.read_parquet(tmp_path / "out" / "clusters.parquet")  # every row, with its reason
     assert written["status"].tolist() == ["rejected"] * 3

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
-from rca_gpu import registry
-from rca_gpu.device import Device, as_numpy, as_torch, kind_of, resolve_device, to_kind
+from rca_gpu.engine import registry
+from rca_gpu.engine.device import Device, as_numpy, as_torch, kind_of, resolve_device, to_kind
 from rca_gpu.errors import DeviceError, UnsupportedOnGPU
 
 

@@ -325,7 +325,7 @@ def test_export_links_and_copies_one_folder_per_cluster(run_dir, tmp_path):
 
 
 def test_export_names_are_sanitised_and_stay_inside_the_folder(tmp_path):
-    from rca_gpu.report.export import _unique, safe_name
+    from rca_gpu.report.placing import safe_name, unique_name as _unique
 
     assert safe_name(7, "/x/<img src=x onerror=alert(1)>.png") == "7_img_src_x_onerror_alert_1.png"
     assert safe_name("../../etc", "/x/passwd") == "etc_passwd"

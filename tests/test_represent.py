@@ -139,7 +139,7 @@ def test_the_default_representation_says_it_was_chosen_by_measurement():
 
 
 def test_the_study_runs_the_new_options(grouped, tmp_path):
-    from rca_gpu.study import make_plan, run_study
+    from rca_gpu.studies import make_plan, run_study
 
     plan = make_plan(["pixels(image_size=8)", "pixels(image_size=8,center=label)"], ["pca"], ["kmeans"],
                      has_dut=False)
@@ -176,8 +176,8 @@ def _planted_spread(own: int, seed: int = 0, noise: float = 1.5, own_scale: floa
 
 
 def _default_clusters(matrix):
-    from rca_gpu.device import resolve_device
-    from rca_gpu.neighbors import knn_graph
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.engine.knn import knn_graph
     from rca_gpu.spec import make_cluster, make_reduce
     from rca_gpu.tuning import select
 

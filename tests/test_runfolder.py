@@ -96,7 +96,7 @@ def test_every_file_written_into_a_run_folder_is_a_listed_output():
     """A new run removes exactly RUN_OUTPUTS, and --out is refused when it would overwrite an input of those
     names: each module's output file name must be listed (a name missing here would mix two runs)."""
     from rca_gpu.catalogue import causes, compare, reference, stability
-    from rca_gpu.evaluate import CLUSTERS_FILE, METRICS_FILE, PER_CAUSE_FILE
+    from rca_gpu.metrics import CLUSTERS_FILE, METRICS_FILE, PER_CAUSE_FILE
     from rca_gpu.report.build import EXPLANATIONS_FILE, FILES_DIR, REPORT_FILE
     from rca_gpu.runfolder import RUN_FILE, RUN_OUTPUT_FOLDERS, RUN_OUTPUTS
 

@@ -93,12 +93,12 @@ def test_stage_tables_with_a_key_named_like_an_argument(table, key):
 
 
 def _readme_stage_rows() -> dict[tuple[str, str], str]:
-    """README's pipeline stage table: (stage, name) -> the parameters cell."""
+    """docs/pipelines.md's stage table: (stage, name) -> the parameters cell."""
     import re
     from pathlib import Path
 
     rows = {}
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "pipelines.md").read_text()
     for line in readme.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and cells[0] in ("features", "reduce", "cluster"):
@@ -107,29 +107,32 @@ def _readme_stage_rows() -> dict[tuple[str, str], str]:
     return rows
 
 
-def test_readme_stage_table_lists_every_stage_its_parameters_and_select_rules():
-    from rca_gpu.spec import CLUSTERERS, EXTRACTORS, REDUCERS, SELECT_RULES_OF
+def test_docs_stage_table_lists_every_stage_its_parameters_and_select_rules():
+    from rca_gpu.engine import registry
+    from rca_gpu.spec import EXTRACTORS
 
     rows = _readme_stage_rows()
-    for stage, table in (("features", {n: i.params for n, i in EXTRACTORS.items()}), ("reduce", REDUCERS),
-                         ("cluster", CLUSTERERS)):
+    reducers = {n: c.params for n, c in registry.reducers().items()}
+    clusterers = {n: c.params for n, c in registry.clusterers().items()}
+    for stage, table in (("features", {n: i.params for n, i in EXTRACTORS.items()}), ("reduce", reducers),
+                         ("cluster", clusterers)):
         for name, params in table.items():
-            assert (stage, name) in rows, f"README's stage table lacks {stage} {name}"
+            assert (stage, name) in rows, f"docs/pipelines.md's stage table lacks {stage} {name}"
             for key in params:
-                assert f"`{key}`" in rows[(stage, name)], f"README: {stage} {name} lacks parameter {key}"
-    for name, rules in SELECT_RULES_OF.items():
-        assert f"`select` ({', '.join(rules)})" in rows[("cluster", name)]
+                assert f"`{key}`" in rows[(stage, name)], f"docs/pipelines.md: {stage} {name} lacks parameter {key}"
+    for name, card in registry.clusterers().items():
+        assert f"`select` ({', '.join(card.select_rules)})" in rows[("cluster", name)]
 
 
 def test_pipelines_command_lists_the_select_rules_and_layers():
     from typer.testing import CliRunner
 
     from rca_gpu.cli import app
-    from rca_gpu.spec import SELECT_RULES_OF
+    from rca_gpu.engine import registry
 
     output = CliRunner().invoke(app, ["pipelines"], env={"COLUMNS": "250"}).output
-    for name, rules in SELECT_RULES_OF.items():
-        assert f"select ({', '.join(rules)})" in output
+    for card in registry.clusterers().values():
+        assert f"select ({', '.join(card.select_rules)})" in output
     assert "mobilenet_v2[@layer]" in output and "FEATURES[@LAYER]+REDUCER+CLUSTERER" in output
     for name in ("gradxinput", "ig"):
         assert name in output

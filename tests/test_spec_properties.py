@@ -13,11 +13,10 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from rca_gpu.engine import registry  # noqa: E402
 from rca_gpu.errors import SpecError  # noqa: E402
 from rca_gpu.spec import (  # noqa: E402
-    CLUSTERERS,
     EXTRACTORS,
-    REDUCERS,
     RUN_OPTIONS,
     RunSpec,
     build_run_spec,
@@ -29,6 +28,8 @@ from rca_gpu.spec import (  # noqa: E402
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
+REDUCERS = {name: card.params for name, card in registry.reducers().items()}
+CLUSTERERS = {name: card.all_params for name, card in registry.clusterers().items()}
 NAMES = sorted(EXTRACTORS) + sorted(REDUCERS) + sorted(CLUSTERERS)
 KEYS = sorted({k for info in EXTRACTORS.values() for k in info.params}
               | {k for table in (REDUCERS, CLUSTERERS) for params in table.values() for k in params})

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from helpers import pattern_images
+
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.errors import SpecError
 from rca_gpu.spec import build_run_spec
-from rca_gpu.study import make_plan, rank, run_study, slug, to_markdown
+from rca_gpu.studies import make_plan, rank, run_study, slug, to_markdown
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def _column(text: str, start_header: str, next_header: str | None) -> dict[str, 
 def test_the_terminal_ranking_shows_whole_pipeline_names_within_the_width(width):
     from rich.console import Console
 
-    from rca_gpu.study import to_rich
+    from rca_gpu.studies import to_rich
 
     console = Console(width=width, record=True)
     console.print(to_rich(_ranked_rows(), source="set", width=width))
@@ -206,9 +206,9 @@ def test_the_study_checks_stage_names_before_reading_the_source(tmp_path):
 
 
 def test_study_quiet_prints_only_where_the_results_went(tmp_path):
+    from helpers import write_pngs
     from typer.testing import CliRunner
 
-    from helpers import write_pngs
     from rca_gpu.cli import app
 
     images, labels = pattern_images(n_per=6, groups=2, size=16)

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score, homogeneity_score
 
-from rca_gpu.cluster import SklearnWard, cut_merges
 from rca_gpu.datasets.planted import planted_features
-from rca_gpu.device import cpu_device
+from rca_gpu.engine.cluster.ward import SklearnWard, cut_merges
+from rca_gpu.engine.device import cpu_device
+from rca_gpu.engine.knn import exact_distances, knn_graph
+from rca_gpu.engine.sample import draw_sample
 from rca_gpu.errors import SpecError
-from rca_gpu.neighbors import exact_distances, knn_graph
 from rca_gpu.spec import make_cluster, make_reduce
 from rca_gpu.tuning import attach_noise, merge_unseparated, select
 from rca_gpu.tuning.graph import isolated_clusters
-from rca_gpu.tuning.extend import draw_sample
 
 CLUSTERERS = ("dbscan", "hdbscan", "kmeans", "ward")
 
@@ -110,7 +110,7 @@ def test_exact_duplicates_land_together():
     x = np.concatenate([x, x[copies]])
     selection = _default(x)
     labels = selection.labels
-    for original, copy_row in zip(copies, range(900, len(x))):
+    for original, copy_row in zip(copies, range(900, len(x)), strict=True):
         assert labels[copy_row] == labels[original]
 
 
@@ -174,7 +174,7 @@ def test_isolated_clusters_need_min_isolated_points_and_all_nearest_neighbours_i
 def test_a_merge_step_that_only_renumbers_keeps_the_clusterers_labels():
     """K-means' ids follow its centroids, the merge step numbers by first appearance: when it merged nothing
     and placed no noise, the clusterer's labels stand and the resolved pipeline does not say select=merged."""
-    from rca_gpu.tuning.search import _same_partition
+    from rca_gpu.tuning.refine import same_partition as _same_partition
 
     assert _same_partition(np.array([1, 1, 0, -1]), np.array([0, 0, 1, -1]))
     assert not _same_partition(np.array([1, 1, 0, 0]), np.array([0, 0, 0, 1]))
@@ -257,9 +257,9 @@ def test_the_former_rules_stay_available_by_name(rule):
 
 
 def test_ward_is_refused_above_its_size_limit(monkeypatch):
-    import rca_gpu.tuning.search as search
+    import rca_gpu.engine.cluster.ward as ward
 
-    monkeypatch.setattr(search, "WARD_MAX_POINTS", 300)
+    monkeypatch.setattr(ward, "WARD_MAX_POINTS", 300)
     x, _ = planted_features(400, n_clusters=4, dims=16, rare=(), seed=1)
     with pytest.raises(SpecError, match="Ward clustering needs memory and time quadratic.*--sample-size"):
         select(x, None, make_reduce("none"), make_cluster("ward"), cpu_device(), sample_size=1000)
@@ -315,6 +315,7 @@ def _sorted_distances(x, indices):
 @pytest.mark.parametrize("clusterer", CLUSTERERS)
 def test_fifty_identical_images_are_one_cluster_through_a_run(tmp_path, clusterer):
     from helpers import pattern_images, write_pngs
+
     from rca_gpu.pipeline import run
     from rca_gpu.spec import build_run_spec
 
@@ -331,21 +332,23 @@ def test_fifty_identical_images_are_one_cluster_through_a_run(tmp_path, clustere
 
 @pytest.mark.parametrize("clusterer", CLUSTERERS)
 def test_select_silhouette_is_refused_with_the_valid_rules(clusterer):
-    from rca_gpu.spec import SELECT_RULES_OF, parse_pipeline
+    from rca_gpu.engine.registry import cluster_card
+    from rca_gpu.spec import parse_pipeline
 
-    allowed = ", ".join(repr(r) for r in SELECT_RULES_OF[clusterer])
+    allowed = ", ".join(repr(r) for r in cluster_card(clusterer).select_rules)
     with pytest.raises(SpecError, match=f"'select' parameter of clusterer '{clusterer}' must be one of {allowed}. "
                                         "Got 'silhouette' instead.*'max' takes the highest score"):
         parse_pipeline(f"pixels+pca+{clusterer}(select=silhouette)")
 
 
 def test_knee_is_a_ward_rule_only_and_criterion_of_refuses_what_the_spec_refuses():
-    from rca_gpu.spec import SELECT_RULES_OF, parse_pipeline
+    from rca_gpu.engine.registry import cluster_card
+    from rca_gpu.spec import parse_pipeline
     from rca_gpu.tuning import criterion_of
 
-    assert SELECT_RULES_OF["ward"] == SELECT_RULES_OF["kmeans"] + ("knee",)
+    assert cluster_card("ward").select_rules == cluster_card("kmeans").select_rules + ("knee",)
     for clusterer in CLUSTERERS:
-        for rule in SELECT_RULES_OF[clusterer]:
+        for rule in cluster_card(clusterer).select_rules:
             spec = parse_pipeline(f"pixels+pca+{clusterer}(select={rule})").cluster
             assert criterion_of(spec) == rule
     with pytest.raises(SpecError, match="'select' parameter of clusterer 'kmeans' must be one of .*Got 'knee'"):
@@ -392,7 +395,7 @@ def tiny_folders(tmp_path_factory):
 def test_a_tiny_single_cause_set_is_one_cluster(tiny_folders, tmp_path, clusterer, n):
     """UMAP + DBSCAN / HDBSCAN on a handful of images of one cause: one cluster, no noise (DBSCAN's eps comes
     from the set's own distances even below its default min_samples; a search that finds no cluster at all
-    gives one cluster, said in run.json). HDBSCAN needs 4 images (MIN_IMAGES)."""
+    gives one cluster, said in run.json). HDBSCAN needs 4 images (its card's min_images)."""
     from rca_gpu.pipeline import run
     from rca_gpu.spec import build_run_spec
 

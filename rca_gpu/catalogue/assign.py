@@ -103,7 +103,7 @@ class Assigner:
         """
         import torch
 
-        from rca_gpu.device import as_numpy, as_torch
+        from rca_gpu.engine.device import as_numpy, as_torch
 
         points = as_torch(x, torch_device).float()
         reference = as_torch(self.features, torch_device).float()
@@ -239,8 +239,8 @@ def encode(run, failures, *, device: str = "auto", batch_size: int | None = None
            model: str | None = None, reporter=None, command: str = "assign"):
     """Features of ``failures`` by the run's extractor: (Features, Device). Raises CatalogueError for runs
     whose extractor cannot be re-created for other images (see :func:`check_encodable`)."""
-    from rca_gpu.device import resolve_device
-    from rca_gpu.pipeline import compute_features
+    from rca_gpu.engine.device import resolve_device
+    from rca_gpu.features.compute import compute_features
 
     check_encodable(run, command=command)
     spec = run_spec_of(run, device=device, batch_size=batch_size, workers=workers, model=model, command=command)

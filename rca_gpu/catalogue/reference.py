@@ -176,7 +176,7 @@ def write_reference(out: Path, run_id: str, features, ids: np.ndarray, labels: n
     from safetensors.numpy import save_file
 
     from rca_gpu import outputs
-    from rca_gpu.device import as_numpy
+    from rca_gpu.engine.device import as_numpy
 
     rows = choose_rows(labels, per_cluster, seed=seed)
     matrix = np.asarray(as_numpy(features[_index(features, rows)]), dtype=np.float32) if len(rows) else \
@@ -208,7 +208,7 @@ def write_reference(out: Path, run_id: str, features, ids: np.ndarray, labels: n
 
 def _index(features, rows: np.ndarray):
     """Row index in the array library of ``features``."""
-    from rca_gpu.device import kind_of, to_kind
+    from rca_gpu.engine.device import kind_of, to_kind
 
     if kind_of(features) == "torch":
         return to_kind(rows, "torch", torch_device=features.device.type)

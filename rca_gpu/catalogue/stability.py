@@ -13,14 +13,13 @@ the neighbours outside the subset removed; only rows left with too few neighbour
 the seed. Above :data:`MAX_IMAGES` images the resamples are drawn from a seeded uniform sample of that size,
 so the cost stays bounded on large runs.
 
-Parameters carried over unchanged: UMAP / PCA settings, K-means and Ward ``k``, HDBSCAN sizes. DBSCAN's
-``eps`` is a distance whose meaning depends on the density of the points, and a subset is less dense, so it
-is carried over as a quantile: the share of the run's points whose ``min_samples``-th neighbour lies within
-``eps`` in the clustering space is kept, and each resample's ``eps`` is that quantile of its own
-``min_samples``-th neighbour distances.
+How the run's setting carries over to a resample is each algorithm card's ``transfer``
+(:mod:`rca_gpu.engine.cards`): UMAP / PCA settings, K-means and Ward ``k`` and HDBSCAN sizes unchanged;
+DBSCAN's ``eps``, a distance whose meaning depends on the density of the points, as a quantile of each
+resample's own neighbour distances (:mod:`rca_gpu.engine.cluster.dbscan`).
 
-The number of resamples defaults to the number of fits of the expensive stage during the run's search (UMAP
-fits when the reducer is UMAP, clusterer fits otherwise), within [MIN_RESAMPLES, MAX_RESAMPLES]: one
+The number of resamples defaults to the number of fits of the expensive stage during the run's search (the
+reducer's fits when it is not cheap, as UMAP, clusterer fits otherwise), within [MIN_RESAMPLES, MAX_RESAMPLES]: one
 resample costs one such fit on 80 % of the images, so scoring stability costs at most about the run's
 reduce + cluster time again. The count depends only on the spec, not on the machine, so runs reproduce.
 """
@@ -28,8 +27,9 @@ reduce + cluster time again. The count depends only on the spec, not on the mach
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -179,10 +179,13 @@ def default_resamples(reduce_name: str, trials: list[Any] | None) -> int:
 
     One resample refits the reducer and the clusterer once; the run fitted the reducer once per distinct
     reducer setting and the clusterer once per trial. B is the count of the stage that dominates the cost
-    (UMAP fits for UMAP, clusterer fits otherwise), clipped to [MIN_RESAMPLES, MAX_RESAMPLES].
+    (the reducer's fits when it is not cheap, as UMAP; clusterer fits otherwise), clipped to
+    [MIN_RESAMPLES, MAX_RESAMPLES].
     """
+    from rca_gpu.engine.registry import reducer_card
+
     trials = list(trials or [])
-    if reduce_name == "umap":
+    if not reducer_card(reduce_name).cheap:
         fits = len({repr(sorted(dict(getattr(t, "reduce", {}) or {}).items())) for t in trials})
     else:
         fits = len(trials)
@@ -199,9 +202,9 @@ def subset_graph(graph, subset: np.ndarray, k: int, x_subset, device):
 
     Each row keeps its neighbours that lie in the subset (renumbered, in order). Rows left with fewer than
     ``k`` of them are searched again exactly among the subset rows (``x_subset``). Returns a
-    :class:`rca_gpu.neighbors.KnnGraph` with host arrays, point itself first.
+    :class:`rca_gpu.engine.knn.KnnGraph` with host arrays, point itself first.
     """
-    from rca_gpu.neighbors import KnnGraph, knn_graph
+    from rca_gpu.engine.knn import KnnGraph, knn_graph
 
     indices, distances = graph.numpy()
     n_full = indices.shape[0]
@@ -227,7 +230,7 @@ def _exact_rows(x, rows: np.ndarray, k: int, torch_device: str) -> tuple[np.ndar
     """Exact k nearest rows of ``x`` (torch tensor or array) for the rows ``rows``, self first."""
     import torch
 
-    from rca_gpu.device import as_numpy, as_torch
+    from rca_gpu.engine.device import as_numpy, as_torch
 
     points = as_torch(x, torch_device).float()
     index = as_torch(rows, torch_device).long()
@@ -236,56 +239,6 @@ def _exact_rows(x, rows: np.ndarray, k: int, torch_device: str) -> tuple[np.ndar
     values, idx = torch.topk(d, k, dim=1, largest=False)
     values = values.clamp_min(0.0)
     return as_numpy(idx).astype(np.int64), as_numpy(values).astype(np.float32)
-
-
-def eps_quantile(points, eps: float, min_samples: int, device, rows: np.ndarray | None = None) -> float:
-    """Share of ``points`` (n, d) whose ``min_samples``-th neighbour (self excluded) lies within ``eps``.
-
-    With ``rows`` (int64 positions) only those points are looked at, each against all n points: an unbiased
-    estimate of the share that costs O(len(rows)) queries instead of a kNN graph of all n points (a run of
-    1,000,000 images spent minutes on that graph).
-    """
-    n = int(points.shape[0])
-    if rows is None or len(rows) >= n:
-        kth = _kth_distance(points, min_samples, device)
-    else:
-        from rca_gpu.device import as_numpy
-        from rca_gpu.neighbors import nearest_rows
-
-        k = min(min_samples + 1, n)
-        host = np.ascontiguousarray(np.asarray(as_numpy(points), dtype=np.float32))
-        if host.shape[1] <= 16:  # low-dimensional embeddings: a KD-tree, as _kth_distance uses
-            from sklearn.neighbors import KDTree
-
-            distances, _ = KDTree(host).query(host[rows], k=k)
-        else:
-            _, distances = nearest_rows(points, host[rows], k, device)
-        kth = np.asarray(distances)[:, k - 1]
-    return float(np.mean(kth <= eps)) if kth.size else 1.0
-
-
-def _kth_distance(points, min_samples: int, device) -> np.ndarray:
-    from rca_gpu.neighbors import knn_graph
-
-    n = int(points.shape[0])
-    k = min(min_samples + 1, n)
-    backend = "kdtree" if int(points.shape[1]) <= 16 else "auto"
-    _, distances = knn_graph(points, k, device, backend).numpy()
-    return distances[:, k - 1]
-
-
-def transfer_params(cluster_name: str, params: dict[str, Any], embedding, device,
-                    eps_share: float | None) -> dict[str, Any]:
-    """The clusterer parameters for one resample: the run's, with DBSCAN's eps carried as a quantile."""
-    clean = {k: v for k, v in params.items() if k in ("eps", "min_samples", "min_cluster_size", "k")}
-    if cluster_name == "dbscan" and eps_share is not None:
-        min_samples = int(clean.get("min_samples", 5))
-        kth = _kth_distance(embedding, min_samples, device)
-        eps = float(np.quantile(kth, min(1.0, max(0.0, eps_share))))
-        clean["eps"] = eps if eps > 0 else float(clean["eps"])
-    if cluster_name in ("kmeans", "ward") and "k" in clean:
-        clean["k"] = int(clean["k"])
-    return clean
 
 
 def run_stability(
@@ -314,7 +267,7 @@ def run_stability(
     features:
         (n, d) float features the run clustered (torch tensor on the run's device, or an array).
     graph:
-        The run's feature kNN graph (:class:`rca_gpu.neighbors.KnnGraph`, n rows, self first), or None (runs
+        The run's feature kNN graph (:class:`rca_gpu.engine.knn.KnnGraph`, n rows, self first), or None (runs
         above the search's sample size keep no graph of all images): a graph of the stability sample is built.
     labels:
         (n,) int64 final labels of the run (-1 noise), aligned with ``features``.
@@ -334,11 +287,11 @@ def run_stability(
     -------
     Stability, with ``info`` holding B, the fraction, the sample size, the seed and the seconds spent.
     """
-    from rca_gpu.cluster import cluster as run_clusterer
-    from rca_gpu.device import as_torch
-    from rca_gpu.reduce import reduce as run_reducer
+    from rca_gpu.engine import registry
+    from rca_gpu.engine.device import as_torch
 
     started = time.perf_counter()
+    reducer, clusterer = registry.reducer_card(reduce_name), registry.cluster_card(cluster_name)
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     b = default_resamples(reduce_name, trials) if resamples is None else int(resamples)
@@ -348,7 +301,7 @@ def run_stability(
     torch_device = getattr(device, "torch_device", "cpu")
     rows_of = sample  # resample rows -> rows of ``features`` and ``graph``
     if graph is None:  # above the run's sample size no graph of all images exists: one of the stability sample
-        from rca_gpu.neighbors import knn_graph
+        from rca_gpu.engine.knn import knn_graph
         from rca_gpu.tuning.graph import LINK_NEIGHBOURS
 
         features = as_torch(features, torch_device)[as_torch(sample, torch_device).long()]
@@ -356,24 +309,18 @@ def run_stability(
                      LINK_NEIGHBOURS) + 1
         graph = knn_graph(features, min(wanted, len(sample)), device)
         rows_of = np.arange(len(sample))
-    eps_share = None
-    if cluster_name == "dbscan" and "eps" in cluster_params:
-        eps, min_samples = float(cluster_params["eps"]), int(cluster_params.get("min_samples", 5))
-        if reduce_name == "none" and graph.k > min_samples:  # the clustering space is the feature space
-            kth = graph.numpy()[1][:, min_samples]
-            eps_share = float(np.mean(kth <= eps))
-        else:
-            estimate_on = sample if n > max_images else None  # large runs: the share estimated on the sample
-            eps_share = eps_quantile(chosen_embedding, eps, min_samples, device, rows=estimate_on)
-    graph_k = int(reduce_params.get("n_neighbors", 15)) if reduce_name == "umap" else 0
+    state = clusterer.resample_state(cluster_params, chosen_embedding, device,
+                                     feature_graph=graph if reducer.identity else None,
+                                     rows=sample if n > max_images else None)  # large runs: estimated on the sample
+    graph_k = reducer.graph_k(reduce_params)
 
     def recluster(rows: np.ndarray) -> np.ndarray:
         chosen_rows = rows_of[rows]
         x = as_torch(features, torch_device)[as_torch(chosen_rows, torch_device).long()]
         knn = subset_graph(graph, chosen_rows, max(2, graph_k), x, device) if graph_k else None
-        embedding, _ = run_reducer(x, reduce_name, dict(reduce_params), device, knn=knn, seed=seed)
-        params = transfer_params(cluster_name, cluster_params, embedding, device, eps_share)
-        labels_of_resample = run_clusterer(embedding, cluster_name, params, device, seed=seed)
+        embedding, _ = reducer.reduce(x, dict(reduce_params), device, knn=knn, seed=seed)
+        params = clusterer.transfer(cluster_params, embedding, device, state)
+        labels_of_resample = clusterer.cluster(embedding, params, device, seed=seed)
         if merge_step:  # the run's labels went through the merge and noise steps: so do the resample's
             from rca_gpu.tuning.graph import LINK_NEIGHBOURS, attach_noise, merge_unseparated
 
@@ -394,7 +341,7 @@ def run_stability(
         "images": int(len(sample)),
         "seed": seed,
         "unstable_below": UNSTABLE_BELOW,
-        "dbscan_eps_quantile": None if eps_share is None else round(eps_share, 6),
+        "dbscan_eps_quantile": round(state, 6) if isinstance(state, float) else None,
         "n_unstable": int(result.table["unstable"].sum()),
         "seconds": round(time.perf_counter() - started, 3),
     }

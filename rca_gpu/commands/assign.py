@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,17 +22,17 @@ RunDirArg = Annotated[Path, typer.Argument(help="Output folder of a finished `rc
                                            show_default=False)]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto: GPU when CUDA and the GPU libraries import; "
                                            "gpu: fail without them; cpu.")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Images per batch during extraction "
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Images per batch during extraction "
                                                  "(default: the run's).")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="DataLoader worker processes "
+WorkersOpt = Annotated[int | None, typer.Option("--workers", min=0, help="DataLoader worker processes "
                                                    "(default: the run's).")]
-RootOpt = Annotated[Optional[Path], typer.Option("--image-root", help="Manifests: image paths must resolve inside "
+RootOpt = Annotated[Path | None, typer.Option("--image-root", help="Manifests: image paths must resolve inside "
                                                  "this folder (default: the manifest's folder).")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="The DNN under test, for runs whose features "
+ModelOpt = Annotated[str | None, typer.Option("--model", help="The DNN under test, for runs whose features "
                                                  "come from it (default: the run's --model).")]
-AlphaOpt = Annotated[Optional[float], typer.Option("--alpha", help="Open-set strictness: share of the run's own "
-                                                   "reference images allowed beyond the radius, in [0, 0.5); larger = more "
-                                                   "'unknown' (default 0.01).")]
+AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Open-set strictness: share of the run's own "
+                                                "reference images allowed beyond the radius, in [0, 0.5); larger = "
+                                                "more 'unknown' (default 0.01).")]
 
 
 def assign_command(
@@ -54,12 +54,12 @@ def assign_command(
     feature space (vote of the 10 nearest; 'unknown' beyond the radius calibrated on them). Writes one row per input row
     to OUT/assignments.parquet (status assigned | unknown | not_a_cause | rejected, with the reason).
     """
-    from rca_gpu.runfiles import ASSIGNMENTS_FILE
     from rca_gpu.catalogue.assign import assign_run
     from rca_gpu.data.paths import check_output_path
 
     check_output_path(out, "--out")
     from rca_gpu.catalogue.reference import ALPHA
+    from rca_gpu.runfiles import ASSIGNMENTS_FILE
 
     reporter = reporter_for(quiet)
     table, summary = assign_run(run_dir, source, out, device=device.value, batch_size=batch_size, workers=workers,
@@ -72,7 +72,8 @@ def assign_command(
         typer.echo(summary["note"])
     typer.echo(
         f"{counts['assigned']} assigned, {counts['unknown']} unknown, {counts['not_a_cause']} not a cause, "
-        f"{counts['rejected']} rejected of {summary['rows']} images; results: {(Path(out) / ASSIGNMENTS_FILE).resolve()}"
+        f"{counts['rejected']} rejected of {summary['rows']} images; "
+        f"results: {(Path(out) / ASSIGNMENTS_FILE).resolve()}"
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,17 +13,17 @@ from rca_gpu.progress import WIDE_TERMINAL
 def causes_command(
     run_dir: Annotated[Path, typer.Argument(help="Output folder of a finished `rca-gpu run`.", metavar="RUN_DIR",
                                             show_default=False)],
-    name: Annotated[Optional[list[str]], typer.Option("--name", metavar="ID=NAME",
+    name: Annotated[list[str] | None, typer.Option("--name", metavar="ID=NAME",
                     help='Name a cause, e.g. --name 3="rotated left"; --name 3= clears the name '
                     '(repeatable).')] = None,
-    merge: Annotated[Optional[list[str]], typer.Option("--merge", metavar="ID,ID[,...]",
+    merge: Annotated[list[str] | None, typer.Option("--merge", metavar="ID,ID[,...]",
                      help="Merge causes into the one with the smallest id, e.g. --merge 4,7 (repeatable).")] = None,
-    split: Annotated[Optional[list[str]], typer.Option("--split", metavar="ID[=PARTS]",
+    split: Annotated[list[str] | None, typer.Option("--split", metavar="ID[=PARTS]",
                      help="Re-cluster one cause into PARTS new causes (default: 2-6 by silhouette), e.g. "
                      "--split 5 or --split 5=3 (repeatable).")] = None,
-    drop: Annotated[Optional[list[int]], typer.Option("--drop", metavar="ID",
+    drop: Annotated[list[int] | None, typer.Option("--drop", metavar="ID",
                     help="Mark a cause as not a cause; later commands skip it (repeatable).")] = None,
-    restore: Annotated[Optional[list[int]], typer.Option("--restore", metavar="ID",
+    restore: Annotated[list[int] | None, typer.Option("--restore", metavar="ID",
                        help="Undo --drop for a cause (repeatable).")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="Forget every edit (removes causes.toml and "
                                         "causes.parquet) before applying the options given with it.")] = False,
@@ -41,8 +41,8 @@ def causes_command(
     from rich.console import Console
 
     from rca_gpu.catalogue.causes import CAUSES_FILE, load_catalogue, parse_edit, parse_ids
-    from rca_gpu.runfiles import REPORT_FILE
     from rca_gpu.catalogue.folders import check_run_dir
+    from rca_gpu.runfiles import REPORT_FILE
 
     check_run_dir(run_dir)
     catalogue = load_catalogue(run_dir)
@@ -62,18 +62,18 @@ def causes_command(
         unchanged.append("--reset: the catalogue has no edits")
     for ids in merges:
         catalogue.merge(ids)
-    for cause, parts in splits:
-        catalogue.split(cause, parts)
+    for cause, count in splits:
+        catalogue.split(cause, count)
     for cause in drop or []:
         if not catalogue.drop(cause):
             unchanged.append(f"--drop {cause}: cause {cause} is dropped already")
     for cause in restore or []:
         if not catalogue.restore(cause):
             unchanged.append(f"--restore {cause}: cause {cause} is not dropped")
-    for cause, text in names:
-        if not catalogue.rename(cause, text or ""):
-            unchanged.append(f"--name {cause}={text}: cause {cause} has that name already" if (text or "").strip()
-                             else f"--name {cause}=: cause {cause} has no name")
+    for cause, new_name in names:
+        if not catalogue.rename(cause, new_name or ""):
+            unchanged.append(f"--name {cause}={new_name}: cause {cause} has that name already"
+                             if (new_name or "").strip() else f"--name {cause}=: cause {cause} has no name")
     changed = (reset and before > 0) or len(catalogue.history) != before
     written = catalogue.save() if changed else []
 
@@ -163,5 +163,5 @@ def _parts(cause: int, raw: str | None) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise CatalogueError(f"The --split value {cause}={raw!r} must give the number of parts, e.g. --split {cause}=3.") \
-            from None
+        raise CatalogueError(f"The --split value {cause}={raw!r} must give the number of parts, e.g. "
+                             f"--split {cause}=3.") from None

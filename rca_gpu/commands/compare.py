@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from rca_gpu.commands.assign import BatchOpt, DeviceOpt, Device, WorkersOpt
+from rca_gpu.commands.assign import BatchOpt, Device, DeviceOpt, WorkersOpt
 from rca_gpu.commands.options import QuietOpt
 from rca_gpu.progress import WIDE_TERMINAL, reporter_for
 
@@ -85,6 +85,7 @@ def print_comparison(result, console) -> None:
     view = Table(title=f"Causes of run A {info['run_a'][:8]} in run B {info['run_b'][:8]} (matched by "
                        f"{info['mode']}; status by {basis_words(info)})")
     narrow = console.width < WIDE_TERMINAL
+    columns: tuple[str, ...]
     if narrow:
         columns = ("status", "cause A", "in A", "in B", "cause B", NARROW_NAME)
     else:

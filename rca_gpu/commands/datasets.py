@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 
 #: Dataset names as a Typer choice, so `--help` lists them and a typo is caught before any work starts.
-DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)
+DatasetName = Enum("DatasetName", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 
 
 @app.command("list")

@@ -32,9 +32,6 @@ from rca_gpu.commands.options import QuietOpt
 #: Distributions whose versions the report lists (normalised names, prefixes).
 _LISTED = ("torch", "torchvision", "cupy", "cuml", "cuvs", "libcuvs", "libcuml", "rmm", "faiss", "onnx2torch",
            "umap-learn", "fast-hdbscan", "scikit-learn")
-#: Stages and algorithms whose backend the report shows.
-_STAGES = (("knn", "auto"), ("reduce", "umap"), ("reduce", "pca"), ("cluster", "dbscan"), ("cluster", "hdbscan"),
-           ("cluster", "kmeans"), ("cluster", "ward"))
 
 
 @dataclass
@@ -57,7 +54,7 @@ def installed_distributions() -> dict[str, str]:
     """{normalised name: version} of every installed distribution."""
     found = {}
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.name
         if name:
             found[_normalise(name)] = dist.version
     return found
@@ -178,11 +175,9 @@ def gather(require_gpu: bool = False) -> Report:
     import torch
 
     import rca_gpu
-    from rca_gpu import registry
-    from rca_gpu.device import probe_knn_backends, resolve_device
+    from rca_gpu.engine.device import probe_knn_backends, resolve_device
     from rca_gpu.errors import RcaError
     from rca_gpu.fatbin import describe
-    from rca_gpu.neighbors import choose_backend
 
     report = Report()
     facts = report.facts
@@ -252,16 +247,7 @@ def gather(require_gpu: bool = False) -> Report:
         for backend, (ok, why) in probe_knn_backends().items():
             if not ok and why != "not installed":
                 report.problems.append(f"{backend} is installed but its test search fails on this GPU: {why}")
-    stages = {}
-    for stage, algorithm in _STAGES:
-        if stage == "knn":
-            name = choose_backend(10_000, 1280, device)
-            backend, library = registry.planned_backend("knn", name, device)
-            stages["knn"] = f"{name} ({backend}, {library})"
-        else:
-            backend, library = registry.planned_backend(stage, algorithm, device)
-            stages[f"{stage} {algorithm}"] = f"{backend} ({library})"
-    facts["stages"] = stages
+    facts["stages"] = stage_backends(device)
     if require_gpu:
         if not gpu:
             report.problems.append("--require-gpu: torch sees no CUDA GPU (torch build: "
@@ -269,6 +255,25 @@ def gather(require_gpu: bool = False) -> Report:
         elif not device.cuml:
             report.problems.append("--require-gpu: cuML is not usable on this GPU: " + device.reason)
     return report
+
+
+def stage_backends(device: Any) -> dict[str, str]:
+    """What each stage would run on with default settings: the kNN backend ``auto`` picks for 10,000 x 1280
+    features, then every registered reducer and clusterer card that can do work (one that only passes its input
+    on, such as the reducer 'none', is left out)."""
+    from rca_gpu.engine import registry
+    from rca_gpu.engine.knn import choose_backend
+
+    name = choose_backend(10_000, 1280, device)
+    backend, library = registry.planned_backend("knn", name, device)
+    stages = {"knn": f"{name} ({backend}, {library})"}
+    for cards in (registry.reducers(), registry.clusterers()):
+        for card in cards.values():
+            if getattr(card, "identity", False):
+                continue
+            backend, library = registry.planned_backend(card.stage, card.name, device)
+            stages[f"{card.stage} {card.name}"] = f"{backend} ({library})"
+    return stages
 
 
 def render(report: Report, *, quiet: bool = False) -> str:
@@ -298,7 +303,8 @@ def _fact_lines(f: dict[str, Any]) -> list[str]:
                      f"(CUDA {f.get('driver_cuda')})")
     else:
         lines.append("GPU: none visible to torch")
-    lines.append(f"torch {f.get('torch')}, built for {'CUDA ' + f['torch_cuda'] if f.get('torch_cuda') else 'CPU only'}")
+    build = "CUDA " + f["torch_cuda"] if f.get("torch_cuda") else "CPU only"
+    lines.append(f"torch {f.get('torch')}, built for {build}")
     lines.append("GPU libraries: " + ", ".join(f"{m} {v}" for m, v in f.get("imports", {}).items()))
     if f.get("cuda_majors"):
         lines.append("CUDA major by library: " + ", ".join(f"{n} {m}" for n, m in f["cuda_majors"].items()))

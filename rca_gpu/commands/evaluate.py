@@ -51,7 +51,7 @@ def evaluate_command(
     from rich.markup import escape
     from rich.table import Table
 
-    from rca_gpu.evaluate import METRICS_FILE, PER_CAUSE_FILE, evaluate_run
+    from rca_gpu.metrics import METRICS_FILE, PER_CAUSE_FILE, evaluate_run
 
     result = evaluate_run(run_dir, min_purity=min_purity)
     console = Console()

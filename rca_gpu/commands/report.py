@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -41,7 +41,7 @@ def export_command(
     run_dir: RunDirArg,
     to: Annotated[Path, typer.Option("--to", help="Export folder: one sub-folder per cluster, plus noise and "
                   "rejected, each with a manifest.csv.", show_default=False)],
-    clusters: Annotated[Optional[str], typer.Option("--clusters", help="Which ones, e.g. 3,5,noise,rejected "
+    clusters: Annotated[str | None, typer.Option("--clusters", help="Which ones, e.g. 3,5,noise,rejected "
                         "(default: all).")] = None,
     mode: Annotated[ExportMode, typer.Option("--mode", help="link: symbolic links to the images; copy: "
                     "copies.")] = ExportMode.link,
@@ -50,7 +50,7 @@ def export_command(
     layout: Annotated[ExportFormat, typer.Option("--format", help="folders: a folder per cluster with "
                       "manifest.csv; fiftyone: data/ and labels.csv, FiftyOne's CSVDataset layout (see "
                       "docs/report.md for the FiftyOne call).")] = ExportFormat.folders,
-    ids: Annotated[Optional[Path], typer.Option("--ids", help="Only the images whose id a CSV file lists in its "
+    ids: Annotated[Path | None, typer.Option("--ids", help="Only the images whose id a CSV file lists in its "
                    "'id' column, e.g. the selection.csv the report's map downloads.")] = None,
 ) -> None:
     """Export clusters to folders (images + manifest.csv each) for any image viewer or for retraining, or in

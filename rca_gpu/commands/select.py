@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from rca_gpu.commands.assign import (AlphaOpt, BatchOpt, Device, DeviceOpt, ModelOpt, RootOpt, RunDirArg,
-                                     WorkersOpt)
+from rca_gpu.commands.assign import AlphaOpt, BatchOpt, Device, DeviceOpt, ModelOpt, RootOpt, RunDirArg, WorkersOpt
 from rca_gpu.commands.options import QuietOpt
 from rca_gpu.progress import reporter_for
 
@@ -28,8 +27,8 @@ def select_command(
                                       "selection.parquet, assignments.parquet and select.json.")],
     spread: Annotated[Spread, typer.Option("--spread", help="proportional: a floor per cause, the rest by cause "
                                            "size in the run; equal: the same number per cause.")] = Spread.proportional,
-    floor: Annotated[Optional[int], typer.Option("--floor", min=0, help="proportional: images per cause before "
-                                                 "the rest is shared by size (default: budget / (2 x causes)).")] = None,
+    floor: Annotated[int | None, typer.Option("--floor", min=0, help="proportional: images per cause before the "
+                                              "rest is shared by size (default: budget / (2 x causes)).")] = None,
     device: DeviceOpt = Device.auto,
     batch_size: BatchOpt = None,
     workers: WorkersOpt = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,20 +27,20 @@ def _split(values: list[str] | None) -> list[str] | None:
 def study_command(
     source: Annotated[Path, typer.Argument(help="Folder or manifest with a root_cause column.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Study folder (re-running resumes it).")],
-    features: Annotated[Optional[list[str]], typer.Option("--features", "-f", help="Feature specs, e.g. "
+    features: Annotated[list[str] | None, typer.Option("--features", "-f", help="Feature specs, e.g. "
                         f"pixels,mobilenet_v2,lrp@conv2 (default: {', '.join(STUDY_FEATURES)}, and "
                         f"{', '.join(STUDY_DUT_FEATURES)} when the DNN under test is known).")] = None,
-    reducers: Annotated[Optional[list[str]], typer.Option("--reducers", "-r", help="umap,pca,none: names only, "
+    reducers: Annotated[list[str] | None, typer.Option("--reducers", "-r", help="umap,pca,none: names only, "
                         "the study tunes their parameters (default: all).")] = None,
-    clusterers: Annotated[Optional[list[str]], typer.Option("--clusterers", "-k", help="dbscan,hdbscan,kmeans,"
+    clusterers: Annotated[list[str] | None, typer.Option("--clusterers", "-k", help="dbscan,hdbscan,kmeans,"
                           "ward: names only, the study tunes their parameters (default: all).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="The DNN under test (else the manifest's).")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto | cpu | gpu")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32 | bf16")] = None,
-    max_image_memory: Annotated[Optional[str], typer.Option("--max-image-memory", metavar="SIZE",
+    model: Annotated[str | None, typer.Option("--model", help="The DNN under test (else the manifest's).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | gpu")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 | bf16")] = None,
+    max_image_memory: Annotated[str | None, typer.Option("--max-image-memory", metavar="SIZE",
                                 help="Memory that decoding images may use at once, e.g. 4GiB (default: a "
                                 "quarter of the machine's).")] = None,
     quiet: QuietOpt = False,
@@ -49,25 +49,13 @@ def study_command(
     """Run every FEATURES x REDUCERS x CLUSTERERS pipeline on SOURCE; write study.parquet and study.md."""
     from rich.console import Console
 
-    from rca_gpu.cli import build_spec
-    from rca_gpu.data.sources import load_source
-    from rca_gpu.study import check_study_source, make_plan, run_study, to_rich
+    from rca_gpu.commands.options import build_spec
+    from rca_gpu.studies import prepare_study, run_study, to_rich
 
-    from rca_gpu.runfolder import (STUDY_COMMAND, STUDY_OUTPUT_FOLDERS, STUDY_OUTPUTS, check_inputs_kept,
-                                   check_out_folder)
-
-    from rca_gpu.data.paths import check_output_path
-
-    check_output_path(out, "--out")
-    check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
-    check_inputs_kept(out, {"SOURCE": source, "--model": model}, files=STUDY_OUTPUTS, folders=STUDY_OUTPUT_FOLDERS)
-    make_plan(_split(features), _split(reducers), _split(clusterers), False)  # names checked before any image is read
     reporter = reporter_for(quiet)
     base = build_spec(None, None, device=device, seed=seed, batch_size=batch_size, workers=workers,
                       precision=precision, model=model, max_image_memory=max_image_memory)
-    failures = load_source(source, image_root=base.image_root, skip=[out])  # never the study's own outputs
-    check_study_source(failures)
-    plan = make_plan(_split(features), _split(reducers), _split(clusterers), bool(base.model or failures.dut))
+    base, failures, plan = prepare_study(source, out, _split(features), _split(reducers), _split(clusterers), base)
     if not quiet:
         typer.echo(f"study: {len(plan.pipelines())} pipelines ({len(plan.features)} feature sets x "
                    f"{len(plan.reducers)} reducers x {len(plan.clusterers)} clusterers)")

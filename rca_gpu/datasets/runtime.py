@@ -33,7 +33,7 @@ def deterministic_torch(seed: int) -> Iterator[None]:
 
 def to_tensor(images):
     """uint8 images (N, H, W) or (N, H, W, C) -> float tensor (N, C, H, W) in [0, 1], the DUT's input."""
-    from rca_gpu.device import as_torch
+    from rca_gpu.engine.device import as_torch
 
     batch = as_torch(images)
     batch = batch.unsqueeze(1) if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
@@ -47,7 +47,7 @@ def quantize(images):
     """
     import torch
 
-    from rca_gpu.device import as_numpy
+    from rca_gpu.engine.device import as_numpy
 
     batch = images.clamp(0, 1).mul(255).round().to(torch.uint8)
     batch = batch[:, 0] if batch.shape[1] == 1 else batch.permute(0, 2, 3, 1)
@@ -59,7 +59,7 @@ def predict(model, images, *, batch_size: int = 512):
     import numpy as np
     import torch
 
-    from rca_gpu.device import as_numpy
+    from rca_gpu.engine.device import as_numpy
 
     preds, confs = [], []
     with torch.inference_mode():

@@ -107,7 +107,7 @@ def _fit(model, data: TrainingData, recipe: Recipe, *, seed: int, reporter, desc
     from torch import nn
 
     from rca_gpu.datasets.runtime import to_tensor
-    from rca_gpu.device import as_torch
+    from rca_gpu.engine.device import as_torch
 
     with deterministic_torch(seed):
         _reinitialise(model)

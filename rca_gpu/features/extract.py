@@ -28,7 +28,7 @@ from rca_gpu import outputs
 from rca_gpu.data.decoding import DECODE_VERSION, depends_on_budget, image_budget
 from rca_gpu.data.loading import make_loader
 from rca_gpu.data.sources import file_digest
-from rca_gpu.device import as_numpy, to_kind
+from rca_gpu.engine.device import as_numpy, to_kind
 from rca_gpu.features import create_extractor
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.spec import FeatureSpec

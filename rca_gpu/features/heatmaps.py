@@ -461,7 +461,7 @@ def feature_maps(matrix, info: dict[str, Any]):
     """
     import numpy as np
 
-    from rca_gpu.device import as_numpy
+    from rca_gpu.engine.device import as_numpy
 
     if info.get("name") not in HEATMAP_EXTRACTORS:
         return None

@@ -177,7 +177,7 @@ def hudd_layer_score(maps: torch.Tensor, *, max_k: int = 30) -> LayerScore:
     """
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    from rca_gpu.device import as_numpy
+    from rca_gpu.engine.device import as_numpy
 
     n = int(maps.shape[0])
     flat = maps.flatten(1).double()

@@ -53,7 +53,7 @@ from rca_gpu.errors import SourceError, SpecError, escape_surrogates
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
 
-    from rca_gpu.device import Device
+    from rca_gpu.engine.device import Device
     from rca_gpu.features.extract import Features
 
 log = logging.getLogger("rca_gpu")
@@ -181,7 +181,7 @@ def features_from_array(x: np.ndarray, *, device: "Device | None" = None) -> "Fe
 
 
 def _to_device(matrix: np.ndarray, device: "Device | None"):
-    from rca_gpu.device import to_kind
+    from rca_gpu.engine.device import to_kind
 
     return to_kind(matrix, "torch", torch_device=device.torch_device if device else "cpu")
 

@@ -362,13 +362,13 @@ def _cause_anchor(catalogue, cause: int) -> str:
 
 
 def _ground_truth(clusters: pd.DataFrame, run: RunFolder) -> dict[str, Any] | None:
-    """Cluster x cause counts, purity and dominant cause per cluster, recall per cause (rca_gpu.evaluate)."""
+    """Cluster x cause counts, purity and dominant cause per cluster, recall per cause (rca_gpu.metrics)."""
     if "root_cause" not in clusters.columns:
         return None
     known = clusters[(clusters["status"] != "rejected") & clusters["root_cause"].notna()]
     if known.empty:
         return None
-    from rca_gpu.evaluate import COUNT_PREFIX, evaluate
+    from rca_gpu.metrics import COUNT_PREFIX, evaluate
 
     min_purity = 0.5
     if run.has(METRICS_FILE):

@@ -27,7 +27,6 @@ group folders it made and leaves export.json as it was.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ import pandas as pd
 
 from rca_gpu import outputs
 from rca_gpu.data.paths import real_paths
-from rca_gpu.errors import RcaError
+from rca_gpu.report.placing import ExportError, place, safe_name, unique_name
 from rca_gpu.runfiles import EXPORT_FILE, EXPORT_MANIFEST
 from rca_gpu.runfolder import RunFolder, open_run
 
@@ -45,12 +44,6 @@ MODES = ("link", "copy")
 #: Layouts of an export: a folder per group (with manifest.csv), or FiftyOne's CSVDataset (data/, labels.csv).
 FORMATS = ("folders", "fiftyone")
 MANIFEST = EXPORT_MANIFEST
-_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")  # "_" too, so runs collapse into one "_"
-MAX_NAME = 120
-
-
-class ExportError(RcaError, ValueError):
-    """Bad export request: unknown cluster, bad mode, or a target that exists."""
 
 
 @dataclass
@@ -67,21 +60,6 @@ def group_name(label: int, status: str) -> str:
     if status == "rejected":
         return "rejected"
     return f"cluster-{int(label)}" if label >= 0 else "noise"
-
-
-def safe_name(identifier: object, path: str) -> str:
-    """A file name for an exported image: ``<id>_<original name>`` reduced to ``[A-Za-z0-9._-]``.
-
-    Never empty, never starting with a dot, at most :data:`MAX_NAME` characters, extension kept.
-    """
-    original = Path(str(path)).name
-    stem, dot, suffix = original.rpartition(".")
-    if not dot:
-        stem, suffix = original, ""
-    suffix = _UNSAFE.sub("", suffix)[:10].lower()
-    stem = _UNSAFE.sub("_", f"{identifier}_{stem}").strip("._-") or "image"
-    stem = stem[: MAX_NAME - len(suffix) - 1]
-    return f"{stem}.{suffix}" if suffix else stem
 
 
 def parse_selection(text: str | None) -> list[str] | None:
@@ -241,7 +219,7 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
             refused.append(files_ok.reason(k))
             result.missing += 1
             continue
-        file_name = _unique(safe_name(row.id, source), used)
+        file_name = unique_name(safe_name(row.id, source), used)
         destination = folder / file_name
         if destination.resolve().parent != folder:  # belt and braces: the name cannot leave the folder
             raise ExportError(f"Refusing to write {destination}: it resolves outside {folder}.")
@@ -260,16 +238,6 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
     })
     manifest = pd.concat([manifest, members[meta].reset_index(drop=True)], axis=1)
     outputs.write_text(folder / MANIFEST, manifest.to_csv(index=False))
-
-
-def place(source: str, destination: Path, mode: str) -> None:
-    """Put the image file ``source`` at ``destination``: a symbolic link (``mode`` "link") or a copy written
-    atomically. The caller has checked ``source`` against the run's path rule and ``destination`` to stay in its
-    folder."""
-    if mode == "link":
-        os.symlink(source, destination)
-    else:
-        outputs.write_atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def _export_fiftyone(run: RunFolder, root: Path, members: pd.DataFrame, mode: str,
@@ -337,19 +305,6 @@ def _earlier_export(root: Path, run: RunFolder) -> dict:
         f"({EXPORT_FILE}), not of run {run.run_id}; its folders would mix with this run's. Pass a folder of "
         "its own, e.g. --to exported/, or remove that folder first."
     )
-
-
-def _unique(name: str, used: set[str]) -> str:
-    """``name``, or ``name`` with ``-2``, ``-3``... before the extension when sanitising made two ids equal."""
-    stem, dot, suffix = name.rpartition(".")
-    if not dot:
-        stem, suffix = name, ""
-    candidate, k = name, 1
-    while candidate in used:
-        k += 1
-        candidate = f"{stem}-{k}.{suffix}" if suffix else f"{stem}-{k}"
-    used.add(candidate)
-    return candidate
 
 
 def _group_order(name: str) -> tuple[int, int]:

@@ -105,7 +105,7 @@ def keep_heatmaps(out: Path, run_id: str, features) -> dict[str, Any] | None:
 
 def _rows(matrix, rows) -> Any:
     """Row index in the array library of ``matrix`` (a torch tensor takes a tensor index)."""
-    from rca_gpu.device import kind_of, to_kind
+    from rca_gpu.engine.device import kind_of, to_kind
 
     rows = np.asarray(rows, dtype=np.int64)
     if kind_of(matrix) == "torch":

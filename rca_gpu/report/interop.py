@@ -82,7 +82,7 @@ def export_fiftyone(run: RunFolder, target: Path, members: pd.DataFrame, *, mode
     rca_gpu.report.export.ExportError
         ``target`` holds data/ or labels.csv already.
     """
-    from rca_gpu.report.export import ExportError, _unique, place, safe_name
+    from rca_gpu.report.placing import ExportError, place, safe_name, unique_name
 
     data = target / FIFTYONE_DATA
     if os.path.lexists(data) or os.path.lexists(target / FIFTYONE_LABELS):
@@ -99,7 +99,7 @@ def export_fiftyone(run: RunFolder, target: Path, members: pd.DataFrame, *, mode
         source = files[k]
         if row.status == "rejected" or not source:
             continue
-        name = _unique(safe_name(row.id, source), used)
+        name = unique_name(safe_name(row.id, source), used)
         destination = data / name
         if destination.resolve().parent != data.resolve():
             raise ExportError(f"Refusing to write {destination}: it resolves outside {data}.")

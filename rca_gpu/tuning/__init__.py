@@ -1,10 +1,14 @@
 """Automatic hyper-parameter selection for the parameters a pipeline spec leaves open.
 
-:func:`select` tries candidate settings (a UMAP grid x the clusterer's grid), scores each, picks one by a
-named rule, and returns labels for every image. Its shape is stable for the estimator and the catalogue:
+:func:`select` tries candidate settings (the reducer card's grid x the clusterer card's grid), scores each,
+picks one by a named rule, and returns labels for every image, in four steps: :mod:`~rca_gpu.tuning.search`
+(every candidate, labelled and scored), :func:`~rca_gpu.tuning.select.choose_candidate` (the rule),
+:mod:`~rca_gpu.tuning.refine` (duplicates, merge and noise steps) and :mod:`~rca_gpu.tuning.extend` (from a
+sample to every image). Its shape is stable for the estimator and the catalogue:
 ``select(features, graph, reduce_spec, cluster_spec, device, *, seed, progress, reduce_cache, criterion=None,
 sample_size=SAMPLE_SIZE) -> Selection`` (``labels``, ``embedding``, ``reduce_params``, ``cluster_params``,
-``trials``, ``to_dict()``).
+``trials``, ``to_dict()``). What the rules need to know of an algorithm they ask its card
+(:mod:`rca_gpu.engine.cards`): its candidates, its granularity parameter, how its choice extends.
 
 The score of a candidate (:func:`validity`, O(1) in n): silhouette on a seeded sample of at most 2,000
 clustered images, in the space the clusterer saw, x (1 - noise share), minus 0.01 per cluster beyond 30;
@@ -22,10 +26,11 @@ The rules (``select=`` on any clusterer, rca_gpu.tuning.criteria):
 - ``finest-peak``: the finest peak of the score over the number of clusters within BAND of the best (the
   former default), no merging;
 - ``max``: the highest score, no merging;
-- ``knee`` (Ward): k at the knee of the within-cluster distance (HUDD's rule, via kneed).
+- ``knee`` (Ward, the cards that list it): k at the knee of the within-cluster distance (HUDD's rule, via
+  kneed).
 
-A granularity the pipeline fixes (``k``, DBSCAN's ``eps``, HDBSCAN's ``min_cluster_size``;
-search.GRANULARITY_PARAMETER) runs as set: the merge and noise steps are skipped unless ``select=merged`` is
+A granularity the pipeline fixes (``k``, DBSCAN's ``eps``, HDBSCAN's ``min_cluster_size``; the card's
+``granularity``) runs as set: the merge and noise steps are skipped unless ``select=merged`` is
 written too, and the resolved pipeline writes ``select=merged`` whenever those steps changed the labels.
 
 Why ``merged``, measured (benchmarks/selection_rules.py, DBSCAN on UMAP, three seeds each; RESULTS.md,
@@ -51,30 +56,44 @@ features the extension took 9 s at 10,000 images and 68 s at 160,000 (exponent 0
 took about 2 minutes at 160,000 on 2 shared cores.
 
 Reproducibility: every random draw takes the run's seed; kNN distances are exact and independent of the thread
-count (:func:`rca_gpu.neighbors.exact_distances`), which made ``OMP_NUM_THREADS`` change the choice before.
+count (:func:`rca_gpu.engine.knn.exact_distances`), which made ``OMP_NUM_THREADS`` change the choice before.
 umap-learn runs single-threaded when seeded: one fit on the 5,000-image sample took 17.1 s seeded and 14.2 s
 unseeded on 2 cores, and only the seeded fits were identical twice.
 """
 
 from __future__ import annotations
 
-from rca_gpu.tuning.criteria import (BAND, CRITERIA, DEFAULT_CRITERION, FRAGMENT_PENALTY, MAX_CLUSTERS_SOFT,
-                                     NOISE_CAP, SILHOUETTE_SAMPLE, Trial, choose, choose_base, choose_max, validity)
+from rca_gpu.tuning.criteria import (
+                                     BAND,
+                                     CRITERIA,
+                                     DEFAULT_CRITERION,
+                                     FRAGMENT_PENALTY,
+                                     MAX_CLUSTERS_SOFT,
+                                     NOISE_CAP,
+                                     SILHOUETTE_SAMPLE,
+                                     Trial,
+                                     choose,
+                                     choose_base,
+                                     choose_max,
+                                     validity,
+)
+from rca_gpu.tuning.extend import place_all
 from rca_gpu.tuning.graph import attach_noise, link_counts, merge_unseparated
-from rca_gpu.tuning.search import (DBSCAN_EPS_QUANTILES, DBSCAN_MIN_SAMPLES, HDBSCAN_MIN_CLUSTER_SIZES,
-                                   MIN_MEAN_CLUSTER_SIZE, PCA_MAX_COMPONENTS, PCA_VARIANCE, SAMPLE_SIZE, UMAP_GRID,
-                                   UMAP_GRID_DBSCAN, Selection, cached_reduce, cluster_candidates, criterion_of,
-                                   effective_k, embedding_graph_source, label_candidates, pca_components,
-                                   place_in_umap, reducer_candidates, select, unite_duplicates,
-                                   within_cluster_distance)
-
+from rca_gpu.tuning.search import (
+                                     SAMPLE_SIZE,
+                                     Search,
+                                     cached_reduce,
+                                     effective_k,
+                                     embedding_graph_source,
+                                     search,
+                                     within_cluster_distance,
+)
+from rca_gpu.tuning.select import choose_candidate, criterion_of, select
+from rca_gpu.tuning.selection import Selection
 
 __all__ = [
-    "BAND", "CRITERIA", "DBSCAN_EPS_QUANTILES", "DBSCAN_MIN_SAMPLES", "DEFAULT_CRITERION", "FRAGMENT_PENALTY",
-    "HDBSCAN_MIN_CLUSTER_SIZES", "MAX_CLUSTERS_SOFT", "MIN_MEAN_CLUSTER_SIZE", "NOISE_CAP", "PCA_MAX_COMPONENTS",
-    "PCA_VARIANCE", "SAMPLE_SIZE", "SILHOUETTE_SAMPLE", "Selection", "Trial", "UMAP_GRID", "UMAP_GRID_DBSCAN",
-    "attach_noise", "cached_reduce", "choose", "choose_base", "choose_max", "cluster_candidates", "criterion_of",
-    "effective_k", "embedding_graph_source", "label_candidates", "link_counts", "merge_unseparated",
-    "pca_components", "place_in_umap", "reducer_candidates", "select", "unite_duplicates", "validity",
-    "within_cluster_distance",
+    "BAND", "CRITERIA", "DEFAULT_CRITERION", "FRAGMENT_PENALTY", "MAX_CLUSTERS_SOFT", "NOISE_CAP", "SAMPLE_SIZE",
+    "SILHOUETTE_SAMPLE", "Search", "Selection", "Trial", "attach_noise", "cached_reduce", "choose",
+    "choose_base", "choose_candidate", "choose_max", "criterion_of", "effective_k", "embedding_graph_source",
+    "link_counts", "merge_unseparated", "place_all", "search", "select", "validity", "within_cluster_distance",
 ]

@@ -7,18 +7,19 @@ from typing import Any
 
 import numpy as np
 
-from rca_gpu.spec import SELECT_RULES
+from rca_gpu.engine.cards import MAX_CLUSTERS, SELECT_RULES
 
 #: Silhouette is computed on at most this many clustered points (seeded sample): O(1) in n.
 SILHOUETTE_SAMPLE = 2000
-MAX_CLUSTERS_SOFT = 30
+#: Beyond this many clusters every cluster costs FRAGMENT_PENALTY of the score.
+MAX_CLUSTERS_SOFT = MAX_CLUSTERS
 FRAGMENT_PENALTY = 0.01
 #: Peaks of the score scoring at least BAND x the best score compete; the finest of them is chosen.
 BAND = 0.7
 #: The default rule considers only candidates that leave at most this share of the images as noise.
 NOISE_CAP = 0.10
 
-#: Named rules: "merged" (default), "finest-peak" and "max"; Ward also has "knee" (rca_gpu.spec.SELECT_RULES_OF).
+#: Named rules: "merged" (default), "finest-peak" and "max"; a card may add "knee" (its ``select_rules``).
 CRITERIA = SELECT_RULES
 DEFAULT_CRITERION = "merged"
 
@@ -56,7 +57,7 @@ def validity(points: Any, labels: np.ndarray, *, seed: int = 0) -> tuple[float, 
     """
     from sklearn.metrics import silhouette_score
 
-    from rca_gpu.device import as_numpy, kind_of, to_kind
+    from rca_gpu.engine.device import as_numpy, take_rows
 
     n = len(labels)
     clustered = np.flatnonzero(labels >= 0)
@@ -70,16 +71,10 @@ def validity(points: Any, labels: np.ndarray, *, seed: int = 0) -> tuple[float, 
     sample_labels = labels[sample]
     if len(np.unique(sample_labels)) < 2:
         return -1.0, None
-    rows = points[sample] if kind_of(points) == "numpy" else points[to_kind(sample, kind_of(points),
-                                                                             torch_device=_device_of(points))]
+    rows = take_rows(points, sample)
     silhouette = float(silhouette_score(np.asarray(as_numpy(rows), dtype=np.float32), sample_labels))
     penalty = FRAGMENT_PENALTY * max(0, n_clusters - MAX_CLUSTERS_SOFT)
     return silhouette * (1.0 - noise_share) - penalty, silhouette
-
-
-def _device_of(x: Any) -> str:
-    device = getattr(x, "device", "cpu")
-    return "cuda" if "cuda" in str(device) else "cpu"
 
 
 def band_floor(best_score: float) -> float:
@@ -140,3 +135,13 @@ def choose_base(trials: list[Trial]) -> int:
     floor = band_floor(max(trials[i].score for i in eligible))
     return max((i for i in eligible if trials[i].score >= floor),
                key=lambda i: (trials[i].n_clusters, trials[i].score, -i))
+
+
+def knee_k(ks: list[int], curve: list[float]) -> int:
+    """The "knee" rule (HUDD's, via kneed): the number of clusters at the knee of the within-cluster distance
+    ``curve`` over ``ks`` (convex, decreasing); the k of the lowest distance when there is no knee or fewer
+    than three points."""
+    from kneed import KneeLocator
+
+    knee = KneeLocator(ks, curve, curve="convex", direction="decreasing").knee if len(ks) >= 3 else None
+    return int(knee) if knee is not None else ks[int(np.argmin(curve))]

@@ -2,17 +2,15 @@
 
 Every step costs O(rest x sample) or less, so the work after the search grows linearly with n:
 
-- neighbours: each other image's nearest sample images in the features (:func:`rca_gpu.neighbors.nearest_rows`);
-- UMAP: each other image is placed as umap-learn's ``transform`` places new points (fuzzy membership
-  strengths to its sample neighbours, weighted mean of their positions, then ``REFINE_EPOCHS`` epochs of
-  the layout optimisation with the sample fixed); PCA and "none" are fitted on all images directly
-  (cheap), so nothing needs extending;
-- DBSCAN: the nearest core point of the sample within eps gives the cluster, else noise (a core point is
-  one with at least min_samples sample points within eps, itself included, as in scikit-learn);
-- HDBSCAN: the nearest clustered sample point gives the cluster when the image lies within that point's
-  core distance (its distance to its min_samples-th neighbour), else noise: a point that close belongs to
-  the cluster at the density where that point does (what ``approximate_predict`` decides in hdbscan);
-- K-means: the nearest centroid (``predict``); Ward: the nearest centroid of its clusters.
+- neighbours: each other image's nearest sample images in the features
+  (:func:`rca_gpu.engine.knn.nearest_rows`);
+- the embedding: a reducer that is not cheap places each other image among its nearest sample images (its
+  card's ``place``: UMAP as umap-learn's ``transform``); cheap reducers (PCA, "none") were fitted on every
+  image, so nothing needs placing;
+- the clusters: the clusterer card's ``extend`` (DBSCAN: the nearest core point within eps; HDBSCAN: the
+  nearest clustered sample point within its core distance; K-means and Ward: the nearest centroid), then an
+  exact copy of a sample image goes where that image went and, under the 'merged' rule, noise joins the cluster
+  of most of its sample neighbours.
 
 Clusters are those of the sample after the selection rule's merges (a raw cluster maps to the merged one
 it joined).
@@ -20,120 +18,87 @@ it joined).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from rca_gpu import jit_cache
-from rca_gpu.device import Device
-from rca_gpu.neighbors import nearest_rows
-
-#: Epochs of layout optimisation for the placed images (0: the weighted mean only). umap-learn's
-#: ``transform`` runs 30 above 10,000 images; placed images move in a fixed sample embedding, so few suffice.
-REFINE_EPOCHS = 0
-#: Images placed per block (bounds the memory of the bipartite graph).
-BLOCK = 100_000
+from rca_gpu.engine.cards import ReducerCard
+from rca_gpu.engine.device import Device, as_numpy, take_rows
+from rca_gpu.engine.knn import nearest_rows
+from rca_gpu.tuning import graph as graph_rules
+from rca_gpu.tuning.search import Search, cached_reduce
+from rca_gpu.tuning.selection import Extension, Selection
 
 
-def draw_sample(n: int, size: int, seed: int) -> np.ndarray:
-    """Sorted int64 row indices of a seeded uniform sample of ``size`` of ``n`` rows (all rows if n <= size)."""
-    if n <= size:
-        return np.arange(n, dtype=np.int64)
-    return np.sort(np.random.default_rng([seed, n, size]).choice(n, size, replace=False)).astype(np.int64)
+def extend(selection: Selection, found: Search, chosen: int, raw: np.ndarray, *, merge: bool, device: Device,
+           seed: int) -> None:
+    """Give ``selection`` (of the search's sample) the labels and embedding of every image, in place.
 
-
-def umap_place(sample_embedding: np.ndarray, indices: np.ndarray, distances: np.ndarray, *, n_neighbors: int,
-               min_dist: float, seed: int, epochs: int = REFINE_EPOCHS) -> np.ndarray:
-    """Positions (m, c) float32 of new points in a fitted UMAP embedding of the sample.
-
-    ``indices``/``distances`` (m, >= n_neighbors): each new point's nearest sample points in the features.
-    Follows umap-learn's ``UMAP.transform`` (umap/umap_.py): membership strengths by ``smooth_knn_dist`` with
-    local connectivity 0, the strength-weighted mean of the neighbours' positions (a point identical to a
-    sample point takes its position), then ``epochs`` epochs of ``optimize_layout_euclidean`` with the sample
-    fixed (0: none).
+    ``chosen``: the index of the chosen embedding among the search's; ``raw``: the clusterer's own labels of
+    the sample (before the merge step); ``merge``: the 'merged' rule's
+    steps ran, so noise among the other images is attached too. Fills ``selection.extension`` (what placing
+    more points needs) and ``selection.sample`` (how the other images were assigned, for run.json).
     """
-    jit_cache.load("umap")  # compiled once per machine, not per process
-    from umap.umap_ import compute_membership_strengths, smooth_knn_dist
-
-    k = min(n_neighbors, indices.shape[1])
-    indices = np.ascontiguousarray(indices[:, :k], dtype=np.int64)
-    distances = np.ascontiguousarray(distances[:, :k], dtype=np.float32)
-    out = np.empty((len(indices), sample_embedding.shape[1]), dtype=np.float32)
-    for start in range(0, len(indices), BLOCK):
-        idx, dist = indices[start:start + BLOCK], distances[start:start + BLOCK]
-        sigmas, rhos = smooth_knn_dist(dist, float(k), local_connectivity=0.0)
-        _, _, vals, _ = compute_membership_strengths(idx.astype(np.int32), dist, sigmas, rhos, bipartite=True)
-        weights = vals.reshape(idx.shape).astype(np.float64)
-        total = weights.sum(axis=1, keepdims=True)
-        weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / k)
-        placed = np.einsum("ij,ijc->ic", weights, sample_embedding[idx].astype(np.float64)).astype(np.float32)
-        same = dist[:, 0] == 0.0  # identical to a sample point: exactly its position
-        placed[same] = sample_embedding[idx[same, 0]]
-        if epochs > 0:
-            placed = _refine(placed, sample_embedding, idx, vals, epochs, min_dist, seed)
-        out[start:start + len(idx)] = placed
-    return out
-
-
-def _refine(placed, sample_embedding, idx, vals, epochs, min_dist, seed):
-    import scipy.sparse
-    from umap.layouts import optimize_layout_euclidean
-    from umap.umap_ import find_ab_params, make_epochs_per_sample
-
-    m, k = idx.shape
-    graph = scipy.sparse.coo_matrix((vals, (np.repeat(np.arange(m), k), idx.ravel())),
-                                    shape=(m, len(sample_embedding)))
-    graph.data[graph.data < graph.data.max() / float(epochs)] = 0.0
-    graph.eliminate_zeros()
-    a, b = find_ab_params(1.0, min_dist)
-    rng_state = np.random.RandomState(seed).randint(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3)
-    return optimize_layout_euclidean(
-        placed, sample_embedding.astype(np.float32, copy=True), graph.row, graph.col, epochs, graph.shape[1],
-        make_epochs_per_sample(graph.data, epochs), a, b, rng_state.astype(np.int64), 1.0, 0.25, 5.0,
-        parallel=False, move_other=False,
-    )
-
-
-def extend_labels(clusterer: str, params: dict[str, Any], sample_points: np.ndarray, raw_labels: np.ndarray,
-                  final_labels: np.ndarray, points: np.ndarray, device: Device,
-                  core_distances: np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """Labels of new points from the clustering of the sample, in the space the clusterer saw.
-
-    Parameters
-    ----------
-    clusterer, params : the chosen clusterer and its setting.
-    sample_points : (s, c) float32, the sample in the clustering space.
-    raw_labels : (s,) the clusterer's own labels of the sample; final_labels : (s,) after the rule's merges.
-    points : (m, c) float32, the new points in the same space.
-    core_distances : (s,) each sample point's distance to its min_samples-th nearest sample point (itself
-        included as the first); needed by DBSCAN and HDBSCAN.
-
-    Returns
-    -------
-    (labels (m,) int64 with -1 = noise, one line saying how they were assigned, for run.json).
-    """
-    if len(points) == 0:
-        return np.empty(0, dtype=np.int64), "nothing to assign"
-    if clusterer in ("kmeans", "ward"):
-        ids = np.unique(raw_labels[raw_labels >= 0])
-        centroids = np.stack([sample_points[raw_labels == c].mean(axis=0) for c in ids]).astype(np.float32)
-        to_final = np.array([np.bincount(final_labels[raw_labels == c] + 1).argmax() - 1 for c in ids])
-        nearest, _ = nearest_rows(centroids, points, 1, device)
-        return to_final[nearest[:, 0]], "nearest centroid of the sample's clusters"
-    if clusterer == "dbscan":
-        eps = float(params["eps"])
-        base = np.flatnonzero((core_distances <= eps) & (raw_labels >= 0))
-        how = "nearest core point of the sample within eps, else noise"
-        radius = np.full(len(base), eps, dtype=np.float32)
-    elif clusterer == "hdbscan":
-        base = np.flatnonzero(final_labels >= 0)
-        how = "nearest clustered sample point, within its core distance, else noise"
-        radius = core_distances[base]
+    if found.sample is None:
+        raise ValueError("extend needs a search that ran on a sample")
+    reducer, clusterer, sample = found.reducer, found.clusterer, found.sample
+    features = found.features
+    embedding = found.embeddings[chosen]
+    n = int(features.shape[0])
+    rest = np.setdiff1d(np.arange(n, dtype=np.int64), sample, assume_unique=True)
+    k = max(reducer.graph_k(selection.reduce_params), graph_rules.LINK_NEIGHBOURS)
+    indices, distances = nearest_rows(found.rows, take_rows(features, rest, device.torch_device), k, device)
+    selection.extension = Extension(sample, rest, indices, distances, found.graph)
+    sample_points = np.asarray(as_numpy(embedding.points), dtype=np.float32)
+    if reducer.cheap:
+        rest_points = np.asarray(as_numpy(take_rows(embedding.full, rest, device.torch_device)), dtype=np.float32)
+        placed = f"{reducer.name}: fitted on every image"
     else:
-        raise KeyError(clusterer)
-    labels = np.full(len(points), -1, dtype=np.int64)
-    if base.size:
-        nearest, distance = nearest_rows(sample_points[base], points, 1, device)
-        inside = distance[:, 0] <= radius[nearest[:, 0]] * (1 + 1e-6)
-        labels[inside] = final_labels[base[nearest[inside, 0]]]
-    return labels, how
+        rest_points = reducer.place(sample_points, indices, distances, selection.reduce_params, seed)
+        placed = f"{reducer.name}: placed among its nearest sample images ({type(reducer).__module__})"
+    core = None
+    m = clusterer.core_neighbours(selection.cluster_params)
+    if m is not None:
+        m = max(1, min(m, len(sample)))
+        core = embedding.graph(m).numpy()[1][:, m - 1]
+    labels_rest, how = clusterer.extend(selection.cluster_params, sample_points, raw, selection.labels,
+                                        rest_points, device, core)
+    same = distances[:, 0] == 0.0  # an exact copy of a sample image goes where that image went
+    labels_rest[same] = selection.labels[indices[same, 0]]
+    attached = 0
+    if merge:
+        before = int((labels_rest < 0).sum())
+        labels_rest = graph_rules.attach_noise(labels_rest, indices[:, :graph_rules.LINK_NEIGHBOURS],
+                                               neighbour_labels=selection.labels)
+        attached = before - int((labels_rest < 0).sum())
+        selection.relabelled = selection.relabelled or attached > 0
+    labels = np.full(n, -1, dtype=np.int64)
+    labels[sample], labels[rest] = selection.labels, labels_rest
+    points = np.empty((n, sample_points.shape[1]), dtype=np.float32)
+    points[sample], points[rest] = sample_points, rest_points
+    selection.labels, selection.embedding = labels, points
+    selection.noise_attached += attached
+    selection.sample = {
+        "size": int(len(sample)), "of": n, "seed": seed,
+        "neighbours": "each other image's nearest sample images in the features (exact)",
+        "embedding": placed, "clusters": how + ("; noise joins the cluster of most of its sample neighbours"
+                                               if merge else ""),
+    }
+
+
+def place_all(selection: Selection, features: Any, reducer: ReducerCard, params: Mapping[str, Any],
+              device: Device, seed: int, reduce_cache: dict | None = None) -> np.ndarray:
+    """An embedding (``reducer`` with ``params``, a reducer that places points) of every row of ``features``:
+    fitted on the selection's sample and the other rows placed (the selection ran on a sample)."""
+    ext = selection.extension
+    if ext is None:
+        raise ValueError("place_all needs a selection that ran on a sample")
+    sample_rows = take_rows(features, ext.sample, device.torch_device)
+    embedding, _ = cached_reduce(sample_rows, reducer, params, device, ext.graph, seed, reduce_cache,
+                                 rows=(int(features.shape[0]), len(ext.sample)))
+    sample_points = np.asarray(as_numpy(embedding), dtype=np.float32)
+    out = np.empty((int(features.shape[0]), sample_points.shape[1]), dtype=np.float32)
+    out[ext.sample] = sample_points
+    out[ext.rest] = reducer.place(sample_points, ext.indices, ext.distances, params, seed)
+    return out

@@ -12,21 +12,33 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
 from rca_gpu import outputs
 from rca_gpu.data.sources import FailureSet, load_source
-from rca_gpu.device import resolve_device
-from rca_gpu.errors import RcaError, SpecError
+from rca_gpu.engine import registry
+from rca_gpu.engine.device import resolve_device
+from rca_gpu.errors import RcaError, SpecError, TooFewImagesError
 from rca_gpu.progress import Reporter
-from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run
-from rca_gpu.spec import (CLUSTERERS, REDUCERS, STUDY_DUT_FEATURES, STUDY_FEATURES, PipelineSpec, RunSpec,
-                          make_cluster, make_reduce, parse_pipeline, split_outside_parens)
 from rca_gpu.runfiles import CACHE_DIR
+from rca_gpu.runfolder import STUDY_FILE, STUDY_MARKDOWN, STUDY_PIPELINES, is_finished, open_run
+from rca_gpu.spec import (
+    STUDY_DUT_FEATURES,
+    STUDY_FEATURES,
+    PipelineSpec,
+    RunSpec,
+    check_data_limits,
+    make_cluster,
+    make_reduce,
+    parse_pipeline,
+    split_outside_parens,
+)
+from rca_gpu.spec.grammar import parse_feature_stage
 
 log = logging.getLogger("rca_gpu")
 
@@ -37,7 +49,7 @@ METRIC_COLUMNS = (
 )
 
 
-#: How the ranking's score is computed, said under every ranking (rca_gpu.evaluate.study_score).
+#: How the ranking's score is computed, said under every ranking (rca_gpu.metrics.study_score).
 SCORE_TEXT = ("Score = ARI (noise as a label of its own) x coverage of the injected causes: over-splitting and "
               "mixing cost alike (docs/metrics.md).")
 
@@ -64,7 +76,7 @@ def default_features(has_dut: bool) -> tuple[str, ...]:
 def make_plan(features: Iterable[str] | None, reducers: Iterable[str] | None, clusterers: Iterable[str] | None,
               has_dut: bool) -> StudyPlan:
     """The study's matrix: each feature spec (with parameters, e.g. ``pixels(image_size=16)``) x each reducer
-    name x each clusterer name; None = the defaults.
+    name x each clusterer name; None = the defaults (every registered reducer and clusterer card).
 
     Raises
     ------
@@ -72,21 +84,22 @@ def make_plan(features: Iterable[str] | None, reducers: Iterable[str] | None, cl
         An unknown name, or a reducer or clusterer given with parameters (``ward(k=3)``): the study tunes
         those itself; the message names ``rca-gpu run --pipeline`` for one fixed setting.
     """
+    known_reducers, known_clusterers = registry.reducers(), registry.clusterers()
     features = tuple(features or default_features(has_dut))
-    reducers = tuple(reducers or REDUCERS)
-    clusterers = tuple(clusterers or CLUSTERERS)
-    for option, kind, names, known in (("--reducers", "reducer", reducers, REDUCERS),
-                                       ("--clusterers", "clusterer", clusterers, CLUSTERERS)):
+    reducers = tuple(reducers or known_reducers)
+    clusterers = tuple(clusterers or known_clusterers)
+    for option, kind, names, known in (("--reducers", "reducer", reducers, known_reducers),
+                                       ("--clusterers", "clusterer", clusterers, known_clusterers)):
         for name in names:
             if any(mark in str(name) for mark in "()=+@"):
                 parts = str(name).split("+")
                 if len(parts) > 1:  # a whole pipeline
                     example, stage = str(name), parts[-1] if kind == "clusterer" else parts[-2]
                 elif kind == "clusterer":
-                    reducer = reducers[0] if reducers[0] in REDUCERS else "umap"
+                    reducer = reducers[0] if reducers[0] in known_reducers else next(iter(known_reducers))
                     example, stage = f"{features[0]}+{reducer}+{name}", str(name)
                 else:
-                    clusterer = clusterers[0] if clusterers[0] in CLUSTERERS else "dbscan"
+                    clusterer = clusterers[0] if clusterers[0] in known_clusterers else next(iter(known_clusterers))
                     example, stage = f"{features[0]}+{name}+{clusterer}", str(name)
                 bare = re.split(r"[(=@]", stage, maxsplit=1)[0].strip()
                 raise SpecError(
@@ -100,8 +113,41 @@ def make_plan(features: Iterable[str] | None, reducers: Iterable[str] | None, cl
     for name in clusterers:
         make_cluster(name)
     for text in features:  # validate each feature spec on its own
-        parse_pipeline(f"{text}+none+kmeans")
+        parse_feature_stage(text)
     return StudyPlan(features, reducers, clusterers)
+
+
+def prepare_study(source: str | Path, out: str | Path, features: Iterable[str] | None,
+                  reducers: Iterable[str] | None, clusterers: Iterable[str] | None,
+                  base: RunSpec) -> tuple[RunSpec, FailureSet, StudyPlan]:
+    """(run options, failures, plan) of a study, every check made before any image is read: the output folder
+    (a study's, never its own inputs), the names of the plan, then the source's root causes.
+
+    Raises
+    ------
+    SpecError
+        An unusable output folder, an unknown name, a reducer or clusterer given with parameters, or a source
+        without a ``root_cause`` column.
+    """
+    from rca_gpu.runfolder import (
+        STUDY_COMMAND,
+        STUDY_OUTPUT_FOLDERS,
+        STUDY_OUTPUTS,
+        check_inputs_kept,
+        check_out_folder,
+    )
+
+    from rca_gpu.data.paths import check_output_path
+
+    features, reducers, clusterers = (None if v is None else list(v) for v in (features, reducers, clusterers))
+    check_output_path(out, "--out")
+    check_out_folder(out, command=STUDY_COMMAND, example="studies/first")  # before any feature is extracted
+    check_inputs_kept(out, {"SOURCE": source, "--model": base.model}, files=STUDY_OUTPUTS,
+                      folders=STUDY_OUTPUT_FOLDERS)
+    make_plan(features, reducers, clusterers, False)  # names checked before any image is read
+    failures = load_source(source, image_root=base.image_root, skip=[out])  # never the study's own outputs
+    check_study_source(failures)
+    return base, failures, make_plan(features, reducers, clusterers, bool(base.model or failures.dut))
 
 
 def slug(pipeline: PipelineSpec | str) -> str:
@@ -119,7 +165,9 @@ def run_study(
     reporter: Reporter | None = None,
 ) -> pd.DataFrame:
     """Run every pipeline of ``plan``; write study.parquet and study.md; return the table."""
-    from rca_gpu.pipeline import check_enough, cluster_and_write, compute_features, feature_graph, Timer
+    from rca_gpu.features.compute import compute_features
+    from rca_gpu.pipeline import Timer, cluster_and_write, feature_graph
+    from rca_gpu.tuning import effective_k
 
     reporter = reporter or Reporter(enabled=False)
     out = Path(out)
@@ -144,7 +192,8 @@ def run_study(
             features = compute_features(group[0].features, failures, base, device, cache, reporter)
             feature_seconds = time.perf_counter() - started
             started = time.perf_counter()
-            widest_reducer = make_reduce("umap") if any(p.reduce.name == "umap" for p in todo) else todo[0].reduce
+            # one graph for every pipeline of the feature set: as wide as the widest reducer's search reads
+            widest_reducer = max((p.reduce for p in todo), key=lambda r: effective_k(base.knn_k, r))
             graph = feature_graph(features, base, widest_reducer, device)
             knn_seconds = time.perf_counter() - started
         except RcaError as exc:
@@ -157,7 +206,7 @@ def run_study(
             spec = base.replace(pipeline=pipeline)
             timer = Timer({"features (shared)": round(feature_seconds, 3), "knn (shared)": round(knn_seconds, 3)})
             try:
-                check_enough(features.n, len(failures), pipeline.cluster.name)
+                check_data_limits(pipeline, features.n, images="usable images", error=TooFewImagesError)
                 result = cluster_and_write(spec, failures, features, graph, device, run_dir, timer=timer,
                                            reporter=reporter, reduce_cache=reduce_cache)
             except RcaError as exc:
@@ -349,7 +398,7 @@ def to_rich(table: pd.DataFrame, *, source: str = "", top: int | None = None, wi
     for header, _ in metrics:
         out.add_column(header, justify="right", no_wrap=True)
     out.add_column("chosen", overflow="fold", width=chosen_width)
-    for row, pipeline, setting in zip(rows, pipelines, chosen):
+    for row, pipeline, setting in zip(rows, pipelines, chosen, strict=True):
         values = row._asdict()
         if values["status"] != "ok":
             out.add_row(str(values["rank"]), _stages(pipeline, pipe_width), *["-"] * len(metrics),

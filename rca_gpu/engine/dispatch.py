@@ -1,37 +1,49 @@
-"""(stage, algorithm, backend) -> adapter class, imported lazily; the one place that picks CPU or GPU.
+"""The one place that picks CPU or GPU: from an algorithm's implementations, the adapter for this device.
 
-Stage code asks ``build("cluster", "dbscan", device, eps=0.5)`` and gets an adapter; it never asks which
-device it runs on. An adapter converts nothing itself: it declares the array kind it consumes
-(``Implementation.arrays``) and the stage hands it data through :func:`rca_gpu.device.to_kind`.
+A card (:mod:`rca_gpu.engine.cards`) or the kNN table (:mod:`rca_gpu.engine.knn`) lists its implementations
+as :class:`Implementation` rows that name each adapter class by import path; :func:`build` imports the one it
+picks, so nothing of cuML, FAISS or umap-learn loads before a stage runs. Stage code never asks which device
+it runs on. An adapter converts nothing itself: it declares the array kind it consumes
+(``Implementation.arrays``) and the stage hands it data through :func:`rca_gpu.engine.device.to_kind`.
 
 Fallback policy: a GPU adapter that cannot honour a setting raises UnsupportedOnGPU in its ``__init__`` or,
-for limits that depend on the data's shape, in ``check_limits`` (:mod:`rca_gpu.limits`).
-Under ``--device auto`` the registry then falls back to the CPU twin and logs why; under ``--device gpu``
+for limits that depend on the data's shape, in ``check_limits`` (:mod:`rca_gpu.engine.limits`).
+Under ``--device auto`` :func:`build` then falls back to the CPU twin and logs why; under ``--device gpu``
 it raises.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rca_gpu.device import Device
+from rca_gpu.engine.device import Device
 from rca_gpu.errors import SpecError, UnsupportedOnGPU
-from rca_gpu.features import load_target
 
 log = logging.getLogger("rca_gpu")
 
 
 @dataclass(frozen=True)
 class Implementation:
+    """One implementation of an algorithm: its adapter class by import path and what it needs.
+
+    ``requires`` names the :class:`~rca_gpu.engine.device.Device` flag a GPU adapter needs ("cuml",
+    "cuml_knn", "cuda", "faiss_gpu", "cuvs"; "" = always available), or "faiss" for a CPU adapter that needs
+    faiss-cpu. ``always_refuses``: the adapter exists only to say why the library cannot run the algorithm
+    (it raises UnsupportedOnGPU for every setting); ``rca-gpu doctor`` does not plan it.
+    """
+
     stage: str  # "knn" | "reduce" | "cluster"
     algorithm: str
     backend: str  # "gpu" | "cpu"
     target: str  # "package.module:Class"
     arrays: str  # array kind the adapter consumes and returns: "numpy" | "torch" | "cupy"
-    requires: str = ""  # "cuml" | "cuml_knn" | "cuda" | "faiss_gpu" | "cuvs" | "faiss" | "" (always available)
+    requires: str = ""
     library: str = ""
+    always_refuses: bool = False
 
     def available(self, device: Device) -> bool:
         if self.backend == "cpu":
@@ -54,36 +66,6 @@ class Implementation:
         return f"{self.library} is not installed"
 
 
-_I = Implementation
-IMPLEMENTATIONS: tuple[Implementation, ...] = (
-    # exact and approximate nearest neighbours
-    _I("knn", "faiss", "gpu", "rca_gpu.neighbors:FaissGpuExact", "torch", "faiss_gpu", "faiss-gpu"),
-    _I("knn", "cuvs", "gpu", "rca_gpu.neighbors:CuvsExact", "cupy", "cuvs", "cuvs"),
-    _I("knn", "torch", "gpu", "rca_gpu.neighbors:TorchExact", "torch", "cuda", "torch"),
-    _I("knn", "cuml", "gpu", "rca_gpu.neighbors:CumlExact", "cupy", "cuml_knn", "cuml"),
-    _I("knn", "torch", "cpu", "rca_gpu.neighbors:TorchExact", "torch", "", "torch"),
-    _I("knn", "faiss", "cpu", "rca_gpu.neighbors:FaissExact", "numpy", "faiss", "faiss-cpu"),
-    _I("knn", "faiss-hnsw", "cpu", "rca_gpu.neighbors:FaissHNSW", "numpy", "faiss", "faiss-cpu"),
-    _I("knn", "kdtree", "cpu", "rca_gpu.neighbors:SklearnKDTree", "numpy", "", "scikit-learn"),
-    # reduction
-    _I("reduce", "umap", "gpu", "rca_gpu.reduce:CumlUMAP", "cupy", "cuml", "cuml"),
-    _I("reduce", "umap", "cpu", "rca_gpu.reduce:UmapLearn", "numpy", "", "umap-learn"),
-    _I("reduce", "pca", "gpu", "rca_gpu.reduce:TorchPCA", "torch", "cuda", "torch"),
-    _I("reduce", "pca", "cpu", "rca_gpu.reduce:SklearnPCA", "numpy", "", "scikit-learn"),
-    _I("reduce", "none", "gpu", "rca_gpu.reduce:Identity", "torch", "cuda", "-"),
-    _I("reduce", "none", "cpu", "rca_gpu.reduce:Identity", "numpy", "", "-"),
-    # clustering
-    _I("cluster", "dbscan", "gpu", "rca_gpu.cluster:CumlDBSCAN", "cupy", "cuml", "cuml"),
-    _I("cluster", "dbscan", "cpu", "rca_gpu.cluster:SklearnDBSCAN", "numpy", "", "scikit-learn"),
-    _I("cluster", "hdbscan", "gpu", "rca_gpu.cluster:CumlHDBSCAN", "cupy", "cuml", "cuml"),
-    _I("cluster", "hdbscan", "cpu", "rca_gpu.cluster:FastHDBSCAN", "numpy", "", "fast_hdbscan"),
-    _I("cluster", "kmeans", "gpu", "rca_gpu.cluster:CumlKMeans", "cupy", "cuml", "cuml"),
-    _I("cluster", "kmeans", "cpu", "rca_gpu.cluster:SklearnKMeans", "numpy", "", "scikit-learn"),
-    _I("cluster", "ward", "gpu", "rca_gpu.cluster:CumlWard", "cupy", "cuml", "cuml"),
-    _I("cluster", "ward", "cpu", "rca_gpu.cluster:SklearnWard", "numpy", "", "scikit-learn"),
-)
-
-
 class Adapter:
     """Base of every stage adapter: ``__init__`` stores keyword arguments; work happens in the stage call."""
 
@@ -96,7 +78,7 @@ class Adapter:
         per point a kNN adapter will be asked for.
 
         Called by :func:`build` before any work, so that ``--device auto`` can still fall back to the CPU
-        (GPU adapters override it; see :mod:`rca_gpu.limits`).
+        (GPU adapters override it; see :mod:`rca_gpu.engine.limits`).
         """
 
     def describe(self) -> dict[str, Any]:
@@ -104,21 +86,55 @@ class Adapter:
         return {"algorithm": impl.algorithm, "backend": impl.backend, "library": impl.library}
 
 
-def implementations(stage: str, algorithm: str) -> list[Implementation]:
-    found = [i for i in IMPLEMENTATIONS if i.stage == stage and i.algorithm == algorithm]
-    if not found:
-        raise KeyError(f"no implementation registered for {stage} {algorithm!r}")
-    return found
+class KnnAdapter(Adapter):
+    """A neighbour search: ``search(x, k)`` -> (indices (n, k), distances (n, k)), each point first."""
+
+    def search(self, x: Any, k: int) -> tuple[Any, Any]:
+        raise NotImplementedError
 
 
-def build(stage: str, algorithm: str, device: Device, *, data: dict[str, int] | None = None,
+class ReduceAdapter(Adapter):
+    """A reducer: ``fit_transform(x, knn)`` -> (n, c) embedding; ``uses_knn``: it reads the shared kNN graph
+    (``knn`` = (indices, distances) in its array kind)."""
+
+    uses_knn: bool = False
+
+    def fit_transform(self, x: Any, knn: tuple[Any, Any] | None = None) -> Any:
+        raise NotImplementedError
+
+
+class ClusterAdapter(Adapter):
+    """A clusterer: ``fit_predict(x)`` -> (n,) labels, -1 = noise."""
+
+    def fit_predict(self, x: Any) -> Any:
+        raise NotImplementedError
+
+
+def load_target(target: str) -> Any:
+    """Import ``package.module:Name`` and return the object."""
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def build(candidates: Sequence[Implementation], device: Device, *, data: dict[str, int] | None = None,
           **params: Any) -> Adapter:
-    """The adapter for ``algorithm`` on ``device``: the first usable GPU one, else the CPU one (see module doc).
+    """The adapter for one algorithm on ``device``: the first usable GPU one, else the CPU one (see module doc).
 
-    ``data`` ({"n_samples", "n_features"} and, for kNN, "k") lets GPU adapters check the limits of their
-    library now (:meth:`Adapter.check_limits`) instead of failing halfway through a fit.
+    ``candidates`` are the algorithm's implementations (one stage, one algorithm). ``data`` ({"n_samples",
+    "n_features"} and, for kNN, "k") lets GPU adapters check the limits of their library now
+    (:meth:`Adapter.check_limits`) instead of failing halfway through a fit.
+
+    Raises
+    ------
+    UnsupportedOnGPU
+        ``--device gpu`` and no GPU implementation can run this setting (with every reason), or the
+        algorithm has no CPU implementation.
+    SpecError
+        The CPU implementation's library is not installed (with the package to install).
     """
-    candidates = implementations(stage, algorithm)
+    if not candidates:
+        raise KeyError("no implementation given")
+    stage, algorithm = candidates[0].stage, candidates[0].algorithm
     reasons = []
     if device.on_gpu:
         for impl in candidates:
@@ -151,17 +167,15 @@ def build(stage: str, algorithm: str, device: Device, *, data: dict[str, int] | 
     return _instantiate(cpu, params)
 
 
-def planned_backend(stage: str, algorithm: str, device: Device) -> tuple[str, str]:
+def planned_backend(candidates: Sequence[Implementation], device: Device) -> tuple[str, str]:
     """(backend, library) that :func:`build` would pick for default settings, without building anything.
 
     For ``rca-gpu doctor``: a setting beyond a GPU library's limits can still move one call to the CPU.
     """
-    for impl in implementations(stage, algorithm):
-        if impl.backend == "gpu" and device.on_gpu and impl.available(device):
-            if impl.target == "rca_gpu.cluster:CumlWard":
-                continue  # cuML implements single linkage only: Ward always runs on the CPU
+    for impl in candidates:
+        if impl.backend == "gpu" and device.on_gpu and impl.available(device) and not impl.always_refuses:
             return impl.backend, impl.library
-    cpu = next((i for i in implementations(stage, algorithm) if i.backend == "cpu"), None)
+    cpu = next((i for i in candidates if i.backend == "cpu"), None)
     if cpu is None or not cpu.available(device):
         return "unavailable", cpu.library if cpu else "-"
     return cpu.backend, cpu.library

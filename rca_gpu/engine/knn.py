@@ -1,11 +1,11 @@
 """k-nearest-neighbour graphs, computed once per feature set and reused downstream.
 
-Backends (see :data:`rca_gpu.registry.IMPLEMENTATIONS`): exact FAISS (CPU or GPU), exact cuVS brute force
+Backends (:data:`KNN_IMPLEMENTATIONS`, one row per backend and device): exact FAISS (CPU or GPU), exact cuVS brute force
 (GPU), exact torch matmul + top-k in blocks (CPU or CUDA), approximate FAISS HNSW (CPU, for very large sets),
 exact cuML, and a scikit-learn KD-tree. ``backend="auto"`` picks by device and size, following
 benchmarks/knn_backends.py (benchmarks/RESULTS.md): on the CPU exact FAISS while n^2 d stays within
 CPU_EXACT_BUDGET, HNSW beyond, and torch when FAISS is not installed; on the GPU cuVS, else FAISS-GPU, each
-only when its test search passed on this GPU (:func:`rca_gpu.device.probe_knn_backends`), else torch.
+only when its test search passed on this GPU (:func:`rca_gpu.engine.device.probe_knn_backends`), else torch.
 
 Every graph lists each point as its own first neighbour at distance 0 (what UMAP's ``precomputed_knn``
 expects), then its k - 1 nearest other points, by Euclidean distance.
@@ -15,14 +15,34 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from rca_gpu import limits, registry
-from rca_gpu.device import Device, as_numpy, as_torch, kind_of, to_kind
+from rca_gpu.engine import limits
+from rca_gpu.engine.device import Device, as_numpy, as_torch, to_kind
+from rca_gpu.engine.dispatch import Implementation, KnnAdapter, build
 from rca_gpu.errors import TooFewImagesError
-from rca_gpu.registry import Adapter
+
+_I = Implementation
+#: Every kNN backend on each device, with the adapter class by import path (what rca_gpu.engine.dispatch picks
+#: from). The cards of the reducers and clusterers add their own rows (rca_gpu.engine.registry).
+KNN_IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    _I("knn", "faiss", "gpu", "rca_gpu.engine.knn:FaissGpuExact", "torch", "faiss_gpu", "faiss-gpu"),
+    _I("knn", "cuvs", "gpu", "rca_gpu.engine.knn:CuvsExact", "cupy", "cuvs", "cuvs"),
+    _I("knn", "torch", "gpu", "rca_gpu.engine.knn:TorchExact", "torch", "cuda", "torch"),
+    _I("knn", "cuml", "gpu", "rca_gpu.engine.knn:CumlExact", "cupy", "cuml_knn", "cuml"),
+    _I("knn", "torch", "cpu", "rca_gpu.engine.knn:TorchExact", "torch", "", "torch"),
+    _I("knn", "faiss", "cpu", "rca_gpu.engine.knn:FaissExact", "numpy", "faiss", "faiss-cpu"),
+    _I("knn", "faiss-hnsw", "cpu", "rca_gpu.engine.knn:FaissHNSW", "numpy", "faiss", "faiss-cpu"),
+    _I("knn", "kdtree", "cpu", "rca_gpu.engine.knn:SklearnKDTree", "numpy", "", "scikit-learn"),
+)
+#: Every --knn-backend value, in the order the help lists them: "auto" (:func:`choose_backend`), then the
+#: backends of KNN_IMPLEMENTATIONS (checked by tests/test_cli.py).
+KNN_BACKENDS = ("auto", "torch", "faiss", "faiss-hnsw", "kdtree", "cuvs", "cuml")
+#: kNN backends with no CPU implementation: backend -> (flag of rca_gpu.engine.device.Device that says it
+#: works here, the library it needs).
+GPU_ONLY_KNN_BACKENDS = {"cuvs": ("cuvs", "cuVS"), "cuml": ("cuml_knn", "cuML")}
 
 #: Exact search on the CPU costs n * n * d; above this (50,000 points at d = 1280, where FAISS HNSW caught up
 #: with exact FAISS in benchmarks/knn_backends.py) the approximate HNSW graph is used.
@@ -54,7 +74,7 @@ class KnnGraph:
             self._numpy = (as_numpy(self.indices).astype(np.int64), as_numpy(self.distances).astype(np.float32))
         return self._numpy
 
-    def first(self, k: int) -> "KnnGraph":
+    def first(self, k: int) -> KnnGraph:
         """The graph restricted to each point's k nearest (including itself)."""
         if k > self.k:
             raise ValueError(f"the graph has {self.k} neighbours per point, {k} were asked for")
@@ -76,6 +96,14 @@ def choose_backend(n: int, dim: int, device: Device) -> str:
     return "faiss" if n * n * dim <= CPU_EXACT_BUDGET else "faiss-hnsw"
 
 
+def backend_implementations(name: str) -> list[Implementation]:
+    """The rows of KNN_IMPLEMENTATIONS for backend ``name`` (KeyError when there are none)."""
+    found = [i for i in KNN_IMPLEMENTATIONS if i.algorithm == name]
+    if not found:
+        raise KeyError(f"no implementation registered for knn {name!r}")
+    return found
+
+
 def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph:
     """The k-nearest-neighbour graph of the rows of ``x`` (self included as neighbour 0)."""
     n, dim = int(x.shape[0]), int(x.shape[1])
@@ -83,7 +111,8 @@ def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph
         raise TooFewImagesError(f"A neighbour graph needs at least 2 images; {n} usable image(s) remain.")
     k = min(k, n)
     name = choose_backend(n, dim, device) if backend == "auto" else backend
-    adapter = registry.build("knn", name, device, data={"n_samples": n, "n_features": dim, "k": k})
+    adapter = cast(KnnAdapter, build(backend_implementations(name), device,
+                                     data={"n_samples": n, "n_features": dim, "k": k}))
     started = time.perf_counter()
     data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
     fetch = k if device.on_gpu else min(n, k + RERANK_MARGIN)
@@ -233,7 +262,7 @@ def torch_block_rows(n: int, device, *, block_elements: int = 1 << 26) -> int:
     return max(1, min(n, budget // max(n, 1)))
 
 
-class TorchExact(Adapter):
+class TorchExact(KnnAdapter):
     """Exact Euclidean kNN by blocked matrix products and top-k, on CPU or CUDA tensors.
 
     Blocks of query rows are sized by :func:`torch_block_rows` (by free memory on a GPU).
@@ -262,7 +291,7 @@ class TorchExact(Adapter):
         return indices, distances
 
 
-class FaissExact(Adapter):
+class FaissExact(KnnAdapter):
     """Exact L2 search with FAISS on the CPU (IndexFlatL2)."""
 
     def search(self, x, k: int):
@@ -275,7 +304,7 @@ class FaissExact(Adapter):
         return _self_first_numpy(idx.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32))
 
 
-class FaissHNSW(Adapter):
+class FaissHNSW(KnnAdapter):
     """Approximate search with a FAISS HNSW graph (for sets too large for exact search on the CPU)."""
 
     def __init__(self, *, m: int = 32, ef_construction: int = 200, ef_search: int = 128) -> None:
@@ -294,7 +323,7 @@ class FaissHNSW(Adapter):
         return _self_first_numpy(idx.astype(np.int64), np.sqrt(np.maximum(d2, 0)).astype(np.float32))
 
 
-class SklearnKDTree(Adapter):
+class SklearnKDTree(KnnAdapter):
     """Exact search with scikit-learn's KD-tree: fastest on the CPU for low-dimensional embeddings."""
 
     def search(self, x, k: int):
@@ -306,11 +335,11 @@ class SklearnKDTree(Adapter):
         return _self_first_numpy(indices.astype(np.int64), distances.astype(np.float32))
 
 
-class FaissGpuExact(Adapter):
+class FaissGpuExact(KnnAdapter):
     """Exact L2 search with FAISS-GPU (GpuIndexFlatL2) on torch CUDA tensors, which FAISS reads in place.
 
     Used only when the device probe's tiny search passed on this GPU (a FAISS build without machine code for
-    the GPU aborts the process). k is limited to :data:`rca_gpu.limits.FAISS_GPU_MAX_K`.
+    the GPU aborts the process). k is limited to :data:`rca_gpu.engine.limits.FAISS_GPU_MAX_K`.
     """
 
     def check_limits(self, *, n_samples: int, n_features: int, k: int | None = None) -> None:
@@ -329,7 +358,7 @@ class FaissGpuExact(Adapter):
         return _self_first_torch(idx.long(), d2.clamp_min(0).sqrt())
 
 
-class CuvsExact(Adapter):
+class CuvsExact(KnnAdapter):
     """Exact brute-force search with RAPIDS cuVS (the library cuML's own neighbour searches use) on CuPy
     arrays. Used only when the device probe's tiny search passed on this GPU."""
 
@@ -347,7 +376,7 @@ class CuvsExact(Adapter):
         return _self_first_torch(indices, distances)
 
 
-class CumlExact(Adapter):
+class CumlExact(KnnAdapter):
     """Exact brute-force search with cuML on CuPy arrays."""
 
     def search(self, x, k: int):

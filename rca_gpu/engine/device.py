@@ -88,8 +88,8 @@ def _cuml_importable() -> tuple[bool, str]:
     if importlib.util.find_spec("cuml") is None or importlib.util.find_spec("cupy") is None:
         return False, "cuML/CuPy are not installed"
     try:
-        import cupy  # noqa: F401
         import cuml  # noqa: F401
+        import cupy  # noqa: F401
     except Exception as exc:  # a broken CUDA install raises many kinds of errors
         return False, f"cuML failed to import ({type(exc).__name__}: {exc})"
     return True, ""
@@ -285,7 +285,7 @@ def resolve_device(requested: str = "auto") -> Device:
             "run on the GPU in torch"
         )
     device = Device(requested, "cuda", cuml_ok, faiss_ok, reason, name, cuvs_ok, cuml_knn_ok and cuml_ok,
-                    capability, tuple(notes))
+                    (int(capability[0]), int(capability[1])), tuple(notes))
     log.info("device: gpu (%s)", reason)
     return device
 
@@ -361,3 +361,22 @@ def as_torch(x: Any, torch_device: str = "cpu"):
 
 def as_cupy(x: Any):
     return to_kind(x, "cupy")
+
+
+def take_rows(x: Any, index: Any, torch_device: str | None = None) -> Any:
+    """Rows ``index`` (int64 NumPy positions) of ``x``, in x's own array kind and on its own device.
+
+    ``torch_device`` is where a torch ``x`` lives ("cpu" | "cuda"; read from ``x`` when None).
+    """
+    kind = kind_of(x)
+    if kind == "numpy":
+        return x[index]
+    where = torch_device or ("cuda" if "cuda" in str(getattr(x, "device", "cpu")) else "cpu")
+    return x[to_kind(index, kind, torch_device=where)]
+
+
+def rows_on_host(x: Any, index: Any) -> Any:
+    """Rows ``index`` of ``x`` as a float32 NumPy array (only those rows leave the device)."""
+    import numpy as np
+
+    return np.asarray(as_numpy(take_rows(x, index)), dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Clusterers: one module per algorithm (its card, its CPU implementation and GPU twins)."""

@@ -1,0 +1,1 @@
+"""Reducers: one module per algorithm (its card, its CPU implementation and GPU twin)."""
