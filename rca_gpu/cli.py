@@ -119,7 +119,8 @@ def friendly_errors(command: Callable) -> Callable:
             _err(_not_utf8(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            _err("interrupted; finished feature shards are kept in the cache and reused on the next run")
+            _err("interrupted; with the feature cache on (--cache, the default) the feature shards finished so far "
+                 "are kept and reused by the next run into the same folder")
             raise typer.Exit(130) from None
 
     return wrapper
