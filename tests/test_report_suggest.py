@@ -103,8 +103,8 @@ def test_accepted_suggestions_bring_the_demo_to_its_causes_without_mixing_two(de
     injected = 7  # mnist-rc's injected causes ("none" is no injected cause)
     pairs = suggest_merges(load_catalogue(folder), floor=0.0)
     print("clusters", len(dominant), dict(dominant), "\n" + "\n".join(
-        f"{s.a}+{s.b} {dominant[s.a]}/{dominant[s.b]} {s.confidence:.3f} (metadata {s.metadata:.2f}, rules "
-        f"{s.rules:.2f}, links {s.links:.2f})" for s in pairs if s.confidence >= 0.2))
+        f"{s.a}+{s.b} {dominant[s.a]}/{dominant[s.b]} {s.confidence:.3f} (metadata {s.metadata}, rules "
+        f"{s.rules}, links {s.links})" for s in pairs if s.confidence >= 0.2))
     for s in pairs:
         if dominant[s.a] != dominant[s.b]:
             assert s.confidence < LIKELY - 0.05, s

@@ -14,7 +14,9 @@ A run often splits one root cause into several clusters (digits rotated left and
     cause makes the DNN fail on many classes, and fragments of a cause often split by class.
 ``rules``
     How much the explanations overlap: the share of the pair's images that the other cause's top rules match
-    (the rank-1 rule of each of its clusters in explanations.parquet, found or best candidate).
+    (the rank-1 rule of each of its clusters in explanations.parquet, only where that rule qualified: a best
+    candidate that did not reach the precision and coverage of an explanation is no evidence). No evidence for
+    a pair of which neither cause has a qualified rule.
 ``links``
     Share of kNN links between them in the features: the 10 nearest neighbours of every image of the reference set
     (reference.safetensors: up to 256 seeded-random members of each cluster, the run's own features), as the
@@ -188,22 +190,25 @@ def _rule_evidence(usable: pd.DataFrame, cause: np.ndarray, active: list[int], c
     explanations."""
     if explanations is None or explanations.empty:
         return None
-    masks = _explain.rule_masks(explanations, usable)
+    masks = _explain.rule_masks(explanations[explanations["found"].astype(bool)], usable)
     if not masks:
         return None
     n = len(active)
-    matched = np.zeros((n, len(usable)), dtype=bool)  # images matched by a top rule of each cause
+    matched = np.zeros((n, len(usable)), dtype=bool)  # images matched by a qualified top rule of each cause
+    has_rule = np.zeros(n, dtype=bool)
     for i, c in enumerate(active):
         for cluster in catalogue.causes[c].clusters:
             if cluster in masks:
                 matched[i] |= masks[cluster]
+                has_rule[i] = True
     members = np.stack([cause == c for c in active])
     sizes = members.sum(axis=1)
     covered = matched.astype(float) @ members.T.astype(float)  # [i, j]: images of j matched by i's rules
-    out = np.zeros((n, n))
+    out = np.full((n, n), np.nan)  # NaN: neither cause has a qualified rule, so the rules say nothing
     for i in range(n):
         for j in range(n):
-            out[i, j] = (covered[i, j] + covered[j, i]) / max(sizes[i] + sizes[j], 1)
+            if has_rule[i] or has_rule[j]:
+                out[i, j] = (covered[i, j] + covered[j, i]) / max(sizes[i] + sizes[j], 1)
     return out
 
 
@@ -264,7 +269,10 @@ def _words(a: int, b: int, evidence: dict[str, float | None], shared: list[str],
 
 
 def _at(matrix, i: int, j: int) -> float | None:
-    return None if matrix is None else float(matrix[i, j])
+    """The evidence of pair (i, j), None where there is none (no matrix, or NaN in it)."""
+    if matrix is None or np.isnan(matrix[i, j]):
+        return None
+    return float(matrix[i, j])
 
 
 def _round(value: float | None) -> float | None:
