@@ -140,7 +140,8 @@ def _not_utf8(exc: UnicodeError) -> str:
 # --------------------------------------------------------------------------------------------------
 
 PipelineOpt = Annotated[str | None, typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
-                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2(center=auto,pool=grid2)+umap+dbscan.")]
+                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). "
+                        "Default: mobilenet_v2(center=auto,pool=grid2)+umap+dbscan.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML run configuration; "
                       "command-line options override it.")]
 DeviceOpt = Annotated[DeviceChoice | None, typer.Option("--device", help="auto: GPU when CUDA and the GPU "

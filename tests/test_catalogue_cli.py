@@ -96,7 +96,8 @@ def test_an_unusable_out_folder_is_a_one_line_error(command, problem, message, c
     (tmp_path / "afile").write_text("x")
     out = {"file": tmp_path / "afile", "below_file": tmp_path / "afile" / "sub", "the_run": catalogue_run,
            "another_run": shutil.copytree(catalogue_run, tmp_path / "other") if problem == "another_run" else None,
-           "in_cache": catalogue_run / "cache" / "exp", "in_report_files": catalogue_run / "report_files" / "sel"}[problem]
+           "in_cache": catalogue_run / "cache" / "exp",
+           "in_report_files": catalogue_run / "report_files" / "sel"}[problem]
     before = sorted(p.name for p in catalogue_run.iterdir())
     done = _cli(*WRITERS[command](catalogue_run, catalogue_images / "new", out))
     assert done.returncode == 2, done.stderr

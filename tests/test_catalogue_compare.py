@@ -7,9 +7,9 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import CATALOGUE_PIPELINE
 from helpers import pattern_images, write_pngs
+
 from rca_gpu.catalogue import CatalogueError, load_catalogue
 from rca_gpu.catalogue.compare import COMPARISON_FILE, compare_runs
 from rca_gpu.pipeline import run
@@ -20,7 +20,7 @@ from rca_gpu.spec import build_run_spec
 def _group_of_cause(folder) -> dict[int, int]:
     clusters = open_run(folder).clusters()
     groups = clusters["path"].str.extract(r"/g(\d)_")[0].astype(int)
-    return {int(c): int(g) for c, g in zip(clusters["cluster"], groups) if c >= 0}
+    return {int(c): int(g) for c, g in zip(clusters["cluster"], groups, strict=True) if c >= 0}
 
 
 def _run_b(images_root, paths, out):

@@ -20,7 +20,8 @@ def test_suggestions_join_pairs_into_merge_groups():
 
     found = [pair(3, 6, 0.7), pair(6, 9, 0.6), pair(4, 8, 0.5), pair(1, 2, LIKELY - 0.01)]
     assert merge_groups(found) == [[3, 6, 9], [4, 8]]
-    assert merge_command("/runs/my run", merge_groups(found)) == "rca-gpu causes '/runs/my run' --merge 3,6,9 --merge 4,8"
+    assert (merge_command("/runs/my run", merge_groups(found))
+            == "rca-gpu causes '/runs/my run' --merge 3,6,9 --merge 4,8")
     assert merge_command("r", []) is None
 
 

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -142,11 +142,12 @@ def export_run(
     if not isinstance(run_dir, RunFolder):
         check_run_dir(run_dir)
     run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
-    check_out_dir(target, option="--to", run_path=run.path, example="exported/", command="rca-gpu export")  # before any file is made
+    # before any file is made
+    check_out_dir(target, option="--to", run_path=run.path, example="exported/", command="rca-gpu export")
     table = _with_causes(run, run.clusters())
     if ids is not None:
         table = table[table["id"].astype(str).isin(read_ids(ids, table))]
-    names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy())]
+    names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy(), strict=True)]
     table = table.assign(_group=names)
     present = list(dict.fromkeys(sorted(set(names), key=_group_order)))
     selected = present if clusters is None else list(dict.fromkeys(clusters))

@@ -113,10 +113,11 @@ def suggest_merges(catalogue: Catalogue, *, explanations: pd.DataFrame | None = 
         for j in range(i + 1, len(active)):
             b = active[j]
             evidence = {"metadata": _at(metadata, i, j), "rules": _at(rules, i, j), "links": _at(links, i, j)}
-            weights = {key: WEIGHTS[key] for key, value in evidence.items() if value is not None}
-            if not weights:
+            present = {key: value for key, value in evidence.items() if value is not None}
+            if not present:
                 continue
-            confidence = sum(weights[key] * evidence[key] for key in weights) / sum(weights.values())
+            weight = sum(WEIGHTS[key] for key in present)
+            confidence = sum(WEIGHTS[key] * value for key, value in present.items()) / weight
             if confidence < floor:
                 continue
             why = _words(a, b, evidence, shared.get((i, j), []), _at(shares, i, j))
@@ -177,8 +178,8 @@ def _metadata_evidence(usable: pd.DataFrame, cause: np.ndarray, active: list[int
     shared = {}
     for i in range(len(active)):
         for j in range(i + 1, len(active)):
-            agree = sorted(((float((block[i] * block[j]).sum()), name) for block, name in zip(blocks, names)),
-                           reverse=True)
+            agree = sorted(((float((block[i] * block[j]).sum()), name)
+                            for block, name in zip(blocks, names, strict=True)), reverse=True)
             top = agree[0][0] if agree else 0.0
             shared[(i, j)] = [name for value, name in agree[:2] if value > 0 and value >= 0.25 * top]
     return np.clip(similarity, 0.0, 1.0), shared
