@@ -134,9 +134,11 @@ def describe() -> dict[str, Any]:
     try:
         from threadpoolctl import threadpool_info
 
-        info["blas"] = [{"library": os.path.basename(lib["filepath"]), "architecture": lib.get("architecture"),
-                         "version": lib.get("version")}
-                        for lib in threadpool_info() if lib.get("user_api") == "blas"]
+        blas = [{"library": os.path.basename(lib["filepath"]), "architecture": lib.get("architecture"),
+                 "version": lib.get("version")}
+                for lib in threadpool_info() if lib.get("user_api") == "blas"]
+        # by name: threadpoolctl lists libraries in the order they were loaded, which varies between processes
+        info["blas"] = sorted(blas, key=lambda lib: (lib["library"], str(lib["architecture"]), str(lib["version"])))
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         pass
     if "torch" in sys.modules:

@@ -54,6 +54,7 @@ def test_run_forwards_every_run_option():
         rca_gpu.run_spec(seed="one")
 
 
+@pytest.mark.quality
 def test_run_and_evaluate_on_your_own_features(tmp_path):
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(8.0 * g, 0.5, size=(30, 6)) for g in range(3)]).astype(np.float32)

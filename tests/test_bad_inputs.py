@@ -1551,6 +1551,7 @@ def test_content_on_transparency_stays_visible(tmp_path, case, make, check):
     assert check(decoded), decoded
 
 
+@pytest.mark.quality
 def test_light_content_on_transparency_is_clustered_by_its_shape(tmp_path):
     """White bars at the top or the bottom of transparent images: two clusters, as the pictures show (on a
     white background every image was blank and the clusters meant nothing)."""
@@ -1865,6 +1866,7 @@ def _scaled(x: np.ndarray, factor: float, dtype) -> np.ndarray:
     return np.round(x * factor).astype(dtype) if dtype is np.int64 else (x * factor).astype(dtype)
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("kind", ["npy", "parquet"])
 @pytest.mark.parametrize("case, factor, dtype", MAGNITUDES, ids=[m[0] for m in MAGNITUDES])
 def test_features_of_any_magnitude_cluster_as_at_unit_scale(blob_features, unit_scale_labels, tmp_path, kind, case,
@@ -1884,6 +1886,7 @@ def test_features_of_any_magnitude_cluster_as_at_unit_scale(blob_features, unit_
         assert info["features"]["scale_exponent"] == 0
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("case, factor, dtype", MAGNITUDES, ids=[m[0] for m in MAGNITUDES])
 def test_the_estimator_clusters_any_magnitude_as_at_unit_scale(blob_features, case, factor, dtype):
     from sklearn.metrics import adjusted_rand_score

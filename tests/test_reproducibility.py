@@ -168,7 +168,7 @@ from rca_gpu.datasets.planted import planted_features
 from rca_gpu.engine.device import cpu_device
 from rca_gpu.engine.knn import knn_graph
 from rca_gpu.engine.registry import reduce
-from rca_gpu.tuning.extend import umap_place
+from rca_gpu.engine.reduce.umap import umap_place
 
 device = cpu_device()
 x, _ = planted_features(300, n_clusters=3, dims=40, rare=(), seed=0)
