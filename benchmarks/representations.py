@@ -121,7 +121,8 @@ def mid_jobs(failures, spec, device, cache, reporter):
 
 
 def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "last",
-                  stages: str | None = None) -> list[dict]:
+                  stages: str | None = None, only: list[str] | None = None,
+                  maps_from: Path | None = None) -> list[dict]:
     from rca_gpu.data.sources import load_source
     from rca_gpu.engine.device import resolve_device
     from rca_gpu.pipeline import compute_features
@@ -141,11 +142,19 @@ def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "
     if which == "mid":
         jobs = mid_jobs(failures, spec, device, cache, reporter)
         return _cluster_all(name, jobs, causes, spec, device, done, time.perf_counter() - started)
-    extracted = compute_features(make_features("mobilenet_v2", pool="grid7", normalize=False), failures, spec,
-                                 device, cache, reporter)
+    if maps_from is not None:  # the maps of an earlier extraction (see --maps)
+        import torch
+
+        maps = torch.from_numpy(np.load(maps_from / f"{name}.npy")).view(-1, 1280, 7, 7)
+        positions = np.arange(len(maps))
+        if len(maps) != len(failures.table):
+            raise SystemExit(f"{maps_from / name}.npy has {len(maps)} rows, {name} {len(failures.table)} images")
+    else:
+        extracted = compute_features(make_features("mobilenet_v2", pool="grid7", normalize=False), failures,
+                                     spec, device, cache, reporter)
+        maps = extracted.matrix.view(-1, 1280, 7, 7)
+        positions = extracted.positions
     extract_seconds = time.perf_counter() - started
-    maps = extracted.matrix.view(-1, 1280, 7, 7)
-    positions = extracted.positions
     if check:
         plain = compute_features(make_features("mobilenet_v2"), failures, spec, device, cache, reporter)
         derived = backbone_matrices(maps, None, None, failures, positions)
@@ -153,7 +162,7 @@ def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "
         print(f"check: derived mobilenet_v2 vs its extractor on {name}: max |difference| {gap:.2e}", flush=True)
     suffix = f"+{stages}" if stages else ""
     jobs = [(label + suffix, lambda s=side, h=how: backbone_matrices(maps, s, h, failures, positions), positions)
-            for label, side, how in BACKBONE]
+            for label, side, how in BACKBONE if not only or label in only]
     if stages:  # other reducers and clusterers: the backbone representations only
         return _cluster_all(name, jobs, causes, spec, device, done, extract_seconds)
     dut = compute_features(make_features("dut"), failures, spec, device, cache, reporter)
@@ -202,10 +211,15 @@ def main() -> None:
     parser.add_argument("--set", dest="which", choices=("last", "mid"), default="last",
                         help="last: the last feature map and the DUT; mid: MobileNetV2's features.14")
     parser.add_argument("--stages", help="REDUCER+CLUSTERER instead of the default umap+dbscan (backbone only)")
+    parser.add_argument("--only", nargs="*", help="the backbone representations to run (default: all of them)")
+    parser.add_argument("--maps", type=Path, help="read each benchmark's 7 x 7 maps from MAPS/NAME.npy, (n, 62720) "
+                        "float32 in manifest order, as an earlier run of this script extracted them, instead of "
+                        "extracting them (every image usable)")
     args = parser.parse_args()
     for position, name in enumerate(args.benchmarks):
         (args.out / name).mkdir(parents=True, exist_ok=True)
-        run_benchmark(name, args.bench, args.out, args.check and position == 0, args.which, args.stages)
+        run_benchmark(name, args.bench, args.out, args.check and position == 0, args.which, args.stages,
+                      args.only, args.maps)
     frames = [pd.read_parquet(f) for n in args.benchmarks for f in sorted((args.out / n).glob("results*.parquet"))]
     pd.concat(frames).to_parquet(args.out / "results.parquet")
 
