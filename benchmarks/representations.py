@@ -142,7 +142,7 @@ def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "
     if which == "mid":
         jobs = mid_jobs(failures, spec, device, cache, reporter)
         return _cluster_all(name, jobs, causes, spec, device, done, time.perf_counter() - started)
-    if maps_from is not None:  # the maps of an earlier extraction (see --maps)
+    if maps_from is not None and (maps_from / f"{name}.npy").exists():  # an earlier extraction (see --maps)
         import torch
 
         maps = torch.from_numpy(np.load(maps_from / f"{name}.npy")).view(-1, 1280, 7, 7)
@@ -154,6 +154,9 @@ def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "
                                      spec, device, cache, reporter)
         maps = extracted.matrix.view(-1, 1280, 7, 7)
         positions = extracted.positions
+        if maps_from is not None and len(positions) == len(failures.table):
+            maps_from.mkdir(parents=True, exist_ok=True)
+            np.save(maps_from / f"{name}.npy", extracted.matrix.cpu().numpy())
     extract_seconds = time.perf_counter() - started
     if check:
         plain = compute_features(make_features("mobilenet_v2"), failures, spec, device, cache, reporter)
@@ -163,10 +166,13 @@ def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "
     suffix = f"+{stages}" if stages else ""
     jobs = [(label + suffix, lambda s=side, h=how: backbone_matrices(maps, s, h, failures, positions), positions)
             for label, side, how in BACKBONE if not only or label in only]
-    if stages:  # other reducers and clusterers: the backbone representations only
+    if stages or (only and not any(label in only for label, _ in DUT)):  # the backbone representations only
         return _cluster_all(name, jobs, causes, spec, device, done, extract_seconds)
     dut = compute_features(make_features("dut"), failures, spec, device, cache, reporter)
     for label, how in DUT:
+        if only and label not in only:
+            continue
+
         def dut_matrix(how=how):
             if not how:
                 return dut.matrix
@@ -212,9 +218,9 @@ def main() -> None:
                         help="last: the last feature map and the DUT; mid: MobileNetV2's features.14")
     parser.add_argument("--stages", help="REDUCER+CLUSTERER instead of the default umap+dbscan (backbone only)")
     parser.add_argument("--only", nargs="*", help="the backbone representations to run (default: all of them)")
-    parser.add_argument("--maps", type=Path, help="read each benchmark's 7 x 7 maps from MAPS/NAME.npy, (n, 62720) "
-                        "float32 in manifest order, as an earlier run of this script extracted them, instead of "
-                        "extracting them (every image usable)")
+    parser.add_argument("--maps", type=Path, help="each benchmark's 7 x 7 maps as MAPS/NAME.npy, (n, 62720) float32 "
+                        "in manifest order: read from there when the file exists (no extraction), else extracted "
+                        "and written there (for benchmarks/representations_choice.py)")
     args = parser.parse_args()
     for position, name in enumerate(args.benchmarks):
         (args.out / name).mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,10 @@
 ``pca+hdbscan``), all clustered by benchmarks/representations.py; each criterion picks one candidate per
 benchmark from the labels and the features alone, and its pick is scored against the causes.
 
-    python benchmarks/representations_choice.py --results runs/representations --maps runs/maps \\
-        --bench bench                                                  # RESULTS.md, section 7, "Choosing"
+    python benchmarks/representations_choice.py --results runs/representations --maps runs/maps
 
 ``--results`` is the ``--out`` folder of benchmarks/representations.py (OUT/NAME/results*.parquet hold each
-candidate's labels); ``--maps`` the 7 x 7 maps that script clustered (``--maps`` there). ``center=label`` is
+candidate's labels); ``--maps`` the 7 x 7 maps that script clustered (its ``--maps``). ``center=label`` is
 what ``center=auto`` does on every benchmark (they all have a ``label`` column).
 
 Criteria (none reads ``root_cause``):
@@ -19,8 +18,8 @@ Criteria (none reads ``root_cause``):
 * ``clusters >= 3``: ``pca+hdbscan`` where it finds at least 3 clusters, else the default (a rule read off
   these benchmarks, hence no evidence for data sets beyond them);
 * ``knn consistency``: the share of each image's 15 nearest neighbours in the common space that share its
-  cluster (noise counts as a cluster), a local criterion that does not favour few clusters as strongly as the
-  silhouette... but still does (every image in one cluster scores 1).
+  cluster (noise counts as a cluster); a local criterion, yet one that favours few clusters too (one cluster
+  scores 1).
 
 Writes OUT/choice.parquet (benchmark x candidate: ARI, score, clusters and every criterion) and prints the
 tables.
@@ -36,8 +35,8 @@ import pandas as pd
 
 BENCHMARKS = ("mnist-rc", "shapes-sim", "mnist-pairs", "mnist-spread", "digits-real")
 DEFAULT = "mobilenet_v2(center=label,pool=grid2)"
-CANDIDATES = (DEFAULT, "mobilenet_v2(pool=grid2)", "mobilenet_v2(pool=grid2)+pca+hdbscan",
-              "mobilenet_v2(center=label,pool=grid2)+pca+hdbscan")
+HDBSCAN = "mobilenet_v2(pool=grid2)+pca+hdbscan"
+CANDIDATES = (DEFAULT, "mobilenet_v2(pool=grid2)", HDBSCAN, "mobilenet_v2(center=label,pool=grid2)+pca+hdbscan")
 NEIGHBOURS = 15
 
 
@@ -77,21 +76,22 @@ def criteria(name: str, results: Path, maps: Path) -> list[dict]:
 
     frames = [pd.read_parquet(f) for f in sorted((results / name).glob("results*.parquet"))]
     table = pd.concat(frames).drop_duplicates("representation", keep="last").set_index("representation")
-    missing = [c for c in CANDIDATES if c not in table.index]
-    if missing:
-        raise SystemExit(f"{results / name} lacks {missing}: run benchmarks/representations.py for them first")
+    needed = [c for c in (DEFAULT, HDBSCAN) if c not in table.index]
+    if needed:
+        raise SystemExit(f"{results / name} lacks {needed}: run benchmarks/representations.py for them first")
+    present = [c for c in CANDIDATES if c in table.index]
     space = common_space(maps / f"{name}.npy")
     neighbours = nearest(space, NEIGHBOURS)
-    labels = {c: np.asarray(table.loc[c, "labels"]) for c in CANDIDATES}
+    labels = {c: np.asarray(table.loc[c, "labels"]) for c in present}
     rows = []
-    for candidate in CANDIDATES:
+    for candidate in present:
         mine = labels[candidate]
         rows.append({
             "benchmark": name, "candidate": candidate, "clusters": int(table.loc[candidate, "n_clusters"]),
             "ARI": float(table.loc[candidate, "ari_with_noise"]), "score": float(table.loc[candidate, "study_score"]),
             "silhouette": silhouette(space, mine, noise_as_cluster=False),
             "silhouette, noise as a cluster": silhouette(space, mine, noise_as_cluster=True),
-            "agreement": float(np.mean([adjusted_rand_score(mine, labels[o]) for o in CANDIDATES if o != candidate])),
+            "agreement": float(np.mean([adjusted_rand_score(mine, labels[o]) for o in present if o != candidate])),
             "knn consistency": knn_consistency(neighbours, mine),
         })
     return rows
@@ -100,8 +100,7 @@ def criteria(name: str, results: Path, maps: Path) -> list[dict]:
 def pick(rows: pd.DataFrame, criterion: str) -> str:
     """The candidate a criterion picks on one benchmark's rows."""
     if criterion == "clusters >= 3":
-        hdbscan = rows.set_index("candidate").loc["mobilenet_v2(pool=grid2)+pca+hdbscan"]
-        return "mobilenet_v2(pool=grid2)+pca+hdbscan" if hdbscan["clusters"] >= 3 else DEFAULT
+        return HDBSCAN if rows.set_index("candidate").loc[HDBSCAN, "clusters"] >= 3 else DEFAULT
     return str(rows.loc[rows[criterion].idxmax(), "candidate"])
 
 
@@ -112,7 +111,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--maps", type=Path, required=True)
-    parser.add_argument("--bench", type=Path, help="unused: the labels and scores come from --results")
     parser.add_argument("--benchmarks", nargs="*", default=list(BENCHMARKS))
     args = parser.parse_args()
     table = pd.DataFrame([row for name in args.benchmarks for row in criteria(name, args.results, args.maps)])
