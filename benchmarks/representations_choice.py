@@ -21,6 +21,10 @@ Criteria (none reads ``root_cause``):
   cluster (noise counts as a cluster); a local criterion, yet one that favours few clusters too (one cluster
   scores 1).
 
+With ``--bench`` (the benchmarks' folder), also the bound of RESULTS.md's last table: how well the causes can be
+told apart in the common space when the truth is known, the ARI between the causes and the cross-validated
+predictions of a linear probe (PCA to 100 dimensions, then a logistic regression; 5 stratified folds, seed 0).
+
 Writes OUT/choice.parquet (benchmark x candidate: ARI, score, clusters and every criterion) and prints the
 tables.
 """
@@ -71,7 +75,20 @@ def nearest(space: np.ndarray, k: int) -> np.ndarray:
     return distances.topk(k, largest=False).indices.numpy()
 
 
-def criteria(name: str, results: Path, maps: Path) -> list[dict]:
+def probe(space: np.ndarray, causes: np.ndarray, seed: int = 0) -> float:
+    """ARI between ``causes`` and a linear probe's cross-validated predictions from ``space`` (the bound)."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(PCA(100, random_state=seed), LogisticRegression(max_iter=2000))
+    found = cross_val_predict(model, space, causes, cv=StratifiedKFold(5, shuffle=True, random_state=seed))
+    return float(adjusted_rand_score(causes, found))
+
+
+def criteria(name: str, results: Path, maps: Path, bench: Path | None = None) -> list[dict]:
     from sklearn.metrics import adjusted_rand_score
 
     frames = [pd.read_parquet(f) for f in sorted((results / name).glob("results*.parquet"))]
@@ -83,6 +100,10 @@ def criteria(name: str, results: Path, maps: Path) -> list[dict]:
     space = common_space(maps / f"{name}.npy")
     neighbours = nearest(space, NEIGHBOURS)
     labels = {c: np.asarray(table.loc[c, "labels"]) for c in present}
+    bound = None
+    if bench is not None:
+        causes = pd.read_parquet(bench / name / "manifest.parquet", columns=["root_cause"])["root_cause"]
+        bound = probe(space, causes.astype(str).to_numpy())
     rows = []
     for candidate in present:
         mine = labels[candidate]
@@ -92,7 +113,7 @@ def criteria(name: str, results: Path, maps: Path) -> list[dict]:
             "silhouette": silhouette(space, mine, noise_as_cluster=False),
             "silhouette, noise as a cluster": silhouette(space, mine, noise_as_cluster=True),
             "agreement": float(np.mean([adjusted_rand_score(mine, labels[o]) for o in present if o != candidate])),
-            "knn consistency": knn_consistency(neighbours, mine),
+            "knn consistency": knn_consistency(neighbours, mine), "bound: linear probe ARI": bound,
         })
     return rows
 
@@ -111,9 +132,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--maps", type=Path, required=True)
+    parser.add_argument("--bench", type=Path, help="the benchmarks' folder: adds the linear probe's bound")
     parser.add_argument("--benchmarks", nargs="*", default=list(BENCHMARKS))
     args = parser.parse_args()
-    table = pd.DataFrame([row for name in args.benchmarks for row in criteria(name, args.results, args.maps)])
+    table = pd.DataFrame([row for name in args.benchmarks
+                          for row in criteria(name, args.results, args.maps, args.bench)])
     table.to_parquet(args.results / "choice.parquet")
     pd.set_option("display.width", 250)
     print(table.round(3).to_markdown(index=False))
@@ -122,7 +145,8 @@ def main() -> None:
         rows = rows.reset_index(drop=True)
         by = rows.set_index("candidate")
         line = {"benchmark": name, "default ARI": by.loc[DEFAULT, "ARI"],
-                "best ARI": rows["ARI"].max(), "best": rows.loc[rows["ARI"].idxmax(), "candidate"]}
+                "best ARI": rows["ARI"].max(), "best": rows.loc[rows["ARI"].idxmax(), "candidate"],
+                "bound": rows["bound: linear probe ARI"].iloc[0]}
         for criterion in CRITERIA:
             chosen = pick(rows, criterion)
             line[criterion] = f"{by.loc[chosen, 'ARI']:.3f} ({chosen})"
@@ -130,7 +154,8 @@ def main() -> None:
         picks.append(line)
     picks = pd.DataFrame(picks)
     print()
-    print(picks[["benchmark", "default ARI", "best ARI", "best", *CRITERIA]].to_markdown(index=False, floatfmt=".3f"))
+    shown = picks[["benchmark", "default ARI", "best ARI", "best", *CRITERIA, "bound"]]
+    print(shown.to_markdown(index=False, floatfmt=".3f"))
     print()
     means = {"default": picks["default ARI"].mean(), "best per benchmark": picks["best ARI"].mean(),
              **{c: picks[c + " ARI"].mean() for c in CRITERIA}}
