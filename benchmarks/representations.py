@@ -11,6 +11,8 @@ backbone representation is computed from it exactly as its extractor computes it
 normalisation, then the class-conditional centring (rca_gpu.features.represent.center_features) for
 ``center=...``. ``--check`` compares the derived ``mobilenet_v2`` with the extractor's on the first benchmark.
 The DUT's representations (``dut``, the input of its last Linear layer) are extracted by their extractor.
+``--only`` runs some of the representations; ``--maps DIR`` keeps each benchmark's maps as DIR/NAME.npy (read
+back instead of extracting on the next run; benchmarks/representations_choice.py reads them too).
 
 Each representation is clustered by rca_gpu.tuning.select on its kNN graph, as `rca-gpu run` does (the labels
 of a run are the selection's labels), and evaluated with rca_gpu.metrics. Writes OUT/results.parquet (one row
