@@ -11,6 +11,8 @@ backbone representation is computed from it exactly as its extractor computes it
 normalisation, then the class-conditional centring (rca_gpu.features.represent.center_features) for
 ``center=...``. ``--check`` compares the derived ``mobilenet_v2`` with the extractor's on the first benchmark.
 The DUT's representations (``dut``, the input of its last Linear layer) are extracted by their extractor.
+``--only`` runs some of the representations; ``--maps DIR`` keeps each benchmark's maps as DIR/NAME.npy (read
+back instead of extracting on the next run; benchmarks/representations_choice.py reads them too).
 
 Each representation is clustered by rca_gpu.tuning.select on its kNN graph, as `rca-gpu run` does (the labels
 of a run are the selection's labels), and evaluated with rca_gpu.metrics. Writes OUT/results.parquet (one row
@@ -121,7 +123,8 @@ def mid_jobs(failures, spec, device, cache, reporter):
 
 
 def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "last",
-                  stages: str | None = None) -> list[dict]:
+                  stages: str | None = None, only: list[str] | None = None,
+                  maps_from: Path | None = None) -> list[dict]:
     from rca_gpu.data.sources import load_source
     from rca_gpu.engine.device import resolve_device
     from rca_gpu.pipeline import compute_features
@@ -141,11 +144,22 @@ def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "
     if which == "mid":
         jobs = mid_jobs(failures, spec, device, cache, reporter)
         return _cluster_all(name, jobs, causes, spec, device, done, time.perf_counter() - started)
-    extracted = compute_features(make_features("mobilenet_v2", pool="grid7", normalize=False), failures, spec,
-                                 device, cache, reporter)
+    if maps_from is not None and (maps_from / f"{name}.npy").exists():  # an earlier extraction (see --maps)
+        import torch
+
+        maps = torch.from_numpy(np.load(maps_from / f"{name}.npy")).view(-1, 1280, 7, 7)
+        positions = np.arange(len(maps))
+        if len(maps) != len(failures.table):
+            raise SystemExit(f"{maps_from / name}.npy has {len(maps)} rows, {name} {len(failures.table)} images")
+    else:
+        extracted = compute_features(make_features("mobilenet_v2", pool="grid7", normalize=False), failures,
+                                     spec, device, cache, reporter)
+        maps = extracted.matrix.view(-1, 1280, 7, 7)
+        positions = extracted.positions
+        if maps_from is not None and len(positions) == len(failures.table):
+            maps_from.mkdir(parents=True, exist_ok=True)
+            np.save(maps_from / f"{name}.npy", extracted.matrix.cpu().numpy())
     extract_seconds = time.perf_counter() - started
-    maps = extracted.matrix.view(-1, 1280, 7, 7)
-    positions = extracted.positions
     if check:
         plain = compute_features(make_features("mobilenet_v2"), failures, spec, device, cache, reporter)
         derived = backbone_matrices(maps, None, None, failures, positions)
@@ -153,11 +167,14 @@ def run_benchmark(name: str, bench: Path, out: Path, check: bool, which: str = "
         print(f"check: derived mobilenet_v2 vs its extractor on {name}: max |difference| {gap:.2e}", flush=True)
     suffix = f"+{stages}" if stages else ""
     jobs = [(label + suffix, lambda s=side, h=how: backbone_matrices(maps, s, h, failures, positions), positions)
-            for label, side, how in BACKBONE]
-    if stages:  # other reducers and clusterers: the backbone representations only
+            for label, side, how in BACKBONE if not only or label in only]
+    if stages or (only and not any(label in only for label, _ in DUT)):  # the backbone representations only
         return _cluster_all(name, jobs, causes, spec, device, done, extract_seconds)
     dut = compute_features(make_features("dut"), failures, spec, device, cache, reporter)
     for label, how in DUT:
+        if only and label not in only:
+            continue
+
         def dut_matrix(how=how):
             if not how:
                 return dut.matrix
@@ -202,10 +219,15 @@ def main() -> None:
     parser.add_argument("--set", dest="which", choices=("last", "mid"), default="last",
                         help="last: the last feature map and the DUT; mid: MobileNetV2's features.14")
     parser.add_argument("--stages", help="REDUCER+CLUSTERER instead of the default umap+dbscan (backbone only)")
+    parser.add_argument("--only", nargs="*", help="the backbone representations to run (default: all of them)")
+    parser.add_argument("--maps", type=Path, help="each benchmark's 7 x 7 maps as MAPS/NAME.npy, (n, 62720) float32 "
+                        "in manifest order: read from there when the file exists (no extraction), else extracted "
+                        "and written there (for benchmarks/representations_choice.py)")
     args = parser.parse_args()
     for position, name in enumerate(args.benchmarks):
         (args.out / name).mkdir(parents=True, exist_ok=True)
-        run_benchmark(name, args.bench, args.out, args.check and position == 0, args.which, args.stages)
+        run_benchmark(name, args.bench, args.out, args.check and position == 0, args.which, args.stages,
+                      args.only, args.maps)
     frames = [pd.read_parquet(f) for n in args.benchmarks for f in sorted((args.out / n).glob("results*.parquet"))]
     pd.concat(frames).to_parquet(args.out / "results.parquet")
 

@@ -129,6 +129,29 @@ def test_run_json_and_the_report_say_which_representation_ran_and_why(grouped, t
     report = (tmp_path / "run" / "report.html").read_text()
     assert 'id="representation"' in report and "on the mean of each label" in report
     assert result.run_info["representation"]["features"] == "pixels(center=label,image_size=8)"
+    line = report[report.index('id="representation"'):]
+    line = line[:line.index("</div>")]
+    assert "pixels(center=label,image_size=8)" in line and "named in the pipeline (the default is " in line
+
+
+def test_the_reports_representation_line_escapes_every_value(grouped, tmp_path):
+    from rca_gpu.pipeline import run
+    from rca_gpu.report.build import build_report
+
+    spec = build_run_spec(pipeline="pixels(image_size=8)+pca(n_components=3)+kmeans(k=3)", device="cpu",
+                          workers=0, plot_embedding=False, stability=0)
+    run(spec, grouped, tmp_path / "run")
+    info_path = tmp_path / "run" / "run.json"
+    info = json.loads(info_path.read_text())
+    info["representation"] = {key: f"<b>{key}</b> & <script>x</script>" for key in
+                              ("features", "layer", "pooling", "centring", "why")}
+    info_path.write_text(json.dumps(info))
+    page = build_report(tmp_path / "run").path.read_text()
+    line = page[page.index('id="representation"'):]
+    line = line[:line.index("</div>")]
+    for key in ("features", "pooling", "centring", "why"):
+        assert f"&lt;b&gt;{key}&lt;/b&gt; &amp; &lt;script&gt;x&lt;/script&gt;" in line
+    assert "<script>x" not in page and "<b>features" not in page
 
 
 def test_the_default_representation_says_it_was_chosen_by_measurement():

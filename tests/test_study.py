@@ -8,7 +8,7 @@ from helpers import pattern_images
 
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.errors import SpecError
-from rca_gpu.spec import build_run_spec
+from rca_gpu.spec import build_run_spec, parse_pipeline
 from rca_gpu.studies import make_plan, rank, run_study, slug, to_markdown
 
 
@@ -55,8 +55,20 @@ def test_plan_validates_names():
         make_plan(["pixels"], ["tsne"], None, has_dut=False)
     with pytest.raises(SpecError, match="Unknown feature extractor"):
         make_plan(["alexnet"], None, None, has_dut=False)
-    assert len(make_plan(None, None, None, has_dut=True).pipelines()) == 9 * 3 * 4 >= 99
-    assert len(make_plan(None, None, None, has_dut=False).pipelines()) == 4 * 3 * 4
+    assert len(make_plan(None, None, None, has_dut=True).pipelines()) == 12 * 3 * 4 >= 99
+    assert len(make_plan(None, None, None, has_dut=False).pipelines()) == 6 * 3 * 4
+
+
+def test_the_default_study_covers_the_grid_and_the_centred_representations():
+    from rca_gpu.features.represent import extraction_spec
+
+    plain = {str(p.features) for p in make_plan(None, None, None, has_dut=False).pipelines()}
+    assert {"mobilenet_v2(pool=grid2)", "mobilenet_v2(center=auto,pool=grid2)"} <= plain
+    with_dut = {str(p.features) for p in make_plan(None, None, None, has_dut=True).pipelines()}
+    assert {"dut", "dut(center=auto)"} <= with_dut - plain
+    # the centred grid is computed from the plain grid's extraction: one network pass for both
+    centred = parse_pipeline("mobilenet_v2(center=auto,pool=grid2)+umap+dbscan").features
+    assert str(extraction_spec(centred)) == "mobilenet_v2(pool=grid2)"
 
 
 def test_rank_puts_failures_last():

@@ -66,11 +66,15 @@ class RunSpec:
 
 
 #: Feature sets of the default study (``rca-gpu study`` without --features): plain data here so that the
-#: study's --help lists them without importing the study. With the DNN under test known, STUDY_DUT_FEATURES
-#: join: 9 sets x 3 reducers x 4 clusterers = 108 pipelines (the paper studied 99). ResNet/VGG backbones join
-#: with --features when their weights are in the torch cache.
-STUDY_FEATURES = ("pixels", "mobilenet_v2", "mobilenet_v2@features.14", "ae")
-STUDY_DUT_FEATURES = ("dut", "dut@features", "lrp", "lrp(rule=zplus)", "gradcam")
+#: study's --help lists them without importing the study. The 2 x 2 grid of MobileNetV2's last map, plain and
+#: centred (``center=auto``, the default's representation), are the representations of benchmarks/RESULTS.md
+#: section 7 that beat the global average; they share one extraction. With the DNN under test known,
+#: STUDY_DUT_FEATURES join, with the DUT's view centred (``dut(center=auto)``): 12 sets x 3 reducers x
+#: 4 clusterers = 144 pipelines (the paper studied 99), 72 without a DUT. ResNet/VGG backbones join with
+#: --features when their weights are in the torch cache.
+STUDY_FEATURES = ("pixels", "mobilenet_v2", "mobilenet_v2@features.14", "mobilenet_v2(pool=grid2)",
+                  "mobilenet_v2(center=auto,pool=grid2)", "ae")
+STUDY_DUT_FEATURES = ("dut", "dut(center=auto)", "dut@features", "lrp", "lrp(rule=zplus)", "gradcam")
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunSpec))
 #: Rules of the run options (RunSpec fields besides the pipeline); checked when a RunSpec is made.
 RUN_PARAMS: dict[str, Param] = {
