@@ -377,18 +377,21 @@ def run_on_features(
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
                                started_at=started_at, run_id=run_id)
     if report:
-        result.report = write_report(result, failures)
+        result.report = write_report(result, failures, reporter)
     return result
 
 
-def write_report(result: RunResult, failures: FailureSet) -> Path | None:
-    """report.html of a finished run. A failure is logged, not raised: the run itself is complete."""
+def write_report(result: RunResult, failures: FailureSet, reporter: Reporter | None = None) -> Path | None:
+    """report.html of a finished run (a progress bar of its steps on ``reporter``). A failure is logged, not
+    raised: the run itself is complete."""
     from rca_gpu.report.build import build_report
 
     images = failures.images
     loader = (lambda position: images[position]) if images is not None else None
+    reporter = reporter or Reporter(enabled=False)
     try:
-        return build_report(result.out, loader=loader).path
+        with reporter.task("report", total=None) as advance:
+            return build_report(result.out, loader=loader, progress=advance).path
     except Exception as exc:  # the run's results are written; the report can be made again later
         log.error("the report could not be written (%s: %s); the run is complete: run `rca-gpu report %s`",
                   type(exc).__name__, exc, result.out)
