@@ -23,7 +23,8 @@ def _summary(report: Path, code: int) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SUMMARY), str(report), str(code)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("cases, code", [("", 5), ('<testcase classname="t" name="a"><skipped message="no"/></testcase>', 0)])
+@pytest.mark.parametrize("cases, code",
+                         [("", 5), ('<testcase classname="t" name="a"><skipped message="no"/></testcase>', 0)])
 def test_no_test_run_fails(tmp_path, cases, code):
     done = _summary(_report(tmp_path / "r.xml", cases), code)
     assert done.returncode != 0
@@ -72,8 +73,8 @@ NOT_QUALITY_TESTS = {
     "test_warnings_of_the_stability_step_go_to_the_log_not_the_terminal": "the step ran",
     "test_stability_is_not_scored_below_the_minimum_of_images_and_run_json_says_why": "the step was skipped",
 }
-_QUALITY_WORDS = re.compile(r"adjusted_rand_score\(|homogeneity|purity|coverage|_n_clusters\(|\[\"clusters\"\]|n_clusters_|"
-                            r"\[\"stability\"\]|stability\[|_recall\(|\.nunique\(\)")
+_QUALITY_WORDS = re.compile(r"adjusted_rand_score\(|homogeneity|purity|coverage|_n_clusters\(|\[\"clusters\"\]|"
+                            r"n_clusters_|\[\"stability\"\]|stability\[|_recall\(|\.nunique\(\)")
 
 
 def test_every_test_asserting_clustering_quality_is_marked_quality():
