@@ -283,6 +283,7 @@ def test_the_default_resampling_agrees_with_full_clusterboot_on_planted_data():
     assert pearsonr(tables["refit"]["stability"], tables[DEFAULT_METHOD]["stability"])[0] >= 0.9
 
 
+@pytest.mark.quality
 def test_resamples_of_a_sampled_search_come_from_its_sample():
     x, _ = planted_blobs(n_per=40, centers=3, dim=6, spread=1.0, seed=4)
     labels = cluster(x, "kmeans", {"k": 3}, DEVICE)

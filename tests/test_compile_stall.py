@@ -2,7 +2,8 @@
 
 The timings of benchmarks/compile_stall.py (RESULTS.md) say how long a first call takes; here the bound is
 held loosely, in a fresh process: the first call of each stage compiles no numba function once a process
-before it filled the cache (except the two functions umap-learn compiles at import, EAGER_AT_IMPORT), and takes at most FIRST_CALL_SLACK seconds more than the second call.
+before it filled the cache (except the two functions umap-learn compiles at import, EAGER_AT_IMPORT), and
+takes at most FIRST_CALL_SLACK seconds more than the second call.
 """
 
 from __future__ import annotations

@@ -112,6 +112,7 @@ def _far_points(x: np.ndarray, m: int = 20, seed: int = 3) -> np.ndarray:
     return (x.mean(axis=0) + 30 * span * direction).astype(np.float32)
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("pipeline", ["umap+dbscan", "pca+kmeans", "none+hdbscan"])
 def test_predict_sends_known_points_back_and_far_points_to_noise(pipeline):
     x, y = planted_blobs(n_per=60, centers=4, dim=8, seed=2)
@@ -125,6 +126,7 @@ def test_predict_sends_known_points_back_and_far_points_to_noise(pipeline):
     assert model.reference_["images"] == len(x) and model.reference_["radius"] > 0
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("pipeline", ["umap+dbscan", "pca+kmeans", "none+kmeans"])
 def test_transform_places_fitted_rows_where_the_fit_put_them(pipeline):
     x, y = planted_blobs(n_per=60, centers=4, dim=8, seed=2)

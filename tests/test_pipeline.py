@@ -158,6 +158,7 @@ def test_heatmap_extractor_without_model_is_a_clear_error(tmp_path):
         run(_spec("lrp+none+ward"), from_arrays(images), tmp_path / "out")
 
 
+@pytest.mark.quality
 def test_the_plot_starts_from_the_chosen_embedding_and_keeps_its_groups(monkeypatch):
     from types import SimpleNamespace
 
