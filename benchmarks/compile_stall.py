@@ -53,7 +53,9 @@ def worker(stage: str) -> None:
                           "kmeans": {"k": 4}, "ward": {"k": 4}}[name]
                 cluster(points, name, params, device, seed=0)
             out[call] = round(time.perf_counter() - started, 2)
-        out[f"{call}_compiled"] = sum(1 for _, e in recorded.buffer if e.is_start)
+        compiled = [e.data["dispatcher"].py_func for _, e in recorded.buffer if e.is_start]
+        out[f"{call}_compiled"] = len(compiled)
+        out[f"{call}_compiled_names"] = sorted(f"{f.__module__}.{f.__qualname__}" for f in compiled)
     print(json.dumps(out))
 
 

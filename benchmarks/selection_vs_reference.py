@@ -1,4 +1,4 @@
-"""Automatic selection against a paper-style reference script, side by side in one process.
+"""The whole default run against a paper-style reference script, side by side in one process.
 
     flock /work/coord/bench.lock python benchmarks/selection_vs_reference.py --out runs/selection-vs-reference
 
@@ -12,18 +12,20 @@ Two methods, on the same features, everything after feature extraction timed:
   quality of the reference measured when the selection was first reviewed (20 clusters for 20 planted, ARI
   0.99, noise under 1 %). ``--reference-space features`` computes the silhouette in the feature space instead
   (slower still);
-- ``rca-gpu``: the default pipeline's stages after extraction (the kNN graph, :func:`rca_gpu.tuning.select`
-  with the defaults of RunSpec, and the 2-D plot embedding), as ``rca-gpu run`` calls them.
+- ``rca-gpu``: the whole default ``rca-gpu run --features FILE.npy`` (rca_gpu.api.run: the kNN graph, the
+  search, stability with its default resamples, the plot embedding, the outputs, the reference set and
+  report.html), with the seconds of each stage from its run.json.
 
 Data: planted features (rca_gpu.datasets.planted: 20 Gaussian clusters of unequal sizes in 1280 dims, unit
 rows, rare clusters at 1 %, 1.5 % and 2 %) at ``--sizes`` (the reference only at ``--reference-sizes``: its
-silhouette is quadratic), and MobileNetV2 features of the mnist-rc and shapes-sim benchmarks (1,500
-failures each, built and extracted once into ``--cache``).
+silhouette is quadratic), and, with ``--benchmarks``, MobileNetV2 features of the mnist-rc and shapes-sim
+benchmarks (1,500 failures each, built and extracted once into ``--cache``). ``--repeat`` runs each pair
+again (the order alternates), so that a ratio is read from measurements taken side by side.
 
 Reported per row: seconds, clusters found vs planted clusters / causes, ARI with noise as its own label,
-weighted purity, coverage of injected causes, the lowest recall of the rare planted clusters, noise share;
-and the cost exponent of rca-gpu fitted over the planted sizes (log seconds against log n). Writes
-``results.json`` and ``results.md`` to ``--out`` and prints the table.
+weighted purity, coverage of injected causes, the lowest recall of the rare planted clusters, noise share,
+and for rca-gpu the stability resamples and the seconds per stage; then the whole-run ratio per size. Writes
+``results.json`` and ``results.md`` to ``--out`` and prints the table with the load average seen.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import platform
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -67,25 +68,29 @@ def reference(x: np.ndarray, space: str = "embedding") -> np.ndarray:
     return best_labels
 
 
-def rca_gpu_default(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict]:
-    """Labels of rca-gpu's default pipeline after extraction, and what the search chose."""
-    from rca_gpu.engine.device import resolve_device
-    from rca_gpu.pipeline import feature_graph, plot_embedding
-    from rca_gpu.spec import DEFAULT_PIPELINE, build_run_spec
-    from rca_gpu.tuning import select
+def rca_gpu_run(x: np.ndarray, work: Path, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Labels of the whole default ``rca-gpu run --features`` on ``x`` (written to ``work``/features.npy), and
+    its run.json's choice, stability resamples and seconds per stage."""
+    import shutil
 
-    spec = build_run_spec(pipeline=DEFAULT_PIPELINE, device="cpu", seed=seed)
-    device = resolve_device("cpu")
-    features = SimpleNamespace(matrix=x, n=len(x))
-    cache: dict = {}
-    graph = feature_graph(features, spec, spec.pipeline.reduce, device)
-    selection = select(x, graph, spec.pipeline.reduce, spec.pipeline.cluster, device, seed=seed,
-                       reduce_cache=cache, sample_size=spec.sample_size)
-    plot_embedding(features, np.asarray(selection.embedding), graph, device, seed, True, cache, selection)
-    chosen = {"reduce": selection.reduce_params, "cluster": selection.cluster_params,
-              "merges": len(selection.merges), "noise_attached": selection.noise_attached,
-              "sample": (selection.sample or {}).get("size"), "seconds": selection.seconds}
-    return selection.labels, chosen
+    import pandas as pd
+
+    from rca_gpu import api
+
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "features.npy"
+    np.save(path, x)
+    out = work / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    result = api.run(features=path, out=out, device="cpu", seed=seed)
+    clusters = pd.read_parquet(out / "clusters.parquet")
+    labels = clusters["cluster"].to_numpy()
+    info = result.run_info
+    stability = (info.get("catalogue") or {}).get("stability") or {}
+    chosen = {"reduce": info["tuning"]["chosen"]["reduce"], "cluster": info["tuning"]["chosen"]["cluster"],
+              "resamples": stability.get("resamples"), "seconds": info["seconds"],
+              "search_seconds": info["tuning"]["seconds"]}
+    return labels, chosen
 
 
 def score(labels: np.ndarray, causes: np.ndarray) -> dict:
@@ -161,13 +166,22 @@ def timed(function, *args):
     return out, time.perf_counter() - started
 
 
+def load_average() -> str:
+    """The 1-, 5- and 15-minute load averages (uptime's), as text."""
+    import os
+
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 20_000, 40_000, 80_000, 160_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 20_000])
     parser.add_argument("--reference-sizes", type=int, nargs="*", default=[10_000, 20_000])
-    parser.add_argument("--benchmarks", nargs="*", default=["mnist-rc", "shapes-sim"])
+    parser.add_argument("--benchmarks", nargs="*", default=[], help="e.g. mnist-rc shapes-sim")
     parser.add_argument("--dims", type=int, default=1280)
+    parser.add_argument("--repeat", type=int, default=1, help="pairs per size, order alternating")
     parser.add_argument("--reference-space", choices=["embedding", "features"], default="embedding")
+    parser.add_argument("--umap-seed", action="store_true", help="also time seeded against unseeded UMAP")
     parser.add_argument("--cache", type=Path, default=Path("runs/bench-cache"))
     parser.add_argument("--out", type=Path, default=Path("runs/selection-vs-reference"))
     args = parser.parse_args()
@@ -179,76 +193,92 @@ def main() -> None:
     import umap
 
     from rca_gpu.datasets.planted import planted_features
-    from rca_gpu.engine.device import resolve_device
-    from rca_gpu.engine.knn import knn_graph
 
     # numba compiles umap-learn and pynndescent on first use: keep that out of the timings
     warm, _ = planted_features(600, dims=32, seed=9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         umap.UMAP().fit_transform(warm)
-        rca_gpu_default(warm)
-        knn_graph(warm, 5, resolve_device("cpu"))
+        rca_gpu_run(warm, args.out / "work")
 
     rows = []
 
     def record(data: str, n: int, method: str, labels, seconds: float, causes, extra=None):
         row = {"data": data, "n": n, "method": method, "seconds": round(seconds, 1), **score(labels, causes),
-               **(extra or {})}
+               "load": load_average(), **(extra or {})}
         rows.append(row)
         print(json.dumps(row), flush=True)
         (args.out / "results.json").write_text(json.dumps(rows, indent=1))
 
+    def pair(data: str, x: np.ndarray, causes, both: bool, order: int) -> None:
+        methods = ["rca-gpu", "reference"] if both else ["rca-gpu"]
+        for method in methods[::-1] if order % 2 else methods:
+            if method == "rca-gpu":
+                (labels, chosen), seconds = timed(rca_gpu_run, x, args.out / "work")
+                record(data, len(x), method, labels, seconds, causes, {"chosen": chosen})
+            else:
+                labels, seconds = timed(reference, x, args.reference_space)
+                record(data, len(x), method, labels, seconds, causes)
+
     for name in args.benchmarks:
         x, causes = benchmark_features(name, args.cache)
-        (labels, chosen), seconds = timed(rca_gpu_default, x)
-        record(name, len(x), "rca-gpu", labels, seconds, causes, {"chosen": chosen})
-        labels, seconds = timed(reference, x, args.reference_space)
-        record(name, len(x), "reference", labels, seconds, causes)
+        for order in range(args.repeat):
+            pair(name, x, causes, True, order)
     for n in sorted(set(args.sizes) | set(args.reference_sizes)):
         x, planted = planted_features(n, dims=args.dims, seed=0)
         causes = np.char.add("c", planted.astype(str))
-        if n in args.sizes:
-            (labels, chosen), seconds = timed(rca_gpu_default, x)
-            record("planted", n, "rca-gpu", labels, seconds, causes, {"chosen": chosen})
-        if n in args.reference_sizes:
-            labels, seconds = timed(reference, x, args.reference_space)
-            record("planted", n, "reference", labels, seconds, causes)
+        for order in range(args.repeat):
+            pair("planted", x, causes, n in args.reference_sizes, order)
         del x
 
-    seeded = umap_seed_cost(planted_features, args.dims)
-    planted_rows = [r for r in rows if r["data"] == "planted" and r["method"] == "rca-gpu"]
-    exponent = None
-    if len(planted_rows) >= 2:
-        exponent = float(np.polyfit(np.log([r["n"] for r in planted_rows]),
-                                    np.log([r["seconds"] for r in planted_rows]), 1)[0])
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
                f"torch {torch.__version__}, scikit-learn {sklearn.__version__}, umap-learn {umap.__version__}")
+    text = summary(rows, machine, args.reference_space)
+    if args.umap_seed:
+        seeded = umap_seed_cost(planted_features, args.dims)
+        text += (f"\nUMAP on the 5,000-image search sample (n_neighbors 30, 10 components, min_dist 0, the shared "
+                 f"kNN graph): seeded {seeded['seeded']:.1f} s (single-threaded, identical in two fits: "
+                 f"{seeded['seeded_identical']}), unseeded {seeded['unseeded']:.1f} s (parallel, identical in two "
+                 f"fits: {seeded['unseeded_identical']})\n")
+    (args.out / "results.md").write_text(text)
+    (args.out / "results.json").write_text(json.dumps({"rows": rows, "machine": machine}, indent=1))
+    print(text)
+
+
+def summary(rows: list[dict], machine: str, space: str) -> str:
+    """The results table, the seconds per stage of each rca-gpu run, and the whole-run ratio per data set."""
     lines = [f"Machine: {machine}", "",
              "| data | n | method | seconds | clusters / planted | ARI | weighted purity | coverage (injected) | "
-             "rare recall (min) | noise |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "rare recall (min) | noise | stability resamples | load average |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rare = "-" if r["rare_recall_min"] is None else f"{r['rare_recall_min']:.3f}"
+        resamples = (r.get("chosen") or {}).get("resamples", "-")
         lines.append(f"| {r['data']} | {r['n']:,} | {r['method']} | {r['seconds']:.1f} | {r['clusters']} / "
                      f"{r['causes']} | {r['ari']:.3f} | {r['weighted_purity']:.3f} | {r['coverage_injected']:.3f} | "
-                     f"{rare} | {r['noise']:.3f} |")
-    if exponent is not None:
-        lines += ["", f"rca-gpu cost exponent over the planted sizes {planted_rows[0]['n']:,}-"
-                      f"{planted_rows[-1]['n']:,}: {exponent:.2f}"]
-    for n in args.reference_sizes:
-        times = {r["method"]: r["seconds"] for r in rows if r["data"] == "planted" and r["n"] == n}
-        if "reference" in times and "rca-gpu" in times:
-            lines.append(f"planted {n:,}: rca-gpu {times['reference'] / times['rca-gpu']:.1f}x faster than the "
-                         f"reference (silhouette in the {args.reference_space})")
-    lines += ["", f"UMAP on the 5,000-image search sample (n_neighbors 30, 10 components, min_dist 0, the shared kNN "
-              f"graph): seeded {seeded['seeded']:.1f} s (single-threaded, identical in two fits: "
-              f"{seeded['seeded_identical']}), unseeded {seeded['unseeded']:.1f} s (parallel, identical in two "
-              f"fits: {seeded['unseeded_identical']})"]
-    text = "\n".join(lines) + "\n"
-    (args.out / "results.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps({"rows": rows, "exponent": exponent, "machine": machine,
-                                                       "umap_seed": seeded}, indent=1))
-    print(text)
+                     f"{rare} | {r['noise']:.3f} | {resamples} | {r['load']} |")
+    runs = [r for r in rows if r["method"] == "rca-gpu"]
+    if runs:
+        stages = list(dict.fromkeys(k for r in runs for k in r["chosen"]["seconds"] if k != "total"))
+        lines += ["", "rca-gpu seconds per stage (run.json `seconds`; search = `reduce_cluster`, its parts in "
+                      "`tuning.seconds`):", "",
+                  "| data | n | " + " | ".join(stages) + " | total | search: knn / reduce / cluster / score / "
+                  "merge / extend |", "|---|---|" + "---|" * (len(stages) + 2)]
+        for r in runs:
+            sec, tuning = r["chosen"]["seconds"], r["chosen"]["search_seconds"]
+            parts = " / ".join(f"{tuning.get(k, 0):.1f}" for k in ("knn", "reduce", "cluster", "score", "merge",
+                                                                    "extend"))
+            lines.append(f"| {r['data']} | {r['n']:,} | " + " | ".join(f"{sec.get(k, 0):.1f}" for k in stages)
+                         + f" | {sec.get('total', 0):.1f} | {parts} |")
+    lines.append("")
+    for key in dict.fromkeys((r["data"], r["n"]) for r in rows):
+        times = {m: [r["seconds"] for r in rows if (r["data"], r["n"]) == key and r["method"] == m]
+                 for m in ("rca-gpu", "reference")}
+        if times["rca-gpu"] and times["reference"]:
+            ratios = [ref / own for own, ref in zip(times["rca-gpu"], times["reference"], strict=False)]
+            lines.append(f"{key[0]} {key[1]:,}: whole run {', '.join(f'{v:.1f}x' for v in ratios)} faster than the "
+                         f"reference (silhouette in the {space}; pairs measured side by side)")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -221,7 +221,7 @@ def run_command(
                          "embedding.parquet when the chosen embedding is not 2-D (else PCA).")] = None,
     stability: Annotated[int | None, typer.Option("--stability", "--stability-resamples",
                          help="Resamples for each cluster's stability (subsample Jaccard); 0 = off. "
-                         "Default: about the run's clustering time again.")] = None,
+                         "Default: 10-20 resamples of the chosen embedding.")] = None,
     features: Annotated[Path | None, typer.Option("--features", help="Your own features instead of SOURCE: "
                         ".parquet (id, optional path and metadata columns, one list column or f0..fN) or 2-D .npy; "
                         "the pipeline then has no feature stage (default umap+dbscan).")] = None,

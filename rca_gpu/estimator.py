@@ -7,6 +7,13 @@ cluster size (0 = largest, -1 = noise). Nothing is written to disk.
     >>> from rca_gpu import FailureClusterer
     >>> model = FailureClusterer("umap+dbscan", random_state=0).fit(X)     # X: (n_images, n_features)
     >>> model.labels_, model.embedding_, model.selection_["chosen"]
+    >>> model.predict(X_new), model.transform(X_new)                       # new points, same features
+
+``predict`` is the open-set assignment of ``rca-gpu assign`` (:mod:`rca_gpu.catalogue.assign`) against the
+fit's reference set: a new point takes the cluster its nearest reference points vote for, or -1 (noise) when
+it lies farther from that cluster's reference points than the radius calibrated on them. ``transform`` places
+new points in the fit's embedding the way a run places the images outside its search sample
+(:mod:`rca_gpu.tuning.extend`).
 
 It follows scikit-learn's estimator contract (``__init__`` stores its arguments, ``get_params`` /
 ``set_params`` / ``clone`` work, fitted attributes end in ``_``) and passes ``sklearn.utils.estimator_checks``
@@ -20,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 #: Checks of sklearn.utils.estimator_checks this estimator is known not to pass, and why: none (scikit-learn
 #: 1.9). Passed to ``check_estimator(..., expected_failed_checks=...)`` by the tests. scikit-learn itself skips
@@ -29,7 +36,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 
-class FailureClusterer(ClusterMixin, BaseEstimator):
+class FailureClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     """Cluster failure features so that each cluster shows one root cause.
 
     Parameters
@@ -64,6 +71,9 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         Number of clusters (noise excluded).
     n_features_in_ : int
         Number of features seen during fit.
+    reference_ : dict
+        What ``predict`` compares new points with: the number of reference points, their dimension and the
+        open-set radius in feature units (as run.json's ``catalogue.reference``).
 
     Raises
     ------
@@ -108,7 +118,84 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
         self.selection_ = {**selection.to_dict(), "seconds": dict(selection.seconds)}
         self.resolved_pipeline_ = str(resolved_pipeline(spec.pipeline, features.info, selection))
         self.n_clusters_ = int(len(np.unique(labels[labels >= 0])))
+        self._keep_for_new_points(np.asarray(X, dtype=np.float32), labels, selection, spec)
         return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The fitted cluster of each row of ``X`` (m, n_features_in_), or -1 (noise) for an unknown one.
+
+        The open-set assignment of ``rca-gpu assign`` (:class:`rca_gpu.catalogue.assign.Assigner`): the
+        ``K_VOTE`` (10) nearest of the fit's reference points (at most 256 seeded-random members of each
+        cluster) vote for a cluster; the row is noise when its distance to that cluster's nearest reference
+        point exceeds the radius, the split-conformal 99 % quantile of the same distance held out on the
+        reference points. Rows of the fit itself come back to their cluster (a fit's noise row may join the
+        cluster around it). Distances are Euclidean in the features, float32.
+
+        Returns (m,) int64. Raises ValueError when ``X`` is not a finite 2-D array of n_features_in_ columns,
+        NotFittedError before ``fit``.
+        """
+        from sklearn.utils.validation import check_is_fitted, validate_data
+
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        if self._assigner is None:  # the fit found no cluster: every row is noise
+            return np.full(X.shape[0], -1, dtype=np.int64)
+        table = self._assigner.assign(np.asarray(X, dtype=np.float32))
+        return np.where(table["status"].to_numpy() == "assigned", table["cause"].to_numpy(), -1).astype(np.int64)
+
+    def transform(self, X: Any) -> np.ndarray:
+        """The position of each row of ``X`` (m, n_features_in_) in the fit's embedding: (m, k) float32.
+
+        As a run places the images outside its search sample (:mod:`rca_gpu.tuning.extend`): a reducer that
+        is not fitted on every image (UMAP) places each row among its nearest fitted rows in the features
+        (the reducer card's ``place``: umap-learn's ``transform``, the membership-weighted mean of its
+        neighbours' positions; the search's sample when the fit ran on one, else every row of the fit);
+        ``none`` returns ``X``; another cheap reducer (PCA) applies the linear map it was on the fit's rows,
+        recovered by least squares from them (exact for a projection: the rows of the fit come back to
+        ``embedding_``).
+
+        Raises ValueError on bad ``X`` (as ``predict``), NotFittedError before ``fit``, NotImplementedError
+        for a plug-in reducer that is neither linear nor able to place points.
+        """
+        from sklearn.utils.validation import check_is_fitted, validate_data
+
+        from rca_gpu.engine.device import resolve_device
+        from rca_gpu.engine.knn import nearest_rows
+        from rca_gpu.engine.registry import reducer_card
+
+        check_is_fitted(self)
+        X = np.asarray(validate_data(self, X, dtype=[np.float32, np.float64], reset=False), dtype=np.float32)
+        card = reducer_card(self._reduce[0])
+        if card.identity:
+            return X
+        if card.cheap:
+            if self._linear is None:
+                raise NotImplementedError(f"reducer '{card.name}' of FailureClusterer is not a linear map of the "
+                                          "features and cannot place new points: transform needs a reducer "
+                                          "that places points (umap) or a linear one (pca, none).")
+            mean, weights, offset = self._linear
+            return ((X.astype(np.float64) - mean) @ weights + offset).astype(np.float32)
+        base, base_points = self._base
+        k = max(card.graph_k(self._reduce[1]), 1)
+        indices, distances = nearest_rows(base, X, k, resolve_device(self.device))
+        return card.place(base_points, indices, distances, self._reduce[1], self._reduce[2])
+
+    def _keep_for_new_points(self, X: np.ndarray, labels: np.ndarray, selection, spec) -> None:
+        """What predict and transform need: the reference set with its radius, the rows among which new points
+        are placed, and, for a cheap reducer, its linear map."""
+        from rca_gpu.catalogue.assign import Assigner
+        from rca_gpu.catalogue.reference import ALPHA, K_VOTE, calibrate, choose_rows, radius
+
+        rows = choose_rows(labels, seed=spec.seed)
+        reference, causes = X[rows], labels[rows]
+        self._assigner = Assigner(reference, causes, calibrate(reference, causes)) if len(rows) else None
+        self.reference_ = {"images": int(len(rows)), "dims": int(X.shape[1]), "k_vote": K_VOTE, "alpha": ALPHA,
+                           "radius": round(radius(self._assigner.scores), 6) if self._assigner else None}
+        reducer = spec.pipeline.reduce.card
+        self._reduce = (reducer.name, dict(selection.reduce_params), spec.seed)
+        base = selection.extension.sample if selection.extension is not None else np.arange(len(X))
+        self._base = (X[base], self.embedding_[base])
+        self._linear = _linear_map(X, self.embedding_) if reducer.cheap and not reducer.identity else None
 
     def _run_spec(self):
         """The RunSpec this estimator's parameters describe; SpecError (a ValueError) when invalid."""
@@ -136,5 +223,22 @@ class FailureClusterer(ClusterMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float32"]  # transform returns float32 whatever X was
         tags.non_deterministic = not isinstance(self.random_state, (int, np.integer))
         return tags
+
+
+def _linear_map(x: np.ndarray, embedding: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(mean (d,), weights (d, k), offset (k,)) with embedding = (x - mean) @ weights + offset, by least squares
+    in float64, or None
+    when no linear map reproduces ``embedding`` (relative residual above 1e-3). For PCA the minimum-norm
+    solution is the projection itself: its components lie in the row space of the centred data."""
+    x64 = np.asarray(x, dtype=np.float64)
+    mean = x64.mean(axis=0)
+    target = np.asarray(embedding, dtype=np.float64)
+    target = target - target.mean(axis=0)
+    weights, *_ = np.linalg.lstsq(x64 - mean, target, rcond=None)
+    scale = max(float(np.abs(target).max()), 1e-12)
+    if float(np.abs((x64 - mean) @ weights - target).max()) > 1e-3 * scale:
+        return None
+    return mean, weights, np.asarray(embedding, dtype=np.float64).mean(axis=0)

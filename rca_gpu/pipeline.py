@@ -55,6 +55,9 @@ log = logging.getLogger("rca_gpu")
 #: first two components of PLOT_FALLBACK when --no-plot-umap.
 PLOT_REDUCER, PLOT_FALLBACK = "umap", "pca"
 PLOT_UMAP = {"n_neighbors": 15, "n_components": 2, "min_dist": 0.1}
+#: Epochs of the plot's UMAP when it starts from the chosen embedding's principal plane (umap-learn runs 500
+#: from a spectral start up to 10,000 images), used above PLOT_EPOCHS_FROM images (below, a fit costs little).
+PLOT_EPOCHS, PLOT_EPOCHS_FROM = 100, 1000
 LIBRARIES = (
     "rca-gpu", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "umap-learn", "fast-hdbscan",
     "faiss-cpu", "faiss-gpu-cu12", "pyarrow", "pandas", "zennit", "captum", "cuml-cu12", "cuml-cu13", "cupy-cuda12x",
@@ -163,17 +166,38 @@ def plot_embedding(features, chosen: np.ndarray, graph: KnnGraph | None, device:
         return chosen, "chosen embedding"
     if use_umap and features.n > 3:
         plot = registry.reducer_card(PLOT_REDUCER)
-        if selection is not None and selection.extension is not None:
-            embedding = place_all(selection, features.matrix, plot, PLOT_UMAP, device, seed, reduce_cache)
-            return embedding, "umap 2-D of the features (fitted on the search's sample, others placed)"
-        embedding, _ = cached_reduce(features.matrix, plot, PLOT_UMAP, device, graph, seed, reduce_cache)
-        return np.asarray(as_numpy(embedding), dtype=np.float32), "umap 2-D of the features"
+        extension = selection.extension if selection is not None else None
+        rows = extension.sample if extension is not None else None
+        key = (plot.name, tuple(sorted(PLOT_UMAP.items())), seed,
+               None if rows is None else (features.n, len(rows)))
+        start = None
+        if (reduce_cache is None or key not in reduce_cache) and len(chosen) > PLOT_EPOCHS_FROM:
+            # warm start from the chosen embedding's first two principal components: fewer epochs
+            start = _principal_plane(chosen if rows is None else chosen[rows])
+        params = PLOT_UMAP if start is None else {**PLOT_UMAP, "init": start, "n_epochs": PLOT_EPOCHS}
+        where = " (fitted on the search's sample, others placed)" if rows is not None else ""
+        how = "" if start is None else f", started from the chosen embedding's principal plane ({PLOT_EPOCHS} epochs)"
+        if start is not None:  # not remembered in reduce_cache: its key would not say how it was started
+            reduce_cache = None
+        if extension is not None:
+            embedding = place_all(selection, features.matrix, plot, params, device, seed, reduce_cache)
+            return embedding, f"umap 2-D of the features{where}{how}"
+        embedding, _ = cached_reduce(features.matrix, plot, params, device, graph, seed, reduce_cache)
+        return np.asarray(as_numpy(embedding), dtype=np.float32), f"umap 2-D of the features{how}"
     embedding, _ = cached_reduce(features.matrix, registry.reducer_card(PLOT_FALLBACK), {"n_components": 2}, device,
                                  graph, seed, reduce_cache)
     out = np.asarray(as_numpy(embedding), dtype=np.float32)
     if out.shape[1] < 2:
         out = np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
     return out, "pca 2-D of the features"
+
+
+def _principal_plane(points: np.ndarray) -> np.ndarray:
+    """(n, 2) float32: the first two principal components of ``points`` (n, c), by SVD of the centred rows."""
+    centred = np.asarray(points, dtype=np.float64) - np.asarray(points, dtype=np.float64).mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    plane = centred @ vt[:2].T
+    return np.pad(plane, ((0, 0), (0, 2 - plane.shape[1]))).astype(np.float32)
 
 
 def order_labels(labels: np.ndarray) -> np.ndarray:
@@ -378,18 +402,21 @@ def run_on_features(
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
                                started_at=started_at, run_id=run_id)
     if report:
-        result.report = write_report(result, failures)
+        result.report = write_report(result, failures, reporter)
     return result
 
 
-def write_report(result: RunResult, failures: FailureSet) -> Path | None:
-    """report.html of a finished run. A failure is logged, not raised: the run itself is complete."""
+def write_report(result: RunResult, failures: FailureSet, reporter: Reporter | None = None) -> Path | None:
+    """report.html of a finished run (a progress bar of its steps on ``reporter``). A failure is logged, not
+    raised: the run itself is complete."""
     from rca_gpu.report.build import build_report
 
     images = failures.images
     loader = (lambda position: images[position]) if images is not None else None
+    reporter = reporter or Reporter(enabled=False)
     try:
-        return build_report(result.out, loader=loader).path
+        with reporter.task("report", total=None) as advance:
+            return build_report(result.out, loader=loader, progress=advance).path
     except Exception as exc:  # the run's results are written; the report can be made again later
         log.error("the report could not be written (%s: %s); the run is complete: run `rca-gpu report %s`",
                   type(exc).__name__, exc, result.out)

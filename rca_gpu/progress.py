@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("rca_gpu")
 
@@ -14,16 +14,44 @@ log = logging.getLogger("rca_gpu")
 WIDE_TERMINAL = 140
 
 
+class Advance:
+    """What a progress task hands to the work it follows: ``advance(n=1)`` after each step, and
+    ``advance.total(n)`` once the work knows how many steps it has (a bar started with ``total=None`` then
+    shows its share done and an ETA). Work that receives a plain ``callable(n)`` instead is asked
+    :func:`set_total` only if it has that method."""
+
+    def __init__(self, step: Callable[[int], None] | None = None,
+                 total: Callable[[int], None] | None = None) -> None:
+        self._step, self._total = step, total
+
+    def __call__(self, n: int = 1) -> None:
+        if self._step is not None:
+            self._step(n)
+
+    def total(self, n: int) -> None:
+        if self._total is not None:
+            self._total(n)
+
+
+def set_total(progress: Callable[[int], None] | None, total: int) -> None:
+    """Tell ``progress`` (an :class:`Advance`, a plain callable or None) how many steps the work has."""
+    announce = getattr(progress, "total", None)
+    if callable(announce):
+        announce(int(total))
+
+
 class Reporter:
-    """Shows one progress bar per long task on stderr; a no-op when disabled."""
+    """Shows one progress bar per long task on stderr, with steps done, elapsed time and an ETA once the
+    number of steps is known; a no-op when disabled."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
 
     @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    def task(self, description: str, total: int | None) -> Iterator[Advance]:
+        """A progress bar of ``total`` steps (None: unknown until the work calls ``advance.total(n)``)."""
         if not self.enabled:
-            yield lambda n=1: None
+            yield Advance()
             return
         from rich.console import Console
         from rich.progress import (
@@ -46,7 +74,8 @@ class Reporter:
             from rich.markup import escape
 
             task_id = progress.add_task(escape(description), total=total)  # a spec's text is not markup
-            yield lambda n=1: progress.advance(task_id, n)
+            yield Advance(lambda n=1: progress.advance(task_id, n),
+                          lambda n: progress.update(task_id, total=n))
 
 
 def reporter_for(quiet: bool = False, verbose: bool = False) -> Reporter:

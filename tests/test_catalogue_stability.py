@@ -10,6 +10,7 @@ import pytest
 from conftest import planted_blobs
 
 from rca_gpu.catalogue.stability import (
+    DEFAULT_METHOD,
     MAX_RESAMPLES,
     MIN_RESAMPLES,
     SUMMARY_FILE,
@@ -17,6 +18,7 @@ from rca_gpu.catalogue.stability import (
     clusterboot,
     default_resamples,
     run_stability,
+    search_sample_of,
     subset_graph,
 )
 from rca_gpu.engine.device import cpu_device
@@ -129,7 +131,9 @@ def test_default_resamples_follow_the_search():
             self.reduce = reduce
 
     umap_trials = [Trial({"n_neighbors": n, "n_components": c}) for n in (15, 30) for c in (2, 10) for _ in range(18)]
-    assert default_resamples("umap", umap_trials) == 4  # one per UMAP fit
+    assert default_resamples("umap", umap_trials) == MIN_RESAMPLES == 10  # 4 UMAP fits: at least 10 resamples
+    many = [Trial({"n_neighbors": n, "min_dist": d}) for n in range(2, 8) for d in (0.0, 0.1)]
+    assert default_resamples("umap", many) == 12  # one per UMAP fit
     assert default_resamples("pca", [Trial({})] * 29) == MAX_RESAMPLES
     assert default_resamples("none", [Trial({})]) == MIN_RESAMPLES
     assert default_resamples("none", None) == MIN_RESAMPLES
@@ -249,3 +253,52 @@ def test_eps_share_estimated_on_sample_rows_matches_the_full_share(dims):
     estimate = eps_quantile(points, eps, 5, DEVICE, rows=rows)
     assert abs(full - 0.6) < 0.01
     assert abs(estimate - full) < 0.05  # binomial sd at 1,500 rows: 0.013
+
+
+@pytest.mark.quality
+def test_the_default_resampling_agrees_with_full_clusterboot_on_planted_data():
+    """The run's cheaper resampling (DEFAULT_METHOD: re-clustering the chosen UMAP embedding) against Hennig's
+    method with UMAP refitted on every resample: the same unstable clusters (two arbitrary halves of a planted
+    cluster), the clean ones stable under both, per-cluster stability correlated."""
+    from scipy.stats import pearsonr
+
+    x, planted = planted_blobs(n_per=60, centers=4, dim=8, spread=1.0, seed=3)
+    params = {"n_neighbors": 15, "n_components": 10, "min_dist": 0.0}
+    graph = knn_graph(x, 30, DEVICE)
+    embedding, _ = reduce(x, "umap", params, DEVICE, knn=graph, seed=0)
+    setting = _dbscan_setting(np.asarray(embedding))
+    reference = planted.copy()
+    members = np.flatnonzero(planted == 0)
+    reference[members[::2]] = 4
+    tables = {
+        method: run_stability(x, graph, reference, reduce_name="umap", reduce_params=params,
+                              cluster_name="dbscan", cluster_params=setting, chosen_embedding=embedding,
+                              device=DEVICE, seed=0, resamples=10, method=method).table
+        for method in ("refit", DEFAULT_METHOD)
+    }
+    assert DEFAULT_METHOD == "embedding"
+    for table in tables.values():
+        assert set(table.loc[table["unstable"], "cluster"]) == {0, 4}
+        assert table.set_index("cluster")["stability"][[1, 2, 3]].min() >= 0.9
+    assert pearsonr(tables["refit"]["stability"], tables[DEFAULT_METHOD]["stability"])[0] >= 0.9
+
+
+@pytest.mark.quality
+def test_resamples_of_a_sampled_search_come_from_its_sample():
+    x, _ = planted_blobs(n_per=40, centers=3, dim=6, spread=1.0, seed=4)
+    labels = cluster(x, "kmeans", {"k": 3}, DEVICE)
+    sample = np.arange(0, 120, 2)
+    graph = knn_graph(x[sample], 20, DEVICE)
+    result = run_stability(x, None, labels, reduce_name="none", reduce_params={}, cluster_name="kmeans",
+                           cluster_params={"k": 3}, chosen_embedding=x, device=DEVICE, resamples=3,
+                           search_sample=(sample, graph))
+    assert result.info["images"] == len(sample) and result.table["stability"].min() >= 0.9
+    assert (result.table["size"] == np.bincount(labels)).all()  # sizes are the run's, not the sample's
+
+    class Selection:
+        extension = None
+
+    assert search_sample_of(Selection()) is None
+    with pytest.raises(ValueError, match="method must be one of"):
+        run_stability(x, graph, labels, reduce_name="none", reduce_params={}, cluster_name="kmeans",
+                      cluster_params={"k": 3}, chosen_embedding=x, device=DEVICE, resamples=1, method="bogus")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import planted_blobs
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score
 from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -100,3 +101,63 @@ def test_above_the_sample_size_the_choice_is_extended_to_every_row():
     x, y = planted_blobs(n_per=100, centers=4, dim=8, seed=5)
     model = FailureClusterer("pca+kmeans", device="cpu", sample_size=150).fit(x)
     assert model.labels_.shape == (400,) and adjusted_rand_score(y, model.labels_) == 1.0
+
+
+def _far_points(x: np.ndarray, m: int = 20, seed: int = 3) -> np.ndarray:
+    """Points far outside every planted blob: 30x the data's span away from its centre."""
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=(m, x.shape[1]))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    span = float(np.ptp(x, axis=0).max())
+    return (x.mean(axis=0) + 30 * span * direction).astype(np.float32)
+
+
+@pytest.mark.quality
+@pytest.mark.parametrize("pipeline", ["umap+dbscan", "pca+kmeans", "none+hdbscan"])
+def test_predict_sends_known_points_back_and_far_points_to_noise(pipeline):
+    x, y = planted_blobs(n_per=60, centers=4, dim=8, seed=2)
+    model = FailureClusterer(pipeline, device="cpu").fit(x)
+    assert adjusted_rand_score(y, model.labels_) == 1.0
+    # points near the fitted ones (within a tenth of a blob's spread) come back to their cluster
+    near = x + np.random.default_rng(1).normal(scale=0.03, size=x.shape).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(near), model.labels_)
+    np.testing.assert_array_equal(model.predict(x), model.labels_)
+    assert (model.predict(_far_points(x)) == -1).all()
+    assert model.reference_["images"] == len(x) and model.reference_["radius"] > 0
+
+
+@pytest.mark.quality
+@pytest.mark.parametrize("pipeline", ["umap+dbscan", "pca+kmeans", "none+kmeans"])
+def test_transform_places_fitted_rows_where_the_fit_put_them(pipeline):
+    x, y = planted_blobs(n_per=60, centers=4, dim=8, seed=2)
+    model = FailureClusterer(pipeline, device="cpu").fit(x)
+    placed = model.transform(x)
+    assert placed.shape == model.embedding_.shape and placed.dtype == np.float32
+    np.testing.assert_allclose(placed, model.embedding_, atol=1e-3 * float(np.abs(model.embedding_).max()))
+    # a new point near a blob lands inside that blob's region of the embedding
+    near = x[::10] + np.random.default_rng(1).normal(scale=0.03, size=x[::10].shape).astype(np.float32)
+    centroids = np.stack([model.embedding_[model.labels_ == c].mean(axis=0) for c in range(model.n_clusters_)])
+    nearest = np.linalg.norm(model.transform(near)[:, None, :] - centroids[None], axis=2).argmin(axis=1)
+    np.testing.assert_array_equal(nearest, model.labels_[::10])
+
+
+@pytest.mark.quality
+def test_predict_and_transform_after_a_fit_on_a_sample():
+    x, y = planted_blobs(n_per=100, centers=4, dim=8, seed=5)
+    model = FailureClusterer("umap+dbscan", device="cpu", sample_size=150).fit(x)
+    assert adjusted_rand_score(y, model.labels_) == 1.0
+    np.testing.assert_array_equal(model.predict(x), model.labels_)
+    np.testing.assert_allclose(model.transform(x), model.embedding_, atol=1e-3 * float(np.abs(model.embedding_).max()))
+    assert (model.predict(_far_points(x)) == -1).all()
+
+
+def test_predict_and_transform_check_their_input():
+    x, _ = planted_blobs(n_per=30, centers=3, dim=6, seed=0)
+    model = FailureClusterer("pca+kmeans(k=3)", device="cpu")
+    with pytest.raises(NotFittedError, match="not fitted"):
+        model.predict(x)
+    model.fit(x)
+    with pytest.raises(ValueError, match="features"):
+        model.predict(x[:, :4])
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        model.transform(np.full_like(x, np.nan))

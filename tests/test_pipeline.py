@@ -156,3 +156,26 @@ def test_heatmap_extractor_without_model_is_a_clear_error(tmp_path):
     images, labels = pattern_images(n_per=3, groups=2)
     with pytest.raises(Exception, match="needs the DNN under test: pass --model PATH"):
         run(_spec("lrp+none+ward"), from_arrays(images), tmp_path / "out")
+
+
+@pytest.mark.quality
+def test_the_plot_starts_from_the_chosen_embedding_and_keeps_its_groups(monkeypatch):
+    from types import SimpleNamespace
+
+    from conftest import planted_blobs
+
+    import rca_gpu.pipeline as pipeline
+    from rca_gpu.engine.device import cpu_device
+    from rca_gpu.engine.registry import reduce
+
+    x, planted = planted_blobs(n_per=50, centers=4, dim=8, seed=6)
+    chosen = np.asarray(reduce(x, "umap", {"n_neighbors": 15, "n_components": 10, "min_dist": 0.0}, cpu_device(),
+                               seed=0)[0], dtype=np.float32)
+    plane = pipeline._principal_plane(chosen)
+    centred = chosen - chosen.mean(axis=0)
+    assert plane.shape == (200, 2) and np.var(plane[:, 0]) >= np.var(centred @ np.ones(10) / np.sqrt(10)) - 1e-6
+    monkeypatch.setattr(pipeline, "PLOT_EPOCHS_FROM", 100)  # the warm start runs above this many images
+    plot, source = pipeline.plot_embedding(SimpleNamespace(matrix=x, n=len(x)), chosen, None, cpu_device(), 0, True)
+    assert plot.shape == (200, 2) and "principal plane" in source
+    centroids = np.stack([plot[planted == g].mean(axis=0) for g in range(4)])
+    assert (np.linalg.norm(plot[:, None] - centroids[None], axis=2).argmin(axis=1) == planted).all()

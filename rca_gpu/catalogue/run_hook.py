@@ -49,7 +49,14 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
     """
     from rca_gpu import outputs
     from rca_gpu.catalogue.reference import write_reference
-    from rca_gpu.catalogue.stability import SUMMARY_FILE, default_resamples, run_stability
+    from rca_gpu.catalogue.stability import (
+        DEFAULT_METHOD,
+        SUMMARY_FILE,
+        WARM_EPOCHS,
+        default_resamples,
+        run_stability,
+        search_sample_of,
+    )
 
     out = Path(out)
     info: dict[str, Any] = {}
@@ -81,6 +88,7 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
                 cluster_name=spec.pipeline.cluster.name, cluster_params=dict(selection.cluster_params),
                 chosen_embedding=selection.embedding, device=device, seed=spec.seed, resamples=resamples,
                 progress=advance, merge_step=getattr(selection, "merge_step", False),
+                method=DEFAULT_METHOD, warm_epochs=WARM_EPOCHS, search_sample=search_sample_of(selection),
             )
         summary = stability.table
         outputs.write_parquet(out / SUMMARY_FILE, summary, run_id=run_id)

@@ -32,8 +32,9 @@ def report_command(
     from rca_gpu.progress import reporter_for
     from rca_gpu.report.build import build_report
 
-    reporter_for(quiet)  # the log lines: warnings only with --quiet
-    result = build_report(run_dir, map_points=map_points)
+    reporter = reporter_for(quiet)  # the log lines (warnings only with --quiet) and the progress bar
+    with reporter.task("report", total=None) as advance:
+        result = build_report(run_dir, map_points=map_points, progress=advance)
     typer.echo(f"report: {result.path}")
 
 

@@ -29,6 +29,7 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import pandas as pd
 
 from rca_gpu import outputs
 from rca_gpu.data.paths import real_paths
+from rca_gpu.progress import set_total
 from rca_gpu.report import explain as _explain
 from rca_gpu.report.columns import dominant_values
 from rca_gpu.report.page import content_security_policy, environment, file_url
@@ -55,6 +57,9 @@ from rca_gpu.report.representatives import (
 from rca_gpu.report.thumbnails import THUMB_SIZE, ImageLoader, make_thumbnails
 from rca_gpu.runfiles import EXPLANATIONS_FILE, METRICS_FILE, REPORT_FILE, REPORT_FILES_DIR
 from rca_gpu.runfolder import RUN_OUTPUT_FOLDERS, RUN_OUTPUTS, RunFolder, open_run
+
+#: Steps of build_report a progress bar counts: read, representatives, thumbnails, sections, galleries, render.
+REPORT_STEPS = 6
 
 log = logging.getLogger("rca_gpu")
 
@@ -100,6 +105,7 @@ def build_report(
     thumb_size: int = THUMB_SIZE,
     loader: ImageLoader | None = None,
     seed: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ReportResult:
     """Write ``report.html`` (and ``report_files/``, ``clusters.csv``) into a finished run folder.
 
@@ -115,6 +121,9 @@ def build_report(
         position -> PIL image, for runs over in-memory arrays (their paths are not files).
     seed:
         Seed of the samples (default: the run's seed).
+    progress:
+        Called with 1 after each of the REPORT_STEPS steps (read, representatives, thumbnails, sections,
+        galleries, render); told their number first (:func:`rca_gpu.progress.set_total`).
 
     Returns
     -------
@@ -140,6 +149,8 @@ def build_report(
     from rca_gpu.report.gallery import write_galleries
 
     seconds: dict[str, float] = {}
+    set_total(progress, REPORT_STEPS)
+    tick = progress or (lambda n=1: None)
     t = time.perf_counter()
     run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
     seed = int(run.info.get("seed", 0) or 0) if seed is None else seed
@@ -147,6 +158,7 @@ def build_report(
     embedding = run.embedding()
     explanations = read_explanations(run)
     seconds["read"] = _since(t)
+    tick(1)
 
     t = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -155,6 +167,7 @@ def build_report(
     reps = representatives(embedding["cluster"].to_numpy(), space, positions, rng)
     drawn = map_sample(embedding["cluster"].to_numpy(), map_points, rng)
     seconds["representatives"] = _since(t)
+    tick(1)
 
     t = time.perf_counter()
     files = run.file(FILES_DIR)
@@ -165,6 +178,7 @@ def build_report(
                              run_id=run.run_id, size=thumb_size, loader=loader)
     heat = _heatmaps.heatmap_views(run, clusters, reps, files / "heatmaps", thumb_size=thumb_size, loader=loader)
     seconds["thumbnails"] = _since(t)
+    tick(1)
 
     t = time.perf_counter()
     meta_columns = [c for c in clusters.columns if c not in OWN_COLUMNS]
@@ -186,6 +200,7 @@ def build_report(
     map_data["caption"] = [caption(clusters.iloc[p], tiles.captions) for p in rows] if tiles.captions else None
     suggestions = _suggestions(run)
     seconds["sections"] = _since(t)
+    tick(1)
 
     t = time.perf_counter()
     write_galleries(files / "gallery", clusters, thumbs, run.run_id,
@@ -194,6 +209,7 @@ def build_report(
     plotly_file = _write_plotly(files)
     csv_path = _interop.write_clusters_csv(run, clusters)
     seconds["galleries"] = _since(t)
+    tick(1)
 
     t = time.perf_counter()
     nonce = secrets.token_urlsafe(18)
@@ -232,6 +248,7 @@ def build_report(
     html = environment().get_template("report.html").render(**context)
     path = outputs.write_text(run.file(REPORT_FILE), html)
     seconds["render"] = _since(t)
+    tick(1)
     size = path.stat().st_size + sum(p.stat().st_size for p in files.rglob("*") if p.is_file())
     log.debug("report: %s (%d thumbnails, %d map points)", path, len(thumbs), len(drawn))
     return ReportResult(path, seconds, len(thumbs), len(drawn), size)

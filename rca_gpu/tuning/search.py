@@ -20,6 +20,7 @@ from rca_gpu.engine.cards import ClusterCard, ReducerCard
 from rca_gpu.engine.device import Device, as_numpy, rows_on_host, take_rows
 from rca_gpu.engine.knn import KnnGraph, knn_graph
 from rca_gpu.engine.sample import draw_sample
+from rca_gpu.progress import set_total
 from rca_gpu.spec import ClusterSpec, ReduceSpec
 from rca_gpu.tuning import graph as graph_rules
 from rca_gpu.tuning.criteria import Trial, validity
@@ -27,6 +28,8 @@ from rca_gpu.tuning.criteria import Trial, validity
 #: Above this many images the search runs on a seeded sample of this size and the chosen setting is
 #: extended to the rest (rca_gpu.tuning.extend); RunSpec.sample_size / --sample-size change it.
 SAMPLE_SIZE = 5000
+#: Progress steps per reducer setting: its fit, then its clusterings and their scores.
+SEARCH_STEPS = 2
 #: Fewest distinct images worth searching; fewer give one cluster of everything (see rca_gpu.tuning.select).
 MIN_DISTINCT = 3
 #: Rows looked at first when counting distinct rows, and rows compared per block after that.
@@ -102,7 +105,9 @@ def search(features: Any, graph: KnnGraph | None, reduce_spec: ReduceSpec, clust
     device : where the stages run.
     seed : seeds the sample, the reducer, the clusterer and the silhouette sample.
     sample_size : above this many rows the search runs on a seeded sample of this many.
-    progress : called with 1 after each reducer setting.
+    progress : called with 1 after each reducer fit and after each setting's clustering and scores; told the
+        number of steps first (:func:`rca_gpu.progress.set_total`: SEARCH_STEPS per reducer setting, + 1 for
+        the choice and extension :func:`rca_gpu.tuning.select.select` makes after the search).
     reduce_cache : shares embeddings between searches over the same features (see :func:`cached_reduce`).
     grid : the reducer's grid for its open parameters (default: the clusterer card's ``reducer_grids``
         entry for the reducer, else the reducer card's own grid).
@@ -130,7 +135,9 @@ def search(features: Any, graph: KnnGraph | None, reduce_spec: ReduceSpec, clust
     if grid is None:
         grid = clusterer.reducer_grids.get(reducer.name)
     rows_key = None if sample is None else (n, len(sample))
-    for index, reduce_params in enumerate(reducer.candidates(reduce_spec.params, features, seed=seed, grid=grid)):
+    settings_of_reducer = reducer.candidates(reduce_spec.params, features, seed=seed, grid=grid)
+    set_total(progress, SEARCH_STEPS * len(settings_of_reducer) + 1)  # + 1: choose, refine, extend (select)
+    for index, reduce_params in enumerate(settings_of_reducer):
         t = time.perf_counter()
         if reducer.cheap or sample is None:  # fitted on every image; the search reads its sample's rows
             full, info = cached_reduce(features, reducer, reduce_params, device, graph if sample is None else None,
@@ -141,6 +148,8 @@ def search(features: Any, graph: KnnGraph | None, reduce_spec: ReduceSpec, clust
                                          rows=rows_key)
             full = None
         timings["reduce"] += time.perf_counter() - t
+        if progress:
+            progress(1)
         embedding_graph = embedding_graph_source(points, graph if reducer.identity else None, device)
         t = time.perf_counter()
         settings = clusterer.candidates(cluster_spec.fixed, embedding_graph, found.n_rows, distinct=distinct)

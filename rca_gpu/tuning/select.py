@@ -56,7 +56,8 @@ def select(
     reduce_spec, cluster_spec : the stages; parameters they fix are not searched.
     device : where the stages run.
     seed : seeds the sample, UMAP, K-means and the silhouette sample.
-    progress : called with 1 after each reducer setting.
+    progress : called with 1 after each step of the search and once after the choice (see
+        :func:`rca_gpu.tuning.search.search`, which tells it the number of steps first).
     reduce_cache : a dict kept by the caller that shares embeddings between searches over the same features
         (the study's clusterers on one UMAP embedding).
     criterion : the selection rule ("merged", "finest-peak", "max"; cards may add "knee"); default: the spec's
@@ -97,6 +98,8 @@ def select(
         t = time.perf_counter()
         extend(selection, found, choice.embedding, raw, merge=merge, device=device, seed=seed)
         timings["extend"] = time.perf_counter() - t
+    if progress:
+        progress(1)
     selection.seconds = {k: round(v, 3) for k, v in timings.items()}
     selection.seconds["total"] = round(time.perf_counter() - started, 3)
     return selection

@@ -122,8 +122,13 @@ class UmapLearn(ReduceAdapter):
 
     uses_knn = True
 
-    def __init__(self, *, n_neighbors: int = 15, n_components: int = 2, min_dist: float = 0.1, seed: int = 0):
+    def __init__(self, *, n_neighbors: int = 15, n_components: int = 2, min_dist: float = 0.1, seed: int = 0,
+                 init: Any = None, n_epochs: int | None = None):
+        """``init`` ((n, n_components) float array) and ``n_epochs``: a warm start from known positions with
+        fewer epochs of layout optimisation (the stability step's resamples); default: spectral
+        initialisation and umap-learn's epochs."""
         self.n_neighbors, self.n_components, self.min_dist, self.seed = n_neighbors, n_components, min_dist, seed
+        self.init, self.n_epochs = init, n_epochs
 
     def fit_transform(self, x, knn=None):
         umap = jit_cache.load("umap")  # compiled once per machine, not per process
@@ -141,7 +146,9 @@ class UmapLearn(ReduceAdapter):
             min_dist=self.min_dist,
             random_state=self.seed,
             precomputed_knn=precomputed or (None, None, None),
-            init="spectral" if n > self.n_components + 2 else "random",
+            init=(np.asarray(self.init, dtype=np.float32) if self.init is not None
+                  else "spectral" if n > self.n_components + 2 else "random"),
+            n_epochs=self.n_epochs,
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*knn_search_index.*")
@@ -160,7 +167,10 @@ class CumlUMAP(ReduceAdapter):
 
     uses_knn = True
 
-    def __init__(self, *, n_neighbors: int = 15, n_components: int = 2, min_dist: float = 0.1, seed: int = 0):
+    def __init__(self, *, n_neighbors: int = 15, n_components: int = 2, min_dist: float = 0.1, seed: int = 0,
+                 init: Any = None, n_epochs: int | None = None):
+        """``init`` and ``n_epochs`` (the CPU twin's warm start) are accepted and not used: cuML initialises
+        spectrally or at random only, so a GPU resample is a full fit with cuML's own epochs."""
         self.n_neighbors, self.n_components, self.min_dist, self.seed = n_neighbors, n_components, min_dist, seed
 
     def _settings(self, n: int) -> tuple[int, int, str]:
