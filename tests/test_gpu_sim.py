@@ -159,3 +159,11 @@ def test_gpu_failure_tells_gpu_errors_from_data_errors():
     assert gpu_failure(UnsupportedOnGPU("cuML UMAP's spectral initialisation needs n_samples > n_components"))
     assert not gpu_failure(ValueError("Input contains NaN"))
     assert not gpu_failure(RuntimeError("maximum recursion depth exceeded"))
+
+
+def test_dbscan_batch_size_comes_from_free_not_total_memory():
+    from rca_gpu.engine.limits import DBSCAN_MIN_BATCH_MB, dbscan_batch_mbytes
+
+    # 80 GB card with 10 GB free: cuML's default would plan 64 GB batches (80% of the total)
+    assert dbscan_batch_mbytes(10 * 10**9, 1_000_000, 10) == 8_000 - 40
+    assert dbscan_batch_mbytes(10**8, 1_000_000, 10) == DBSCAN_MIN_BATCH_MB  # never below the floor

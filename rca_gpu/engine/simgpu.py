@@ -226,6 +226,9 @@ def _cupy() -> types.ModuleType:
     cupy.arange = lambda *a, **k: SimArray(np.arange(*a, **k))
     cupy.zeros = lambda *a, **k: SimArray(np.zeros(*a, **k))
     cupy.unique = lambda x, **k: _wrap(np.unique(_device_input(x, "cupy.unique"), **k))
+    # memory: a fixed 16 GiB free of 24 GiB (nothing is allocated on a GPU)
+    runtime = types.SimpleNamespace(memGetInfo=lambda: (16 << 30, 24 << 30))
+    cupy.cuda = types.SimpleNamespace(runtime=runtime)
     return cupy
 
 
@@ -239,7 +242,9 @@ class _Estimator:
         output_type = params.pop("output_type", "cupy")
         if output_type != "cupy":
             raise ValueError(f"simulated cuML returns CuPy arrays only; output_type={output_type!r}")
-        params.pop("max_mbytes_per_batch", None)  # memory: nothing to simulate
+        batch = params.pop("max_mbytes_per_batch", None)  # memory: nothing to simulate, but cuML's rule holds
+        if batch is not None and not (isinstance(batch, int) and batch > 0):
+            raise ValueError(f"max_mbytes_per_batch must be a positive int, got {batch!r} (simulated cuML)")
         params.pop("verbose", None)
         self.params = params
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from rca_gpu.engine import limits
 from rca_gpu.engine.cards import ClusterCard, Twin, nearest_within
-from rca_gpu.engine.device import Device, as_numpy
+from rca_gpu.engine.device import Device, take_rows
 from rca_gpu.engine.dispatch import ClusterAdapter
 from rca_gpu.engine.knn import KnnGraph, knn_graph, nearest_rows
 from rca_gpu.engine.params import Param
@@ -32,8 +33,6 @@ DBSCAN_EPS_QUANTILES = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 #: UMAP settings DBSCAN searches: its choice was the same on every benchmark with these two as with all eight
 #: of the UMAP card's grid (benchmarks/RESULTS.md, selection), so the default pipeline fits two UMAPs.
 UMAP_GRID_DBSCAN = {"n_neighbors": (30,), "n_components": (10,), "min_dist": (0.0, 0.1)}
-#: Embeddings of at most this many dimensions are searched with a KD-tree for the k-th neighbour distances.
-KDTREE_MAX_DIMS = 16
 
 
 class DBSCANCard(ClusterCard):
@@ -126,13 +125,8 @@ def eps_quantile(points: Any, eps: float, min_samples: int, device: Device, rows
         kth = kth_distance(points, min_samples, device)
     else:
         k = min(min_samples + 1, n)
-        host = np.ascontiguousarray(np.asarray(as_numpy(points), dtype=np.float32))
-        if host.shape[1] <= KDTREE_MAX_DIMS:  # low-dimensional embeddings: a KD-tree, as kth_distance uses
-            from sklearn.neighbors import KDTree
-
-            distances, _ = KDTree(host).query(host[rows], k=k)
-        else:
-            _, distances = nearest_rows(points, host[rows], k, device)
+        queries = take_rows(points, rows, device.torch_device)
+        _, distances = nearest_rows(points, queries, k, device, low_dims_tree=True)
         kth = np.asarray(distances)[:, k - 1]
     return float(np.mean(kth <= eps)) if kth.size else 1.0
 
@@ -141,8 +135,8 @@ def kth_distance(points: Any, min_samples: int, device: Device) -> np.ndarray:
     """(n,) each point's distance to its ``min_samples``-th neighbour (self excluded; fewer when n is small)."""
     n = int(points.shape[0])
     k = min(min_samples + 1, n)
-    backend = "kdtree" if int(points.shape[1]) <= KDTREE_MAX_DIMS else "auto"
-    _, distances = knn_graph(points, k, device, backend).numpy()
+    # the registry picks the backend: a KD-tree for low dimensions on the CPU, the device's own on a GPU
+    _, distances = knn_graph(points, k, device, low_dims_tree=True).numpy()
     return distances[:, k - 1]
 
 
@@ -159,12 +153,17 @@ class SklearnDBSCAN(ClusterAdapter):
 
 class CumlDBSCAN(SklearnDBSCAN):
     """cuML DBSCAN; its ``min_samples`` counts the point itself, like scikit-learn's (python/cuml/cuml/cluster/
-    dbscan.pyx; core points: vertex degree >= min_samples, cpp/src/dbscan/corepoints/compute.cuh)."""
+    dbscan.pyx; core points: vertex degree >= min_samples, cpp/src/dbscan/corepoints/compute.cuh). Its batch
+    size comes from the free GPU memory (:func:`rca_gpu.engine.limits.dbscan_batch_mbytes`)."""
 
     def fit_predict(self, x):
+        import cupy
         from cuml.cluster import DBSCAN
 
-        model = DBSCAN(eps=self.params["eps"], min_samples=self.params.get("min_samples", 5), output_type="cupy")
+        free, _ = cupy.cuda.runtime.memGetInfo()
+        batch = limits.dbscan_batch_mbytes(free, int(x.shape[0]), int(x.shape[1]))
+        model = DBSCAN(eps=self.params["eps"], min_samples=self.params.get("min_samples", 5), output_type="cupy",
+                       max_mbytes_per_batch=batch)
         return model.fit_predict(x.astype("float32", copy=False))
 
 
