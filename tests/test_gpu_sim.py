@@ -78,6 +78,25 @@ def test_other_cards_run_on_their_gpu_adapters_with_stability(sim_gpu, images, t
     assert all(ran == ["gpu " + ran[0].split()[1]] for ran in device["backends"].values()), device["backends"]
 
 
+@pytest.mark.parametrize("pipeline, stages", [
+    (DEFAULT_PIPELINE, {"knn torch": ["gpu torch"], "reduce umap": ["cpu umap-learn"],
+                        "cluster dbscan": ["gpu torch"]}),
+    ("pixels(image_size=16)+pca+kmeans", {"reduce pca": ["gpu torch"], "cluster kmeans": ["gpu torch"]}),
+])
+def test_without_rapids_the_torch_backend_takes_the_gpu_stages(images, tmp_path, monkeypatch, pipeline, stages):
+    monkeypatch.setenv(simgpu.SIMULATE_ENV, "torch")
+    try:
+        result = _run(images, tmp_path / "run", "auto", pipeline, "--stability", "2")
+    finally:
+        simgpu.uninstall()
+    assert result.exit_code == 0, result.output
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["device"]["simulated"] and not info["device"]["cuml"]
+    for stage, backends in stages.items():
+        assert info["device"]["backends"][stage] == backends
+    assert info["catalogue"]["stability"]["resamples"] == 2
+
+
 def test_a_gpu_failure_during_a_fit_falls_back_under_auto_and_is_one_error_line_under_gpu(sim_gpu, images,
                                                                                           tmp_path, monkeypatch):
     def out_of_memory(self, x):

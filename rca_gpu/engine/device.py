@@ -258,8 +258,8 @@ def resolve_device(requested: str = "auto") -> Device:
 
     - ``cpu``: everything on the CPU.
     - ``gpu``: CUDA and cuML must be usable, else DeviceError with the install hint.
-    - ``auto``: the GPU when torch sees CUDA; cuML stages on the GPU when cuML imports, otherwise they run
-      on the CPU while kNN and PCA stay on the GPU in torch.
+    - ``auto``: the GPU when torch sees CUDA; cuML stages on the GPU when cuML imports, otherwise the torch
+      backend runs kNN, PCA, DBSCAN and K-means on the GPU and UMAP, HDBSCAN and Ward run on the CPU.
 
     GPU kNN libraries (FAISS-GPU, cuVS, cuML) are trusted only after a tiny search on this GPU succeeded in a
     child process (:func:`probe_knn_backends`); a failed probe is logged with its reason and that backend is
@@ -273,8 +273,9 @@ def resolve_device(requested: str = "auto") -> Device:
         return device
     from rca_gpu.engine import simgpu
 
-    if simgpu.requested():
-        return simulated_device(requested)
+    mode = simgpu.requested()
+    if mode:
+        return simulated_device(requested, rapids=mode == "rapids")
 
     import torch
 
@@ -307,8 +308,8 @@ def resolve_device(requested: str = "auto") -> Device:
         reason = f"CUDA GPU {name} with cuML" + "".join(f" and {label}" for label in knn)
     else:
         reason = (
-            f"CUDA GPU {name}; {why_not}, so UMAP and clustering run on the CPU while features, kNN and PCA "
-            "run on the GPU in torch"
+            f"CUDA GPU {name}; {why_not}, so UMAP, HDBSCAN and Ward run on the CPU while features, kNN, PCA, "
+            "DBSCAN and K-means run on the GPU in torch"
         )
     device = Device(requested, "cuda", cuml_ok, faiss_ok, reason, name, cuvs_ok, cuml_knn_ok and cuml_ok,
                     (int(capability[0]), int(capability[1])), tuple(notes))
@@ -316,15 +317,21 @@ def resolve_device(requested: str = "auto") -> Device:
     return device
 
 
-def simulated_device(requested: str = "gpu") -> Device:
+def simulated_device(requested: str = "gpu", *, rapids: bool = True) -> Device:
     """The simulated GPU of CI (:mod:`rca_gpu.engine.simgpu`): every stage dispatched to its GPU adapter
     (cuML, cuVS, torch), the GPU libraries replaced by stand-ins that compute on the CPU; ``requested``
-    "gpu" is strict (no CPU fall-back), "auto" falls back as on a real GPU."""
+    "gpu" is strict (no CPU fall-back), "auto" falls back as on a real GPU. ``rapids=False``: a machine with
+    CUDA torch and CuPy but no cuML or cuVS (the torch backend)."""
     from rca_gpu.engine import simgpu
 
     simgpu.install()
-    device = Device(requested, "cpu", True, False, "simulated GPU (stand-ins of CuPy, cuML and cuVS on the CPU; "
-                    f"{simgpu.SIMULATE_ENV}=1)", "simulated GPU", cuvs=True, cuml_knn=True, simulated=True)
+    if rapids:
+        reason = f"simulated GPU (stand-ins of CuPy, cuML and cuVS on the CPU; {simgpu.SIMULATE_ENV}=1)"
+    else:
+        reason = (f"simulated GPU without RAPIDS (torch backend; {simgpu.SIMULATE_ENV}=torch): UMAP and HDBSCAN "
+                  "run on the CPU")
+    device = Device(requested, "cpu", rapids, False, reason, "simulated GPU", cuvs=rapids, cuml_knn=rapids,
+                    simulated=True)
     log.info("device: gpu (%s)", device.reason)
     return device
 

@@ -43,9 +43,14 @@ MODULES = ("cupy", "cuml", "cuml.cluster", "cuml.cluster.hdbscan", "cuml.manifol
 _SAVED: dict[str, Any] = {}
 
 
-def requested() -> bool:
-    """Whether the environment asks for the simulated GPU."""
-    return os.environ.get(SIMULATE_ENV, "") == "1"
+#: Values of SIMULATE_ENV: the GPU machine each simulates.
+MODES = {"1": "rapids", "rapids": "rapids", "torch": "torch"}
+
+
+def requested() -> str:
+    """The simulated machine the environment asks for: "rapids" (``RCA_GPU_SIMULATE_GPU=1``: CuPy, cuML
+    and cuVS), "torch" (``=torch``: CUDA torch without RAPIDS, so the torch backend runs), or "" (none)."""
+    return MODES.get(os.environ.get(SIMULATE_ENV, ""), "")
 
 
 def active() -> bool:
