@@ -80,11 +80,13 @@ def test_torch_backend_matches_the_cpu_path_on_planted_data():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # trains the benchmark's DUT when no earlier test of the session did
 def test_torch_backend_matches_the_cpu_path_on_mnist_rc(mnist_rc_small):
     _check("mnist-rc", _clustering_space(mnist_rc_small))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # trains the benchmark's DUT
 def test_torch_backend_matches_the_cpu_path_on_shapes_sim(shapes_sim):
     _check("shapes-sim", _clustering_space(shapes_sim))
 
