@@ -98,7 +98,8 @@ def score(run_dir: Path, new_features, new_causes: np.ndarray, left_out: str | N
     owners = dominated(run_dir)
     known = sorted(c for c in owners if c not in (NONE, left_out))
     is_known = np.isin(new_causes, known)
-    correct = np.array([cause in owners.get(root, set()) for root, cause in zip(new_causes, result["cause"])])
+    correct = np.array([cause in owners.get(root, set())
+                        for root, cause in zip(new_causes, result["cause"], strict=True)])
     unknown = (result["status"] == "unknown").to_numpy()
     row = {
         "left_out": left_out or "-",
@@ -212,7 +213,8 @@ def main() -> None:
         f"- run: {spec.pipeline} on {len(failures[0])} seed-0 failures; new failures: {len(failures[1])} of "
         f"seed 1 ({int(np.isin(new_causes, injected).sum())} with an injected cause)",
         f"- machine: {platform.machine()}, {torch.get_num_threads()} torch threads (shared machine); torch "
-        f"{versions.get('torch')}, umap-learn {versions.get('umap-learn')}, scikit-learn {versions.get('scikit-learn')}",
+        f"{versions.get('torch')}, umap-learn {versions.get('umap-learn')}, "
+        f"scikit-learn {versions.get('scikit-learn')}",
         f"- extraction of both seeds {extraction:.0f} s (cached on re-runs); seconds per run (all stages after "
         f"extraction): {seconds}",
         "",

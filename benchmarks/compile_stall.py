@@ -27,14 +27,13 @@ STAGES = ("umap", "pca", "none", "dbscan", "hdbscan", "hdbscan-10d", "kmeans", "
 
 
 def worker(stage: str) -> None:
-    import rca_gpu  # noqa: F401  (first, as a program using rca_gpu would)
     from numba.core import event
 
-    from rca_gpu.engine.registry import cluster
+    import rca_gpu  # noqa: F401  (first, as a program using rca_gpu would)
     from rca_gpu.datasets.planted import planted_features
     from rca_gpu.engine.device import cpu_device
     from rca_gpu.engine.knn import knn_graph
-    from rca_gpu.engine.registry import reduce
+    from rca_gpu.engine.registry import cluster, reduce
 
     device = cpu_device()
     x, _ = planted_features(400, n_clusters=4, dims=32, rare=(), seed=0)

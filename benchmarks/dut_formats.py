@@ -42,8 +42,8 @@ def main() -> None:
 
     from rca_gpu.data.sources import load_source
     from rca_gpu.engine.device import resolve_device
-    from rca_gpu.metrics import evaluate
     from rca_gpu.engine.knn import knn_graph
+    from rca_gpu.metrics import evaluate
     from rca_gpu.pipeline import compute_features, effective_k
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import build_run_spec, make_features

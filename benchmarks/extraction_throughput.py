@@ -33,8 +33,8 @@ def main() -> None:
     import torch
 
     from rca_gpu.data.sources import from_arrays
-    from rca_gpu.features.base import ExtractionContext
     from rca_gpu.features.backbones import BackboneExtractor
+    from rca_gpu.features.base import ExtractionContext
     from rca_gpu.spec import make_features
 
     device = torch.device(args.device)
@@ -61,7 +61,7 @@ def main() -> None:
             extractor.prepare()
             autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
-            def step():
+            def step(extractor=extractor, autocast=autocast):  # this iteration's, bound now
                 with torch.inference_mode(), autocast:
                     out = extractor.encode(batch)
                 if device.type == "cuda":

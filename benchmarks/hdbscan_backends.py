@@ -74,7 +74,8 @@ def main() -> None:
     sets = [(name, np.asarray(x, dtype=np.float64), y) for name, x, y in sets]
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, load average "
-          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}; fast_hdbscan {fast_hdbscan.__version__ if hasattr(fast_hdbscan, '__version__') else '?'}, "
+          f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}; "
+          f"fast_hdbscan {getattr(fast_hdbscan, '__version__', '?')}, "
           f"scikit-learn {sklearn.__version__}; median of {args.repeats} warm calls\n")
     print("| data | min_cluster_size | ARI fast vs sklearn | ARI fast | ARI sklearn | noise fast | noise sklearn "
           "| fast repeatable | s fast | s sklearn |")

@@ -9,8 +9,9 @@ decoding is excluded. One warm-up pass is not timed; each configuration is timed
 ``--batches`` batches and the median is reported. Each result is forced to finish before the clock stops
 (``.item()``), so the numbers are right on CUDA as well. Models use random weights: throughput does not
 depend on them (`mnist_cnn` is the architecture of the mnist-rc DUT; MobileNetV2 uses its ImageNet
-weights when the torch cache holds them, so that the check below is meaningful). The "check" column: for LRP the median relative gap between the layer's total
-relevance and the predicted logit, for Grad-CAM the smallest map value (never negative).
+weights when the torch cache holds them, so that the check below is meaningful). The "check" column: for LRP
+the median relative gap between the layer's total relevance and the predicted logit, for Grad-CAM the smallest
+map value (never negative).
 """
 
 from __future__ import annotations

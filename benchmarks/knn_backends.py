@@ -63,7 +63,7 @@ def main() -> None:
                 indices = graph.numpy()[0]
                 if exact is None:
                     exact = indices
-                recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(indices, exact)]))
+                recall = float(np.mean([len(set(a) & set(b)) / args.k for a, b in zip(indices, exact, strict=True)]))
                 print(f"| {n} | {dim} | {backend} | {statistics.median(times):.3f} | {recall:.4f} | "
                       f"{'yes' if backend == auto else ''} |", flush=True)
 

@@ -58,7 +58,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from catalogue_assignment import NONE, dominated
 
 CALIBRATED = ("catalogue radius", "per-cause radius", "global kNN-1")
@@ -220,8 +219,9 @@ def main() -> None:
                 rows.append(row)
         cause_clusters = {c: root for root, cs in owners.items() for c in cs}
         codes = np.searchsorted(assigner.cause_ids, causes)
-        for name, right in vote_accuracy(x, reference, codes, assigner.cause_ids, voted, lambda vote: np.array(
-                [cause_clusters.get(int(c)) == root for c, root in zip(vote, new_causes)])).items():
+        for name, right in vote_accuracy(x, reference, codes, assigner.cause_ids, voted,
+                                         lambda vote, cause_clusters=cause_clusters: np.array(
+                [cause_clusters.get(int(c)) == root for c, root in zip(vote, new_causes, strict=True)])).items():
             votes.append({"left_out": left or "-", "vote": name, "accuracy": float(right[is_known].mean())})
         if not left:
             continue

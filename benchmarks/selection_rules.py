@@ -106,10 +106,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     import pandas as pd
+    from selection_vs_reference import benchmark_features
 
     from rca_gpu.datasets.planted import planted_features
     from rca_gpu.metrics import evaluate
-    from selection_vs_reference import benchmark_features
 
     rows = []
     for name in args.data:

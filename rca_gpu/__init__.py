@@ -31,7 +31,8 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it, imported on first use.
 _LAZY = {
     "run": "rca_gpu.api", "run_spec": "rca_gpu.api", "evaluate": "rca_gpu.api", "study": "rca_gpu.api",
-    "assign": "rca_gpu.api", "compare": "rca_gpu.api", "select": "rca_gpu.api",
+    "assign": "rca_gpu.api", "compare": "rca_gpu.api", "select": "rca_gpu.api", "verify": "rca_gpu.api",
+    "export": "rca_gpu.api", "write_report": "rca_gpu.api",
     "FailureClusterer": "rca_gpu.estimator",
     "PipelineSpec": "rca_gpu.spec", "RunSpec": "rca_gpu.spec", "build_run_spec": "rca_gpu.spec",
     "parse_pipeline": "rca_gpu.spec",
@@ -41,7 +42,7 @@ _LAZY = {
 __all__ = [
     "FailureClusterer", "PipelineSpec", "RcaError", "RunSpec", "SourceError", "SpecError", "TooFewImagesError",
     "UnsupportedOnGPU", "__version__", "assign", "build_run_spec", "compare", "evaluate", "load_plugin",
-    "parse_pipeline", "run", "run_spec", "select", "study",
+    "parse_pipeline", "run", "run_spec", "select", "study", "verify", "export", "write_report",
 ]
 
 

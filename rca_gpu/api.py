@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from rca_gpu.catalogue.compare import Comparison
     from rca_gpu.metrics import Evaluation
     from rca_gpu.pipeline import RunResult
+    from rca_gpu.report.build import ReportResult
+    from rca_gpu.report.export import ExportResult
     from rca_gpu.spec import RunSpec
 
 PathLike = str | os.PathLike
@@ -178,6 +180,41 @@ def select(run_dir: PathLike, pool: PathLike, out: PathLike, *, budget: int, pro
 
     return select_from_pool(run_dir, pool, out, budget=budget, reporter=reporter_for(not progress),
                             **_paths_as_text(options))
+
+
+def verify(run_dir: PathLike, pool: PathLike, *, progress: bool = False, **options: Any) -> dict[str, Any]:
+    """Check that each cause of the run in ``run_dir`` is a real failure mode of the DNN (``rca-gpu verify``):
+    the pool's images (a manifest with ``path``, ``label`` and ``prediction``, passing and failing) are assigned
+    to the run's causes, and each cause's failure rate is set against the pool's (lift, with a Wilson
+    interval); writes verify.json into ``run_dir``. ``options``: device, batch_size, workers, image_root, model,
+    alpha. Returns verify.json's content (``per_cause``: lift, interval, verdict). See docs/catalogue.md."""
+    from rca_gpu.catalogue.verify import verify_run
+    from rca_gpu.progress import reporter_for
+
+    return verify_run(run_dir, pool, reporter=reporter_for(not progress), **_paths_as_text(options))
+
+
+def export(run_dir: PathLike, to: PathLike, *, clusters: str | None = None, mode: str = "link",
+           layout: str = "folders", ids: PathLike | None = None) -> ExportResult:
+    """Export the run's clusters (``rca-gpu export``): a folder per cluster (and noise, rejected) with the
+    images, linked or copied, and a manifest.csv, or FiftyOne's CSVDataset layout (``layout="fiftyone"``).
+    ``clusters``: ``"3,5,noise"`` (default: every group); ``ids``: a CSV whose ``id`` column picks the images
+    (e.g. the report map's selection.csv). Returns the folder, the images per group and the files made.
+    See docs/report.md."""
+    from rca_gpu.data.paths import check_output_path
+    from rca_gpu.report.export import export_run, parse_selection
+
+    check_output_path(to, "to")
+    return export_run(run_dir, to, clusters=parse_selection(clusters), mode=mode, layout=layout, ids=ids)
+
+
+def write_report(run_dir: PathLike, **options: Any) -> ReportResult:
+    """(Re)write report.html, report_files/ and clusters.csv of a finished run (``rca-gpu report``); it opens
+    offline. ``options``: map_points (most points drawn on the map). Returns the report's path and what it
+    holds. See docs/report.md."""
+    from rca_gpu.report.build import build_report
+
+    return build_report(run_dir, **options)
 
 
 def _paths_as_text(options: dict[str, Any]) -> dict[str, Any]:

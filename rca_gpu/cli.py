@@ -119,7 +119,8 @@ def friendly_errors(command: Callable) -> Callable:
             _err(_not_utf8(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            _err("interrupted; finished feature shards are kept in the cache and reused on the next run")
+            _err("interrupted; with the feature cache on (--cache, the default) the feature shards finished so far "
+                 "are kept and reused by the next run into the same folder")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -139,7 +140,8 @@ def _not_utf8(exc: UnicodeError) -> str:
 # --------------------------------------------------------------------------------------------------
 
 PipelineOpt = Annotated[str | None, typer.Option("--pipeline", "-p", help="FEATURES[@LAYER]+REDUCER+CLUSTERER, "
-                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). Default: mobilenet_v2(center=auto,pool=grid2)+umap+dbscan.")]
+                        "e.g. mobilenet_v2+umap+dbscan (see `rca-gpu pipelines`). "
+                        "Default: mobilenet_v2(center=auto,pool=grid2)+umap+dbscan.")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML run configuration; "
                       "command-line options override it.")]
 DeviceOpt = Annotated[DeviceChoice | None, typer.Option("--device", help="auto: GPU when CUDA and the GPU "

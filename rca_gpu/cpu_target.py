@@ -123,17 +123,22 @@ def describe() -> dict[str, Any]:
         import llvmlite.binding as llvm
         from numba.core import config
 
-        info["numba_cpu_name"] = config.CPU_NAME or llvm.get_host_cpu_name()
-        info["numba_cpu_features"] = "host" if config.CPU_FEATURES is None else config.CPU_FEATURES
+        # numba's config module sets its settings at import from the environment (config._EnvReloader), so
+        # they have no declaration a type checker can see
+        cpu_name, cpu_features = config.CPU_NAME, config.CPU_FEATURES  # type: ignore[attr-defined]
+        info["numba_cpu_name"] = cpu_name or llvm.get_host_cpu_name()
+        info["numba_cpu_features"] = "host" if cpu_features is None else cpu_features
         info["host_cpu"] = llvm.get_host_cpu_name()
     except ImportError:  # pragma: no cover - numba is a dependency
         pass
     try:
         from threadpoolctl import threadpool_info
 
-        info["blas"] = [{"library": os.path.basename(lib["filepath"]), "architecture": lib.get("architecture"),
-                         "version": lib.get("version")}
-                        for lib in threadpool_info() if lib.get("user_api") == "blas"]
+        blas = [{"library": os.path.basename(lib["filepath"]), "architecture": lib.get("architecture"),
+                 "version": lib.get("version")}
+                for lib in threadpool_info() if lib.get("user_api") == "blas"]
+        # by name: threadpoolctl lists libraries in the order they were loaded, which varies between processes
+        info["blas"] = sorted(blas, key=lambda lib: (lib["library"], str(lib["architecture"]), str(lib["version"])))
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
         pass
     if "torch" in sys.modules:

@@ -33,8 +33,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,9 +46,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
     from rca_gpu.data.sources import FailureSet
+    from rca_gpu.engine.knn import KnnGraph
     from rca_gpu.features.base import ExtractionContext
     from rca_gpu.features.extract import Features
-    from rca_gpu.engine.knn import KnnGraph
     from rca_gpu.pipeline import RunResult
     from rca_gpu.progress import Reporter
     from rca_gpu.spec import FeatureSpec, RunSpec
@@ -185,7 +186,8 @@ def probe_scheduler(address: str, *, connect_timeout: float = CONNECT_TIMEOUT,
     check_address(address)
     host, _, port = address[len("tcp://"):].rpartition(":")
     host = host.strip("[]")
-    fix = "Check the address and that the scheduler runs (dask scheduler, or docker compose -f docker/compose.dask.yml up), or use --dask local."
+    fix = ("Check the address and that the scheduler runs (dask scheduler, or docker compose -f "
+           "docker/compose.dask.yml up), or use --dask local.")
     try:
         connection = socket.create_connection((host, int(port)), timeout=connect_timeout)
     except socket.gaierror as exc:
@@ -249,7 +251,7 @@ def _is_handshake(body: bytes, length: int) -> bool:
 
 
 @contextlib.contextmanager
-def connect(address: str, *, timeout: str = CLIENT_TIMEOUT) -> Iterator["Client"]:
+def connect(address: str, *, timeout: str = CLIENT_TIMEOUT) -> Iterator[Client]:
     """A ``distributed.Client`` for ``address``, closed (with its local cluster) on exit.
 
     ``local`` starts a cluster on this machine: dask-cuda's LocalCUDACluster (one worker per GPU) when
@@ -314,7 +316,7 @@ def _local_cuda_cluster():
     return LocalCUDACluster(dashboard_address=None)
 
 
-def worker_count(client: "Client") -> int:
+def worker_count(client: Client) -> int:
     return max(1, len(client.scheduler_info().get("workers", {})))
 
 
@@ -323,7 +325,7 @@ def worker_count(client: "Client") -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def check_splittable(spec: "FeatureSpec") -> None:
+def check_splittable(spec: FeatureSpec) -> None:
     """SpecError for extractors whose preparation looks at the whole source (see the module docstring)."""
     if spec.name == "ae":
         raise SpecError(
@@ -349,13 +351,13 @@ def shard_size(todo: int, workers: int, batch_size: int, largest: int | None = N
 
 
 def extract_features_dask(
-    spec: "FeatureSpec",
-    context: "ExtractionContext",
-    client: "Client",
+    spec: FeatureSpec,
+    context: ExtractionContext,
+    client: Client,
     *,
     cache_dir: Path | None = None,
     shard_rows: int | None = None,
-) -> "Features":
+) -> Features:
     """Encode every usable row of ``context.failures`` on the Dask workers of ``client``.
 
     Returns the same :class:`~rca_gpu.features.extract.Features` as the single-process engine (rows
@@ -371,8 +373,8 @@ def extract_features_dask(
     """
     import torch
 
-    from rca_gpu.features import create_extractor
     from rca_gpu.engine.device import to_kind
+    from rca_gpu.features import create_extractor
     from rca_gpu.features.extract import Features, _Rows, _ShardStore, cache_key, drop_nonfinite_rows
 
     check_splittable(spec)
@@ -388,13 +390,13 @@ def extract_features_dask(
         store = _ShardStore(Path(cache_dir) / f"features-{spec.name}-{key}", skip=failures.rejected, key=key)
         done, cached_rejected = store.index()
         rejected.update(cached_rejected)
+        if len(done):
+            log.info("features: %d of %d images from cache %s", len(done), len(failures), store.folder)
     usable = failures.usable_positions
     todo = usable[~np.isin(usable, done) & ~np.isin(usable, np.fromiter(rejected, np.int64, len(rejected)))]
     workers = worker_count(client)
     size = shard_rows or shard_size(len(todo), workers, context.batch_size)
     shards = [todo[i:i + size] for i in range(0, len(todo), size)]
-    if len(done):
-        log.info("features: %d of %d images from cache %s", len(done), len(failures), store.folder)
 
     settings = {"precision": context.precision, "seed": context.seed, "batch_size": context.batch_size,
                 "model_ref": context.model_ref, "cuda": context.device.type == "cuda",
@@ -405,7 +407,7 @@ def extract_features_dask(
                       _file_paths(failures, shard), pure=False, key=f"rca-gpu-features-{i}-{os.urandom(4).hex()}")
         for i, shard in enumerate(shards)
     ]
-    rows = None if store is not None else _Rows(todo, context.device)  # without a cache: rows kept in memory
+    in_memory = None if store is not None else _Rows(todo, context.device)  # without a cache: rows kept in memory
     notes: dict[int, str] = {}
     dims = None
     reporter = context.reporter
@@ -428,7 +430,8 @@ def extract_features_dask(
                                 [*(shard_notes.get(p) for p in rows), *([None] * len(bad))],
                                 matrix if len(rows) else None, dims or 1, properties if len(rows) else None)
                 else:
-                    rows.add(positions, torch.from_numpy(matrix), properties)
+                    assert in_memory is not None, "made whenever there is no cache"
+                    in_memory.add(positions, torch.from_numpy(matrix), properties)
                 if advance:
                     advance(len(positions) + len(bad))
     except BaseException:
@@ -444,9 +447,10 @@ def extract_features_dask(
             kept_matrix, kept = drop_nonfinite_rows(matrix_np, positions, rejected, source=str(spec))
             del matrix_np
             result = (kept, to_kind(np.ascontiguousarray(kept_matrix), "torch", torch_device=context.device.type),
-                      properties[np.isin(positions, kept)])
+                      properties[np.isin(positions, kept)] if properties is not None else None)
     else:
-        result = rows.result()
+        assert in_memory is not None, "made whenever there is no cache"
+        result = in_memory.result()
     positions, matrix, properties = result
     from rca_gpu.data.decoding import image_budget
 
@@ -471,19 +475,19 @@ def extract_features_dask(
                     properties)
 
 
-def _rows(failures: "FailureSet", positions: np.ndarray) -> "pd.DataFrame":
+def _rows(failures: FailureSet, positions: np.ndarray) -> pd.DataFrame:
     return failures.table[["id", "path"]].iloc[positions].reset_index(drop=True)
 
 
-def _file_paths(failures: "FailureSet", positions: np.ndarray) -> list[str] | None:
+def _file_paths(failures: FailureSet, positions: np.ndarray) -> list[str] | None:
     return None if failures.file_paths is None else [failures.file_paths[p] for p in positions.tolist()]
 
 
-def _images(failures: "FailureSet", positions: np.ndarray) -> np.ndarray | None:
+def _images(failures: FailureSet, positions: np.ndarray) -> np.ndarray | None:
     return None if failures.images is None else np.ascontiguousarray(failures.images[positions])
 
 
-def encode_shard(spec: "FeatureSpec", settings: dict[str, Any], table: "pd.DataFrame", images: np.ndarray | None,
+def encode_shard(spec: FeatureSpec, settings: dict[str, Any], table: pd.DataFrame, images: np.ndarray | None,
                  positions: np.ndarray, file_paths: list[str] | None = None
                  ) -> tuple[np.ndarray, np.ndarray, dict[int, str], dict[int, str], np.ndarray | None]:
     """Runs on a worker: encode one shard with the ordinary engine.
@@ -537,21 +541,21 @@ def _limit_threads() -> None:
 
 def _worker_has_cuml() -> bool:
     try:
-        import cupy
         import cuml.dask.neighbors  # noqa: F401
+        import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - anything missing or broken means no GPU path on this worker
         return False
 
 
-def gpu_workers(client: "Client") -> bool:
+def gpu_workers(client: Client) -> bool:
     """Whether every worker has a CUDA GPU and cuML's Dask estimators."""
     answers = client.run(_worker_has_cuml)
     return bool(answers) and all(answers.values())
 
 
-def knn_graph_dask(matrix: Any, k: int, client: "Client") -> "KnnGraph | None":
+def knn_graph_dask(matrix: Any, k: int, client: Client) -> KnnGraph | None:
     """The kNN graph (self first, Euclidean) computed by cuML's Dask NearestNeighbors on the workers' GPUs,
     or None when the workers have no GPU (the caller then computes it on the client)."""
     if not gpu_workers(client):
@@ -585,9 +589,9 @@ def knn_graph_dask(matrix: Any, k: int, client: "Client") -> "KnnGraph | None":
 # --------------------------------------------------------------------------------------------------
 
 
-def run_dask(spec: "RunSpec", source: Any, out: str | Path, *, address: str, reporter: "Reporter | None" = None,
+def run_dask(spec: RunSpec, source: Any, out: str | Path, *, address: str, reporter: Reporter | None = None,
              cache_dir: str | Path | None = None, shard_rows: int | None = None, report: bool = True
-             ) -> "RunResult":
+             ) -> RunResult:
     """:func:`rca_gpu.pipeline.run` (same checks, same outputs) with extraction on the Dask workers at
     ``address`` and, when they have GPUs with cuML, the kNN graph there too."""
     from rca_gpu.features.compute import extraction_context

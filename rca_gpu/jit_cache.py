@@ -3,8 +3,8 @@
 umap-learn marks one of its numba functions ``cache=True``, pynndescent and fast_hdbscan most but not all;
 the others were compiled again in every new process: a first UMAP fit cost tens of seconds more than the
 second (benchmarks/compile_stall.py, benchmarks/RESULTS.md). (fast_hdbscan's path for data of more than 30
-dimensions, pynndescent's NN-descent, cannot be cached at all; rca_gpu.engine.cluster.hdbscan runs scikit-learn's HDBSCAN
-there.)
+dimensions, pynndescent's NN-descent, cannot be cached at all; rca_gpu.engine.cluster.hdbscan runs
+scikit-learn's HDBSCAN there.)
 
 :func:`load` imports such a library and switches numba's cache on for each of its module-level dispatchers
 that has none, through numba's own switch (``Dispatcher.enable_caching()``), before they compile. numba keys

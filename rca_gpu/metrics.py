@@ -3,8 +3,8 @@
 :func:`evaluate` scores cluster labels (``-1`` = noise) against root-cause labels; :func:`evaluate_run`
 does the same for the ``clusters.parquet`` of a finished run and writes ``metrics.json`` and
 ``per_cause.csv`` next to it; :func:`study_score` ranks pipelines by one number that penalises
-over-splitting, mixing and noise alike (the adjusted Rand index, times the coverage of the causes). The exact definitions, with their edge-case values, are in ``docs/metrics.md``;
-this module and that page must agree.
+over-splitting, mixing and noise alike (the adjusted Rand index, times the coverage of the causes). The exact
+definitions, with their edge-case values, are in ``docs/metrics.md``; this module and that page must agree.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -272,7 +273,7 @@ def evaluate_run(run_dir: str | os.PathLike, *, min_purity: float = 0.5) -> Eval
     """
     from rca_gpu.runfolder import open_run
 
-    folder = open_run(run_dir)
+    folder = open_run(os.fspath(run_dir))
     path = folder.file(CLUSTERS_FILE)
     table = folder.clusters()
     if "root_cause" not in table.columns:

@@ -394,7 +394,8 @@ def writing(folder: str | Path, command: str, *, lock_file: str | None = None, h
         try:
             with contextlib.suppress(OSError):
                 os.unlink(folder / holder_file)
-            if _filelock_unlinks_safely():  # removed while held: a process that opened it meanwhile sees it gone and retries
+            # removed while held: a process that opened it meanwhile sees it gone and retries
+            if _filelock_unlinks_safely():
                 with contextlib.suppress(OSError):
                     os.unlink(key)
             _remove_created(created, folder, BOOKKEEPING)

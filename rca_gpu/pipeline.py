@@ -319,7 +319,8 @@ def run(
     timer.add("load_source", t)
     run_id = new_run_id()
     with too_few_images_fail_the_run(spec, failures, out, run_id, started_at):
-        check_data_limits(spec.pipeline, len(failures.usable_positions), images="usable input rows")
+        check_data_limits(spec.pipeline, len(failures.usable_positions),
+                          images="input rows (no image was read yet)")
     check_dut_known(spec, failures.dut)
     check_memory(spec, len(failures))
     device = resolve_device(spec.device)
@@ -415,7 +416,8 @@ def write_failed_run(spec: RunSpec, failures: FailureSet, features, out: Path, r
                      started_at: str) -> None:
     """clusters.parquet with every row rejected and its reason, and run.json with ``"status": "failed"``."""
     n = len(failures)
-    reason = np.full(n, f"not clustered: the run stopped ({error})", dtype=object)
+    stopped = "not read" if features is None else "not clustered"  # None: stopped before any image was read
+    reason = np.full(n, f"{stopped}: the run stopped ({error})", dtype=object)
     rejected = dict(failures.rejected)
     if features is not None:
         rejected.update(features.rejected)

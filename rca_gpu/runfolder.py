@@ -306,7 +306,7 @@ class CheckedPaths(Sequence[str]):
     def __len__(self) -> int:
         return len(self._paths)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         return self._check(index)[0]
@@ -462,8 +462,9 @@ def internal_folder_note(out: str | Path, *, option: str = "--out", example: str
             else:
                 continue
             where = "is" if inner == start else "lies inside"
-            besides = (f" (another sub-folder of the run folder is fine, e.g. {printable(repr(str(owner / 'assigned')))})"
-                       if "run folder" in whose else "")
+            example = printable(repr(str(owner / "assigned")))
+            besides = (f" (another sub-folder of the run folder is fine, e.g. {example})" if "run folder" in whose
+                       else "")
             return (f"The {option} folder {printable(repr(str(out)))} {where} {inner.name}/, the "
                     f"{_INTERNAL_WHAT[inner.name]} of {whose}, which rca-gpu writes into itself. Pass a folder "
                     f"outside it{besides}, e.g. {option} {example}.")
@@ -551,7 +552,8 @@ def check_out_folder(out: str | Path, *, option: str = "--out", command: str | N
     from rca_gpu.errors import printable
 
     if not str(out).strip():
-        raise RunFolderError(f"The {option} option is empty. Pass the folder for the results, e.g. {option} runs/first.")
+        raise RunFolderError(
+            f"The {option} option is empty. Pass the folder for the results, e.g. {option} runs/first.")
     folder = Path(out).expanduser()
     shown = printable(repr(str(out)))
     inside = None if internal else internal_folder_note(out, option=option, example=example)

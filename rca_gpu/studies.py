@@ -129,6 +129,7 @@ def prepare_study(source: str | Path, out: str | Path, features: Iterable[str] |
         An unusable output folder, an unknown name, a reducer or clusterer given with parameters, or a source
         without a ``root_cause`` column.
     """
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.runfolder import (
         STUDY_COMMAND,
         STUDY_OUTPUT_FOLDERS,
@@ -136,8 +137,6 @@ def prepare_study(source: str | Path, out: str | Path, features: Iterable[str] |
         check_inputs_kept,
         check_out_folder,
     )
-
-    from rca_gpu.data.paths import check_output_path
 
     features, reducers, clusterers = (None if v is None else list(v) for v in (features, reducers, clusterers))
     check_output_path(out, "--out")

@@ -26,7 +26,7 @@ def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray) -> list[Pat
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         path = folder / f"g{label}_{i:04d}.png"
         Image.fromarray(image).save(path)
         paths.append(path)

@@ -18,7 +18,7 @@ from rca_gpu.engine.conformance import valid_value
 from rca_gpu.errors import SpecError
 from rca_gpu.spec import RUN_OPTIONS, RUN_PARAMS
 
-PUBLIC = ("run", "evaluate", "study", "assign", "compare", "select")
+PUBLIC = ("run", "evaluate", "study", "assign", "compare", "select", "verify", "export", "write_report")
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
@@ -54,6 +54,7 @@ def test_run_forwards_every_run_option():
         rca_gpu.run_spec(seed="one")
 
 
+@pytest.mark.quality
 def test_run_and_evaluate_on_your_own_features(tmp_path):
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(8.0 * g, 0.5, size=(30, 6)) for g in range(3)]).astype(np.float32)
@@ -87,3 +88,21 @@ def test_docs_api_shows_every_public_function():
     text = DOCS.read_text()
     for name in PUBLIC + ("FailureClusterer", "load_plugin"):
         assert f"rca_gpu.{name}" in text, f"docs/api.md does not show rca_gpu.{name}"
+
+
+def test_verify_export_and_report_through_the_api(tmp_path):
+    images, labels = pattern_images(n_per=12, groups=3)
+    paths = write_pngs(tmp_path / "images", images, labels)
+    manifest = tmp_path / "images" / "manifest.csv"
+    pd.DataFrame({"path": [p.name for p in paths], "label": labels, "prediction": (labels + 1) % 3}).to_csv(
+        manifest, index=False)
+    rca_gpu.run(manifest, tmp_path / "run", pipeline="pixels(image_size=8)+none+kmeans(k=3)", device="cpu",
+                workers=0, stability=0, report=False)
+    report = rca_gpu.write_report(tmp_path / "run")
+    assert (tmp_path / "run" / "report.html").exists() and Path(report.path) == tmp_path / "run" / "report.html"
+    exported = rca_gpu.export(tmp_path / "run", tmp_path / "picked", clusters="0,1", mode="copy")
+    assert set(exported.groups) == {"cluster-0", "cluster-1"} and exported.files == sum(exported.groups.values())
+    verified = rca_gpu.verify(tmp_path / "run", manifest, device="cpu", workers=0)
+    assert len(verified["per_cause"]) == 3 and all("verdict" in row for row in verified["per_cause"].values())
+    assert json.loads((tmp_path / "run" / "verify.json").read_text())["per_cause"].keys() == verified[
+        "per_cause"].keys()

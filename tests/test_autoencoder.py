@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import digits_source, run_extractor
+
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.features import autoencoder
 from rca_gpu.features.autoencoder import AEConfig, AutoencoderExtractor, ConvAutoencoder, plan_geometry

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import one_line_error, succeeded
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import one_line_error, succeeded
 from rca_gpu.cli import app
 
 runner = CliRunner()
@@ -222,7 +222,7 @@ def test_non_utf8_names_are_written_escaped_and_printed(odd_folder_run):
     clusters, output, _ = odd_folder_run
     assert any(p.endswith("caf\\xe9.png") for p in clusters["path"])
     # beside the text, the exact bytes (rca_gpu.data.paths): they name the file again; null for UTF-8 names
-    named = {Path(p).name: raw for p, raw in zip(clusters["path"], clusters["path_bytes"])}
+    named = {Path(p).name: raw for p, raw in zip(clusters["path"], clusters["path_bytes"], strict=True)}
     assert named["caf\\xe9.png"].endswith(b"caf\xe9.png") and os.path.isfile(os.fsdecode(named["caf\\xe9.png"]))
     assert named["UPPER.PNG"] is None
     assert "sub\\xff" in set(clusters["folder"])
@@ -1288,7 +1288,7 @@ def test_every_bomb_of_a_folder_is_a_row_with_its_reason(tmp_path):
                                   "256MiB", *QUICK]))
     clusters = pd.read_parquet(out / "clusters.parquet")
     assert len(clusters) == len(expected)
-    for path, status, reason in zip(clusters["path"], clusters["status"], clusters["reason"]):
+    for path, status, reason in zip(clusters["path"], clusters["status"], clusters["reason"], strict=True):
         fragment = expected[Path(path).name]
         assert reason.startswith(fragment) if fragment else reason == "", (path, reason)
         assert (status == "rejected") == fragment.startswith("image too large"), (path, status)
@@ -1551,6 +1551,7 @@ def test_content_on_transparency_stays_visible(tmp_path, case, make, check):
     assert check(decoded), decoded
 
 
+@pytest.mark.quality
 def test_light_content_on_transparency_is_clustered_by_its_shape(tmp_path):
     """White bars at the top or the bottom of transparent images: two clusters, as the pictures show (on a
     white background every image was blank and the clusters meant nothing)."""
@@ -1659,7 +1660,7 @@ SWAPS = [
 def test_a_shard_swapped_in_from_elsewhere_is_refused(tmp_path, case, kind):
     import pyarrow.parquet as pq
 
-    mine = _bars_bmp(tmp_path / "mine")
+    _bars_bmp(tmp_path / "mine")
     others = tmp_path / "others"
     _good_images(others, 12)
     out, other_out = tmp_path / "out", tmp_path / "other_out"
@@ -1700,7 +1701,6 @@ DUT_MODULE = textwrap.dedent("""
 @pytest.mark.parametrize("change", ["weights", "factory module"])
 def test_a_dut_changed_with_the_same_name_size_and_time_is_extracted_again(tmp_path, monkeypatch, change):
     import torch
-
     from helpers import import_source
 
     module = import_source(tmp_path, monkeypatch, "rca_cache_dut", DUT_MODULE)
@@ -1866,6 +1866,7 @@ def _scaled(x: np.ndarray, factor: float, dtype) -> np.ndarray:
     return np.round(x * factor).astype(dtype) if dtype is np.int64 else (x * factor).astype(dtype)
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("kind", ["npy", "parquet"])
 @pytest.mark.parametrize("case, factor, dtype", MAGNITUDES, ids=[m[0] for m in MAGNITUDES])
 def test_features_of_any_magnitude_cluster_as_at_unit_scale(blob_features, unit_scale_labels, tmp_path, kind, case,
@@ -1885,6 +1886,7 @@ def test_features_of_any_magnitude_cluster_as_at_unit_scale(blob_features, unit_
         assert info["features"]["scale_exponent"] == 0
 
 
+@pytest.mark.quality
 @pytest.mark.parametrize("case, factor, dtype", MAGNITUDES, ids=[m[0] for m in MAGNITUDES])
 def test_the_estimator_clusters_any_magnitude_as_at_unit_scale(blob_features, case, factor, dtype):
     from sklearn.metrics import adjusted_rand_score
@@ -2009,7 +2011,7 @@ def test_an_input_path_that_is_not_utf8_works_end_to_end(latin1_folder, tmp_path
     assert info["source"]["given"] == given.replace(LATIN1, "caf\\xe9")
     assert os.fsdecode(base64.b64decode(info["source"]["given_base64"])) == given
     if "path_bytes" in clusters.columns:  # the images' paths hold the Latin-1 folder: their exact bytes beside
-        for text, raw in zip(clusters["path"], clusters["path_bytes"]):
+        for text, raw in zip(clusters["path"], clusters["path_bytes"], strict=True):
             assert "caf\\xe9" in text and os.path.isfile(os.fsdecode(raw))
     else:
         assert clusters["path"].isna().all()  # features without image paths
@@ -2099,7 +2101,7 @@ def test_rows_beyond_float32_next_to_the_others_are_rejected_with_their_reason(b
         mixed[:far] *= 1e300
         if rows_per_batch:
             precomputed_batch = precomputed._rows_per_batch
-            precomputed._rows_per_batch = lambda d: rows_per_batch
+            precomputed._rows_per_batch = lambda d, rows=rows_per_batch: rows
         try:
             name = f"mixed{rows_per_batch}"
             path = tmp_path / f"{name}.{kind}"

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import add_bad_files
+
 from rca_gpu.catalogue import CatalogueError, load_catalogue
 from rca_gpu.catalogue import reference as ref
 from rca_gpu.catalogue.assign import ASSIGNMENTS_FILE, Assigner, assign_run
@@ -145,7 +145,7 @@ def test_assign_puts_new_images_of_known_causes_in_their_cluster_and_the_unseen_
     good = table[table["status"] != "rejected"]
     group = _group(good["path"])
     clusters = open_run(catalogue_run).clusters()
-    cluster_of_group = dict(zip(_group(clusters["path"]), clusters["cluster"]))
+    cluster_of_group = dict(zip(_group(clusters["path"]), clusters["cluster"], strict=True))
     known = good[group < 3]
     expected = np.array([cluster_of_group[g] for g in group[group < 3]])
     # every known image goes to its group's cluster or, beyond the catalogue's radius, to unknown: about
@@ -164,7 +164,7 @@ def test_assign_follows_the_edited_catalogue(catalogue_run, catalogue_images, tm
     copy = shutil.copytree(catalogue_run, tmp_path / "run")
     catalogue = load_catalogue(copy)
     clusters = catalogue.run.clusters()
-    cluster_of_group = dict(zip(_group(clusters["path"]), clusters["cluster"]))
+    cluster_of_group = dict(zip(_group(clusters["path"]), clusters["cluster"], strict=True))
     merged = catalogue.merge([cluster_of_group[0], cluster_of_group[1]])
     catalogue.drop(cluster_of_group[2])
     catalogue.rename(merged, "bar at the top")

@@ -249,7 +249,8 @@ def test_causes_toml_values_of_the_right_type_still_read(run_copy):
 def test_a_merge_of_dropped_and_active_causes_is_refused(run_copy):
     catalogue = load_catalogue(run_copy)
     catalogue.drop(1)
-    with pytest.raises(CatalogueError, match=r"--merge value 1,2 mixes dropped causes \(1\) with active ones \(2\)") as caught:
+    with pytest.raises(CatalogueError,
+                       match=r"--merge value 1,2 mixes dropped causes \(1\) with active ones \(2\)") as caught:
         catalogue.merge([2, 1])
     assert "--restore 1" in str(caught.value) and "--drop 2" in str(caught.value)
     assert sorted(catalogue.causes) == [0, 1, 2] and catalogue.history == ["drop 1"]  # nothing changed

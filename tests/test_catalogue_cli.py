@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 COMMANDS = ("causes", "assign", "compare", "select")
@@ -95,7 +96,8 @@ def test_an_unusable_out_folder_is_a_one_line_error(command, problem, message, c
     (tmp_path / "afile").write_text("x")
     out = {"file": tmp_path / "afile", "below_file": tmp_path / "afile" / "sub", "the_run": catalogue_run,
            "another_run": shutil.copytree(catalogue_run, tmp_path / "other") if problem == "another_run" else None,
-           "in_cache": catalogue_run / "cache" / "exp", "in_report_files": catalogue_run / "report_files" / "sel"}[problem]
+           "in_cache": catalogue_run / "cache" / "exp",
+           "in_report_files": catalogue_run / "report_files" / "sel"}[problem]
     before = sorted(p.name for p in catalogue_run.iterdir())
     done = _cli(*WRITERS[command](catalogue_run, catalogue_images / "new", out))
     assert done.returncode == 2, done.stderr
@@ -244,6 +246,25 @@ def test_export_json_lists_every_group_exported_into_the_folder(catalogue_run, t
         export_run(catalogue_run, tmp_path / "d", clusters=None)
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["cluster-0", "cluster-1", "cluster-2",
                                                                   "export.json"]
+
+
+def test_export_manifests_carry_the_catalogue_causes_after_edits(catalogue_run, tmp_path):
+    from rca_gpu.catalogue.causes import load_catalogue
+    from rca_gpu.report.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(catalogue_run, run)
+    catalogue = load_catalogue(run)
+    merged = catalogue.merge([0, 1])
+    catalogue.rename(merged, "bars <b>left</b>")
+    catalogue.save()
+    export_run(run, tmp_path / "d", mode="copy")
+    rows = pd.concat([pd.read_csv(tmp_path / "d" / f"cluster-{c}" / "manifest.csv", keep_default_na=False)
+                      for c in range(3)])
+    assert list(rows.columns[:6]) == ["path", "source_path", "id", "cluster", "cause", "cause_name"]
+    by_cluster = rows.groupby("cluster")["cause"].agg(lambda c: sorted(set(c)))
+    assert by_cluster[0] == by_cluster[1] == [merged] and by_cluster[2] == [2]
+    assert set(rows.loc[rows["cause"] == merged, "cause_name"]) == {"bars <b>left</b>"}
 
 
 # --- no image readable: every row rejected, no false extractor error ---

@@ -7,9 +7,9 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import CATALOGUE_PIPELINE
 from helpers import pattern_images, write_pngs
+
 from rca_gpu.catalogue import CatalogueError, load_catalogue
 from rca_gpu.catalogue.compare import COMPARISON_FILE, compare_runs
 from rca_gpu.pipeline import run
@@ -20,7 +20,7 @@ from rca_gpu.spec import build_run_spec
 def _group_of_cause(folder) -> dict[int, int]:
     clusters = open_run(folder).clusters()
     groups = clusters["path"].str.extract(r"/g(\d)_")[0].astype(int)
-    return {int(c): int(g) for c, g in zip(clusters["cluster"], groups) if c >= 0}
+    return {int(c): int(g) for c, g in zip(clusters["cluster"], groups, strict=True) if c >= 0}
 
 
 def _run_b(images_root, paths, out):
@@ -113,6 +113,27 @@ def test_compare_command_and_its_errors(catalogue_run, runs_b, tmp_path):
     failed = cli(catalogue_run, runs_b["assign"], "--by", "images")
     assert failed.returncode == 2 and failed.stderr.startswith("error: ") and "share no image" in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_a_cause_spread_over_b_is_named_and_a_run_compared_with_itself_is_said():
+    import pandas as pd
+
+    from rca_gpu.commands.compare import main_share, spread_causes
+
+    assert main_share("4 (21), 7 (13), 11 (66)", 100) == 0.66 and main_share("", 10) is None
+    table = pd.DataFrame({"cause_a": [0, 1, -1], "name_a": ["blurred", "", ""], "size_a": [100, 50, 0],
+                          "b_causes": ["4 (21), 7 (79)", "2 (46), 5 (4)", ""]})
+    assert spread_causes(table) == ["0 blurred 79%"]
+
+
+def test_compare_of_a_run_with_itself_says_so(catalogue_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(catalogue_run, tmp_path / "same")
+    done = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "compare", str(run), str(run), "-q"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "run A and run B are the same run" in done.stdout and "spread over" not in done.stdout
 
 
 def test_report_renderers_escape_names_and_show_the_comparison(catalogue_run, runs_b, tmp_path):

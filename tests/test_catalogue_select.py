@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import pattern_images, write_pngs
+
 from rca_gpu.catalogue import CatalogueError
 from rca_gpu.catalogue.retraining import SELECTION_FILE, floor_note, pick, quotas, select_from_pool
 

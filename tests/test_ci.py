@@ -23,7 +23,8 @@ def _summary(report: Path, code: int) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SUMMARY), str(report), str(code)], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("cases, code", [("", 5), ('<testcase classname="t" name="a"><skipped message="no"/></testcase>', 0)])
+@pytest.mark.parametrize("cases, code",
+                         [("", 5), ('<testcase classname="t" name="a"><skipped message="no"/></testcase>', 0)])
 def test_no_test_run_fails(tmp_path, cases, code):
     done = _summary(_report(tmp_path / "r.xml", cases), code)
     assert done.returncode != 0
@@ -75,8 +76,8 @@ NOT_QUALITY_TESTS = {
     "adapters of the simulated GPU",
     "test_without_rapids_the_torch_backend_takes_the_gpu_stages": "the steps ran on the torch backend",
 }
-_QUALITY_WORDS = re.compile(r"adjusted_rand_score\(|homogeneity|purity|coverage|_n_clusters\(|\[\"clusters\"\]|n_clusters_|"
-                            r"\[\"stability\"\]|stability\[|_recall\(|\.nunique\(\)")
+_QUALITY_WORDS = re.compile(r"adjusted_rand_score\(|homogeneity|purity|coverage|_n_clusters\(|\[\"clusters\"\]|"
+                            r"n_clusters_|\[\"stability\"\]|stability\[|_recall\(|\.nunique\(\)")
 
 
 def test_every_test_asserting_clustering_quality_is_marked_quality():

@@ -398,6 +398,7 @@ def test_mnist_pairs_causes_differ_only_in_direction(cached, tmp_path):
     assert (table["prediction"] != table["label"]).all()
 
 
+@pytest.mark.quality
 def test_mnist_spread_has_one_cause_over_every_class_and_one_class_causes(cached, tmp_path):
     from rca_gpu.datasets.mnist_spread import CLASS_OF, SPREAD_CAUSE
 

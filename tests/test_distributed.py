@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import add_bad_files, pattern_images, write_pngs
 from sklearn.metrics import adjusted_rand_score
 
-from helpers import add_bad_files, pattern_images, write_pngs
 from rca_gpu.errors import SpecError
 from rca_gpu.spec import build_run_spec
 
@@ -56,12 +56,12 @@ def test_dask_extraction_gives_the_single_process_clusters(folder, cluster, tmp_
 
 
 def test_dask_writes_the_cache_a_single_process_resumes_from(folder, cluster, tmp_path):
+    from rca_gpu.data.sources import load_source
     from rca_gpu.distributed import extract_features_dask
     from rca_gpu.engine.device import cpu_device
-    from rca_gpu.features.extract import _ShardStore
     from rca_gpu.features.compute import extraction_context
+    from rca_gpu.features.extract import _ShardStore
     from rca_gpu.pipeline import run
-    from rca_gpu.data.sources import load_source
 
     root, bad = folder
     spec = _spec()
@@ -181,8 +181,8 @@ def test_knn_graph_on_dask_cuda_workers_matches_the_exact_graph():
     """Needs CUDA, dask-cuda and cuML's Dask estimators (`pip install 'rca-gpu[gpu,dask-gpu]'`)."""
     dask_cuda = pytest.importorskip("dask_cuda")
     pytest.importorskip("cuml.dask.neighbors")
-    from rca_gpu.engine.device import cpu_device
     from rca_gpu.distributed import knn_graph_dask
+    from rca_gpu.engine.device import cpu_device
     from rca_gpu.engine.knn import knn_graph
 
     x = np.random.default_rng(0).normal(size=(3000, 32)).astype(np.float32)
@@ -302,9 +302,9 @@ SERVICES = [
 def test_a_service_that_is_no_dask_scheduler_is_one_line_within_30_s(tmp_path, case, handler, fragment):
     import time
 
+    from helpers import one_line_error
     from typer.testing import CliRunner
 
-    from helpers import one_line_error
     from rca_gpu.cli import app
 
     port, server = _http_server() if handler is None else _serve(handler)

@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from helpers import digits_source, import_source, run_extractor
+
 from rca_gpu.errors import ModelError, SpecError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.features.dut import (

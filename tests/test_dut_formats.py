@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_extractor
+
 from rca_gpu.errors import ModelError
 from rca_gpu.features.base import ExtractionContext
 from rca_gpu.features.dut import DUTActivationExtractor, dut_transform, load_model, model_info
@@ -270,7 +270,8 @@ def test_input_attributions_work_on_torchscript_and_match_the_eager_model(script
 def test_gradient_x_input_is_what_it_says(scripted):
     model, path = scripted
     source = _digits_at_28(6)
-    extractor, features = run_extractor(GradientXInputExtractor, make_features("gradxinput"), _context(source, str(path)))
+    extractor, features = run_extractor(GradientXInputExtractor, make_features("gradxinput"),
+                                        _context(source, str(path)))
     images = torch.cat([b for _, b in _context(source, str(path)).batches(extractor.transform(), "L")])
     x = images.clone().requires_grad_(True)
     logits = model(x)

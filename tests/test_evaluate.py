@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -265,7 +266,7 @@ def test_study_score_formula_by_hand() -> None:
 def test_study_score_penalises_fragmentation() -> None:
     scores = [_pure_split(2, 24, m)["study_score"] for m in (1, 2, 3, 6, 12)]
     assert scores[0] == approx(1.0)
-    assert all(a > b for a, b in zip(scores, scores[1:]))  # every extra split costs
+    assert all(a > b for a, b in itertools.pairwise(scores))  # every extra split costs
     assert scores[2] < 0.6  # three pure clusters per cause are far from one
 
 

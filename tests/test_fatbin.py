@@ -34,7 +34,7 @@ def _elf(sections: dict[str, bytes]) -> bytes:
     section_offset = len(data)
     table = bytearray(64)  # the null section
     name_at = 1
-    for label, blob, offset in zip(list(sections) + [".shstrtab"], blobs, offsets):
+    for label, blob, offset in zip(list(sections) + [".shstrtab"], blobs, offsets, strict=True):
         table += struct.pack("<IIQQQQIIQQ", name_at, 1, 0, 0, offset, len(blob), 0, 0, 1, 0)
         name_at += len(label) + 1
     data[0:16] = b"\x7fELF\x02\x01\x01" + bytes(9)

@@ -139,7 +139,8 @@ def test_a_read_only_cache_folder_is_one_error_line(read_only_folder, tmp_path, 
     out = tmp_path / "out"
     out.mkdir()
     (out / "cache").symlink_to(read_only_folder, target_is_directory=True)
-    args = ["run", catalogue_images / "run", "--out", out, "-p", "pixels(image_size=16)+pca(n_components=2)+kmeans(k=3)",
+    args = ["run", catalogue_images / "run", "--out", out,
+            "-p", "pixels(image_size=16)+pca(n_components=2)+kmeans(k=3)",
             "--stability", "0", "--no-report", "--no-plot-umap", "--device", "cpu", "--workers", "0", "-q"]
     one_line_error(_cli(*args), "the file system is read-only", "--no-cache")
     assert not (out / "run.json").exists() and _leftovers(out) == []

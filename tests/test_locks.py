@@ -60,10 +60,8 @@ def cuda_majors(resolved: dict[str, str]) -> dict[int, list[str]]:
 
 
 def _pyproject() -> dict:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
+    import tomllib
+
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -172,7 +170,8 @@ def lock_python_versions(makefile: str) -> dict[str, str]:
     with ``$(LOCK_PYTHON)`` resolved."""
     default = re.search(r"^LOCK_PYTHON\s*:?=\s*(\S+)", makefile, re.MULTILINE)[1]
     return {f"{flavour}-{arch}.txt": python.replace("$(LOCK_PYTHON)", default)
-            for flavour, arch, python in re.findall(r"^\t\$\(call lock,([\w-]+),[\w+-]+,(\w+),([^,]+)", makefile, re.MULTILINE)}
+            for flavour, arch, python in re.findall(r"^\t\$\(call lock,([\w-]+),[\w+-]+,(\w+),([^,]+)", makefile,
+                                                    re.MULTILINE)}
 
 
 def required_by(text: str) -> dict[str, set[str]]:
@@ -251,8 +250,10 @@ def test_the_pre_release_check_and_the_subset_reader_work():
     text = ("numba==0.64.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n    # via umap-learn\n"
             "torch==2.15.0 \\\n    --hash=sha256:cc\nscikit_learn==1.9.1 \\\n    --hash=sha256:dd\n")
     assert requirement_blocks(text, ("numba", "scikit-learn")) == (
-        "numba==0.64.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\nscikit_learn==1.9.1 \\\n    --hash=sha256:dd\n")
-    lock = text + "joblib==1.5 \\\n    --hash=sha256:ee\n    # via\n    #   numba\n    #   rca-gpu (pyproject.toml)\n" \
+        "numba==0.64.0 \\\n    --hash=sha256:aa \\\n    --hash=sha256:bb\n"
+        "scikit_learn==1.9.1 \\\n    --hash=sha256:dd\n")
+    lock = text + "joblib==1.5 \\\n    --hash=sha256:ee\n    # via\n    #   numba\n" \
+                  "    #   rca-gpu (pyproject.toml)\n" \
                   "cloudpickle==3.1 \\\n    --hash=sha256:ff\n    # via joblib\n"
     assert dependency_closure(lock, ("umap-learn",)) == {"umap-learn", "numba", "joblib", "cloudpickle"}
     makefile = "LOCK_PYTHON := 3.11\n\t$(call lock,cpu,cpu+test,x86_64,$(LOCK_PYTHON),--c x)\n" \
@@ -273,7 +274,8 @@ def test_the_cpu_part_of_each_gpu_lock_installs_imports_and_compiles(name, tmp_p
     version = lock_python_versions((ROOT / "Makefile").read_text())[file]
     python = _interpreter(version)
     if python is None:
-        message = f"needs CPython {version} (the Python of locks/{file}): install it, e.g. `uv python install {version}`"
+        message = (f"needs CPython {version} (the Python of locks/{file}): install it, "
+                   f"e.g. `uv python install {version}`")
         if os.environ.get("RCA_GPU_CHECK_LOCKS") == "1":
             pytest.fail(message)
         pytest.skip(message)

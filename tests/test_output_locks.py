@@ -186,8 +186,8 @@ def test_a_run_waits_for_no_catalogue_edit_to_replace_the_catalogue(catalogue_ru
     assert holder.stdout.readline().strip() == "held"
     try:
         started = time.monotonic()
-        with pytest.raises(FolderBusyError, match=rf"catalogue of the run folder .* \(pid {holder.pid}, `rca-gpu run"), \
-                causes.catalogue_lock(run):
+        busy = rf"catalogue of the run folder .* \(pid {holder.pid}, `rca-gpu run"
+        with pytest.raises(FolderBusyError, match=busy), causes.catalogue_lock(run):
             pass
         assert time.monotonic() - started >= 0.45  # an edit waits a moment before refusing
     finally:

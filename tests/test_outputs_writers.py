@@ -15,7 +15,7 @@ WRITERS = {"write_text", "write_bytes", "save", "to_parquet", "to_csv", "to_json
 #: Moves and links: only the modules that own them (rca_gpu.outputs renames temporary files; a run keeps its
 #: earlier outputs aside; export links images, which are no output files).
 MOVERS = {"replace": {"outputs.py", "runfolder.py"}, "rename": {"outputs.py", "runfolder.py"},
-          "symlink": {"report/export.py"}, "link": set()}
+          "symlink": {"report/placing.py"}, "link": set()}
 
 
 def _is_tmp(node: ast.AST) -> bool:

@@ -46,6 +46,7 @@ def _blobs(n_per: int = 40, groups: int = 3, dims: int = 8, seed: int = 0) -> tu
     return x, np.repeat(np.arange(groups), n_per)
 
 
+@pytest.mark.quality
 def test_a_clusterer_in_one_file_runs_through_run_stability_and_the_report(toy_clusterer, tmp_path):
     x, truth = _blobs()
     np.save(tmp_path / "x.npy", x)
@@ -66,6 +67,7 @@ def test_a_clusterer_in_one_file_runs_through_run_stability_and_the_report(toy_c
     assert "kcenters" in (out / "report.html").read_text()
 
 
+@pytest.mark.quality
 def test_a_clusterer_in_one_file_runs_in_the_study_and_extends_from_a_sample(toy_clusterer, tmp_path):
     from rca_gpu import FailureClusterer
     from rca_gpu.data.sources import from_arrays

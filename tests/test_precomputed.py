@@ -10,11 +10,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import planted_blobs
+from helpers import one_line_error
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
-from conftest import planted_blobs
-from helpers import one_line_error
 from rca_gpu.cli import app
 from rca_gpu.errors import SourceError, SpecError
 from rca_gpu.features.precomputed import REASON_NULL, load_features, nonfinite_reason

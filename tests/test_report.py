@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import add_bad_files, pattern_images, write_pngs
 from typer.testing import CliRunner
 
-from helpers import add_bad_files, pattern_images, write_pngs
 from rca_gpu.data.properties import PROPERTY_COLUMNS, image_properties
 from rca_gpu.report.explain import Condition, Rule, explain_clusters, is_identifier, top_explanations
 
@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 def _props(image) -> dict[str, float]:
-    return dict(zip(PROPERTY_COLUMNS, image_properties(image).tolist()))
+    return dict(zip(PROPERTY_COLUMNS, image_properties(image).tolist(), strict=True))
 
 
 def test_image_properties_have_their_documented_values():
@@ -325,7 +325,8 @@ def test_export_links_and_copies_one_folder_per_cluster(run_dir, tmp_path):
 
 
 def test_export_names_are_sanitised_and_stay_inside_the_folder(tmp_path):
-    from rca_gpu.report.placing import safe_name, unique_name as _unique
+    from rca_gpu.report.placing import safe_name
+    from rca_gpu.report.placing import unique_name as _unique
 
     assert safe_name(7, "/x/<img src=x onerror=alert(1)>.png") == "7_img_src_x_onerror_alert_1.png"
     assert safe_name("../../etc", "/x/passwd") == "etc_passwd"
@@ -599,7 +600,7 @@ def test_summary_and_map_show_the_edited_causes_with_names_escaped(catalogue_run
     assert f"{merged}: bar & top" in levels and any(level.endswith("(not a cause)") for level in levels)
     shown = [data["cause"]["ids"][k] if k >= 0 else -1 for k in data["cause"]["codes"]]
     members = load_catalogue(folder).members
-    truth = dict(zip(members["id"].astype(str), members["cause"].astype(int)))
+    truth = dict(zip(members["id"].astype(str), members["cause"].astype(int), strict=True))
     assert shown == [truth[i] for i in data["id"]] and {first, second, merged} <= set(shown)
     # a causes.toml of another run is refused, as by every command that reads the catalogue
     from rca_gpu.catalogue.reference import CatalogueError

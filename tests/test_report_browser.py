@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import add_bad_files, pattern_images, write_pngs
+
 from rca_gpu.report.browser import find_chromium, open_report
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no Chromium installed: run `make browser` "
@@ -298,7 +298,8 @@ def test_the_heatmap_overlay_is_drawn_for_a_heatmap_run(mnist_rc_small, tmp_path
     with open_report(result.report) as (page, log):
         sources = page.eval_on_selector_all(".heatmaps img", "els => els.map(e => e.getAttribute('src'))")
         assert len(sources) >= 6 * 2  # medoids' overlays and a mean per cluster
-        page.wait_for_function("[...document.querySelectorAll('.heatmaps img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function(
+            "[...document.querySelectorAll('.heatmaps img')].every(i => i.complete && i.naturalWidth > 0)")
         overlay = np.asarray(Image.open(tmp_path / "run" / sources[0]).convert("RGB"), dtype=int)
         reddish = (overlay[..., 0] - overlay[..., 2] > 60).mean()
         assert reddish > 0.01  # relevance drawn in colour over the grey digit

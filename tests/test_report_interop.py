@@ -72,7 +72,8 @@ def test_export_of_the_maps_selection_by_ids(run_copy, tmp_path):
     exported = pd.concat(pd.read_csv(p) for p in (tmp_path / "sel").glob("cluster-*/manifest.csv"))
     assert sorted(exported["id"]) == sorted(chosen["id"])
     pd.DataFrame({"id": ["nope"]}).to_csv(tmp_path / "bad.csv", index=False)
-    bad = runner.invoke(app, ["export", str(run_copy), "--to", str(tmp_path / "bad"), "--ids", str(tmp_path / "bad.csv")])
+    bad = runner.invoke(app, ["export", str(run_copy), "--to", str(tmp_path / "bad"),
+                              "--ids", str(tmp_path / "bad.csv")])
     assert bad.exit_code == 2 and "names 1 id(s) the run does not hold, e.g. 'nope'" in bad.output
 
 

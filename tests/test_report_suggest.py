@@ -20,7 +20,8 @@ def test_suggestions_join_pairs_into_merge_groups():
 
     found = [pair(3, 6, 0.7), pair(6, 9, 0.6), pair(4, 8, 0.5), pair(1, 2, LIKELY - 0.01)]
     assert merge_groups(found) == [[3, 6, 9], [4, 8]]
-    assert merge_command("/runs/my run", merge_groups(found)) == "rca-gpu causes '/runs/my run' --merge 3,6,9 --merge 4,8"
+    assert (merge_command("/runs/my run", merge_groups(found))
+            == "rca-gpu causes '/runs/my run' --merge 3,6,9 --merge 4,8")
     assert merge_command("r", []) is None
 
 
@@ -103,8 +104,8 @@ def test_accepted_suggestions_bring_the_demo_to_its_causes_without_mixing_two(de
     injected = 7  # mnist-rc's injected causes ("none" is no injected cause)
     pairs = suggest_merges(load_catalogue(folder), floor=0.0)
     print("clusters", len(dominant), dict(dominant), "\n" + "\n".join(
-        f"{s.a}+{s.b} {dominant[s.a]}/{dominant[s.b]} {s.confidence:.3f} (metadata {s.metadata:.2f}, rules "
-        f"{s.rules:.2f}, links {s.links:.2f})" for s in pairs if s.confidence >= 0.2))
+        f"{s.a}+{s.b} {dominant[s.a]}/{dominant[s.b]} {s.confidence:.3f} (metadata {s.metadata}, rules "
+        f"{s.rules}, links {s.links})" for s in pairs if s.confidence >= 0.2))
     for s in pairs:
         if dominant[s.a] != dominant[s.b]:
             assert s.confidence < LIKELY - 0.05, s

@@ -186,6 +186,7 @@ def _default_clusters(matrix):
     return np.asarray(select(matrix, graph, make_reduce("umap"), make_cluster("dbscan"), device, seed=0).labels)
 
 
+@pytest.mark.quality
 def test_a_cause_spread_over_every_class_stays_whole_once_features_are_centred_on_their_class():
     """The default clustering splits a cause that affects every class into one cluster per class (features that
     encode the class first); centred on the class mean it keeps it whole (at most 2 clusters hold 90 % of it)

@@ -168,7 +168,7 @@ from rca_gpu.datasets.planted import planted_features
 from rca_gpu.engine.device import cpu_device
 from rca_gpu.engine.knn import knn_graph
 from rca_gpu.engine.registry import reduce
-from rca_gpu.tuning.extend import umap_place
+from rca_gpu.engine.reduce.umap import umap_place
 
 device = cpu_device()
 x, _ = planted_features(300, n_clusters=3, dims=40, rare=(), seed=0)
@@ -219,9 +219,9 @@ def test_hdbscan_above_30_dimensions_is_exact_and_repeatable():
     runs instead, the same labels on every call, with rca_gpu's min_samples (the point counts itself)."""
     import numpy as np
 
-    from rca_gpu.engine.registry import cluster
     from rca_gpu.datasets.planted import planted_features
     from rca_gpu.engine.device import cpu_device
+    from rca_gpu.engine.registry import cluster
 
     x, _ = planted_features(1000, n_clusters=6, dims=64, rare=(), seed=3)
     params = {"min_cluster_size": 15, "min_samples": 10}

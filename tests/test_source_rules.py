@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import one_line_error, succeeded
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import one_line_error, succeeded
 from rca_gpu.cli import app
 from rca_gpu.data.sources import load_source
 from rca_gpu.errors import SourceError
@@ -247,7 +247,7 @@ def test_csv_cells_are_read_as_written(data, tmp_path):
     text = "path,id,root_cause,site,zip,score,ratio,note\n" + "".join(
         f"{data / n},{i:04d},{cause},{site},{i + 1:05d},{i},{i / 2},{note}\n"
         for i, (n, cause, site, note) in enumerate(zip(names, ["None", "NA", "null", "N/A", "nan", ""],
-                                                       ["NA"] * 6, ["x", "", "y", "", "z", ""])))
+                                                       ["NA"] * 6, ["x", "", "y", "", "z", ""], strict=True)))
     (tmp_path / "m.csv").write_text(text)
     table = load_source(tmp_path / "m.csv").table
     assert table["id"].tolist() == ["0000", "0001", "0002", "0003", "0004", "0005"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from helpers import add_bad_files, pattern_images, write_pngs
+
 from rca_gpu.data.loading import decode_image
 from rca_gpu.data.sources import from_arrays, load_source
 from rca_gpu.errors import SourceError

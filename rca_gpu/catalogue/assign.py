@@ -62,7 +62,7 @@ class Assigner:
     k_vote: int = K_VOTE
 
     @classmethod
-    def from_catalogue(cls, catalogue, reference, *, alpha: float = ALPHA) -> "Assigner":
+    def from_catalogue(cls, catalogue, reference, *, alpha: float = ALPHA) -> Assigner:
         """Reference images of the (edited) catalogue, the radius calibrated on them.
 
         Raises
@@ -276,7 +276,8 @@ def reason_summary(table: pd.DataFrame, top: int = 3) -> str:
     """"2 x empty file (0 bytes) | 1 x not a readable image": the most common reasons of the rejected rows."""
     from rca_gpu.data.sources import summarize_reasons
 
-    shown, kinds = summarize_reasons((str(r) for r, s in zip(table["reason"], table["status"]) if s == "rejected"),
+    shown, kinds = summarize_reasons((str(r) for r, s in zip(table["reason"], table["status"], strict=True)
+                                      if s == "rejected"),
                                      top)
     return shown + (f" | {kinds - top} other kind(s) of reason" if kinds > top else "")
 
@@ -312,7 +313,7 @@ def assignment_table(catalogue, failures, positions: np.ndarray, rejected: dict[
     for position, why in rejected.items():
         reason[position] = why
     names = [catalogue.name(int(c)) if s in ("assigned", "not_a_cause") else ("unknown" if s == "unknown" else "")
-             for c, s in zip(out["cause"], out["status"])]
+             for c, s in zip(out["cause"], out["status"], strict=True)]
     table = failures.table
     front = pd.DataFrame({"id": table["id"].to_numpy(), "path": table["path"].to_numpy()})
     meta = table.drop(columns=[c for c in ("id", "path") if c in table.columns]).reset_index(drop=True)
@@ -385,7 +386,8 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
         "rows": len(table),
         "counts": counts,
         "per_cause": per_cause_counts(table, catalogue),
-        "method": {"k_vote": K_VOTE, "alpha": alpha, "open_set": "nearest reference image within the catalogue's radius",
+        "method": {"k_vote": K_VOTE, "alpha": alpha,
+                   "open_set": "nearest reference image within the catalogue's radius",
                    "radius": round(float(table["radius"].dropna().iloc[0]), 6) if table["radius"].notna().any()
                    else None,
                    "reference_images": int(reference.n)},
@@ -420,6 +422,7 @@ def check_alpha(alpha: float) -> None:
     """The --alpha rule: a share in [0, 0.5)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 0.5:
         raise CatalogueError(
-            f"The --alpha option must be a number in [0, 0.5) (share of the run's reference images beyond the open-set radius). "
+            "The --alpha option must be a number in [0, 0.5) (share of the run's reference images beyond the "
+            "open-set radius). "
             f"Got {alpha!r} instead."
         )

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -152,7 +153,7 @@ class Catalogue:
         if not self.run.has(SUMMARY_FILE):
             return {}
         summary = self.run.table(SUMMARY_FILE)
-        by_cluster = dict(zip(summary["cluster"].astype(int), summary["stability"].astype(float)))
+        by_cluster = dict(zip(summary["cluster"].astype(int), summary["stability"].astype(float), strict=True))
         out = {}
         for cause_id, cause in self.causes.items():
             if cause.origin == f"cluster {cause_id}" and cause.clusters == [cause_id]:
@@ -513,8 +514,9 @@ def _check_fields(where: str, data: dict[str, Any], fix: str) -> None:
                 and entry["id"] >= 0
             label = f"cause {entry['id']!r}" if valid_id else f"[[cause]] entry {number}"
             if kind == "missing":
-                return (f"{where}: [[cause]] entry {number} has no {key}; every cause needs one, e.g. "
-                        f"{CauseEntry.model_fields[key].examples[0]}. {fix}")
+                examples = CauseEntry.model_fields[key].examples
+                example = f", e.g. {examples[0]}" if examples else ""
+                return f"{where}: [[cause]] entry {number} has no {key}; every cause needs one{example}. {fix}"
             if kind == "extra_forbidden":
                 return (f"{where}: {label} has an unknown field {key!r} (= {_toml_value(entry[key])}); a cause "
                         f"has only {', '.join(CauseEntry.model_fields)}. {fix}")

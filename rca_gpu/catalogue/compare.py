@@ -85,9 +85,9 @@ def _in_memory(frame: pd.DataFrame) -> bool:
 
 def b_in_a(cat_a, cat_b, *, by: str = "auto", device: str = "auto", batch_size: int | None = None,
            workers: int | None = None, reporter=None) -> tuple[pd.DataFrame, dict[str, int]]:
-    """B's usable images with ``cause_b`` and ``cause_a`` (-1 = none, DROPPED = a dropped cause) and ``how`` (shared | assigned |
-    not_shared); plus counts. Raises CatalogueError for ``by='images'`` without shared images and for runs of
-    in-memory images that would need assignment."""
+    """B's usable images with ``cause_b`` and ``cause_a`` (-1 = none, DROPPED = a dropped cause) and ``how``
+    (shared | assigned | not_shared); plus counts. Raises CatalogueError for ``by='images'`` without shared
+    images and for runs of in-memory images that would need assignment."""
     if by not in MODES:
         raise CatalogueError(f"The --by option must be one of {', '.join(MODES)}. Got {by!r} instead.")
     a, b = _usable(cat_a), _usable(cat_b)
@@ -95,7 +95,7 @@ def b_in_a(cat_a, cat_b, *, by: str = "auto", device: str = "auto", batch_size: 
         # in-memory images have no file to match or encode
         by_path = {}
     else:
-        by_path = dict(zip(a["path"], a["cause"]))
+        by_path = dict(zip(a["path"], a["cause"], strict=True))
     shared = b["path"].map(lambda p: p in by_path).to_numpy(bool)
     if by == "images" and not shared.any():
         raise CatalogueError(

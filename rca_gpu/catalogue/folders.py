@@ -15,6 +15,7 @@ from pathlib import Path
 from rca_gpu.catalogue.reference import CatalogueError
 from rca_gpu.runfolder import RUN_FILE
 
+
 def check_run_dir(path: str | Path, *, argument: str = "RUN_DIR") -> None:
     """Refuse a ``path`` that is the output folder of assign, select or export instead of a run folder
     (:func:`rca_gpu.runfolder.not_a_run_note`).
@@ -57,7 +58,8 @@ def check_out_dir(out: str | Path, *, option: str = "--out", run_path: str | Pat
     if same or (folder / RUN_FILE).is_file():
         # a run folder that also holds this command's earlier outputs: say which run files to move away
         mixed = None if same else mixed_folder_message(folder, option=option, command=command, example=example,
-                                                       others=[(RUN_COMMAND, RUN_FILE)], shown=printable(repr(str(out))))
+                                                       others=[(RUN_COMMAND, RUN_FILE)],
+                                                       shown=printable(repr(str(out))))
         if mixed:
             raise CatalogueError(mixed)
         what = "the run folder itself" if same else "a run folder (it holds run.json)"

@@ -189,7 +189,8 @@ def write_reference(out: Path, run_id: str, features, ids: np.ndarray, labels: n
     table = pd.DataFrame({"id": np.asarray(ids)[rows], "cluster": clusters, "score": scores})
     outputs.write_parquet(out / TABLE_FILE, table, run_id=run_id)
     outputs.write_atomic(out / FEATURES_FILE, lambda tmp: save_file(  # safetensors alone makes it 0600
-        {"features": np.ascontiguousarray(stored)}, str(tmp), metadata={"run_id": run_id, "format": str(REFERENCE_FORMAT)}))
+        {"features": np.ascontiguousarray(stored)}, str(tmp),
+        metadata={"run_id": run_id, "format": str(REFERENCE_FORMAT)}))
     by_cluster = {str(group): {"reference_images": int((clusters == group).sum())} for group in np.unique(clusters)}
     info = {
         "format": REFERENCE_FORMAT,

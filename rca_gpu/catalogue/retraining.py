@@ -20,6 +20,7 @@ increasing distance).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,9 @@ def quotas(budget: int, sizes: dict[int, int], available: dict[int, int], *, spr
     if not causes or left <= 0:
         return take
     if spread == "proportional":
-        floor = floor_used(budget, floor, len(sizes), spread)
+        least = _proportional_floor(budget, floor, len(sizes))
         for c in sorted(causes, key=lambda c: -sizes[c]):
-            give = min(floor, available[c], left)
+            give = min(least, available[c], left)
             take[c] += give
             left -= give
     while left > 0:
@@ -86,6 +87,11 @@ def floor_used(budget: int, floor: int | None, causes: int, spread: str = "propo
     causes), at least 1; None for the ``equal`` spread, which has no floor."""
     if spread != "proportional":
         return None
+    return _proportional_floor(budget, floor, causes)
+
+
+def _proportional_floor(budget: int, floor: int | None, causes: int) -> int:
+    """``floor`` (negative read as 0) or, when None, budget // (2 x causes), at least 1."""
     return max(1, budget // (2 * max(causes, 1))) if floor is None else max(0, floor)
 
 
@@ -102,7 +108,7 @@ def floor_note(budget: int, floor: int | None, causes: int, spread: str = "propo
         return (f"--budget {budget} is below the {causes} causes: with --spread equal {left} "
                 f"{'cause gets' if left == 1 else 'causes get'} no image; raise --budget to at least {causes} to "
                 "give every cause an image.")
-    applied = floor_used(budget, floor, causes, spread)
+    applied = _proportional_floor(budget, floor, causes)
     if applied * causes <= budget:
         return None
     given = f"--floor {applied}" if floor is not None else f"the default floor {applied}"
@@ -113,7 +119,7 @@ def floor_note(budget: int, floor: int | None, causes: int, spread: str = "propo
             f"(select.json's per_cause lists what each got); {fix}.")
 
 
-def _largest_remainder(n: int, weights: dict[int, float]) -> dict[int, int]:
+def _largest_remainder(n: int, weights: Mapping[int, float]) -> dict[int, int]:
     total = float(sum(weights.values()))
     exact = {c: n * w / total for c, w in weights.items()}
     out = {c: math.floor(v) for c, v in exact.items()}
@@ -154,8 +160,13 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     and under ``source`` the pool as run.json describes a source, with what a folder scan left out).
     """
     from rca_gpu import outputs
-    from rca_gpu.catalogue.assign import (ASSIGNMENTS_FILE, CATALOGUE_RUN_KEY, assign_source, check_alpha,
-                                          unreadable_note)
+    from rca_gpu.catalogue.assign import (
+        ASSIGNMENTS_FILE,
+        CATALOGUE_RUN_KEY,
+        assign_source,
+        check_alpha,
+        unreadable_note,
+    )
     from rca_gpu.catalogue.reference import ALPHA
 
     alpha = ALPHA if alpha is None else alpha
@@ -165,10 +176,11 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
     if spread not in SPREADS:
         raise CatalogueError(f"The --spread option must be one of {', '.join(SPREADS)}. Got {spread!r} instead.")
     out = Path(out)
-    catalogue, _, table, failures = assign_source(run_dir, pool, out, device=device, batch_size=batch_size, workers=workers,
-                                        image_root=image_root, model=model, alpha=alpha, reporter=reporter,
-                                        command="select", writes=(ASSIGNMENTS_FILE, SELECTION_PARQUET,
-                                                                  SELECTION_FILE, SELECT_INFO_FILE))
+    catalogue, _, table, failures = assign_source(run_dir, pool, out, device=device, batch_size=batch_size,
+                                                  workers=workers, image_root=image_root, model=model, alpha=alpha,
+                                                  reporter=reporter, command="select",
+                                                  writes=(ASSIGNMENTS_FILE, SELECTION_PARQUET, SELECTION_FILE,
+                                                          SELECT_INFO_FILE))
     sizes = {c: n for c, n in catalogue.sizes().items() if c in catalogue.active}
     chosen = pick(table, sizes, budget, spread=spread, floor=floor)
     metadata = {CATALOGUE_RUN_KEY: catalogue.run_id.encode()}
@@ -180,9 +192,10 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
                           "selected": int((chosen["cause"] == c).sum())}
                  for c in sorted(catalogue.causes)}  # dropped causes too: never candidates, listed as such
     info = {
-        "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool), "pool_rows": len(table),
-        "source": failures.describe(), "budget": budget,
-        "spread": spread, "floor": floor_used(budget, floor, len(sizes), spread), "alpha": alpha, "selected": len(chosen),
+        "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool),
+        "pool_rows": len(table), "source": failures.describe(), "budget": budget,
+        "spread": spread, "floor": floor_used(budget, floor, len(sizes), spread), "alpha": alpha,
+        "selected": len(chosen),
         "candidates": int((table["status"] == "assigned").sum()), "per_cause": per_cause,
         "notes": [note for note in (unreadable_note(table, pool, what="pool image"),
                                     floor_note(budget, floor, len(sizes), spread)) if note],

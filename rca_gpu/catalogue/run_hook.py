@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.progress import Reporter
+
 log = logging.getLogger("rca_gpu")
 
 #: Fewest usable images whose clusters' stability is scored: a resample of 80 % of fewer images leaves a
@@ -103,8 +104,9 @@ def keep_for_catalogue(spec, failures, features, graph, selection, labels: np.nd
 
 def unscored_summary(labels: np.ndarray) -> pd.DataFrame:
     """cluster_summary.parquet when stability is not scored (``--stability 0``, nothing searched, fewer than
-    :data:`STABILITY_MIN_IMAGES` usable images, or no cluster): one row per cluster with its ``size``; ``stability`` null (NaN), ``unstable`` null (nullable
-    boolean), ``resamples`` 0. The columns and dtypes of a scored summary, so readers need no second case.
+    :data:`STABILITY_MIN_IMAGES` usable images, or no cluster): one row per cluster with its ``size``;
+    ``stability`` null (NaN), ``unstable`` null (nullable boolean), ``resamples`` 0. The columns and dtypes of a
+    scored summary, so readers need no second case.
 
     ``labels``: (n,) int final labels, -1 = noise (no row).
     """

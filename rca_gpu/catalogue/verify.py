@@ -18,9 +18,10 @@ Interval: the Katz log interval of the risk ratio RR = (a / n) / (c / m) of the 
 of the pool (c failures among m) at 95 % (Katz, Baptista, Azen & Pike, "Obtaining confidence intervals for the
 risk ratio in cohort studies", Biometrics 34(3):469-474, 1978): exp(log RR +- 1.96 sqrt(1/a - 1/n + 1/c - 1/m)),
 computed by ``scipy.stats.contingency.relative_risk``; when the cause or the rest of the pool has no failure
-(a or c is 0) the log is undefined and 0.5 is added to each of the four cells first (Haldane's correction). With f = n / (n + m) fixed, the
-lift is RR / (f RR + 1 - f), an increasing function of RR equal to 1 exactly when RR is, so the RR interval maps
-to the lift's interval by the same function (and contains 1 exactly when the RR interval does).
+(a or c is 0) the log is undefined and 0.5 is added to each of the four cells first (Haldane's correction).
+With f = n / (n + m) fixed, the lift is RR / (f RR + 1 - f), an increasing function of RR equal to 1 exactly
+when RR is, so the RR interval maps to the lift's interval by the same function (and contains 1 exactly when the
+RR interval does).
 
 Verdict per cause: ``real failure mode`` (the interval lies above 1), ``not shown`` (it contains 1: as likely
 incidental), ``fails less than the pool`` (below 1), ``no pool image`` (nothing was assigned to it).
@@ -112,8 +113,8 @@ def failed_rows(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     ``prediction`` differ as text (integral numbers without a decimal point, so ``7`` equals ``7.0``);
     ``known`` is False where either is missing."""
     label, prediction = _text(table["label"]), _text(table["prediction"])
-    known = np.array([x is not None and y is not None for x, y in zip(label, prediction)], dtype=bool)
-    failed = known & np.array([x != y for x, y in zip(label, prediction)], dtype=bool)
+    known = np.array([x is not None and y is not None for x, y in zip(label, prediction, strict=True)], dtype=bool)
+    failed = known & np.array([x != y for x, y in zip(label, prediction, strict=True)], dtype=bool)
     return failed, known
 
 
@@ -208,7 +209,7 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
 
 def _text(values: pd.Series) -> np.ndarray:
     """Values as comparable text: integral numbers without a decimal point, None where missing."""
-    out = []
+    out: list[str | None] = []
     for value in values.to_numpy(dtype=object):
         if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
             out.append(None)

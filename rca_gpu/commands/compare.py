@@ -60,6 +60,13 @@ def compare_command(
         print_comparison(result, Console())
     statuses = ", ".join(f"{n} {s}" for s, n in info["statuses"].items())
     images = info["images"]
+    if info["run_a"] == info["run_b"]:
+        typer.echo("note: run A and run B are the same run (one run id): every cause persists by construction")
+    split = spread_causes(result.table)
+    if split:
+        typer.echo(f"note: {len(split)} of A's causes are spread over several of B's causes (B's main cause holds "
+                   f"less than {KEPT_TOGETHER:.0%} of them: {', '.join(split)}); column b_causes of "
+                   "comparison.parquet has every count")
     typer.echo(f"{statuses} (status by {basis_words(info)}); of B's {images['b_images']} images "
                f"{images['shared']} are shared with A and {images['assigned']} were assigned to A's causes"
                + (f" ({images['unreadable']} could not be read now and count as no cause)"
@@ -67,6 +74,27 @@ def compare_command(
                f"results: {Path(run_b).resolve() / COMPARISON_FILE}")
 
 
+
+
+#: A cause of A counts as kept together in B when B's main cause holds at least this share of its images.
+KEPT_TOGETHER = 0.9
+
+
+def main_share(b_causes: str, size_a: int) -> float | None:
+    """The share of an A cause's images that fall in its main B cause, from ``b_causes`` ("4 (21), 7 (13), ...",
+    largest first), or None when the cause has no image in B."""
+    counts = [int(part.rsplit("(", 1)[1].rstrip(")")) for part in b_causes.split(", ") if "(" in part]
+    return max(counts) / size_a if counts and size_a else None
+
+
+def spread_causes(table) -> list[str]:
+    """'<cause A> <name> <share>%' of every cause of A whose main B cause holds less than KEPT_TOGETHER of it."""
+    out = []
+    for row in table.itertuples(index=False):
+        share = None if row.cause_a < 0 else main_share(row.b_causes, row.size_a)
+        if share is not None and share < KEPT_TOGETHER:
+            out.append(f"{row.cause_a}" + (f" {row.name_a}" if row.name_a else "") + f" {share:.0%}")
+    return out
 
 
 #: The name column of the narrow comparison table: run A's name of the cause, run B's for a new cause.

@@ -83,10 +83,10 @@ def make_command(
     from rich.console import Console
     from rich.table import Table
 
+    from rca_gpu.data.paths import check_output_path
     from rca_gpu.datasets import make_dataset
     from rca_gpu.progress import reporter_for
     from rca_gpu.runfiles import DATASET_DUT, DATASET_DUT_STATE, DATASET_INFO, DATASET_PASSING
-    from rca_gpu.data.paths import check_output_path
     from rca_gpu.runfolder import check_out_folder
 
     check_output_path(out, "--out")

@@ -136,10 +136,10 @@ def parse_size(value: object, *, name: str = "--max-image-memory") -> int:
         match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*", value)
         if not match or match[2].lower() not in _UNITS:
             raise fail()
-        size = float(match[1]) * _UNITS[match[2].lower()]
-        if not math.isfinite(size):
+        amount = float(match[1]) * _UNITS[match[2].lower()]
+        if not math.isfinite(amount):
             raise fail()
-        size = int(size)
+        size = int(amount)
     else:
         raise fail()
     if size < MIN_IMAGE_MEMORY or size > 2**60:
@@ -170,7 +170,9 @@ def image_budget(max_image_memory: int | None, workers: int = 0) -> int:
 
 def depends_on_budget(reason_or_note: str | None) -> bool:
     """Whether a row's reason or note says the memory budget decided it (too large, or reduced)."""
-    return bool(reason_or_note) and (reason_or_note.startswith(TOO_LARGE) or REDUCED_NOTE in reason_or_note)
+    if not reason_or_note:
+        return False
+    return reason_or_note.startswith(TOO_LARGE) or REDUCED_NOTE in reason_or_note
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ class Plan:
         return f"{REDUCED_NOTE} (1/{factor} of each side)" if factor > 1 else None
 
 
-def plan_decode(image: "Image.Image", target: str, budget: int | None) -> Plan:
+def plan_decode(image: Image.Image, target: str, budget: int | None) -> Plan:
     """The :class:`Plan` that decodes an opened (not loaded) image within ``budget`` bytes.
 
     Raises
@@ -281,7 +283,7 @@ def plan_decode(image: "Image.Image", target: str, budget: int | None) -> Plan:
     )
 
 
-def _has_alpha(image: "Image.Image") -> bool:
+def _has_alpha(image: Image.Image) -> bool:
     bands = image.getbands()
     return "A" in bands or "a" in bands or "transparency" in image.info
 
@@ -361,7 +363,7 @@ def decode_image_noted(path: str, mode: str, budget: int | None = None):
         raise ValueError(f"corrupt image: {type(exc).__name__}: {exc}") from None
 
 
-def _unsigned_32(image: "Image.Image") -> bool:
+def _unsigned_32(image: Image.Image) -> bool:
     """Whether ``image`` is a TIFF of unsigned 32-bit samples (SampleFormat 1, the TIFF default), which Pillow
     reads into its signed mode "I" (2**32 - 1 reads as -1)."""
     tags = getattr(image, "tag_v2", None)
@@ -374,7 +376,7 @@ def _unsigned_32(image: "Image.Image") -> bool:
     return first(tags.get(258)) == 32 and first(tags.get(339, 1)) == 1
 
 
-def _reduced(image: "Image.Image", factor: int, unsigned: bool = False) -> "Image.Image":
+def _reduced(image: Image.Image, factor: int, unsigned: bool = False) -> Image.Image:
     """``image`` reduced by ``factor`` (box filter); palette, 1-bit and 16-bit images are widened first, and
     unsigned 32-bit ones become floats in [0, 1] (see :func:`wide_to_uint8`)."""
     from PIL import Image
@@ -391,7 +393,7 @@ def _reduced(image: "Image.Image", factor: int, unsigned: bool = False) -> "Imag
     return image.reduce(factor)
 
 
-def _oriented(image: "Image.Image") -> "Image.Image":
+def _oriented(image: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation tag says; the image itself when there is nothing to turn
     (or the tag is unreadable), so that no copy is made."""
     from PIL import ImageOps
@@ -404,7 +406,7 @@ def _oriented(image: "Image.Image") -> "Image.Image":
         return image
 
 
-def to_8bit(image: "Image.Image", mode: str, *, unsigned: bool = False) -> "Image.Image":
+def to_8bit(image: Image.Image, mode: str, *, unsigned: bool = False) -> Image.Image:
     """Any Pillow image as an 8-bit image of ``mode`` ("RGB" or "L"), keeping what the pixels mean.
 
     * 16-bit and 32-bit integer and float images (:data:`WIDE_MODES`) become 8-bit grey by
@@ -447,7 +449,7 @@ def to_8bit(image: "Image.Image", mode: str, *, unsigned: bool = False) -> "Imag
     return image.convert(mode)
 
 
-def background_for(rgba: "Image.Image", alpha: "Image.Image | None" = None) -> tuple[int, int, int]:
+def background_for(rgba: Image.Image, alpha: Image.Image | None = None) -> tuple[int, int, int]:
     """The background that contrasts with an RGBA image's content: :data:`DARK` when the mean luma (ITU-R
     BT.601, Pillow's "L") of its opaque pixels (alpha >= 128; if none, alpha > 0) is above mid-grey (127.5),
     else :data:`LIGHT`; :data:`LIGHT` for a fully transparent image."""
@@ -478,6 +480,8 @@ def wide_to_uint8(values: np.ndarray) -> np.ndarray:
     strip.
     """
     integer = np.issubdtype(values.dtype, np.integer)
+    low: float
+    high: float
     if integer:
         if not values.size:
             return np.zeros(values.shape, dtype=np.uint8)
@@ -492,9 +496,10 @@ def wide_to_uint8(values: np.ndarray) -> np.ndarray:
                 low, high = 0, full
                 break
     else:
-        low, high = _finite_range(values)
-        if low is None:
+        finite = _finite_range(values)
+        if finite is None:
             return np.zeros(values.shape, dtype=np.uint8)
+        low, high = finite
         if low >= 0 and high <= 1:
             low, high = 0.0, 1.0
         elif low >= 0 and high <= 255:
@@ -515,8 +520,8 @@ def wide_to_uint8(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def _finite_range(values: np.ndarray) -> tuple[float | None, float | None]:
-    """(smallest, largest) finite value of a float array, strip by strip; (None, None) when none is finite."""
+def _finite_range(values: np.ndarray) -> tuple[float, float] | None:
+    """(smallest, largest) finite value of a float array, strip by strip; None when none is finite."""
     low, high = math.inf, -math.inf
     rows = max(1, STRIP_PIXELS // max(1, values.shape[1] if values.ndim > 1 else 1))
     for start in range(0, values.shape[0], rows):
@@ -524,4 +529,4 @@ def _finite_range(values: np.ndarray) -> tuple[float | None, float | None]:
         finite = strip[np.isfinite(strip)]
         if finite.size:
             low, high = min(low, float(finite.min())), max(high, float(finite.max()))
-    return (None, None) if low > high else (low, high)
+    return None if low > high else (low, high)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import pyarrow as pa
@@ -60,9 +61,9 @@ class LeftOut:
         hidden files and folders (...), e.g. .x.png", "" if none. Only rules with a file left out are named, each
         with up to three examples."""
         parts = []
-        for rule, info in self.to_dict().items():
-            examples = info["examples"][:3]
-            parts.append(f"{info['files']} in {self.RULES[rule]}" + (f", e.g. {', '.join(examples)}" if examples else ""))
+        for rule, n in self.files.items():
+            examples = self.examples[rule][:3]
+            parts.append(f"{n} in {self.RULES[rule]}" + (f", e.g. {', '.join(examples)}" if examples else ""))
         if not parts:
             return ""
         return f"left out {self.total} image-named file(s) of the folder: " + "; ".join(parts)
@@ -113,7 +114,7 @@ def classify_entry(path: str | os.PathLike) -> str | None:
 
 
 def scan_entries(folder: Path, extensions: Iterable[str], *, skip: Iterable[str | os.PathLike] = (),
-                 left_out: LeftOut | None = None) -> tuple["pa.Array | list[str]", dict[str, str]]:
+                 left_out: LeftOut | None = None) -> tuple[pa.Array | list[str], dict[str, str]]:
     """Relative paths (``/``-separated) of the entries under ``folder`` named like an image (extension in
     ``extensions``, lower case with the dot), searched recursively; and {relative path: reason} of those that
     are not regular files (:func:`classify_entry`: folders, broken links, pipes, ...).
@@ -230,7 +231,7 @@ def scan_entries(folder: Path, extensions: Iterable[str], *, skip: Iterable[str 
     return everything.take(pc.sort_indices(key)), special
 
 
-def folder_columns(root: Path, relative: "pa.Array") -> dict[str, "pa.Array"]:
+def folder_columns(root: Path, relative: pa.Array) -> dict[str, pa.Array]:
     """The ``path`` (``root`` + the relative path, as listed: a link keeps its own name) and ``folder``
     (sub-folder relative to the listed folder, ``.`` at the top) columns, as Arrow arrays."""
     import pyarrow as pa
@@ -243,7 +244,7 @@ def folder_columns(root: Path, relative: "pa.Array") -> dict[str, "pa.Array"]:
     return {"path": path, "folder": parent}
 
 
-def positions_of(relative: "pa.Array", names: Iterable[str]) -> list[int]:
+def positions_of(relative: pa.Array, names: Iterable[str]) -> list[int]:
     """Positions in ``relative`` of ``names`` (each present once)."""
     import pyarrow as pa
     import pyarrow.compute as pc

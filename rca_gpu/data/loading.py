@@ -8,7 +8,8 @@ decoded, within a memory budget, is :mod:`rca_gpu.data.decoding`.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class ImageDataset:
     may use (:func:`rca_gpu.data.decoding.image_budget`); None decodes whatever the header says.
     """
 
-    def __init__(self, failures: "FailureSet", positions: np.ndarray, transform: Callable, mode: str,
+    def __init__(self, failures: FailureSet, positions: np.ndarray, transform: Callable, mode: str,
                  properties: bool = False, budget: int | None = None) -> None:
         self.images = failures.images
         self.positions = np.asarray(positions, dtype=np.int64)
@@ -49,6 +50,7 @@ class ImageDataset:
         return len(self.positions)
 
     def _path(self, item: int) -> str:
+        assert self.paths is not None, "paths are set whenever the images are files, the only case that reads them"
         path = self.paths[item]
         return path if isinstance(path, str) else path.as_py()
 
@@ -75,7 +77,7 @@ class ImageDataset:
             return position, None, f"preprocessing failed: {type(exc).__name__}: {exc}", None
 
 
-def _paths_of(failures: "FailureSet", positions: np.ndarray):
+def _paths_of(failures: FailureSet, positions: np.ndarray):
     """The files of ``positions``: one Arrow string array, or a list where names are not UTF-8."""
     if failures.file_paths is not None:
         return [failures.file_paths[p] for p in positions.tolist()]
@@ -102,7 +104,7 @@ def collate(items):
 
 
 def make_loader(
-    failures: "FailureSet",
+    failures: FailureSet,
     positions: np.ndarray,
     transform: Callable,
     mode: str,
@@ -122,8 +124,10 @@ def make_loader(
     workers = min(workers, max(0, len(positions) // max(batch_size, 1)))  # no idle worker processes
     dataset = ImageDataset(failures, positions, transform, mode, properties,
                            budget=image_budget(max_image_memory, workers))
+    # ImageDataset is a map-style dataset by protocol (__len__, __getitem__): subclassing torch's Dataset would
+    # import torch with this module, which the type of DataLoader's first argument cannot express otherwise
     return DataLoader(
-        dataset,
+        dataset,  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -135,20 +139,20 @@ def make_loader(
 
 
 def iterate_batches(
-    failures: "FailureSet",
+    failures: FailureSet,
     transform: Callable,
     mode: str,
     *,
     batch_size: int,
     workers: int,
-    device: "torch.device",
+    device: torch.device,
     limit: int | None = None,
     shuffle: bool = False,
     seed: int = 0,
-    reporter: "Reporter | None" = None,
+    reporter: Reporter | None = None,
     description: str = "reading images",
     max_image_memory: int | None = None,
-) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(positions, images-on-device) over the usable rows; bad images are skipped silently here."""
     positions = failures.usable_positions
     if shuffle:

@@ -130,4 +130,5 @@ def real_paths(table, column: str = "path") -> list[str | None]:
         if column + BYTES_SUFFIX in table.columns
         else [None] * len(texts)
     )
-    return [text if raw is None or text is None else real_path(text, raw) for text, raw in zip(texts, raws)]
+    return [text if raw is None or text is None else real_path(text, raw)
+            for text, raw in zip(texts, raws, strict=True)]

@@ -56,7 +56,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 STRIP_PIXELS = 1 << 18
 
 
-def image_properties(image: "Image.Image | np.ndarray") -> np.ndarray:
+def image_properties(image: Image.Image | np.ndarray) -> np.ndarray:
     """The interpretable properties of one decoded image.
 
     Computed in strips of rows (:data:`STRIP_PIXELS` pixels, one row of overlap for the Laplacian) whose means
@@ -166,6 +166,7 @@ class _strips:
     a PIL image (so that no array of the whole image is made)."""
 
     def __init__(self, image) -> None:
+        self.array: np.ndarray | None
         if isinstance(image, np.ndarray):
             self.array, self.image = _as_array(image), None
             self.height, self.width = self.array.shape[:2]
@@ -182,6 +183,7 @@ class _strips:
     def __call__(self, first: int, last: int) -> np.ndarray:
         if self.array is not None:
             return self.array[first:last]
+        assert self.image is not None, "__init__ sets the array or the image"
         return np.asarray(self.image.crop((0, first, self.width, last)))
 
 

@@ -8,9 +8,10 @@ when they are read. ``len(failures)`` is the number of rows that the outputs mus
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -130,7 +131,7 @@ class FailureSet:
         if self.images is not None:
             images = np.ascontiguousarray(self.images)
             digest.update(f"{images.shape}:{images.dtype.str}\n".encode())
-            digest.update(memoryview(images).cast("B"))
+            digest.update(images.data.cast("B"))
             return f"arrays:{len(self)}:{digest.hexdigest()}"
         paths = self.file_paths if self.file_paths is not None else self.table["path"]
         chunk = 1 << 16
@@ -175,7 +176,7 @@ def file_digest(path: str | os.PathLike) -> str:
 
 
 def load_source(source: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
-                skip: "list[str | os.PathLike] | tuple" = ()) -> FailureSet:
+                skip: list[str | os.PathLike] | tuple = ()) -> FailureSet:
     """Open a folder of images or a manifest file. Raises SourceError with the fix on bad input.
 
     ``skip``: folders a folder scan leaves out besides hidden entries and rca-gpu output folders (the --out
@@ -226,7 +227,7 @@ def reason_kind(reason: str) -> tuple[str, str]:
     return kind, "; ".join(details)
 
 
-def summarize_reasons(reasons: "Iterable[str]", top: int = 3) -> tuple[str, int]:
+def summarize_reasons(reasons: Iterable[str], top: int = 3) -> tuple[str, int]:
     """("3 x the path is not text, e.g. int 0 | 1 x file not found", number of kinds): the ``top`` most common
     kinds of reason (:func:`reason_kind`), each with one example value when the rows' values differ."""
     from collections import Counter
@@ -266,7 +267,7 @@ PATH_HINT = ("Check the paths: each must name an existing file (in a manifest, r
              "folder, and files must lie inside --image-root, by default the manifest's folder).")
 
 
-def rejection_hint(reasons: "Iterable[str]") -> str:
+def rejection_hint(reasons: Iterable[str]) -> str:
     """What to check for rows rejected with ``reasons``: :data:`CONTENT_HINT` when some reason says a file is no
     readable image (:data:`CONTENT_REASONS`), :data:`PATH_HINT` when some says its path names no usable file
     (:data:`PATH_REASONS`: missing, outside the image root, ...), both when both; "" for other reasons (e.g.
@@ -281,7 +282,7 @@ def rejection_hint(reasons: "Iterable[str]") -> str:
     return " ".join(hint for hint, seen in ((CONTENT_HINT, found["content"]), (PATH_HINT, found["path"])) if seen)
 
 
-def _from_folder(folder: Path, skip: "list[str | os.PathLike] | tuple" = ()) -> FailureSet:
+def _from_folder(folder: Path, skip: list[str | os.PathLike] | tuple = ()) -> FailureSet:
     import logging
 
     from rca_gpu.data.listing import LeftOut, folder_columns, positions_of, scan_entries
@@ -315,9 +316,9 @@ def _from_folder(folder: Path, skip: "list[str | os.PathLike] | tuple" = ()) -> 
         return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
                           root=str(root), file_paths=real if shown != real else None, left_out=left_out.to_dict(),
                           source_path=str(folder))
-    columns = folder_columns(root, relative)  # as listed: a link keeps its own name
-    rejected = dict(zip(positions_of(relative, special), special.values()))
-    table = pd.DataFrame({"id": ids, "path": columns["path"].to_pandas(), "folder": columns["folder"].to_pandas()})
+    listed = folder_columns(root, relative)  # as listed: a link keeps its own name
+    rejected = dict(zip(positions_of(relative, special), special.values(), strict=True))
+    table = pd.DataFrame({"id": ids, "path": listed["path"].to_pandas(), "folder": listed["folder"].to_pandas()})
     return FailureSet(table=table, source=escape_surrogates(str(folder)), kind="folder", rejected=rejected,
                       root=str(root), left_out=left_out.to_dict())
 

@@ -19,6 +19,6 @@ def load_target(target: str):
     return getattr(importlib.import_module(module_name), attr)
 
 
-def create_extractor(spec: "FeatureSpec", context: "ExtractionContext") -> "FeatureExtractor":
+def create_extractor(spec: FeatureSpec, context: ExtractionContext) -> FeatureExtractor:
     """Instantiate the extractor a FeatureSpec names (imports its module now)."""
     return load_target(spec.info.target)(spec, context)

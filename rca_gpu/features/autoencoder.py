@@ -14,12 +14,13 @@ the same images with the same settings loads them (``weights_only=True``) instea
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import nn
@@ -99,7 +100,7 @@ class ConvAutoencoder(nn.Module):
             nn.ReLU(),
             nn.Unflatten(1, (widths[-1], bottom, bottom)),
         ]
-        for width, narrower in zip(widths[::-1], widths[::-1][1:]):
+        for width, narrower in itertools.pairwise(widths[::-1]):
             decoder += [
                 nn.ConvTranspose2d(width, narrower, 4, stride=2, padding=1),
                 nn.BatchNorm2d(narrower),
@@ -127,6 +128,14 @@ def build_autoencoder(config: AEConfig, *, seed: int) -> ConvAutoencoder:
 # --------------------------------------------------------------------------------------------------
 
 
+class EpochLoss(TypedDict):
+    """One epoch of :class:`TrainResult`'s history: mean losses (MSE of pixel values in [0, 1])."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None  # None without held-out images
+
+
 @dataclass
 class TrainResult:
     """How training went; saved in the JSON config and reported in run.json."""
@@ -135,7 +144,7 @@ class TrainResult:
     best_epoch: int = 0
     train_loss: float = float("nan")
     val_loss: float | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
+    history: list[EpochLoss] = field(default_factory=list)
     images: int = 0
 
 

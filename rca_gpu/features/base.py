@@ -16,9 +16,10 @@ The engine wraps ``encode`` in ``torch.inference_mode()`` and bf16 autocast unle
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -33,27 +34,27 @@ if TYPE_CHECKING:  # pragma: no cover
 class ExtractionContext:
     """What an extractor may use besides its own spec."""
 
-    failures: "FailureSet"
-    device: "torch.device"
+    failures: FailureSet
+    device: torch.device
     precision: str = "fp32"  # "fp32" | "bf16"
     seed: int = 0
     batch_size: int = 64
     workers: int = 0
     model_ref: str | None = None  # the DNN under test, as given to --model
     work_dir: Path | None = None  # where an extractor may save what it trains (autoencoder), reused on re-runs
-    reporter: "Reporter | None" = None
+    reporter: Reporter | None = None
     max_image_memory: int | None = None  # bytes image decoding may use at once (rca_gpu.data.decoding)
     _dut: Any = field(default=None, repr=False)  # the DNN under test, once loaded (rca_gpu.features.dut.load_dut)
 
     def batches(
         self,
-        transform: Callable[["Image.Image"], "torch.Tensor"],
+        transform: Callable[[Image.Image], torch.Tensor],
         image_mode: str = "RGB",
         *,
         limit: int | None = None,
         shuffle: bool = False,
         description: str = "reading images",
-    ) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Iterate (positions, images) over the usable images, images already on ``self.device``.
 
         For extractors that must see the data before encoding (autoencoder training, layer selection).
@@ -87,19 +88,19 @@ class FeatureExtractor(abc.ABC):
     #: Bump when the extractor's output changes, so cached features are recomputed.
     version: int = 1
 
-    def __init__(self, spec: "FeatureSpec", context: ExtractionContext) -> None:
+    def __init__(self, spec: FeatureSpec, context: ExtractionContext) -> None:
         self.spec = spec
         self.context = context
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027  (an optional hook, not abstract: most extractors need nothing)
         """Load or train what ``encode`` needs. Default: nothing."""
 
     @abc.abstractmethod
-    def transform(self) -> Callable[["Image.Image"], "torch.Tensor"]:
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """Per-image preprocessing (PIL image -> float tensor c,h,w). Must be picklable."""
 
     @abc.abstractmethod
-    def encode(self, images: "torch.Tensor") -> "torch.Tensor":
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Map a batch (b, c, h, w) on the context device to features (b, d)."""
 
     def describe(self) -> dict[str, Any]:

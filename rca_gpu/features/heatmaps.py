@@ -160,10 +160,11 @@ def lrp_relevance(
         seed = torch.zeros_like(logits).scatter_(1, predicted[:, None], chosen)
         targets = [store[name] for name in names] + ([x] if with_input else [])
         grads = torch.autograd.grad(logits, targets, grad_outputs=seed, allow_unused=True)
-    unused = [name for name, grad in zip(names, grads) if grad is None]
+    # grads ends with the input's gradient when with_input: zip stops at the layers
+    unused = [name for name, grad in zip(names, grads, strict=False) if grad is None]
     if unused:
         raise ModelError(f"The layer(s) {', '.join(unused)} of the DNN under test do not lead to its output.")
-    maps = {name: grad.detach() for name, grad in zip(names, grads)}
+    maps = {name: grad.detach() for name, grad in zip(names, grads, strict=False)}
     return Relevance(maps, grads[-1].detach() if with_input else None, predicted.detach(), logits.detach())
 
 

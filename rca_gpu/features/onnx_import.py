@@ -23,7 +23,7 @@ Nothing named by the file is imported or run: the operators map to onnx2torch's 
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -141,8 +141,11 @@ def _rename(module: torch.fx.GraphModule, paths: Mapping[str, str | None]) -> No
     is unknown too, and containers get no identity: their names are then refused with the list of layers."""
     graph = module.graph
     calls = [node for node in graph.nodes if node.op == "call_module"]
-    named = {node: paths.get(str(node.target)) for node in calls}
-    named = {node: path for node, path in named.items() if path and _valid(path)}
+    named: dict[torch.fx.Node, str] = {}
+    for node in calls:
+        known = paths.get(str(node.target))
+        if known and _valid(known):
+            named[node] = known
     last: dict[str, torch.fx.Node] = {}
     for node in calls:
         if node in named:
@@ -152,7 +155,7 @@ def _rename(module: torch.fx.GraphModule, paths: Mapping[str, str | None]) -> No
     for node in calls:
         path = named.get(node)
         if path and last[path] is node:
-            _attach(module, path, module._modules[str(node.target)])  # onnx2torch's modules sit at the top
+            _attach(module, path, module.get_submodule(str(node.target)))  # onnx2torch's modules sit at the top
             node.target = path
     if len(named) == len(calls):
         for path, node in last.items():
@@ -160,10 +163,15 @@ def _rename(module: torch.fx.GraphModule, paths: Mapping[str, str | None]) -> No
                 continue
             with graph.inserting_after(node):
                 scope = graph.call_module(path, (node,))
-            node.replace_all_uses_with(scope, delete_user_cb=lambda user, scope=scope: user is not scope)
+            node.replace_all_uses_with(scope, delete_user_cb=_other_than(scope))
     graph.lint()
     module.delete_all_unused_submodules()
     module.recompile()
+
+
+def _other_than(kept: torch.fx.Node) -> Callable[[torch.fx.Node], bool]:
+    """Whether a node is not ``kept`` (the users of a node that move to its scope: all but the scope itself)."""
+    return lambda user: user is not kept
 
 
 def _attach(root: torch.nn.Module, path: str, layer: torch.nn.Module) -> None:
@@ -231,7 +239,9 @@ def torchscript_to_torch(scripted: torch.nn.Module, input_shape: Any, device: to
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated upstream, still supported
         warnings.simplefilter("ignore")
-        torch.onnx.export(scripted, (example,), buffer, opset_version=TORCHSCRIPT_OPSET, input_names=["images"],
+        # the exporter writes to a file-like object as documented; its annotation names paths only
+        torch.onnx.export(scripted, (example,), buffer,  # type: ignore[arg-type]
+                          opset_version=TORCHSCRIPT_OPSET, input_names=["images"],
                           dynamic_axes={"images": {0: "batch"}}, dynamo=False)
     module, _ = to_torch(onnx.load_from_string(buffer.getvalue()))
     return module.to(device).eval()

@@ -13,8 +13,8 @@ class _ToPixels:
     """PIL image -> float tensor in [0, 1] of shape (c, s, s). A class, so it pickles into workers."""
 
     def __init__(self, size: int) -> None:
-        from torchvision.transforms import v2
         import torch
+        from torchvision.transforms import v2
 
         self.pipeline = v2.Compose(
             [v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)]

@@ -93,8 +93,8 @@ def load_features(
     *,
     metadata: str | os.PathLike | None = None,
     image_root: str | os.PathLike | None = None,
-    device: "Device | None" = None,
-) -> tuple[FailureSet, "Features"]:
+    device: Device | None = None,
+) -> tuple[FailureSet, Features]:
     """Read a features file into the FailureSet and Features that the pipeline continues from.
 
     Parameters
@@ -156,7 +156,7 @@ def load_features(
                               time.perf_counter() - started, 0)
 
 
-def features_from_array(x: np.ndarray, *, device: "Device | None" = None) -> "Features":
+def features_from_array(x: np.ndarray, *, device: Device | None = None) -> Features:
     """Features over an in-memory (n, d) array whose rows are all usable (the estimator validates them),
     brought to the scale of unit vectors by an exact power of two before they become float32
     (:func:`rca_gpu.features.extract.scale_exponent`), so that any finite magnitude clusters alike.
@@ -180,7 +180,7 @@ def features_from_array(x: np.ndarray, *, device: "Device | None" = None) -> "Fe
     return Features(_to_device(matrix, device), np.arange(len(matrix), dtype=np.int64), {}, info)
 
 
-def _to_device(matrix: np.ndarray, device: "Device | None"):
+def _to_device(matrix: np.ndarray, device: Device | None):
     from rca_gpu.engine.device import to_kind
 
     return to_kind(matrix, "torch", torch_device=device.torch_device if device else "cpu")
@@ -225,7 +225,7 @@ class _Rows:
             scaled = np.ldexp(good.astype(np.float64 if good.dtype != np.float32 else np.float32, copy=False),
                               np.int32(exponent)).astype(np.float32, copy=False)
         fits = np.isfinite(scaled).all(axis=1)  # a row far beyond the others of its block: float32 cannot hold both
-        for position, norm in zip(rows[~fits], norms[~fits]):
+        for position, norm in zip(rows[~fits], norms[~fits], strict=True):
             self.rejected[int(position)] = self._beyond(norm)
         scaled, rows, norms = scaled[fits], rows[fits], norms[fits]
         end = self.count + len(scaled)
@@ -237,7 +237,7 @@ class _Rows:
 
     def reject(self, rows: np.ndarray, reason: str | list[str]) -> None:
         reasons = [reason] * len(rows) if isinstance(reason, str) else reason
-        for position, why in zip(rows, reasons):
+        for position, why in zip(rows, reasons, strict=True):
             self.rejected[int(position)] = why
 
     def result(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
@@ -254,7 +254,8 @@ class _Rows:
                 if not fits.all():  # a block far beyond the others: float32 cannot hold both
                     keep = np.ones(self.count, dtype=bool) if keep is None else keep
                     keep[first:end] &= fits
-                    for position, norm in zip(self.positions[first:end][~fits], self.norms[first:end][~fits]):
+                    for position, norm in zip(self.positions[first:end][~fits], self.norms[first:end][~fits],
+                                               strict=True):
                         self.rejected[int(position)] = self._beyond(norm)
         # rows were added in input order, so positions are sorted; the view keeps rejected rows' space only
         matrix, positions = self.matrix[: self.count], self.positions[: self.count]
@@ -275,13 +276,13 @@ def _rows_per_batch(d: int) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_number(t: "pa.DataType") -> bool:
+def _is_number(t: pa.DataType) -> bool:
     import pyarrow.types as pt
 
     return pt.is_integer(t) or pt.is_floating(t)
 
 
-def _feature_layout(schema: "pa.Schema", path: Path) -> tuple[str, list[str]]:
+def _feature_layout(schema: pa.Schema, path: Path) -> tuple[str, list[str]]:
     """("list", [column]) or ("columns", [f0, ..., f{d-1}]) naming where the features are."""
     import pyarrow.types as pt
 
@@ -354,10 +355,12 @@ def _read_parquet_from(path: Path, source):
         d = len(columns)
         layout = {"format": "parquet", "column": f"f0..f{d - 1}"}
     if d < 1:
-        raise SourceError(f"The feature vectors of {str(path)!r} are empty (0 values). Store at least one value per row.")
+        raise SourceError(f"The feature vectors of {str(path)!r} are empty (0 values). "
+                          "Store at least one value per row.")
     rows = _Rows(n, d, path)
     # float32 stays float32; wider numbers are read as float64, so that no magnitude is lost before scaling
-    value_types = [schema.field(c).type for c in columns] if kind == "columns" else [schema.field(columns[0]).type.value_type]
+    value_types = ([schema.field(c).type for c in columns] if kind == "columns"
+                   else [schema.field(columns[0]).type.value_type])
     wide = pa.float32() if all(t in (pa.float32(), pa.float16()) for t in value_types) else pa.float64()
     start = 0
     for batch in parquet.iter_batches(batch_size=_rows_per_batch(d), columns=columns):
@@ -394,7 +397,7 @@ def _common_length(parquet, column: str) -> int:
     for batch in parquet.iter_batches(batch_size=1 << 16, columns=[column]):
         lengths = pc.list_value_length(batch.column(0)).drop_null().to_numpy()
         values, frequency = np.unique(lengths, return_counts=True)
-        for value, count in zip(values.tolist(), frequency.tolist()):
+        for value, count in zip(values.tolist(), frequency.tolist(), strict=True):
             counts[value] = counts.get(value, 0) + count
     if not counts:
         return 0
@@ -525,7 +528,8 @@ def _resolve_paths(raw: pd.Series, base: Path, root: Path) -> tuple[list[str | N
     """
     given = [None if not isinstance(p, str) or not p.strip() else p for p in raw.tolist()]
     root_text = str(root).rstrip(os.sep) + os.sep
-    resolved, outside = [], 0
+    resolved: list[str | None] = []
+    outside = 0
     for p in given:
         if p is None:
             resolved.append(None)

@@ -293,7 +293,8 @@ def _cluster_sections(run: RunFolder, clusters: pd.DataFrame, usable: pd.DataFra
             "size": size,
             "share": size / len(clusters),
             "medoids": [tiles.tile(p) for p in chosen.medoids],
-            "border": [tiles.tile(p, b) for p, b in zip(chosen.border, chosen.borders or [None] * len(chosen.border))],
+            "border": [tiles.tile(p, b)
+                       for p, b in zip(chosen.border, chosen.borders or [None] * len(chosen.border), strict=True)],
             "sample_kind": chosen.kind,
             "explanations": tops.get(label, []),
             "dominant": dominant.get(label, []),

@@ -119,7 +119,9 @@ def verified_causes(run: RunFolder) -> dict[str, Any] | None:
     if not run.has(VERIFY_FILE):
         return None
     info = run.json(VERIFY_FILE)
-    rows = info.get("per_cause") if isinstance(info.get("per_cause"), dict) else {}
+    rows = info.get("per_cause")
+    if not isinstance(rows, dict):
+        rows = {}
     by_cause: dict[int, dict[str, Any]] = {}
     for key, row in rows.items():
         if not isinstance(row, dict) or not str(key).lstrip("-").isdigit():
@@ -130,7 +132,9 @@ def verified_causes(run: RunFolder) -> dict[str, Any] | None:
         by_cause[int(key)] = {"text": text, "verdict": str(row.get("verdict", "")), "images": row.get("images"),
                               "failures": row.get("failures"), "lift": lift, "low": low, "high": high}
     stale = None
-    recorded = info.get("catalogue") if isinstance(info.get("catalogue"), dict) else {}
+    recorded = info.get("catalogue")
+    if not isinstance(recorded, dict):
+        recorded = {}
     if recorded.get("digest") != load_catalogue(run).state()["digest"]:
         stale = (f"The catalogue was edited after the verification: run `rca-gpu verify {run.path} POOL` again to "
                  "verify the causes as they are now.")

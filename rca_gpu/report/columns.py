@@ -16,6 +16,7 @@ no code is shared (e.g. ``rotation_deg`` present in every image of the cluster a
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -110,7 +111,7 @@ def _profile(column: str, values: pd.Series, n: int) -> Profile | None:
     else:  # deciles of every usable image's value
         edges = np.unique(np.quantile(numbers[finite], np.linspace(0, 1, NUMBER_BINS + 1)[1:-1]))
         bounds = [-math.inf, *edges.tolist(), math.inf]
-        levels = [_bin_text(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])] + [MISSING]
+        levels = [_bin_text(lo, hi) for lo, hi in itertools.pairwise(bounds)] + [MISSING]
     codes = np.where(finite, np.searchsorted(edges, numbers, side="right"), len(edges) + 1).astype(np.int64)
     used = np.unique(codes)
     remap = np.full(len(levels), -1, dtype=np.int64)

@@ -34,8 +34,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ class Condition:
     op: str
     value: Any
 
-    def mask(self, frame: "pd.DataFrame | _Columns") -> np.ndarray:
+    def mask(self, frame: pd.DataFrame | _Columns) -> np.ndarray:
         """Boolean (n,) of the rows meeting the condition; a missing value meets none."""
         columns = frame if isinstance(frame, _Columns) else _Columns(frame)
         if self.op in ("==", "!="):
@@ -129,7 +130,7 @@ def _as_text(values: pd.Series) -> np.ndarray:
 class Rule:
     conditions: tuple[Condition, ...]
 
-    def mask(self, frame: "pd.DataFrame | _Columns") -> np.ndarray:
+    def mask(self, frame: pd.DataFrame | _Columns) -> np.ndarray:
         """Boolean (n,) of the rows meeting every condition."""
         columns = frame if isinstance(frame, _Columns) else _Columns(frame)
         out = np.ones(len(columns), dtype=bool)
@@ -246,7 +247,7 @@ def explain_clusters(
         for columns in groups.values():
             if not columns:
                 continue
-            for rule in _tree_rules(design[np.ix_(fit_rows, columns)], target[fit_rows],
+            for rule in _tree_rules(design[np.ix_(fit_rows, np.asarray(columns))], target[fit_rows],
                                     [origin[j] for j in columns], max_depth, seed):
                 text = rule.text()
                 if text in candidates:

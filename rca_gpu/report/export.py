@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from rca_gpu import outputs
@@ -141,11 +142,12 @@ def export_run(
     if not isinstance(run_dir, RunFolder):
         check_run_dir(run_dir)
     run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
-    check_out_dir(target, option="--to", run_path=run.path, example="exported/", command="rca-gpu export")  # before any file is made
-    table = run.clusters()
+    # before any file is made
+    check_out_dir(target, option="--to", run_path=run.path, example="exported/", command="rca-gpu export")
+    table = _with_causes(run, run.clusters())
     if ids is not None:
         table = table[table["id"].astype(str).isin(read_ids(ids, table))]
-    names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy())]
+    names = [group_name(c, s) for c, s in zip(table["cluster"].to_numpy(), table["status"].to_numpy(), strict=True)]
     table = table.assign(_group=names)
     present = list(dict.fromkeys(sorted(set(names), key=_group_order)))
     selected = present if clusters is None else list(dict.fromkeys(clusters))
@@ -173,7 +175,8 @@ def export_run(
             "folder, or remove those folders first."
         )
     result = ExportResult(root, empty=empty)
-    meta = [c for c in table.columns if c not in ("id", "path", "cluster", "status", "reason", "_group")]
+    own = ("id", "path", "cluster", *CAUSE_COLUMNS, "status", "reason", "_group")
+    meta = [c for c in table.columns if c not in own]
     made: list[Path] = []
     try:
         for name in selected:
@@ -201,6 +204,29 @@ def export_run(
         if reason is not None:
             raise outputs.refusal(root, reason) from None
         raise
+
+
+#: The catalogue's cause of each image (after ``rca-gpu causes`` merges, splits and names) in every manifest.
+CAUSE_COLUMNS = ("cause", "cause_name")
+
+
+def _with_causes(run: RunFolder, table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (clusters.parquet) with the catalogue's ``cause`` id and ``cause_name`` of each row (-1 and ""
+    for noise and rejected rows), as clusters.csv has them; a metadata column of the same name is kept under
+    ``input_<name>``."""
+    from rca_gpu.catalogue.causes import load_catalogue
+
+    catalogue = load_catalogue(run)
+    cause = np.array(catalogue.cause_of(table["id"].to_numpy()), dtype=np.int64)  # a copy: written below
+    cause[table["status"].to_numpy() == "rejected"] = -1
+    names = [catalogue.causes[int(c)].name if int(c) in catalogue.causes else "" for c in cause]
+    for column in CAUSE_COLUMNS:
+        if column in table.columns:
+            free = f"input_{column}"
+            while free in table.columns:  # the manifest rule: the prefix repeated until the name is free
+                free = f"input_{free}"
+            table = table.rename(columns={column: free})
+    return table.assign(cause=cause, cause_name=names)
 
 
 def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str, meta: list[str],
@@ -232,6 +258,7 @@ def _export_group(run: RunFolder, members: pd.DataFrame, folder: Path, mode: str
         "source_path": members["path"].astype(str).to_numpy(),
         "id": members["id"].to_numpy(),
         "cluster": members["cluster"].to_numpy(),
+        **{column: members[column].to_numpy() for column in CAUSE_COLUMNS},
         "status": members["status"].to_numpy(),
         "reason": members["reason"].to_numpy(),
         "not_exported": refused,

@@ -167,7 +167,7 @@ def heatmap_views(run, clusters: pd.DataFrame, reps, folder: Path, *, thumb_size
                                "prediction, blue against it. The cluster's mean heatmap averages every member's."))
     wanted = {p for label, chosen in reps.items() if label >= 0 for p in chosen.medoids + chosen.border}
     files = run.image_files(real_paths(clusters))  # the run's path rule: only files it allows are read
-    for image_id, heat in zip(stored["ids"], stored["maps"]):
+    for image_id, heat in zip(stored["ids"], stored["maps"], strict=True):  # equal: checked by _read
         position = position_of.get(str(image_id))
         if position is None or int(position) not in wanted:
             continue
@@ -175,7 +175,7 @@ def heatmap_views(run, clusters: pd.DataFrame, reps, folder: Path, *, thumb_size
         name = f"{int(position):07d}.png"
         _save_png(_overlay(image, heat.astype(np.float32)), folder / name)
         views.per_position[int(position)] = name
-    for cluster, heat in zip(stored["clusters"], stored["means"]):
+    for cluster, heat in zip(stored["clusters"], stored["means"], strict=True):
         name = f"mean-{int(cluster)}.png"
         heat = heat.astype(np.float32)
         scale = float(np.abs(heat).max()) if heat.size else 0.0

@@ -107,7 +107,8 @@ def export_fiftyone(run: RunFolder, target: Path, members: pd.DataFrame, *, mode
         names.append(name)
         kept.append(k)
     chosen = members.iloc[kept].reset_index(drop=True)
-    labels = pd.concat([pd.DataFrame({"filepath": names}), flat.iloc[kept].drop(columns=["path"]).reset_index(drop=True),
+    labels = pd.concat([pd.DataFrame({"filepath": names}),
+                        flat.iloc[kept].drop(columns=["path"]).reset_index(drop=True),
                         pd.DataFrame({"source_path": chosen["path"].astype(str).to_numpy()})], axis=1)
     meta = [c for c in chosen.columns
             if c not in labels.columns and c not in ("path", "cluster", "status", "reason", "input_path", "_group")]

@@ -69,7 +69,8 @@ def explanation_codes(explanations: pd.DataFrame, usable: pd.DataFrame, rows: np
     where = pd.Series(np.arange(len(usable)), index=usable.index)
     picked = where.reindex(rows).to_numpy()  # position in usable, NaN for rows not usable
     codes = np.full(len(rows), -1, dtype=np.int64)
-    levels, ids = [], []
+    levels: list[str] = []
+    ids: list[int] = []
     for row in order.itertuples(index=False):
         mask = masks[int(row.cluster)]
         level = len(levels)

@@ -113,14 +113,15 @@ def map_sample(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.n
     budget = max(limit - sum(floor), 0)
     rest = max(n - sum(floor), 1)
     chosen = [rng.choice(g, min(len(g), keep + budget * (len(g) - keep) // rest), replace=False)
-              for g, keep in zip(groups, floor)]
+              for g, keep in zip(groups, floor, strict=True)]
     return np.sort(np.concatenate(chosen))
 
 
 def section_order(labels: np.ndarray) -> list[int]:
     """Clusters largest first (ties by id), then the noise."""
     ids, counts = np.unique(labels, return_counts=True)
-    clusters = sorted(((int(c), int(n)) for c, n in zip(ids, counts) if c >= 0), key=lambda cn: (-cn[1], cn[0]))
+    clusters = sorted(((int(c), int(n)) for c, n in zip(ids, counts, strict=True) if c >= 0),
+                      key=lambda cn: (-cn[1], cn[0]))
     return [c for c, _ in clusters] + ([-1] if (labels < 0).any() else [])
 
 
@@ -152,6 +153,8 @@ def caption(row: pd.Series, columns: dict[str, str] | None) -> str:
     label, prediction = (_text(row.get(columns[k])) for k in ("label", "prediction"))
     text = f"{label} -> {prediction}"
     confidence = row.get(columns["confidence"]) if "confidence" in columns else None
+    if confidence is None:
+        return text
     try:
         value = float(confidence)
     except (TypeError, ValueError):

@@ -14,7 +14,9 @@ A run often splits one root cause into several clusters (digits rotated left and
     cause makes the DNN fail on many classes, and fragments of a cause often split by class.
 ``rules``
     How much the explanations overlap: the share of the pair's images that the other cause's top rules match
-    (the rank-1 rule of each of its clusters in explanations.parquet, found or best candidate).
+    (the rank-1 rule of each of its clusters in explanations.parquet, only where that rule qualified: a best
+    candidate that did not reach the precision and coverage of an explanation is no evidence). No evidence for
+    a pair of which neither cause has a qualified rule.
 ``links``
     Share of kNN links between them in the features: the 10 nearest neighbours of every image of the reference set
     (reference.safetensors: up to 256 seeded-random members of each cluster, the run's own features), as the
@@ -111,10 +113,11 @@ def suggest_merges(catalogue: Catalogue, *, explanations: pd.DataFrame | None = 
         for j in range(i + 1, len(active)):
             b = active[j]
             evidence = {"metadata": _at(metadata, i, j), "rules": _at(rules, i, j), "links": _at(links, i, j)}
-            weights = {key: WEIGHTS[key] for key, value in evidence.items() if value is not None}
-            if not weights:
+            present = {key: value for key, value in evidence.items() if value is not None}
+            if not present:
                 continue
-            confidence = sum(weights[key] * evidence[key] for key in weights) / sum(weights.values())
+            weight = sum(WEIGHTS[key] for key in present)
+            confidence = sum(WEIGHTS[key] * value for key, value in present.items()) / weight
             if confidence < floor:
                 continue
             why = _words(a, b, evidence, shared.get((i, j), []), _at(shares, i, j))
@@ -175,8 +178,8 @@ def _metadata_evidence(usable: pd.DataFrame, cause: np.ndarray, active: list[int
     shared = {}
     for i in range(len(active)):
         for j in range(i + 1, len(active)):
-            agree = sorted(((float((block[i] * block[j]).sum()), name) for block, name in zip(blocks, names)),
-                           reverse=True)
+            agree = sorted(((float((block[i] * block[j]).sum()), name)
+                            for block, name in zip(blocks, names, strict=True)), reverse=True)
             top = agree[0][0] if agree else 0.0
             shared[(i, j)] = [name for value, name in agree[:2] if value > 0 and value >= 0.25 * top]
     return np.clip(similarity, 0.0, 1.0), shared
@@ -188,22 +191,25 @@ def _rule_evidence(usable: pd.DataFrame, cause: np.ndarray, active: list[int], c
     explanations."""
     if explanations is None or explanations.empty:
         return None
-    masks = _explain.rule_masks(explanations, usable)
+    masks = _explain.rule_masks(explanations[explanations["found"].astype(bool)], usable)
     if not masks:
         return None
     n = len(active)
-    matched = np.zeros((n, len(usable)), dtype=bool)  # images matched by a top rule of each cause
+    matched = np.zeros((n, len(usable)), dtype=bool)  # images matched by a qualified top rule of each cause
+    has_rule = np.zeros(n, dtype=bool)
     for i, c in enumerate(active):
         for cluster in catalogue.causes[c].clusters:
             if cluster in masks:
                 matched[i] |= masks[cluster]
+                has_rule[i] = True
     members = np.stack([cause == c for c in active])
     sizes = members.sum(axis=1)
     covered = matched.astype(float) @ members.T.astype(float)  # [i, j]: images of j matched by i's rules
-    out = np.zeros((n, n))
+    out = np.full((n, n), np.nan)  # NaN: neither cause has a qualified rule, so the rules say nothing
     for i in range(n):
         for j in range(n):
-            out[i, j] = (covered[i, j] + covered[j, i]) / max(sizes[i] + sizes[j], 1)
+            if has_rule[i] or has_rule[j]:
+                out[i, j] = (covered[i, j] + covered[j, i]) / max(sizes[i] + sizes[j], 1)
     return out
 
 
@@ -264,7 +270,10 @@ def _words(a: int, b: int, evidence: dict[str, float | None], shared: list[str],
 
 
 def _at(matrix, i: int, j: int) -> float | None:
-    return None if matrix is None else float(matrix[i, j])
+    """The evidence of pair (i, j), None where there is none (no matrix, or NaN in it)."""
+    if matrix is None or np.isnan(matrix[i, j]):
+        return None
+    return float(matrix[i, j])
 
 
 def _round(value: float | None) -> float | None:

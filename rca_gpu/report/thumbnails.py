@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def thumbnail_name(position: int) -> str:
 def make_thumbnails(
     folder: Path,
     positions: Iterable[int],
-    paths: list[str],
+    paths: Sequence[str],
     *,
     run_id: str,
     size: int = THUMB_SIZE,
