@@ -1,7 +1,8 @@
 """Summary of a benchmarks/gpu_check.sh run: writes OUT/summary.md and exits 1 when the check did not pass.
 
 The check passes only when CUDA is visible, no GPU test failed, at least one GPU test passed (a run where
-every GPU test skipped proves nothing), and the throughput benchmarks ran.
+every GPU test skipped proves nothing), every stage ran on the backend this stack must use
+(gpu_check_backends.py), and the benchmarks ran.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ def count_tests(junit: Path) -> dict[str, int]:
     return counts
 
 
-def verdict(*, cuda: bool, counts: dict[str, int], benchmarks_failed: bool) -> list[str]:
+def verdict(*, cuda: bool, counts: dict[str, int], benchmarks_failed: bool,
+            backends_failed: bool = False) -> list[str]:
     """The reasons the check failed (empty: it passed)."""
     reasons = []
+    if backends_failed:
+        reasons.append("a stage ran on an unexpected backend, or a backend run failed (see backends.md)")
     if not cuda:
         reasons.append("CUDA is missing: torch sees no GPU")
     if counts["failed"] or counts["errors"]:
@@ -52,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--cuda", type=int, choices=(0, 1), required=True)
     parser.add_argument("--benchmarks-failed", type=int, choices=(0, 1), default=0)
+    parser.add_argument("--backends-failed", type=int, choices=(0, 1), default=0)
     args = parser.parse_args(argv)
     out: Path = args.out
     counts = count_tests(out / "gpu_tests.xml")
-    reasons = verdict(cuda=bool(args.cuda), counts=counts, benchmarks_failed=bool(args.benchmarks_failed))
+    reasons = verdict(cuda=bool(args.cuda), counts=counts, benchmarks_failed=bool(args.benchmarks_failed),
+                      backends_failed=bool(args.backends_failed))
     try:
         doctor = json.loads(_read(out / "doctor.json") or "{}")
     except ValueError:
@@ -74,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         f"- versions: {versions}",
         f"- GPU tests: {counts['passed']} passed, {counts['failed']} failed, {counts['errors']} errors, "
         f"{counts['skipped']} skipped (tests/test_gpu.py; skip reasons in gpu_tests.txt)",
+        "",
+        "## Backend of every stage",
+        "",
+        _read(out / "backends.md") or "not run",
+        "",
+        "## kNN, UMAP, DBSCAN at scale; end to end",
+        "",
+        _read(out / "scale.md") or "not run",
         "",
         "## Extraction throughput",
         "",

@@ -73,6 +73,9 @@ NOT_QUALITY_TESTS = {
     "test_warnings_of_the_stability_step_go_to_the_log_not_the_terminal": "the step ran",
     "test_stability_is_not_scored_below_the_minimum_of_images_and_run_json_says_why": "the step was skipped",
     "test_mnist_spread_has_one_cause_over_every_class_and_one_class_causes": "the digits a generated cause reaches",
+    "test_default_pipeline_stability_report_and_catalogue_run_on_the_gpu_adapters": "the steps ran on the GPU "
+    "adapters of the simulated GPU",
+    "test_without_rapids_the_torch_backend_takes_the_gpu_stages": "the steps ran on the torch backend",
 }
 _QUALITY_WORDS = re.compile(r"adjusted_rand_score\(|homogeneity|purity|coverage|_n_clusters\(|\[\"clusters\"\]|"
                             r"n_clusters_|\[\"stability\"\]|stability\[|_recall\(|\.nunique\(\)")

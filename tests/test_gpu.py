@@ -174,7 +174,6 @@ def test_auto_knn_uses_the_probed_library(gpu):
     [
         ("dbscan", {"eps": 1.5, "min_samples": 5}),
         ("hdbscan", {"min_cluster_size": 10}),
-        ("hdbscan", {"min_cluster_size": 10, "min_samples": 6}),
         ("kmeans", {"k": 4}),
     ],
 )
@@ -196,17 +195,46 @@ def test_dbscan_core_points_identical_and_min_samples_counts_the_point(rapids):
     from scipy.spatial.distance import cdist
     from sklearn.cluster import DBSCAN
 
-    x, _ = planted_blobs(n_per=120, centers=4, dim=6, spread=0.6, seed=5)
+    x, _ = planted_blobs(n_per=120, centers=4, dim=6, spread=0.6, seed=8)
     distances = cdist(x, x)
-    eps, min_samples = 1.2, 8
-    # no pair may sit at eps within float32 rounding, or the two libraries could honestly differ
+    eps, min_samples = 1.1, 8
+    # no pair may sit at eps within float32 rounding, or the two libraries could honestly differ (the
+    # closest pair is 2.8e-4 from eps here)
     assert np.abs(distances - eps).min() > 1e-4
-    by_hand = np.flatnonzero((distances <= eps).sum(axis=1) >= min_samples)
+    counts = (distances <= eps).sum(axis=1)
+    by_hand = np.flatnonzero(counts >= min_samples)
+    # the data tells the convention apart: counting without the point itself (or twice) changes the core points
+    assert len(np.setxor1d(by_hand, np.flatnonzero(counts - 1 >= min_samples))) >= 10
+    assert len(np.setxor1d(by_hand, np.flatnonzero(counts + 1 >= min_samples))) >= 10
     cpu = DBSCAN(eps=eps, min_samples=min_samples).fit(x)
     gpu = CumlDBSCAN(eps=eps, min_samples=min_samples, output_type="numpy").fit(as_cupy(as_torch(x, "cuda")))
     assert 0 < len(by_hand) < len(x)
     np.testing.assert_array_equal(np.sort(cpu.core_sample_indices_), by_hand)
     np.testing.assert_array_equal(np.sort(np.asarray(gpu.core_sample_indices_)), by_hand)
+
+
+def hdbscan_off_by_one_data() -> np.ndarray:
+    """Three blobs of different spread and uniform noise, in 2-D: HDBSCAN(min_cluster_size=10) with
+    min_samples 6 differs from 5 and from 7 (ARI <= 0.82 between them on the CPU, asserted in the test), so a
+    min_samples handed to cuML one off would show. The planted blobs of test_cuml_clusterers_agree_with_cpu
+    gave ARI 1.0 for every min_samples from 1 to 20."""
+    rng = np.random.default_rng(18)
+    parts = [rng.normal(0, 0.3, (60, 2)), rng.normal((3, 0), 0.6, (60, 2)), rng.normal((1.5, 3), 1.0, (60, 2)),
+             rng.uniform(-2, 5, (40, 2))]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def test_cuml_hdbscan_min_samples_is_translated_without_off_by_one(rapids):
+    from rca_gpu.engine.registry import cluster
+
+    x = hdbscan_off_by_one_data()
+    params = {"min_cluster_size": 10, "min_samples": 6}
+    on_cpu = {m: cluster(x, "hdbscan", {**params, "min_samples": m}, cpu_device()) for m in (5, 6, 7)}
+    assert max(adjusted_rand_score(on_cpu[6], on_cpu[m]) for m in (5, 7)) <= 0.85  # the data can tell
+    data = {"n_samples": len(x), "n_features": x.shape[1]}
+    assert registry.build("cluster", "hdbscan", rapids, data=data, **params).implementation.library == "cuml"
+    on_gpu = cluster(as_torch(x, "cuda"), "hdbscan", params, rapids)
+    assert adjusted_rand_score(on_cpu[6], on_gpu) >= 0.95
 
 
 def test_cuml_umap_with_shared_graph_agrees_with_cpu(rapids):

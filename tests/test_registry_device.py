@@ -46,12 +46,14 @@ def test_cpu_device_builds_cpu_adapters():
 def test_auto_without_cuml_falls_back_and_logs(caplog):
     device = _gpu("auto", cuml=False)
     with caplog.at_level(logging.INFO, logger="rca_gpu"):
-        adapter = registry.build("cluster", "dbscan", device, eps=0.5)
+        adapter = registry.build("cluster", "hdbscan", device, min_cluster_size=5)
     assert adapter.implementation.backend == "cpu"
     assert "runs on the CPU: cuml is not installed" in caplog.text
-    # kNN and PCA stay on the GPU in torch without cuML
+    # kNN, PCA, DBSCAN and K-means stay on the GPU in torch without cuML
     assert registry.build("knn", "torch", device).implementation.backend == "gpu"
     assert registry.build("reduce", "pca", device).implementation.library == "torch"
+    assert registry.build("cluster", "dbscan", device, eps=0.5).implementation.library == "torch"
+    assert registry.build("cluster", "kmeans", device, k=3).implementation.library == "torch"
 
 
 def test_strict_gpu_refuses_cpu_fallback():

@@ -150,20 +150,25 @@ class ReducerCard(Card):
                seed: int = 0) -> tuple[Any, dict[str, Any]]:
         """Embed the rows of ``x`` (n, d). Returns (embedding in the adapter's array kind, description for
         run.json). The adapter reuses ``knn`` (the features' kNN graph) when it reads one (``uses_knn``)."""
-        adapter = cast(dispatch.ReduceAdapter, self.build(
-            device, {"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, seed=seed, **params))
-        kind = adapter.implementation.arrays
         started = time.perf_counter()
-        data = to_kind(x, kind, torch_device=device.torch_device)
-        graph = None
-        if knn is not None and getattr(adapter, "uses_knn", False):
-            graph = (
-                to_kind(knn.indices, kind, torch_device=device.torch_device),
-                to_kind(knn.distances, kind, torch_device=device.torch_device),
-            )
-        embedding = adapter.fit_transform(data, knn=graph)
+        used_graph = []
+
+        def fit(adapter: dispatch.Adapter) -> Any:
+            kind = adapter.implementation.arrays
+            data = to_kind(x, kind, torch_device=device.torch_device)
+            graph = None
+            if knn is not None and getattr(adapter, "uses_knn", False):
+                graph = (
+                    to_kind(knn.indices, kind, torch_device=device.torch_device),
+                    to_kind(knn.distances, kind, torch_device=device.torch_device),
+                )
+            used_graph.append(graph is not None)
+            return cast(dispatch.ReduceAdapter, adapter).fit_transform(data, knn=graph)
+
+        adapter, embedding = dispatch.run(self.implementations, device, fit, seed=seed, **params,
+                                          data={"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])})
         info = {**adapter.describe(), "params": dict(params), "seconds": round(time.perf_counter() - started, 3),
-                "dims": int(embedding.shape[1]), "used_precomputed_knn": graph is not None}
+                "dims": int(embedding.shape[1]), "used_precomputed_knn": used_graph[-1]}
         return embedding, info
 
 
@@ -220,11 +225,15 @@ class ClusterCard(Card):
 
     def cluster(self, x: Any, params: Mapping[str, Any], device: Device, *, seed: int = 0) -> np.ndarray:
         """Labels (int64 NumPy, -1 = noise) for the rows of ``x`` (n, c)."""
-        run = {k: v for k, v in params.items() if k != "select"}
-        adapter = cast(dispatch.ClusterAdapter, self.build(
-            device, {"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}, seed=seed, **run))
-        data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
-        return np.asarray(as_numpy(adapter.fit_predict(data)), dtype=np.int64)
+        settings = {k: v for k, v in params.items() if k != "select"}
+
+        def fit(adapter: dispatch.Adapter) -> np.ndarray:
+            data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
+            return np.asarray(as_numpy(cast(dispatch.ClusterAdapter, adapter).fit_predict(data)), dtype=np.int64)
+
+        _, labels = dispatch.run(self.implementations, device, fit, seed=seed, **settings,
+                                 data={"n_samples": int(x.shape[0]), "n_features": int(x.shape[1])})
+        return labels
 
     # ---------------------------------------------------------------------------------------------------
     # Extension of a choice made on a sample to new points (rca_gpu.tuning.extend)

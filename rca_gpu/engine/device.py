@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rca_gpu.errors import GPU_INSTALL_HINT, DeviceError
@@ -36,6 +36,12 @@ class Device:
     cuml_knn: cuML's NearestNeighbors ran a tiny search on this GPU (in a subprocess).
     compute_capability: (major, minor) of the GPU, e.g. (9, 0) for an H100 / H200.
     notes: why a GPU library is installed but not used (failed probes, memory pool), for run.json.
+    simulated: the simulated GPU of CI (:mod:`rca_gpu.engine.simgpu`): GPU adapters run on the CPU behind
+        stand-ins of CuPy, cuML and cuVS, torch on CPU tensors.
+    fallbacks: the GPU fits that failed under ``--device auto`` and ran again on the CPU, one line each
+        (appended by :func:`rca_gpu.engine.dispatch.run`; recorded in run.json).
+    backends: "stage algorithm" -> the "backend library" of every adapter that ran, e.g. "cluster dbscan" ->
+        ["gpu cuml"] (:func:`rca_gpu.engine.dispatch.record`; benchmarks/gpu_check.sh asserts it).
     """
 
     requested: str
@@ -48,10 +54,13 @@ class Device:
     cuml_knn: bool = False
     compute_capability: tuple[int, int] | None = None
     notes: tuple[str, ...] = ()
+    simulated: bool = False
+    fallbacks: list[str] = field(default_factory=list, compare=False)
+    backends: dict[str, list[str]] = field(default_factory=dict, compare=False)
 
     @property
     def on_gpu(self) -> bool:
-        return self.torch_device == "cuda"
+        return self.torch_device == "cuda" or self.simulated
 
     @property
     def strict(self) -> bool:
@@ -75,6 +84,9 @@ class Device:
             "compute_capability": list(self.compute_capability) if self.compute_capability else None,
             "reason": self.reason,
             "notes": list(self.notes),
+            "simulated": self.simulated,
+            "fallbacks": list(self.fallbacks),
+            "backends": {key: list(value) for key, value in self.backends.items()},
         }
 
 
@@ -195,6 +207,8 @@ def probe_knn_backends(timeout: float = PROBE_TIMEOUT) -> dict[str, tuple[bool, 
 
 #: Set to "0" to keep torch's and CuPy's own caching allocators instead of one RMM pool.
 MEMORY_POOL_ENV = "RCA_GPU_RMM_POOL"
+#: Bytes the RMM pool takes when it is set up; it grows as the libraries ask for more (a multiple of 256).
+RMM_INITIAL_POOL_BYTES = 256 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -205,8 +219,12 @@ def share_memory_pool() -> str:
 
     Three caching allocators (torch, CuPy, RMM for cuML) each keep the memory they once used, so a large run
     can fail for want of memory that another library holds idle. torch's allocator can only be swapped
-    before torch allocates on the GPU; when that is too late the pools stay separate. Returns a line for the
-    log saying what happened.
+    before torch initialises CUDA: ``torch.cuda.memory.change_current_allocator`` refuses an allocator that
+    was initialised, and any call that reaches ``torch.cuda._lazy_init`` (``get_device_name``,
+    ``mem_get_info``, a tensor on the GPU) initialises it. :func:`resolve_device` therefore calls this before
+    any such call; when torch was initialised earlier anyway (a caller's own CUDA work) the pools stay
+    separate and :func:`release_torch_cache` hands torch's idle blocks back before each cuML fit. Returns a
+    line for the log saying what happened.
     """
     import os
 
@@ -219,7 +237,9 @@ def share_memory_pool() -> str:
         import rmm
         from rmm.allocators.cupy import rmm_cupy_allocator
 
-        rmm.reinitialize(pool_allocator=True)
+        # a small pool that grows on demand: RMM's Python pool otherwise reserves half the free GPU memory
+        # up front (PoolMemoryResource with initial_pool_size=None; rapidsai/cudf#14760)
+        rmm.reinitialize(pool_allocator=True, initial_pool_size=RMM_INITIAL_POOL_BYTES)
         cupy.cuda.set_allocator(rmm_cupy_allocator)
     except Exception as exc:  # noqa: BLE001 - any failure leaves the libraries' own allocators in place
         return f"memory pools: separate (RMM pool not set up: {type(exc).__name__}: {exc})"
@@ -238,8 +258,8 @@ def resolve_device(requested: str = "auto") -> Device:
 
     - ``cpu``: everything on the CPU.
     - ``gpu``: CUDA and cuML must be usable, else DeviceError with the install hint.
-    - ``auto``: the GPU when torch sees CUDA; cuML stages on the GPU when cuML imports, otherwise they run
-      on the CPU while kNN and PCA stay on the GPU in torch.
+    - ``auto``: the GPU when torch sees CUDA; cuML stages on the GPU when cuML imports, otherwise the torch
+      backend runs kNN, PCA, DBSCAN and K-means on the GPU and UMAP, HDBSCAN and Ward run on the CPU.
 
     GPU kNN libraries (FAISS-GPU, cuVS, cuML) are trusted only after a tiny search on this GPU succeeded in a
     child process (:func:`probe_knn_backends`); a failed probe is logged with its reason and that backend is
@@ -251,6 +271,11 @@ def resolve_device(requested: str = "auto") -> Device:
         device = Device("cpu", "cpu", False, False, "--device cpu requested")
         log.info("device: cpu (requested)")
         return device
+    from rca_gpu.engine import simgpu
+
+    mode = simgpu.requested()
+    if mode:
+        return simulated_device(requested, rapids=mode == "rapids")
 
     import torch
 
@@ -261,33 +286,71 @@ def resolve_device(requested: str = "auto") -> Device:
         log.info("device: cpu (%s)", device.reason)
         return device
 
-    name = torch.cuda.get_device_name()
-    capability = tuple(torch.cuda.get_device_capability())
-    probes = probe_knn_backends()
-    notes = []
-    for backend, (worked, why_not) in probes.items():
-        if not worked and why_not != "not installed":
-            notes.append(f"{backend} kNN is not used on this GPU: {why_not}")
-            log.warning("%s kNN is not used on this GPU: %s", backend, why_not)
+    # the memory pool first: torch.cuda.get_device_name() below initialises torch's allocator, after which
+    # torch refuses to swap it (see share_memory_pool); is_available() does not initialise it
     cuml_ok, why_not = _cuml_importable()
     if requested == "gpu" and not cuml_ok:
         raise DeviceError(f"--device gpu needs cuML on the GPU, but {why_not}; {GPU_INSTALL_HINT}.")
+    notes = []
     if cuml_ok:
         notes.append(share_memory_pool())
         log.info("%s", notes[-1])
+    name = torch.cuda.get_device_name()
+    capability = tuple(torch.cuda.get_device_capability())
+    probes = probe_knn_backends()
+    for backend, (worked, why_not_knn) in probes.items():
+        if not worked and why_not_knn != "not installed":
+            notes.append(f"{backend} kNN is not used on this GPU: {why_not_knn}")
+            log.warning("%s kNN is not used on this GPU: %s", backend, why_not_knn)
     faiss_ok, cuvs_ok, cuml_knn_ok = (probes[b][0] for b in ("faiss", "cuvs", "cuml"))
     knn = [label for label, ok in (("cuVS", cuvs_ok), ("FAISS-GPU", faiss_ok)) if ok]
     if cuml_ok:
         reason = f"CUDA GPU {name} with cuML" + "".join(f" and {label}" for label in knn)
     else:
         reason = (
-            f"CUDA GPU {name}; {why_not}, so UMAP and clustering run on the CPU while features, kNN and PCA "
-            "run on the GPU in torch"
+            f"CUDA GPU {name}; {why_not}, so UMAP, HDBSCAN and Ward run on the CPU while features, kNN, PCA, "
+            "DBSCAN and K-means run on the GPU in torch"
         )
     device = Device(requested, "cuda", cuml_ok, faiss_ok, reason, name, cuvs_ok, cuml_knn_ok and cuml_ok,
                     (int(capability[0]), int(capability[1])), tuple(notes))
     log.info("device: gpu (%s)", reason)
     return device
+
+
+def simulated_device(requested: str = "gpu", *, rapids: bool = True) -> Device:
+    """The simulated GPU of CI (:mod:`rca_gpu.engine.simgpu`): every stage dispatched to its GPU adapter
+    (cuML, cuVS, torch), the GPU libraries replaced by stand-ins that compute on the CPU; ``requested``
+    "gpu" is strict (no CPU fall-back), "auto" falls back as on a real GPU. ``rapids=False``: a machine with
+    CUDA torch and CuPy but no cuML or cuVS (the torch backend)."""
+    from rca_gpu.engine import simgpu
+
+    simgpu.install()
+    if rapids:
+        reason = f"simulated GPU (stand-ins of CuPy, cuML and cuVS on the CPU; {simgpu.SIMULATE_ENV}=1)"
+    else:
+        reason = (f"simulated GPU without RAPIDS (torch backend; {simgpu.SIMULATE_ENV}=torch): UMAP and HDBSCAN "
+                  "run on the CPU")
+    device = Device(requested, "cpu", rapids, False, reason, "simulated GPU", cuvs=rapids, cuml_knn=rapids,
+                    simulated=True)
+    log.info("device: gpu (%s)", device.reason)
+    return device
+
+
+def gpu_torch_device() -> str:
+    """Where torch puts data that a GPU library handed over: "cuda", or "cpu" under the simulated GPU."""
+    from rca_gpu.engine import simgpu
+
+    return "cpu" if simgpu.active() else "cuda"
+
+
+def release_torch_cache() -> None:
+    """Hand torch's idle cached GPU blocks back to the driver (``torch.cuda.empty_cache``) so that cuML's
+    pool can take them; nothing happens when torch never initialised CUDA (or shares the RMM pool)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def cpu_device(reason: str = "CPU") -> Device:

@@ -9,19 +9,24 @@ it runs on. An adapter converts nothing itself: it declares the array kind it co
 Fallback policy: a GPU adapter that cannot honour a setting raises UnsupportedOnGPU in its ``__init__`` or,
 for limits that depend on the data's shape, in ``check_limits`` (:mod:`rca_gpu.engine.limits`).
 Under ``--device auto`` :func:`build` then falls back to the CPU twin and logs why; under ``--device gpu``
-it raises.
+it raises. A GPU fit that fails while it runs (out of memory, a CUDA or library error: :func:`gpu_failure`)
+is handled by :func:`run`: under ``--device auto`` the CPU twin fits again, the reason is logged and kept
+in ``Device.fallbacks`` (run.json, "device"); under ``--device gpu`` it raises DeviceError, one line.
+Every adapter that ran is recorded in ``Device.backends`` (run.json, "device": stage and algorithm ->
+backend and library), which benchmarks/gpu_check.sh asserts.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rca_gpu.engine.device import Device
-from rca_gpu.errors import SpecError, UnsupportedOnGPU
+from rca_gpu.errors import DeviceError, SpecError, UnsupportedOnGPU
 
 log = logging.getLogger("rca_gpu")
 
@@ -185,3 +190,83 @@ def _instantiate(impl: Implementation, params: dict[str, Any]) -> Adapter:
     adapter = load_target(impl.target)(**params)
     adapter.implementation = impl
     return adapter
+
+
+# --------------------------------------------------------------------------------------------------
+# Running an adapter, with a CPU fall-back for GPU failures during the fit
+# --------------------------------------------------------------------------------------------------
+
+#: Words of an error message that say a GPU library or the CUDA runtime failed (cuML and RAFT raise
+#: RuntimeError "RAFT failure at file=...", "CUDA error encountered at ..."; RMM MemoryError
+#: "std::bad_alloc: out_of_memory: RMM failure ..."; torch torch.OutOfMemoryError "CUDA out of memory").
+GPU_ERROR_WORDS = re.compile(r"cuda|cublas|cusolver|cusparse|cudnn|nccl|raft failure|rmm|cuml|cuvs|out of memory"
+                             r"|out_of_memory|illegal memory access|device-side assert", re.IGNORECASE)
+
+
+def gpu_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a GPU adapter during a fit, is a failure of the GPU rather than of the data.
+
+    True for memory errors (RMM's std::bad_alloc surfaces as MemoryError, CuPy's OutOfMemoryError is one),
+    errors whose class names CUDA or out-of-memory (cupy_backends.cuda.api.runtime.CUDARuntimeError,
+    torch.OutOfMemoryError), a late UnsupportedOnGPU, and RuntimeErrors whose message names CUDA or a RAPIDS
+    library (:data:`GPU_ERROR_WORDS`). Anything else (a ValueError of the data) would fail on the CPU as well
+    and is raised as it is.
+    """
+    if isinstance(exc, (MemoryError, UnsupportedOnGPU)):
+        return True
+    name = type(exc).__name__
+    if "CUDA" in name.upper() or "OUTOFMEMORY" in name.upper():
+        return True
+    return isinstance(exc, RuntimeError) and bool(GPU_ERROR_WORDS.search(str(exc)))
+
+
+def record(device: Device, adapter: Adapter) -> None:
+    """Note in ``device.backends`` that ``adapter`` ran (run.json, "device", "backends")."""
+    impl = adapter.implementation
+    ran = device.backends.setdefault(f"{impl.stage} {impl.algorithm}", [])
+    label = f"{impl.backend} {impl.library}"
+    if label not in ran:
+        ran.append(label)
+
+
+def run(candidates: Sequence[Implementation], device: Device, work: Callable[[Adapter], Any], *,
+        data: dict[str, int] | None = None, **params: Any) -> tuple[Adapter, Any]:
+    """Build the adapter (:func:`build`) and return ``(adapter, work(adapter))``; fall back when the GPU fails.
+
+    ``work`` does the stage's call on the adapter it is given, converting its inputs to
+    ``adapter.implementation.arrays`` itself (it runs again on the CPU adapter after a GPU failure).
+
+    Raises
+    ------
+    DeviceError
+        ``--device gpu`` and the GPU fit failed (:func:`gpu_failure`): one line with the stage, the library
+        and the error, and the fix.
+    """
+    adapter = build(candidates, device, data=data, **params)
+    impl = adapter.implementation
+    if impl.backend != "gpu":
+        record(device, adapter)
+        return adapter, work(adapter)
+    if impl.arrays == "cupy":
+        from rca_gpu.engine.device import release_torch_cache
+
+        release_torch_cache()  # torch's idle blocks back to the driver, for cuML's memory pool
+    try:
+        result = work(adapter)
+    except Exception as exc:
+        if not gpu_failure(exc):
+            raise
+        what = f"{impl.stage} '{impl.algorithm}' failed on the GPU ({impl.library}): {type(exc).__name__}: " + \
+            " ".join(str(exc).split())[:300]
+        if device.strict:
+            raise DeviceError(f"{what}. Use --device auto to run such a step on the CPU instead.") from exc
+        cpu = next((i for i in candidates if i.backend == "cpu"), None)
+        if cpu is None or not cpu.available(device):
+            raise DeviceError(f"{what}; it has no CPU implementation to fall back to.") from exc
+        log.warning("%s; running it on the CPU (%s) instead", what, cpu.library)
+        device.fallbacks.append(f"{what}; ran on the CPU ({cpu.library})")
+        adapter = _instantiate(cpu, params)
+        record(device, adapter)
+        return adapter, work(adapter)
+    record(device, adapter)
+    return adapter, result

@@ -20,8 +20,8 @@ from typing import Any, cast
 import numpy as np
 
 from rca_gpu.engine import limits
-from rca_gpu.engine.device import Device, as_numpy, as_torch, to_kind
-from rca_gpu.engine.dispatch import Implementation, KnnAdapter, build
+from rca_gpu.engine.device import Device, as_numpy, as_torch, gpu_torch_device, to_kind
+from rca_gpu.engine.dispatch import Adapter, Implementation, KnnAdapter, run
 from rca_gpu.errors import TooFewImagesError
 
 _I = Implementation
@@ -87,10 +87,22 @@ class KnnGraph:
         return {"backend": self.backend, "k": self.k, "seconds": round(self.seconds, 3)}
 
 
-def choose_backend(n: int, dim: int, device: Device) -> str:
-    """The backend ``auto`` resolves to (measured: benchmarks/knn_backends.py)."""
+#: With ``low_dims_tree``, points of at most this many dimensions are searched with scikit-learn's KD-tree
+#: on the CPU (benchmarks/knn_backends.py: fastest there for low-dimensional embeddings).
+KDTREE_MAX_DIMS = 16
+
+
+def choose_backend(n: int, dim: int, device: Device, *, low_dims_tree: bool = False) -> str:
+    """The backend ``auto`` resolves to (measured: benchmarks/knn_backends.py).
+
+    ``low_dims_tree``: the caller searches a low-dimensional embedding, where a KD-tree is fastest on the
+    CPU; on a GPU the device's own backend is used all the same. Stage code states this preference and never
+    names a backend: a CPU-only backend asked for under a GPU device fails under ``--device gpu``.
+    """
     if device.on_gpu:
         return "cuvs" if device.cuvs else "faiss" if device.faiss_gpu else "torch"
+    if low_dims_tree and dim <= KDTREE_MAX_DIMS:
+        return "kdtree"
     if not device.faiss_cpu:
         return "torch"  # installs without FAISS (the GPU extras): exact search in torch
     return "faiss" if n * n * dim <= CPU_EXACT_BUDGET else "faiss-hnsw"
@@ -104,19 +116,26 @@ def backend_implementations(name: str) -> list[Implementation]:
     return found
 
 
-def knn_graph(x: Any, k: int, device: Device, backend: str = "auto") -> KnnGraph:
-    """The k-nearest-neighbour graph of the rows of ``x`` (self included as neighbour 0)."""
+def knn_graph(x: Any, k: int, device: Device, backend: str = "auto", *, low_dims_tree: bool = False) -> KnnGraph:
+    """The k-nearest-neighbour graph of the rows of ``x`` (self included as neighbour 0).
+
+    ``backend``: the user's choice (``--knn-backend``), or "auto" (:func:`choose_backend`, which also reads
+    ``low_dims_tree``). Stage code passes "auto".
+    """
     n, dim = int(x.shape[0]), int(x.shape[1])
     if n < 2:
         raise TooFewImagesError(f"A neighbour graph needs at least 2 images; {n} usable image(s) remain.")
     k = min(k, n)
-    name = choose_backend(n, dim, device) if backend == "auto" else backend
-    adapter = cast(KnnAdapter, build(backend_implementations(name), device,
-                                     data={"n_samples": n, "n_features": dim, "k": k}))
+    name = choose_backend(n, dim, device, low_dims_tree=low_dims_tree) if backend == "auto" else backend
     started = time.perf_counter()
-    data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
     fetch = k if device.on_gpu else min(n, k + RERANK_MARGIN)
-    indices, distances = adapter.search(data, fetch)
+
+    def search(adapter: Adapter) -> tuple[Any, Any]:
+        data = to_kind(x, adapter.implementation.arrays, torch_device=device.torch_device)
+        return cast(KnnAdapter, adapter).search(data, fetch)
+
+    adapter, (indices, distances) = run(backend_implementations(name), device, search,
+                                        data={"n_samples": n, "n_features": dim, "k": k})
     if not device.on_gpu:  # host results: the same graph whatever the thread count or CPU (see exact_distances)
         indices, distances = (a[:, :k] for a in exact_distances(x, as_numpy(indices)))
     seconds = time.perf_counter() - started
@@ -164,8 +183,13 @@ def exact_distances(x: Any, indices: np.ndarray, *, keep_first: bool = True,
     return indices, distances
 
 
-def nearest_rows(base: Any, queries: Any, k: int, device: Device) -> tuple[np.ndarray, np.ndarray]:
+def nearest_rows(base: Any, queries: Any, k: int, device: Device, *,
+                 low_dims_tree: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest rows of ``base`` for every row of ``queries`` (exact, Euclidean).
+
+    With ``low_dims_tree`` a base of at most KDTREE_MAX_DIMS dimensions is searched with scikit-learn's
+    KD-tree on the CPU device (O(m log n) instead of O(m n)), then reranked exactly as below; on a GPU the
+    torch search runs all the same.
 
     Blocked matrix products and top-k in torch on ``device`` (CPU or CUDA). On the CPU ``RERANK_MARGIN``
     more than ``k`` are searched and their distances recomputed exactly decide the ``k`` nearest (ties: the
@@ -182,6 +206,14 @@ def nearest_rows(base: Any, queries: Any, k: int, device: Device) -> tuple[np.nd
 
     k = min(k, int(base.shape[0]))
     fetch = k if device.on_gpu else min(k + RERANK_MARGIN, int(base.shape[0]))
+    if low_dims_tree and not device.on_gpu and int(base.shape[1]) <= KDTREE_MAX_DIMS:
+        from sklearn.neighbors import KDTree
+
+        host = np.ascontiguousarray(as_numpy(base), dtype=np.float32)
+        found = KDTree(host).query(np.asarray(as_numpy(queries), dtype=np.float32), k=fetch,
+                                   return_distance=False)
+        out_i, out_d = exact_distances(host, np.asarray(found, dtype=np.int64), keep_first=False, queries=queries)
+        return out_i[:, :k], out_d[:, :k]
     b = as_torch(base, device.torch_device).float()
     q_all = as_torch(queries, device.torch_device)
     m = int(q_all.shape[0])
@@ -371,8 +403,9 @@ class CuvsExact(KnnAdapter):
 
         x = cupy.ascontiguousarray(x.astype(cupy.float32, copy=False))
         d2, idx = brute_force.search(brute_force.build(x, metric="sqeuclidean"), x, k)
-        indices = as_torch(cupy.asarray(idx), "cuda").long()
-        distances = as_torch(cupy.asarray(d2), "cuda").float().clamp_min(0).sqrt()
+        where = gpu_torch_device()
+        indices = as_torch(cupy.asarray(idx), where).long()
+        distances = as_torch(cupy.asarray(d2), where).float().clamp_min(0).sqrt()
         return _self_first_torch(indices, distances)
 
 
@@ -384,4 +417,5 @@ class CumlExact(KnnAdapter):
 
         nn = NearestNeighbors(n_neighbors=k, algorithm="brute", output_type="cupy")
         distances, indices = nn.fit(x.astype("float32", copy=False)).kneighbors(x.astype("float32", copy=False))
-        return _self_first_torch(as_torch(indices, "cuda").long(), as_torch(distances, "cuda").float())
+        where = gpu_torch_device()
+        return _self_first_torch(as_torch(indices, where).long(), as_torch(distances, where).float())

@@ -78,3 +78,23 @@ def check_cuml_hdbscan(library_min_samples: int) -> None:
             f"cuML HDBSCAN needs {low} <= min_samples <= {high} other points (min_samples <= {high + 1} "
             f"counting the point itself); got {library_min_samples} other points"
         )
+
+
+#: Share of the free GPU memory one DBSCAN batch may use. cuML's own default (``max_mbytes_per_batch=None``)
+#: is 80% of the TOTAL memory minus the data set (cpp/src/dbscan/dbscan.cuh: "The estimate is: 80% * total -
+#: dataset", from cudaMemGetInfo's total), which overshoots whenever torch, CuPy or the RMM pool already
+#: hold memory, and the batch then fails with an out-of-memory error halfway through the fit.
+DBSCAN_FREE_MEMORY_SHARE = 0.8
+#: The smallest batch handed to cuML (MB): below this the batches are too small to be worth the GPU.
+DBSCAN_MIN_BATCH_MB = 64
+
+
+def dbscan_batch_mbytes(free_bytes: int, n_samples: int, n_features: int) -> int:
+    """``max_mbytes_per_batch`` (MB, 10**6 bytes, as cuML counts) for cuML DBSCAN from the FREE GPU memory.
+
+    cuML's formula with free instead of total memory: DBSCAN_FREE_MEMORY_SHARE of ``free_bytes`` (from
+    ``cupy.cuda.runtime.memGetInfo()``) minus the float32 data set of ``n_samples`` x ``n_features``, at
+    least DBSCAN_MIN_BATCH_MB.
+    """
+    dataset = int(n_samples) * int(n_features) * 4
+    return max(DBSCAN_MIN_BATCH_MB, int((DBSCAN_FREE_MEMORY_SHARE * free_bytes - dataset) // 1_000_000))

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from rca_gpu.engine import dispatch
 from rca_gpu.engine.cards import SELECT_RULES, ClusterCard, Twin
 from rca_gpu.engine.cluster.kmeans import k_candidates
 from rca_gpu.engine.device import Device, to_kind
@@ -62,6 +63,7 @@ class WardCard(ClusterCard):
         :meth:`relabel` (``select=knee``) cuts again without rebuilding it."""
         tree = cast(SklearnWard, self.build(
             device, {"n_samples": int(embedding.shape[0]), "n_features": int(embedding.shape[1])}, seed=seed, k=2))
+        dispatch.record(device, tree)
         tree.fit_tree(to_kind(embedding, tree.implementation.arrays))
         return [(params, tree.labels_for(params["k"])) for params in candidates], tree
 
