@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- compute capability: {doctor.get('compute_capability')}; driver {doctor.get('driver')} "
         f"(CUDA {doctor.get('driver_cuda')}); torch {doctor.get('torch')} built for CUDA {doctor.get('torch_cuda')}",
         f"- device decision: {(doctor.get('device') or {}).get('reason')}",
-        f"- doctor: {'consistent' if doctor.get('consistent') else 'problems: ' + '; '.join(doctor.get('problems', []))}",
+        "- doctor: " + ("consistent" if doctor.get("consistent")
+                        else "problems: " + "; ".join(doctor.get("problems", []))),
         f"- GPU libraries: {doctor.get('imports')}",
         f"- versions: {versions}",
         f"- GPU tests: {counts['passed']} passed, {counts['failed']} failed, {counts['errors']} errors, "

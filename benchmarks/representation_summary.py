@@ -87,7 +87,7 @@ def main(path: str, bench: str = "bench") -> None:
         labels = {r["representation"]: np.asarray(r["labels"]) for _, r in group.iterrows()}
         agreement = {a: np.mean([adjusted_rand_score(labels[a], labels[b]) for b in labels if b != a and "+" not in b])
                      for a in labels}
-        silhouettes = dict(zip(group["representation"], group["silhouette"]))
+        silhouettes = dict(zip(group["representation"], group["silhouette"], strict=True))
         tables[-1]["agreement"] = tables[-1]["representation"].map(agreement)
         tables[-1]["silhouette"] = tables[-1]["representation"].map(silhouettes)
     joined = pd.concat(tables)
@@ -109,7 +109,8 @@ def main(path: str, bench: str = "bench") -> None:
     lines = []
     for benchmark, table in joined.groupby("benchmark", sort=False):
         table = table.reset_index(drop=True)
-        by_silhouette = table.loc[table["silhouette"].fillna(-1).idxmax()] if table["silhouette"].notna().any() else None
+        has_silhouette = table["silhouette"].notna().any()
+        by_silhouette = table.loc[table["silhouette"].fillna(-1).idxmax()] if has_silhouette else None
         by_agreement = table.loc[table["agreement"].idxmax()]
         fixed = table[table["representation"] == best].iloc[0]
         lines.append({"benchmark": benchmark, f"fixed ({best}) ARI": fixed["ARI"],

@@ -191,7 +191,8 @@ def quality(out: Path, labels: np.ndarray, n_rare: int = 3) -> dict[str, Any]:
     for rare in range(planted - n_rare, planted):
         members = found[labels == rare]
         members = members[members >= 0]
-        recall[str(rare)] = round(float(np.bincount(members).max() / (labels == rare).sum()) if members.size else 0.0, 3)
+        found = np.bincount(members).max() / (labels == rare).sum() if members.size else 0.0
+        recall[str(rare)] = round(float(found), 3)
     return {
         "ari": round(float(adjusted_rand_score(labels, found)), 4),  # noise (-1) is a label of its own
         "clusters": int(len(np.unique(found[found >= 0]))),
@@ -276,10 +277,10 @@ def make_images(n: int, folder: Path, seed: int = 0, size: int = 32) -> None:
 def extraction_child(folder: str, pipeline: str, cache: str, batch_size: int, workers: int) -> None:
     """Child mode: list the folder, extract features with the shard cache, print one JSON line."""
     _report_peak_at_exit()
+    from rca_gpu.data.sources import load_source
     from rca_gpu.engine.device import resolve_device
     from rca_gpu.features.compute import compute_features
     from rca_gpu.progress import Reporter
-    from rca_gpu.data.sources import load_source
     from rca_gpu.spec import build_run_spec
 
     spec = build_run_spec(pipeline=pipeline, device="cpu", batch_size=batch_size, workers=workers)
@@ -475,7 +476,8 @@ def table(paths: list[Path], fit_from: int) -> str:
                     lines.append(f"| {r['n']:,} | failed or timed out |" + " |" * 8)
                     continue
                 lines.append(f"| {r['n']:,} | {r['dims']} | {r['list_s']} | {r['extract_s']} | {r['images_per_s']} | "
-                             f"{r['peak_rss_gib']:.3f} | {r['matrix_gib']:.3f} | {r['peak_rss_minus_matrix_gib']:.3f} | "
+                             f"{r['peak_rss_gib']:.3f} | {r['matrix_gib']:.3f} | "
+                             f"{r['peak_rss_minus_matrix_gib']:.3f} | "
                              f"{r.get('rss_end_minus_matrix_gib', float('nan')):.3f} | "
                              f"{r['peak_tree_rss_minus_matrix_gib']:.3f} |")
         lines.append("")

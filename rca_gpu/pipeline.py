@@ -179,7 +179,7 @@ def plot_embedding(features, chosen: np.ndarray, graph: KnnGraph | None, device:
         how = "" if start is None else f", started from the chosen embedding's principal plane ({PLOT_EPOCHS} epochs)"
         if start is not None:  # not remembered in reduce_cache: its key would not say how it was started
             reduce_cache = None
-        if extension is not None:
+        if extension is not None and selection is not None:
             embedding = place_all(selection, features.matrix, plot, params, device, seed, reduce_cache)
             return embedding, f"umap 2-D of the features{where}{how}"
         embedding, _ = cached_reduce(features.matrix, plot, params, device, graph, seed, reduce_cache)

@@ -74,8 +74,15 @@ class Reporter:
             from rich.markup import escape
 
             task_id = progress.add_task(escape(description), total=total)  # a spec's text is not markup
-            yield Advance(lambda n=1: progress.advance(task_id, n),
+            def advance(n: int = 1) -> None:
+                progress.advance(task_id, n)
+
+            yield Advance(advance,
                           lambda n: progress.update(task_id, total=n))
+
+
+def no_progress(n: int = 1) -> None:
+    """The ``advance`` callback of work that shows no progress."""
 
 
 def reporter_for(quiet: bool = False, verbose: bool = False) -> Reporter:

@@ -13,10 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gpu_check_backends import unexpected  # noqa: E402
-from gpu_check_summary import (
-    count_tests,  # noqa: E402
-    verdict,  # noqa: E402
-)
+from gpu_check_summary import count_tests, verdict  # noqa: E402
 
 
 def test_gpu_check_fails_when_every_gpu_test_skips(tmp_path):

@@ -175,7 +175,9 @@ def test_the_study_runs_the_new_options(grouped, tmp_path):
 def _clusters_holding(labels: np.ndarray, share: float = 0.9) -> int:
     """The fewest clusters that together hold ``share`` of ``labels`` (noise counts against); 0 if none can."""
     counts = np.sort(np.bincount(labels[labels >= 0]))[::-1] if (labels >= 0).any() else np.zeros(0, int)
-    return int(np.searchsorted(np.cumsum(counts), share * len(labels)) + 1) if counts.sum() >= share * len(labels) else 0
+    if counts.sum() < share * len(labels):
+        return 0
+    return int(np.searchsorted(np.cumsum(counts), share * len(labels)) + 1)
 
 
 def _planted_spread(own: int, seed: int = 0, noise: float = 1.5, own_scale: float = 3.0):
@@ -241,5 +243,6 @@ def test_center_auto_takes_the_label_else_the_prediction_else_nothing():
     assert center_of(spec, with_prediction) == "prediction"
     assert center_of(spec, bare) is None
     check_center(spec, bare)  # never refused
-    assert describe(spec, {"center": {"by": "prediction"}})["centring"] == "on the mean of each prediction (center=auto)"
+    centring = describe(spec, {"center": {"by": "prediction"}})["centring"]
+    assert centring == "on the mean of each prediction (center=auto)"
     assert describe(spec, {})["centring"] == "none (center=auto)"

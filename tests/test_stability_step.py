@@ -7,6 +7,7 @@ import logging
 import warnings
 
 from helpers import pattern_images
+
 from rca_gpu.catalogue.run_hook import STABILITY_MIN_IMAGES
 from rca_gpu.data.sources import from_arrays
 from rca_gpu.spec import build_run_spec

@@ -35,6 +35,9 @@ class Normalize(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 

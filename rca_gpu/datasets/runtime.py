@@ -11,6 +11,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
+from rca_gpu.progress import no_progress
+
 
 @contextlib.contextmanager
 def deterministic_torch(seed: int) -> Iterator[None]:
@@ -78,5 +80,5 @@ def progress_task(
 ) -> AbstractContextManager[Callable[[int], None]]:
     """``reporter.task(...)``, or a silent stand-in when no reporter was given."""
     if reporter is None:
-        return contextlib.nullcontext(lambda n=1: None)
+        return contextlib.nullcontext(no_progress)
     return reporter.task(description, total)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rca_gpu.datasets.runtime import predict
+from rca_gpu.progress import no_progress
 
 PROBE, MIN_BATCH, MAX_BATCH = 96, 32, 1024
 
@@ -87,7 +88,7 @@ def sample_cause(
     *,
     keep_passing: bool,
     max_candidates: int,
-    advance: Callable[[int], None] = lambda n=1: None,
+    advance: Callable[[int], None] = no_progress,
 ) -> CauseSample:
     """Propose batches for ``cause`` until ``target`` failures are kept or the budget or pool runs out.
 

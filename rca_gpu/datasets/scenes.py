@@ -124,7 +124,8 @@ def _object_colour(scene: dict[str, Any]) -> tuple[int, int, int]:
     """A hue at the scene's saturation, scaled so its mean level equals ``object_level``."""
     rgb = np.array(colorsys.hsv_to_rgb(scene["object_hue"], scene["object_saturation"], 1.0))
     rgb = np.clip(rgb * scene["object_level"] / rgb.mean(), 0.0, 1.0)
-    return tuple(round(255 * float(c)) for c in rgb)
+    red, green, blue = (round(255 * float(c)) for c in rgb)
+    return red, green, blue
 
 
 def _outline(

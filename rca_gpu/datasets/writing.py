@@ -18,6 +18,7 @@ import pandas as pd
 
 from rca_gpu.errors import SpecError
 from rca_gpu.outputs import write_atomic
+from rca_gpu.progress import no_progress
 from rca_gpu.runfiles import BOOKKEEPING, DATASET_DUT, DATASET_DUT_STATE, DATASET_INFO, DATASET_OUTPUTS
 
 #: Files and folders a generator owns inside its output folder; only these are replaced on a rerun.
@@ -54,14 +55,13 @@ def prepare_out(out: str | Path) -> Path:
 
 
 def write_images(
-    out: Path, frame: pd.DataFrame, images: np.ndarray, advance: Callable[[int], None] = lambda n=1: None
+    out: Path, frame: pd.DataFrame, images: np.ndarray, advance: Callable[[int], None] = no_progress
 ) -> None:
     """One PNG per row at ``out / frame.path``; grey for (H, W) arrays, RGB for (H, W, 3)."""
     from PIL import Image
 
     for relative, pixels in zip(frame["path"], images, strict=True):
-        image = Image.fromarray(pixels)
-        write_atomic(out / relative, lambda tmp: image.save(tmp, format="PNG", optimize=False, compress_level=6))
+        _write_png(out / relative, Image.fromarray(pixels))
         advance(1)
 
 
@@ -78,3 +78,8 @@ def write_dut(out: Path, model, *, classes: list[str], input_shape: tuple[int, i
         scripted = torch.jit.script(model)
         write_atomic(out / DATASET_DUT, lambda tmp: torch.jit.save(scripted, tmp,
                                                                 _extra_files={"rca_gpu.json": json.dumps(info)}))
+
+
+def _write_png(target: Path, image) -> None:
+    """``image`` (a PIL image) as a PNG at ``target``, written atomically."""
+    write_atomic(target, lambda tmp: image.save(tmp, format="PNG", optimize=False, compress_level=6))

@@ -94,6 +94,9 @@ class SimArray:
     def __iter__(self):
         raise TypeError("iterating a GPU array element by element copies each one to the host (simulated GPU)")
 
+    def __neg__(self) -> SimArray:
+        return SimArray(-self._data)
+
     def tolist(self):
         raise TypeError(IMPLICIT)
 
@@ -183,7 +186,6 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "pow", "eq", "ne", "lt
     setattr(SimArray, f"__{_name}__", _forward)
     if _name not in ("eq", "ne", "lt", "le", "gt", "ge"):
         setattr(SimArray, f"__r{_name}__", _reflected)
-SimArray.__neg__ = lambda self: SimArray(-self._data)  # type: ignore[attr-defined]
 SimArray.__hash__ = None  # type: ignore[assignment]
 # kind_of() and every library that checks the module of an array see a CuPy array
 SimArray.__module__ = "cupy"
@@ -204,7 +206,7 @@ def _device_input(x: Any, library: str) -> np.ndarray:
 
 
 def _cupy() -> types.ModuleType:
-    cupy = types.ModuleType("cupy")
+    cupy: Any = types.ModuleType("cupy")
     cupy.SIMULATED = True
     cupy.ndarray = SimArray
     for name in ("float32", "float64", "int32", "int64", "bool_", "uint8"):
@@ -330,7 +332,7 @@ class NearestNeighbors(_Estimator):
 
 
 def _brute_force() -> types.ModuleType:
-    module = types.ModuleType("cuvs.neighbors.brute_force")
+    module: Any = types.ModuleType("cuvs.neighbors.brute_force")
 
     def build(dataset, metric: str = "sqeuclidean"):
         if metric != "sqeuclidean":
@@ -354,7 +356,7 @@ def _brute_force() -> types.ModuleType:
 
 
 def _module(name: str, **attrs: Any) -> types.ModuleType:
-    module = types.ModuleType(name)
+    module: Any = types.ModuleType(name)
     module.__spec__ = importlib.machinery.ModuleSpec(name, None)  # importlib.util.find_spec answers
     module.__path__ = []  # a package: its submodules import
     for key, value in attrs.items():

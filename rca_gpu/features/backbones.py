@@ -98,8 +98,8 @@ def build_backbone(name: str, weights: str | None):
 def image_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """PIL RGB image -> normalised float tensor (3, s, s). The whole image is kept (resize, no crop), so a
     cause at the border (an occluder, a shifted object) is not cut away."""
-    from torchvision.transforms import v2
     import torch
+    from torchvision.transforms import v2
 
     return v2.Compose(
         [

@@ -18,9 +18,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -151,7 +152,7 @@ class _ShardStore:
     by an older rca-gpu) is refused and removed, with a warning, and its rows are extracted again.
     """
 
-    def __init__(self, folder: Path, skip: "Iterable[int]" = (), key: str | None = None) -> None:
+    def __init__(self, folder: Path, skip: Iterable[int] = (), key: str | None = None) -> None:
         self.folder = folder
         self.skip = np.fromiter(skip, dtype=np.int64)
         self.key = key
@@ -191,15 +192,16 @@ class _ShardStore:
             reasons = table.column("reason").to_pylist()
             shard_notes = table.column("note").to_pylist() if "note" in table.column_names else [None] * len(reasons)
             good = np.array([r is None for r in reasons], dtype=bool)
-            budget = np.array([depends_on_budget(r) or depends_on_budget(n) for r, n in zip(reasons, shard_notes)],
+            budget = np.array([depends_on_budget(r) or depends_on_budget(n)
+                               for r, n in zip(reasons, shard_notes, strict=True)],
                               dtype=bool)
-            for position, reason, decided in zip(positions.tolist(), reasons, budget.tolist()):
+            for position, reason, decided in zip(positions.tolist(), reasons, budget.tolist(), strict=True):
                 if reason is not None and not decided:
                     rejected[position] = reason
             good &= ~budget  # the memory budget decided these rows: decoded again under this run's budget
             if len(self.skip):
                 good = good & ~np.isin(positions, self.skip)  # rejected up front by this run: not from cache
-            for position, note, decided in zip(positions.tolist(), shard_notes, budget.tolist()):
+            for position, note, decided in zip(positions.tolist(), shard_notes, budget.tolist(), strict=True):
                 if note and not decided:
                     notes[position] = note
             readable.append((shard, positions, good, dims, "properties" in schema.names))
@@ -320,7 +322,7 @@ class _ShardStore:
 def nonfinite_rows(matrix: Any) -> np.ndarray:
     """Boolean mask (n,) of the rows of a (n, d) torch tensor or NumPy array holding NaN or +-inf."""
     if isinstance(matrix, np.ndarray):
-        return ~np.isfinite(matrix).all(axis=1) if matrix.size else np.zeros(len(matrix), dtype=bool)
+        return np.asarray(~np.isfinite(matrix).all(axis=1)) if matrix.size else np.zeros(len(matrix), dtype=bool)
     import torch
 
     if matrix.numel() == 0:
@@ -472,7 +474,7 @@ def extract_features(
     usable = failures.usable_positions
     todo = usable[~np.isin(usable, done_positions) & ~np.isin(usable, np.fromiter(rejected, np.int64, len(rejected)))]
     from_cache = len(done_positions)
-    if from_cache:
+    if from_cache and store is not None:  # rows come from a cache only when there is a store
         log.info("features: %d of %d images from cache %s", from_cache, len(failures), store.folder)
 
     device = context.device
@@ -481,7 +483,7 @@ def extract_features(
     if from_cache:
         cached, cached_positions = drop_nonfinite_rows(done_matrix, done_positions, rejected, source=str(spec))
         rows.add(cached_positions, to_kind(cached, "torch", torch_device=device.type),
-                 done_properties[np.isin(done_positions, cached_positions)])
+                 None if done_properties is None else done_properties[np.isin(done_positions, cached_positions)])
         del cached, done_matrix
     pending = _Pending()
     dims = None
@@ -559,7 +561,7 @@ class _Rows:
     def __init__(self, candidates: np.ndarray, device) -> None:
         self.candidates = np.asarray(candidates, dtype=np.int64)  # ascending positions that may get features
         self.device = device
-        self.matrix = None
+        self.matrix: Any = None  # a (candidates, d) float32 torch tensor once the first block says d
         self.properties: np.ndarray | None = None
         self.all_properties = True  # image properties came with every block
         self.filled = np.zeros(len(self.candidates), dtype=bool)
@@ -627,8 +629,8 @@ class _Pending:
     def flush(self, store: _ShardStore, dims: int | None) -> None:
         good = [as_numpy(t) for t in self.tensors]
         features = np.concatenate(good) if good else None
-        positions, reasons, notes = (list(column) for column in zip(*self.rows))
-        complete = bool(self.properties) and all(p is not None for p in self.properties)
-        properties = np.concatenate(self.properties) if complete else None
+        positions, reasons, notes = (list(column) for column in zip(*self.rows, strict=True))
+        blocks = [p for p in self.properties if p is not None]
+        properties = np.concatenate(blocks) if blocks and len(blocks) == len(self.properties) else None
         store.write(positions, reasons, notes, features, dims or 1, properties)
         self.rows, self.tensors, self.properties, self.since = [], [], [], time.monotonic()

@@ -39,7 +39,7 @@ import pandas as pd
 
 from rca_gpu import outputs
 from rca_gpu.data.paths import real_paths
-from rca_gpu.progress import set_total
+from rca_gpu.progress import no_progress, set_total
 from rca_gpu.report import explain as _explain
 from rca_gpu.report.columns import dominant_values
 from rca_gpu.report.page import content_security_policy, environment, file_url
@@ -150,7 +150,7 @@ def build_report(
 
     seconds: dict[str, float] = {}
     set_total(progress, REPORT_STEPS)
-    tick = progress or (lambda n=1: None)
+    tick = progress or no_progress
     t = time.perf_counter()
     run = run_dir if isinstance(run_dir, RunFolder) else open_run(run_dir)
     seed = int(run.info.get("seed", 0) or 0) if seed is None else seed
