@@ -130,7 +130,7 @@ def test_compare_of_a_run_with_itself_says_so(catalogue_run, tmp_path):
     import shutil
 
     run = shutil.copytree(catalogue_run, tmp_path / "same")
-    done = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "compare", str(run), str(run), "-q"],
+    done = subprocess.run([sys.executable, "-m", "rca_gpu.cli", "compare", str(run), str(run)],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "run A and run B are the same run" in done.stdout and "spread over" not in done.stdout

@@ -60,9 +60,9 @@ def compare_command(
         print_comparison(result, Console())
     statuses = ", ".join(f"{n} {s}" for s, n in info["statuses"].items())
     images = info["images"]
-    if info["run_a"] == info["run_b"]:
+    if info["run_a"] == info["run_b"] and not quiet:
         typer.echo("note: run A and run B are the same run (one run id): every cause persists by construction")
-    split = spread_causes(result.table)
+    split = [] if quiet else spread_causes(result.table)
     if split:
         typer.echo(f"note: {len(split)} of A's causes are spread over several of B's causes (B's main cause holds "
                    f"less than {KEPT_TOGETHER:.0%} of them: {', '.join(split)}); column b_causes of "
