@@ -452,9 +452,9 @@ def locked_folder(call_args: tuple, call_kwargs: dict, signature, argument: str)
     return Path(value) if str(value).strip() else None
 
 
-def writes_to(argument: str, command: str, **options: Any) -> Callable:
-    """Decorator: the function writes into the folder passed as its ``argument`` (a path or a RunFolder):
-    it runs inside :func:`writing` for that folder (``options`` go to it)."""
+def runs_inside(argument: str, context: Callable[[Path], contextlib.AbstractContextManager]) -> Callable:
+    """Decorator: the function runs inside ``context(folder)``, the folder being the one passed as its
+    ``argument`` (a path or a RunFolder); without one it runs as it is."""
     import inspect
 
     def decorate(function: Callable) -> Callable:
@@ -465,9 +465,15 @@ def writes_to(argument: str, command: str, **options: Any) -> Callable:
             folder = locked_folder(args, kwargs, signature, argument)
             if folder is None:
                 return function(*args, **kwargs)
-            with writing(folder, command, **options):
+            with context(folder):
                 return function(*args, **kwargs)
 
         return wrapper
 
     return decorate
+
+
+def writes_to(argument: str, command: str, **options: Any) -> Callable:
+    """Decorator: the function writes into the folder passed as its ``argument`` (a path or a RunFolder):
+    it runs inside :func:`writing` for that folder (``options`` go to it)."""
+    return runs_inside(argument, lambda folder: writing(folder, command, **options))

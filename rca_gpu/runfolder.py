@@ -17,7 +17,6 @@ only where the run's own path rule allows (:meth:`RunFolder.image_files`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -821,24 +820,9 @@ def writing_run(out: str | Path, command: str = RUN_COMMAND) -> Iterator[Path]:
 def writes_run(argument: str = "out", command: str = RUN_COMMAND) -> Callable:
     """Decorator: the function writes a run into the folder passed as its ``argument``; it runs inside
     :func:`writing_run` for that folder."""
-    import inspect
+    from rca_gpu.outputs import runs_inside
 
-    from rca_gpu.outputs import locked_folder
-
-    def decorate(function: Callable) -> Callable:
-        signature = inspect.signature(function)
-
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            folder = locked_folder(args, kwargs, signature, argument)
-            if folder is None:
-                return function(*args, **kwargs)
-            with writing_run(folder, command):
-                return function(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
+    return runs_inside(argument, lambda folder: writing_run(folder, command))
 
 
 # --------------------------------------------------------------------------------------------------
