@@ -166,17 +166,23 @@ def machine() -> dict[str, Any]:
 
 
 def planted_files(n: int, dims: int, folder: Path, seed: int) -> tuple[Path, Path, np.ndarray]:
-    """features.npy and metadata.parquet (id, root_cause) of planted_features(n, dims)."""
-    import pandas as pd
+    """features.npy and metadata.parquet (id, root_cause) of planted_features(n, dims), written without
+    holding the matrix in memory (the rows go straight into a memory-mapped .npy)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from rca_gpu.datasets.planted import planted_features
 
-    x, labels = planted_features(n, dims=dims, seed=seed)
     features = folder / "features.npy"
-    np.save(features, x)
+    x = np.lib.format.open_memmap(features, mode="w+", dtype=np.float32, shape=(n, dims))
+    _, labels = planted_features(n, dims=dims, seed=seed, out=x)
+    x.flush()
     del x
+    names = pa.array([f"planted-{v:02d}" for v in range(int(labels.max()) + 1)])
     metadata = folder / "metadata.parquet"
-    pd.DataFrame({"id": np.arange(n), "root_cause": [f"planted-{v:02d}" for v in labels]}).to_parquet(metadata)
+    pq.write_table(pa.table({"id": pa.array(np.arange(n)),
+                             "root_cause": pa.DictionaryArray.from_arrays(pa.array(labels.astype(np.int32)), names)}),
+                   metadata)
     return features, metadata, labels
 
 
@@ -191,8 +197,8 @@ def quality(out: Path, labels: np.ndarray, n_rare: int = 3) -> dict[str, Any]:
     for rare in range(planted - n_rare, planted):
         members = found[labels == rare]
         members = members[members >= 0]
-        found = np.bincount(members).max() / (labels == rare).sum() if members.size else 0.0
-        recall[str(rare)] = round(float(found), 3)
+        share = np.bincount(members).max() / (labels == rare).sum() if members.size else 0.0
+        recall[str(rare)] = round(float(share), 3)
     return {
         "ari": round(float(adjusted_rand_score(labels, found)), 4),  # noise (-1) is a label of its own
         "clusters": int(len(np.unique(found[found >= 0]))),

@@ -64,6 +64,24 @@ def test_planted_clusters_recovered_through_sample_and_extend():
     assert "core point" in selection.sample["clusters"]
 
 
+def test_the_extension_in_blocks_gives_the_labels_of_one_block(monkeypatch):
+    """The other images are extended block by block (bounded memory at 10M rows); the block size changes
+    nothing: not the labels, the embedding, the neighbour lists, nor the noise attached."""
+    from rca_gpu.tuning import extend
+
+    x, _ = planted_features(1500, n_clusters=6, dims=32, rare=(), seed=4)
+    pipeline = (make_reduce("umap", n_neighbors=15, n_components=2, min_dist=0.0),
+                make_cluster("dbscan", min_samples=5))
+    whole = select(x, None, *pipeline, cpu_device(), seed=0, sample_size=400)
+    monkeypatch.setattr(extend, "EXTEND_BLOCK", 97)  # 11+ blocks of the 1,100 other images, the last short
+    blocks = select(x, None, *pipeline, cpu_device(), seed=0, sample_size=400)
+    assert whole.sample["of"] == 1500 and _n_clusters(whole.labels) >= 2
+    assert np.array_equal(whole.labels, blocks.labels)
+    assert np.array_equal(whole.embedding, blocks.embedding)
+    assert np.array_equal(whole.extension.indices, blocks.extension.indices)
+    assert whole.noise_attached == blocks.noise_attached
+
+
 @pytest.mark.quality
 def test_a_rare_planted_cluster_of_two_percent_keeps_its_own_cluster():
     x, planted = planted_features(2000, n_clusters=4, dims=128, rare=(0.02,), seed=6)

@@ -79,6 +79,7 @@ def planted_features(
     spread: float = 1.0,
     imbalance: float = 4.0,
     seed: int = 0,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Planted clusters in ``dims`` dimensions (see the module docstring for the model).
 
@@ -94,10 +95,12 @@ def planted_features(
     spread : within-cluster noise norm relative to the centre norm (1.0: noise as large as the centre).
     imbalance : size ratio of the largest to the smallest common cluster.
     seed : the one seed of every draw.
+    out : a float32 (n, dims) array to write the rows into (e.g. a ``numpy.lib.format.open_memmap``, so that
+        10 million rows need not fit in memory); default: a new array. The rows are the same either way.
 
     Returns
     -------
-    x : float32 array of shape (n, dims), rows of unit L2 norm.
+    x : float32 array of shape (n, dims), rows of unit L2 norm (``out`` when given).
     labels : int64 array of shape (n,), the planted cluster of each row, in 0 .. n_clusters - 1.
 
     Raises
@@ -129,7 +132,10 @@ def planted_features(
 
     labels = np.repeat(np.arange(n_clusters, dtype=np.int64), sizes)
     np.random.default_rng(seeds[1]).shuffle(labels)
-    x = np.empty((n, dims), dtype=np.float32)
+    if out is not None and (out.shape != (n, dims) or out.dtype != np.float32):
+        raise SpecError(f"planted_features writes into a float32 array of shape {(n, dims)}. Got "
+                        f"{out.dtype} {tuple(out.shape)} instead.")
+    x = np.empty((n, dims), dtype=np.float32) if out is None else out
     block_seeds = seeds[2].spawn((n + _BLOCK - 1) // _BLOCK)
     scale = (spreads / np.sqrt(dims)).astype(np.float32)
     centres32 = centres.astype(np.float32)

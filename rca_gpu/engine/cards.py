@@ -306,7 +306,7 @@ def nearest_within(sample_points: np.ndarray, base: np.ndarray, radius: np.ndarr
     the point lies within that sample point's ``radius`` (aligned with ``base``), else -1 (noise)."""
     labels = np.full(len(points), -1, dtype=np.int64)
     if base.size and len(points):
-        nearest, distance = nearest_rows(sample_points[base], points, 1, device)
+        nearest, distance = nearest_rows(sample_points[base], points, 1, device, low_dims_tree=True)
         inside = distance[:, 0] <= radius[nearest[:, 0]] * (1 + 1e-6)
         labels[inside] = final_labels[base[nearest[inside, 0]]]
     return labels

@@ -432,15 +432,35 @@ def _read_npy(path: Path):
     if n == 0 or d == 0:
         raise SourceError(f"The features array {str(path)!r} has shape {(n, d)}: no rows or no features.")
     rows = _Rows(n, d, path)
-    step = _rows_per_batch(d)
-    for start in range(0, n, step):
-        block = np.asarray(array[start:start + step])  # float32 stays float32, wider numbers become float64
+    for start, block in _npy_blocks(path, array, _rows_per_batch(d)):
+        # float32 stays float32, wider numbers become float64
         rows.add(start, block.astype(np.float32 if block.dtype.kind == "f" and block.dtype.itemsize <= 4
                                      else np.float64, copy=False))
     del array
     matrix, positions, rejected = rows.result()
     return pd.DataFrame(index=range(n)), matrix, positions, rejected, {"format": "npy",
                                                                       "scale_exponent": rows.exponent}
+
+
+def _npy_blocks(path: Path, array: np.memmap, step: int):
+    """(first row, rows) blocks of ``step`` rows of a 2-D .npy file, read with ordinary file reads, so that
+    the file's pages do not stay mapped into the process (a memory map would add the whole file to the
+    process's resident memory beside the matrix). ``array``: the file's memory map, read through only for a
+    Fortran-ordered file."""
+    n, d = array.shape
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        for start in range(0, n, step):
+            yield start, np.asarray(array[start:start + step])
+        return
+    with open(path, "rb") as file:
+        file.seek(array.offset)
+        for start in range(0, n, step):
+            rows = min(step, n - start)
+            block = np.fromfile(file, dtype=array.dtype, count=rows * d)
+            if block.size != rows * d:
+                raise SourceError(f"The features file {str(path)!r} ends after {start + block.size // d} of its "
+                                  f"{n} rows: it is truncated.")
+            yield start, block.reshape(rows, d)
 
 
 # --------------------------------------------------------------------------------------------------

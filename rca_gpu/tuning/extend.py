@@ -30,6 +30,10 @@ from rca_gpu.tuning import graph as graph_rules
 from rca_gpu.tuning.search import Search, cached_reduce
 from rca_gpu.tuning.selection import Extension, Selection
 
+#: Other images extended per block: bounds the memory of their feature rows and neighbour lists
+#: (65,536 x 1,280 float32 = 320 MiB).
+EXTEND_BLOCK = 65_536
+
 
 def extend(selection: Selection, found: Search, chosen: int, raw: np.ndarray, *, merge: bool, device: Device,
            seed: int) -> None:
@@ -48,35 +52,42 @@ def extend(selection: Selection, found: Search, chosen: int, raw: np.ndarray, *,
     n = int(features.shape[0])
     rest = np.setdiff1d(np.arange(n, dtype=np.int64), sample, assume_unique=True)
     k = max(reducer.graph_k(selection.reduce_params), graph_rules.LINK_NEIGHBOURS)
-    indices, distances = nearest_rows(found.rows, take_rows(features, rest, device.torch_device), k, device)
-    selection.extension = Extension(sample, rest, indices, distances, found.graph)
     sample_points = np.asarray(as_numpy(embedding.points), dtype=np.float32)
-    if reducer.cheap:
-        rest_points = np.asarray(as_numpy(take_rows(embedding.full, rest, device.torch_device)), dtype=np.float32)
-        placed = f"{reducer.name}: fitted on every image"
-    else:
-        rest_points = reducer.place(sample_points, indices, distances, selection.reduce_params, seed)
-        placed = f"{reducer.name}: placed among its nearest sample images ({type(reducer).__module__})"
     core = None
     m = clusterer.core_neighbours(selection.cluster_params)
     if m is not None:
         m = max(1, min(m, len(sample)))
         core = embedding.graph(m).numpy()[1][:, m - 1]
-    labels_rest, how = clusterer.extend(selection.cluster_params, sample_points, raw, selection.labels,
-                                        rest_points, device, core)
-    same = distances[:, 0] == 0.0  # an exact copy of a sample image goes where that image went
-    labels_rest[same] = selection.labels[indices[same, 0]]
-    attached = 0
-    if merge:
-        before = int((labels_rest < 0).sum())
-        labels_rest = graph_rules.attach_noise(labels_rest, indices[:, :graph_rules.LINK_NEIGHBOURS],
-                                               neighbour_labels=selection.labels)
-        attached = before - int((labels_rest < 0).sum())
-        selection.relabelled = selection.relabelled or attached > 0
+    # the other images in blocks: memory beyond the outputs stays that of one block at any n
+    indices = np.empty((len(rest), k), dtype=np.int32)
+    distances = np.empty((len(rest), k), dtype=np.float32)
     labels = np.full(n, -1, dtype=np.int64)
-    labels[sample], labels[rest] = selection.labels, labels_rest
     points = np.empty((n, sample_points.shape[1]), dtype=np.float32)
-    points[sample], points[rest] = sample_points, rest_points
+    labels[sample], points[sample] = selection.labels, sample_points
+    how, attached = "nothing to assign", 0
+    for start in range(0, len(rest), EXTEND_BLOCK):
+        block = slice(start, min(len(rest), start + EXTEND_BLOCK))
+        rows = rest[block]
+        idx, dist = nearest_rows(found.rows, take_rows(features, rows, device.torch_device), k, device)
+        indices[block], distances[block] = idx, dist
+        if reducer.cheap:
+            placed_block = np.asarray(as_numpy(take_rows(embedding.full, rows, device.torch_device)), dtype=np.float32)
+        else:
+            placed_block = reducer.place(sample_points, idx, dist, selection.reduce_params, seed)
+        labels_block, how = clusterer.extend(selection.cluster_params, sample_points, raw, selection.labels,
+                                             placed_block, device, core)
+        same = dist[:, 0] == 0.0  # an exact copy of a sample image goes where that image went
+        labels_block[same] = selection.labels[idx[same, 0]]
+        if merge:
+            before = int((labels_block < 0).sum())
+            labels_block = graph_rules.attach_noise(labels_block, idx[:, :graph_rules.LINK_NEIGHBOURS],
+                                                    neighbour_labels=selection.labels)
+            attached += before - int((labels_block < 0).sum())
+        labels[rows], points[rows] = labels_block, placed_block
+    selection.extension = Extension(sample, rest, indices, distances, found.graph)
+    placed = (f"{reducer.name}: fitted on every image" if reducer.cheap
+              else f"{reducer.name}: placed among its nearest sample images ({type(reducer).__module__})")
+    selection.relabelled = selection.relabelled or attached > 0
     selection.labels, selection.embedding = labels, points
     selection.noise_attached += attached
     selection.sample = {
