@@ -134,6 +134,20 @@ def test_a_seed_repeats_a_fit_and_another_seed_changes_it(planted):
     assert not np.allclose(first, other)
 
 
+def test_lobpcg_finds_the_dense_eigenvectors(planted, monkeypatch):
+    x = torch.from_numpy(planted[0])
+    indices, distances = knn_graph(planted[0], 15, cpu_device()).numpy()
+    sigmas, rhos = torch_umap.smooth_knn_dist(torch.from_numpy(distances), 15.0)
+    graph = torch_umap.fuzzy_union(torch.from_numpy(indices), torch.from_numpy(distances), sigmas, rhos)
+    dense = torch_umap.laplacian_eigenvectors(*graph, len(x), 4, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(torch_umap, "DENSE_EIGEN_LIMIT", 10)  # 600 points: LOBPCG
+    sparse = torch_umap.laplacian_eigenvectors(*graph, len(x), 4, torch.Generator().manual_seed(0))
+    assert dense is not None and sparse is not None
+    first, _ = torch.linalg.qr(dense.double())
+    second, _ = torch.linalg.qr(sparse.double())
+    assert float(torch.linalg.svdvals(first.T @ second).min()) > 0.999  # the same subspace
+
+
 def test_separate_components_each_get_a_spectral_layout_and_their_own_place():
     rng = np.random.default_rng(0)
     blobs = [rng.normal(20.0 * c, 1.0, (60, 5)) for c in range(5)]  # 5 far blobs: 5 components of the graph
