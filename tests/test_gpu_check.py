@@ -57,7 +57,7 @@ def test_backend_check_passes_only_the_stack_it_expects(tmp_path):
     import json
 
     rapids = {"knn cuvs": ["gpu cuvs"], "reduce umap": ["gpu cuml"], "cluster dbscan": ["gpu cuml"]}
-    torch_stack = {"knn torch": ["gpu torch"], "reduce umap": ["cpu umap-learn"], "cluster dbscan": ["gpu torch"]}
+    torch_stack = {"knn torch": ["gpu torch"], "reduce umap": ["gpu torch"], "cluster dbscan": ["gpu torch"]}
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"device": _device(rapids)}))
     assert unexpected(json.loads(path.read_text())["device"], "rapids") == []

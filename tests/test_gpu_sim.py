@@ -77,8 +77,7 @@ def test_other_cards_run_on_their_gpu_adapters_with_stability(sim_gpu, images, t
 
 
 @pytest.mark.parametrize("pipeline, stages", [
-    (DEFAULT_PIPELINE, {"knn torch": ["gpu torch"], "reduce umap": ["cpu umap-learn"],
-                        "cluster dbscan": ["gpu torch"]}),
+    (DEFAULT_PIPELINE, {"knn torch": ["gpu torch"], "reduce umap": ["gpu torch"], "cluster dbscan": ["gpu torch"]}),
     ("pixels(image_size=16)+pca+kmeans", {"reduce pca": ["gpu torch"], "cluster kmeans": ["gpu torch"]}),
 ])
 def test_without_rapids_the_torch_backend_takes_the_gpu_stages(images, tmp_path, monkeypatch, pipeline, stages):

@@ -1,6 +1,7 @@
-"""UMAP: its card, its CPU implementation (umap-learn) and GPU twin (cuML), and the placement of new points.
+"""UMAP: its card, its CPU implementation (umap-learn) and GPU twins (cuML; torch where cuML is absent), and
+the placement of new points.
 
-Both implementations reuse the feature set's kNN graph (``precomputed_knn``) instead of searching neighbours
+Every implementation reuses the feature set's kNN graph (``precomputed_knn``) instead of searching neighbours
 again.
 
 - candidates: each combination of UMAP_GRID (n_neighbors x n_components x min_dist) for what the pipeline
@@ -46,7 +47,7 @@ class UMAPCard(ReducerCard):
     limits = {"n_neighbors": lambda n: n - 1, "n_components": lambda n: n - 2}
     grid = UMAP_GRID
     cpu = Twin("UmapLearn", "numpy", "umap-learn")
-    gpu = (Twin("CumlUMAP", "cupy", "cuml", requires="cuml"),)
+    gpu = (Twin("CumlUMAP", "cupy", "cuml", requires="cuml"), Twin("TorchUMAP", "torch", "torch", requires="cuda"))
 
     def fit_to(self, params: dict[str, Any], n: int) -> dict[str, Any]:
         params["n_neighbors"] = max(2, min(params["n_neighbors"], n - 1))
@@ -201,6 +202,41 @@ class CumlUMAP(ReduceAdapter):
             output_type="cupy",
         )
         return model.fit_transform(x.astype("float32", copy=False))
+
+
+class TorchUMAP(UmapLearn):
+    """UMAP in torch (CPU or CUDA tensors), fed the shared kNN graph: the GPU backend where cuML is not
+    installed (:func:`rca_gpu.engine.reduce.torch_umap.torch_umap`, umap-learn's steps vectorised).
+
+    Sizes and initialisation as the CPU twin (:class:`UmapLearn`) chooses them: at most n - 1 neighbours and
+    n - 2 components, spectral initialisation above n_components + 2 images, random below, ``init`` and
+    ``n_epochs`` as a warm start. Without a kNN graph of ``n_neighbors`` columns it searches one itself
+    (:class:`rca_gpu.engine.knn.TorchExact`). Its own random stream (``torch.Generator`` seeded with ``seed``),
+    so it agrees with umap-learn as an embedding whose clusters agree (tests/test_gpu_umap.py,
+    benchmarks/RESULTS.md), not point by point.
+    """
+
+    def fit_transform(self, x, knn=None):
+        import torch
+
+        from rca_gpu.engine.device import as_torch
+        from rca_gpu.engine.knn import TorchExact
+        from rca_gpu.engine.reduce.torch_umap import torch_umap
+
+        x = x.float()
+        n = int(x.shape[0])
+        n_neighbors = max(2, min(self.n_neighbors, n - 1))
+        n_components = min(self.n_components, max(1, n - 2))
+        if knn is not None and knn[0].shape[1] >= n_neighbors:
+            indices, distances = knn[0].to(torch.int64), knn[1].float()
+        else:
+            indices, distances = TorchExact().search(x, n_neighbors)
+        if self.init is not None:
+            init: Any = as_torch(self.init, str(x.device)).float()
+        else:
+            init = None if n > self.n_components + 2 else "random"
+        return torch_umap(x, indices, distances, n_neighbors=n_neighbors, n_components=n_components,
+                          min_dist=self.min_dist, seed=self.seed, init=init, n_epochs=self.n_epochs)
 
 
 CARD = UMAPCard()
