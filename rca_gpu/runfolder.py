@@ -681,10 +681,10 @@ def start_run_folder(out: str | Path) -> Path:
 
     Exactly the names of :data:`RUN_OUTPUTS` and the report's files (``report_files/``, which belong to the
     earlier report.html) go, run.json first, so that a folder whose new run is interrupted is never read as
-    finished. The feature cache (``cache/``) and files of other origins stay, also .json / .parquet files that carry a run id under another name (e.g.
-    a copy of an earlier clusters.parquet). Inside :func:`writing_run` (every run does so) the earlier
-    outputs are moved aside into :data:`rca_gpu.runfiles.PREVIOUS_DIR` instead of removed, and put back if the
-    new run fails (a full disk, a read-only cache...); outside one they are removed.
+    finished. The feature cache (``cache/``) and files of other origins stay, also .json / .parquet files that
+    carry a run id under another name (e.g. a copy of an earlier clusters.parquet). Inside :func:`writing_run`
+    (every run does so) the earlier outputs are moved aside into :data:`rca_gpu.runfiles.PREVIOUS_DIR` instead of
+    removed, and put back if the new run fails (a full disk, a read-only cache...); outside one they are removed.
 
     Raises
     ------
