@@ -77,8 +77,8 @@ RUN_OUTPUTS: tuple[str, ...] = (RUN_FILE, CLUSTERS_FILE, EMBEDDING_FILE, EXPLANA
                                 REFERENCE_TABLE_FILE, REFERENCE_INFO_FILE, CAUSES_FILE, MEMBERS_FILE,
                                 COMPARISON_FILE, COMPARISON_INFO_FILE, *DUT_FILES, HEATMAPS_FILE, CLUSTERS_CSV,
                                 VERIFY_FILE)
-#: Sub-folders of a run folder that rca-gpu writes into: the report's files (thumbnails are replaced) and the
-#: feature cache (shards are added and removed). Not removed by a new run.
+#: Sub-folders of a run folder that rca-gpu writes into: the report's files (moved aside with the earlier
+#: run's outputs by a new run, as report.html is) and the feature cache (shards are added and removed; kept).
 RUN_OUTPUT_FOLDERS: tuple[str, ...] = (REPORT_FILES_DIR, CACHE_DIR)
 
 # `rca-gpu study`

@@ -679,12 +679,12 @@ def check_run_out_folder(out: str | Path, inputs: dict[str, Any]) -> Path:
 def start_run_folder(out: str | Path) -> Path:
     """Make ``out`` ready for a new run: create it, and clear an earlier run's outputs out of the way.
 
-    Exactly the names of :data:`RUN_OUTPUTS` go, run.json first, so that a folder whose new run is interrupted
-    is never read as finished. The feature cache (``cache/``), the report's files (replaced by the new report)
-    and files of other origins stay, also .json / .parquet files that carry a run id under another name (e.g.
-    a copy of an earlier clusters.parquet). Inside :func:`writing_run` (every run does so) the earlier
-    outputs are moved aside into :data:`rca_gpu.runfiles.PREVIOUS_DIR` instead of removed, and put back if the
-    new run fails (a full disk, a read-only cache...); outside one they are removed.
+    Exactly the names of :data:`RUN_OUTPUTS` and the report's files (``report_files/``, which belong to the
+    earlier report.html) go, run.json first, so that a folder whose new run is interrupted is never read as
+    finished. The feature cache (``cache/``) and files of other origins stay, also .json / .parquet files that
+    carry a run id under another name (e.g. a copy of an earlier clusters.parquet). Inside :func:`writing_run`
+    (every run does so) the earlier outputs are moved aside into :data:`rca_gpu.runfiles.PREVIOUS_DIR` instead of
+    removed, and put back if the new run fails (a full disk, a read-only cache...); outside one they are removed.
 
     Raises
     ------
@@ -704,7 +704,24 @@ def start_run_folder(out: str | Path) -> Path:
     for name in RUN_OUTPUTS:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             (folder / name).unlink()
+    _remove_report_files(folder)
     return folder
+
+
+def _report_files(folder: Path) -> Path | None:
+    """The run's report_files/ folder when there is one (a link of that name is not ours to move)."""
+    from rca_gpu.runfiles import REPORT_FILES_DIR
+
+    path = folder / REPORT_FILES_DIR
+    return path if path.is_dir() and not path.is_symlink() else None
+
+
+def _remove_report_files(folder: Path) -> None:
+    import shutil
+
+    path = _report_files(folder)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class _RunSession:
@@ -726,6 +743,9 @@ class _RunSession:
             return
         present = [name for name in (RUN_FILE, *RUN_OUTPUTS) if (self.folder / name).is_file()]
         present = list(dict.fromkeys(present))
+        report_files = _report_files(self.folder)
+        if report_files is not None:  # the earlier report's pages and images go with its report.html
+            present.append(report_files.name)
         if self.previous.is_dir() and not self.previous.is_symlink():
             shutil.rmtree(self.previous, ignore_errors=True)  # left by a run killed before it finished
         if present:
@@ -756,6 +776,7 @@ class _RunSession:
         for name in dict.fromkeys((RUN_FILE, *RUN_OUTPUTS)):
             with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
                 (self.folder / name).unlink()
+        _remove_report_files(self.folder)
         for name in self.moved:
             with contextlib.suppress(OSError):
                 os.replace(self.previous / name, self.folder / name)

@@ -22,7 +22,7 @@ import pandas as pd
 from rca_gpu import outputs
 from rca_gpu.data.sources import FailureSet, load_source
 from rca_gpu.engine import registry
-from rca_gpu.engine.device import resolve_device
+from rca_gpu.engine.device import own_record, resolve_device
 from rca_gpu.errors import RcaError, SpecError, TooFewImagesError
 from rca_gpu.progress import Reporter
 from rca_gpu.runfiles import CACHE_DIR
@@ -200,14 +200,15 @@ def run_study(
             rows.extend(_failed_row(p, str(exc)) for p in todo)
             continue
         reduce_cache: dict = {}
+        shared = own_record(device)  # what the shared features and kNN graph ran on
         for pipeline in todo:
             run_dir = out / STUDY_PIPELINES / slug(pipeline)
             spec = base.replace(pipeline=pipeline)
             timer = Timer({"features (shared)": round(feature_seconds, 3), "knn (shared)": round(knn_seconds, 3)})
             try:
                 check_data_limits(pipeline, features.n, images="usable images", error=TooFewImagesError)
-                result = cluster_and_write(spec, failures, features, graph, device, run_dir, timer=timer,
-                                           reporter=reporter, reduce_cache=reduce_cache)
+                result = cluster_and_write(spec, failures, features, graph, own_record(shared), run_dir,
+                                           timer=timer, reporter=reporter, reduce_cache=reduce_cache)
             except RcaError as exc:
                 log.warning("pipeline %s failed: %s", pipeline, exc)
                 rows.append(_failed_row(pipeline, str(exc)))

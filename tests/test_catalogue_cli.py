@@ -282,10 +282,10 @@ def test_assign_of_unreadable_images_rejects_every_row_with_its_reason(catalogue
     import pandas as pd
 
     done = _cli("assign", catalogue_run, unreadable, "--out", tmp_path / "out", "--device", "cpu", "--workers", "0")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 2, done.stderr  # as a run none of whose images can be read: written, then an error
     assert "dims=" not in done.stdout + done.stderr
-    assert f"no image of {str(unreadable)!r} could be read: all 2 rows are rejected" in done.stdout
-    assert "Check that the files are images rca-gpu reads" in done.stdout and "Check the paths" not in done.stdout
+    assert f"error: no image of {str(unreadable)!r} could be read: all 2 rows are rejected" in done.stderr
+    assert "Check that the files are images rca-gpu reads" in done.stderr and "Check the paths" not in done.stderr
     table = pd.read_parquet(tmp_path / "out" / "assignments.parquet")
     assert len(table) == 2 and (table["status"] == "rejected").all()
     assert sorted(table["reason"]) == ["empty file (0 bytes)", "not a readable image (unknown or corrupt format)"]
@@ -296,9 +296,10 @@ def test_select_of_unreadable_images_says_so_and_a_floor_above_the_budget_is_exp
                                                                                        catalogue_images, tmp_path):
     done = _cli("select", catalogue_run, unreadable, "--budget", "3", "--out", tmp_path / "s", "--device", "cpu",
                 "--workers", "0", "-q")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 2, done.stderr
     assert "dims=" not in done.stdout + done.stderr
-    assert "no pool image of" in done.stdout and "selected 0 of 2 pool images" in done.stdout
+    assert "error: no pool image of" in done.stderr
+    assert json.loads((tmp_path / "s" / "select.json").read_text())["selected"] == 0  # written all the same
     floor = _cli("select", catalogue_run, catalogue_images / "new", "--budget", "3", "--floor", "100", "--out",
                  tmp_path / "f", "--device", "cpu", "--workers", "0", "-q")
     assert floor.returncode == 0, floor.stderr

@@ -279,3 +279,26 @@ def test_every_command_refuses_an_out_folder_inside_a_run_internal_folder(tmp_pa
         assert code == 2, (args, output)
         assert output.startswith("error: The --") and "which rca-gpu writes into itself" in output
         assert len(output.strip().splitlines()) == 1
+
+
+def test_a_new_run_takes_the_earlier_reports_files_with_its_report(tmp_path):
+    """report_files/ belongs to the earlier report.html: a new run (e.g. with --no-report) moves it aside with
+    the other outputs, drops it when the new run finishes and puts it back when the new run fails."""
+    from rca_gpu.runfolder import start_run_folder, writing_run
+
+    _finished(tmp_path, new_run_id())
+    (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "report_files").mkdir()
+    (tmp_path / "report_files" / "thumb.png").write_bytes(b"old")
+    with pytest.raises(RuntimeError), writing_run(tmp_path):
+        start_run_folder(tmp_path)
+        assert not (tmp_path / "report_files").exists() and not (tmp_path / "report.html").exists()
+        (tmp_path / "report_files").mkdir()  # a new report half written when the run fails
+        (tmp_path / "report_files" / "new.png").write_bytes(b"new")
+        raise RuntimeError("a stage failed")
+    assert sorted(p.name for p in (tmp_path / "report_files").iterdir()) == ["thumb.png"]
+    assert (tmp_path / "report.html").is_file()
+    with writing_run(tmp_path):
+        start_run_folder(tmp_path)
+        _finished(tmp_path, new_run_id())  # finished without a report
+    assert not (tmp_path / "report_files").exists() and not (tmp_path / "report.html").exists()

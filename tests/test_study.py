@@ -256,3 +256,17 @@ def test_a_folder_holding_a_run_and_a_study_is_refused_with_the_files_to_remove(
         assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
         assert f"from it (or move them to a folder of their own): {files}; or pass another folder" in done.stderr
     assert sorted(p.name for p in both.iterdir()) == ["run.json", "study.md", "study.parquet"]
+
+
+def test_each_pipeline_of_a_study_records_only_the_backends_it_ran(failures, tmp_path):
+    """run.json device.backends of a study's pipeline: the shared stages and its own, not the earlier
+    pipelines' (a study shares one device)."""
+    import json
+
+    plan = make_plan(["pixels"], ["pca", "none"], ["kmeans"], has_dut=False)
+    base = build_run_spec(device="cpu", workers=0, plot_embedding=False, stability=0)
+    run_study(base, failures, tmp_path, plan)
+    recorded = {p.reduce.name: json.loads((tmp_path / "pipelines" / slug(p) / "run.json").read_text())["device"]
+                for p in plan.pipelines()}
+    assert "reduce pca" in recorded["pca"]["backends"]
+    assert "reduce none" in recorded["none"]["backends"] and "reduce pca" not in recorded["none"]["backends"]

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.reference import ALPHA, K_VOTE, CatalogueError, calibrate, radius
+from rca_gpu.errors import TooFewImagesError
 from rca_gpu.outputs import writes_to
 from rca_gpu.runfiles import ASSIGN_INFO_FILE, ASSIGNMENTS_FILE
 
@@ -368,7 +369,8 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
     Raises
     ------
     RunFolderError, CatalogueError, SourceError, TooFewImagesError, SpecError
-        Bad run folder, missing reference set, unusable source, or options.
+        Bad run folder, missing reference set, unusable source, or options. TooFewImagesError also when no
+        image of ``source`` could be read, after both files were written (every row rejected with its reason).
     """
     from rca_gpu import outputs
 
@@ -398,6 +400,8 @@ def assign_run(run_dir, source, out, *, device: str = "auto", batch_size: int | 
     with outputs.together():  # assign.json never describes an assignments.parquet that was not written
         outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata={CATALOGUE_RUN_KEY: catalogue.run_id.encode()})
         outputs.write_json(out / ASSIGN_INFO_FILE, summary)
+    if summary["note"]:  # every row rejected: written with its reason, and an error as a run with no image gives
+        raise TooFewImagesError(summary["note"])
     return table, summary
 
 

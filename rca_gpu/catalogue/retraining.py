@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from rca_gpu.catalogue.reference import CatalogueError
+from rca_gpu.errors import TooFewImagesError
 from rca_gpu.outputs import writes_to
 from rca_gpu.runfiles import SELECT_INFO_FILE, SELECTION_FILE, SELECTION_PARQUET
 
@@ -205,4 +206,7 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
         outputs.write_parquet(out / SELECTION_PARQUET, chosen, metadata=metadata)
         outputs.write_text(out / SELECTION_FILE, manifest.to_csv(index=False))
         outputs.write_json(out / SELECT_INFO_FILE, info)
+    unreadable = unreadable_note(table, pool, what="pool image")
+    if unreadable:  # every row rejected: written with its reason, and an error as a run with no image gives
+        raise TooFewImagesError(unreadable)
     return chosen, info

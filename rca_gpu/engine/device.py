@@ -90,6 +90,16 @@ class Device:
         }
 
 
+def own_record(device: Device) -> Device:
+    """The same device with its own copy of what it records (``backends``, ``fallbacks``): each run of a study
+    records the stages it ran, starting from what the shared stages (features, kNN graph) ran on, not what
+    the study's earlier pipelines ran."""
+    import dataclasses
+
+    return dataclasses.replace(device, fallbacks=list(device.fallbacks),
+                               backends={key: list(value) for key, value in device.backends.items()})
+
+
 @functools.lru_cache(maxsize=1)
 def faiss_installed() -> bool:
     """Whether ``import faiss`` can find a module (nothing is imported)."""

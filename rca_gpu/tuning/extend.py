@@ -18,7 +18,9 @@ it joined).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,76 +28,110 @@ import numpy as np
 from rca_gpu.engine.cards import ReducerCard
 from rca_gpu.engine.device import Device, as_numpy, take_rows
 from rca_gpu.engine.knn import nearest_rows
+from rca_gpu.engine.sample import extension_blocks
+from rca_gpu.progress import no_progress
 from rca_gpu.tuning import graph as graph_rules
 from rca_gpu.tuning.search import Search, cached_reduce
 from rca_gpu.tuning.selection import Extension, Selection
 
-#: Other images extended per block: bounds the memory of their feature rows and neighbour lists
-#: (65,536 x 1,280 float32 = 320 MiB).
-EXTEND_BLOCK = 65_536
+#: Blocks extended at a time on the CPU (this machine class has 2 cores; much of a block's work, the exact
+#: distances, the placement and the nearest core point, runs on one thread).
+EXTEND_THREADS = 2
 
 
 def extend(selection: Selection, found: Search, chosen: int, raw: np.ndarray, *, merge: bool, device: Device,
-           seed: int) -> None:
+           seed: int, progress: Callable[[int], None] = no_progress) -> None:
     """Give ``selection`` (of the search's sample) the labels and embedding of every image, in place.
 
     ``chosen``: the index of the chosen embedding among the search's; ``raw``: the clusterer's own labels of
-    the sample (before the merge step); ``merge``: the 'merged' rule's
-    steps ran, so noise among the other images is attached too. Fills ``selection.extension`` (what placing
-    more points needs) and ``selection.sample`` (how the other images were assigned, for run.json).
+    the sample (before the merge step); ``merge``: the 'merged' rule's steps ran, so noise among the other
+    images is attached too. Fills ``selection.extension`` (what placing more points needs) and
+    ``selection.sample`` (how the other images were assigned, for run.json). The other images go in blocks
+    (:func:`rca_gpu.engine.sample.extension_blocks`; ``progress`` is called after each), so that the memory
+    beyond the outputs is one block's at any n; on the CPU two blocks run at a time (each block's result
+    depends on its rows only, so the labels are those of one block after the other).
     """
     if found.sample is None:
         raise ValueError("extend needs a search that ran on a sample")
-    reducer, clusterer, sample = found.reducer, found.clusterer, found.sample
-    features = found.features
-    embedding = found.embeddings[chosen]
-    n = int(features.shape[0])
+    sample, n = found.sample, int(found.features.shape[0])
     rest = np.setdiff1d(np.arange(n, dtype=np.int64), sample, assume_unique=True)
-    k = max(reducer.graph_k(selection.reduce_params), graph_rules.LINK_NEIGHBOURS)
+    k = max(found.reducer.graph_k(selection.reduce_params), graph_rules.LINK_NEIGHBOURS)
+    embedding = found.embeddings[chosen]
     sample_points = np.asarray(as_numpy(embedding.points), dtype=np.float32)
     core = None
-    m = clusterer.core_neighbours(selection.cluster_params)
+    m = found.clusterer.core_neighbours(selection.cluster_params)
     if m is not None:
         m = max(1, min(m, len(sample)))
         core = embedding.graph(m).numpy()[1][:, m - 1]
-    # the other images in blocks: memory beyond the outputs stays that of one block at any n
-    indices = np.empty((len(rest), k), dtype=np.int32)
-    distances = np.empty((len(rest), k), dtype=np.float32)
-    labels = np.full(n, -1, dtype=np.int64)
-    points = np.empty((n, sample_points.shape[1]), dtype=np.float32)
-    labels[sample], points[sample] = selection.labels, sample_points
-    how, attached = "nothing to assign", 0
-    for start in range(0, len(rest), EXTEND_BLOCK):
-        block = slice(start, min(len(rest), start + EXTEND_BLOCK))
-        rows = rest[block]
-        idx, dist = nearest_rows(found.rows, take_rows(features, rows, device.torch_device), k, device)
-        indices[block], distances[block] = idx, dist
-        if reducer.cheap:
-            placed_block = np.asarray(as_numpy(take_rows(embedding.full, rows, device.torch_device)), dtype=np.float32)
-        else:
-            placed_block = reducer.place(sample_points, idx, dist, selection.reduce_params, seed)
-        labels_block, how = clusterer.extend(selection.cluster_params, sample_points, raw, selection.labels,
-                                             placed_block, device, core)
-        same = dist[:, 0] == 0.0  # an exact copy of a sample image goes where that image went
-        labels_block[same] = selection.labels[idx[same, 0]]
-        if merge:
-            before = int((labels_block < 0).sum())
-            labels_block = graph_rules.attach_noise(labels_block, idx[:, :graph_rules.LINK_NEIGHBOURS],
-                                                    neighbour_labels=selection.labels)
-            attached += before - int((labels_block < 0).sum())
-        labels[rows], points[rows] = labels_block, placed_block
-    selection.extension = Extension(sample, rest, indices, distances, found.graph)
-    placed = (f"{reducer.name}: fitted on every image" if reducer.cheap
-              else f"{reducer.name}: placed among its nearest sample images ({type(reducer).__module__})")
+    out = _Extended(np.empty((len(rest), k), dtype=np.int32), np.empty((len(rest), k), dtype=np.float32),
+                    np.full(n, -1, dtype=np.int64), np.empty((n, sample_points.shape[1]), dtype=np.float32))
+    out.labels[sample], out.points[sample] = selection.labels, sample_points
+
+    def one_block(block: slice) -> tuple[str, int]:
+        how, attached = _extend_block(selection, found, embedding, sample_points, raw, core, rest, block, k, out,
+                                      merge=merge, device=device, seed=seed)
+        progress(1)
+        return how, attached
+
+    blocks = extension_blocks(n, len(sample))
+    workers = 1 if device.on_gpu else min(EXTEND_THREADS, len(blocks))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            done = list(pool.map(one_block, blocks))
+    else:
+        done = [one_block(block) for block in blocks]
+    how = done[-1][0] if done else "nothing to assign"
+    attached = sum(count for _, count in done)
+    reducer = found.reducer
+    selection.extension = Extension(sample, rest, out.indices, out.distances, found.graph)
     selection.relabelled = selection.relabelled or attached > 0
-    selection.labels, selection.embedding = labels, points
+    selection.labels, selection.embedding = out.labels, out.points
     selection.noise_attached += attached
     selection.sample = {
         "size": int(len(sample)), "of": n, "seed": seed,
         "neighbours": "each other image's nearest sample images in the features (exact)",
-        "embedding": placed, "clusters": how + ("; noise joins the cluster of most of its sample neighbours"
-                                               if merge else ""),
+        "embedding": (f"{reducer.name}: fitted on every image" if reducer.cheap
+                      else f"{reducer.name}: placed among its nearest sample images ({type(reducer).__module__})"),
+        "clusters": how + ("; noise joins the cluster of most of its sample neighbours" if merge else ""),
     }
+
+
+@dataclass
+class _Extended:
+    """What the extension fills: each other image's nearest sample images (rows aligned with ``rest``), and the
+    labels and embedding of every image."""
+
+    indices: np.ndarray  # (n - s, k) int32
+    distances: np.ndarray  # (n - s, k) float32
+    labels: np.ndarray  # (n,) int64
+    points: np.ndarray  # (n, c) float32
+
+
+def _extend_block(selection: Selection, found: Search, embedding: Any, sample_points: np.ndarray, raw: np.ndarray,
+                  core: np.ndarray | None, rest: np.ndarray, block: slice, k: int, out: _Extended, *, merge: bool,
+                  device: Device, seed: int) -> tuple[str, int]:
+    """Neighbours, position and label of the other images ``rest[block]``, written into ``out``. Returns (how
+    they were assigned, how many noise points joined a cluster)."""
+    reducer, clusterer = found.reducer, found.clusterer
+    rows = rest[block]
+    idx, dist = nearest_rows(found.rows, take_rows(found.features, rows, device.torch_device), k, device)
+    out.indices[block], out.distances[block] = idx, dist
+    if reducer.cheap:
+        placed = np.asarray(as_numpy(take_rows(embedding.full, rows, device.torch_device)), dtype=np.float32)
+    else:
+        placed = reducer.place(sample_points, idx, dist, selection.reduce_params, seed)
+    labels, how = clusterer.extend(selection.cluster_params, sample_points, raw, selection.labels, placed, device,
+                                   core)
+    same = dist[:, 0] == 0.0  # an exact copy of a sample image goes where that image went
+    labels[same] = selection.labels[idx[same, 0]]
+    attached = 0
+    if merge:
+        before = int((labels < 0).sum())
+        labels = graph_rules.attach_noise(labels, idx[:, :graph_rules.LINK_NEIGHBOURS],
+                                          neighbour_labels=selection.labels)
+        attached = before - int((labels < 0).sum())
+    out.labels[rows], out.points[rows] = labels, placed
+    return how, attached
 
 
 def place_all(selection: Selection, features: Any, reducer: ReducerCard, params: Mapping[str, Any],

@@ -19,7 +19,7 @@ from rca_gpu.engine import registry
 from rca_gpu.engine.cards import ClusterCard, ReducerCard
 from rca_gpu.engine.device import Device, as_numpy, rows_on_host, take_rows
 from rca_gpu.engine.knn import KnnGraph, knn_graph
-from rca_gpu.engine.sample import draw_sample
+from rca_gpu.engine.sample import draw_sample, extension_blocks
 from rca_gpu.progress import set_total
 from rca_gpu.spec import ClusterSpec, ReduceSpec
 from rca_gpu.tuning import graph as graph_rules
@@ -136,7 +136,9 @@ def search(features: Any, graph: KnnGraph | None, reduce_spec: ReduceSpec, clust
         grid = clusterer.reducer_grids.get(reducer.name)
     rows_key = None if sample is None else (n, len(sample))
     settings_of_reducer = reducer.candidates(reduce_spec.params, features, seed=seed, grid=grid)
-    set_total(progress, SEARCH_STEPS * len(settings_of_reducer) + 1)  # + 1: choose, refine, extend (select)
+    # + 1: choose and refine; then one step per block of the other images extended (select)
+    extension = 0 if sample is None else len(extension_blocks(n, len(sample)))
+    set_total(progress, SEARCH_STEPS * len(settings_of_reducer) + 1 + extension)
     for index, reduce_params in enumerate(settings_of_reducer):
         t = time.perf_counter()
         if reducer.cheap or sample is None:  # fitted on every image; the search reads its sample's rows

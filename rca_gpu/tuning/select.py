@@ -17,6 +17,7 @@ from rca_gpu.engine.cards import check_fixed_count
 from rca_gpu.engine.device import Device
 from rca_gpu.engine.knn import KnnGraph
 from rca_gpu.errors import SpecError
+from rca_gpu.progress import no_progress
 from rca_gpu.spec import SELECT_FIX, ClusterSpec, ReduceSpec
 from rca_gpu.tuning.criteria import DEFAULT_CRITERION, choose, choose_base, choose_max, knee_k
 from rca_gpu.tuning.extend import extend
@@ -96,7 +97,8 @@ def select(
     timings = {**found.timings, "merge": time.perf_counter() - t, "extend": 0.0}
     if found.sample is not None:
         t = time.perf_counter()
-        extend(selection, found, choice.embedding, raw, merge=merge, device=device, seed=seed)
+        extend(selection, found, choice.embedding, raw, merge=merge, device=device, seed=seed,
+               progress=progress or no_progress)
         timings["extend"] = time.perf_counter() - t
     if progress:
         progress(1)
