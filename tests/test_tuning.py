@@ -65,19 +65,16 @@ def test_planted_clusters_recovered_through_sample_and_extend():
 
 
 def test_the_extension_in_blocks_gives_the_labels_of_one_block(monkeypatch):
-    """The other images are extended block by block, two blocks at a time on the CPU (bounded memory at 10M
-    rows); neither the block size nor the threads change anything: not the labels, the embedding, the
-    neighbour lists, nor the noise attached. Progress advances once per block."""
+    """The other images are extended block by block (bounded memory at 10M rows); the block size changes
+    nothing: not the labels, the embedding, the neighbour lists, nor the noise attached. Progress advances
+    once per block."""
     from rca_gpu.engine import sample
-    from rca_gpu.tuning import extend
     from rca_gpu.tuning.search import SEARCH_STEPS
 
     x, _ = planted_features(1500, n_clusters=6, dims=32, rare=(), seed=4)
     pipeline = (make_reduce("umap", n_neighbors=15, n_components=2, min_dist=0.0),
                 make_cluster("dbscan", min_samples=5))
-    monkeypatch.setattr(extend, "EXTEND_THREADS", 1)
     whole = select(x, None, *pipeline, cpu_device(), seed=0, sample_size=400)
-    monkeypatch.setattr(extend, "EXTEND_THREADS", 2)
     monkeypatch.setattr(sample, "EXTEND_BLOCK", 97)  # 12 blocks of the 1,100 other images, the last short
     steps = []
     blocks = select(x, None, *pipeline, cpu_device(), seed=0, sample_size=400, progress=steps.append)

@@ -19,7 +19,6 @@ it joined).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +33,6 @@ from rca_gpu.tuning import graph as graph_rules
 from rca_gpu.tuning.search import Search, cached_reduce
 from rca_gpu.tuning.selection import Extension, Selection
 
-#: Blocks extended at a time on the CPU (this machine class has 2 cores; much of a block's work, the exact
-#: distances, the placement and the nearest core point, runs on one thread).
-EXTEND_THREADS = 2
-
 
 def extend(selection: Selection, found: Search, chosen: int, raw: np.ndarray, *, merge: bool, device: Device,
            seed: int, progress: Callable[[int], None] = no_progress) -> None:
@@ -48,8 +43,7 @@ def extend(selection: Selection, found: Search, chosen: int, raw: np.ndarray, *,
     images is attached too. Fills ``selection.extension`` (what placing more points needs) and
     ``selection.sample`` (how the other images were assigned, for run.json). The other images go in blocks
     (:func:`rca_gpu.engine.sample.extension_blocks`; ``progress`` is called after each), so that the memory
-    beyond the outputs is one block's at any n; on the CPU two blocks run at a time (each block's result
-    depends on its rows only, so the labels are those of one block after the other).
+    beyond the outputs is one block's at any n. Each block's result depends on its rows only.
     """
     if found.sample is None:
         raise ValueError("extend needs a search that ran on a sample")
@@ -73,13 +67,7 @@ def extend(selection: Selection, found: Search, chosen: int, raw: np.ndarray, *,
         progress(1)
         return how, attached
 
-    blocks = extension_blocks(n, len(sample))
-    workers = 1 if device.on_gpu else min(EXTEND_THREADS, len(blocks))
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            done = list(pool.map(one_block, blocks))
-    else:
-        done = [one_block(block) for block in blocks]
+    done = [one_block(block) for block in extension_blocks(n, len(sample))]
     how = done[-1][0] if done else "nothing to assign"
     attached = sum(count for _, count in done)
     reducer = found.reducer
