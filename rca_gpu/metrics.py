@@ -115,7 +115,10 @@ def evaluate(
     labels, causes = _check_inputs(clusters, root_causes, min_purity)
     n_images = len(labels)
 
-    cause_names, cause_idx = np.unique(causes, return_inverse=True)  # sorted: ties resolve alphabetically
+    # the causes sorted (ties resolve alphabetically) and each image's index among them; pandas' hash-based
+    # factorize gives np.unique's result without sorting every image's text
+    cause_idx, names = pd.factorize(causes, sort=True)
+    cause_names = np.asarray(names).astype(str)
     cause_totals = np.bincount(cause_idx, minlength=len(cause_names))
     is_noise = labels == NOISE
     noise_per_cause = np.bincount(cause_idx[is_noise], minlength=len(cause_names))
@@ -173,11 +176,11 @@ def evaluate(
     injected = cause_names.astype(str) != NO_CAUSE
     coverage_injected = float((n_dominated[injected] > 0).mean()) if injected.any() else None
     # All noise points share the label -1, so "with noise" treats noise as one more cluster.
-    ari_all, nmi_all = _agreement(causes, labels)
+    ari_all, nmi_all = _agreement(cause_idx, labels)  # the partitions only: integer codes, not the texts
     ari_clustered: float | None = None
     nmi_clustered: float | None = None
     if n_clusters:
-        ari_clustered, nmi_clustered = _agreement(causes[~is_noise], labels[~is_noise])
+        ari_clustered, nmi_clustered = _agreement(cause_idx[~is_noise], labels[~is_noise])
     summary: dict[str, Any] = {
         "n_images": n_images,
         "n_clusters": n_clusters,
