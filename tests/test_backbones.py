@@ -101,7 +101,7 @@ def test_auto_falls_back_to_torch_when_the_export_fails_and_onnxruntime_named_do
 
     monkeypatch.setattr(backbones, "OnnxBody", refuse)
     context = ExtractionContext(failures, torch.device("cpu"))
-    auto = BackboneExtractor(make_features("mobilenet_v2", weights="none", image_size=64), context)
+    auto = BackboneExtractor(make_features("mobilenet_v2", weights="none", image_size=64, runtime="auto"), context)
     with caplog.at_level("WARNING", logger="rca_gpu"):
         auto.prepare()
     assert auto.runtime == "torch" and auto.describe()["runtime"] == "torch" and auto.cache_token() == ""

@@ -9,8 +9,9 @@ file (``--weights PATH``, loaded with ``weights_only=True``), or ``weights=none`
 
 ``runtime`` says what runs the truncated network: ``torch`` (eager, channels_last), ``onnxruntime`` (the
 network exported to ONNX when the extractor is prepared and run by ONNX Runtime's CPU provider; fp32,
-the same features up to float rounding), or ``auto`` (the default): ONNX Runtime where it can run (CPU device,
-fp32, the ``onnx`` extra installed, a network it can export), else torch. Pooling and normalisation stay in torch.
+the same features up to float rounding), or ``auto``: ONNX Runtime where it can run (CPU device, fp32, the
+``onnx`` extra installed, a network it can export), else torch. The default is ``torch``. Pooling and
+normalisation stay in torch.
 benchmarks/extraction_paths.py measures both side by side (benchmarks/RESULTS.md, section 4).
 """
 
@@ -115,7 +116,7 @@ def resolve_runtime(requested: str | None, device_type: str, precision: str) -> 
     SpecError
         ``runtime=onnxruntime`` on a GPU, with bf16, or without the ``onnx`` extra installed.
     """
-    requested = requested or "auto"
+    requested = requested or "torch"
     if requested == "torch":
         return "torch", ""
     problem = ""
@@ -250,7 +251,7 @@ class BackboneExtractor(FeatureExtractor):
                     f"convolutional layer (e.g. {backbone.map_layer}) or leave pool out."
                 )
         device = self.context.device
-        requested = self.spec.params.get("runtime", "auto")
+        requested = self.spec.params.get("runtime", "torch")
         self.runtime, why = resolve_runtime(requested, device.type, self.context.precision)
         if why and device.type == "cpu":
             log.info("%s runs in torch: %s", self.spec.name, why)
