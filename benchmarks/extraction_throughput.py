@@ -4,7 +4,9 @@
         --precisions fp32 bf16 --image-size 224 --batch-size 128 --out results.md
 
 Measures the model step the engine runs (channels_last, inference_mode, optional bf16 autocast) on
-pre-made batches, so decoding is excluded; warm-up batches are not timed; the median of --repeats timed
+pre-made batches, so decoding is excluded; ``--runtime`` picks the backbone's runtime (torch by default, the
+path this table has always measured; ``auto`` or ``onnxruntime`` for ONNX Runtime on the CPU in fp32, see
+benchmarks/extraction_paths.py); warm-up batches are not timed; the median of --repeats timed
 passes is reported. All configurations are measured in one process, side by side.
 """
 
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=5, help="timed batches per pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--weights", default="none", help="throughput does not depend on the weights")
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime", "auto"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -41,7 +44,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     lines = [
         f"machine: {name}; torch {torch.__version__}; {torch.get_num_threads()} CPU threads; "
-        f"batch {args.batch_size}; {args.image_size} px; median of {args.repeats} x {args.batches} batches",
+        f"batch {args.batch_size}; {args.image_size} px; runtime {args.runtime}; median of {args.repeats} x "
+        f"{args.batches} batches",
         "",
         "| model | precision | images/s | ms/batch |",
         "|---|---|---|---|",
@@ -54,7 +58,7 @@ def main() -> None:
     batch = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator)
     batch = batch.to(device).contiguous(memory_format=torch.channels_last)
     for model_name in args.models:
-        spec = make_features(model_name, weights=args.weights, image_size=args.image_size)
+        spec = make_features(model_name, weights=args.weights, image_size=args.image_size, runtime=args.runtime)
         for precision in args.precisions:
             context = ExtractionContext(failures=failures, device=device, precision=precision)
             extractor = BackboneExtractor(spec, context)

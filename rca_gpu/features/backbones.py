@@ -6,10 +6,18 @@ model's graph can be chosen instead (``resnet18@layer3``), and 4-D maps are glob
 network pools it away).
 Weights come from torchvision's weights API (``weights=IMAGENET1K_V1``, the default), from a state_dict
 file (``--weights PATH``, loaded with ``weights_only=True``), or ``weights=none`` (random, for tests).
+
+``runtime`` says what runs the truncated network: ``torch`` (eager, channels_last), ``onnxruntime`` (the
+network exported to ONNX when the extractor is prepared and run by ONNX Runtime's CPU provider; fp32,
+the same features up to float rounding), or ``auto``: ONNX Runtime where it can run (CPU device, fp32, the
+``onnx`` extra installed, a network it can export), else torch. The default is ``torch``. Pooling and
+normalisation stay in torch.
+benchmarks/extraction_paths.py measures both side by side (benchmarks/RESULTS.md, section 4).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +25,8 @@ from urllib.parse import urlparse
 
 from rca_gpu.errors import ModelError, SpecError
 from rca_gpu.features.base import FeatureExtractor
+
+log = logging.getLogger("rca_gpu")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -95,6 +105,99 @@ def build_backbone(name: str, weights: str | None):
         ) from None
 
 
+def resolve_runtime(requested: str | None, device_type: str, precision: str) -> tuple[str, str]:
+    """(runtime, why) for the ``runtime`` parameter: "torch" or "onnxruntime", and the reason when "auto" chose
+    torch ("" otherwise).
+
+    ONNX Runtime runs on the CPU in fp32 only; "auto" picks it there when ``onnxruntime`` imports.
+
+    Raises
+    ------
+    SpecError
+        ``runtime=onnxruntime`` on a GPU, with bf16, or without the ``onnx`` extra installed.
+    """
+    requested = requested or "torch"
+    if requested == "torch":
+        return "torch", ""
+    problem = ""
+    if device_type != "cpu":
+        problem = f"it runs on the CPU only and this run extracts on {device_type}"
+    elif precision != "fp32":
+        problem = f"it runs in fp32 only and this run asks for precision {precision}"
+    else:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            problem = "onnxruntime is not installed: pip install 'rca-gpu[onnx]'"
+    if not problem:
+        return "onnxruntime", ""
+    if requested == "onnxruntime":
+        raise SpecError(f"runtime=onnxruntime cannot run this extraction: {problem}. Use runtime=torch or auto.")
+    return "torch", problem
+
+
+def _tensor_output(body):
+    """``body`` (images -> {"features": tensor}) as a module that returns the tensor (ONNX export wants
+    tensors, not a dict), in eval mode."""
+    import torch
+
+    class Features(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, images):
+            return self.body(images)["features"]
+
+    return Features().eval()
+
+
+class OnnxBody:
+    """A torch feature extractor (``images -> {"features": tensor}``) exported to ONNX (a temporary file, removed
+    once loaded) and run by ONNX Runtime's CPU provider with as many threads as torch uses.
+
+    The export traces the network once at ``side`` x ``side`` with a free batch dimension (the TorchScript-based
+    exporter, which needs neither ``onnx`` nor ``onnxscript``); ONNX Runtime then folds the batch norms into the
+    convolutions and fuses the activations (graph optimisation level "all").
+
+    Raises
+    ------
+    ModelError
+        The network cannot be exported or ONNX Runtime refuses the graph.
+    """
+
+    def __init__(self, body, side: int, name: str) -> None:
+        import tempfile
+        import warnings
+
+        import onnxruntime
+        import torch
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="rca-gpu-onnx-") as folder:
+                graph = str(Path(folder) / "backbone.onnx")
+                with warnings.catch_warnings():  # the TorchScript-based exporter announces its successor
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(_tensor_output(body), (torch.zeros(1, 3, side, side),), graph,
+                                      input_names=["images"], output_names=["features"],
+                                      dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                                      dynamo=False)
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = torch.get_num_threads()
+                options.inter_op_num_threads = 1
+                self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - any exporter or runtime failure is one line with the fix
+            raise ModelError(f"{name} cannot run in ONNX Runtime ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}). Use runtime=torch.") from None
+
+    def __call__(self, images):
+        """(b, 3, s, s) float32 CPU tensor -> {"features": (b, c, h, w) float32 CPU tensor}."""
+        import torch
+
+        array = images.detach().contiguous().numpy()  # NCHW, as exported
+        return {"features": torch.from_numpy(self.session.run(None, {"images": array})[0])}
+
+
 def image_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """PIL RGB image -> normalised float tensor (3, s, s). The whole image is kept (resize, no crop), so a
     cause at the border (an occluder, a shifted object) is not cut away."""
@@ -148,7 +251,20 @@ class BackboneExtractor(FeatureExtractor):
                     f"convolutional layer (e.g. {backbone.map_layer}) or leave pool out."
                 )
         device = self.context.device
-        self.model = body.to(device).to(memory_format=torch.channels_last).eval()
+        requested = self.spec.params.get("runtime", "torch")
+        self.runtime, why = resolve_runtime(requested, device.type, self.context.precision)
+        if why and device.type == "cpu":
+            log.info("%s runs in torch: %s", self.spec.name, why)
+        if self.runtime == "onnxruntime":
+            try:
+                self.model = OnnxBody(body.eval(), int(self.spec.params.get("image_size", 224)), self.spec.name)
+            except ModelError as exc:
+                if requested == "onnxruntime":
+                    raise
+                log.warning("%s runs in torch: %s", self.spec.name, exc)  # auto: the slower path, same features
+                self.runtime = "torch"
+        if self.runtime == "torch":
+            self.model = body.to(device).to(memory_format=torch.channels_last).eval()
         self.normalize = bool(self.spec.params.get("normalize", True))
 
     def transform(self):
@@ -157,7 +273,9 @@ class BackboneExtractor(FeatureExtractor):
     def encode(self, images):
         import torch
 
-        out = self.model(images.contiguous(memory_format=torch.channels_last))["features"]
+        if self.runtime == "torch":
+            images = images.contiguous(memory_format=torch.channels_last)
+        out = self.model(images)["features"]
         if out.ndim == 4 and self.grid:
             out = torch.nn.functional.adaptive_avg_pool2d(out, self.grid)
         elif out.ndim == 4:
@@ -175,11 +293,17 @@ class BackboneExtractor(FeatureExtractor):
             "image_size": int(self.spec.params.get("image_size", 224)),
             "pool": f"grid{self.grid}" if self.grid else "avg",
             "l2_normalized": self.normalize,
+            "runtime": self.runtime,
         }
 
     def cache_token(self) -> str:
+        """The weights file's identity, and the runtime when it is not torch (ONNX Runtime's features differ from
+        torch's by float rounding, so neither reuses the other's cache; torch keeps the keys it always had)."""
+        token = ""
         weights = self.spec.params.get("weights")
         if weights and Path(weights).expanduser().is_file():
             stat = Path(weights).expanduser().stat()
-            return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-        return ""
+            token = f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        if getattr(self, "runtime", "torch") != "torch":
+            token += f";runtime={self.runtime}"
+        return token

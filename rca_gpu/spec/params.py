@@ -47,12 +47,16 @@ _POOL = Param(int, "at_least_1", high=64)
 POOLS = ("avg",) + tuple(f"grid{side}" for side in range(1, 9))
 CENTERS = ("none", "label", "prediction", "pair", "auto")
 _CENTER = {"center": Param(str, "choice", CENTERS)}
+#: What runs a torchvision backbone (rca_gpu.features.backbones.resolve_runtime; default "torch"): "auto" =
+#: ONNX Runtime on the CPU in fp32 when installed, else torch.
+RUNTIMES = ("auto", "torch", "onnxruntime")
 
 _IMAGE_PARAMS = {
     "image_size": Param(int, low=32, high=MAX_IMAGE_SIZE),
     "weights": Param(str),
     "normalize": Param(bool),
     "pool": Param(str, "choice", POOLS),
+    "runtime": Param(str, "choice", RUNTIMES),
     **_CENTER,
 }
 
