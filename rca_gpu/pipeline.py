@@ -362,8 +362,12 @@ def run(
         graph = knn(features, spec, device)
         if graph is not None:
             timer.add("knn", t)
-    return run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
-                           started_at=started_at, run_id=run_id, graph=graph, report=report)
+    result = run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
+                             started_at=started_at, run_id=run_id, graph=graph, report=False)
+    del features, graph  # the report reads the run folder: the feature matrix goes first
+    if report:
+        result.report = write_report(result, failures, reporter)
+    return result
 
 
 @writes_run("out")
@@ -401,6 +405,7 @@ def run_on_features(
             timer.add("knn", t)
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
                                started_at=started_at, run_id=run_id)
+    del features, graph  # the report reads the run folder: what is freed here is not held during it
     if report:
         result.report = write_report(result, failures, reporter)
     return result

@@ -254,3 +254,31 @@ def test_wrong_combinations_of_inputs_are_one_line_errors(tmp_path, args, fragme
     (tmp_path / "src").mkdir()
     args = [{"SRC": tmp_path / "src", "X": tmp_path / "x.npy"}.get(a, a) for a in args]
     one_line_error(_cli(*args, "--out", tmp_path / "out"), *fragments)
+
+
+def test_the_feature_matrix_is_freed_before_the_report(blobs, tmp_path, monkeypatch):
+    """The report reads the run folder: the run lets go of the feature matrix before writing it, so that the
+    report's memory does not come on top of the matrix's (10M x 256 float32: 9.5 GiB)."""
+    import gc
+    import weakref
+
+    from rca_gpu import pipeline
+    from rca_gpu.features import precomputed
+
+    held = {}
+
+    def load(*args, **kwargs):
+        failures, loaded = load_features(*args, **kwargs)
+        held["matrix"] = weakref.ref(loaded.matrix)
+        return failures, loaded
+
+    def report(result, failures, reporter=None):
+        gc.collect()
+        held["alive at the report"] = held["matrix"]() is not None
+
+    monkeypatch.setattr(precomputed, "load_features", load)
+    monkeypatch.setattr(pipeline, "write_report", report)
+    np.save(tmp_path / "x.npy", blobs[0].astype(np.float32))
+    done = _cli("--features", tmp_path / "x.npy", "--out", tmp_path / "out", "--pipeline", FAST, "--stability", "0")
+    assert done.exit_code == 0, done.output
+    assert held["alive at the report"] is False
