@@ -161,7 +161,8 @@ def laplacian_eigenvectors(rows, cols, weights, n: int, dim: int, generator):
             values, vectors = torch.linalg.eigh(laplacian)
             order = torch.argsort(values)[1:k]
         else:
-            matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), normed, (n, n), check_invariants=True).coalesce()
+            matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), normed, (n, n),
+                                             check_invariants=True).coalesce()
             start = torch.randn((n, k), dtype=torch.float64, device=device, generator=generator)
             start[:, 0] = sqrt_deg / sqrt_deg.norm()
             values, vectors = torch.lobpcg(matrix, k=k, X=start, niter=LOBPCG_STEPS, tol=LOBPCG_TOLERANCE,
