@@ -183,3 +183,23 @@ def test_dbscan_batch_size_comes_from_free_not_total_memory():
     # 80 GB card with 10 GB free: cuML's default would plan 64 GB batches (80% of the total)
     assert dbscan_batch_mbytes(10 * 10**9, 1_000_000, 10) == 8_000 - 40
     assert dbscan_batch_mbytes(10**8, 1_000_000, 10) == DBSCAN_MIN_BATCH_MB  # never below the floor
+
+
+def test_a_cuda_machine_without_cuml_takes_device_gpu_on_the_torch_backend(monkeypatch):
+    """As the simulated torch-only GPU does: --device gpu on CUDA without cuML resolves to the GPU (the torch
+    backend runs kNN, PCA, UMAP, DBSCAN, K-means; HDBSCAN and Ward are refused, strict) instead of stopping."""
+    import torch
+
+    from rca_gpu.engine import device as devices
+
+    monkeypatch.delenv(simgpu.SIMULATE_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: (9, 0))
+    monkeypatch.setattr(devices, "_cuml_importable", lambda: (False, "cuML is not installed"))
+    monkeypatch.setattr(devices, "probe_knn_backends",
+                        lambda: {backend: (False, "not installed") for backend in ("faiss", "cuvs", "cuml")})
+    device = devices.resolve_device("gpu")
+    assert device.torch_device == "cuda" and device.strict and not device.cuml and not device.simulated
+    assert "PCA, UMAP, DBSCAN and K-means run on the GPU in torch and HDBSCAN and Ward on the CPU" in device.reason
+    assert "refused under --device gpu" in device.reason

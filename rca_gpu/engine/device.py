@@ -267,9 +267,10 @@ def resolve_device(requested: str = "auto") -> Device:
     """Decide where the run computes. Logs one line with the reason.
 
     - ``cpu``: everything on the CPU.
-    - ``gpu``: CUDA and cuML must be usable, else DeviceError with the install hint.
+    - ``gpu``: CUDA must be usable, else DeviceError with the install hint; strict: a stage with no GPU
+      implementation here (HDBSCAN and Ward without cuML) stops the run with the reason.
     - ``auto``: the GPU when torch sees CUDA; cuML stages on the GPU when cuML imports, otherwise the torch
-      backend runs kNN, PCA, DBSCAN and K-means on the GPU and UMAP, HDBSCAN and Ward run on the CPU.
+      backend runs kNN, PCA, UMAP, DBSCAN and K-means on the GPU and HDBSCAN and Ward run on the CPU.
 
     GPU kNN libraries (FAISS-GPU, cuVS, cuML) are trusted only after a tiny search on this GPU succeeded in a
     child process (:func:`probe_knn_backends`); a failed probe is logged with its reason and that backend is
@@ -299,8 +300,6 @@ def resolve_device(requested: str = "auto") -> Device:
     # the memory pool first: torch.cuda.get_device_name() below initialises torch's allocator, after which
     # torch refuses to swap it (see share_memory_pool); is_available() does not initialise it
     cuml_ok, why_not = _cuml_importable()
-    if requested == "gpu" and not cuml_ok:
-        raise DeviceError(f"--device gpu needs cuML on the GPU, but {why_not}; {GPU_INSTALL_HINT}.")
     notes = []
     if cuml_ok:
         notes.append(share_memory_pool())
@@ -318,8 +317,8 @@ def resolve_device(requested: str = "auto") -> Device:
         reason = f"CUDA GPU {name} with cuML" + "".join(f" and {label}" for label in knn)
     else:
         reason = (
-            f"CUDA GPU {name}; {why_not}, so UMAP, HDBSCAN and Ward run on the CPU while features, kNN, PCA, "
-            "DBSCAN and K-means run on the GPU in torch"
+            f"CUDA GPU {name}; {why_not}, so features, kNN, PCA, UMAP, DBSCAN and K-means run on the GPU in "
+            "torch and HDBSCAN and Ward on the CPU" + (" (refused under --device gpu)" if requested == "gpu" else "")
         )
     device = Device(requested, "cuda", cuml_ok, faiss_ok, reason, name, cuvs_ok, cuml_knn_ok and cuml_ok,
                     (int(capability[0]), int(capability[1])), tuple(notes))
@@ -338,7 +337,7 @@ def simulated_device(requested: str = "gpu", *, rapids: bool = True) -> Device:
     if rapids:
         reason = f"simulated GPU (stand-ins of CuPy, cuML and cuVS on the CPU; {simgpu.SIMULATE_ENV}=1)"
     else:
-        reason = (f"simulated GPU without RAPIDS (torch backend; {simgpu.SIMULATE_ENV}=torch): UMAP and HDBSCAN "
+        reason = (f"simulated GPU without RAPIDS (torch backend; {simgpu.SIMULATE_ENV}=torch): HDBSCAN and Ward "
                   "run on the CPU")
     device = Device(requested, "cpu", rapids, False, reason, "simulated GPU", cuvs=rapids, cuml_knn=rapids,
                     simulated=True)
