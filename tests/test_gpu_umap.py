@@ -148,6 +148,7 @@ def test_lobpcg_finds_the_dense_eigenvectors(planted, monkeypatch):
     assert float(torch.linalg.svdvals(first.T @ second).min()) > 0.999  # the same subspace
 
 
+@pytest.mark.quality
 def test_separate_components_each_get_a_spectral_layout_and_their_own_place():
     rng = np.random.default_rng(0)
     blobs = [rng.normal(20.0 * c, 1.0, (60, 5)) for c in range(5)]  # 5 far blobs: 5 components of the graph

@@ -49,16 +49,17 @@ def test_auto_without_cuml_falls_back_and_logs(caplog):
         adapter = registry.build("cluster", "hdbscan", device, min_cluster_size=5)
     assert adapter.implementation.backend == "cpu"
     assert "runs on the CPU: cuml is not installed" in caplog.text
-    # kNN, PCA, DBSCAN and K-means stay on the GPU in torch without cuML
+    # kNN, PCA, UMAP, DBSCAN and K-means stay on the GPU in torch without cuML
     assert registry.build("knn", "torch", device).implementation.backend == "gpu"
     assert registry.build("reduce", "pca", device).implementation.library == "torch"
+    assert registry.build("reduce", "umap", device).implementation.library == "torch"
     assert registry.build("cluster", "dbscan", device, eps=0.5).implementation.library == "torch"
     assert registry.build("cluster", "kmeans", device, k=3).implementation.library == "torch"
 
 
 def test_strict_gpu_refuses_cpu_fallback():
     with pytest.raises(UnsupportedOnGPU, match="cannot run on the GPU: cuml is not installed"):
-        registry.build("reduce", "umap", _gpu("gpu", cuml=False))
+        registry.build("cluster", "hdbscan", _gpu("gpu", cuml=False), min_cluster_size=5)
 
 
 def test_unsupported_setting_falls_back_under_auto_only(caplog):

@@ -64,6 +64,7 @@ def test_planted_clusters_recovered_through_sample_and_extend():
     assert "core point" in selection.sample["clusters"]
 
 
+@pytest.mark.quality
 def test_the_extension_in_blocks_gives_the_labels_of_one_block(monkeypatch):
     """The other images are extended block by block (bounded memory at 10M rows); the block size changes
     nothing: not the labels, the embedding, the neighbour lists, nor the noise attached. Progress advances
