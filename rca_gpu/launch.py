@@ -128,7 +128,7 @@ def run_features(
             if graph is not None:
                 timer.add("knn", t)
     result = run_on_features(spec, failures, loaded, device, Path(out), timer=timer, reporter=reporter,
-                             started_at=started_at, graph=graph, report=False)
+                             started_at=started_at, graph=graph, report=False, release_matrix=True)
     del loaded, graph  # the report reads the run folder: the feature matrix (10M x 256: 9.5 GiB) goes first
     if report:
         result.report = write_report(result, failures, reporter)

@@ -363,7 +363,7 @@ def run(
         if graph is not None:
             timer.add("knn", t)
     result = run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
-                             started_at=started_at, run_id=run_id, graph=graph, report=False)
+                             started_at=started_at, run_id=run_id, graph=graph, report=False, release_matrix=True)
     del features, graph  # the report reads the run folder: the feature matrix goes first
     if report:
         result.report = write_report(result, failures, reporter)
@@ -384,9 +384,10 @@ def run_on_features(
     run_id: str | None = None,
     graph: KnnGraph | None = None,
     report: bool = True,
+    release_matrix: bool = False,
 ) -> RunResult:
     """Everything after extraction: kNN graph (unless ``graph`` is given), reduce + cluster, outputs, and
-    report.html unless ``report`` is False.
+    report.html unless ``report`` is False. ``release_matrix``: see :func:`cluster_and_write`.
 
     Also the entry point for features that were not extracted by :func:`run`: ``--features FILE``
     (rca_gpu.launch, rca_gpu.features.precomputed). When too few images are usable, clusters.parquet is written
@@ -404,7 +405,7 @@ def run_on_features(
             graph = feature_graph(features, spec, spec.pipeline.reduce, device)
             timer.add("knn", t)
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
-                               started_at=started_at, run_id=run_id)
+                               started_at=started_at, run_id=run_id, release_matrix=release_matrix)
     del features, graph  # the report reads the run folder: what is freed here is not held during it
     if report:
         result.report = write_report(result, failures, reporter)
@@ -499,8 +500,15 @@ def cluster_and_write(
     started_at: str | None = None,
     reduce_cache: dict | None = None,
     run_id: str | None = None,
+    release_matrix: bool = False,
 ) -> RunResult:
-    """Reduce + cluster (tuned) the extracted features, write the outputs, evaluate when possible."""
+    """Reduce + cluster (tuned) the extracted features, write the outputs, evaluate when possible.
+
+    ``release_matrix``: the caller needs ``features.matrix`` no more, so it is released
+    (:meth:`~rca_gpu.features.extract.Features.release_matrix`) once the plot embedding is made: the outputs,
+    the evaluation and the explanations, which do not read it, then run without it (at 10M x 256 their
+    tables would otherwise come on top of the 9.5 GiB matrix).
+    """
     timer = timer or Timer()
     reporter = reporter or Reporter(enabled=False)
     run_id = run_id or new_run_id()
@@ -528,15 +536,19 @@ def cluster_and_write(
         plot, plot_source = plot_embedding(features, chosen, graph, device, spec.seed, spec.plot_embedding,
                                            reduce_cache, selection)
     timer.add("plot_embedding", t)
+    from rca_gpu.report.heatmaps import has_heatmaps, keep_heatmaps
+
+    if release_matrix and not has_heatmaps(features):  # heatmap runs keep it for keep_heatmaps below
+        features.release_matrix()
 
     t = time.perf_counter()
     clusters = clusters_table(failures, features, labels)
     outputs.write_parquet(out / CLUSTERS_FILE, clusters, run_id=run_id)
     outputs.write_parquet(out / EMBEDDING_FILE, embedding_table(failures, features, labels, plot, chosen),
                           run_id=run_id)
-    from rca_gpu.report.heatmaps import keep_heatmaps
-
     keep_heatmaps(out, run_id, features)  # heatmap runs: what the report shows of the DNN's heatmaps
+    if release_matrix:
+        features.release_matrix()
     metrics = per_cause = None
     if failures.has_root_cause and failures.table["root_cause"].iloc[features.positions].notna().any():
         from rca_gpu.metrics import evaluate_clusters

@@ -256,9 +256,10 @@ def test_wrong_combinations_of_inputs_are_one_line_errors(tmp_path, args, fragme
     one_line_error(_cli(*args, "--out", tmp_path / "out"), *fragments)
 
 
-def test_the_feature_matrix_is_freed_before_the_report(blobs, tmp_path, monkeypatch):
-    """The report reads the run folder: the run lets go of the feature matrix before writing it, so that the
-    report's memory does not come on top of the matrix's (10M x 256 float32: 9.5 GiB)."""
+def test_the_feature_matrix_is_freed_before_the_outputs_and_the_report(blobs, tmp_path, monkeypatch):
+    """The outputs' tables, the evaluation and the report do not read the feature matrix: the run lets go of
+    it once the plot embedding is made, so that their memory does not come on top of the matrix's (10M x 256
+    float32: 9.5 GiB)."""
     import gc
     import weakref
 
@@ -276,9 +277,18 @@ def test_the_feature_matrix_is_freed_before_the_report(blobs, tmp_path, monkeypa
         gc.collect()
         held["alive at the report"] = held["matrix"]() is not None
 
+    table = pipeline.clusters_table
+
+    def clusters_table(*args, **kwargs):
+        gc.collect()
+        held["alive at the outputs"] = held["matrix"]() is not None
+        return table(*args, **kwargs)
+
     monkeypatch.setattr(precomputed, "load_features", load)
     monkeypatch.setattr(pipeline, "write_report", report)
+    monkeypatch.setattr(pipeline, "clusters_table", clusters_table)
     np.save(tmp_path / "x.npy", blobs[0].astype(np.float32))
     done = _cli("--features", tmp_path / "x.npy", "--out", tmp_path / "out", "--pipeline", FAST, "--stability", "0")
     assert done.exit_code == 0, done.output
+    assert held["alive at the outputs"] is False
     assert held["alive at the report"] is False

@@ -47,6 +47,14 @@ OVERLAY_SIZE = 160
 _BLOCK_VALUES = 1 << 26
 
 
+def has_heatmaps(features) -> bool:
+    """Whether ``features`` (a run's :class:`~rca_gpu.features.extract.Features`) are heatmaps of the DNN under
+    test, whose maps :func:`keep_heatmaps` reads from ``features.matrix``."""
+    from rca_gpu.features.heatmaps import HEATMAP_EXTRACTORS
+
+    return (getattr(features, "info", None) or {}).get("name") in HEATMAP_EXTRACTORS
+
+
 def keep_heatmaps(out: Path, run_id: str, features) -> dict[str, Any] | None:
     """Write ``out/heatmaps.safetensors`` for a run whose features are heatmaps; None (nothing written) for other
     runs. ``features``: the run's :class:`~rca_gpu.features.base.Features` (``matrix`` rows aligned with
@@ -54,11 +62,11 @@ def keep_heatmaps(out: Path, run_id: str, features) -> dict[str, Any] | None:
 
     Returns a summary (method, layer, map size, maps kept) or None.
     """
-    from rca_gpu.features.heatmaps import HEATMAP_EXTRACTORS, feature_maps
+    from rca_gpu.features.heatmaps import feature_maps
 
-    info = dict(getattr(features, "info", None) or {})
-    if info.get("name") not in HEATMAP_EXTRACTORS:
+    if not has_heatmaps(features):
         return None
+    info = dict(features.info)
     matrix = features.matrix
     probe = feature_maps(matrix[:1], info)
     if probe is None:

@@ -80,11 +80,10 @@ def umap_place(sample_embedding: np.ndarray, indices: np.ndarray, distances: np.
     from umap.umap_ import compute_membership_strengths, smooth_knn_dist
 
     k = min(n_neighbors, indices.shape[1])
-    indices = np.ascontiguousarray(indices[:, :k], dtype=np.int64)
-    distances = np.ascontiguousarray(distances[:, :k], dtype=np.float32)
     out = np.empty((len(indices), sample_embedding.shape[1]), dtype=np.float32)
-    for start in range(0, len(indices), BLOCK):
-        idx, dist = indices[start:start + BLOCK], distances[start:start + BLOCK]
+    for start in range(0, len(indices), BLOCK):  # copies of one block only: memory beyond ``out`` stays flat
+        idx = np.ascontiguousarray(indices[start:start + BLOCK, :k], dtype=np.int64)
+        dist = np.ascontiguousarray(distances[start:start + BLOCK, :k], dtype=np.float32)
         sigmas, rhos = smooth_knn_dist(dist, float(k), local_connectivity=0.0)
         _, _, vals, _ = compute_membership_strengths(idx.astype(np.int32), dist, sigmas, rhos, bipartite=True)
         weights = vals.reshape(idx.shape).astype(np.float64)
