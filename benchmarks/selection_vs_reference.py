@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+import rca_gpu  # noqa: F401  # before umap: it sets numba's CPU target before anything compiles
+
 REFERENCE_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 REFERENCE_MIN_SAMPLES = (5, 10, 20)
 RARE = ("c17", "c18", "c19")  # the rare planted clusters (rca_gpu.datasets.planted puts them last)
