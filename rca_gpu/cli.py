@@ -272,25 +272,30 @@ def _echo_result(result, *, show_clusters: bool, images: str) -> None:
         f"{counts['rejected']} rejected of "
         f"{counts['input_rows']} {images}; pipeline {result.run_info['resolved_pipeline']}"
     )
-    _echo_ground_truth(result.metrics)
+    _echo_ground_truth(result.metrics, result.metrics_table)
     typer.echo(f"results: {printable(result.out.resolve())}")
     if result.report is not None:
         typer.echo(f"report: {printable(result.report.resolve())}")
 
 
-def _echo_ground_truth(metrics: dict | None) -> None:
-    """One line of the ground-truth metrics (docs/metrics.md), when the source knows the root causes."""
+def _echo_ground_truth(metrics: dict | None, per_cause=None) -> None:
+    """One line of the ground-truth metrics (docs/metrics.md), when the source knows the root causes. The
+    coverage of the injected causes is shown when ``per_cause`` (``RunResult.metrics_table``) has the cause
+    ``none``: without it, it is the coverage itself."""
     if not metrics:
         return
+    from rca_gpu.metrics import NO_CAUSE
 
     def fmt(key: str) -> str:  # None where undefined, e.g. purity when every image is noise
         value = metrics.get(key)
         return "n/a" if value is None else f"{value:.3f}"
 
+    has_none = per_cause is not None and (per_cause["root_cause"].astype(str) == NO_CAUSE).any()
+    injected = f"; injected causes {fmt('coverage_injected')}" if has_none else ""
     typer.echo(
         f"against the known root causes: weighted purity {fmt('weighted_purity')}, coverage {fmt('coverage')} "
-        f"({metrics['n_causes_covered']} of {metrics['n_causes']} causes; injected causes "
-        f"{fmt('coverage_injected')}), ARI {fmt('ari_with_noise')}; details in metrics.json"
+        f"({metrics['n_causes_covered']} of {metrics['n_causes']} causes{injected}), ARI "
+        f"{fmt('ari_with_noise')}; details in metrics.json"
     )
 
 

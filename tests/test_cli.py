@@ -35,19 +35,22 @@ def test_run_writes_outputs_and_prints_where(folder, tmp_path):
 
 
 @pytest.mark.quality
-def test_run_on_a_manifest_with_root_causes_prints_the_ground_truth_line(folder, tmp_path):
+@pytest.mark.parametrize("third, injected", [("g2", ""), ("none", "; injected causes 1.000")])
+def test_run_on_a_manifest_with_root_causes_prints_the_ground_truth_line(folder, tmp_path, third, injected):
+    """The coverage of the injected causes is printed only when a cause is ``none`` (no cause injected)."""
     paths = sorted((folder / "imgs").glob("*.png"))
     manifest = folder / "manifest.csv"  # beside the images: manifest paths may not leave its folder
     pd.DataFrame({
         "path": [str(p.relative_to(folder)) for p in paths],
-        "root_cause": [p.name.split("_")[0] for p in paths],  # g0, g1, g2: the planted groups
+        # g0, g1, g2: the planted groups; the third named ``third``
+        "root_cause": [p.name.split("_")[0].replace("g2", third) for p in paths],
     }).to_csv(manifest, index=False)
     result = runner.invoke(app, ["run", str(manifest), "--out", str(tmp_path / "out"), "-p",
                                  "pixels+pca+kmeans(k=3)", "--device", "cpu", "--workers", "0", "--quiet"])
-    assert result.exit_code == 0, result.output
-    assert ("against the known root causes: weighted purity 1.000, coverage 1.000 (3 of 3 causes; injected "
-            "causes 1.000), ARI 1.000; details in metrics.json") in result.output
     manifest.unlink()
+    assert result.exit_code == 0, result.output
+    assert (f"against the known root causes: weighted purity 1.000, coverage 1.000 (3 of 3 causes{injected}), "
+            "ARI 1.000; details in metrics.json") in result.output
 
 
 def test_config_file_is_read_and_overridden(folder, tmp_path):
