@@ -98,7 +98,7 @@ def run_features(
     (.parquet / .npy, see :mod:`rca_gpu.features.precomputed`), writing the usual outputs to ``out``."""
     from rca_gpu.engine.device import resolve_device
     from rca_gpu.features.precomputed import load_features
-    from rca_gpu.pipeline import Timer, run_on_features, write_report
+    from rca_gpu.pipeline import Timer, run_on_features
 
     if spec.pipeline.features.name != PRECOMPUTED:
         raise SpecError(
@@ -127,9 +127,5 @@ def run_features(
             graph = knn_graph_dask(loaded.matrix, effective_k(spec.knn_k, spec.pipeline.reduce), client)
             if graph is not None:
                 timer.add("knn", t)
-    result = run_on_features(spec, failures, loaded, device, Path(out), timer=timer, reporter=reporter,
-                             started_at=started_at, graph=graph, report=False, release_matrix=True)
-    del loaded, graph  # the report reads the run folder: the feature matrix (10M x 256: 9.5 GiB) goes first
-    if report:
-        result.report = write_report(result, failures, reporter)
-    return result
+    return run_on_features(spec, failures, loaded, device, Path(out), timer=timer, reporter=reporter,
+                           started_at=started_at, graph=graph, report=report, release_matrix=True)

@@ -362,12 +362,8 @@ def run(
         graph = knn(features, spec, device)
         if graph is not None:
             timer.add("knn", t)
-    result = run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
-                             started_at=started_at, run_id=run_id, graph=graph, report=False, release_matrix=True)
-    del features, graph  # the report reads the run folder: the feature matrix goes first
-    if report:
-        result.report = write_report(result, failures, reporter)
-    return result
+    return run_on_features(spec, failures, features, device, out, timer=timer, reporter=reporter,
+                           started_at=started_at, run_id=run_id, graph=graph, report=report, release_matrix=True)
 
 
 @writes_run("out")
@@ -406,7 +402,6 @@ def run_on_features(
             timer.add("knn", t)
     result = cluster_and_write(spec, failures, features, graph, device, out, timer=timer, reporter=reporter,
                                started_at=started_at, run_id=run_id, release_matrix=release_matrix)
-    del features, graph  # the report reads the run folder: what is freed here is not held during it
     if report:
         result.report = write_report(result, failures, reporter)
     return result
@@ -506,8 +501,8 @@ def cluster_and_write(
 
     ``release_matrix``: the caller needs ``features.matrix`` no more, so it is released
     (:meth:`~rca_gpu.features.extract.Features.release_matrix`) once the plot embedding is made: the outputs,
-    the evaluation and the explanations, which do not read it, then run without it (at 10M x 256 their
-    tables would otherwise come on top of the 9.5 GiB matrix).
+    the evaluation, the explanations and the report, which do not read it, then run without it (at 10M x 256
+    their tables would otherwise come on top of the 9.5 GiB matrix).
     """
     timer = timer or Timer()
     reporter = reporter or Reporter(enabled=False)

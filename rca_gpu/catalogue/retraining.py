@@ -192,21 +192,20 @@ def select_from_pool(run_dir, pool, out, *, budget: int, spread: str = "proporti
                           "candidates": int(((table["status"] == "assigned") & (table["cause"] == c)).sum()),
                           "selected": int((chosen["cause"] == c).sum())}
                  for c in sorted(catalogue.causes)}  # dropped causes too: never candidates, listed as such
+    unreadable = unreadable_note(table, pool, what="pool image")
     info = {
         "catalogue_run_id": catalogue.run_id, "run_folder": str(catalogue.run.path), "pool": str(pool),
         "pool_rows": len(table), "source": failures.describe(), "budget": budget,
         "spread": spread, "floor": floor_used(budget, floor, len(sizes), spread), "alpha": alpha,
         "selected": len(chosen),
         "candidates": int((table["status"] == "assigned").sum()), "per_cause": per_cause,
-        "notes": [note for note in (unreadable_note(table, pool, what="pool image"),
-                                    floor_note(budget, floor, len(sizes), spread)) if note],
+        "notes": [note for note in (unreadable, floor_note(budget, floor, len(sizes), spread)) if note],
     }
     with outputs.together():  # the four files land together or not at all
         outputs.write_parquet(out / ASSIGNMENTS_FILE, table, metadata=metadata)
         outputs.write_parquet(out / SELECTION_PARQUET, chosen, metadata=metadata)
         outputs.write_text(out / SELECTION_FILE, manifest.to_csv(index=False))
         outputs.write_json(out / SELECT_INFO_FILE, info)
-    unreadable = unreadable_note(table, pool, what="pool image")
     if unreadable:  # every row rejected: written with its reason, and an error as a run with no image gives
         raise TooFewImagesError(unreadable)
     return chosen, info
